@@ -1,0 +1,86 @@
+"""Helpers every stage shares: errors, atomic writes, devices, seeds, progress bars."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+class FacepipeError(Exception):
+    """An error the user can fix (bad input, missing file); the CLI prints it without a traceback."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    If the body raises (or the process is killed), ``path`` keeps its old content and the
+    temporary file is removed (or, after a kill, left with a ``.tmp`` name that no stage reads).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete temporary files that a killed ``atomic_path`` left in ``folder``; returns how many."""
+    removed = 0
+    for leftover in Path(folder).glob(".*.tmp*"):
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """Map ``auto|cpu|cuda`` (or ``cuda:N``) to a torch device string, with a clear error if CUDA is absent."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise FacepipeError(f"--device {device} was asked for, but PyTorch sees no CUDA device here; use --device cpu or auto.")
+        return device
+    raise FacepipeError(f"unknown device {device!r}: use auto, cpu or cuda")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return
+    torch.manual_seed(seed)
+
+
+def progress(iterable=None, *, desc: str, total: int | None = None, unit: str = "it", enabled: bool = True):
+    """A tqdm progress bar on stderr, shown only when ``enabled`` (quiet runs and tests turn it off)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True)

@@ -1,0 +1,166 @@
+"""Every file facepipe reads or writes, defined in one place.
+
+Stage outputs (all CSV/JSON/NPZ are written atomically):
+
+detect   -> OUT/detections.csv   one row per face crop (DETECTION_COLUMNS)
+            OUT/sources.csv      one row per input image processed (SOURCE_COLUMNS); drives resume
+            OUT/errors.csv       the unreadable inputs (ERROR_COLUMNS)
+            OUT/detect.json      detector parameters used
+embed    -> image_features.csv   ``name, e0..e{D-1}`` (or .npz with ``names`` and ``vectors``)
+            image_features.csv.json  sidecar: model, dimension, preprocessing, weights sha256, version
+cluster  -> cluster_results.csv  ``name, cluster, distance`` (CLUSTER_COLUMNS)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from facepipe.common import FacepipeError, atomic_path
+
+DETECTIONS_CSV = "detections.csv"
+SOURCES_CSV = "sources.csv"
+ERRORS_CSV = "errors.csv"
+DETECT_PARAMS_JSON = "detect.json"
+EMBEDDINGS_CSV = "image_features.csv"
+CLUSTER_RESULTS_CSV = "cluster_results.csv"
+
+DETECTION_COLUMNS = ["crop", "source", "face_index", "x", "y", "w", "h", "source_width", "source_height"]
+SOURCE_COLUMNS = ["source", "status", "faces", "reason"]
+ERROR_COLUMNS = ["path", "reason"]
+CLUSTER_COLUMNS = ["name", "cluster", "distance"]
+EMBEDDING_PREFIX = "e"
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, with a clear error when it is missing or broken."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FacepipeError(f"file not found: {path}") from None
+    except json.JSONDecodeError as error:
+        raise FacepipeError(f"{path} is not valid JSON: {error}") from None
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike, float_format: str | None = None) -> None:
+    """Write a DataFrame as CSV (no index), atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format=float_format)
+
+
+def read_csv(path: str | os.PathLike, required: Sequence[str] = (), what: str = "CSV") -> pd.DataFrame:
+    """Read a CSV, checking that it exists, parses, and has the ``required`` columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise FacepipeError(f"{what} not found: {path}")
+    try:
+        frame = pd.read_csv(path, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise FacepipeError(f"{path} is not a readable {what}: {error}") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise FacepipeError(f"{path} lacks the column(s) {', '.join(missing)} of a {what}")
+    return frame
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The JSON file describing a data file: ``image_features.csv`` -> ``image_features.csv.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+@dataclass
+class Embeddings:
+    """Face embeddings: one row of ``vectors`` per crop ``names[i]``, and the sidecar's metadata."""
+
+    names: list[str]
+    vectors: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def model(self) -> str | None:
+        return self.meta.get("model")
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+
+def embedding_columns(dim: int) -> list[str]:
+    """``e0 .. e{dim-1}``."""
+    return [f"{EMBEDDING_PREFIX}{i}" for i in range(dim)]
+
+
+def write_embeddings(path: str | os.PathLike, embeddings: Embeddings) -> None:
+    """Write embeddings as CSV (``name, e0..``) or ``.npz`` (by extension), plus the sidecar JSON."""
+    path = Path(path)
+    vectors = np.asarray(embeddings.vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(embeddings.names) != vectors.shape[0]:
+        raise ValueError("embeddings need one 1-D vector per name")
+    if path.suffix.lower() == ".npz":
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, names=np.asarray(embeddings.names, dtype=str), vectors=vectors)
+    else:
+        frame = pd.DataFrame(vectors, columns=embedding_columns(vectors.shape[1]))
+        frame.insert(0, "name", list(embeddings.names))
+        write_csv_atomic(frame, path, float_format="%.9g")  # 9 digits: float32 round-trips exactly
+    meta = dict(embeddings.meta, dimension=int(vectors.shape[1]), count=int(vectors.shape[0]))
+    write_json_atomic(sidecar_path(path), meta)
+
+
+def read_embeddings(path: str | os.PathLike) -> Embeddings:
+    """Read embeddings written by ``write_embeddings`` (CSV or .npz), validating shape and values."""
+    path = Path(path)
+    if not path.is_file():
+        raise FacepipeError(f"embeddings file not found: {path}")
+    if path.suffix.lower() == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                names = [str(n) for n in data["names"]]
+                vectors = np.asarray(data["vectors"], dtype=np.float32)
+        except (KeyError, ValueError, OSError) as error:
+            raise FacepipeError(f"{path} is not an embeddings .npz (arrays 'names' and 'vectors'): {error}") from None
+    else:
+        frame = read_csv(path, required=["name"], what="embeddings CSV")
+        columns = [c for c in frame.columns if c != "name"]
+        if columns != embedding_columns(len(columns)):
+            raise FacepipeError(f"{path}: expected columns name, e0..e{len(columns) - 1}")
+        names = frame["name"].astype(str).tolist()
+        try:
+            vectors = frame[columns].to_numpy(dtype=np.float32)
+        except (ValueError, TypeError) as error:
+            raise FacepipeError(f"{path}: embedding values are not all numbers: {error}") from None
+    if vectors.ndim != 2 or vectors.shape[0] != len(names):
+        raise FacepipeError(f"{path}: expected one vector per name")
+    if vectors.shape[0] == 0:
+        raise FacepipeError(f"{path} holds no embeddings")
+    bad_rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if bad_rows.size:
+        shown = ", ".join(names[i] for i in bad_rows[:5])
+        raise FacepipeError(
+            f"{path}: {bad_rows.size} row(s) have missing or non-finite values (ragged or damaged file?), e.g. {shown}"
+        )
+    if len(set(names)) != len(names):
+        raise FacepipeError(f"{path}: the same crop name appears more than once")
+    meta_file = sidecar_path(path)
+    meta = read_json(meta_file) if meta_file.is_file() else {}
+    if meta.get("dimension") not in (None, vectors.shape[1]):
+        raise FacepipeError(
+            f"{path}: the sidecar says {meta['model']} with dimension {meta['dimension']}, "
+            f"but the file holds {vectors.shape[1]}-d vectors (mixed models?)"
+        )
+    return Embeddings(names=names, vectors=vectors, meta=meta)

@@ -1,0 +1,70 @@
+"""Joining a label manifest (identity, bald, male...) to face crops."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePath
+from typing import Sequence
+
+import pandas as pd
+
+from facepipe.common import FacepipeError
+from facepipe.formats import DETECTION_COLUMNS, DETECTIONS_CSV, read_csv
+
+
+def _parts(path: str) -> tuple[str, ...]:
+    return tuple(p for p in PurePath(str(path).replace("\\", "/")).parts if p not in ("/", "."))
+
+
+def crop_sources(names: Sequence[str], crops_dir: str | os.PathLike | None) -> dict[str, str]:
+    """Map crop names to their source images, from the ``detections.csv`` beside the crops (if any)."""
+    if crops_dir is None or not (Path(crops_dir) / DETECTIONS_CSV).is_file():
+        return {}
+    detections = read_csv(Path(crops_dir) / DETECTIONS_CSV, DETECTION_COLUMNS, what="detections CSV")
+    wanted = set(names)
+    return {c: s for c, s in zip(detections["crop"].astype(str), detections["source"].astype(str)) if c in wanted}
+
+
+def attach_labels(
+    names: Sequence[str],
+    manifest_path: str | os.PathLike,
+    crops_dir: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Return one row per crop name with the manifest's columns (NaN where no manifest row matched).
+
+    A manifest row matches a crop when its ``name`` column equals the crop name, or when its
+    ``relpath`` (or ``name``) is a trailing part of the crop's path or of its source image's path
+    (the source is read from the detections CSV in ``crops_dir``). The longest match wins. The
+    column ``matched`` says whether a row was found; callers report the unmatched ones.
+    """
+    manifest = read_csv(manifest_path, what="label manifest")
+    key_column = "relpath" if "relpath" in manifest.columns else "name" if "name" in manifest.columns else None
+    if key_column is None:
+        raise FacepipeError(f"{manifest_path}: a label manifest needs a 'relpath' or 'name' column")
+    by_parts: dict[tuple[str, ...], int] = {}
+    for row, key in enumerate(manifest[key_column].astype(str)):
+        by_parts.setdefault(_parts(key), row)
+    lengths = sorted({len(k) for k in by_parts}, reverse=True)
+    sources = crop_sources(names, crops_dir)
+
+    rows: list[int | None] = []
+    for name in names:
+        match = None
+        for candidate in (name, sources.get(name)):
+            if candidate is None:
+                continue
+            parts = _parts(candidate)
+            for length in lengths:
+                if length <= len(parts) and parts[-length:] in by_parts:
+                    match = by_parts[parts[-length:]]
+                    break
+            if match is not None:
+                break
+        rows.append(match)
+
+    label_columns = [c for c in manifest.columns if c not in ("name",)]
+    joined = pd.DataFrame({"name": list(names), "source": [sources.get(n) for n in names]})
+    matched_rows = manifest.reindex([r if r is not None else -1 for r in rows])[label_columns].reset_index(drop=True)
+    joined = pd.concat([joined, matched_rows], axis=1)
+    joined["matched"] = [r is not None for r in rows]
+    return joined

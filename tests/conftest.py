@@ -1,0 +1,46 @@
+"""Shared test fixtures: the real photos in ../shared, and stage outputs reused across tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FACEPIPE_SHARED", REPO.parent / "shared"))
+DATA = SHARED / "data"
+FIXTURES = SHARED / "fixtures"
+
+
+def require(path: Path) -> Path:
+    """Return ``path`` if it exists; otherwise fail under CI (the data must be there) or skip locally."""
+    if path.exists():
+        return path
+    message = f"test data missing: {path} (set FACEPIPE_SHARED to the shared folder)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """``data_dir("lfw")`` -> the path of a shared data set, checked to exist."""
+    return lambda name: require(DATA / name)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir():
+    """``fixtures_dir("vggface_resnet50")`` -> the path of a shared fixture, checked to exist."""
+    return lambda name: require(FIXTURES / name)
+
+
+@pytest.fixture(scope="session")
+def lfw_crops(tmp_path_factory, data_dir):
+    """Crops of all of LFW (minNeighbors 5, largest face only: the photos are 150 px with small faces)."""
+    from facepipe.detect import DetectorParams, detect
+
+    out = tmp_path_factory.mktemp("lfw_crops")
+    detect([data_dir("lfw") / "images"], out, DetectorParams(min_neighbors=5, largest_only=True),
+           workers=2, show_progress=False)
+    return out
