@@ -78,3 +78,84 @@ def detect(inputs, out_dir, cascade, scale_factor, min_neighbors, min_size, marg
     click.echo(summary.line())
     if summary.errors:
         sys.exit(EXIT_PARTIAL)
+
+
+@main.group()
+def probe():
+    """A linear probe (e.g. bald, male) on face embeddings: train, predict, evaluate."""
+
+
+def _parse_cs(value: str) -> list[float]:
+    try:
+        values = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of numbers, e.g. 0.01,0.1,1") from None
+    if not values or any(v <= 0 for v in values):
+        raise click.BadParameter("values of C must be positive")
+    return values
+
+
+@probe.command("train")
+@click.option("--embeddings", "embeddings_path", required=True, type=click.Path(dir_okay=False),
+              help="image_features.csv or .npz (with its sidecar JSON) from `facepipe embed`.")
+@click.option("--labels", "manifest_path", required=True, type=click.Path(dir_okay=False),
+              help="Label manifest CSV (relpath or name, identity, and the 0/1 target column).")
+@click.option("--target", required=True, help="The 0/1 manifest column to predict, e.g. bald or male.")
+@click.option("--out", default="probe.json", show_default=True, type=click.Path(dir_okay=False),
+              help="Probe JSON to write.")
+@click.option("--group-column", default="identity", show_default=True,
+              help="Manifest column naming the person; folds never split a person. 'none': each face its own person.")
+@click.option("--crops-dir", type=click.Path(file_okay=False),
+              help="Folder with the detections.csv of the crops (default: the embeddings sidecar's crops_dir).")
+@click.option("--holdout", default=0.0, show_default=True, type=click.FloatRange(0, 0.9),
+              help="Set aside this share of the identities, train on the rest and report metrics on them.")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(2), help="Cross-validation folds.")
+@click.option("--cs", "cs", default=None, help="Comma-separated values of C to search (default: 13 values 1e-4..100).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@force_option
+@quiet_option
+@reports_errors
+def probe_train(embeddings_path, manifest_path, target, out, group_column, crops_dir, holdout, folds, cs, seed,
+                force, quiet):
+    """Train a class-weighted logistic-regression probe for TARGET, C and threshold chosen on identity folds."""
+    from facepipe.probe import DEFAULT_CS, train
+
+    summary = train(embeddings_path, manifest_path, target, out,
+                    group_column=None if group_column.lower() == "none" else group_column, crops_dir=crops_dir,
+                    holdout=holdout, folds=folds, Cs=_parse_cs(cs) if cs else DEFAULT_CS, seed=seed, force=force,
+                    show_progress=not quiet)
+    for line in summary.lines():
+        click.echo(line)
+
+
+@probe.command("predict")
+@click.option("--probe", "probe_path", required=True, type=click.Path(dir_okay=False), help="Probe JSON from `probe train`.")
+@click.option("--embeddings", "embeddings_path", required=True, type=click.Path(dir_okay=False),
+              help="Embeddings of the same model as the probe's.")
+@click.option("--out", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="CSV: name, probability, label.")
+@reports_errors
+def probe_predict(probe_path, embeddings_path, out):
+    """Score every embedding with a saved probe."""
+    from facepipe.probe import predict
+
+    frame = predict(probe_path, embeddings_path, out)
+    click.echo(f"probe predict: {len(frame)} faces, {int(frame['label'].sum())} predicted positive -> {out}")
+
+
+@probe.command("evaluate")
+@click.option("--probe", "probe_path", required=True, type=click.Path(dir_okay=False), help="Probe JSON from `probe train`.")
+@click.option("--embeddings", "embeddings_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--labels", "manifest_path", required=True, type=click.Path(dir_okay=False),
+              help="Label manifest with the probe's target column.")
+@click.option("--out-dir", default="probe_eval", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for metrics.json, pr_curve.png, confusion_matrix.png, predictions.csv.")
+@click.option("--crops-dir", type=click.Path(file_okay=False),
+              help="Folder with the detections.csv of the crops (default: the embeddings sidecar's crops_dir).")
+@reports_errors
+def probe_evaluate(probe_path, embeddings_path, manifest_path, out_dir, crops_dir):
+    """Metrics of a saved probe on labelled embeddings, next to the dummy baselines; PR curve and confusion matrix."""
+    from facepipe.probe import evaluate
+
+    for line in evaluate(probe_path, embeddings_path, manifest_path, out_dir, crops_dir=crops_dir).lines():
+        click.echo(line)

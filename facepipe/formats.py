@@ -164,3 +164,49 @@ def read_embeddings(path: str | os.PathLike) -> Embeddings:
             f"but the file holds {vectors.shape[1]}-d vectors (mixed models?)"
         )
     return Embeddings(names=names, vectors=vectors, meta=meta)
+
+
+# --- probe -----------------------------------------------------------------------------------------
+# probe train    -> probe.json           a linear probe (PROBE_FORMAT): scaler, coefficients, threshold, provenance
+# probe predict  -> predictions.csv      PREDICTION_COLUMNS, one row per embedding
+# probe evaluate -> OUT/metrics.json, OUT/pr_curve.png, OUT/confusion_matrix.png, OUT/predictions.csv
+
+PROBE_FORMAT = "facepipe-linear-probe/1"
+PREDICTION_COLUMNS = ["name", "probability", "label"]
+PROBE_METRICS_JSON = "metrics.json"
+PROBE_PR_CURVE_PNG = "pr_curve.png"
+PROBE_CONFUSION_PNG = "confusion_matrix.png"
+PROBE_PREDICTIONS_CSV = "predictions.csv"
+PROBE_ARRAY_FIELDS = ("coefficients", "scaler_mean", "scaler_scale")
+PROBE_REQUIRED_FIELDS = ("format", "target", "intercept", "threshold", "C", "embedding_model", "embedding_dimension",
+                         *PROBE_ARRAY_FIELDS)
+
+
+def write_probe_json(path: str | os.PathLike, probe: dict) -> None:
+    """Write a probe (a plain dict with ``PROBE_REQUIRED_FIELDS``) as JSON; floats keep every bit."""
+    write_json_atomic(path, dict(probe, format=PROBE_FORMAT))
+
+
+def read_probe_json(path: str | os.PathLike) -> dict:
+    """Read a probe JSON, checking its format tag, fields, and that its arrays all have the stated dimension."""
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("format") != PROBE_FORMAT:
+        raise FacepipeError(f"{path} is not a facepipe probe (expected \"format\": \"{PROBE_FORMAT}\")")
+    missing = [f for f in PROBE_REQUIRED_FIELDS if f not in data]
+    if missing:
+        raise FacepipeError(f"{path}: probe JSON lacks {', '.join(missing)}")
+    dim = data["embedding_dimension"]
+    for name in PROBE_ARRAY_FIELDS:
+        values = data[name]
+        if not isinstance(values, list) or len(values) != dim or not all(isinstance(v, (int, float)) for v in values):
+            raise FacepipeError(f"{path}: {name} must be a list of {dim} numbers")
+    return data
+
+
+def write_predictions(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+    """Write probe predictions (``PREDICTION_COLUMNS``, then any extra columns such as ``true``).
+
+    Probabilities are written with 17 significant digits, so they read back bit for bit.
+    """
+    columns = PREDICTION_COLUMNS + [c for c in frame.columns if c not in PREDICTION_COLUMNS]
+    write_csv_atomic(frame[columns], path, float_format="%.17g")

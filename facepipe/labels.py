@@ -33,8 +33,9 @@ def attach_labels(
     """Return one row per crop name with the manifest's columns (NaN where no manifest row matched).
 
     A manifest row matches a crop when its ``name`` column equals the crop name, or when its
-    ``relpath`` (or ``name``) is a trailing part of the crop's path or of its source image's path
-    (the source is read from the detections CSV in ``crops_dir``). The longest match wins. The
+    ``relpath`` (or ``name``) is a trailing part of the crop's name, of its source image's path (the
+    source is read from the detections CSV in ``crops_dir``), or of its path inside ``crops_dir`` (for
+    images embedded as they are, without detect). Tried in that order; the longest match wins. The
     column ``matched`` says whether a row was found; callers report the unmatched ones.
     """
     manifest = read_csv(manifest_path, what="label manifest")
@@ -50,7 +51,8 @@ def attach_labels(
     rows: list[int | None] = []
     for name in names:
         match = None
-        for candidate in (name, sources.get(name)):
+        in_folder = str(Path(crops_dir) / name) if crops_dir is not None else None
+        for candidate in (name, sources.get(name), in_folder):
             if candidate is None:
                 continue
             parts = _parts(candidate)
