@@ -1,0 +1,260 @@
+"""Stage 5: one aggregated face per cluster, decoded by the CVAE at z = 0, beside the pixel mean of its crops.
+
+With ``evaluate=True`` both kinds of aggregated face are embedded with the model that made the clusters
+and scored by identity fidelity: is the face nearest (cosine) to its own cluster's centroid?
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from facepipe.common import FacepipeError, progress, remove_stale_temporaries, resolve_device
+from facepipe.cvae import find_checkpoint, load_crops, load_cvae, read_training_inputs
+from facepipe.formats import (
+    FIDELITY_JSON,
+    GENERATED_SHEET_PNG,
+    generated_face_names,
+    read_embeddings,
+    read_json,
+    sidecar_path,
+    write_json_atomic,
+)
+from facepipe.images import load_image_rgb, save_image_atomic
+
+SHEET_SAMPLES = 4  # random draws shown per cluster on the sheet (all of them go to cluster_N_samples.png)
+SHEET_CELL = 96  # smallest side of one face on the sheet
+
+
+@dataclass
+class GenerateSummary:
+    """What a generate run wrote."""
+
+    clusters: list[int]
+    out_dir: Path
+    sheet: Path
+    fidelity: dict | None
+    seconds: float
+
+    def line(self) -> str:
+        text = f"generate: {len(self.clusters)} cluster face(s) + pixel means -> {self.out_dir} (sheet {self.sheet.name})"
+        if self.fidelity:
+            cvae, mean = self.fidelity["cvae"], self.fidelity["pixel_mean"]
+            text += (f"; fidelity CVAE {cvae['correct']}/{self.fidelity['clusters_evaluated']}, "
+                     f"pixel mean {mean['correct']}/{self.fidelity['clusters_evaluated']}")
+        return text + f" in {self.seconds:.1f}s"
+
+
+def _to_uint8(images) -> np.ndarray:
+    """(N, 3, S, S) float tensor in [0, 1] -> (N, S, S, 3) uint8."""
+    return (images.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def decode_faces(model, config, clusters: Sequence[int], samples: int = 0, seed: int = 0, device: str = "cpu"):
+    """Decode z = 0 for each cluster -> uint8 (n, S, S, 3), and ``samples`` draws z ~ N(0, I) per cluster.
+
+    The draws of a cluster depend only on (seed, cluster), so one cluster alone gives the same faces as --all.
+    """
+    import torch
+
+    index_of = {cluster: i for i, cluster in enumerate(config.clusters)}
+    labels = torch.tensor([index_of[c] for c in clusters], dtype=torch.long, device=device)
+    with torch.no_grad():
+        faces = _to_uint8(model.decode(torch.zeros(len(clusters), config.latent_dim, device=device), labels))
+        drawn = []
+        for cluster, label in zip(clusters, labels):
+            if samples <= 0:
+                drawn.append(np.empty((0, config.image_size, config.image_size, 3), dtype=np.uint8))
+                continue
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + cluster)
+            z = torch.randn(samples, config.latent_dim, generator=generator).to(device)
+            drawn.append(_to_uint8(model.decode(z, label.repeat(samples))))
+    return faces, drawn
+
+
+def pixel_means(names: Sequence[str], cluster_of: np.ndarray, clusters: Sequence[int], crops_dir: Path, size: int,
+                show_progress: bool = True) -> tuple[np.ndarray, list[int]]:
+    """The pixel-wise mean of each cluster's crops at ``size`` -> uint8 (n, size, size, 3), and the crop counts."""
+    wanted = np.isin(cluster_of, list(clusters))
+    chosen = [name for name, keep in zip(names, wanted) if keep]
+    images = load_crops(chosen, crops_dir, size, show_progress)
+    chosen_clusters = cluster_of[wanted]
+    means, counts = [], []
+    for cluster in clusters:
+        members = images[chosen_clusters == cluster]
+        counts.append(len(members))
+        means.append((members.astype(np.float64).mean(axis=0) + 0.5).astype(np.uint8))
+    return np.stack(means), counts
+
+
+def contact_sheet(clusters: Sequence[int], counts: Sequence[int], means: np.ndarray, faces: np.ndarray,
+                  drawn: Sequence[np.ndarray]) -> np.ndarray:
+    """One image with a tile per cluster: caption, then pixel mean | CVAE z = 0 | up to 4 random draws."""
+    import cv2
+    from PIL import Image, ImageDraw
+
+    cell = max(SHEET_CELL, faces.shape[1])
+    shown_draws = min(SHEET_SAMPLES, max((len(d) for d in drawn), default=0))
+    caption, gap = 14, 6
+    tile_w, tile_h = cell * (2 + shown_draws) + gap, cell + caption + gap
+    columns = max(1, min(len(clusters), round(math.sqrt(len(clusters) * tile_h / tile_w * 1.5)) or 1))
+    rows = math.ceil(len(clusters) / columns)
+    sheet = Image.new("RGB", (columns * tile_w + gap, rows * tile_h + gap + caption), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((gap, 2), "each tile: pixel mean | CVAE z=0 | random draws", fill=(0, 0, 0))
+
+    def resized(rgb):
+        return cv2.resize(rgb, (cell, cell), interpolation=cv2.INTER_CUBIC) if rgb.shape[0] != cell else rgb
+
+    for position, (cluster, count) in enumerate(zip(clusters, counts)):
+        left = gap + (position % columns) * tile_w
+        top = gap + caption + (position // columns) * tile_h
+        draw.text((left, top), f"cluster {cluster} ({count} crops)", fill=(0, 0, 0))
+        row = [means[position], faces[position], *drawn[position][:shown_draws]]
+        for slot, rgb in enumerate(row):
+            sheet.paste(Image.fromarray(resized(rgb)), (left + slot * cell, top + caption))
+    return np.asarray(sheet)
+
+
+def cluster_centroids(embeddings, names: Sequence[str], cluster_of: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Unit-length centroid of each cluster: the mean of its members' L2-normalised embeddings, normalised."""
+    row_of = {name: row for row, name in enumerate(embeddings.names)}
+    missing = [n for n in names if n not in row_of]
+    if missing:
+        raise FacepipeError(f"{len(missing)} clustered crops have no embedding (e.g. {missing[0]}): wrong embeddings file?")
+    vectors = embeddings.vectors[[row_of[n] for n in names]].astype(np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    ids = sorted(int(c) for c in np.unique(cluster_of))
+    centroids = np.stack([vectors[cluster_of == c].mean(axis=0) for c in ids])
+    return ids, centroids / np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
+
+
+def identity_fidelity(vectors: np.ndarray, own: Sequence[int], centroid_ids: Sequence[int], centroids: np.ndarray) -> dict:
+    """For each face vector: its nearest centroid by cosine; the share of faces nearest their own cluster's."""
+    vectors = vectors.astype(np.float64)
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    similarity = vectors @ centroids.T
+    nearest = [int(centroid_ids[i]) for i in similarity.argmax(axis=1)]
+    own_column = [list(centroid_ids).index(c) for c in own]
+    correct = int(sum(n == c for n, c in zip(nearest, own)))
+    return {
+        "correct": correct,
+        "fraction": correct / max(1, len(own)),
+        "nearest": nearest,
+        "cosine_to_own": [float(similarity[i, j]) for i, j in enumerate(own_column)],
+    }
+
+
+def _embeddings_path(cluster_results: Path, embeddings: str | Path | None) -> Path:
+    if embeddings is not None:
+        return Path(embeddings)
+    meta_file = sidecar_path(cluster_results)
+    meta = read_json(meta_file) if meta_file.is_file() else {}
+    named = meta.get("embeddings")
+    if not named:
+        raise FacepipeError(f"--evaluate needs the embeddings the clusters came from: {meta_file} names none; "
+                            "pass --embeddings")
+    path = Path(named)
+    return path if path.is_absolute() or path.is_file() else cluster_results.parent / path
+
+
+def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[int], inputs, embeddings_path: Path,
+                      device: str = "cpu") -> dict:
+    """Embed the CVAE faces and the pixel means like the crops were embedded, and score both (see identity_fidelity).
+
+    The faces are resized to the crops' own size first, so the embedder finds the face where it finds it in a
+    crop (the crop is the face box grown by detect's margin on each side, whatever its pixel size).
+    """
+    import cv2
+
+    from facepipe.embed import load_embedder
+
+    embeddings = read_embeddings(embeddings_path)
+    if not embeddings.model:
+        raise FacepipeError(f"{sidecar_path(embeddings_path)} does not say which model made the embeddings")
+    centroid_ids, centroids = cluster_centroids(embeddings, inputs.names, inputs.clusters)
+    embedder = load_embedder(embeddings.model, device=device, face_margin=embeddings.meta.get("face_margin"))
+    crop_side = load_image_rgb(inputs.crops_dir / inputs.names[0]).shape[0]
+
+    def as_crops(images):
+        return [cv2.resize(rgb, (crop_side, crop_side), interpolation=cv2.INTER_CUBIC) for rgb in images]
+
+    cvae = identity_fidelity(embedder.embed(as_crops(faces)), clusters, centroid_ids, centroids)
+    mean = identity_fidelity(embedder.embed(as_crops(means)), clusters, centroid_ids, centroids)
+    per_cluster = [
+        {"cluster": int(c), "cvae_nearest": cvae["nearest"][i], "cvae_cosine_to_own": cvae["cosine_to_own"][i],
+         "pixel_mean_nearest": mean["nearest"][i], "pixel_mean_cosine_to_own": mean["cosine_to_own"][i]}
+        for i, c in enumerate(clusters)
+    ]
+    return {
+        "model": embeddings.model,
+        "embeddings": str(embeddings_path),
+        "centroids": "mean of each cluster's L2-normalised embeddings, normalised; nearest = highest cosine",
+        "clusters_evaluated": len(clusters),
+        "clusters_total": len(centroid_ids),
+        "cvae": {"correct": cvae["correct"], "fraction": cvae["fraction"]},
+        "pixel_mean": {"correct": mean["correct"], "fraction": mean["fraction"]},
+        "per_cluster": per_cluster,
+    }
+
+
+def generate(
+    checkpoint: str | Path = "weights",
+    *,
+    out_dir: str | Path = "inference_results",
+    clusters: Sequence[int] | None = None,
+    samples: int = 0,
+    seed: int = 0,
+    cluster_results: str | Path | None = None,
+    crops_dir: str | Path | None = None,
+    evaluate: bool = False,
+    embeddings: str | Path | None = None,
+    device: str = "auto",
+    show_progress: bool = True,
+) -> GenerateSummary:
+    """Write each cluster's CVAE face (z = 0), its pixel-mean face, optional random draws and one sheet.
+
+    ``checkpoint`` is a file or a weights folder (its ``cvae_best.pt``); ``clusters=None`` means all.
+    The crops and cluster assignments default to those the checkpoint was trained on.
+    """
+    started = time.perf_counter()
+    device = resolve_device(device)
+    if samples < 0:
+        raise FacepipeError("--samples must be 0 or more")
+    model, config, _ = load_cvae(find_checkpoint(checkpoint), device)
+    if clusters is None:
+        clusters = list(config.clusters)
+    unknown = [c for c in clusters if c not in config.clusters]
+    if unknown:
+        raise FacepipeError(f"cluster(s) {', '.join(map(str, unknown))} not in this model; it knows "
+                            f"{', '.join(map(str, config.clusters))}")
+    if not clusters:
+        raise FacepipeError("no cluster to generate")
+    inputs = read_training_inputs(cluster_results or config.cluster_results, crops_dir or config.crops_dir)
+
+    faces, drawn = decode_faces(model, config, clusters, samples, seed, device)
+    means, counts = pixel_means(inputs.names, inputs.clusters, clusters, inputs.crops_dir, config.image_size,
+                                show_progress)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    for position, cluster in enumerate(progress(clusters, desc="writing faces", unit="cluster", enabled=show_progress)):
+        files = generated_face_names(cluster)
+        save_image_atomic(out_dir / files["face"], faces[position])
+        save_image_atomic(out_dir / files["mean"], means[position])
+        if samples:
+            save_image_atomic(out_dir / files["samples"], np.concatenate(list(drawn[position]), axis=1))
+    sheet_path = out_dir / GENERATED_SHEET_PNG
+    save_image_atomic(sheet_path, contact_sheet(clusters, counts, means, faces, drawn))
+
+    fidelity = None
+    if evaluate:
+        fidelity = evaluate_fidelity(faces, means, clusters, inputs,
+                                     _embeddings_path(inputs.cluster_results, embeddings), device)
+        write_json_atomic(out_dir / FIDELITY_JSON, fidelity)
+    return GenerateSummary(list(clusters), out_dir, sheet_path, fidelity, time.perf_counter() - started)
