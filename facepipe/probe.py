@@ -62,9 +62,17 @@ class LinearProbe:
     training: dict = field(default_factory=dict)
 
     def decision_function(self, vectors: np.ndarray) -> np.ndarray:
-        """The logit of each row (float64)."""
+        """The logit of each row (float64).
+
+        The sum runs over the features in a fixed order, not through a BLAS matrix product or a NumPy
+        reduction, whose summation order depends on memory alignment and layout: a reloaded probe, or
+        the same vectors read from CSV instead of .npz, would otherwise differ in the last bit.
+        """
         standardised = (np.asarray(vectors, dtype=np.float64) - self.scaler_mean) / self.scaler_scale
-        return standardised @ self.coefficients + self.intercept
+        logits = np.full(standardised.shape[0], self.intercept, dtype=np.float64)
+        for feature, weight in enumerate(self.coefficients):
+            logits += standardised[:, feature] * weight
+        return logits
 
     def predict_proba(self, vectors: np.ndarray) -> np.ndarray:
         """Probability of the target (label 1) for each row."""
