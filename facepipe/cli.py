@@ -159,3 +159,76 @@ def probe_evaluate(probe_path, embeddings_path, manifest_path, out_dir, crops_di
 
     for line in evaluate(probe_path, embeddings_path, manifest_path, out_dir, crops_dir=crops_dir).lines():
         click.echo(line)
+
+
+@main.command("train-cvae")
+@click.option("--clusters", "cluster_results", default="cluster_results.csv", show_default=True,
+              type=click.Path(dir_okay=False), help="cluster_results.csv from `facepipe cluster` (name, cluster, distance).")
+@click.option("--crops-dir", type=click.Path(file_okay=False),
+              help="Folder of the crops (default: the crops_dir in the cluster results' sidecar JSON).")
+@click.option("--weights-dir", default="weights", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for cvae_epoch_N.pt, cvae_best.pt and cvae_log.csv.")
+@click.option("--image-size", default=64, show_default=True, type=click.IntRange(16),
+              help="Side the crops are resized to (divisible by 4: 64, 96, 128, 224...).")
+@click.option("--latent", "latent_dim", default=64, show_default=True, type=click.IntRange(1), help="Size of z.")
+@click.option("--channels", "base_channels", default=32, show_default=True, type=click.IntRange(1),
+              help="Channels of the first convolution (doubled per layer, at most 256).")
+@click.option("--epochs", default=40, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--lr", "learning_rate", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--beta", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of the KL term against the reconstruction error summed over pixels.")
+@click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Share of each cluster's crops held out for the validation loss.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--keep-last", default=2, show_default=True, type=click.IntRange(1),
+              help="Epoch checkpoints kept (cvae_best.pt is kept as well).")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
+              help="DataLoader worker processes (the crops are cached in memory: 0 is usually fastest on CPU).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --weights-dir.")
+@device_option
+@force_option
+@quiet_option
+@reports_errors
+def train_cvae(cluster_results, crops_dir, weights_dir, image_size, latent_dim, base_channels, epochs, batch_size,
+               learning_rate, beta, val_fraction, seed, keep_last, workers, resume, device, force, quiet):
+    """Train a conditional VAE on the clustered crops (the cluster is the condition)."""
+    from facepipe.cvae import train_cvae as run_train
+
+    summary = run_train(cluster_results, crops_dir=crops_dir, weights_dir=weights_dir, image_size=image_size,
+                        latent_dim=latent_dim, base_channels=base_channels, epochs=epochs, batch_size=batch_size,
+                        learning_rate=learning_rate, beta=beta, val_fraction=val_fraction, seed=seed,
+                        keep_last=keep_last, workers=workers, device=device, resume=resume, force=force,
+                        show_progress=not quiet)
+    click.echo(summary.line())
+
+
+@main.command()
+@click.option("--cluster", "cluster_ids", multiple=True, type=int, help="Cluster id to generate (repeatable).")
+@click.option("--all", "all_clusters", is_flag=True, help="Generate every cluster the model knows.")
+@click.option("--checkpoint", default="weights", show_default=True, type=click.Path(),
+              help="A checkpoint file, or a weights folder (its cvae_best.pt).")
+@click.option("-o", "--out", "out_dir", default="inference_results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--samples", default=0, show_default=True, type=click.IntRange(0), help="Random draws per cluster.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random draws.")
+@click.option("--clusters", "cluster_results", type=click.Path(dir_okay=False),
+              help="cluster_results.csv for the pixel means (default: the one the model was trained on).")
+@click.option("--crops-dir", type=click.Path(file_okay=False), help="Crops folder (default: the training one).")
+@click.option("--evaluate", is_flag=True,
+              help="Embed the faces with the clusters' model and write fidelity.json (nearest-centroid identity).")
+@click.option("--embeddings", type=click.Path(dir_okay=False),
+              help="Embeddings the clusters came from (default: named in the cluster results' sidecar).")
+@device_option
+@quiet_option
+@reports_errors
+def generate(cluster_ids, all_clusters, checkpoint, out_dir, samples, seed, cluster_results, crops_dir, evaluate,
+             embeddings, device, quiet):
+    """Decode each cluster's face at z = 0 (cluster_N.png) beside its pixel mean (cluster_N_mean.png) and a sheet."""
+    from facepipe.generate import generate as run_generate
+
+    if all_clusters == bool(cluster_ids):
+        raise click.UsageError("give --cluster N (repeatable) or --all")
+    summary = run_generate(checkpoint, out_dir=out_dir, clusters=None if all_clusters else list(cluster_ids),
+                           samples=samples, seed=seed, cluster_results=cluster_results, crops_dir=crops_dir,
+                           evaluate=evaluate, embeddings=embeddings, device=device, show_progress=not quiet)
+    click.echo(summary.line())

@@ -210,3 +210,29 @@ def write_predictions(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     """
     columns = PREDICTION_COLUMNS + [c for c in frame.columns if c not in PREDICTION_COLUMNS]
     write_csv_atomic(frame[columns], path, float_format="%.17g")
+
+
+# ---------------------------------------------------------------- train-cvae and generate
+# train-cvae -> WEIGHTS/cvae_epoch_N.pt   torch.save of plain data only (state dicts, config dict, RNG states,
+#                                         loss history): loadable with torch.load(weights_only=True)
+#               WEIGHTS/cvae_best.pt      the checkpoint with the lowest validation loss
+#               WEIGHTS/cvae_log.csv      one row per epoch (CVAE_LOG_COLUMNS), losses per image
+# generate   -> OUT/cluster_N.png (z = 0), cluster_N_mean.png (pixel mean of the crops),
+#               cluster_N_samples.png (random draws), clusters_sheet.png, fidelity.json (--evaluate)
+CVAE_CHECKPOINT_FORMAT = "facepipe-cvae/1"
+CVAE_BEST_CHECKPOINT = "cvae_best.pt"
+CVAE_LOG_CSV = "cvae_log.csv"
+CVAE_LOG_COLUMNS = ["epoch", "train_loss", "train_recon", "train_kl", "val_loss", "val_recon", "val_kl", "seconds"]
+GENERATED_SHEET_PNG = "clusters_sheet.png"
+FIDELITY_JSON = "fidelity.json"
+
+
+def cvae_checkpoint_name(epoch: int) -> str:
+    """``cvae_epoch_N.pt``."""
+    return f"cvae_epoch_{epoch}.pt"
+
+
+def generated_face_names(cluster: int) -> dict[str, str]:
+    """File names of one cluster's outputs from generate: ``face``, ``mean`` and ``samples``."""
+    return {"face": f"cluster_{cluster}.png", "mean": f"cluster_{cluster}_mean.png",
+            "samples": f"cluster_{cluster}_samples.png"}
