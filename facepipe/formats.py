@@ -236,3 +236,16 @@ def generated_face_names(cluster: int) -> dict[str, str]:
     """File names of one cluster's outputs from generate: ``face``, ``mean`` and ``samples``."""
     return {"face": f"cluster_{cluster}.png", "mean": f"cluster_{cluster}_mean.png",
             "samples": f"cluster_{cluster}_samples.png"}
+
+
+# --- embed -----------------------------------------------------------------------------------------
+# embed -> image_features.csv (or .npz) + image_features.csv.json: see write_embeddings / read_embeddings
+#          image_features.csv.errors.csv: ERROR_COLUMNS (path of the crop, reason) for each unreadable crop
+
+EMBED_ERRORS_SUFFIX = ".errors.csv"
+
+
+def embed_errors_path(output: str | os.PathLike) -> Path:
+    """The errors CSV beside an embeddings file: ``image_features.csv`` -> ``image_features.csv.errors.csv``."""
+    output = Path(output)
+    return output.with_name(output.name + EMBED_ERRORS_SUFFIX)

@@ -44,3 +44,13 @@ def lfw_crops(tmp_path_factory, data_dir):
     detect([data_dir("lfw") / "images"], out, DetectorParams(min_neighbors=5, largest_only=True),
            workers=2, show_progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def lfw_dlib_embeddings(tmp_path_factory, lfw_crops):
+    """Path of ``image_features.csv``: the ``lfw_crops`` embedded with dlib-resnet128 (128-d, sidecar beside it)."""
+    from facepipe.embed import embed
+
+    output = tmp_path_factory.mktemp("lfw_dlib") / "image_features.csv"
+    embed(lfw_crops, output, model="dlib-resnet128", workers=2, show_progress=False)
+    return output
