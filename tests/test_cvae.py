@@ -1,0 +1,170 @@
+"""train-cvae on the real dlib_johns crops (5 people, the manifest identities as clusters): CPU only."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from facepipe.common import FacepipeError
+from facepipe.cvae import (
+    CVAEConfig,
+    build_model,
+    encoder_sizes,
+    epoch_checkpoints,
+    load_checkpoint,
+    load_cvae,
+    read_training_inputs,
+    split_train_validation,
+    train_cvae,
+)
+from facepipe.formats import CVAE_BEST_CHECKPOINT, CVAE_LOG_COLUMNS, CVAE_LOG_CSV, cvae_checkpoint_name, write_json_atomic
+
+TRAINING = dict(image_size=32, latent_dim=16, base_channels=16, batch_size=8, epochs=3, seed=3, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def johns_clusters(tmp_path_factory, data_dir):
+    """dlib_johns detected (every face found), and a cluster_results.csv whose clusters are the identities."""
+    from facepipe.detect import DetectorParams, detect
+    from facepipe.formats import DETECTIONS_CSV, read_csv, sidecar_path
+    from facepipe.labels import attach_labels
+
+    root = data_dir("dlib_johns")
+    work = tmp_path_factory.mktemp("johns")
+    crops = work / "crops"
+    detect([root / "images"], crops, DetectorParams(min_neighbors=5, largest_only=True), show_progress=False)
+    names = read_csv(crops / DETECTIONS_CSV)["crop"].astype(str).tolist()
+    labels = attach_labels(names, root / "manifest.csv", crops)
+    labels = labels[labels["matched"]]
+    identities = sorted(labels["identity"].unique())
+    results = work / "cluster_results.csv"
+    pd.DataFrame({"name": labels["name"], "cluster": labels["identity"].map(identities.index),
+                  "distance": 0.0}).to_csv(results, index=False)
+    write_json_atomic(sidecar_path(results), {"crops_dir": str(crops), "k": len(identities)})
+    return results
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, johns_clusters):
+    """A short uninterrupted run; every epoch checkpoint kept."""
+    weights = tmp_path_factory.mktemp("weights_full")
+    summary = train_cvae(johns_clusters, weights_dir=weights, keep_last=TRAINING["epochs"], **TRAINING)
+    return weights, summary
+
+
+def test_layer_sizes_follow_the_image_size():
+    for size in (64, 96, 128, 224):
+        config = CVAEConfig(image_size=size, latent_dim=8, base_channels=8, clusters=[0, 4, 9])
+        model = build_model(config).eval()
+        images = torch.rand(2, 3, size, size)
+        labels = torch.tensor([0, 2])
+        with torch.no_grad():
+            reconstruction, mu, logvar = model(images, labels, torch.randn(2, 8))
+        assert reconstruction.shape == images.shape
+        assert mu.shape == logvar.shape == (2, 8)
+        assert 0 <= reconstruction.min() and reconstruction.max() <= 1
+    assert encoder_sizes(224)[-1] == 7 and encoder_sizes(64)[-1] == 4 and encoder_sizes(96)[-1] == 6
+    with pytest.raises(FacepipeError, match="divisible by 4"):
+        encoder_sizes(90)
+
+
+def test_the_condition_changes_the_decoded_face():
+    model = build_model(CVAEConfig(image_size=32, latent_dim=8, base_channels=8, clusters=[0, 1])).eval()
+    with torch.no_grad():
+        faces = model.decode(torch.zeros(2, 8), torch.tensor([0, 1]))
+    assert not torch.equal(faces[0], faces[1])
+
+
+def test_validation_split_is_stratified_and_seeded():
+    labels = torch.arange(5).repeat_interleave(10).numpy()
+    train, val = split_train_validation(labels, 0.2, seed=1)
+    assert len(set(train) | set(val)) == 50 and not set(train) & set(val)
+    assert sorted(labels[val].tolist()) == sorted([0, 1, 2, 3, 4] * 2)
+    again = split_train_validation(labels, 0.2, seed=1)[1]
+    assert (again == val).all()
+
+
+def test_training_loss_falls_and_is_logged(trained, johns_clusters):
+    weights, summary = trained
+    log = pd.read_csv(weights / CVAE_LOG_CSV)
+    assert list(log.columns) == CVAE_LOG_COLUMNS
+    assert log["epoch"].tolist() == [1, 2, 3]
+    assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]
+    assert (log["train_loss"] - log["train_recon"] - log["train_kl"]).abs().max() < 1e-3 * log["train_loss"].max()
+    assert summary.val_count >= 5 and summary.train_count + summary.val_count == len(pd.read_csv(johns_clusters))
+    assert sorted(epoch_checkpoints(weights)) == [1, 2, 3]
+    assert (weights / CVAE_BEST_CHECKPOINT).is_file()
+
+
+def test_checkpoint_holds_only_plain_data(trained):
+    weights, _ = trained
+    checkpoint = torch.load(weights / cvae_checkpoint_name(3), map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] == 3
+    assert isinstance(checkpoint["config"], dict) and checkpoint["config"]["image_size"] == 32
+    assert set(checkpoint["model"]) == set(build_model(CVAEConfig.from_dict(checkpoint["config"])).state_dict())
+    model, config, _ = load_cvae(weights / CVAE_BEST_CHECKPOINT)
+    assert config.clusters == [0, 1, 2, 3, 4] and not model.training
+
+
+def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, johns_clusters, trained):
+    full, _ = trained
+    killed = tmp_path / "weights"
+    killed.mkdir()
+    shutil.copy(full / cvae_checkpoint_name(1), killed / cvae_checkpoint_name(1))  # the run died during epoch 2
+    (killed / ".cvae_epoch_2.pt.abc.tmp.pt").write_bytes(b"half a file")
+    with pytest.raises(FacepipeError, match="--resume"):
+        train_cvae(johns_clusters, weights_dir=killed, **TRAINING)
+    summary = train_cvae(johns_clusters, weights_dir=killed, resume=True, keep_last=TRAINING["epochs"], **TRAINING)
+    assert summary.epochs_run == 2
+    resumed, expected = load_checkpoint(killed / cvae_checkpoint_name(3)), load_checkpoint(full / cvae_checkpoint_name(3))
+    for key, tensor in expected["model"].items():
+        assert torch.equal(resumed["model"][key], tensor), key
+    columns = [c for c in CVAE_LOG_COLUMNS if c != "seconds"]
+    pd.testing.assert_frame_equal(pd.read_csv(killed / CVAE_LOG_CSV)[columns], pd.read_csv(full / CVAE_LOG_CSV)[columns])
+    assert not list(killed.glob(".*.tmp*"))
+    again = train_cvae(johns_clusters, weights_dir=killed, resume=True, **TRAINING)
+    assert again.epochs_run == 0
+
+
+def test_resume_refuses_changed_settings(tmp_path, johns_clusters, trained):
+    full, _ = trained
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(full / cvae_checkpoint_name(1), weights / cvae_checkpoint_name(1))
+    with pytest.raises(FacepipeError, match="beta"):
+        train_cvae(johns_clusters, weights_dir=weights, resume=True, **dict(TRAINING, beta=4.0))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, johns_clusters, trained):
+    full, _ = trained
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    data = (full / cvae_checkpoint_name(1)).read_bytes()
+    (weights / cvae_checkpoint_name(1)).write_bytes(data[: len(data) // 2])
+    with pytest.raises(FacepipeError, match="corrupt"):
+        load_checkpoint(weights / cvae_checkpoint_name(1))
+    with pytest.raises(FacepipeError, match="corrupt"):
+        train_cvae(johns_clusters, weights_dir=weights, resume=True, **TRAINING)
+    (weights / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 100)
+    with pytest.raises(FacepipeError, match="not a readable CVAE checkpoint"):
+        load_cvae(weights / "garbage.pt")
+    foreign = weights / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(FacepipeError, match="not a facepipe CVAE checkpoint"):
+        load_checkpoint(foreign)
+
+
+def test_missing_crops_and_bad_inputs_are_clear_errors(tmp_path, johns_clusters):
+    frame = pd.read_csv(johns_clusters)
+    broken = tmp_path / "cluster_results.csv"
+    frame.assign(name=frame["name"].str.replace(".jpg", "_gone.jpg")).to_csv(broken, index=False)
+    crops_dir = read_training_inputs(johns_clusters).crops_dir
+    with pytest.raises(FacepipeError, match="could not be read"):
+        train_cvae(broken, crops_dir=crops_dir, weights_dir=tmp_path / "w", **TRAINING)
+    with pytest.raises(FacepipeError, match="names the crops folder|does not name"):
+        read_training_inputs(broken)
+    with pytest.raises(FacepipeError, match="divisible by 4"):
+        train_cvae(johns_clusters, weights_dir=tmp_path / "w", **dict(TRAINING, image_size=30))
