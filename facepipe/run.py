@@ -1,0 +1,288 @@
+"""Stage 7: the whole chain from one config into one run folder, resumable, with a report.
+
+Each stage's fingerprint is a hash of its options and of what it consumed (the input photos for detect,
+the upstream stage's fingerprint for the others). ``state.json`` in the run folder records the fingerprint
+each stage last completed with: a rerun skips the stages whose fingerprint did not change, reruns a
+changed stage and, through the chained fingerprints, everything downstream of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from facepipe import __version__
+from facepipe.common import FacepipeError
+from facepipe.config import load_config, save_config
+from facepipe.formats import (
+    CLUSTER_RESULTS_CSV,
+    EMBEDDINGS_CSV,
+    RUN_CONFIG_TOML,
+    RUN_LOG,
+    RUN_REPORT_HTML,
+    RUN_STATE_JSON,
+    RUN_SUMMARY_JSON,
+    read_json,
+    write_json_atomic,
+)
+from facepipe.images import collect_images
+
+STAGES = ("detect", "embed", "cluster", "train_cvae", "generate", "probe")
+CROPS_DIR, WEIGHTS_DIR, SAMPLES_DIR, INFERENCE_DIR, PROBE_DIR = (
+    "temp", "weights", "cluster_samples", "inference_results", "probe")
+
+log = logging.getLogger("facepipe.run")
+
+
+@dataclass
+class StageRecord:
+    """What happened to one stage in this run."""
+
+    name: str
+    status: str  # ran | resumed | skipped | not configured
+    seconds: float = 0.0
+    summary: str = ""
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    """The outcome of ``run``: one record per stage, plus where everything is."""
+
+    out_dir: Path
+    stages: list[StageRecord]
+    partial: bool
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return {
+            "out_dir": str(self.out_dir),
+            "partial": self.partial,
+            "seconds": round(self.seconds, 2),
+            "facepipe_version": __version__,
+            "stages": {s.name: {"status": s.status, "seconds": round(s.seconds, 2), "summary": s.summary, **s.details}
+                       for s in self.stages},
+        }
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+
+
+def _file_digest(path: str) -> str | None:
+    """Fingerprint a file the run reads (e.g. the labels manifest) by size and modification time."""
+    if not path:
+        return None
+    stat = Path(path).stat()
+    return f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _inputs_fingerprint(images: list[Path]) -> str:
+    entries = []
+    for image in images:
+        try:
+            stat = image.stat()
+            entries.append((str(image), stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            entries.append((str(image), None, None))
+    return _digest(entries)
+
+
+class _Runner:
+    """Holds the run folder, its state file, and the stage-by-stage decisions."""
+
+    def __init__(self, out_dir: Path, from_stage: str | None):
+        self.state_file = out_dir / RUN_STATE_JSON
+        self.state = read_json(self.state_file) if self.state_file.is_file() else {}
+        self.forced_from = STAGES.index(from_stage) if from_stage else None
+        self.records: list[StageRecord] = []
+
+    def stage(self, name: str, fingerprint: str, action: Callable[[bool], tuple[str, dict]]) -> str:
+        """Run ``action(force)`` unless ``name`` already completed with ``fingerprint``; returns the fingerprint."""
+        previous = self.state.get(name, {})
+        forced = self.forced_from is not None and STAGES.index(name) >= self.forced_from
+        if not forced and previous.get("fingerprint") == fingerprint and previous.get("completed"):
+            log.info("%s: skipped, inputs and options unchanged", name)
+            self.records.append(StageRecord(name, "skipped", previous.get("seconds", 0.0), previous.get("summary", ""),
+                                            previous.get("details", {})))
+            return fingerprint
+        resuming = not forced and previous.get("fingerprint") == fingerprint
+        force = forced or bool(previous) and not resuming
+        log.info("%s: %s", name, "resuming an interrupted run" if resuming else "forced" if forced
+                 else "options or inputs changed, redoing" if force else "running")
+        self.state[name] = {"fingerprint": fingerprint, "completed": False}
+        write_json_atomic(self.state_file, self.state)
+        started = time.perf_counter()
+        summary, details = action(force)
+        seconds = time.perf_counter() - started
+        log.info("%s", summary)
+        self.state[name] = {"fingerprint": fingerprint, "completed": True, "seconds": round(seconds, 2),
+                            "summary": summary, "details": details}
+        write_json_atomic(self.state_file, self.state)
+        self.records.append(StageRecord(name, "resumed" if resuming else "ran", seconds, summary, details))
+        return fingerprint
+
+
+def _setup_logging(out_dir: Path, quiet: bool) -> list[logging.Handler]:
+    """Log to ``run.log`` in the run folder, and to stderr unless ``quiet``."""
+    to_file = logging.FileHandler(out_dir / RUN_LOG, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handlers: list[logging.Handler] = [to_file]
+    if not quiet:
+        to_console = logging.StreamHandler()
+        to_console.setFormatter(logging.Formatter("%(message)s"))
+        handlers.append(to_console)
+    root = logging.getLogger("facepipe")
+    root.setLevel(logging.INFO)
+    for handler in handlers:
+        root.addHandler(handler)
+    return handlers
+
+
+def _blank_to_none(value):
+    return None if value == "" else value
+
+
+def run(
+    inputs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    config: dict | None = None,
+    *,
+    from_stage: str | None = None,
+    show_progress: bool = True,
+) -> RunSummary:
+    """Run detect -> embed -> cluster -> train-cvae -> generate (-> probe with labels) into ``out_dir``.
+
+    ``config`` is a dict as returned by ``facepipe.config.load_config`` (defaults when ``None``).
+    ``from_stage`` forces that stage and every later one to be redone.
+    """
+    from facepipe.cluster import cluster
+    from facepipe.cvae import train_cvae
+    from facepipe.detect import DetectorParams, detect
+    from facepipe.embed import embed
+    from facepipe.generate import generate
+    from facepipe.report import write_report
+
+    started = time.perf_counter()
+    config = config if config is not None else load_config()
+    if from_stage is not None and from_stage not in STAGES:
+        raise FacepipeError(f"--from must be one of {', '.join(STAGES)}")
+    out = Path(os.path.abspath(out_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    inputs = [str(Path(os.path.abspath(i))) for i in inputs]
+    images = collect_images(inputs)
+    if not images:
+        raise FacepipeError("no images found in the given inputs")
+    labels = _blank_to_none(config["run"]["labels"])
+    if labels is not None:
+        labels = os.path.abspath(labels)
+        if not Path(labels).is_file():
+            raise FacepipeError(f"label manifest not found: {labels}")
+    save_config(config, out / RUN_CONFIG_TOML)
+    handlers = _setup_logging(out, quiet=not show_progress)
+    log.info("facepipe %s run: %d images from %s -> %s", __version__, len(images), ", ".join(inputs), out)
+    runner = _Runner(out, from_stage)
+    crops, features, results = out / CROPS_DIR, out / EMBEDDINGS_CSV, out / CLUSTER_RESULTS_CSV
+    partial = False
+    try:
+        def do_detect(force):
+            nonlocal partial
+            options = dict(config["detect"])
+            workers = options.pop("workers")
+            summary = detect(inputs, crops, DetectorParams(**options), workers=workers, force=force,
+                             show_progress=show_progress)
+            partial = partial or summary.errors > 0
+            return summary.line(), {"images": summary.images, "faces": summary.faces, "errors": summary.errors}
+
+        fp = runner.stage("detect", _digest(config["detect"], _inputs_fingerprint(images)), do_detect)
+
+        def do_embed(force):
+            nonlocal partial
+            options = dict(config["embed"], weights=_blank_to_none(config["embed"]["weights"]))
+            summary = embed(crops, features, force=force, show_progress=show_progress, **options)
+            partial = partial or summary.errors > 0
+            return summary.line(), {"crops": summary.crops, "embedded": summary.embedded, "errors": summary.errors,
+                                    "model": summary.model, "dimension": summary.dim}
+
+        fp = runner.stage("embed", _digest(config["embed"], fp), do_embed)
+        embed_fp = fp
+
+        def do_cluster(force):
+            options = dict(config["cluster"])
+            summary = cluster(features, out, samples_dir=out / SAMPLES_DIR, labels=labels, force=force,
+                              show_progress=show_progress, **options)
+            return summary.line(), summary.details()
+
+        fp = runner.stage("cluster", _digest(config["cluster"], fp, _file_digest(labels)), do_cluster)
+
+        def do_train(force):
+            summary = train_cvae(results, crops_dir=crops, weights_dir=out / WEIGHTS_DIR, resume=not force,
+                                 force=force, show_progress=show_progress, **config["train_cvae"])
+            return summary.line(), {"epochs": summary.last_epoch, "best_epoch": summary.best_epoch,
+                                    "best_val_loss": summary.best_val_loss, "device": summary.device,
+                                    "train_crops": summary.train_count, "val_crops": summary.val_count}
+
+        fp = runner.stage("train_cvae", _digest(config["train_cvae"], fp), do_train)
+
+        def do_generate(force):
+            summary = generate(out / WEIGHTS_DIR, out_dir=out / INFERENCE_DIR, cluster_results=results,
+                               crops_dir=crops, embeddings=features, device=config["train_cvae"]["device"],
+                               show_progress=show_progress, **config["generate"])
+            return summary.line(), {"clusters": len(summary.clusters), "fidelity": summary.fidelity}
+
+        runner.stage("generate", _digest(config["generate"], fp), do_generate)
+
+        if labels is not None:
+            runner.stage("probe", _digest(config["probe"], embed_fp, _file_digest(labels)),
+                         lambda force: _run_probes(features, labels, crops, out / PROBE_DIR, config["probe"], force,
+                                                   show_progress))
+        else:
+            runner.records.append(StageRecord("probe", "not configured", summary="no labels given"))
+    except Exception as error:
+        log.error("run failed: %s", error)
+        raise
+    finally:
+        for handler in handlers:
+            logging.getLogger("facepipe").removeHandler(handler)
+            handler.close()
+
+    summary = RunSummary(out_dir=out, stages=runner.records, partial=partial, seconds=time.perf_counter() - started)
+    data = summary.as_dict()
+    data["versions"] = versions()
+    write_json_atomic(out / RUN_SUMMARY_JSON, data)
+    write_report(out, data, config)
+    return summary
+
+
+def _run_probes(features: Path, labels: str, crops: Path, out: Path, options: dict, force: bool,
+                show_progress: bool) -> tuple[str, dict]:
+    from facepipe.probe import train as train_probe
+
+    lines, details = [], {}
+    for target in options["targets"]:
+        summary = train_probe(features, labels, target, out / f"{target}.json", crops_dir=crops,
+                              holdout=options["holdout"], seed=options["seed"], force=force,
+                              show_progress=show_progress)
+        lines.extend(summary.lines())
+        details[target] = summary.holdout["metrics"] if summary.holdout else None
+    return "; ".join(lines), {"targets": details}
+
+
+def versions() -> dict:
+    """Versions of facepipe, Python and the libraries whose behaviour shapes the results."""
+    import importlib.metadata as metadata
+
+    found = {"facepipe": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for package in ("torch", "opencv-python-headless", "numpy", "scikit-learn", "dlib-bin", "faiss-cpu"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
