@@ -114,11 +114,17 @@ def _build_model_class():
             self.to_logvar = nn.Linear(flat + n, config.latent_dim)
 
             self.from_latent = nn.Linear(config.latent_dim + n, flat)
-            layers = []
-            outputs = [*channels[::-1][1:], 3]
-            for current, out in zip(channels[::-1], outputs):
-                layers += [nn.BatchNorm2d(current), nn.LeakyReLU(0.2), nn.ConvTranspose2d(current, out, 4, 2, 1)]
-            self.decoder = nn.Sequential(*layers, nn.Sigmoid())
+            # Decoder: per block, a transposed convolution then a normalisation whose scale and shift are
+            # learned per cluster, so the condition shapes every resolution and not only the first layer.
+            widths = [*channels[::-1][1:], max(8, config.base_channels // 2)]
+            self.upsample = nn.ModuleList(
+                nn.ConvTranspose2d(current, out, 4, 2, 1, bias=False) for current, out in zip(channels[::-1], widths)
+            )
+            self.norms = nn.ModuleList(nn.GroupNorm(min(8, out), out, affine=False) for out in widths)
+            self.styles = nn.ModuleList(nn.Embedding(n, 2 * out) for out in widths)
+            for style in self.styles:
+                nn.init.zeros_(style.weight)
+            self.to_rgb = nn.Conv2d(widths[-1], 3, 3, 1, 1)
 
         def condition(self, labels: torch.Tensor) -> torch.Tensor:
             return nn.functional.one_hot(labels, self.config.num_classes).to(self.to_mu.weight.dtype)
@@ -131,7 +137,11 @@ def _build_model_class():
         def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             """Latent codes and labels -> images in [0, 1] (N, 3, S, S)."""
             hidden = self.from_latent(torch.cat([z, self.condition(labels).to(z.dtype)], dim=1))
-            return self.decoder(hidden.view(-1, self.bottom_channels, self.bottom_size, self.bottom_size))
+            hidden = hidden.view(-1, self.bottom_channels, self.bottom_size, self.bottom_size)
+            for upsample, norm, style in zip(self.upsample, self.norms, self.styles):
+                scale, shift = style(labels)[:, :, None, None].chunk(2, dim=1)
+                hidden = nn.functional.leaky_relu(norm(upsample(hidden)) * (1 + scale) + shift, 0.2)
+            return torch.sigmoid(self.to_rgb(hidden))
 
         def forward(self, images, labels, noise=None):
             """Reconstruct; ``noise`` (N, latent) draws z = mu + sigma * noise, ``None`` decodes z = mu."""

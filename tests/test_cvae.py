@@ -168,3 +168,93 @@ def test_missing_crops_and_bad_inputs_are_clear_errors(tmp_path, johns_clusters)
         read_training_inputs(broken)
     with pytest.raises(FacepipeError, match="divisible by 4"):
         train_cvae(johns_clusters, weights_dir=tmp_path / "w", **dict(TRAINING, image_size=30))
+
+
+# ---------------------------------------------------------------- generate
+
+
+@pytest.fixture(scope="session")
+def johns_embeddings(johns_clusters):
+    """dlib-resnet128 embeddings of the johns crops, named in the cluster results' sidecar like cluster does."""
+    from facepipe.embed import embed
+    from facepipe.formats import read_json, sidecar_path
+
+    output = johns_clusters.parent / "image_features.csv"
+    embed(read_training_inputs(johns_clusters).crops_dir, output, model="dlib-resnet128", workers=1,
+          show_progress=False)
+    meta = read_json(sidecar_path(johns_clusters))
+    write_json_atomic(sidecar_path(johns_clusters), dict(meta, embeddings=output.name, model="dlib-resnet128"))
+    return output
+
+
+def test_generate_writes_faces_means_samples_and_sheet(tmp_path, trained):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from facepipe.cli import main
+    from facepipe.formats import GENERATED_SHEET_PNG, generated_face_names
+
+    weights, _ = trained
+    out = tmp_path / "inference_results"
+    result = CliRunner().invoke(main, ["generate", "--all", "--checkpoint", str(weights), "-o", str(out),
+                                       "--samples", "3", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    for cluster in range(5):
+        files = generated_face_names(cluster)
+        assert Image.open(out / files["face"]).size == (32, 32)
+        assert Image.open(out / files["mean"]).size == (32, 32)
+        assert Image.open(out / files["samples"]).size == (3 * 32, 32)
+    assert Image.open(out / GENERATED_SHEET_PNG).size[0] > 5 * 32
+
+    single = tmp_path / "one"
+    result = CliRunner().invoke(main, ["generate", "--cluster", "2", "--checkpoint", str(weights), "-o", str(single),
+                                       "--samples", "3", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    for kind in ("face", "samples", "mean"):
+        name = generated_face_names(2)[kind]
+        assert (single / name).read_bytes() == (out / name).read_bytes(), kind  # same seed, same faces
+    assert not (single / generated_face_names(1)["face"]).exists()
+
+
+def test_generate_usage_errors(tmp_path, trained):
+    from click.testing import CliRunner
+
+    from facepipe.cli import main
+
+    weights, _ = trained
+    result = CliRunner().invoke(main, ["generate", "--checkpoint", str(weights), "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "--all" in result.output
+    result = CliRunner().invoke(main, ["generate", "--cluster", "7", "--checkpoint", str(weights), "-o", str(tmp_path)])
+    assert result.exit_code == 1 and "not in this model" in result.output
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes((weights / CVAE_BEST_CHECKPOINT).read_bytes()[:1000])
+    result = CliRunner().invoke(main, ["generate", "--all", "--checkpoint", str(broken), "-o", str(tmp_path)])
+    assert result.exit_code == 1 and "corrupt" in result.output and "Traceback" not in result.output
+
+
+def test_fidelity_scores_real_crops_as_their_own_people(johns_clusters, johns_embeddings):
+    """The evaluation path on faces whose identity is known: each cluster's most typical crop, shrunk to 64 px
+    like a generated face, must come out nearest its own centroid; a face of the wrong person must not."""
+    import numpy as np
+
+    from facepipe.cvae import load_crops
+    from facepipe.formats import read_embeddings
+    from facepipe.generate import cluster_centroids, evaluate_fidelity
+
+    inputs = read_training_inputs(johns_clusters)
+    ids, centroids = cluster_centroids(read_embeddings(johns_embeddings), inputs.names, inputs.clusters)
+    embeddings = read_embeddings(johns_embeddings)
+    row_of = {n: i for i, n in enumerate(embeddings.names)}
+    typical = []
+    for index, cluster in enumerate(ids):
+        members = [n for n, c in zip(inputs.names, inputs.clusters) if c == cluster]
+        vectors = embeddings.vectors[[row_of[n] for n in members]]
+        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        typical.append(members[int(np.argmax(vectors @ centroids[index]))])
+    faces = load_crops(typical, inputs.crops_dir, 64, show_progress=False)
+    shifted = np.roll(faces, 1, axis=0)  # cluster i gets the face of cluster i - 1
+    report = evaluate_fidelity(faces, shifted, ids, inputs, johns_embeddings)
+    assert report["model"] == "dlib-resnet128" and report["clusters_evaluated"] == 5
+    assert report["cvae"]["correct"] == 5
+    assert report["pixel_mean"]["correct"] == 0
+    assert [row["pixel_mean_nearest"] for row in report["per_cluster"]] == [ids[i - 1] for i in range(5)]

@@ -1,0 +1,124 @@
+"""train-cvae / generate on LFW: CPU epoch time and peak memory, and the identity fidelity of the aggregated faces.
+
+    python benchmarks/bench_cvae.py timing   [--work DIR] [--sizes 64 128] [--epochs 2]
+    python benchmarks/bench_cvae.py fidelity [--work DIR] [--image-size 64] [--epochs 40] [--data lfw]
+
+Both first prepare, once, in DIR (default /tmp/facepipe_bench_cvae/<data>): the crops of
+../shared/data/<data> (detect, minNeighbors 5, largest face only), their dlib-resnet128 embeddings, and
+a cluster_results.csv whose clusters are the manifest identities (what a perfect cluster stage gives).
+``timing`` trains each size for a few epochs in a child process and reports seconds per epoch and the
+child's peak RSS; ``fidelity`` trains, runs generate --evaluate and prints fidelity.json's summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def prepare(data: str, work: Path) -> Path:
+    """Crops, embeddings and identity clusters of a shared data set; returns the cluster_results.csv path."""
+    from facepipe.detect import DetectorParams, detect
+    from facepipe.embed import embed
+    from facepipe.formats import DETECTIONS_CSV, read_csv, sidecar_path, write_json_atomic
+    from facepipe.labels import attach_labels
+
+    crops, embeddings, results = work / "crops", work / "image_features.csv", work / "cluster_results.csv"
+    if not results.is_file():
+        detect([DATA / data / "images"], crops, DetectorParams(min_neighbors=5, largest_only=True), workers=2)
+        embed(crops, embeddings, model="dlib-resnet128", workers=2)
+        names = read_csv(crops / DETECTIONS_CSV)["crop"].astype(str).tolist()
+        labels = attach_labels(names, DATA / data / "manifest.csv", crops)
+        labels = labels[labels["matched"]]
+        identities = sorted(labels["identity"].unique())
+        frame = pd.DataFrame({"name": labels["name"], "cluster": labels["identity"].map(identities.index),
+                              "distance": 0.0})
+        frame.to_csv(results, index=False)
+        write_json_atomic(sidecar_path(results), {"crops_dir": str(crops), "embeddings": str(embeddings),
+                                                  "model": "dlib-resnet128", "k": len(identities),
+                                                  "note": "clusters = manifest identities (benchmark)"})
+    return results
+
+
+def train_child(results: str, weights: str, image_size: int, epochs: int) -> None:
+    """Runs in a child process so that its peak RSS is the training's own."""
+    from facepipe.cvae import train_cvae
+
+    summary = train_cvae(results, weights_dir=weights, image_size=image_size, epochs=epochs, device="cpu",
+                         force=True, show_progress=False)
+    log = pd.read_csv(Path(weights) / "cvae_log.csv")
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"crops": summary.train_count + summary.val_count, "train": summary.train_count,
+                      "epoch_seconds": log["seconds"].tolist(), "peak_rss_mib": peak_mib}))
+
+
+def timing(args) -> None:
+    import torch
+
+    results = prepare(args.data, args.work)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("| image size | crops (train) | seconds per epoch (median) | peak RSS (MiB) |")
+    print("|---|---|---|---|")
+    for size in args.sizes:
+        out = subprocess.run([sys.executable, __file__, "_train", str(results), str(args.work / f"weights_{size}"),
+                              str(size), str(args.epochs)], check=True, capture_output=True, text=True)
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        seconds = sorted(row["epoch_seconds"])[len(row["epoch_seconds"]) // 2]
+        print(f"| {size} | {row['crops']} ({row['train']}) | {seconds:.1f} | {row['peak_rss_mib']:.0f} |")
+
+
+def fidelity(args) -> None:
+    from facepipe.cvae import train_cvae
+    from facepipe.generate import generate
+
+    results = prepare(args.data, args.work)
+    weights = args.work / f"weights_fidelity_{args.image_size}"
+    started = time.perf_counter()
+    summary = train_cvae(results, weights_dir=weights, image_size=args.image_size, epochs=args.epochs,
+                         batch_size=args.batch_size, beta=args.beta, seed=args.seed, resume=True)
+    print(summary.line(), f"(wall {time.perf_counter() - started:.0f}s)")
+    report = generate(weights, out_dir=args.work / f"inference_{args.image_size}", samples=4, evaluate=True)
+    print(report.line())
+    metrics = report.fidelity
+    print(json.dumps({"data": args.data, "image_size": args.image_size, "epochs": args.epochs, "beta": args.beta,
+                      "cvae": metrics["cvae"], "pixel_mean": metrics["pixel_mean"],
+                      "clusters": metrics["clusters_evaluated"]}))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_train":
+        train_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["timing", "fidelity"])
+    parser.add_argument("--data", default="lfw")
+    parser.add_argument("--work", type=Path)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    args.work = args.work or Path("/tmp/facepipe_bench_cvae") / args.data
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.mode == "timing":
+        args.epochs = args.epochs or 2
+        timing(args)
+    else:
+        args.epochs = args.epochs or 40
+        fidelity(args)
+
+
+if __name__ == "__main__":
+    main()
