@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 from dataclasses import dataclass
@@ -21,13 +22,16 @@ from facepipe.formats import (
     EMBEDDINGS_CSV,
     ERROR_COLUMNS,
     Embeddings,
+    embed_checkpoint_path,
     embed_errors_path,
     read_csv,
     read_embeddings,
+    read_embeddings_checkpoint,
     read_json,
     sidecar_path,
     write_csv_atomic,
     write_embeddings,
+    write_embeddings_checkpoint,
 )
 from facepipe.images import ImageReadError, collect_images, load_image_rgb
 from facepipe.models import Embedder
@@ -104,28 +108,25 @@ def load_embedder(
     device: str = "auto",
     precision: str = "fp32",
     face_margin: float | None = None,
+    show_progress: bool = True,
 ) -> Embedder:
     """Build the named model. ``face_margin`` tells dlib where the face is in a detect crop (see dlib_resnet)."""
     if precision not in PRECISIONS:
         raise FacepipeError(f"unknown precision {precision!r}: use fp32 or bf16")
     if model == "dlib-resnet128":
-        import dlib
-
         from facepipe.models.dlib_resnet import DlibResNet128Embedder
 
         if precision != "fp32":
             raise FacepipeError("dlib-resnet128 runs in fp32 only; drop --precision bf16")
-        if device.startswith("cuda") and not dlib.DLIB_USE_CUDA:
-            raise FacepipeError("this dlib build has no CUDA support: use --device cpu (or auto) with dlib-resnet128")
-        return DlibResNet128Embedder(face_margin=face_margin, batch_size=batch_size)
+        return DlibResNet128Embedder(face_margin=face_margin, device=device, batch_size=batch_size)
     if model == "vggface2-resnet50":
         try:
             from facepipe.models.vggface2 import VGGFace2ResNet50Embedder
             from facepipe.weights import ensure_vggface2_weights
         except ImportError as error:
             raise FacepipeError(f"vggface2-resnet50 is not available in this installation ({error})") from None
-        return VGGFace2ResNet50Embedder(ensure_vggface2_weights(weights), device=device, precision=precision,
-                                        batch_size=batch_size)
+        weights_path = ensure_vggface2_weights(weights, show_progress=show_progress)
+        return VGGFace2ResNet50Embedder(weights_path, device=device, precision=precision, batch_size=batch_size)
     raise FacepipeError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
 
 
@@ -146,28 +147,47 @@ def _decoded(paths: list[Path], workers: int) -> Iterator[tuple[np.ndarray | Non
         yield from pool.imap(_decode, paths, chunksize=8)
 
 
-def _previous_rows(output: Path, meta: dict, force: bool) -> dict[str, np.ndarray]:
-    """Vectors of an earlier run into ``output`` that can be kept, by crop name (none with ``force``)."""
-    if force or not output.is_file():
-        return {}
-    if not sidecar_path(output).is_file():
-        raise FacepipeError(f"{output} exists but has no sidecar {sidecar_path(output).name}, so its model is "
-                            "unknown; rerun with --force to replace it, or choose another output file")
-    previous = read_embeddings(output)
-    if previous.model != meta["model"]:
-        raise FacepipeError(f"{output} holds {previous.model} embeddings, not {meta['model']}; "
+def _check_same_settings(path: Path, previous: dict, meta: dict) -> None:
+    if previous.get("model") != meta["model"]:
+        raise FacepipeError(f"{path} holds {previous.get('model')} embeddings, not {meta['model']}; "
                             "rerun with --force to replace them, or choose another output file")
-    changed = [f for f in IDENTITY_FIELDS if previous.meta.get(f) != meta.get(f)]
+    changed = [f for f in IDENTITY_FIELDS if previous.get(f) != meta.get(f)]
     if changed:
-        raise FacepipeError(f"{output} was made with other settings ({', '.join(changed)} differ); "
+        raise FacepipeError(f"{path} was made with other settings ({', '.join(changed)} differ); "
                             "rerun with --force to replace it, or choose another output file")
-    return dict(zip(previous.names, previous.vectors))
+
+
+def _previous_rows(output: Path, meta: dict, force: bool) -> dict[str, np.ndarray]:
+    """Vectors of earlier runs into ``output`` (finished, or a killed run's progress file) that can be kept."""
+    checkpoint = embed_checkpoint_path(output)
+    if force:
+        checkpoint.unlink(missing_ok=True)
+        return {}
+    rows: dict[str, np.ndarray] = {}
+    if checkpoint.is_file():
+        progress_file = read_embeddings_checkpoint(checkpoint)
+        _check_same_settings(checkpoint, progress_file.meta, meta)
+        rows.update(zip(progress_file.names, progress_file.vectors))
+    if output.is_file():
+        if not sidecar_path(output).is_file():
+            raise FacepipeError(f"{output} exists but has no sidecar {sidecar_path(output).name}, so its model is "
+                                "unknown; rerun with --force to replace it, or choose another output file")
+        try:
+            previous = read_embeddings(output)
+        except FacepipeError:
+            if not rows:
+                raise
+            return rows  # killed while writing the final files: the progress file holds everything
+        _check_same_settings(output, previous.meta, meta)
+        rows.update(zip(previous.names, previous.vectors))
+    return rows
 
 
 def _remove_own_temporaries(output: Path) -> None:
     """Delete the temporary files a killed run left beside ``output`` (only ours, never others')."""
-    for name in (output.name, sidecar_path(output).name, embed_errors_path(output).name):
-        for leftover in output.parent.glob(f".{name}.*.tmp*"):
+    for path in (output, sidecar_path(output), embed_errors_path(output), embed_checkpoint_path(output)):
+        name = path.name
+        for leftover in output.parent.glob(f".{glob.escape(name)}.*.tmp*"):
             leftover.unlink(missing_ok=True)
 
 
@@ -199,17 +219,20 @@ def embed(
     output.parent.mkdir(parents=True, exist_ok=True)
     _remove_own_temporaries(output)
     embedder = load_embedder(model, weights=weights, batch_size=batch_size, device=device, precision=precision,
-                             face_margin=crop_list.margin)
+                             face_margin=crop_list.margin, show_progress=show_progress)
     meta = dict(embedder.describe(), crops_dir=str(crop_list.crops_dir), facepipe_version=__version__)
     done = _previous_rows(output, meta, force)
     todo = [name for name in crop_list.names if name not in done]
     skipped = len(crop_list.names) - len(todo)
     errors: list[dict] = []
 
-    def checkpoint() -> None:
+    def done_in_order() -> Embeddings:
         names = [name for name in crop_list.names if name in done]
-        if names:
-            write_embeddings(output, Embeddings(names, np.stack([done[n] for n in names]), meta))
+        vectors = np.stack([done[n] for n in names]) if names else np.zeros((0, embedder.dim), np.float32)
+        return Embeddings(names, vectors, meta)
+
+    def checkpoint() -> None:
+        write_embeddings_checkpoint(embed_checkpoint_path(output), done_in_order())
         write_csv_atomic(pd.DataFrame(errors, columns=ERROR_COLUMNS), embed_errors_path(output))
 
     last_checkpoint = time.monotonic()
@@ -237,11 +260,15 @@ def embed(
         raise
     finally:
         bar.close()
-    checkpoint()
-    embedded = sum(name in done for name in crop_list.names)
-    if embedded == 0:
+    write_csv_atomic(pd.DataFrame(errors, columns=ERROR_COLUMNS), embed_errors_path(output))
+    result = done_in_order()
+    if not result.names:
+        embed_checkpoint_path(output).unlink(missing_ok=True)
         raise FacepipeError(f"none of the {len(crop_list.names)} crops could be read; "
                             f"see {embed_errors_path(output)}")
+    write_embeddings(output, result)
+    embed_checkpoint_path(output).unlink(missing_ok=True)  # only now: it covers a kill during the line above
+    embedded = len(result.names)
     return EmbedSummary(
         crops=len(crop_list.names),
         embedded=embedded,

@@ -169,14 +169,42 @@ def read_embeddings(path: str | os.PathLike) -> Embeddings:
 # --- embed -----------------------------------------------------------------------------------------
 # embed -> image_features.csv (or .npz) + image_features.csv.json: see write_embeddings / read_embeddings
 #          image_features.csv.errors.csv: ERROR_COLUMNS (path of the crop, reason) for each unreadable crop
+#          image_features.csv.partial.npz: progress of an unfinished run (names, vectors, and the sidecar
+#          as JSON in one file, so it is never out of step with itself); removed when the run completes
 
 EMBED_ERRORS_SUFFIX = ".errors.csv"
+EMBED_CHECKPOINT_SUFFIX = ".partial.npz"
 
 
 def embed_errors_path(output: str | os.PathLike) -> Path:
     """The errors CSV beside an embeddings file: ``image_features.csv`` -> ``image_features.csv.errors.csv``."""
     output = Path(output)
     return output.with_name(output.name + EMBED_ERRORS_SUFFIX)
+
+
+def embed_checkpoint_path(output: str | os.PathLike) -> Path:
+    """The progress file of an unfinished embed run: ``image_features.csv`` -> ``image_features.csv.partial.npz``."""
+    output = Path(output)
+    return output.with_name(output.name + EMBED_CHECKPOINT_SUFFIX)
+
+
+def write_embeddings_checkpoint(path: str | os.PathLike, embeddings: Embeddings) -> None:
+    """Write names, vectors and metadata into one .npz, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, names=np.asarray(embeddings.names, dtype=str),
+                     vectors=np.asarray(embeddings.vectors, dtype=np.float32),
+                     meta=np.asarray(json.dumps(embeddings.meta, sort_keys=True, default=str)))
+
+
+def read_embeddings_checkpoint(path: str | os.PathLike) -> Embeddings:
+    """Read a file written by ``write_embeddings_checkpoint``."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return Embeddings(names=[str(n) for n in data["names"]], vectors=np.asarray(data["vectors"], np.float32),
+                              meta=json.loads(str(data["meta"])))
+    except (KeyError, ValueError, OSError) as error:
+        raise FacepipeError(f"{path} is not an embed progress file ({error}); delete it or rerun with --force") from None
 
 
 # --- probe -----------------------------------------------------------------------------------------

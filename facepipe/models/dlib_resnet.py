@@ -1,24 +1,28 @@
 """dlib's 128-d face recognition ResNet (offline: the weights ship in the PyPI package face-recognition-models).
 
 Each crop goes through dlib's own recipe: 5-point landmarks inside a face box, a 150x150 chip aligned on
-them (``dlib.get_face_chip``, padding 0.25, as in dlib's examples), then the ResNet. Where the face lies
+them (``dlib.get_face_chip``, padding 0.25, as in dlib's examples), then the ResNet, which runs in
+PyTorch with the weights read from dlib's .dat file (``read_dlib_resnet``). Where the face lies
 in the crop is told by ``face_margin``: crops from ``facepipe detect`` are squares of side
 ``box * (1 + 2 * margin)`` centred on the Haar box, so the face box is their central square of side
-``size / (1 + 2 * margin)``. For crops of unknown origin (``face_margin=None``) dlib's HOG frontal face
-detector looks for the face in the crop (upsampled once), and the central box for detect's default
-margin 0.2 is used where it finds none.
+``size / (1 + 2 * margin)``. For crops of unknown origin (``face_margin=None``, e.g. a folder of ready
+face chips) dlib's HOG frontal face detector looks for the face in the crop (at full size, then
+upsampled once), and the central box for detect's default margin 0.2 is used where it finds none.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from facepipe.common import FacepipeError
+from facepipe.common import FacepipeError, resolve_device
+from facepipe.models.vggface2 import file_sha256
 
 MODEL_NAME = "dlib-resnet128"
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -45,15 +49,6 @@ def model_file(name: str) -> Path:
     )
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def central_face_box(height: int, width: int, margin: float) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the face box inside a detect crop grown by ``margin`` per side."""
     side_h, side_w = height / (1.0 + 2.0 * margin), width / (1.0 + 2.0 * margin)
@@ -61,22 +56,131 @@ def central_face_box(height: int, width: int, margin: float) -> tuple[int, int, 
     return int(round(left)), int(round(top)), int(round(left + side_w)) - 1, int(round(top + side_h)) - 1
 
 
+class _DatReader:
+    """Reads the parts of dlib's binary serialization that the face recognition network file uses."""
+
+    def __init__(self, data: bytes, path: Path):
+        self.data, self.path, self.pos = data, path, 0
+
+    def seek_after(self, name: bytes) -> None:
+        found = self.data.find(name, self.pos)
+        if found < 0:
+            raise FacepipeError(f"{self.path}: no layer {name.decode()} where dlib's ResNet should have one")
+        self.pos = found + len(name)
+
+    def int(self) -> int:
+        head = self.data[self.pos]
+        size = head & 0x7F
+        value = int.from_bytes(self.data[self.pos + 1 : self.pos + 1 + size], "little")
+        self.pos += 1 + size
+        return -value if head & 0x80 else value
+
+    def float(self) -> float:
+        mantissa, exponent = self.int(), self.int()
+        return float(np.ldexp(float(mantissa), exponent))
+
+    def tensor(self) -> np.ndarray:
+        version = self.int()
+        if version != 2:
+            raise FacepipeError(f"{self.path}: unsupported dlib tensor version {version}")
+        shape = tuple(self.int() for _ in range(4))
+        count = int(np.prod(shape))
+        values = np.frombuffer(self.data, dtype="<f4", count=count, offset=self.pos).reshape(shape)
+        self.pos += 4 * count
+        return values.copy()
+
+
+def _add_zero_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """dlib's add_prev: tensors of different shapes are added where they overlap (top-left), zeros elsewhere."""
+    channels, rows, cols = (max(x, y) for x, y in zip(a.shape[1:], b.shape[1:]))
+
+    def grow(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t, (0, cols - t.shape[3], 0, rows - t.shape[2], 0, channels - t.shape[1]))
+
+    return grow(a) + grow(b)
+
+
+class DlibResNet(nn.Module):
+    """dlib's face recognition ResNet (dnn_face_recognition_ex.cpp) in PyTorch: 150x150 RGB chip -> 128-d."""
+
+    # (filters, downsampling) of the 14 residual blocks, input to output
+    BLOCKS = ([(32, False)] * 3 + [(64, True)] + [(64, False)] * 3 + [(128, True)] + [(128, False)] * 2
+              + [(256, True)] + [(256, False)] * 2 + [(256, True)])
+
+    def __init__(self, convs: list[tuple[np.ndarray, np.ndarray, int, int]], projection: np.ndarray,
+                 means: list[float]):
+        super().__init__()
+        self.convs = nn.ModuleList()
+        for weight, bias, stride, padding in convs:
+            conv = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2:], stride=stride, padding=padding)
+            conv.weight.data = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
+            conv.bias.data = torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32))
+            self.convs.append(conv)
+        self.register_buffer("projection", torch.from_numpy(np.ascontiguousarray(projection, dtype=np.float32)))
+        self.register_buffer("means", torch.tensor(means, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, chips: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB chips (n, 150, 150, 3) -> (n, 128)."""
+        x = (chips.permute(0, 3, 1, 2).float() - self.means) / 256.0  # dlib's input_rgb_image
+        x = F.max_pool2d(F.relu(self.convs[0](x)), 3, 2)
+        for index, (_, down) in enumerate(self.BLOCKS):
+            first, second = self.convs[1 + 2 * index], self.convs[2 + 2 * index]
+            residual = second(F.relu(first(x)))
+            x = F.relu(_add_zero_padded(residual, F.avg_pool2d(x, 2, 2) if down else x))
+        return x.mean(dim=(2, 3)) @ self.projection
+
+
+def read_dlib_resnet(path: Path) -> DlibResNet:
+    """Build dlib's face recognition ResNet in PyTorch from its .dat file (dlib's binary serialization).
+
+    The file lists the layers from the input outwards: 29 convolutions each followed by an affine
+    (a frozen batch norm, folded here into the convolution), then the 256x128 fc_no_bias matrix.
+    """
+    reader = _DatReader(path.read_bytes(), path)
+    reader.seek_after(b"input_rgb_image_sized")
+    means = [reader.float() for _ in range(3)]
+    convs = []
+    for _ in range(1 + 2 * len(DlibResNet.BLOCKS)):
+        reader.seek_after(b"con_4")
+        params = reader.tensor().ravel()
+        filters, rows, cols, stride, _, padding, _ = (reader.int() for _ in range(7))
+        inputs = (params.size - filters) // (filters * rows * cols)
+        weight = params[: filters * inputs * rows * cols].reshape(filters, inputs, rows, cols)
+        bias = params[filters * inputs * rows * cols :]
+        reader.seek_after(b"affine_")
+        gamma, beta = np.split(reader.tensor().ravel(), 2)
+        if gamma.size != filters:
+            raise FacepipeError(f"{path}: an affine layer does not match its convolution ({gamma.size} vs {filters})")
+        convs.append((weight * gamma[:, None, None, None], bias * gamma + beta, stride, padding))
+    reader.seek_after(b"fc_2")
+    outputs, inputs = reader.int(), reader.int()
+    projection = reader.tensor().reshape(inputs, outputs)
+    return DlibResNet(convs, projection, means)
+
+
 class DlibResNet128Embedder:
-    """dlib ResNet face descriptors (128-d, Euclidean distance 0.6 is dlib's same-person threshold)."""
+    """dlib face descriptors (128-d; dlib's same-person threshold is a Euclidean distance of 0.6).
+
+    Alignment is dlib's own (landmarks, ``get_face_chip``); the network runs in PyTorch (``read_dlib_resnet``),
+    about 10x faster than dlib's CPU build and on CUDA too, with the same numbers (tests check the parity).
+    """
 
     name = MODEL_NAME
     dim = 128
 
-    def __init__(self, face_margin: float | None = None, batch_size: int = 32):
+    def __init__(self, face_margin: float | None = None, device: str = "auto", batch_size: int = 32):
         import dlib
 
         if face_margin is not None and not 0 <= face_margin <= 2:
             raise FacepipeError("face margin must lie between 0 and 2")
+        if batch_size < 1:
+            raise FacepipeError(f"batch size must be at least 1, got {batch_size}")
         self.face_margin = face_margin
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = batch_size
+        self.device = resolve_device(device)
         resnet_path = model_file(RESNET_FILE)
         landmarks_path = model_file(LANDMARKS_FILE)
-        self._resnet = dlib.face_recognition_model_v1(str(resnet_path))
+        self.network = read_dlib_resnet(resnet_path).eval().to(self.device)
         self._landmarks = dlib.shape_predictor(str(landmarks_path))
         self._detector = dlib.get_frontal_face_detector() if face_margin is None else None
         self._sha256 = {RESNET_FILE: file_sha256(resnet_path), LANDMARKS_FILE: file_sha256(landmarks_path)}
@@ -85,49 +189,53 @@ class DlibResNet128Embedder:
         """The dlib.rectangle where the face of a crop is taken to be (see the module docstring)."""
         import dlib
 
-        height, width = rgb.shape[:2]
         if self._detector is not None:
-            found = self._detector(rgb, 1)
-            if len(found):
-                return max(found, key=lambda r: r.area())
+            for upsample in (0, 1):  # faces fill most of a crop: try at full size first, then upsampled
+                found = self._detector(rgb, upsample)
+                if len(found):
+                    return max(found, key=lambda r: r.area())
         margin = FALLBACK_MARGIN if self.face_margin is None else self.face_margin
-        return dlib.rectangle(*central_face_box(height, width, margin))
+        return dlib.rectangle(*central_face_box(*rgb.shape[:2], margin))
 
     def align(self, rgb: np.ndarray) -> np.ndarray:
-        """The 150x150 chip of a crop, aligned on its 5 landmarks."""
+        """The 150x150 chip of a crop, aligned on its 5 landmarks by dlib."""
         import dlib
 
         rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
         shape = self._landmarks(rgb, self.face_box(rgb))
         return dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING)
 
+    def embed_chips(self, chips: Sequence[np.ndarray]) -> np.ndarray:
+        """Aligned 150x150 uint8 RGB chips -> float32 (n, 128)."""
+        outputs = [np.zeros((0, self.dim), dtype=np.float32)]
+        with torch.inference_mode():
+            for start in range(0, len(chips), self.batch_size):
+                batch = torch.from_numpy(np.stack(chips[start : start + self.batch_size])).to(self.device)
+                outputs.append(self.network(batch).float().cpu().numpy())
+        return np.concatenate(outputs)
+
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """HxWx3 uint8 RGB crops -> float32 (n, 128)."""
-        out = np.empty((len(crops), self.dim), dtype=np.float32)
-        for start in range(0, len(crops), self.batch_size):
-            chips = [self.align(rgb) for rgb in crops[start : start + self.batch_size]]
-            descriptors = self._resnet.compute_face_descriptor(chips)
-            out[start : start + len(chips)] = np.asarray([np.asarray(d) for d in descriptors], dtype=np.float32)
-        return out
+        """HxWx3 uint8 RGB face crops -> float32 (n, 128)."""
+        return self.embed_chips([self.align(rgb) for rgb in crops])
 
     def describe(self) -> dict:
         """Sidecar fields: which files, which alignment, where the face box came from."""
         face_box = (
             f"central square of a detect crop with margin {self.face_margin}"
             if self.face_margin is not None
-            else f"dlib HOG frontal detector on the crop (upsample 1), else the central box for margin {FALLBACK_MARGIN}"
+            else f"largest face of dlib's HOG frontal detector (upsample 0, then 1), else the central box for margin {FALLBACK_MARGIN}"
         )
         return {
             "model": self.name,
             "dimension": self.dim,
+            "architecture": "dlib dnn_face_recognition_ex ResNet, run in PyTorch with the weights of the .dat file",
             "preprocessing": (
                 f"RGB uint8; face box: {face_box}; {LANDMARKS_FILE} landmarks; "
-                f"dlib.get_face_chip size {CHIP_SIZE} padding {CHIP_PADDING}"
+                f"dlib.get_face_chip size {CHIP_SIZE} padding {CHIP_PADDING}; (pixel - dlib's RGB means) / 256"
             ),
-            "weights": RESNET_FILE,
+            "weights_file": RESNET_FILE,
             "weights_sha256": self._sha256[RESNET_FILE],
             "landmarks_sha256": self._sha256[LANDMARKS_FILE],
             "face_margin": self.face_margin,
             "precision": "fp32",
-            "device": "cpu",
         }
