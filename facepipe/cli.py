@@ -315,3 +315,38 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
         click.echo(f"run: done in {summary.seconds:.1f}s -> {summary.out_dir / RUN_REPORT_HTML}")
     if summary.partial:
         sys.exit(EXIT_PARTIAL)
+
+
+@main.command("cluster")
+@click.argument("embeddings", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_dir", default="clusters", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for cluster_results.csv, centroids.csv, k_selection.csv, the plots and metrics.")
+@click.option("--k", "k", default="auto", show_default=True, help="Number of clusters, or 'auto' to choose it.")
+@click.option("--k-range", default="2:40", show_default=True,
+              help="With --k auto: the k values to try, START:STOP or START:STOP:STEP (inclusive).")
+@click.option("--k-rule", type=click.Choice(["silhouette", "elbow"]), default="silhouette", show_default=True,
+              help="With --k auto: the highest cosine silhouette, or the kneedle elbow of the inertia.")
+@click.option("--normalize/--no-normalize", default=True, show_default=True, help="L2-normalise the embeddings first.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--n-init", default=10, show_default=True, type=click.IntRange(1), help="Seeded k-means restarts per k.")
+@click.option("--samples-dir", default="assets/cluster_samples", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the sample grids (cluster_N.jpg, overview.jpg).")
+@click.option("--no-samples", is_flag=True, help="Do not draw sample grids.")
+@click.option("--samples-per-cluster", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--crops-dir", type=click.Path(file_okay=False),
+              help="Folder of the crops (default: the one named in the embeddings sidecar).")
+@click.option("--labels", type=click.Path(dir_okay=False),
+              help="Manifest CSV (relpath or name, identity): report NMI, ARI, BCubed and pairwise F.")
+@force_option
+@quiet_option
+@reports_errors
+def cluster_command(embeddings, out_dir, k, k_range, k_rule, normalize, seed, n_init, samples_dir, no_samples,
+                    samples_per_cluster, crops_dir, labels, force, quiet):
+    """Group the face EMBEDDINGS (CSV or .npz from embed) with k-means; choose k, draw sample grids."""
+    from facepipe.cluster import cluster
+
+    summary = cluster(embeddings, out_dir, k=k, k_range=k_range, k_rule=k_rule, normalize=normalize, seed=seed,
+                      n_init=n_init, samples_dir=None if no_samples else samples_dir,
+                      samples_per_cluster=samples_per_cluster, crops_dir=crops_dir, labels=labels, force=force,
+                      show_progress=not quiet)
+    click.echo(summary.line())

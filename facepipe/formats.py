@@ -163,6 +163,11 @@ def read_embeddings(path: str | os.PathLike) -> Embeddings:
             f"{path}: the sidecar says {meta['model']} with dimension {meta['dimension']}, "
             f"but the file holds {vectors.shape[1]}-d vectors (mixed models?)"
         )
+    if meta.get("count") not in (None, vectors.shape[0]):
+        raise FacepipeError(
+            f"{path}: the sidecar says {meta['count']} embeddings but the file holds {vectors.shape[0]} "
+            "(rows added or removed by hand, perhaps from another model?)"
+        )
     return Embeddings(names=names, vectors=vectors, meta=meta)
 
 
@@ -289,3 +294,47 @@ RUN_STATE_JSON = "state.json"
 RUN_SUMMARY_JSON = "summary.json"
 RUN_LOG = "run.log"
 RUN_REPORT_HTML = "report.html"
+
+
+# ---------------------------------------------------------------- cluster
+# cluster -> OUT/cluster_results.csv       CLUSTER_COLUMNS: crop name, cluster id (0 = largest), Euclidean distance
+#                                          to its centroid in the clustering space (L2-normalised unless --no-normalize)
+#            OUT/cluster_results.csv.json  sidecar: embeddings file, model, crops_dir, k, the rule that chose it,
+#                                          options, seed, fingerprint of inputs + options (drives rerun skipping)
+#            OUT/centroids.csv             CENTROID_COLUMNS: ``cluster, e0..e{D-1}``, one row per cluster
+#            OUT/k_selection.csv           K_SELECTION_COLUMNS: one row per k tried (one row when k was given)
+#            OUT/elbow.png, OUT/silhouette.png  (with --k auto)
+#            OUT/cluster_metrics.json      with --labels: NMI, ARI, BCubed and pairwise precision/recall/F
+#            SAMPLES/cluster_N.jpg, SAMPLES/overview.jpg  crops nearest each centroid
+CENTROIDS_CSV = "centroids.csv"
+K_SELECTION_CSV = "k_selection.csv"
+K_SELECTION_COLUMNS = ["k", "inertia", "silhouette"]
+ELBOW_PNG = "elbow.png"
+SILHOUETTE_PNG = "silhouette.png"
+CLUSTER_METRICS_JSON = "cluster_metrics.json"
+SAMPLES_OVERVIEW_JPG = "overview.jpg"
+
+
+def sample_grid(cluster: int) -> str:
+    """``cluster_N.jpg``: the sample grid of one cluster."""
+    return f"cluster_{cluster}.jpg"
+
+
+def write_centroids(path: str | os.PathLike, centroids: np.ndarray) -> None:
+    """Write centroids as CSV ``cluster, e0..``, atomically (row i is cluster i)."""
+    centroids = np.asarray(centroids, dtype=np.float32)
+    frame = pd.DataFrame(centroids, columns=embedding_columns(centroids.shape[1]))
+    frame.insert(0, "cluster", np.arange(len(centroids)))
+    write_csv_atomic(frame, path, float_format="%.9g")
+
+
+def read_centroids(path: str | os.PathLike) -> np.ndarray:
+    """Read ``centroids.csv`` -> float32 array (k, D); row i is cluster i."""
+    frame = read_csv(path, required=["cluster"], what="centroids CSV")
+    columns = [c for c in frame.columns if c != "cluster"]
+    if columns != embedding_columns(len(columns)) or frame["cluster"].tolist() != list(range(len(frame))):
+        raise FacepipeError(f"{path}: expected columns cluster, e0.. and clusters numbered 0..k-1")
+    vectors = frame[columns].to_numpy(dtype=np.float32)
+    if not np.isfinite(vectors).all():
+        raise FacepipeError(f"{path}: centroids hold missing or non-finite values")
+    return vectors

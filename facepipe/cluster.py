@@ -1,0 +1,510 @@
+"""Stage 3: group face embeddings with k-means, choose k by silhouette (elbow shown), draw sample grids.
+
+Engine: k-means++ seeding (scikit-learn's ``kmeans_plusplus``) followed by Lloyd iterations in faiss,
+``n_init`` seeded restarts, the lowest inertia kept. On large inputs faiss fits on a sample of at most
+``MAX_POINTS_PER_CENTROID * k`` points and every point is then assigned to its nearest centroid;
+``--k auto`` fits every k on at most ``SELECTION_MAX_POINTS`` points and scores the silhouette on at
+most ``SILHOUETTE_MAX_POINTS``. ``benchmarks/bench_cluster.py`` compares this with scikit-learn's KMeans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from facepipe import __version__
+from facepipe.cluster_metrics import clustering_metrics
+from facepipe.common import FacepipeError, atomic_path, progress
+from facepipe.formats import (
+    CENTROIDS_CSV,
+    CLUSTER_COLUMNS,
+    CLUSTER_METRICS_JSON,
+    CLUSTER_RESULTS_CSV,
+    ELBOW_PNG,
+    K_SELECTION_COLUMNS,
+    K_SELECTION_CSV,
+    SAMPLES_OVERVIEW_JPG,
+    SILHOUETTE_PNG,
+    read_embeddings,
+    read_json,
+    sample_grid,
+    sidecar_path,
+    write_centroids,
+    write_csv_atomic,
+    write_json_atomic,
+)
+
+__all__ = ["cluster", "ClusterSummary", "KMeansFit", "kmeans", "select_k", "parse_k_range", "sample_grid",
+           "ELBOW_PNG", "SILHOUETTE_PNG", "K_SELECTION_CSV"]
+
+DEFAULT_SAMPLES_DIR = "assets/cluster_samples"
+SELECTION_MAX_POINTS = 20_000
+SILHOUETTE_MAX_POINTS = 5_000
+MAX_POINTS_PER_CENTROID = 256
+LLOYD_ITERATIONS = 30
+SINGLE_THREAD_BELOW = 20_000_000  # n x d below which one thread beats several (no OpenMP start-up, no contention)
+K_RULES = ("silhouette", "elbow")
+
+
+@dataclass
+class KMeansFit:
+    """One k-means solution: centroids (k, d), each point's cluster and squared distance to its centroid."""
+
+    centroids: np.ndarray
+    labels: np.ndarray
+    squared_distances: np.ndarray
+
+    @property
+    def inertia(self) -> float:
+        return float(self.squared_distances.astype(np.float64).sum())
+
+
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """Limit BLAS (threadpoolctl) and faiss (OpenMP) to ``count`` threads inside the block."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        with threadpool_limits(limits=count):
+            yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _thread_count(vectors: np.ndarray) -> int:
+    return 1 if vectors.shape[0] * vectors.shape[1] < SINGLE_THREAD_BELOW else (os.cpu_count() or 1)
+
+
+def kmeans(vectors: np.ndarray, k: int, *, n_init: int = 10, seed: int = 0,
+           max_points_per_centroid: int = MAX_POINTS_PER_CENTROID, iterations: int = LLOYD_ITERATIONS) -> KMeansFit:
+    """k-means with k-means++ seeding and faiss Lloyd iterations; the best of ``n_init`` seeded restarts.
+
+    When there are more than ``max_points_per_centroid * k`` points the restarts fit on a seeded
+    random sample of that size; every point is then assigned to its nearest final centroid.
+    """
+    import faiss
+    from sklearn.cluster import kmeans_plusplus
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    if not 1 <= k <= n:
+        raise FacepipeError(f"k = {k} needs at least {k} embeddings, but there are {n}")
+    rng = np.random.default_rng(seed)
+    sample = vectors
+    if n > max_points_per_centroid * k:
+        sample = vectors[np.sort(rng.choice(n, max_points_per_centroid * k, replace=False))]
+    best_centroids, best_objective = None, math.inf
+    with _threads(_thread_count(sample)):
+        for restart_seed in rng.integers(2**31 - 1, size=max(1, n_init)):
+            start, _ = kmeans_plusplus(sample, k, random_state=int(restart_seed))
+            engine = faiss.Kmeans(dim, k, niter=iterations, seed=int(restart_seed), min_points_per_centroid=1,
+                                  max_points_per_centroid=len(sample))
+            engine.train(sample, init_centroids=np.ascontiguousarray(start, dtype=np.float32))
+            objective = float(engine.obj[-1]) if len(engine.obj) else math.inf
+            if best_centroids is None or objective < best_objective:
+                best_centroids, best_objective = engine.centroids.copy(), objective
+        index = faiss.IndexFlatL2(dim)
+        index.add(best_centroids)
+        squared, nearest = index.search(vectors, 1)
+    return KMeansFit(best_centroids, nearest[:, 0].astype(np.int64), np.maximum(squared[:, 0], 0.0))
+
+
+def silhouette(vectors: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+    """Mean cosine silhouette; on a seeded sample of ``SILHOUETTE_MAX_POINTS`` when there are more points."""
+    from sklearn.metrics import silhouette_score
+
+    clusters = len(np.unique(labels))
+    if not 2 <= clusters <= len(labels) - 1:
+        return float("nan")
+    sample_size = SILHOUETTE_MAX_POINTS if len(labels) > SILHOUETTE_MAX_POINTS else None
+    with _threads(1):
+        return float(silhouette_score(vectors, labels, metric="cosine", sample_size=sample_size, random_state=seed))
+
+
+def parse_k_range(k_range: str | Sequence[int]) -> range:
+    """``"2:40"`` or ``"2:120:5"`` (inclusive) or ``(2, 40)`` / ``(2, 120, 5)`` -> the k values to try."""
+    parts = k_range.split(":") if isinstance(k_range, str) else list(k_range)
+    try:
+        numbers = [int(p) for p in parts]
+    except (TypeError, ValueError):
+        raise FacepipeError(f"k range {k_range!r} must look like START:STOP or START:STOP:STEP, e.g. 2:40") from None
+    if len(numbers) not in (2, 3):
+        raise FacepipeError(f"k range {k_range!r} must look like START:STOP or START:STOP:STEP, e.g. 2:40")
+    start, stop, step = numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else 1
+    if start < 2 or stop < start or step < 1:
+        raise FacepipeError(f"k range {k_range!r}: need 2 <= START <= STOP and STEP >= 1")
+    return range(start, stop + 1, step)
+
+
+@dataclass
+class KSelection:
+    """What ``select_k`` tried and chose."""
+
+    table: pd.DataFrame  # K_SELECTION_COLUMNS
+    k: int
+    rule: str  # one sentence: the k, the rule, the other rule's answer
+    silhouette_k: int
+    elbow_k: int | None
+    fits: dict[int, KMeansFit] = field(default_factory=dict, repr=False)
+
+
+def elbow(ks: Sequence[int], inertias: Sequence[float]) -> int | None:
+    """The knee of the decreasing, convex inertia curve by the kneedle method (None if there is none)."""
+    from kneed import KneeLocator
+
+    if len(ks) < 3:
+        return None
+    knee = KneeLocator(list(ks), list(inertias), curve="convex", direction="decreasing").knee
+    return None if knee is None else int(knee)
+
+
+def select_k(vectors: np.ndarray, ks: Sequence[int], *, rule: str = "silhouette", n_init: int = 10, seed: int = 0,
+             show_progress: bool = True) -> KSelection:
+    """Fit k-means for every k in ``ks`` (on a sample of ``SELECTION_MAX_POINTS`` when there are more points);
+    choose the k of highest cosine silhouette (``rule="silhouette"``) or the kneedle elbow of the inertia."""
+    if rule not in K_RULES:
+        raise FacepipeError(f"unknown k rule {rule!r}: use {' or '.join(K_RULES)}")
+    total = len(vectors)
+    sampled = total > SELECTION_MAX_POINTS
+    if sampled:
+        keep = np.sort(np.random.default_rng(seed).choice(len(vectors), SELECTION_MAX_POINTS, replace=False))
+        vectors = vectors[keep]
+    rows, fits = [], {}
+    for k in progress(list(ks), desc="cluster: trying k", unit="k", enabled=show_progress):
+        fit = kmeans(vectors, k, n_init=n_init, seed=seed)
+        rows.append({"k": k, "inertia": fit.inertia, "silhouette": silhouette(vectors, fit.labels, seed)})
+        if not sampled:
+            fits[k] = fit
+    table = pd.DataFrame(rows, columns=K_SELECTION_COLUMNS)
+    silhouette_k = int(table.loc[table["silhouette"].idxmax(), "k"])
+    elbow_k = elbow(table["k"], table["inertia"])
+    scope = f"k = {ks[0]}..{ks[-1]}" + (f" step {ks.step}" if isinstance(ks, range) and ks.step > 1 else "")
+    scope += f", on a random {SELECTION_MAX_POINTS} of the {total} points" if sampled else ""
+    best_silhouette = float(table["silhouette"].max())
+    if rule == "elbow" and elbow_k is not None:
+        chosen = elbow_k
+        text = (f"k = {chosen}: the elbow of the inertia curve (kneedle) over {scope}; "
+                f"the cosine silhouette peaks at k = {silhouette_k} ({best_silhouette:.3f})")
+    else:
+        chosen = silhouette_k
+        fallback = " (no elbow found, so the silhouette decided)" if rule == "elbow" else ""
+        elbow_text = f"k = {elbow_k}" if elbow_k is not None else "not found"
+        text = (f"k = {chosen}: the highest mean cosine silhouette ({best_silhouette:.3f}) over {scope}{fallback}; "
+                f"the inertia elbow (kneedle) is {elbow_text}")
+    if len(ks) > 1 and chosen == ks[-1]:
+        text += "; this is the top of the range, so the data may hold more groups: try a wider --k-range"
+    return KSelection(table=table, k=chosen, rule=text, silhouette_k=silhouette_k, elbow_k=elbow_k, fits=fits)
+
+
+def _plot(table: pd.DataFrame, column: str, marks: dict[str, int | None], ylabel: str, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
+    axes.plot(table["k"], table[column], marker="o", markersize=3)
+    for (label, k), colour in zip(marks.items(), ("tab:red", "tab:green")):
+        if k is not None:
+            axes.axvline(k, color=colour, linestyle="--", label=f"{label}: k = {k}")
+    axes.set_xlabel("k (number of clusters)")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+
+
+def _tile(crops_dir: Path | None, name: str, size: int) -> np.ndarray:
+    from PIL import Image
+
+    from facepipe.images import ImageReadError, load_image_rgb
+
+    try:
+        rgb = load_image_rgb(crops_dir / name) if crops_dir is not None else None
+    except ImageReadError:
+        rgb = None
+    if rgb is None:
+        return np.full((size, size, 3), 200, dtype=np.uint8)
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+
+
+def _captioned_grid(tiles: list[np.ndarray], columns: int, caption: str, labels: list[str] | None = None,
+                    tile: int = 112) -> np.ndarray:
+    """Tiles in a grid with a caption bar on top and an optional label under each tile."""
+    from PIL import Image, ImageDraw
+
+    rows = max(1, math.ceil(len(tiles) / columns))
+    label_height = 14 if labels else 0
+    width, top = columns * tile, 22
+    canvas = Image.new("RGB", (width, top + rows * (tile + label_height)), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 5), caption, fill="black")
+    for i, image in enumerate(tiles):
+        x, y = (i % columns) * tile, top + (i // columns) * (tile + label_height)
+        canvas.paste(Image.fromarray(image), (x, y))
+        if labels:
+            draw.text((x + 3, y + tile + 1), labels[i], fill="black")
+    return np.asarray(canvas)
+
+
+def write_sample_grids(results: pd.DataFrame, crops_dir: Path | None, samples_dir: Path, per_cluster: int = 16,
+                       show_progress: bool = True) -> list[Path]:
+    """Per cluster, the ``per_cluster`` crops nearest its centroid in a grid (``cluster_N.jpg``), plus
+    ``overview.jpg`` with each cluster's nearest crop; returns the files written."""
+    from facepipe.images import save_image_atomic
+
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    written, overview, overview_labels = [], [], []
+    groups = results.sort_values(["cluster", "distance", "name"]).groupby("cluster", sort=True)
+    for cluster_id, members in progress(groups, desc="cluster: sample grids", total=groups.ngroups, unit="grid",
+                                        enabled=show_progress):
+        nearest = members["name"].tolist()[:per_cluster]
+        tiles = [_tile(crops_dir, name, 112) for name in nearest]
+        caption = f"cluster {cluster_id}: {len(members)} faces ({len(nearest)} nearest the centroid)"
+        path = samples_dir / sample_grid(int(cluster_id))
+        save_image_atomic(path, _captioned_grid(tiles, min(4, len(tiles)), caption))
+        written.append(path)
+        overview.append(tiles[0])
+        overview_labels.append(f"{cluster_id} ({len(members)})")
+    columns = max(4, math.ceil(math.sqrt(len(overview))))
+    caption = f"{len(overview)} clusters: the crop nearest each centroid, cluster id (size)"
+    path = samples_dir / SAMPLES_OVERVIEW_JPG
+    save_image_atomic(path, _captioned_grid(overview, columns, caption, overview_labels))
+    written.append(path)
+    for stale in samples_dir.glob("cluster_*.jpg"):  # grids of a previous run with more clusters
+        if stale not in written:
+            stale.unlink()
+    return written
+
+
+@dataclass
+class ClusterSummary:
+    """What a cluster run produced (or found already done)."""
+
+    k: int
+    k_rule: str
+    items: int
+    sizes: list[int]
+    silhouette: float
+    out_dir: Path
+    samples_dir: Path | None
+    metrics: dict | None
+    skipped: bool
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        quality = ""
+        if self.metrics:
+            quality = (f"; against {self.metrics['identities']} identities: BCubed F {self.metrics['bcubed_f']:.3f}, "
+                       f"NMI {self.metrics['nmi']:.3f}, ARI {self.metrics['ari']:.3f}")
+        state = "already done, skipped" if self.skipped else f"{self.seconds:.1f}s"
+        return (f"cluster: {self.items} embeddings -> {self.k} clusters (sizes {max(self.sizes)}..{min(self.sizes)}), "
+                f"silhouette {self.silhouette:.3f}{quality} -> {self.out_dir} ({state})\n  "
+                + "\n  ".join([self.k_rule, *self.notes]))
+
+    def details(self) -> dict:
+        """The numbers a run report shows."""
+        return {"k": self.k, "k_rule": self.k_rule, "items": self.items, "sizes": self.sizes,
+                "silhouette": self.silhouette, "metrics": self.metrics}
+
+
+def _file_digest(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _identity_metrics(names: list[str], labels_file: Path, crops_dir: Path | None, predicted: np.ndarray) -> dict:
+    from facepipe.labels import attach_labels
+
+    joined = attach_labels(names, labels_file, crops_dir)
+    if "identity" not in joined.columns:
+        raise FacepipeError(f"{labels_file}: the label manifest has no 'identity' column")
+    known = joined["matched"].to_numpy() & joined["identity"].notna().to_numpy()
+    if known.sum() < 2:
+        raise FacepipeError(f"{labels_file}: fewer than 2 of the {len(names)} embeddings have a known identity "
+                            "(do the manifest's relpath/name values match the crops or their source photos?)")
+    metrics = clustering_metrics(joined.loc[known, "identity"].astype(str).to_numpy(), predicted[known])
+    metrics["unlabelled"] = int((~known).sum())
+    metrics["labels"] = str(labels_file)
+    return metrics
+
+
+def cluster(
+    embeddings_path: str | os.PathLike,
+    out_dir: str | os.PathLike = "clusters",
+    *,
+    k: int | str | None = "auto",
+    k_range: str | Sequence[int] = (2, 40),
+    k_rule: str = "silhouette",
+    normalize: bool = True,
+    seed: int = 0,
+    n_init: int = 10,
+    samples_dir: str | os.PathLike | None = DEFAULT_SAMPLES_DIR,
+    samples_per_cluster: int = 16,
+    crops_dir: str | os.PathLike | None = None,
+    labels: str | os.PathLike | None = None,
+    force: bool = False,
+    show_progress: bool = True,
+) -> ClusterSummary:
+    """Cluster the embeddings in ``embeddings_path`` (CSV or .npz from ``embed``) into ``out_dir``.
+
+    ``k`` is a number, or ``"auto"``/``None`` to choose it over ``k_range`` by ``k_rule``. Writes
+    ``cluster_results.csv`` (+ sidecar JSON), ``centroids.csv``, ``k_selection.csv`` (and with auto
+    ``elbow.png``, ``silhouette.png``), sample grids into ``samples_dir`` (None: none) from the crops in
+    ``crops_dir`` (default: the embeddings sidecar's), and with ``labels`` (a manifest with identities)
+    ``cluster_metrics.json``. Everything is validated before anything is written; a rerun with the same
+    inputs and options is skipped unless ``force``.
+    """
+    started = time.monotonic()
+    embeddings_path = Path(os.path.abspath(embeddings_path))
+    out_dir = Path(os.path.abspath(out_dir))
+    embeddings = read_embeddings(embeddings_path)
+    n = len(embeddings.names)
+    auto = k is None or (isinstance(k, str) and k.strip().lower() == "auto")
+    if auto:
+        ks = parse_k_range(k_range)
+        ks = range(ks.start, min(ks.stop, n), ks.step)  # silhouette needs k <= n - 1
+        if len(ks) == 0:
+            raise FacepipeError(f"{embeddings_path} holds {n} embeddings: too few to try k in {k_range} "
+                                "(silhouette needs 2 <= k <= n - 1)")
+        if k_rule not in K_RULES:
+            raise FacepipeError(f"unknown k rule {k_rule!r}: use {' or '.join(K_RULES)}")
+    else:
+        try:
+            k = int(k)
+        except (TypeError, ValueError):
+            raise FacepipeError(f"k must be a number or 'auto', got {k!r}") from None
+        if k < 1:
+            raise FacepipeError(f"k must be at least 1, got {k}")
+        if k > n:
+            raise FacepipeError(f"k = {k} clusters asked for, but {embeddings_path} holds only {n} embeddings")
+    if n_init < 1:
+        raise FacepipeError(f"n_init must be at least 1, got {n_init}")
+    if crops_dir is None and embeddings.meta.get("crops_dir"):
+        crops_dir = Path(embeddings.meta["crops_dir"])
+        if not crops_dir.is_absolute():
+            crops_dir = embeddings_path.parent / crops_dir
+    elif crops_dir is not None:
+        crops_dir = Path(os.path.abspath(crops_dir))
+        if not crops_dir.is_dir():
+            raise FacepipeError(f"crops folder not found: {crops_dir}")
+    labels_file = Path(os.path.abspath(labels)) if labels is not None else None
+    if labels_file is not None and not labels_file.is_file():
+        raise FacepipeError(f"label manifest not found: {labels_file}")
+    samples = Path(os.path.abspath(samples_dir)) if samples_dir is not None and crops_dir is not None else None
+    notes = []
+    if samples_dir is not None and crops_dir is None:
+        notes.append("no sample grids: the embeddings sidecar names no crops folder (give crops_dir / --crops-dir)")
+
+    options = {"k": "auto" if auto else k, "k_range": [ks.start, ks.stop - 1, ks.step] if auto else None,
+               "k_rule": k_rule if auto else None, "normalize": bool(normalize), "seed": int(seed),
+               "n_init": int(n_init), "samples_dir": None if samples is None else str(samples),
+               "samples_per_cluster": int(samples_per_cluster), "crops_dir": None if crops_dir is None else str(crops_dir)}
+    fingerprint = hashlib.sha256(repr((_file_digest(embeddings_path), embeddings.meta, sorted(options.items()),
+                                       _file_digest(labels_file), __version__)).encode()).hexdigest()
+    results_path = out_dir / CLUSTER_RESULTS_CSV
+    previous = _previous_run(results_path, fingerprint, samples) if not force else None
+    if previous is not None:
+        return ClusterSummary(k=previous["k"], k_rule=previous["k_rule"], items=previous["items"],
+                              sizes=previous["sizes"], silhouette=previous["silhouette"], out_dir=out_dir,
+                              samples_dir=samples, metrics=previous.get("metrics"), skipped=True,
+                              seconds=time.monotonic() - started, notes=notes)
+
+    vectors = embeddings.vectors
+    if normalize:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise FacepipeError(f"{embeddings_path}: {int((norms == 0).sum())} embedding(s) are all zeros and cannot "
+                                "be L2-normalised (use normalize=False / --no-normalize)")
+        vectors = vectors / norms
+    if auto:
+        selection = select_k(vectors, ks, rule=k_rule, n_init=n_init, seed=seed, show_progress=show_progress)
+        k, rule = selection.k, selection.rule
+        fit = selection.fits.get(k) or kmeans(vectors, k, n_init=n_init, seed=seed)
+    else:
+        selection = None
+        fit = kmeans(vectors, k, n_init=n_init, seed=seed)
+        rule = f"k = {k}: given"
+
+    # Renumber by size (0 = largest); clusters left empty after the final assignment are dropped.
+    sizes = np.bincount(fit.labels, minlength=len(fit.centroids))
+    order = [c for c in sorted(range(len(sizes)), key=lambda c: (-sizes[c], c)) if sizes[c] > 0]
+    renumber = np.full(len(sizes), -1, dtype=np.int64)
+    renumber[order] = np.arange(len(order))
+    predicted = renumber[fit.labels]
+    centroids = fit.centroids[order]
+    sizes = [int(sizes[c]) for c in order]
+    if len(order) < k:
+        rule += f"; {k - len(order)} cluster(s) ended empty and were dropped"
+    quality = silhouette(vectors, predicted, seed)
+    metrics = _identity_metrics(embeddings.names, labels_file, crops_dir, predicted) if labels_file else None
+    table = selection.table if selection else pd.DataFrame([{"k": k, "inertia": fit.inertia, "silhouette": quality}],
+                                                           columns=K_SELECTION_COLUMNS)
+
+    # Everything is computed and validated: now write, the sidecar last (it marks the run as complete).
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = pd.DataFrame({"name": embeddings.names, "cluster": predicted,
+                            "distance": np.sqrt(fit.squared_distances)}, columns=CLUSTER_COLUMNS)
+    write_csv_atomic(results, results_path, float_format="%.6g")
+    write_centroids(out_dir / CENTROIDS_CSV, centroids)
+    write_csv_atomic(table, out_dir / K_SELECTION_CSV, float_format="%.6g")
+    if selection is not None:
+        _plot(table, "inertia", {"elbow (kneedle)": selection.elbow_k, "chosen": k}, "inertia (sum of squared distances)",
+              "Elbow: k-means inertia against k", out_dir / ELBOW_PNG)
+        _plot(table, "silhouette", {"best silhouette": selection.silhouette_k, "chosen": k}, "mean silhouette (cosine)",
+              "Silhouette against k", out_dir / SILHOUETTE_PNG)
+    else:
+        for stale in (ELBOW_PNG, SILHOUETTE_PNG):  # plots of an earlier --k auto run no longer describe this one
+            (out_dir / stale).unlink(missing_ok=True)
+    if metrics is not None:
+        write_json_atomic(out_dir / CLUSTER_METRICS_JSON, metrics)
+    else:
+        (out_dir / CLUSTER_METRICS_JSON).unlink(missing_ok=True)
+    if samples is not None:
+        write_sample_grids(results, crops_dir, samples, samples_per_cluster, show_progress)
+    write_json_atomic(sidecar_path(results_path), {
+        "embeddings": str(embeddings_path), "model": embeddings.model, "dimension": embeddings.dim,
+        "crops_dir": options["crops_dir"], "k": len(order), "k_rule": rule, "items": n, "sizes": sizes,
+        "silhouette": quality, "inertia": fit.inertia, "metrics": metrics, "options": options,
+        "engine": f"k-means++ (scikit-learn) + faiss Lloyd, {LLOYD_ITERATIONS} iterations",
+        "fingerprint": fingerprint, "facepipe_version": __version__,
+    })
+    return ClusterSummary(k=len(order), k_rule=rule, items=n, sizes=sizes, silhouette=quality, out_dir=out_dir,
+                          samples_dir=samples, metrics=metrics, skipped=False, seconds=time.monotonic() - started,
+                          notes=notes)
+
+
+def _previous_run(results_path: Path, fingerprint: str, samples: Path | None) -> dict | None:
+    """The sidecar of an earlier run with the same fingerprint whose outputs are all still there, else None."""
+    meta_file = sidecar_path(results_path)
+    if not (results_path.is_file() and meta_file.is_file()):
+        return None
+    meta = read_json(meta_file)
+    if meta.get("fingerprint") != fingerprint:
+        return None
+    needed = [results_path, results_path.parent / CENTROIDS_CSV, results_path.parent / K_SELECTION_CSV]
+    if samples is not None:
+        needed += [samples / sample_grid(c) for c in range(int(meta["k"]))] + [samples / SAMPLES_OVERVIEW_JPG]
+    return meta if all(p.is_file() for p in needed) else None
