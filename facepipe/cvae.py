@@ -255,7 +255,7 @@ def split_train_validation(labels: np.ndarray, val_fraction: float, seed: int) -
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
 
 
-class _CachedCrops:
+class CachedCrops:
     """Map-style dataset over the uint8 crop cache; an index is (row, flip) so augmentation is fixed by the sampler."""
 
     def __init__(self, images, labels):
@@ -266,8 +266,8 @@ class _CachedCrops:
 
     def __getitem__(self, key):
         row, flip = key
-        image = self.images[row]
-        return (image.flip(-1) if flip else image), self.labels[row]
+        image = self.images[row]  # (H, W, 3)
+        return (image.flip(1) if flip else image), self.labels[row]
 
 
 def _epoch_generator(seed: int, epoch: int):
@@ -524,7 +524,7 @@ def train_cvae(
     labels = torch.tensor([index_of[int(c)] for c in inputs.clusters], dtype=torch.long)
     train_rows, val_rows = split_train_validation(labels.numpy(), val_fraction, seed)
     images = torch.from_numpy(load_crops(inputs.names, inputs.crops_dir, image_size, show_progress))
-    dataset = _CachedCrops(images, labels)
+    dataset = CachedCrops(images, labels)
     no_flips = torch.zeros(len(val_rows), dtype=torch.bool)
 
     bar = progress(range(start_epoch + 1, epochs + 1), desc="train-cvae", unit="epoch", enabled=show_progress)

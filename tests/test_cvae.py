@@ -258,3 +258,14 @@ def test_fidelity_scores_real_crops_as_their_own_people(johns_clusters, johns_em
     assert report["cvae"]["correct"] == 5
     assert report["pixel_mean"]["correct"] == 0
     assert [row["pixel_mean_nearest"] for row in report["per_cluster"]] == [ids[i - 1] for i in range(5)]
+
+
+def test_flip_augmentation_mirrors_left_and_right_only():
+    from facepipe.cvae import CachedCrops
+
+    images = torch.arange(2 * 4 * 5 * 3, dtype=torch.uint8).view(2, 4, 5, 3)
+    dataset = CachedCrops(images, torch.tensor([0, 1]))
+    flipped, label = dataset[(1, True)]
+    assert label == 1
+    assert torch.equal(flipped[:, 0], images[1, :, 4]) and torch.equal(flipped[0, 0], images[1, 0, 4])
+    assert torch.equal(dataset[(0, False)][0], images[0])
