@@ -17,9 +17,11 @@ import numpy as np
 from facepipe.common import FacepipeError, progress, remove_stale_temporaries, resolve_device
 from facepipe.cvae import find_checkpoint, load_crops, load_cvae, read_training_inputs
 from facepipe.formats import (
+    CENTROIDS_CSV,
     FIDELITY_JSON,
     GENERATED_SHEET_PNG,
     generated_face_names,
+    read_centroids,
     read_embeddings,
     read_json,
     sidecar_path,
@@ -134,6 +136,20 @@ def cluster_centroids(embeddings, names: Sequence[str], cluster_of: np.ndarray) 
     return ids, centroids / np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
 
 
+def saved_or_recomputed_centroids(inputs, embeddings) -> tuple[list[int], np.ndarray, str]:
+    """The cluster stage's ``centroids.csv`` beside the cluster results (normalised to unit length) when it
+    matches them, else centroids recomputed from the embeddings; returns (cluster ids, centroids, source)."""
+    saved = inputs.cluster_results.parent / CENTROIDS_CSV
+    if saved.is_file():
+        centroids = read_centroids(saved).astype(np.float64)
+        ids = sorted(int(c) for c in np.unique(inputs.clusters))
+        if ids == list(range(len(centroids))) and centroids.shape[1] == embeddings.dim:
+            unit = centroids / np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
+            return ids, unit, f"{saved} (the cluster stage's centroids); nearest = highest cosine"
+    ids, unit = cluster_centroids(embeddings, inputs.names, inputs.clusters)
+    return ids, unit, "recomputed: mean of each cluster's L2-normalised embeddings, normalised; nearest = highest cosine"
+
+
 def identity_fidelity(vectors: np.ndarray, own: Sequence[int], centroid_ids: Sequence[int], centroids: np.ndarray) -> dict:
     """For each face vector: its nearest centroid by cosine; the share of faces nearest their own cluster's."""
     vectors = vectors.astype(np.float64)
@@ -177,7 +193,7 @@ def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[i
     embeddings = read_embeddings(embeddings_path)
     if not embeddings.model:
         raise FacepipeError(f"{sidecar_path(embeddings_path)} does not say which model made the embeddings")
-    centroid_ids, centroids = cluster_centroids(embeddings, inputs.names, inputs.clusters)
+    centroid_ids, centroids, centroid_source = saved_or_recomputed_centroids(inputs, embeddings)
     embedder = load_embedder(embeddings.model, device=device, face_margin=embeddings.meta.get("face_margin"))
     crop_side = load_image_rgb(inputs.crops_dir / inputs.names[0]).shape[0]
 
@@ -193,8 +209,8 @@ def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[i
     ]
     return {
         "model": embeddings.model,
-        "embeddings": str(embeddings_path),
-        "centroids": "mean of each cluster's L2-normalised embeddings, normalised; nearest = highest cosine",
+        "embeddings": str(Path(embeddings_path).resolve()),
+        "centroids": centroid_source,
         "clusters_evaluated": len(clusters),
         "clusters_total": len(centroid_ids),
         "cvae": {"correct": cvae["correct"], "fraction": cvae["fraction"]},

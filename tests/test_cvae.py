@@ -232,7 +232,7 @@ def test_generate_usage_errors(tmp_path, trained):
     assert result.exit_code == 1 and "corrupt" in result.output and "Traceback" not in result.output
 
 
-def test_fidelity_scores_real_crops_as_their_own_people(johns_clusters, johns_embeddings):
+def test_fidelity_scores_real_crops_as_their_own_people(tmp_path, johns_clusters, johns_embeddings):
     """The evaluation path on faces whose identity is known: each cluster's most typical crop, shrunk to 64 px
     like a generated face, must come out nearest its own centroid; a face of the wrong person must not."""
     import numpy as np
@@ -258,6 +258,19 @@ def test_fidelity_scores_real_crops_as_their_own_people(johns_clusters, johns_em
     assert report["cvae"]["correct"] == 5
     assert report["pixel_mean"]["correct"] == 0
     assert [row["pixel_mean_nearest"] for row in report["per_cluster"]] == [ids[i - 1] for i in range(5)]
+    assert report["centroids"].startswith("recomputed")
+
+    from facepipe.formats import CENTROIDS_CSV, write_centroids
+
+    saved = tmp_path / "cluster_results.csv"  # as the cluster stage leaves it: with centroids.csv beside it
+    shutil.copy(johns_clusters, saved)
+    shutil.copy(str(johns_clusters) + ".json", str(saved) + ".json")
+    write_centroids(tmp_path / CENTROIDS_CSV, centroids * 3.0)  # k-means centroids need not be unit length
+    with_saved = evaluate_fidelity(faces, shifted, ids, read_training_inputs(saved), johns_embeddings)
+    assert CENTROIDS_CSV in with_saved["centroids"]
+    for row, expected in zip(with_saved["per_cluster"], report["per_cluster"]):
+        assert row["cvae_nearest"] == expected["cvae_nearest"]
+        assert row["cvae_cosine_to_own"] == pytest.approx(expected["cvae_cosine_to_own"], abs=1e-5)
 
 
 def test_flip_augmentation_mirrors_left_and_right_only():
