@@ -169,16 +169,16 @@ def _previous_rows(output: Path, meta: dict, force: bool) -> dict[str, np.ndarra
         _check_same_settings(checkpoint, progress_file.meta, meta)
         rows.update(zip(progress_file.names, progress_file.vectors))
     if output.is_file():
-        if not sidecar_path(output).is_file():
-            raise FacepipeError(f"{output} exists but has no sidecar {sidecar_path(output).name}, so its model is "
-                                "unknown; rerun with --force to replace it, or choose another output file")
         try:
+            if not sidecar_path(output).is_file():
+                raise FacepipeError(f"{output} exists but has no sidecar {sidecar_path(output).name}, so its model "
+                                    "is unknown; rerun with --force to replace it, or choose another output file")
             previous = read_embeddings(output)
+            _check_same_settings(output, previous.meta, meta)
         except FacepipeError:
-            if not rows:
-                raise
-            return rows  # killed while writing the final files: the progress file holds everything
-        _check_same_settings(output, previous.meta, meta)
+            if rows:  # a killed run was replacing this file (--force, or killed while writing it): go on with that
+                return rows
+            raise
         rows.update(zip(previous.names, previous.vectors))
     return rows
 
@@ -208,8 +208,8 @@ def embed(
     """Embed every crop in ``crops`` into ``output`` (CSV ``name, e0..`` or ``.npz``) plus its sidecar JSON.
 
     Resumable: crops already in ``output`` (same model and settings) are skipped unless ``force``;
-    the output is rewritten atomically every ``checkpoint_seconds``, so a killed run loses at most that.
-    Unreadable crops are listed in ``<output>.errors.csv`` and the run goes on.
+    progress is saved atomically every ``checkpoint_seconds`` into ``<output>.partial.npz``, so a killed
+    run loses at most that. Unreadable crops are listed in ``<output>.errors.csv`` and the run goes on.
     """
     started = time.monotonic()
     if batch_size < 1:
