@@ -11,6 +11,7 @@ from typing import Any, Iterable
 from facepipe.common import FacepipeError, write_text_atomic
 
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("default_config.toml")
+PATH_OPTIONS = (("run", "labels"), ("embed", "weights"))  # relative paths in a config file start at its folder
 
 
 def default_config() -> dict[str, dict[str, Any]]:
@@ -60,6 +61,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
         except tomllib.TOMLDecodeError as error:
             raise FacepipeError(f"{path} is not valid TOML: {error}") from None
         _check_keys(user, defaults, str(path))
+        for section, option in PATH_OPTIONS:
+            value = user.get(section, {}).get(option)
+            if isinstance(value, str) and value:
+                user[section][option] = str((path.parent / Path(value).expanduser()).absolute())
         for section, values in user.items():
             config[section].update(values)
     for item in overrides:

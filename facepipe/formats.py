@@ -70,6 +70,8 @@ def read_csv(path: str | os.PathLike, required: Sequence[str] = (), what: str = 
         frame = pd.read_csv(path, keep_default_na=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise FacepipeError(f"{path} is not a readable {what}: {error}") from None
+    if not isinstance(frame.index, pd.RangeIndex):  # pandas turns extra values in the first rows into an index
+        raise FacepipeError(f"{path} is not a readable {what}: some rows have more values than the header has columns")
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise FacepipeError(f"{path} lacks the column(s) {', '.join(missing)} of a {what}")

@@ -10,7 +10,10 @@ from pathlib import Path
 from facepipe.common import write_text_atomic
 from facepipe.config import config_to_toml
 from facepipe.formats import (
+    CENTROIDS_CSV,
+    CLUSTER_METRICS_JSON,
     CLUSTER_RESULTS_CSV,
+    ELBOW_PNG,
     EMBEDDINGS_CSV,
     FIDELITY_JSON,
     GENERATED_SHEET_PNG,
@@ -18,9 +21,13 @@ from facepipe.formats import (
     RUN_LOG,
     RUN_REPORT_HTML,
     RUN_SUMMARY_JSON,
+    K_SELECTION_CSV,
+    SAMPLES_OVERVIEW_JPG,
+    SILHOUETTE_PNG,
     generated_face_names,
     read_csv,
     read_json,
+    sample_grid,
 )
 
 STYLE = """
@@ -69,7 +76,7 @@ def _metrics_table(metrics: dict) -> str:
     return _table(rows, ("metric", "value"))
 
 
-def _cluster_section(out_dir: Path, names) -> str:
+def _cluster_section(out_dir: Path) -> str:
     from facepipe.run import INFERENCE_DIR, SAMPLES_DIR
 
     results_file = out_dir / CLUSTER_RESULTS_CSV
@@ -80,7 +87,7 @@ def _cluster_section(out_dir: Path, names) -> str:
     parts = []
     for cluster, size in sizes.items():
         files = generated_face_names(int(cluster))
-        grid = out_dir / SAMPLES_DIR / names.sample_grid(int(cluster))
+        grid = out_dir / SAMPLES_DIR / sample_grid(int(cluster))
         faces = "".join(
             f"<figure>{_inline(out_dir / INFERENCE_DIR / files[key], f'cluster {cluster} {caption}')}"
             f"<figcaption>{caption}</figcaption></figure>"
@@ -95,8 +102,7 @@ def _cluster_section(out_dir: Path, names) -> str:
 
 def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
     """Write ``report.html`` into the run folder from its outputs and the run summary."""
-    from facepipe import cluster as cluster_names
-    from facepipe.run import INFERENCE_DIR, PROBE_DIR
+    from facepipe.run import INFERENCE_DIR, PROBE_DIR, SAMPLES_DIR
 
     stages = summary["stages"]
     stage_rows = [(html.escape(name), html.escape(s["status"]), f"{s['seconds']:.1f}", html.escape(s["summary"]))
@@ -115,14 +121,15 @@ def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
         '<h2 id="stages">Stages</h2>' + _table(stage_rows, ("stage", "status", "seconds", "summary")),
         '<h2 id="k">Choosing k</h2>'
         f"<p>{html.escape(str(cluster_details.get('k_rule', '')))}</p>"
-        f'<div class="plots">{_inline(out_dir / cluster_names.ELBOW_PNG, "elbow plot")}'
-        f'{_inline(out_dir / cluster_names.SILHOUETTE_PNG, "silhouette plot")}</div>',
+        f'<div class="plots">{_inline(out_dir / ELBOW_PNG, "elbow plot")}'
+        f'{_inline(out_dir / SILHOUETTE_PNG, "silhouette plot")}</div>',
     ]
     if clustering_metrics:
         sections.append("<h3>Clusters against the known identities</h3>" + _metrics_table(clustering_metrics))
     sections.append('<h2 id="clusters">Clusters</h2><p>Each cluster: its aggregated face from the CVAE beside the '
                     "pixel mean of its crops, and the crops nearest its centroid.</p>"
-                    + _cluster_section(out_dir, cluster_names))
+                    + _inline(out_dir / SAMPLES_DIR / SAMPLES_OVERVIEW_JPG, "overview: the crop nearest each centroid")
+                    + _cluster_section(out_dir))
     sections.append('<h2 id="fidelity">Fidelity</h2>')
     if fidelity:
         sections.append("<p>Share of clusters whose aggregated face, embedded with the clustering model, is nearest "
@@ -142,7 +149,8 @@ def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
     else:
         sections.append('<p class="muted">No labels were given, so no probe ran.</p>')
     file_links = [_link(out_dir, relative) for relative in (
-        RUN_CONFIG_TOML, RUN_SUMMARY_JSON, RUN_LOG, EMBEDDINGS_CSV, CLUSTER_RESULTS_CSV, cluster_names.K_SELECTION_CSV,
+        RUN_CONFIG_TOML, RUN_SUMMARY_JSON, RUN_LOG, EMBEDDINGS_CSV, CLUSTER_RESULTS_CSV, K_SELECTION_CSV,
+        CENTROIDS_CSV, CLUSTER_METRICS_JSON,
         f"{INFERENCE_DIR}/{GENERATED_SHEET_PNG}", f"{INFERENCE_DIR}/{FIDELITY_JSON}", "temp/detections.csv",
         "temp/errors.csv")]
     sections.append('<h2 id="files">Files</h2><ul>' + "".join(f"<li>{link}</li>" for link in file_links if link)

@@ -239,12 +239,12 @@ def run(
 
         runner.stage("generate", _digest(config["generate"], fp), do_generate)
 
-        if labels is not None:
+        if labels is not None and config["probe"]["targets"]:
             runner.stage("probe", _digest(config["probe"], embed_fp, _file_digest(labels)),
                          lambda force: _run_probes(features, labels, crops, out / PROBE_DIR, config["probe"], force,
                                                    show_progress))
         else:
-            runner.records.append(StageRecord("probe", "not configured", summary="no labels given"))
+            runner.records.append(StageRecord("probe", "not configured", summary="no labels or no targets given"))
     except Exception as error:
         log.error("run failed: %s", error)
         raise
@@ -265,14 +265,19 @@ def _run_probes(features: Path, labels: str, crops: Path, out: Path, options: di
                 show_progress: bool) -> tuple[str, dict]:
     from facepipe.probe import train as train_probe
 
-    lines, details = [], {}
+    lines, details, failed = [], {}, {}
     for target in options["targets"]:
-        summary = train_probe(features, labels, target, out / f"{target}.json", crops_dir=crops,
-                              holdout=options["holdout"], seed=options["seed"], force=force,
-                              show_progress=show_progress)
+        try:
+            summary = train_probe(features, labels, target, out / f"{target}.json", crops_dir=crops,
+                                  holdout=options["holdout"], folds=options["folds"], seed=options["seed"],
+                                  force=force, show_progress=show_progress)
+        except FacepipeError as error:  # e.g. the manifest has no such labels: the other targets still run
+            log.warning("probe %s: %s", target, error)
+            failed[target] = str(error)
+            continue
         lines.extend(summary.lines())
         details[target] = summary.holdout["metrics"] if summary.holdout else None
-    return "; ".join(lines), {"targets": details}
+    return "\n".join(lines), {"targets": details, "failed": failed}
 
 
 def versions() -> dict:

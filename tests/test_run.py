@@ -1,0 +1,176 @@
+"""run: the whole chain on a small real LFW set, every output and the report's links, and reruns."""
+
+from __future__ import annotations
+
+import csv
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from facepipe.cli import main
+from facepipe.common import FacepipeError
+from facepipe.config import config_to_toml, load_config
+from facepipe.formats import sample_grid
+from facepipe.run import run
+
+WOMEN = ["Angelina_Jolie", "Naomi_Watts", "Nicole_Kidman", "Venus_Williams", "Meryl_Streep", "Hillary_Clinton"]
+MEN = ["Kofi_Annan", "Jackie_Chan", "Hans_Blix", "Tony_Blair", "Colin_Powell", "Bill_Gates"]
+PHOTOS_EACH = 4
+
+
+class LinkCollector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.hrefs, self.sources, self.ids = [], [], set()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "a" and "href" in attrs:
+            self.hrefs.append(attrs["href"])
+        if tag == "img":
+            self.sources.append(attrs.get("src", ""))
+
+
+@pytest.fixture(scope="module")
+def small_set(data_dir, tmp_path_factory):
+    """A list file of 4 photos each of 6 women and 6 men from LFW, and the LFW manifest."""
+    lfw = data_dir("lfw")
+    rows = list(csv.DictReader(open(lfw / "manifest.csv", encoding="utf-8")))
+    chosen = []
+    for person in WOMEN + MEN:
+        chosen += sorted(r["relpath"] for r in rows if r["identity"] == person)[:PHOTOS_EACH]
+    listing = tmp_path_factory.mktemp("inputs") / "photos.txt"
+    listing.write_text("\n".join(str(lfw / r) for r in chosen) + "\n", encoding="utf-8")
+    return listing, lfw / "manifest.csv"
+
+
+def small_config(labels: Path, **cluster):
+    config = load_config(None, [
+        "detect.min_neighbors=5", "detect.largest_only=true", "embed.model=\"dlib-resnet128\"",
+        "cluster.k_range=[2, 16]", "train_cvae.epochs=3", "train_cvae.image_size=32", "generate.samples=2",
+        "probe.targets=[\"male\"]", "probe.folds=2", "probe.holdout=0.34"])
+    config["run"]["labels"] = str(labels)
+    config["cluster"].update(cluster)
+    return config
+
+
+@pytest.fixture(scope="module")
+def finished_run(small_set, tmp_path_factory):
+    listing, manifest = small_set
+    out = tmp_path_factory.mktemp("run")
+    summary = run([listing], out, small_config(manifest), show_progress=False)
+    return out, summary, listing, manifest
+
+
+def test_run_writes_every_output(finished_run):
+    out, summary, _, _ = finished_run
+    statuses = {s.name: s.status for s in summary.stages}
+    assert statuses == {name: "ran" for name in ("detect", "embed", "cluster", "train_cvae", "generate", "probe")}
+    for relative in ("temp/detections.csv", "image_features.csv", "image_features.csv.json", "cluster_results.csv",
+                     "elbow.png", "silhouette.png", "k_selection.csv", "cluster_samples/overview.jpg",
+                     "weights/cvae_best.pt", "inference_results/clusters_sheet.png",
+                     "inference_results/fidelity.json", "probe/male.json", "report.html", "run.log",
+                     "summary.json", "config.toml", "state.json"):
+        assert (out / relative).is_file(), relative
+    faces = pd.read_csv(out / "temp/detections.csv")
+    features = pd.read_csv(out / "image_features.csv")
+    assert len(faces) >= 0.9 * len(WOMEN + MEN) * PHOTOS_EACH and len(features) == len(faces)
+    clusters = sorted(pd.read_csv(out / "cluster_results.csv")["cluster"].unique())
+    for cluster in clusters:
+        assert (out / "cluster_samples" / sample_grid(cluster)).is_file()
+        assert (out / f"inference_results/cluster_{cluster}.png").is_file()
+        assert (out / f"inference_results/cluster_{cluster}_mean.png").is_file()
+
+    data = json.loads((out / "summary.json").read_text())
+    assert data["stages"]["detect"]["faces"] == len(faces)
+    assert data["stages"]["cluster"]["k"] == len(clusters)
+    assert data["stages"]["cluster"]["metrics"]["bcubed_f"] > 0.8  # dlib separates 12 people well
+    assert data["stages"]["probe"]["targets"]["male"]["count"] > 0
+    assert load_config(out / "config.toml")["train_cvae"]["epochs"] == 3  # the config used is saved and loads
+    assert "cluster:" in (out / "run.log").read_text()
+
+
+def test_report_is_self_contained_and_its_links_resolve(finished_run):
+    out, _, _, _ = finished_run
+    page = LinkCollector()
+    page.feed((out / "report.html").read_text(encoding="utf-8"))
+    clusters = pd.read_csv(out / "cluster_results.csv")["cluster"].nunique()
+    assert len(page.sources) >= 2 + 1 + 3 * clusters  # plots, overview, grid + CVAE face + mean per cluster
+    assert all(src.startswith("data:image/") for src in page.sources)
+    assert page.hrefs
+    for href in page.hrefs:
+        if href.startswith("#"):
+            assert href[1:] in page.ids, href
+        else:
+            assert (out / href).is_file(), href
+    assert {"stages", "clusters", "fidelity", "probe", "versions"} <= page.ids
+
+
+def test_changing_k_reruns_cluster_and_later_stages_only(finished_run, tmp_path):
+    out, first, listing, manifest = finished_run
+    crops_before = {p.name: p.stat().st_mtime_ns for p in (out / "temp").glob("*.jpg")}
+    features_before = (out / "image_features.csv").stat().st_mtime_ns
+    chosen_k = next(s for s in first.stages if s.name == "cluster").details["k"]
+
+    again = run([listing], out, small_config(manifest), show_progress=False)
+    assert {s.name: s.status for s in again.stages} == {name: "skipped" for name in
+                                                        ("detect", "embed", "cluster", "train_cvae", "generate",
+                                                         "probe")}
+
+    changed = run([listing], out, small_config(manifest, k=chosen_k + 1), show_progress=False)
+    statuses = {s.name: s.status for s in changed.stages}
+    assert statuses == {"detect": "skipped", "embed": "skipped", "cluster": "ran", "train_cvae": "ran",
+                        "generate": "ran", "probe": "skipped"}
+    assert pd.read_csv(out / "cluster_results.csv")["cluster"].nunique() == chosen_k + 1
+    assert (out / f"inference_results/cluster_{chosen_k}.png").is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "temp").glob("*.jpg")} == crops_before
+    assert (out / "image_features.csv").stat().st_mtime_ns == features_before
+
+
+def test_interrupted_stage_resumes_and_from_forces(finished_run):
+    out, _, listing, manifest = finished_run
+    config = small_config(manifest, k=5)
+    run([listing], out, config, show_progress=False)
+    state = json.loads((out / "state.json").read_text())
+    state["train_cvae"]["completed"] = False  # as if the run was killed during training
+    (out / "state.json").write_text(json.dumps(state))
+    resumed = run([listing], out, config, show_progress=False)
+    statuses = {s.name: s.status for s in resumed.stages}
+    assert statuses["cluster"] == "skipped" and statuses["train_cvae"] == "resumed"
+    assert statuses["generate"] == "skipped"  # its input fingerprint did not change
+
+    forced = run([listing], out, config, from_stage="generate", show_progress=False)
+    statuses = {s.name: s.status for s in forced.stages}
+    assert statuses["train_cvae"] == "skipped" and statuses["generate"] == "ran" and statuses["probe"] == "ran"
+
+
+def test_cli_run_prints_json_summary_and_config(finished_run, tmp_path):
+    out, _, listing, manifest = finished_run
+    config_file = tmp_path / "facepipe.toml"
+    config_file.write_text(config_to_toml(small_config(manifest, k=5)))
+    result = CliRunner().invoke(main, ["run", str(listing), "--out", str(out), "--config", str(config_file),
+                                       "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["stages"]["embed"]["status"] == "skipped"
+
+    printed = CliRunner().invoke(main, ["run", "--print-config"])
+    assert printed.exit_code == 0 and "[train_cvae]" in printed.output and "min_neighbors = 45" in printed.output
+
+
+def test_bad_config_is_refused_before_anything_runs(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cluster]\nkk = 3\n")
+    with pytest.raises(FacepipeError, match="unknown option"):
+        load_config(bad)
+    with pytest.raises(FacepipeError, match="section.option=value"):
+        load_config(None, ["k=3"])
+    result = CliRunner().invoke(main, ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(bad)])
+    assert result.exit_code == 1 and "unknown option" in result.output
+    assert not (tmp_path / "o").exists()
