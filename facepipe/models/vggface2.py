@@ -16,7 +16,6 @@ name, so no TensorFlow is needed. What has to match Keras exactly, and does here
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
@@ -121,7 +120,7 @@ class VGGFace2ResNet50(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.stem(x))
         x = F.max_pool2d(x, 3, stride=2)  # Keras MaxPooling2D((3, 3), strides=(2, 2)), 'valid'
-        x = self.blocks(x)
+        x = self.blocks(x).float()  # pool in float32 whatever the precision of the convolutions
         x = F.avg_pool2d(x, 7)  # AveragePooling2D((7, 7), name='avg_pool'), 'valid'
         return x.mean(dim=(2, 3))  # GlobalAveragePooling2D (pooling='avg')
 
@@ -227,7 +226,9 @@ class VGGFace2ResNet50Embedder:
     """The ``Embedder`` for ``vggface2-resnet50``: uint8 RGB crops of any size -> float32 (n, 2048).
 
     ``weights_path`` is the HDF5 file (find or fetch it with ``facepipe.weights.ensure_vggface2_weights``).
-    ``precision="bf16"`` runs the network under bfloat16 autocast (CPU or CUDA); outputs stay float32.
+    ``precision="bf16"`` holds the (BN-folded) weights in bfloat16 and runs the convolutions in bfloat16
+    (CPU or CUDA): the same casts autocast would make, without re-casting the weights on every call
+    (measured faster on CPU); preprocessing, pooling and outputs stay float32.
     """
 
     name = "vggface2-resnet50"
@@ -245,22 +246,19 @@ class VGGFace2ResNet50Embedder:
         self.device = resolve_device(device)
         self.precision = precision
         self.batch_size = batch_size
-        self.model = read_keras_weights(self.weights_path).to(self.device, memory_format=torch.channels_last)
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        model = read_keras_weights(self.weights_path)
+        self.model = model.to(self.device, dtype=self.dtype, memory_format=torch.channels_last)
         self._sha256: str | None = None
-
-    def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Embed HxWx3 uint8 RGB crops -> float32 (n, 2048), in batches of ``batch_size``."""
         outputs = [np.zeros((0, self.dim), dtype=np.float32)]
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode():
             for start in range(0, len(crops), self.batch_size):
                 batch = np.stack([resize_crop(crop) for crop in crops[start:start + self.batch_size]])
                 x = preprocess_input(torch.from_numpy(batch).to(self.device))
-                x = x.contiguous(memory_format=torch.channels_last)
+                x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
                 outputs.append(self.model(x).float().cpu().numpy())
         return np.concatenate(outputs)
 
