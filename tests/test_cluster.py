@@ -1,0 +1,273 @@
+"""cluster: metrics on hand-made cases, k selection on real faces (LFW, dlib_johns), bad input, reruns."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from facepipe.cli import main
+from facepipe.cluster import cluster, parse_k_range
+from facepipe.cluster_metrics import ari, bcubed, clustering_metrics, nmi, pairwise
+from facepipe.common import FacepipeError
+from facepipe.formats import (
+    CENTROIDS_CSV,
+    CLUSTER_COLUMNS,
+    CLUSTER_METRICS_JSON,
+    CLUSTER_RESULTS_CSV,
+    ELBOW_PNG,
+    K_SELECTION_CSV,
+    SAMPLES_OVERVIEW_JPG,
+    SILHOUETTE_PNG,
+    Embeddings,
+    read_centroids,
+    read_json,
+    sample_grid,
+    sidecar_path,
+    write_embeddings,
+)
+
+# --------------------------------------------------------------------------- metrics
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nmi_and_ari_agree_with_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 300))
+    truth = rng.integers(0, int(rng.integers(1, 12)), n)
+    predicted = np.where(rng.random(n) < 0.7, truth, rng.integers(0, int(rng.integers(1, 15)), n))
+    assert nmi(truth, predicted) == pytest.approx(normalized_mutual_info_score(truth, predicted), abs=1e-12)
+    assert ari(truth, predicted) == pytest.approx(adjusted_rand_score(truth, predicted), abs=1e-12)
+
+
+@pytest.mark.parametrize("truth, predicted", [
+    ([0, 0, 0, 0], [5, 5, 5, 5]),  # one group each
+    ([0, 1, 2, 3], [3, 2, 1, 0]),  # all singletons
+    ([0, 0, 0, 0], [0, 1, 2, 3]),  # one identity, split into singletons
+    ([0, 0, 1, 1], [0, 0, 0, 0]),
+])
+def test_degenerate_cases_match_scikit_learn(truth, predicted):
+    assert nmi(truth, predicted) == pytest.approx(normalized_mutual_info_score(truth, predicted), abs=1e-12)
+    assert ari(truth, predicted) == pytest.approx(adjusted_rand_score(truth, predicted), abs=1e-12)
+
+
+def test_bcubed_by_hand():
+    # Items: a a a a b, all put in one cluster. Precision per item: 4/5 for the a's, 1/5 for the b
+    # -> (4 * 0.8 + 0.2) / 5 = 0.68; every item finds all of its identity in its cluster -> recall 1.
+    scores = bcubed(["a", "a", "a", "a", "b"], [1, 1, 1, 1, 1])
+    assert scores["precision"] == pytest.approx(0.68)
+    assert scores["recall"] == pytest.approx(1.0)
+    assert scores["f"] == pytest.approx(2 * 0.68 / 1.68)
+    # a a a | b b with clusters {a a} {a b b}: precision (1 + 1 + 1/3 + 2/3 + 2/3) / 5,
+    # recall (2/3 + 2/3 + 1/3 + 1 + 1) / 5.
+    scores = bcubed(["a", "a", "a", "b", "b"], [1, 1, 2, 2, 2])
+    assert scores["precision"] == pytest.approx((3 + 2 / 3) / 5)
+    assert scores["recall"] == pytest.approx((3 + 2 / 3) / 5)
+    # Every item alone: precision 1, recall = mean over items of 1/|identity| = (3 * 1/3 + 2 * 1/2) / 5.
+    scores = bcubed(["a", "a", "a", "b", "b"], [1, 2, 3, 4, 5])
+    assert scores["precision"] == pytest.approx(1.0)
+    assert scores["recall"] == pytest.approx(0.4)
+
+
+def test_pairwise_by_hand():
+    # a a a | b b with clusters {a a} {a b b}: same-cluster pairs 1 + 3 = 4, of which the (a a) and
+    # (b b) pairs are right -> precision 2/4; same-identity pairs 3 + 1 = 4, 2 found -> recall 2/4.
+    scores = pairwise(["a", "a", "a", "b", "b"], [1, 1, 2, 2, 2])
+    assert (scores["precision"], scores["recall"], scores["f"]) == pytest.approx((0.5, 0.5, 0.5))
+    # a a a a b in one cluster: 10 pairs, 6 right; all 6 same-identity pairs found.
+    scores = pairwise(["a", "a", "a", "a", "b"], [7, 7, 7, 7, 7])
+    assert (scores["precision"], scores["recall"]) == pytest.approx((0.6, 1.0))
+    # Singletons: no pair claimed (precision 1 by convention), none of the 4 pairs found.
+    scores = pairwise(["a", "a", "a", "b", "b"], [1, 2, 3, 4, 5])
+    assert (scores["precision"], scores["recall"], scores["f"]) == pytest.approx((1.0, 0.0, 0.0))
+
+
+def test_a_perfect_clustering_scores_one_whatever_the_cluster_ids():
+    truth = ["x", "x", "y", "z", "z", "z"]
+    metrics = clustering_metrics(truth, [9, 9, 4, 0, 0, 0])
+    for key in ("nmi", "ari", "bcubed_f", "bcubed_precision", "bcubed_recall", "pairwise_f"):
+        assert metrics[key] == pytest.approx(1.0), key
+    assert (metrics["items"], metrics["identities"], metrics["clusters"]) == (6, 3, 3)
+
+
+# --------------------------------------------------------------------------- synthetic embeddings
+
+
+def blobs(path, groups=6, per_group=25, dim=32, seed=0, model="toy-model", crops_dir=None):
+    """Well separated groups of unit vectors, written as an embeddings file; returns the true group per row."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((groups, dim))
+    truth = np.repeat(np.arange(groups), per_group)
+    vectors = centres[truth] + 0.08 * rng.standard_normal((len(truth), dim))
+    names = [f"face_{i:04d}.jpg" for i in range(len(truth))]
+    meta = {"model": model}
+    if crops_dir is not None:
+        crops_dir.mkdir(parents=True, exist_ok=True)
+        for name, group in zip(names, truth):
+            Image.new("RGB", (32, 32), tuple(int(v) for v in rng.integers(0, 255, 3))).save(crops_dir / name)
+        meta["crops_dir"] = str(crops_dir)
+    write_embeddings(path, Embeddings(names, vectors.astype(np.float32), meta))
+    return names, truth
+
+
+def test_auto_k_finds_separated_groups_and_writes_every_output(tmp_path):
+    names, truth = blobs(tmp_path / "emb.csv", crops_dir=tmp_path / "crops")
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"name": names, "identity": [f"person{t}" for t in truth]}).to_csv(manifest, index=False)
+    out, samples = tmp_path / "out", tmp_path / "samples"
+    summary = cluster(tmp_path / "emb.csv", out, k="auto", k_range="2:12", samples_dir=samples, labels=manifest,
+                      show_progress=False)
+    assert summary.k == 6 and "silhouette" in summary.k_rule
+    assert summary.metrics["bcubed_f"] == pytest.approx(1.0) and summary.metrics["nmi"] == pytest.approx(1.0)
+    results = pd.read_csv(out / CLUSTER_RESULTS_CSV)
+    assert list(results.columns) == CLUSTER_COLUMNS and results["name"].tolist() == names
+    assert results["cluster"].value_counts().tolist() == [25] * 6
+    assert (results["distance"] >= 0).all() and (results["distance"] < 0.5).all()
+    assert read_centroids(out / CENTROIDS_CSV).shape == (6, 32)
+    selection = pd.read_csv(out / K_SELECTION_CSV)
+    assert selection["k"].tolist() == list(range(2, 13))
+    assert selection.loc[selection["silhouette"].idxmax(), "k"] == 6
+    assert (np.diff(selection["inertia"]) < 0).all()
+    for plot in (ELBOW_PNG, SILHOUETTE_PNG):
+        assert Image.open(out / plot).format == "PNG"
+    assert read_json(out / CLUSTER_METRICS_JSON)["bcubed_f"] == pytest.approx(1.0)
+    meta = read_json(sidecar_path(out / CLUSTER_RESULTS_CSV))
+    assert (meta["k"], meta["model"], meta["crops_dir"]) == (6, "toy-model", str(tmp_path / "crops"))
+    assert meta["k_rule"] == summary.k_rule and meta["options"]["seed"] == 0
+    grids = sorted(p.name for p in samples.iterdir())
+    assert grids == sorted([sample_grid(c) for c in range(6)] + [SAMPLES_OVERVIEW_JPG])
+    with Image.open(samples / sample_grid(0)) as grid:
+        assert grid.width == 4 * 112 and grid.height > 4 * 112  # 16 nearest crops and a caption
+
+
+def test_rerun_is_skipped_unless_options_change_or_force(tmp_path):
+    blobs(tmp_path / "emb.npz")
+    out = tmp_path / "out"
+    first = cluster(tmp_path / "emb.npz", out, k=4, samples_dir=None, show_progress=False)
+    stamp = (out / CLUSTER_RESULTS_CSV).stat().st_mtime_ns
+    again = cluster(tmp_path / "emb.npz", out, k=4, samples_dir=None, show_progress=False)
+    assert again.skipped and not first.skipped and again.k == first.k == 4
+    assert (out / CLUSTER_RESULTS_CSV).stat().st_mtime_ns == stamp
+    assert not cluster(tmp_path / "emb.npz", out, k=4, samples_dir=None, force=True, show_progress=False).skipped
+    changed = cluster(tmp_path / "emb.npz", out, k=6, samples_dir=None, show_progress=False)
+    assert not changed.skipped and pd.read_csv(out / CLUSTER_RESULTS_CSV)["cluster"].nunique() == 6
+    assert not (out / ELBOW_PNG).exists()  # k was given: no k-selection plots
+
+
+def test_same_seed_same_clusters(tmp_path):
+    blobs(tmp_path / "emb.csv", groups=10, per_group=12, seed=3)
+    for run in ("a", "b"):
+        cluster(tmp_path / "emb.csv", tmp_path / run, k=7, samples_dir=None, show_progress=False)
+    assert (tmp_path / "a" / CLUSTER_RESULTS_CSV).read_bytes() == (tmp_path / "b" / CLUSTER_RESULTS_CSV).read_bytes()
+
+
+def test_cli_prints_the_rule_and_metrics(tmp_path):
+    names, truth = blobs(tmp_path / "emb.csv", groups=3, per_group=10)
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"name": names, "identity": truth}).to_csv(manifest, index=False)
+    result = CliRunner().invoke(main, ["cluster", str(tmp_path / "emb.csv"), "-o", str(tmp_path / "out"),
+                                       "--k-range", "2:8", "--labels", str(manifest), "--no-samples", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "3 clusters" in result.output and "highest mean cosine silhouette" in result.output
+    assert "BCubed F 1.000" in result.output
+
+
+# --------------------------------------------------------------------------- bad input: clear error, nothing written
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("nan", "non-finite"),
+    ("short_row", "non-finite"),
+    ("long_row", "more values than the header"),
+    ("mixed_dimension", "mixed models"),
+    ("mixed_count", "sidecar says 3 embeddings"),
+    ("too_few_for_k", "only 3 embeddings"),
+    ("bad_k_range", "k range"),
+    ("missing_labels", "label manifest not found"),
+])
+def test_bad_input_is_refused_and_nothing_is_written(tmp_path, case, message):
+    good = "name,e0,e1\na.jpg,0.1,0.2\nb.jpg,0.3,0.1\nc.jpg,0.5,0.9\n"
+    path = tmp_path / "emb.csv"
+    options = {"k": 2}
+    if case == "nan":
+        _write(path, "name,e0,e1\na.jpg,0.1,\nb.jpg,0.3,0.1\nc.jpg,0.5,0.9\n")
+    elif case == "short_row":
+        _write(path, "name,e0,e1\na.jpg,0.1\nb.jpg,0.3,0.1\nc.jpg,0.5,0.9\n")
+    elif case == "long_row":
+        _write(path, "name,e0,e1\na.jpg,0.1,0.2,0.7\nb.jpg,0.3,0.1\nc.jpg,0.5,0.9\n")
+    elif case == "mixed_dimension":
+        _write(path, good)
+        sidecar_path(path).write_text(json.dumps({"model": "dlib-resnet128", "dimension": 128}))
+    elif case == "mixed_count":
+        write_embeddings(path, Embeddings(["a", "b", "c"], np.eye(3, dtype=np.float32), {"model": "m"}))
+        with open(path, "a") as handle:
+            handle.write("d,0.5,0.5,0.5\n")
+    elif case == "too_few_for_k":
+        _write(path, good)
+        options = {"k": 5}
+    elif case == "bad_k_range":
+        _write(path, good)
+        options = {"k": "auto", "k_range": "9:2"}
+    elif case == "missing_labels":
+        _write(path, good)
+        options = {"k": 2, "labels": tmp_path / "nope.csv"}
+    out, samples = tmp_path / "out", tmp_path / "samples"
+    with pytest.raises(FacepipeError, match=message):
+        cluster(path, out, samples_dir=samples, crops_dir=tmp_path, show_progress=False, **options)
+    assert not out.exists() and not samples.exists()
+
+
+def test_k_range_parsing():
+    assert list(parse_k_range("2:5")) == [2, 3, 4, 5]
+    assert list(parse_k_range((10, 30, 10))) == [10, 20, 30]
+    for bad in ("1:5", "5", "a:b", "2:5:0"):
+        with pytest.raises(FacepipeError):
+            parse_k_range(bad)
+
+
+# --------------------------------------------------------------------------- real faces
+
+
+def test_lfw_true_k_and_auto_k(lfw_dlib_embeddings, data_dir, tmp_path):
+    """The LFW numbers in the README: BCubed F with the true k, and the k that --k auto picks."""
+    manifest = data_dir("lfw") / "manifest.csv"
+    crops_dir = read_json(sidecar_path(lfw_dlib_embeddings))["crops_dir"]
+    from facepipe.labels import attach_labels
+
+    names = pd.read_csv(lfw_dlib_embeddings, usecols=["name"])["name"].tolist()
+    people = attach_labels(names, manifest, crops_dir)["identity"].nunique()  # people with at least one crop
+    true_k = cluster(lfw_dlib_embeddings, tmp_path / "true_k", k=people, labels=manifest,
+                     samples_dir=tmp_path / "samples", show_progress=False)
+    print(f"LFW true k = {people}: {json.dumps({k: round(v, 4) for k, v in true_k.metrics.items() if isinstance(v, float)})}")
+    assert true_k.metrics["bcubed_f"] >= 0.95
+    assert true_k.metrics["unlabelled"] == 0
+    assert len(list((tmp_path / "samples").glob("cluster_*.jpg"))) == true_k.k
+
+    auto = cluster(lfw_dlib_embeddings, tmp_path / "auto", k="auto", k_range="10:150:10", labels=manifest,
+                   samples_dir=None, show_progress=False)
+    print(f"LFW --k auto over 10:150:10: {auto.k_rule}; BCubed F {auto.metrics['bcubed_f']:.4f}, NMI {auto.metrics['nmi']:.4f}")
+    assert abs(auto.k - people) <= 0.25 * people
+
+
+def test_dlib_johns_auto_k_finds_the_five_people(data_dir, tmp_path):
+    from facepipe.embed import embed
+
+    images = data_dir("dlib_johns") / "images"
+    embed(images, tmp_path / "johns.csv", model="dlib-resnet128", workers=1, show_progress=False)
+    summary = cluster(tmp_path / "johns.csv", tmp_path / "out", k="auto", k_range="2:40",
+                      labels=data_dir("dlib_johns") / "manifest.csv", samples_dir=tmp_path / "samples",
+                      show_progress=False)
+    print(f"dlib_johns: {summary.k_rule}")
+    assert summary.k == 5
+    assert summary.metrics["bcubed_precision"] == pytest.approx(1.0)  # every cluster is one person
+    assert summary.metrics["identities"] == 5 and summary.metrics["unlabelled"] == 0
