@@ -407,8 +407,8 @@ def _check_resumable(checkpoint: dict, config: CVAEConfig, path: Path) -> None:
     changed = [k for k in RESUME_KEYS if previous.get(k) != current.get(k)]
     if changed:
         raise FacepipeError(
-            f"--resume: {path} was trained with different {', '.join(changed)}; use the same settings, "
-            f"or --force to start over"
+            f"{path} was trained with different {', '.join(changed)}: use the same settings to continue "
+            f"(or skip) that run, or --force to start over"
         )
 
 
@@ -468,6 +468,7 @@ def train_cvae(
     Each epoch writes ``cvae_epoch_N.pt`` (the last ``keep_last`` are kept), ``cvae_best.pt`` when the
     validation loss improves, and ``cvae_log.csv``. The data order, flips and noise of an epoch depend only
     on (seed, epoch), so ``resume=True`` after a kill ends with the same weights as an uninterrupted run.
+    A folder whose run already reached ``epochs`` with the same settings is left as it is (unless ``force``).
     """
     import torch
 
@@ -494,7 +495,7 @@ def train_cvae(
         for path in [*existing.values(), weights_dir / CVAE_BEST_CHECKPOINT, weights_dir / CVAE_LOG_CSV]:
             path.unlink(missing_ok=True)
         existing = {}
-    elif existing and not resume:
+    elif existing and not resume and max(existing) < epochs:
         raise FacepipeError(
             f"{weights_dir} already holds checkpoints up to epoch {max(existing)}: "
             f"pass --resume to continue that run or --force to start over"

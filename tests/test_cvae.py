@@ -127,6 +127,8 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, johns_cluste
     assert not list(killed.glob(".*.tmp*"))
     again = train_cvae(johns_clusters, weights_dir=killed, resume=True, **TRAINING)
     assert again.epochs_run == 0
+    rerun = train_cvae(johns_clusters, weights_dir=killed, **TRAINING)  # a finished run is skipped
+    assert rerun.epochs_run == 0 and "nothing to do" in rerun.line()
 
 
 def test_resume_refuses_changed_settings(tmp_path, johns_clusters, trained):
