@@ -1,0 +1,166 @@
+"""vggface2-resnet50 (PyTorch, fp32 and bf16) against keras-vggface on TensorFlow: crops/s and peak memory.
+
+Same machine, same crops (the 24 fixture crops of ../shared/fixtures/vggface_resnet50 repeated to
+``--crops``), same batch size, in one run. Every configuration runs in a fresh child process (so
+its peak RSS is its own) after one warm-up batch; the configurations alternate over ``--rounds``
+rounds and the best round of each is reported (the least disturbed by other load on the machine).
+Each child also returns its embeddings of the 24 crops, checked against keras-vggface's reference.
+
+keras-vggface 0.6 needs Keras 2: it runs from a separate virtual environment that is never a
+dependency of facepipe, made with
+    python -m venv /work/bench-tf-venv
+    /work/bench-tf-venv/bin/pip install tensorflow-cpu tf-keras keras-vggface keras-applications pillow
+and is started with TF_USE_LEGACY_KERAS=1.
+
+Usage: python benchmarks/bench_vggface2.py [--tf-python /work/bench-tf-venv/bin/python] [--crops 256]
+       [--batch-size 32] [--rounds 2] [--fixture ../shared/fixtures/vggface_resnet50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = "vggface_resnet50_notop_random.h5"
+
+# Shared by both children: the fixture crops in name order, repeated to the asked number.
+LOAD_CROPS = """
+import json, resource, sys, time
+from pathlib import Path
+import numpy as np
+from PIL import Image
+fixture, n_crops, batch_size, out = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+base = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((fixture / "crops").glob("*.png"))]
+crops = [base[i % len(base)] for i in range(n_crops)]
+def report(seconds, first):
+    np.save(out, np.asarray(first, dtype=np.float32))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "crops": n_crops, "peak_rss_mib": peak}))
+"""
+
+TORCH_CHILD = LOAD_CROPS + """
+from facepipe.models.vggface2 import VGGFace2ResNet50Embedder
+from facepipe.weights import ensure_vggface2_weights
+weights = ensure_vggface2_weights(weights=fixture / "vggface_resnet50_notop_random.h5", download=False)
+embedder = VGGFace2ResNet50Embedder(weights, device="cpu", precision=sys.argv[5], batch_size=batch_size)
+embedder.embed(crops[:batch_size])
+start = time.perf_counter()
+embeddings = embedder.embed(crops)
+report(time.perf_counter() - start, embeddings[:len(base)])
+"""
+
+# keras-vggface 0.6 imports Keras 2 module paths (keras.engine.topology, keras.utils.data_utils, ...):
+# point them at tf_keras's equivalents. Benchmark-only shims.
+TF_CHILD = """
+import os, sys, types
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tf_keras
+from tf_keras import backend, layers, models, utils
+
+def shim(name, attributes):
+    module = types.ModuleType(name)
+    module.__dict__.update(attributes)
+    sys.modules[name] = module
+    return module
+
+layer_utils = shim("keras.utils.layer_utils", {})
+data_utils = shim("keras.utils.data_utils", {"get_file": utils.get_file})
+shim("keras.utils", {**vars(utils), "layer_utils": layer_utils, "data_utils": data_utils})
+shim("keras.engine", {})
+shim("keras.engine.topology", {"get_source_inputs": utils.get_source_inputs})
+shim("keras.layers", vars(layers))
+shim("keras.models", vars(models))
+shim("keras.backend", vars(backend))
+shim("keras", vars(tf_keras))
+""" + LOAD_CROPS + """
+from keras_vggface.models import RESNET50
+from keras_vggface.utils import preprocess_input
+model = RESNET50(include_top=False, pooling="avg", input_shape=(224, 224, 3),
+                 weights=str(fixture / "vggface_resnet50_notop_random.h5"))
+pixels = np.stack(crops).astype(np.float32)
+model.predict(preprocess_input(pixels[:batch_size], version=2), batch_size=batch_size, verbose=0)
+start = time.perf_counter()
+embeddings = model.predict(preprocess_input(pixels, version=2), batch_size=batch_size, verbose=0)
+report(time.perf_counter() - start, embeddings[:len(base)])
+"""
+
+CONFIGS = {
+    "keras-vggface 0.6 (TensorFlow, tf-keras), fp32": "tf",
+    "facepipe vggface2-resnet50 (PyTorch), fp32": "fp32",
+    "facepipe vggface2-resnet50 (PyTorch), bf16": "bf16",
+}
+
+
+def run_child(kind: str, args, out: Path) -> dict:
+    common = [str(args.fixture), str(args.crops), str(args.batch_size), str(out)]
+    if kind == "tf":
+        command = [args.tf_python, "-c", TF_CHILD, *common]
+        env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    else:
+        command = [sys.executable, "-c", TORCH_CHILD, *common, kind]
+        env = dict(os.environ)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    if result.returncode != 0:
+        raise SystemExit(f"{kind} child failed:\n{result.stderr[-3000:]}")
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    measured["embeddings"] = np.load(out)
+    return measured
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tf-python", default="/work/bench-tf-venv/bin/python",
+                        help="python of the virtual environment with tensorflow-cpu, tf-keras and keras-vggface")
+    parser.add_argument("--fixture", type=Path, default=REPO.parent / "shared" / "fixtures" / "vggface_resnet50")
+    parser.add_argument("--crops", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    reference = pd.read_csv(args.fixture / "reference_embeddings.csv").sort_values("name")
+    reference = reference.drop(columns="name").to_numpy(np.float32)
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", file=sys.stderr)
+    runs: dict[str, list[dict]] = {label: [] for label in CONFIGS}
+    with tempfile.TemporaryDirectory() as scratch:
+        for round_index in range(args.rounds):
+            for label, kind in CONFIGS.items():
+                measured = run_child(kind, args, Path(scratch) / f"{kind}.npy")
+                runs[label].append(measured)
+                print(f"round {round_index + 1}: {label}: {measured['crops'] / measured['seconds']:.2f} crops/s, "
+                      f"peak RSS {measured['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+    print(f"load average after: {os.getloadavg()[0]:.1f}", file=sys.stderr)
+
+    best = {label: max(r, key=lambda m: m["crops"] / m["seconds"]) for label, r in runs.items()}
+    tf_speed = next(m["crops"] / m["seconds"] for label, m in best.items() if CONFIGS[label] == "tf")
+    fp32 = next(m["embeddings"] for label, m in best.items() if CONFIGS[label] == "fp32")
+    print(f"{args.crops} crops (the 24 fixture crops repeated), batch {args.batch_size}, CPU, "
+          f"best of {args.rounds} rounds")
+    print()
+    print("| implementation | crops/s | vs keras-vggface | peak RSS (MiB) | max rel. error vs keras-vggface reference "
+          "| cosine to PyTorch fp32 (min / mean) |")
+    print("|---|---|---|---|---|---|")
+    for label, measured in best.items():
+        speed = measured["crops"] / measured["seconds"]
+        embeddings = measured["embeddings"]
+        error = (np.abs(embeddings - reference).max(axis=1) / np.abs(reference).max(axis=1)).max()
+        cosine = cosines(embeddings, fp32)
+        print(f"| {label} | {speed:.2f} | {speed / tf_speed:.2f}x | {measured['peak_rss_mib']:.0f} | {error:.2g} "
+              f"| {cosine.min():.6f} / {cosine.mean():.6f} |")
+
+
+if __name__ == "__main__":
+    main()
