@@ -438,7 +438,7 @@ def cluster(
         if (norms == 0).any():
             raise FacepipeError(f"{embeddings_path}: {int((norms == 0).sum())} embedding(s) are all zeros and cannot "
                                 "be L2-normalised (use normalize=False / --no-normalize)")
-        vectors = vectors / norms
+        vectors /= norms  # in place: the array is ours, and a copy would double the memory on large inputs
     if auto:
         selection = select_k(vectors, ks, rule=k_rule, n_init=n_init, seed=seed, show_progress=show_progress)
         k, rule = selection.k, selection.rule
