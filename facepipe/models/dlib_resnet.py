@@ -63,10 +63,12 @@ class _DatReader:
         self.data, self.path, self.pos = data, path, 0
 
     def seek_after(self, name: bytes) -> None:
-        found = self.data.find(name, self.pos)
+        """Move past the next serialized string ``name`` (a layer's type tag, preceded by its length)."""
+        tag = bytes([1, len(name)]) + name
+        found = self.data.find(tag, self.pos)
         if found < 0:
             raise FacepipeError(f"{self.path}: no layer {name.decode()} where dlib's ResNet should have one")
-        self.pos = found + len(name)
+        self.pos = found + len(tag)
 
     def int(self) -> int:
         head = self.data[self.pos]
@@ -136,7 +138,13 @@ def read_dlib_resnet(path: Path) -> DlibResNet:
     The file lists the layers from the input outwards: 29 convolutions each followed by an affine
     (a frozen batch norm, folded here into the convolution), then the 256x128 fc_no_bias matrix.
     """
-    reader = _DatReader(path.read_bytes(), path)
+    try:
+        return _read_dlib_resnet(_DatReader(path.read_bytes(), path))
+    except (IndexError, ValueError) as error:
+        raise FacepipeError(f"{path} is damaged or not dlib's face recognition ResNet ({error})") from None
+
+
+def _read_dlib_resnet(reader: _DatReader) -> DlibResNet:
     reader.seek_after(b"input_rgb_image_sized")
     means = [reader.float() for _ in range(3)]
     convs = []
@@ -150,7 +158,7 @@ def read_dlib_resnet(path: Path) -> DlibResNet:
         reader.seek_after(b"affine_")
         gamma, beta = np.split(reader.tensor().ravel(), 2)
         if gamma.size != filters:
-            raise FacepipeError(f"{path}: an affine layer does not match its convolution ({gamma.size} vs {filters})")
+            raise FacepipeError(f"{reader.path}: an affine layer does not match its convolution")
         convs.append((weight * gamma[:, None, None, None], bias * gamma + beta, stride, padding))
     reader.seek_after(b"fc_2")
     outputs, inputs = reader.int(), reader.int()
