@@ -84,7 +84,7 @@ def test_bf16_stays_close_to_fp32(fixture, fp32_embedder, fp32_embeddings):
     embeddings = bf16.embed(fixture[1])
     assert embeddings.dtype == np.float32
     drift = cosines(embeddings, fp32_embeddings)
-    print(f"bf16 vs fp32 cosine over {len(drift)} crops: min {drift.min():.5f}, mean {drift.mean():.5f}")
+    print(f"bf16 vs fp32 cosine over {len(drift)} crops: min {drift.min():.7f}, mean {drift.mean():.7f}")
     assert drift.min() > 0.99
 
 
