@@ -54,3 +54,13 @@ def lfw_dlib_embeddings(tmp_path_factory, lfw_crops):
     output = tmp_path_factory.mktemp("lfw_dlib") / "image_features.csv"
     embed(lfw_crops, output, model="dlib-resnet128", workers=2, show_progress=False)
     return output
+
+
+@pytest.fixture(scope="session")
+def celeba_attr_dlib_embeddings(tmp_path_factory, data_dir):
+    """Path of ``image_features.csv``: all 2012 aligned celeba_attr faces embedded as they are (no detect) with dlib-resnet128."""
+    from facepipe.embed import embed
+
+    output = tmp_path_factory.mktemp("celeba_attr_dlib") / "image_features.csv"
+    embed(data_dir("celeba_attr") / "images", output, model="dlib-resnet128", workers=2, show_progress=False)
+    return output

@@ -25,6 +25,9 @@ from facepipe.probe import (
 from facepipe.probe_metrics import binary_metrics, dummy_baselines
 
 SMALL_CS = (0.01, 0.1, 1.0)
+# Regression floor, not the goal of 0.60: dlib-resnet128 on its standard chip (padding 0.25) reached bald F1 0.476
+# on held-out identities (seed 0) in a scratch run; the chip cuts the scalp (see README, "6. probe").
+BALD_F1_FLOOR = 0.35
 
 
 def make_faces(n: int, positive_share: float, signal: float, *, dim: int = 12, people: int | None = None, seed: int = 0):
@@ -208,3 +211,27 @@ def test_bad_labels_and_reruns(tmp_path):
         train(embeddings_path, manifest_path, "bald", tmp_path / "p.json", Cs=(1.0,), show_progress=False)
     redone = train(embeddings_path, manifest_path, "bald", tmp_path / "p.json", Cs=(1.0,), force=True, show_progress=False)
     assert redone.probe.C == 1.0 and not redone.skipped
+
+
+@pytest.fixture(scope="module")
+def celeba_probes(celeba_attr_dlib_embeddings, data_dir, tmp_path_factory):
+    """bald and male probes trained on 75% of celeba_attr's identities, evaluated on the other 25%."""
+    out = tmp_path_factory.mktemp("celeba_probes")
+    manifest = data_dir("celeba_attr") / "manifest.csv"
+    return {target: train(celeba_attr_dlib_embeddings, manifest, target, out / f"{target}.json", holdout=0.25,
+                          show_progress=False)
+            for target in ("bald", "male")}
+
+
+def test_celeba_bald_and_male_on_held_out_identities(celeba_probes):
+    bald, male = celeba_probes["bald"].holdout, celeba_probes["male"].holdout
+    for target, run in celeba_probes.items():
+        m = run.holdout["metrics"]
+        print(f"\nceleba_attr {target}, held-out identities: " + ", ".join(
+            f"{k} {m[k]:.3f}" for k in ("f1", "precision", "recall", "balanced_accuracy", "pr_auc", "roc_auc")))
+        assert run.holdout["identities_shared_with_training"] == 0
+        assert run.labelled.missing_report()["manifest_rows_without_embedding"]["count"] == 0
+    assert bald["metrics"]["positives"] >= 30
+    assert bald["metrics"]["f1"] >= BALD_F1_FLOOR
+    assert bald["metrics"]["f1"] > 3 * max(b["f1"] or 0 for b in bald["baselines"].values())
+    assert male["metrics"]["balanced_accuracy"] >= 0.95
