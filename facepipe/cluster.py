@@ -23,7 +23,7 @@ import pandas as pd
 
 from facepipe import __version__
 from facepipe.cluster_metrics import clustering_metrics
-from facepipe.common import FacepipeError, atomic_path, progress
+from facepipe.common import FacepipeError, atomic_path, file_sha256, progress
 from facepipe.formats import (
     CENTROIDS_CSV,
     CLUSTER_COLUMNS,
@@ -330,13 +330,7 @@ class ClusterSummary:
 
 
 def _file_digest(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return None if path is None else file_sha256(path)
 
 
 def _identity_metrics(names: list[str], labels_file: Path, crops_dir: Path | None, predicted: np.ndarray) -> dict:

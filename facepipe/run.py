@@ -26,7 +26,6 @@ from facepipe.formats import (
     EMBEDDINGS_CSV,
     RUN_CONFIG_TOML,
     RUN_LOG,
-    RUN_REPORT_HTML,
     RUN_STATE_JSON,
     RUN_SUMMARY_JSON,
     read_json,

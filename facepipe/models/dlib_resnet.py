@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facepipe.common import FacepipeError, resolve_device
-from facepipe.models.vggface2 import file_sha256
+from facepipe.common import file_sha256
 
 MODEL_NAME = "dlib-resnet128"
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"

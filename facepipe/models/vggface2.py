@@ -16,7 +16,6 @@ name, so no TensorFlow is needed. What has to match Keras exactly, and does here
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facepipe.common import FacepipeError, resolve_device
+from facepipe.common import FacepipeError, file_sha256, resolve_device
 
 INPUT_SIZE = 224
 EMBEDDING_DIM = 2048
@@ -211,15 +210,6 @@ def resize_crop(crop: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
         return crop
     shrinking = crop.shape[0] * crop.shape[1] > size * size
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for piece in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 class VGGFace2ResNet50Embedder:
