@@ -8,7 +8,6 @@ JSON (no pickle) and scored with plain NumPy, so a saved probe gives bit-identic
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from facepipe import __version__
-from facepipe.common import FacepipeError, progress
+from facepipe.common import FacepipeError, file_sha256, progress
 from facepipe.formats import (
     PROBE_CONFUSION_PNG,
     PROBE_METRICS_JSON,
@@ -348,14 +347,6 @@ def train_probe(
 # --- the stage functions behind the CLI -------------------------------------------------------------
 
 
-def _file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_evaluation(out_dir: Path, probe: LinearProbe, names: list[str], labels: np.ndarray,
                       probabilities: np.ndarray, extra: dict) -> dict:
     """Metrics next to the dummy baselines, the two plots and the per-face predictions, written in ``out_dir``."""
@@ -446,8 +437,8 @@ def train(
     out = Path(out)
     options = {"target": target, "group_column": group_column, "holdout": holdout, "folds": folds,
                "Cs": [float(c) for c in Cs], "seed": seed, "crops_dir": None if crops_dir is None else str(crops_dir)}
-    inputs = {"embeddings_sha256": _file_sha256(embeddings_path) if Path(embeddings_path).is_file() else None,
-              "manifest_sha256": _file_sha256(manifest_path) if Path(manifest_path).is_file() else None}
+    inputs = {"embeddings_sha256": file_sha256(embeddings_path) if Path(embeddings_path).is_file() else None,
+              "manifest_sha256": file_sha256(manifest_path) if Path(manifest_path).is_file() else None}
     if out.exists() and not force:
         previous = LinearProbe.load(out)
         if previous.training.get("options") == options and previous.training.get("inputs") == inputs:
