@@ -1,7 +1,7 @@
 """train-cvae / generate on LFW: CPU epoch time and peak memory, and the identity fidelity of the aggregated faces.
 
     python benchmarks/bench_cvae.py timing   [--work DIR] [--sizes 64 128] [--epochs 2]
-    python benchmarks/bench_cvae.py fidelity [--work DIR] [--image-size 64] [--epochs 40] [--data lfw]
+    python benchmarks/bench_cvae.py fidelity [--work DIR] [--image-size 64] [--epochs 40] [--beta 1] [--lr 1e-3] [--data lfw]
 
 Both first prepare, once, in DIR (default /tmp/facepipe_bench_cvae/<data>): the crops of
 ../shared/data/<data> (detect, minNeighbors 5, largest face only), their dlib-resnet128 embeddings, and
@@ -82,17 +82,35 @@ def fidelity(args) -> None:
     from facepipe.generate import generate
 
     results = prepare(args.data, args.work)
-    weights = args.work / f"weights_fidelity_{args.image_size}"
+    weights = args.work / f"weights_fidelity_{args.image_size}_beta{args.beta:g}_lr{args.lr:g}"
     started = time.perf_counter()
     summary = train_cvae(results, weights_dir=weights, image_size=args.image_size, epochs=args.epochs,
-                         batch_size=args.batch_size, beta=args.beta, seed=args.seed, resume=True)
+                         batch_size=args.batch_size, beta=args.beta, learning_rate=args.lr, seed=args.seed,
+                         resume=True)
     print(summary.line(), f"(wall {time.perf_counter() - started:.0f}s)")
-    report = generate(weights, out_dir=args.work / f"inference_{args.image_size}", samples=4, evaluate=True)
+    report = generate(weights, out_dir=args.work / f"inference_{weights.name}", samples=4, evaluate=True)
     print(report.line())
     metrics = report.fidelity
     print(json.dumps({"data": args.data, "image_size": args.image_size, "epochs": args.epochs, "beta": args.beta,
-                      "cvae": metrics["cvae"], "pixel_mean": metrics["pixel_mean"],
+                      "lr": args.lr, "cvae": metrics["cvae"], "pixel_mean": metrics["pixel_mean"],
+                      "mirror_symmetric_mean": mirror_symmetric_fidelity(results, args.image_size),
                       "clusters": metrics["clusters_evaluated"]}))
+
+
+def mirror_symmetric_fidelity(results: Path, image_size: int) -> dict:
+    """Fidelity of (pixel mean + its mirror image) / 2: what a CVAE trained with random flips converges to
+    at z = 0 when z carries nothing (a large beta), so the most that route can reach."""
+    import numpy as np
+
+    from facepipe.cvae import read_training_inputs
+    from facepipe.generate import evaluate_fidelity, pixel_means
+
+    inputs = read_training_inputs(results)
+    clusters = sorted(int(c) for c in np.unique(inputs.clusters))
+    means, _ = pixel_means(inputs.names, inputs.clusters, clusters, inputs.crops_dir, image_size, False)
+    mirrored = ((means.astype(np.float64) + means[:, :, ::-1]) / 2 + 0.5).astype(np.uint8)
+    metrics = evaluate_fidelity(mirrored, means, clusters, inputs, results.parent / "image_features.csv")
+    return metrics["cvae"]
 
 
 def main() -> None:
@@ -108,6 +126,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--beta", type=float, default=1.0)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.work = args.work or Path("/tmp/facepipe_bench_cvae") / args.data
