@@ -111,6 +111,24 @@ def test_ready_face_chips_without_detect_json(data_dir, tmp_path):
     assert accuracy_06 >= 0.9
 
 
+def test_whole_crop_keeps_the_scalp_and_is_recorded(data_dir, tmp_path):
+    """--dlib-crop whole embeds the whole squared crop (no landmark chip); the sidecar says so, and reusing
+    an output made with the other crop is refused."""
+    images = sorted((data_dir("dlib_johns") / "images").rglob("*.jpg"))[:6]
+    aligned, whole = tmp_path / "aligned.npz", tmp_path / "whole.npz"
+    embed(images, aligned, model="dlib-resnet128", show_progress=False)
+    embed(images, whole, model="dlib-resnet128", dlib_crop="whole", show_progress=False)
+    a, w = read_embeddings(aligned), read_embeddings(whole)
+    assert a.meta["crop"] == "aligned" and w.meta["crop"] == "whole"
+    assert "whole crop" in w.meta["preprocessing"] and "get_face_chip" not in w.meta["preprocessing"]
+    cosines = (a.vectors * w.vectors).sum(1) / np.linalg.norm(a.vectors, axis=1) / np.linalg.norm(w.vectors, axis=1)
+    assert (cosines < 0.999).all() and (cosines > 0.5).all()  # another view of the same face
+    with pytest.raises(FacepipeError):
+        embed(images, whole, model="dlib-resnet128", show_progress=False)
+    with pytest.raises(FacepipeError, match="dlib-resnet128 only"):
+        embed(images, tmp_path / "v.npz", model="vggface2-resnet50", dlib_crop="whole", show_progress=False)
+
+
 def test_pytorch_port_matches_dlib(lfw_crops):
     """The network runs in PyTorch with the .dat weights; dlib's own implementation must agree."""
     import dlib

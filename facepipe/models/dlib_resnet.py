@@ -29,6 +29,7 @@ RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
+CROP_MODES = ("aligned", "whole")  # aligned: dlib's landmark chip; whole: the whole crop, squared (keeps the scalp)
 FALLBACK_MARGIN = 0.2  # detect's default margin, for crops whose face the HOG detector cannot find
 
 
@@ -176,9 +177,13 @@ class DlibResNet128Embedder:
     name = MODEL_NAME
     dim = 128
 
-    def __init__(self, face_margin: float | None = None, device: str = "auto", batch_size: int = 32):
+    def __init__(self, face_margin: float | None = None, device: str = "auto", batch_size: int = 32,
+                 crop: str = "aligned"):
         import dlib
 
+        if crop not in CROP_MODES:
+            raise FacepipeError(f"unknown dlib crop {crop!r}: use {' or '.join(CROP_MODES)}")
+        self.crop = crop
         if face_margin is not None and not 0 <= face_margin <= 2:
             raise FacepipeError("face margin must lie between 0 and 2")
         if batch_size < 1:
@@ -206,10 +211,13 @@ class DlibResNet128Embedder:
         return dlib.rectangle(*central_face_box(*rgb.shape[:2], margin))
 
     def align(self, rgb: np.ndarray) -> np.ndarray:
-        """The 150x150 chip of a crop, aligned on its 5 landmarks by dlib."""
+        """The 150x150 chip of a crop: aligned on its 5 landmarks by dlib, or (crop "whole") the whole crop
+        edge-padded to a square and resized, which keeps the top of the head that dlib's chip cuts off."""
         import dlib
 
         rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+        if self.crop == "whole":
+            return _whole_chip(rgb)
         shape = self._landmarks(rgb, self.face_box(rgb))
         return dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING)
 
@@ -228,6 +236,10 @@ class DlibResNet128Embedder:
 
     def describe(self) -> dict:
         """Sidecar fields: which files, which alignment, where the face box came from."""
+        if self.crop == "whole":
+            chip = f"the whole crop, edge-padded to a centred square, resized bilinearly to {CHIP_SIZE}"
+        else:
+            chip = f"{LANDMARKS_FILE} landmarks; dlib.get_face_chip size {CHIP_SIZE} padding {CHIP_PADDING}"
         face_box = (
             f"central square of a detect crop with margin {self.face_margin}"
             if self.face_margin is not None
@@ -238,12 +250,23 @@ class DlibResNet128Embedder:
             "dimension": self.dim,
             "architecture": "dlib dnn_face_recognition_ex ResNet, run in PyTorch with the weights of the .dat file",
             "preprocessing": (
-                f"RGB uint8; face box: {face_box}; {LANDMARKS_FILE} landmarks; "
-                f"dlib.get_face_chip size {CHIP_SIZE} padding {CHIP_PADDING}; (pixel - dlib's RGB means) / 256"
+                f"RGB uint8; face box: {face_box}; {chip}; (pixel - dlib's RGB means) / 256"
             ),
             "weights_file": RESNET_FILE,
             "weights_sha256": self._sha256[RESNET_FILE],
             "landmarks_sha256": self._sha256[LANDMARKS_FILE],
             "face_margin": self.face_margin,
+            "crop": self.crop,
             "precision": "fp32",
         }
+
+
+def _whole_chip(rgb: np.ndarray) -> np.ndarray:
+    """The whole image edge-padded to a centred square and resized to the chip size."""
+    import cv2
+
+    height, width = rgb.shape[:2]
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    square = cv2.copyMakeBorder(rgb, top, side - height - top, left, side - width - left, cv2.BORDER_REPLICATE)
+    return cv2.resize(square, (CHIP_SIZE, CHIP_SIZE), interpolation=cv2.INTER_LINEAR)
