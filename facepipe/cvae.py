@@ -33,7 +33,7 @@ from facepipe.formats import (
     sidecar_path,
     write_csv_atomic,
 )
-from facepipe.images import ImageReadError, load_image_rgb
+from facepipe.images import ImageReadError, load_image_rgb, resize_square
 
 CHECKPOINT_PATTERN = re.compile(r"^cvae_epoch_(\d+)\.pt$")
 MIN_IMAGE_SIZE = 16
@@ -219,8 +219,6 @@ def read_training_inputs(cluster_results: str | Path, crops_dir: str | Path | No
 
 def load_crops(names: Sequence[str], crops_dir: str | Path, size: int, show_progress: bool = True) -> np.ndarray:
     """Decode and resize the named crops once into a uint8 array (n, size, size, 3); missing/broken crops are an error."""
-    import cv2
-
     crops_dir = Path(crops_dir)
     images = np.empty((len(names), size, size, 3), dtype=np.uint8)
     problems = []
@@ -230,10 +228,7 @@ def load_crops(names: Sequence[str], crops_dir: str | Path, size: int, show_prog
         except ImageReadError as error:
             problems.append(f"{name} ({error})")
             continue
-        if rgb.shape[:2] != (size, size):
-            interpolation = cv2.INTER_AREA if rgb.shape[0] > size else cv2.INTER_CUBIC
-            rgb = cv2.resize(rgb, (size, size), interpolation=interpolation)
-        images[index] = rgb
+        images[index] = resize_square(rgb, size)
     if problems:
         raise FacepipeError(
             f"{len(problems)} of {len(names)} crops in {crops_dir} could not be read, e.g. {'; '.join(problems[:3])}"

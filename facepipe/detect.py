@@ -30,7 +30,7 @@ from facepipe.formats import (
     write_csv_atomic,
     write_json_atomic,
 )
-from facepipe.images import ImageReadError, collect_images, load_image_rgb, save_image_atomic
+from facepipe.images import ImageReadError, collect_images, load_image_rgb, resize_square, save_image_atomic
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,7 @@ def square_crop(image: np.ndarray, box: Sequence[int], margin: float, size: int)
     if pad:
         image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
         left, top = left + pad, top + pad
-    crop = image[top : top + side, left : left + side]
-    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
-    return cv2.resize(crop, (size, size), interpolation=interpolation)
+    return resize_square(image[top : top + side, left : left + side], size)
 
 
 def find_faces(rgb: np.ndarray, classifier, params: DetectorParams) -> list[tuple[int, int, int, int]]:

@@ -107,6 +107,16 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
     return rgb
 
 
+def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize an image to ``size`` x ``size``: area interpolation to shrink, bicubic to enlarge."""
+    import cv2
+
+    if rgb.shape[:2] == (size, size):
+        return rgb
+    interpolation = cv2.INTER_AREA if rgb.shape[0] > size else cv2.INTER_CUBIC
+    return cv2.resize(rgb, (size, size), interpolation=interpolation)
+
+
 def save_image_atomic(path: str | os.PathLike, rgb: np.ndarray, quality: int = 95) -> None:
     """Write an RGB uint8 array as an image (format from the extension), atomically."""
     from PIL import Image
