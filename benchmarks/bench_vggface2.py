@@ -12,6 +12,10 @@ dependency of facepipe, made with
     /work/bench-tf-venv/bin/pip install tensorflow-cpu tf-keras keras-vggface keras-applications pillow
 and is started with TF_USE_LEGACY_KERAS=1.
 
+The script also prints the compute ceiling: the network's multiply-adds per crop (counted with
+hooks) against this machine's fp32 and bf16 matrix-multiply rate (a 2048x2048 torch matmul, all
+threads), which bounds any implementation of the same arithmetic.
+
 Usage: python benchmarks/bench_vggface2.py [--tf-python /work/bench-tf-venv/bin/python] [--crops 256]
        [--batch-size 32] [--rounds 2] [--fixture ../shared/fixtures/vggface_resnet50]
 """
@@ -117,6 +121,42 @@ def run_child(kind: str, args, out: Path) -> dict:
     return measured
 
 
+def multiply_adds_per_crop() -> int:
+    """Multiply-adds of one 224x224 crop through the network's convolutions (they are all but a trace of it)."""
+    import torch
+
+    from facepipe.models.vggface2 import INPUT_SIZE, VGGFace2ResNet50
+
+    model, total = VGGFace2ResNet50().eval(), [0]
+
+    def count(module, inputs, output):
+        kernel = module.kernel_size[0] * module.kernel_size[1]
+        total[0] += output[0].numel() * module.in_channels // module.groups * kernel
+
+    for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
+        conv.register_forward_hook(count)
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE))
+    return total[0]
+
+
+def matmul_gflops(dtype_name: str, size: int = 2048, repeats: int = 20) -> float:
+    """This machine's matrix-multiply rate in GFLOP/s (2 per multiply-add), best of 3 timings."""
+    import time
+
+    import torch
+
+    a = torch.randn(size, size).to(getattr(torch, dtype_name))
+    b = torch.randn(size, size).to(getattr(torch, dtype_name))
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 * repeats / best / 1e9
+
+
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
@@ -160,6 +200,17 @@ def main() -> None:
         cosine = cosines(embeddings, fp32)
         print(f"| {label} | {speed:.2f} | {speed / tf_speed:.2f}x | {measured['peak_rss_mib']:.0f} | {error:.2g} "
               f"| {cosine.min():.6f} / {cosine.mean():.6f} |")
+
+    flops = 2 * multiply_adds_per_crop()
+    print()
+    print(f"compute ceiling: {flops / 2e9:.2f} G multiply-adds per crop")
+    print("| arithmetic | matmul GFLOP/s on this machine | crops/s at that rate | 2x keras-vggface needs |")
+    print("|---|---|---|---|")
+    for dtype_name in ("float32", "bfloat16"):
+        rate = matmul_gflops(dtype_name)
+        print(f"| {dtype_name} | {rate:.0f} | {rate * 1e9 / flops:.1f} | {2 * tf_speed * flops / 1e9:.0f} GFLOP/s |")
+    for label, measured in best.items():
+        print(f"{label}: {measured['crops'] / measured['seconds'] * flops / 1e9:.0f} GFLOP/s sustained")
 
 
 if __name__ == "__main__":
