@@ -95,11 +95,14 @@ def detect(inputs, out_dir, cascade, scale_factor, min_neighbors, min_size, marg
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1),
               help="Processes decoding the crops.")
 @click.option("--dlib-crop", type=click.Choice(["aligned", "whole"]), default="aligned", show_default=True,
-              help="dlib-resnet128: its landmark-aligned chip, or the whole crop squared (keeps the scalp: bald probe).")
+              help="dlib-resnet128: its landmark-aligned chip, or the whole crop squared.")
+@click.option("--dlib-padding", type=click.FloatRange(0, 2), default=0.25, show_default=True,
+              help="dlib-resnet128 aligned chip: head kept around the face (0.25 dlib's own; 0.5 keeps the scalp: bald probe).")
 @force_option
 @quiet_option
 @reports_errors
-def embed(crops, output, model, weights, batch_size, device, precision, workers, dlib_crop, force, quiet):
+def embed(crops, output, model, weights, batch_size, device, precision, workers, dlib_crop, dlib_padding, force,
+          quiet):
     """Embed face CROPS (a crops folder from detect, or crop files / text files listing them).
 
     Exit code 0: all crops embedded; 3: done, but some crops could not be read (listed in <output>.errors.csv).
@@ -108,7 +111,7 @@ def embed(crops, output, model, weights, batch_size, device, precision, workers,
 
     summary = run_embed(crops[0] if len(crops) == 1 else list(crops), output, model=model, weights=weights,
                         batch_size=batch_size, device=device, precision=precision, workers=workers,
-                        dlib_crop=dlib_crop, force=force, show_progress=not quiet)
+                        dlib_crop=dlib_crop, dlib_padding=dlib_padding, force=force, show_progress=not quiet)
     click.echo(summary.line())
     if summary.errors:
         sys.exit(EXIT_PARTIAL)

@@ -34,7 +34,7 @@ from facepipe.formats import (
     write_embeddings_checkpoint,
 )
 from facepipe.images import ImageReadError, collect_images, load_image_rgb
-from facepipe.models import Embedder
+from facepipe.models import DLIB_CHIP_PADDING, Embedder
 
 MODELS = ("vggface2-resnet50", "dlib-resnet128")
 DEFAULT_MODEL = "vggface2-resnet50"
@@ -109,6 +109,7 @@ def load_embedder(
     precision: str = "fp32",
     face_margin: float | None = None,
     dlib_crop: str = "aligned",
+    dlib_padding: float = DLIB_CHIP_PADDING,
     show_progress: bool = True,
 ) -> Embedder:
     """Build the named model. ``face_margin`` tells dlib where the face is in a detect crop (see dlib_resnet)."""
@@ -119,10 +120,11 @@ def load_embedder(
 
         if precision != "fp32":
             raise FacepipeError("dlib-resnet128 runs in fp32 only; drop --precision bf16")
-        return DlibResNet128Embedder(face_margin=face_margin, device=device, batch_size=batch_size, crop=dlib_crop)
+        return DlibResNet128Embedder(face_margin=face_margin, device=device, batch_size=batch_size, crop=dlib_crop,
+                                     padding=dlib_padding)
     if model == "vggface2-resnet50":
-        if dlib_crop != "aligned":
-            raise FacepipeError("--dlib-crop applies to dlib-resnet128 only")
+        if dlib_crop != "aligned" or dlib_padding != DLIB_CHIP_PADDING:
+            raise FacepipeError("--dlib-crop and --dlib-padding apply to dlib-resnet128 only")
         try:
             from facepipe.models.vggface2 import VGGFace2ResNet50Embedder
             from facepipe.weights import ensure_vggface2_weights
@@ -206,6 +208,7 @@ def embed(
     workers: int = 2,
     force: bool = False,
     dlib_crop: str = "aligned",
+    dlib_padding: float = DLIB_CHIP_PADDING,
     show_progress: bool = True,
     checkpoint_seconds: float = 30.0,
 ) -> EmbedSummary:
@@ -223,7 +226,8 @@ def embed(
     output.parent.mkdir(parents=True, exist_ok=True)
     _remove_own_temporaries(output)
     embedder = load_embedder(model, weights=weights, batch_size=batch_size, device=device, precision=precision,
-                             face_margin=crop_list.margin, dlib_crop=dlib_crop, show_progress=show_progress)
+                             face_margin=crop_list.margin, dlib_crop=dlib_crop, dlib_padding=dlib_padding,
+                             show_progress=show_progress)
     meta = dict(embedder.describe(), crops_dir=str(crop_list.crops_dir), facepipe_version=__version__)
     done = _previous_rows(output, meta, force)
     todo = [name for name in crop_list.names if name not in done]

@@ -129,6 +129,29 @@ def test_whole_crop_keeps_the_scalp_and_is_recorded(data_dir, tmp_path):
         embed(images, tmp_path / "v.npz", model="vggface2-resnet50", dlib_crop="whole", show_progress=False)
 
 
+def test_larger_chip_padding_is_another_view_and_is_recorded(data_dir, tmp_path):
+    """--dlib-padding 0.5 keeps more of the head in the aligned chip: other vectors of the same faces, the
+    padding in the sidecar, an output made with another padding refused, nonsense paddings refused."""
+    images = sorted((data_dir("dlib_johns") / "images").rglob("*.jpg"))[:6]
+    default, wide = tmp_path / "default.npz", tmp_path / "wide.npz"
+    embed(images, default, model="dlib-resnet128", show_progress=False)
+    embed(images, wide, model="dlib-resnet128", dlib_padding=0.5, show_progress=False)
+    d, w = read_embeddings(default), read_embeddings(wide)
+    assert d.meta["chip_padding"] == 0.25 and w.meta["chip_padding"] == 0.5
+    assert "padding 0.5" in w.meta["preprocessing"]
+    cosines = (d.vectors * w.vectors).sum(1) / np.linalg.norm(d.vectors, axis=1) / np.linalg.norm(w.vectors, axis=1)
+    assert (cosines < 0.999).all() and (cosines > 0.5).all()
+    with pytest.raises(FacepipeError, match="settings"):
+        embed(images, wide, model="dlib-resnet128", show_progress=False)
+    with pytest.raises(FacepipeError, match="between 0 and 2"):
+        embed(images, tmp_path / "x.npz", model="dlib-resnet128", dlib_padding=3.0, show_progress=False)
+    with pytest.raises(FacepipeError, match="aligned crop only"):
+        embed(images, tmp_path / "y.npz", model="dlib-resnet128", dlib_crop="whole", dlib_padding=0.5,
+              show_progress=False)
+    with pytest.raises(FacepipeError, match="dlib-resnet128 only"):
+        embed(images, tmp_path / "v.npz", model="vggface2-resnet50", dlib_padding=0.5, show_progress=False)
+
+
 def test_pytorch_port_matches_dlib(lfw_crops):
     """The network runs in PyTorch with the .dat weights; dlib's own implementation must agree."""
     import dlib

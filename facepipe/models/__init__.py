@@ -6,6 +6,9 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+# dlib-resnet128's aligned chip: dlib's own padding around the landmarks (face from brows to chin).
+DLIB_CHIP_PADDING = 0.25
+
 
 class Embedder(Protocol):
     """What the embed stage needs of a model."""

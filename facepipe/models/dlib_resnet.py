@@ -23,12 +23,14 @@ from torch import nn
 
 from facepipe.common import FacepipeError, resolve_device
 from facepipe.common import file_sha256
+from facepipe.models import DLIB_CHIP_PADDING
 
 MODEL_NAME = "dlib-resnet128"
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 CHIP_SIZE = 150
-CHIP_PADDING = 0.25
+CHIP_PADDING = DLIB_CHIP_PADDING
+MAX_CHIP_PADDING = 2.0
 CROP_MODES = ("aligned", "whole")  # aligned: dlib's landmark chip; whole: the whole crop, squared (keeps the scalp)
 FALLBACK_MARGIN = 0.2  # detect's default margin, for crops whose face the HOG detector cannot find
 
@@ -178,12 +180,17 @@ class DlibResNet128Embedder:
     dim = 128
 
     def __init__(self, face_margin: float | None = None, device: str = "auto", batch_size: int = 32,
-                 crop: str = "aligned"):
+                 crop: str = "aligned", padding: float = CHIP_PADDING):
         import dlib
 
         if crop not in CROP_MODES:
             raise FacepipeError(f"unknown dlib crop {crop!r}: use {' or '.join(CROP_MODES)}")
+        if not 0 <= padding <= MAX_CHIP_PADDING:
+            raise FacepipeError(f"dlib chip padding must lie between 0 and {MAX_CHIP_PADDING:g}, got {padding:g}")
+        if crop == "whole" and padding != CHIP_PADDING:
+            raise FacepipeError("the chip padding applies to the aligned crop only, not to the whole crop")
         self.crop = crop
+        self.padding = float(padding)
         if face_margin is not None and not 0 <= face_margin <= 2:
             raise FacepipeError("face margin must lie between 0 and 2")
         if batch_size < 1:
@@ -211,15 +218,16 @@ class DlibResNet128Embedder:
         return dlib.rectangle(*central_face_box(*rgb.shape[:2], margin))
 
     def align(self, rgb: np.ndarray) -> np.ndarray:
-        """The 150x150 chip of a crop: aligned on its 5 landmarks by dlib, or (crop "whole") the whole crop
-        edge-padded to a square and resized, which keeps the top of the head that dlib's chip cuts off."""
+        """The 150x150 chip of a crop: aligned on its 5 landmarks by dlib with ``padding`` (a larger one keeps
+        more of the head around the face, e.g. the scalp), or (crop "whole") the whole crop edge-padded to a
+        square and resized."""
         import dlib
 
         rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
         if self.crop == "whole":
             return _whole_chip(rgb)
         shape = self._landmarks(rgb, self.face_box(rgb))
-        return dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING)
+        return dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=self.padding)
 
     def embed_chips(self, chips: Sequence[np.ndarray]) -> np.ndarray:
         """Aligned 150x150 uint8 RGB chips -> float32 (n, 128)."""
@@ -239,7 +247,7 @@ class DlibResNet128Embedder:
         if self.crop == "whole":
             chip = f"the whole crop, edge-padded to a centred square, resized bilinearly to {CHIP_SIZE}"
         else:
-            chip = f"{LANDMARKS_FILE} landmarks; dlib.get_face_chip size {CHIP_SIZE} padding {CHIP_PADDING}"
+            chip = f"{LANDMARKS_FILE} landmarks; dlib.get_face_chip size {CHIP_SIZE} padding {self.padding:g}"
         face_box = (
             f"central square of a detect crop with margin {self.face_margin}"
             if self.face_margin is not None
@@ -257,6 +265,7 @@ class DlibResNet128Embedder:
             "landmarks_sha256": self._sha256[LANDMARKS_FILE],
             "face_margin": self.face_margin,
             "crop": self.crop,
+            "chip_padding": self.padding if self.crop == "aligned" else None,
             "precision": "fp32",
         }
 
