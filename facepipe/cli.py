@@ -9,6 +9,7 @@ import click
 
 from facepipe import __version__
 from facepipe.common import FacepipeError
+from facepipe.models import DLIB_CHIP_PADDING, DLIB_CROP_MODES, DLIB_MAX_CHIP_PADDING
 
 EXIT_PARTIAL = 3  # the stage finished, but some inputs could not be read (see its errors CSV)
 
@@ -94,9 +95,10 @@ def detect(inputs, out_dir, cascade, scale_factor, min_neighbors, min_size, marg
               help="bf16: faster on recent CPUs/GPUs, embeddings drift slightly (vggface2-resnet50 only).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1),
               help="Processes decoding the crops.")
-@click.option("--dlib-crop", type=click.Choice(["aligned", "whole"]), default="aligned", show_default=True,
+@click.option("--dlib-crop", type=click.Choice(DLIB_CROP_MODES), default="aligned", show_default=True,
               help="dlib-resnet128: its landmark-aligned chip, or the whole crop squared.")
-@click.option("--dlib-padding", type=click.FloatRange(0, 2), default=0.25, show_default=True,
+@click.option("--dlib-padding", type=click.FloatRange(0, DLIB_MAX_CHIP_PADDING), default=DLIB_CHIP_PADDING,
+              show_default=True,
               help="dlib-resnet128 aligned chip: head kept around the face (0.25 dlib's own; 0.5 keeps the scalp: bald probe).")
 @force_option
 @quiet_option

@@ -6,8 +6,11 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-# dlib-resnet128's aligned chip: dlib's own padding around the landmarks (face from brows to chin).
+# dlib-resnet128's crops: its landmark-aligned chip, or the whole crop squared; the aligned chip's padding
+# around the landmarks (dlib's own 0.25: the face from brows to chin) and the most it may take.
+DLIB_CROP_MODES = ("aligned", "whole")
 DLIB_CHIP_PADDING = 0.25
+DLIB_MAX_CHIP_PADDING = 2.0
 
 
 class Embedder(Protocol):

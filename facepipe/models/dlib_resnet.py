@@ -21,17 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facepipe.common import FacepipeError, resolve_device
-from facepipe.common import file_sha256
-from facepipe.models import DLIB_CHIP_PADDING
+from facepipe.common import FacepipeError, file_sha256, resolve_device
+from facepipe.models import DLIB_CHIP_PADDING, DLIB_CROP_MODES, DLIB_MAX_CHIP_PADDING
 
 MODEL_NAME = "dlib-resnet128"
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 CHIP_SIZE = 150
-CHIP_PADDING = DLIB_CHIP_PADDING
-MAX_CHIP_PADDING = 2.0
-CROP_MODES = ("aligned", "whole")  # aligned: dlib's landmark chip; whole: the whole crop, squared (keeps the scalp)
 FALLBACK_MARGIN = 0.2  # detect's default margin, for crops whose face the HOG detector cannot find
 
 
@@ -180,14 +176,14 @@ class DlibResNet128Embedder:
     dim = 128
 
     def __init__(self, face_margin: float | None = None, device: str = "auto", batch_size: int = 32,
-                 crop: str = "aligned", padding: float = CHIP_PADDING):
+                 crop: str = "aligned", padding: float = DLIB_CHIP_PADDING):
         import dlib
 
-        if crop not in CROP_MODES:
-            raise FacepipeError(f"unknown dlib crop {crop!r}: use {' or '.join(CROP_MODES)}")
-        if not 0 <= padding <= MAX_CHIP_PADDING:
-            raise FacepipeError(f"dlib chip padding must lie between 0 and {MAX_CHIP_PADDING:g}, got {padding:g}")
-        if crop == "whole" and padding != CHIP_PADDING:
+        if crop not in DLIB_CROP_MODES:
+            raise FacepipeError(f"unknown dlib crop {crop!r}: use {' or '.join(DLIB_CROP_MODES)}")
+        if not 0 <= padding <= DLIB_MAX_CHIP_PADDING:
+            raise FacepipeError(f"dlib chip padding must lie between 0 and {DLIB_MAX_CHIP_PADDING:g}, got {padding:g}")
+        if crop == "whole" and padding != DLIB_CHIP_PADDING:
             raise FacepipeError("the chip padding applies to the aligned crop only, not to the whole crop")
         self.crop = crop
         self.padding = float(padding)
