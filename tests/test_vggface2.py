@@ -17,6 +17,7 @@ from facepipe.common import FacepipeError
 from facepipe.formats import embedding_columns
 from facepipe.models.vggface2 import VGGFace2ResNet50Embedder
 from facepipe.weights import VGGFACE2_RESNET50_FILE, ensure_vggface2_weights
+from helpers import cosines
 
 FIXTURE = "vggface_resnet50"
 WEIGHTS = "vggface_resnet50_notop_random.h5"
@@ -27,8 +28,6 @@ def relative_errors(embeddings: np.ndarray, reference: np.ndarray) -> np.ndarray
     return np.abs(embeddings - reference).max(axis=1) / np.abs(reference).max(axis=1)
 
 
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 @pytest.fixture(scope="module")
