@@ -82,17 +82,18 @@ def fidelity(args) -> None:
     from facepipe.generate import generate
 
     results = prepare(args.data, args.work)
-    weights = args.work / f"weights_fidelity_{args.image_size}_beta{args.beta:g}_lr{args.lr:g}"
+    weights = args.work / f"weights_fidelity_{args.image_size}_beta{args.beta:g}_lr{args.lr:g}_anchor{args.mean_anchor:g}"
     started = time.perf_counter()
     summary = train_cvae(results, weights_dir=weights, image_size=args.image_size, epochs=args.epochs,
-                         batch_size=args.batch_size, beta=args.beta, learning_rate=args.lr, seed=args.seed,
-                         resume=True)
+                         batch_size=args.batch_size, beta=args.beta, mean_anchor=args.mean_anchor, learning_rate=args.lr,
+                         seed=args.seed, resume=True)
     print(summary.line(), f"(wall {time.perf_counter() - started:.0f}s)")
     report = generate(weights, out_dir=args.work / f"inference_{weights.name}", samples=4, evaluate=True)
     print(report.line())
     metrics = report.fidelity
     print(json.dumps({"data": args.data, "image_size": args.image_size, "epochs": args.epochs, "beta": args.beta,
-                      "lr": args.lr, "cvae": metrics["cvae"], "pixel_mean": metrics["pixel_mean"],
+                      "lr": args.lr, "mean_anchor": args.mean_anchor, "cvae": metrics["cvae"],
+                      "pixel_mean": metrics["pixel_mean"],
                       "mirror_symmetric_mean": mirror_symmetric_fidelity(results, args.image_size),
                       "clusters": metrics["clusters_evaluated"]}))
 
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--beta", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--mean-anchor", type=float, default=100.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.work = args.work or Path("/tmp/facepipe_bench_cvae") / args.data

@@ -37,9 +37,10 @@ from facepipe.images import ImageReadError, load_image_rgb, resize_square
 
 CHECKPOINT_PATTERN = re.compile(r"^cvae_epoch_(\d+)\.pt$")
 MIN_IMAGE_SIZE = 16
+LOSS_PARTS = ("loss", "recon", "kl", "anchor")
 # Settings that must match for --resume to continue a run (epochs may grow; the rest may not change).
-RESUME_KEYS = ("image_size", "latent_dim", "base_channels", "max_channels", "beta", "learning_rate", "batch_size",
-               "val_fraction", "seed", "clusters", "data_fingerprint")
+RESUME_KEYS = ("image_size", "latent_dim", "base_channels", "max_channels", "beta", "mean_anchor", "learning_rate",
+               "batch_size", "val_fraction", "seed", "clusters", "data_fingerprint")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class CVAEConfig:
     max_channels: int = 256
     clusters: list[int] = field(default_factory=list)  # condition index i <-> cluster id clusters[i]
     beta: float = 1.0
+    mean_anchor: float = 0.0
     learning_rate: float = 1e-3
     batch_size: int = 32
     epochs: int = 40
@@ -163,11 +165,21 @@ def build_model(config: CVAEConfig):
     return _MODEL_CLASS(config)
 
 
-def cvae_loss(reconstruction, target, mu, logvar, beta: float):
-    """Per-image means of: total = recon + beta * KL, recon = squared error summed over pixels, KL summed over z."""
-    recon = (reconstruction.float() - target.float()).pow(2).flatten(1).sum(dim=1).mean()
+def squared_error(images, targets):
+    """Squared error summed over pixels, averaged over the images of a batch."""
+    return (images.float() - targets.float()).pow(2).flatten(1).sum(dim=1).mean()
+
+
+def cvae_loss(reconstruction, target, mu, logvar, centre_faces, cluster_means, beta: float, mean_anchor: float):
+    """Per-image means of: total = recon + beta * KL + mean_anchor * anchor.
+
+    recon is the squared error summed over pixels, KL is summed over z, and anchor is the squared error between
+    each image's cluster decoded at z = 0 (``centre_faces``) and that cluster's pixel mean (``cluster_means``).
+    """
+    recon = squared_error(reconstruction, target)
     kl = (-0.5 * (1.0 + logvar.float() - mu.float().pow(2) - logvar.float().exp()).sum(dim=1)).mean()
-    return recon + beta * kl, recon, kl
+    anchor = squared_error(centre_faces, cluster_means)
+    return recon + beta * kl + mean_anchor * anchor, recon, kl, anchor
 
 
 # ---------------------------------------------------------------- inputs
@@ -407,8 +419,13 @@ def _check_resumable(checkpoint: dict, config: CVAEConfig, path: Path) -> None:
         )
 
 
-def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, config, device, train: bool, workers: int):
-    """One pass over ``order``; returns per-image means of loss, recon and KL."""
+def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster_means, config, device, train: bool,
+               workers: int):
+    """One pass over ``order``; returns per-image means of loss, recon, KL and anchor.
+
+    ``cluster_means`` (clusters, 3, S, S) are the targets of the z = 0 decodes; the anchor term is always
+    measured but only trained on when ``config.mean_anchor`` > 0.
+    """
     import torch
     from torch.utils.data import DataLoader
 
@@ -417,7 +434,7 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, config,
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                         pin_memory=device.startswith("cuda"), persistent_workers=False)
     on_cuda = device.startswith("cuda")
-    totals = np.zeros(3)
+    totals = np.zeros(4)
     model.train(train)
     for images, labels in loader:
         images = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
@@ -425,15 +442,30 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, config,
             images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
         noise = torch.randn(len(labels), config.latent_dim, generator=noise_generator).to(device) if train else None
-        with torch.set_grad_enabled(train), torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
-            reconstruction, mu, logvar = model(images, labels, noise)
-        loss, recon, kl = cvae_loss(reconstruction, images, mu, logvar, config.beta)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+            with torch.set_grad_enabled(train):
+                reconstruction, mu, logvar = model(images, labels, noise)
+            with torch.set_grad_enabled(train and config.mean_anchor > 0):
+                centre_faces = model.decode(torch.zeros_like(mu), labels)
+        loss, recon, kl, anchor = cvae_loss(reconstruction, images, mu, logvar, centre_faces, cluster_means[labels],
+                                            config.beta, config.mean_anchor)
         if train:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        totals += np.array([loss.item(), recon.item(), kl.item()]) * len(labels)
+        totals += np.array([loss.item(), recon.item(), kl.item(), anchor.item()]) * len(labels)
     return totals / max(1, len(order))
+
+
+def training_cluster_means(images, labels, rows, num_classes: int):
+    """Pixel mean of each cluster's training crops (unflipped) as float (clusters, 3, S, S) in [0, 1]."""
+    import torch
+
+    chosen = torch.from_numpy(rows)
+    sums = torch.zeros(num_classes, *images.shape[1:], dtype=torch.float64)
+    sums.index_add_(0, labels[chosen], images[chosen].double())
+    counts = torch.bincount(labels[chosen], minlength=num_classes).clamp(min=1).double()
+    return (sums / counts[:, None, None, None] / 255.0).float().permute(0, 3, 1, 2).contiguous()
 
 
 def train_cvae(
@@ -449,6 +481,7 @@ def train_cvae(
     batch_size: int = 32,
     learning_rate: float = 1e-3,
     beta: float = 1.0,
+    mean_anchor: float = 100.0,
     val_fraction: float = 0.1,
     seed: int = 0,
     keep_last: int = 2,
@@ -470,6 +503,8 @@ def train_cvae(
     started = time.perf_counter()
     if epochs < 1 or batch_size < 1 or keep_last < 1:
         raise FacepipeError("epochs, batch size and --keep-last must be at least 1")
+    if mean_anchor < 0:
+        raise FacepipeError("--mean-anchor must be at least 0")
     if not 0 <= val_fraction < 1:
         raise FacepipeError("--val-fraction must be in [0, 1)")
     device = resolve_device(device)
@@ -477,6 +512,7 @@ def train_cvae(
     cluster_ids = sorted(int(c) for c in np.unique(inputs.clusters))
     config = CVAEConfig(image_size=image_size, latent_dim=latent_dim, base_channels=base_channels,
                         max_channels=max_channels, clusters=cluster_ids, beta=float(beta),
+                        mean_anchor=float(mean_anchor),
                         learning_rate=float(learning_rate), batch_size=batch_size, epochs=epochs,
                         val_fraction=float(val_fraction), seed=seed, cluster_results=str(inputs.cluster_results),
                         crops_dir=str(inputs.crops_dir), data_fingerprint=inputs.fingerprint())
@@ -521,6 +557,7 @@ def train_cvae(
     train_rows, val_rows = split_train_validation(labels.numpy(), val_fraction, seed)
     images = torch.from_numpy(load_crops(inputs.names, inputs.crops_dir, image_size, show_progress))
     dataset = CachedCrops(images, labels)
+    cluster_means = training_cluster_means(images, labels, train_rows, len(cluster_ids)).to(device)
     no_flips = torch.zeros(len(val_rows), dtype=torch.bool)
 
     bar = progress(range(start_epoch + 1, epochs + 1), desc="train-cvae", unit="epoch", enabled=show_progress)
@@ -529,14 +566,15 @@ def train_cvae(
         generator = _epoch_generator(seed, epoch)
         order = torch.from_numpy(train_rows)[torch.randperm(len(train_rows), generator=generator)]
         flips = torch.rand(len(order), generator=generator) < 0.5
-        train_means = _run_epoch(model, optimizer, dataset, order, flips, generator, config, device, True, workers)
+        train_means = _run_epoch(model, optimizer, dataset, order, flips, generator, cluster_means, config, device,
+                                 True, workers)
         if len(val_rows):
-            val_means = _run_epoch(model, None, dataset, torch.from_numpy(val_rows), no_flips, None, config, device,
-                                   False, workers)
+            val_means = _run_epoch(model, None, dataset, torch.from_numpy(val_rows), no_flips, None, cluster_means,
+                                 config, device, False, workers)
         else:
             val_means = train_means
-        row = {"epoch": epoch, **{f"train_{k}": float(v) for k, v in zip(("loss", "recon", "kl"), train_means)},
-               **{f"val_{k}": float(v) for k, v in zip(("loss", "recon", "kl"), val_means)},
+        row = {"epoch": epoch, **{f"train_{k}": float(v) for k, v in zip(LOSS_PARTS, train_means)},
+               **{f"val_{k}": float(v) for k, v in zip(LOSS_PARTS, val_means)},
                "seconds": time.perf_counter() - epoch_started}
         history.append(row)
         improved = row["val_loss"] < best_val
