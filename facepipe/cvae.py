@@ -248,6 +248,11 @@ def load_crops(names: Sequence[str], crops_dir: str | Path, size: int, show_prog
     return images
 
 
+def cluster_pixel_means(images: np.ndarray, labels: np.ndarray, wanted: Sequence) -> np.ndarray:
+    """Pixel-wise mean of the crops (n, S, S, 3) of each label in ``wanted`` -> float64 (len(wanted), S, S, 3)."""
+    return np.stack([images[labels == label].astype(np.float64).mean(axis=0) for label in wanted])
+
+
 def split_train_validation(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split, stratified by label: each label with 2+ crops gives round(fraction * n) (at least 1) to validation."""
     rng = np.random.default_rng([seed, 7919])
@@ -457,17 +462,6 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster
     return totals / max(1, len(order))
 
 
-def training_cluster_means(images, labels, rows, num_classes: int):
-    """Pixel mean of each cluster's training crops (unflipped) as float (clusters, 3, S, S) in [0, 1]."""
-    import torch
-
-    chosen = torch.from_numpy(rows)
-    sums = torch.zeros(num_classes, *images.shape[1:], dtype=torch.float64)
-    sums.index_add_(0, labels[chosen], images[chosen].double())
-    counts = torch.bincount(labels[chosen], minlength=num_classes).clamp(min=1).double()
-    return (sums / counts[:, None, None, None] / 255.0).float().permute(0, 3, 1, 2).contiguous()
-
-
 def train_cvae(
     cluster_results: str | Path,
     *,
@@ -557,7 +551,9 @@ def train_cvae(
     train_rows, val_rows = split_train_validation(labels.numpy(), val_fraction, seed)
     images = torch.from_numpy(load_crops(inputs.names, inputs.crops_dir, image_size, show_progress))
     dataset = CachedCrops(images, labels)
-    cluster_means = training_cluster_means(images, labels, train_rows, len(cluster_ids)).to(device)
+    # The targets of the z = 0 faces: each cluster's training crops, unflipped, as (clusters, 3, S, S) in [0, 1].
+    means = cluster_pixel_means(images.numpy()[train_rows], labels.numpy()[train_rows], range(len(cluster_ids)))
+    cluster_means = torch.from_numpy(means / 255.0).float().permute(0, 3, 1, 2).contiguous().to(device)
     no_flips = torch.zeros(len(val_rows), dtype=torch.bool)
 
     bar = progress(range(start_epoch + 1, epochs + 1), desc="train-cvae", unit="epoch", enabled=show_progress)

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from facepipe.common import FacepipeError, progress, remove_stale_temporaries, resolve_device
-from facepipe.cvae import find_checkpoint, load_crops, load_cvae, read_training_inputs
+from facepipe.cvae import cluster_pixel_means, find_checkpoint, load_crops, load_cvae, read_training_inputs
 from facepipe.formats import (
     CENTROIDS_CSV,
     FIDELITY_JSON,
@@ -86,12 +86,8 @@ def pixel_means(names: Sequence[str], cluster_of: np.ndarray, clusters: Sequence
     chosen = [name for name, keep in zip(names, wanted) if keep]
     images = load_crops(chosen, crops_dir, size, show_progress)
     chosen_clusters = cluster_of[wanted]
-    means, counts = [], []
-    for cluster in clusters:
-        members = images[chosen_clusters == cluster]
-        counts.append(len(members))
-        means.append((members.astype(np.float64).mean(axis=0) + 0.5).astype(np.uint8))
-    return np.stack(means), counts
+    counts = [int((chosen_clusters == cluster).sum()) for cluster in clusters]
+    return (cluster_pixel_means(images, chosen_clusters, clusters) + 0.5).astype(np.uint8), counts
 
 
 def contact_sheet(clusters: Sequence[int], counts: Sequence[int], means: np.ndarray, faces: np.ndarray,
