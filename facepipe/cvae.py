@@ -451,7 +451,9 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster
             with torch.set_grad_enabled(train):
                 reconstruction, mu, logvar = model(images, labels, noise)
             with torch.set_grad_enabled(train and config.mean_anchor > 0):
-                centre_faces = model.decode(torch.zeros_like(mu), labels)
+                # each cluster's z = 0 face once, then one per image (its gradient sums over the images)
+                present, image_to_present = torch.unique(labels, return_inverse=True)
+                centre_faces = model.decode(mu.new_zeros(len(present), mu.shape[1]), present)[image_to_present]
         loss, recon, kl, anchor = cvae_loss(reconstruction, images, mu, logvar, centre_faces, cluster_means[labels],
                                             config.beta, config.mean_anchor)
         if train:
