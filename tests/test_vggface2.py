@@ -28,8 +28,6 @@ def relative_errors(embeddings: np.ndarray, reference: np.ndarray) -> np.ndarray
     return np.abs(embeddings - reference).max(axis=1) / np.abs(reference).max(axis=1)
 
 
-
-
 @pytest.fixture(scope="module")
 def fixture(fixtures_dir):
     """The fixture's folder, its crops (in reference order) and keras-vggface's embeddings of them."""
