@@ -225,6 +225,37 @@ class DlibResNet128Embedder:
         shape = self._landmarks(rgb, self.face_box(rgb))
         return dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=self.padding)
 
+    def chip_grid(self, rgb: np.ndarray) -> np.ndarray:
+        """Where ``align`` samples each chip pixel of this crop, as a ``F.grid_sample`` grid (150, 150, 2)
+        (align_corners=False), so that any rescaled copy of the crop, e.g. a generated face, can be aligned
+        differentiably as this crop is (``embed_aligned``)."""
+        import dlib
+
+        height, width = rgb.shape[:2]
+        if self.crop == "whole":  # the centred square around the crop, edge-padded (grid_sample's border)
+            side = max(height, width)
+            steps = (np.arange(CHIP_SIZE) + 0.5) * side / CHIP_SIZE - 0.5
+            x, y = np.meshgrid(steps - (side - width) // 2, steps - (side - height) // 2)
+        else:  # dlib's extract_image_chip: chip corners <- the chip rectangle's corners turned by its angle
+            rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+            details = dlib.get_face_chip_details(self._landmarks(rgb, self.face_box(rgb)), size=CHIP_SIZE,
+                                                 padding=self.padding)
+            rect = details.rect
+            centre_x, centre_y = (rect.left() + rect.right()) / 2.0, (rect.top() + rect.bottom()) / 2.0
+            steps = np.arange(CHIP_SIZE) / (CHIP_SIZE - 1)
+            dx, dy = np.meshgrid(rect.left() + steps * (rect.right() - rect.left()) - centre_x,
+                                 rect.top() + steps * (rect.bottom() - rect.top()) - centre_y)
+            cos, sin = np.cos(details.angle), np.sin(details.angle)
+            x, y = centre_x + cos * dx - sin * dy, centre_y + sin * dx + cos * dy
+        return np.stack([2.0 * (x + 0.5) / width - 1.0, 2.0 * (y + 0.5) / height - 1.0], axis=-1).astype(np.float32)
+
+    def embed_aligned(self, images: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+        """Differentiable embedding of RGB images (n, 3, H, W) in [0, 1], each aligned by its ``chip_grid``
+        (bilinear) -> (n, 128); gradients flow to the images."""
+        chips = F.grid_sample(images.float() * 255.0, grids, mode="bilinear", padding_mode="border",
+                              align_corners=False)
+        return self.network(chips.permute(0, 2, 3, 1))
+
     def embed_chips(self, chips: Sequence[np.ndarray]) -> np.ndarray:
         """Aligned 150x150 uint8 RGB chips -> float32 (n, 128)."""
         outputs = [np.zeros((0, self.dim), dtype=np.float32)]
