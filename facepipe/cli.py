@@ -220,6 +220,9 @@ def probe_evaluate(probe_path, embeddings_path, manifest_path, out_dir, crops_di
 @click.option("--mean-anchor", default=100.0, show_default=True, type=click.FloatRange(min=0),
               help="Weight of the error between each cluster's z = 0 face and its crops' pixel mean "
                    "(0: a plain CVAE, whose z = 0 face need not look like the cluster).")
+@click.option("--identity-weight", default="auto", show_default=True,
+              help="Weight of 1 - cosine between the embedding of each cluster's z = 0 face and the cluster's "
+                   "centroid; auto: 1000 when the clusters came from dlib-resnet128 embeddings, else 0 (off).")
 @click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Share of each cluster's crops held out for the validation loss.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -233,15 +236,16 @@ def probe_evaluate(probe_path, embeddings_path, manifest_path, out_dir, crops_di
 @quiet_option
 @reports_errors
 def train_cvae(cluster_results, crops_dir, weights_dir, image_size, latent_dim, base_channels, epochs, batch_size,
-               learning_rate, beta, mean_anchor, val_fraction, seed, keep_last, workers, resume, device, force, quiet):
+               learning_rate, beta, mean_anchor, identity_weight, val_fraction, seed, keep_last, workers, resume, device,
+               force, quiet):
     """Train a conditional VAE on the clustered crops (the cluster is the condition)."""
     from facepipe.cvae import train_cvae as run_train
 
     summary = run_train(cluster_results, crops_dir=crops_dir, weights_dir=weights_dir, image_size=image_size,
                         latent_dim=latent_dim, base_channels=base_channels, epochs=epochs, batch_size=batch_size,
-                        learning_rate=learning_rate, beta=beta, mean_anchor=mean_anchor, val_fraction=val_fraction,
-                        seed=seed, keep_last=keep_last, workers=workers, device=device, resume=resume, force=force,
-                        show_progress=not quiet)
+                        learning_rate=learning_rate, beta=beta, mean_anchor=mean_anchor,
+                        identity_weight=identity_weight, val_fraction=val_fraction, seed=seed, keep_last=keep_last,
+                        workers=workers, device=device, resume=resume, force=force, show_progress=not quiet)
     click.echo(summary.line())
 
 

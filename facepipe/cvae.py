@@ -33,14 +33,15 @@ from facepipe.formats import (
     sidecar_path,
     write_csv_atomic,
 )
+from facepipe.identity import build_identity_term, clustered_embeddings_model, identity_weight_for
 from facepipe.images import ImageReadError, load_image_rgb, resize_square
 
 CHECKPOINT_PATTERN = re.compile(r"^cvae_epoch_(\d+)\.pt$")
 MIN_IMAGE_SIZE = 16
-LOSS_PARTS = ("loss", "recon", "kl", "anchor")
+LOSS_PARTS = ("loss", "recon", "kl", "anchor", "identity")
 # Settings that must match for --resume to continue a run (epochs may grow; the rest may not change).
-RESUME_KEYS = ("image_size", "latent_dim", "base_channels", "max_channels", "beta", "mean_anchor", "learning_rate",
-               "batch_size", "val_fraction", "seed", "clusters", "data_fingerprint")
+RESUME_KEYS = ("image_size", "latent_dim", "base_channels", "max_channels", "beta", "mean_anchor", "identity_weight",
+               "learning_rate", "batch_size", "val_fraction", "seed", "clusters", "data_fingerprint")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class CVAEConfig:
     clusters: list[int] = field(default_factory=list)  # condition index i <-> cluster id clusters[i]
     beta: float = 1.0
     mean_anchor: float = 0.0
+    identity_weight: float = 0.0
     learning_rate: float = 1e-3
     batch_size: int = 32
     epochs: int = 40
@@ -170,16 +172,23 @@ def squared_error(images, targets):
     return (images.float() - targets.float()).pow(2).flatten(1).sum(dim=1).mean()
 
 
-def cvae_loss(reconstruction, target, mu, logvar, centre_faces, cluster_means, beta: float, mean_anchor: float):
-    """Per-image means of: total = recon + beta * KL + mean_anchor * anchor.
+def cvae_loss(reconstruction, target, mu, logvar, centre_faces, cluster_means, identity, beta: float,
+              mean_anchor: float, identity_weight: float):
+    """Per-image means of: total = recon + beta * KL + mean_anchor * anchor + identity_weight * identity.
 
-    recon is the squared error summed over pixels, KL is summed over z, and anchor is the squared error between
-    each image's cluster decoded at z = 0 (``centre_faces``) and that cluster's pixel mean (``cluster_means``).
+    recon is the squared error summed over pixels, KL is summed over z, anchor is the squared error between
+    each image's cluster decoded at z = 0 (``centre_faces``) and that cluster's pixel mean (``cluster_means``),
+    and ``identity`` (per image, or None when not measured) is 1 - cosine between the embedding of that face
+    and the cluster's centroid.
     """
     recon = squared_error(reconstruction, target)
     kl = (-0.5 * (1.0 + logvar.float() - mu.float().pow(2) - logvar.float().exp()).sum(dim=1)).mean()
     anchor = squared_error(centre_faces, cluster_means)
-    return recon + beta * kl + mean_anchor * anchor, recon, kl, anchor
+    total = recon + beta * kl + mean_anchor * anchor
+    if identity is None:
+        return total, recon, kl, anchor, recon.new_full((), math.nan)
+    identity = identity.float().mean()
+    return total + identity_weight * identity, recon, kl, anchor, identity
 
 
 # ---------------------------------------------------------------- inputs
@@ -424,12 +433,13 @@ def _check_resumable(checkpoint: dict, config: CVAEConfig, path: Path) -> None:
         )
 
 
-def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster_means, config, device, train: bool,
-               workers: int):
-    """One pass over ``order``; returns per-image means of loss, recon, KL and anchor.
+def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster_means, identity_term, config, device,
+               train: bool, workers: int):
+    """One pass over ``order``; returns per-image means of loss, recon, KL, anchor and identity.
 
     ``cluster_means`` (clusters, 3, S, S) are the targets of the z = 0 decodes; the anchor term is always
-    measured but only trained on when ``config.mean_anchor`` > 0.
+    measured but only trained on when ``config.mean_anchor`` > 0. ``identity_term`` (an ``IdentityTerm``, or
+    None when ``config.identity_weight`` is 0 and the identity is not measured) scores the same z = 0 faces.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -439,7 +449,7 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                         pin_memory=device.startswith("cuda"), persistent_workers=False)
     on_cuda = device.startswith("cuda")
-    totals = np.zeros(4)
+    totals = np.zeros(len(LOSS_PARTS))
     model.train(train)
     for images, labels in loader:
         images = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
@@ -450,17 +460,19 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
             with torch.set_grad_enabled(train):
                 reconstruction, mu, logvar = model(images, labels, noise)
-            with torch.set_grad_enabled(train and config.mean_anchor > 0):
+            with torch.set_grad_enabled(train and (config.mean_anchor > 0 or identity_term is not None)):
                 # each cluster's z = 0 face once, then one per image (its gradient sums over the images)
                 present, image_to_present = torch.unique(labels, return_inverse=True)
-                centre_faces = model.decode(mu.new_zeros(len(present), mu.shape[1]), present)[image_to_present]
-        loss, recon, kl, anchor = cvae_loss(reconstruction, images, mu, logvar, centre_faces, cluster_means[labels],
-                                            config.beta, config.mean_anchor)
+                present_faces = model.decode(mu.new_zeros(len(present), mu.shape[1]), present)
+                identity = None if identity_term is None else identity_term(present_faces, present)[image_to_present]
+        loss, recon, kl, anchor, identity = cvae_loss(
+            reconstruction, images, mu, logvar, present_faces[image_to_present], cluster_means[labels], identity,
+            config.beta, config.mean_anchor, config.identity_weight)
         if train:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        totals += np.array([loss.item(), recon.item(), kl.item(), anchor.item()]) * len(labels)
+        totals += np.array([loss.item(), recon.item(), kl.item(), anchor.item(), identity.item()]) * len(labels)
     return totals / max(1, len(order))
 
 
@@ -478,6 +490,7 @@ def train_cvae(
     learning_rate: float = 1e-3,
     beta: float = 1.0,
     mean_anchor: float = 100.0,
+    identity_weight: float | str = "auto",
     val_fraction: float = 0.1,
     seed: int = 0,
     keep_last: int = 2,
@@ -493,6 +506,8 @@ def train_cvae(
     validation loss improves, and ``cvae_log.csv``. The data order, flips and noise of an epoch depend only
     on (seed, epoch), so ``resume=True`` after a kill ends with the same weights as an uninterrupted run.
     A folder whose run already reached ``epochs`` with the same settings is left as it is (unless ``force``).
+    ``identity_weight`` "auto" turns the identity term on when the clusters' embeddings allow it
+    (``identity.identity_weight_for``).
     """
     import torch
 
@@ -505,10 +520,11 @@ def train_cvae(
         raise FacepipeError("--val-fraction must be in [0, 1)")
     device = resolve_device(device)
     inputs = read_training_inputs(cluster_results, crops_dir)
+    identity_weight = identity_weight_for(identity_weight, clustered_embeddings_model(inputs.cluster_results))
     cluster_ids = sorted(int(c) for c in np.unique(inputs.clusters))
     config = CVAEConfig(image_size=image_size, latent_dim=latent_dim, base_channels=base_channels,
                         max_channels=max_channels, clusters=cluster_ids, beta=float(beta),
-                        mean_anchor=float(mean_anchor),
+                        mean_anchor=float(mean_anchor), identity_weight=float(identity_weight),
                         learning_rate=float(learning_rate), batch_size=batch_size, epochs=epochs,
                         val_fraction=float(val_fraction), seed=seed, cluster_results=str(inputs.cluster_results),
                         crops_dir=str(inputs.crops_dir), data_fingerprint=inputs.fingerprint())
@@ -556,6 +572,11 @@ def train_cvae(
     # The targets of the z = 0 faces: each cluster's training crops, unflipped, as (clusters, 3, S, S) in [0, 1].
     means = cluster_pixel_means(images.numpy()[train_rows], labels.numpy()[train_rows], range(len(cluster_ids)))
     cluster_means = torch.from_numpy(means / 255.0).float().permute(0, 3, 1, 2).contiguous().to(device)
+    identity_term = None
+    if identity_weight > 0:
+        identity_term = build_identity_term(inputs.cluster_results, inputs.crops_dir,
+                                            [inputs.names[row] for row in train_rows], labels.numpy()[train_rows],
+                                            (means + 0.5).astype(np.uint8), device)
     no_flips = torch.zeros(len(val_rows), dtype=torch.bool)
 
     bar = progress(range(start_epoch + 1, epochs + 1), desc="train-cvae", unit="epoch", enabled=show_progress)
@@ -564,11 +585,11 @@ def train_cvae(
         generator = _epoch_generator(seed, epoch)
         order = torch.from_numpy(train_rows)[torch.randperm(len(train_rows), generator=generator)]
         flips = torch.rand(len(order), generator=generator) < 0.5
-        train_means = _run_epoch(model, optimizer, dataset, order, flips, generator, cluster_means, config, device,
-                                 True, workers)
+        train_means = _run_epoch(model, optimizer, dataset, order, flips, generator, cluster_means, identity_term,
+                                 config, device, True, workers)
         if len(val_rows):
             val_means = _run_epoch(model, None, dataset, torch.from_numpy(val_rows), no_flips, None, cluster_means,
-                                 config, device, False, workers)
+                                   identity_term, config, device, False, workers)
         else:
             val_means = train_means
         row = {"epoch": epoch, **{f"train_{k}": float(v) for k, v in zip(LOSS_PARTS, train_means)},

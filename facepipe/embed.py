@@ -135,6 +135,18 @@ def load_embedder(
     raise FacepipeError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
 
 
+def load_embedder_like(embeddings: Embeddings, source: str | os.PathLike, device: str = "auto") -> Embedder:
+    """The embedder that made ``embeddings`` (read from ``source``), set up as its sidecar says (model, face
+    margin, dlib crop and padding), so that new faces are embedded the way the crops were."""
+    meta = embeddings.meta
+    if not embeddings.model:
+        raise FacepipeError(f"{sidecar_path(source)} does not say which model made the embeddings")
+    padding = meta.get("chip_padding")
+    return load_embedder(embeddings.model, device=device, face_margin=meta.get("face_margin"),
+                         dlib_crop=meta.get("crop") or "aligned",
+                         dlib_padding=DLIB_CHIP_PADDING if padding is None else float(padding), show_progress=False)
+
+
 def _decode(path: Path) -> tuple[np.ndarray | None, str]:
     try:
         return load_image_rgb(path), ""

@@ -270,8 +270,8 @@ def write_predictions(path: str | os.PathLike, frame: pd.DataFrame) -> None:
 CVAE_CHECKPOINT_FORMAT = "facepipe-cvae/1"
 CVAE_BEST_CHECKPOINT = "cvae_best.pt"
 CVAE_LOG_CSV = "cvae_log.csv"
-CVAE_LOG_COLUMNS = ["epoch", "train_loss", "train_recon", "train_kl", "train_anchor", "val_loss", "val_recon", "val_kl",
-                    "val_anchor", "seconds"]
+CVAE_LOG_COLUMNS = ["epoch", "train_loss", "train_recon", "train_kl", "train_anchor", "train_identity", "val_loss",
+                    "val_recon", "val_kl", "val_anchor", "val_identity", "seconds"]
 GENERATED_SHEET_PNG = "clusters_sheet.png"
 FIDELITY_JSON = "fidelity.json"
 

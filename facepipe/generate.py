@@ -23,10 +23,9 @@ from facepipe.formats import (
     generated_face_names,
     read_centroids,
     read_embeddings,
-    read_json,
-    sidecar_path,
     write_json_atomic,
 )
+from facepipe.identity import cluster_centroids, clustered_embeddings_path
 from facepipe.images import load_image_rgb, save_image_atomic
 
 SHEET_SAMPLES = 4  # random draws shown per cluster on the sheet (all of them go to cluster_N_samples.png)
@@ -119,19 +118,6 @@ def contact_sheet(clusters: Sequence[int], counts: Sequence[int], means: np.ndar
     return np.asarray(sheet)
 
 
-def cluster_centroids(embeddings, names: Sequence[str], cluster_of: np.ndarray) -> tuple[list[int], np.ndarray]:
-    """Unit-length centroid of each cluster: the mean of its members' L2-normalised embeddings, normalised."""
-    row_of = {name: row for row, name in enumerate(embeddings.names)}
-    missing = [n for n in names if n not in row_of]
-    if missing:
-        raise FacepipeError(f"{len(missing)} clustered crops have no embedding (e.g. {missing[0]}): wrong embeddings file?")
-    vectors = embeddings.vectors[[row_of[n] for n in names]].astype(np.float64)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
-    ids = sorted(int(c) for c in np.unique(cluster_of))
-    centroids = np.stack([vectors[cluster_of == c].mean(axis=0) for c in ids])
-    return ids, centroids / np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
-
-
 def saved_or_recomputed_centroids(inputs, embeddings) -> tuple[list[int], np.ndarray, str]:
     """The cluster stage's ``centroids.csv`` beside the cluster results (normalised to unit length) when it
     matches them, else centroids recomputed from the embeddings; returns (cluster ids, centroids, source)."""
@@ -162,19 +148,6 @@ def identity_fidelity(vectors: np.ndarray, own: Sequence[int], centroid_ids: Seq
     }
 
 
-def _embeddings_path(cluster_results: Path, embeddings: str | Path | None) -> Path:
-    if embeddings is not None:
-        return Path(embeddings)
-    meta_file = sidecar_path(cluster_results)
-    meta = read_json(meta_file) if meta_file.is_file() else {}
-    named = meta.get("embeddings")
-    if not named:
-        raise FacepipeError(f"--evaluate needs the embeddings the clusters came from: {meta_file} names none; "
-                            "pass --embeddings")
-    path = Path(named)
-    return path if path.is_absolute() or path.is_file() else cluster_results.parent / path
-
-
 def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[int], inputs, embeddings_path: Path,
                       device: str = "cpu") -> dict:
     """Embed the CVAE faces and the pixel means like the crops were embedded, and score both (see identity_fidelity).
@@ -184,13 +157,11 @@ def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[i
     """
     import cv2
 
-    from facepipe.embed import load_embedder
+    from facepipe.embed import load_embedder_like
 
     embeddings = read_embeddings(embeddings_path)
-    if not embeddings.model:
-        raise FacepipeError(f"{sidecar_path(embeddings_path)} does not say which model made the embeddings")
     centroid_ids, centroids, centroid_source = saved_or_recomputed_centroids(inputs, embeddings)
-    embedder = load_embedder(embeddings.model, device=device, face_margin=embeddings.meta.get("face_margin"))
+    embedder = load_embedder_like(embeddings, embeddings_path, device=device)
     crop_side = load_image_rgb(inputs.crops_dir / inputs.names[0]).shape[0]
 
     def as_crops(images):
@@ -267,6 +238,6 @@ def generate(
     fidelity = None
     if evaluate:
         fidelity = evaluate_fidelity(faces, means, clusters, inputs,
-                                     _embeddings_path(inputs.cluster_results, embeddings), device)
+                                     clustered_embeddings_path(inputs.cluster_results, embeddings), device)
         write_json_atomic(out_dir / FIDELITY_JSON, fidelity)
     return GenerateSummary(list(clusters), out_dir, sheet_path, fidelity, time.perf_counter() - started)

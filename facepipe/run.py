@@ -31,6 +31,7 @@ from facepipe.formats import (
     read_json,
     write_json_atomic,
 )
+from facepipe.identity import identity_weight_for
 from facepipe.images import collect_images
 
 STAGES = ("detect", "embed", "cluster", "train_cvae", "generate", "probe")
@@ -173,6 +174,7 @@ def run(
     config = config if config is not None else load_config()
     if from_stage is not None and from_stage not in STAGES:
         raise FacepipeError(f"--from must be one of {', '.join(STAGES)}")
+    identity_weight_for(config["train_cvae"]["identity_weight"], config["embed"]["model"])  # refuse before any work
     out = Path(os.path.abspath(out_dir))
     out.mkdir(parents=True, exist_ok=True)
     inputs = [str(Path(os.path.abspath(i))) for i in inputs]

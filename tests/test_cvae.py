@@ -22,7 +22,8 @@ from facepipe.cvae import (
 )
 from facepipe.formats import CVAE_BEST_CHECKPOINT, CVAE_LOG_COLUMNS, CVAE_LOG_CSV, cvae_checkpoint_name, write_json_atomic
 
-TRAINING = dict(image_size=32, latent_dim=16, base_channels=16, batch_size=8, epochs=3, seed=3, show_progress=False)
+TRAINING = dict(image_size=32, latent_dim=16, base_channels=16, batch_size=8, epochs=3, seed=3, identity_weight=0.0,
+                show_progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -256,7 +257,8 @@ def test_fidelity_scores_real_crops_as_their_own_people(tmp_path, johns_clusters
 
     from facepipe.cvae import load_crops
     from facepipe.formats import read_embeddings
-    from facepipe.generate import cluster_centroids, evaluate_fidelity
+    from facepipe.generate import evaluate_fidelity
+    from facepipe.identity import cluster_centroids
 
     inputs = read_training_inputs(johns_clusters)
     ids, centroids = cluster_centroids(read_embeddings(johns_embeddings), inputs.names, inputs.clusters)
@@ -288,6 +290,59 @@ def test_fidelity_scores_real_crops_as_their_own_people(tmp_path, johns_clusters
     for row, expected in zip(with_saved["per_cluster"], report["per_cluster"]):
         assert row["cvae_nearest"] == expected["cvae_nearest"]
         assert row["cvae_cosine_to_own"] == pytest.approx(expected["cvae_cosine_to_own"], abs=1e-5)
+
+
+def test_identity_term_pulls_the_centre_faces_towards_their_centroids(tmp_path, johns_clusters, johns_embeddings,
+                                                                       trained):
+    """--identity-weight: the logged identity term (1 - cosine to the cluster's centroid) is part of the loss and
+    falls, and generate's own evaluation finds the z = 0 faces nearer their centroids than without it; off, it is
+    not measured; clusters whose embeddings it cannot use are refused before anything is written."""
+    import numpy as np
+
+    from facepipe.formats import Embeddings, read_embeddings, sidecar_path, write_embeddings
+    from facepipe.generate import generate
+    from facepipe.identity import DEFAULT_IDENTITY_WEIGHT, clustered_embeddings_model, identity_weight_for
+
+    plain, _ = trained
+    assert pd.read_csv(plain / CVAE_LOG_CSV)["train_identity"].isna().all()
+    weight = 1000.0
+    run = train_cvae(johns_clusters, weights_dir=tmp_path / "identity", **dict(TRAINING, identity_weight=weight))
+    log = pd.read_csv(run.weights_dir / CVAE_LOG_CSV)
+    anchor_weight = load_checkpoint(run.weights_dir / CVAE_BEST_CHECKPOINT)["config"]["mean_anchor"]
+    parts = log["train_recon"] + log["train_kl"] + anchor_weight * log["train_anchor"] + weight * log["train_identity"]
+    assert (log["train_loss"] - parts).abs().max() < 1e-3 * log["train_loss"].max()
+    assert log["train_identity"].iloc[-1] < log["train_identity"].iloc[0]
+    cosine = {}
+    for name, weights in (("plain", plain), ("identity", run.weights_dir)):
+        report = generate(weights, out_dir=tmp_path / f"faces_{name}", evaluate=True, device="cpu", show_progress=False)
+        cosine[name] = np.mean([row["cvae_cosine_to_own"] for row in report.fidelity["per_cluster"]])
+    print(f"mean cosine of the z = 0 faces to their centroids: {cosine}")
+    assert cosine["identity"] > cosine["plain"]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    results = other / "cluster_results.csv"
+    shutil.copy(johns_clusters, results)
+    write_json_atomic(sidecar_path(results), {"crops_dir": str(read_training_inputs(johns_clusters).crops_dir)})
+    refused = tmp_path / "refused"
+    with pytest.raises(FacepipeError, match="name no embeddings"):
+        train_cvae(results, weights_dir=refused, **dict(TRAINING, identity_weight=1.0))
+    embeddings = read_embeddings(johns_embeddings)
+    write_embeddings(other / "features.csv", Embeddings(embeddings.names, embeddings.vectors,
+                                                        dict(embeddings.meta, model="vggface2-resnet50")))
+    write_json_atomic(sidecar_path(results), {"crops_dir": str(read_training_inputs(johns_clusters).crops_dir),
+                                              "embeddings": "features.csv"})
+    with pytest.raises(FacepipeError, match="needs dlib-resnet128 embeddings.*vggface2-resnet50"):
+        train_cvae(results, weights_dir=refused, **dict(TRAINING, identity_weight=1.0))
+    assert not refused.exists()  # refused before anything is written
+    for bad in (-1.0, "strong"):
+        with pytest.raises(FacepipeError, match="identity-weight"):
+            train_cvae(johns_clusters, weights_dir=refused, **dict(TRAINING, identity_weight=bad))
+    # "auto" (the default): on for dlib-resnet128 clusters, off for others, as the checkpoint records
+    assert identity_weight_for("auto", clustered_embeddings_model(johns_clusters)) == DEFAULT_IDENTITY_WEIGHT
+    assert identity_weight_for("auto", clustered_embeddings_model(results)) == 0.0
+    auto = train_cvae(results, weights_dir=tmp_path / "auto", **dict(TRAINING, epochs=1, identity_weight="auto"))
+    assert load_checkpoint(auto.weights_dir / CVAE_BEST_CHECKPOINT)["config"]["identity_weight"] == 0.0
 
 
 def test_flip_augmentation_mirrors_left_and_right_only():

@@ -174,3 +174,7 @@ def test_bad_config_is_refused_before_anything_runs(tmp_path):
     result = CliRunner().invoke(main, ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(bad)])
     assert result.exit_code == 1 and "unknown option" in result.output
     assert not (tmp_path / "o").exists()
+    result = CliRunner().invoke(main, ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "vggface2-resnet50",
+                                       "--set", "train_cvae.identity_weight=10"])
+    assert result.exit_code == 1 and "identity term needs dlib-resnet128" in result.output
+    assert not (tmp_path / "o").exists()

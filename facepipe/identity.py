@@ -1,0 +1,113 @@
+"""Who a cluster is, for the aggregated faces: each cluster's embedding centroid (generate --evaluate scores
+faces against it) and train-cvae's identity term, which pulls each cluster's z = 0 face towards it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from facepipe.common import FacepipeError
+from facepipe.formats import read_embeddings, read_json, sidecar_path
+from facepipe.images import load_image_rgb
+
+IDENTITY_MODELS = ("dlib-resnet128",)  # embedders that can align and embed a face differentiably
+DEFAULT_IDENTITY_WEIGHT = 1000.0  # what identity_weight "auto" means for clusters from one of IDENTITY_MODELS
+
+
+def clustered_embeddings_path(cluster_results: Path, embeddings: str | Path | None = None) -> Path:
+    """``embeddings`` if given, else the embeddings file the clusters came from (named by their sidecar)."""
+    if embeddings is not None:
+        return Path(embeddings)
+    meta_file = sidecar_path(cluster_results)
+    meta = read_json(meta_file) if meta_file.is_file() else {}
+    named = meta.get("embeddings")
+    if not named:
+        raise FacepipeError(f"{meta_file} does not name the embeddings the clusters came from; pass --embeddings")
+    path = Path(named)
+    return path if path.is_absolute() or path.is_file() else cluster_results.parent / path
+
+
+def clustered_embeddings_model(cluster_results: Path) -> str | None:
+    """The model of the embeddings the clusters came from; None when the sidecars do not tell."""
+    try:
+        return read_json(sidecar_path(clustered_embeddings_path(cluster_results))).get("model")
+    except FacepipeError:
+        return None
+
+
+def identity_weight_for(weight: float | str, model: str | None) -> float:
+    """The identity term's weight for clusters from ``model`` embeddings (None: not known): ``"auto"`` is
+    DEFAULT_IDENTITY_WEIGHT for one of IDENTITY_MODELS, else 0; a number is checked (at least 0; above 0
+    only for IDENTITY_MODELS) and returned."""
+    if weight == "auto":
+        return DEFAULT_IDENTITY_WEIGHT if model in IDENTITY_MODELS else 0.0
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        raise FacepipeError(f"--identity-weight must be a number (at least 0) or auto, not {weight!r}") from None
+    if not value >= 0:
+        raise FacepipeError(f"--identity-weight must be at least 0, got {value:g}")
+    if value > 0 and model not in IDENTITY_MODELS:
+        source = f"came from {model} embeddings" if model else "name no embeddings (with their model) in their sidecar"
+        raise FacepipeError(f"the identity term needs {' or '.join(IDENTITY_MODELS)} embeddings, and the clusters "
+                            f"{source}: use --identity-weight 0")
+    return value
+
+
+def cluster_centroids(embeddings, names: Sequence[str], cluster_of: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Unit-length centroid of each cluster: the mean of its members' L2-normalised embeddings, normalised."""
+    row_of = {name: row for row, name in enumerate(embeddings.names)}
+    missing = [n for n in names if n not in row_of]
+    if missing:
+        raise FacepipeError(f"{len(missing)} clustered crops have no embedding (e.g. {missing[0]}): wrong embeddings file?")
+    vectors = embeddings.vectors[[row_of[n] for n in names]].astype(np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    ids = sorted(int(c) for c in np.unique(cluster_of))
+    centroids = np.stack([vectors[cluster_of == c].mean(axis=0) for c in ids])
+    return ids, centroids / np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
+
+
+class IdentityTerm:
+    """1 - cosine between the embedding of a generated face and its cluster's centroid, differentiable in the face.
+
+    Faces are aligned as the crops were, with one fixed alignment per cluster: the one the embedder finds on
+    the pixel mean of the cluster's training crops (what the mean anchor pulls the z = 0 face towards).
+    """
+
+    def __init__(self, embedder, grids, centroids):
+        self.embedder = embedder
+        self.grids = grids
+        self.centroids = centroids
+
+    def __call__(self, faces, conditions):
+        """faces (n, 3, S, S) in [0, 1] of the clusters with condition indices ``conditions`` -> (n,)."""
+        import torch.nn.functional as F
+
+        vectors = self.embedder.embed_aligned(faces, self.grids[conditions])
+        return 1.0 - F.cosine_similarity(vectors.float(), self.centroids[conditions], dim=1)
+
+
+def build_identity_term(cluster_results: Path, crops_dir: Path, names: Sequence[str], conditions: np.ndarray,
+                        means: np.ndarray, device: str) -> IdentityTerm:
+    """The identity term for the training crops ``names`` (condition index ``conditions``), whose per-condition
+    pixel means are ``means`` (uint8, (clusters, S, S, 3)), with the embeddings the clusters came from
+    (of one of IDENTITY_MODELS: see ``identity_weight_for``)."""
+    import cv2
+    import torch
+
+    from facepipe.embed import load_embedder_like
+
+    embeddings_path = clustered_embeddings_path(cluster_results)
+    embeddings = read_embeddings(embeddings_path)
+    ids, centroids = cluster_centroids(embeddings, names, conditions)
+    if ids != list(range(len(means))):
+        raise FacepipeError("every cluster needs at least one training crop for the identity term")
+    embedder = load_embedder_like(embeddings, embeddings_path, device)
+    embedder.network.requires_grad_(False)
+    crop_side = load_image_rgb(crops_dir / names[0]).shape[0]
+    grids = [embedder.chip_grid(cv2.resize(mean, (crop_side, crop_side), interpolation=cv2.INTER_CUBIC))
+             for mean in means]
+    return IdentityTerm(embedder, torch.from_numpy(np.stack(grids)).to(device),
+                        torch.from_numpy(centroids).float().to(device))
