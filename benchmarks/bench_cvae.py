@@ -1,13 +1,15 @@
 """train-cvae / generate on LFW: CPU epoch time and peak memory, and the identity fidelity of the aggregated faces.
 
     python benchmarks/bench_cvae.py timing   [--work DIR] [--sizes 64 128] [--epochs 2]
-    python benchmarks/bench_cvae.py fidelity [--work DIR] [--image-size 64] [--epochs 40] [--beta 1] [--lr 1e-3] [--data lfw]
+    python benchmarks/bench_cvae.py fidelity [--work DIR] [--image-size 64] [--epochs 40] [--beta 1] [--lr 1e-3]
+                                             [--mean-anchor 100] [--identity-weight 1000] [--data lfw]
 
 Both first prepare, once, in DIR (default /tmp/facepipe_bench_cvae/<data>): the crops of
 ../shared/data/<data> (detect, minNeighbors 5, largest face only), their dlib-resnet128 embeddings, and
 a cluster_results.csv whose clusters are the manifest identities (what a perfect cluster stage gives).
 ``timing`` trains each size for a few epochs in a child process and reports seconds per epoch and the
-child's peak RSS; ``fidelity`` trains, runs generate --evaluate and prints fidelity.json's summary.
+child's peak RSS; ``fidelity`` trains, runs generate --evaluate and prints fidelity.json's summary, and
+the fidelity in views the identity term did not optimise (``fidelity_in_other_views``).
 """
 
 from __future__ import annotations
@@ -82,19 +84,24 @@ def fidelity(args) -> None:
     from facepipe.generate import generate
 
     results = prepare(args.data, args.work)
-    weights = args.work / f"weights_fidelity_{args.image_size}_beta{args.beta:g}_lr{args.lr:g}_anchor{args.mean_anchor:g}"
+    weights = args.work / (f"weights_fidelity_{args.image_size}_beta{args.beta:g}_lr{args.lr:g}"
+                           f"_anchor{args.mean_anchor:g}_identity{args.identity_weight:g}")
     started = time.perf_counter()
     summary = train_cvae(results, weights_dir=weights, image_size=args.image_size, epochs=args.epochs,
-                         batch_size=args.batch_size, beta=args.beta, mean_anchor=args.mean_anchor, learning_rate=args.lr,
+                         batch_size=args.batch_size, beta=args.beta, mean_anchor=args.mean_anchor,
+                         identity_weight=args.identity_weight, learning_rate=args.lr,
                          seed=args.seed, resume=True)
     print(summary.line(), f"(wall {time.perf_counter() - started:.0f}s)")
-    report = generate(weights, out_dir=args.work / f"inference_{weights.name}", samples=4, evaluate=True)
+    faces_dir = args.work / f"inference_{weights.name}"
+    report = generate(weights, out_dir=faces_dir, samples=4, evaluate=True)
     print(report.line())
     metrics = report.fidelity
     print(json.dumps({"data": args.data, "image_size": args.image_size, "epochs": args.epochs, "beta": args.beta,
-                      "lr": args.lr, "mean_anchor": args.mean_anchor, "cvae": metrics["cvae"],
+                      "lr": args.lr, "mean_anchor": args.mean_anchor,
+                      "identity_weight": args.identity_weight, "cvae": metrics["cvae"],
                       "pixel_mean": metrics["pixel_mean"],
                       "mirror_symmetric_mean": mirror_symmetric_fidelity(results, args.image_size),
+                      "other_views": fidelity_in_other_views(results, faces_dir, args.seed),
                       "clusters": metrics["clusters_evaluated"]}))
 
 
@@ -114,6 +121,59 @@ def mirror_symmetric_fidelity(results: Path, image_size: int) -> dict:
     return metrics["cvae"]
 
 
+def fidelity_in_other_views(results: Path, faces_dir: Path, seed: int) -> dict:
+    """Fidelity (CVAE, pixel means) of generate's faces in views the identity term never optimised: the faces
+    JPEG-compressed (quality 75), blurred (Gaussian, sigma 0.7 px), with noise (sigma 3 grey levels); against
+    centroids of the validation crops only; and embedded as whole crops (``--dlib-crop whole``: no landmark
+    alignment, against whole-crop centroids)."""
+    import io
+
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from facepipe.cvae import read_training_inputs, split_train_validation
+    from facepipe.embed import embed, load_embedder_like
+    from facepipe.formats import generated_face_names, read_embeddings
+    from facepipe.generate import identity_fidelity
+    from facepipe.identity import cluster_centroids
+    from facepipe.images import load_image_rgb
+
+    inputs = read_training_inputs(results)
+    clusters = sorted(int(c) for c in np.unique(inputs.clusters))
+    aligned_file = results.parent / "image_features.csv"
+    aligned = read_embeddings(aligned_file)
+    whole_file = results.parent / "image_features_whole.csv"
+    embed(inputs.crops_dir, whole_file, model="dlib-resnet128", dlib_crop="whole", workers=2, show_progress=False)
+    whole = read_embeddings(whole_file)
+    _, val_rows = split_train_validation(np.searchsorted(clusters, inputs.clusters), 0.1, seed)
+    crop_side = load_image_rgb(inputs.crops_dir / inputs.names[0]).shape[0]
+
+    def jpeg(rgb):
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, "JPEG", quality=75)
+        return np.asarray(Image.open(buffer).convert("RGB"))
+
+    noise = np.random.default_rng(seed)
+    changes = {"jpeg75": jpeg, "blur0.7": lambda rgb: cv2.GaussianBlur(rgb, (0, 0), 0.7),
+               "noise3": lambda rgb: np.clip(rgb + noise.normal(0, 3, rgb.shape), 0, 255).astype(np.uint8)}
+    aligned_centroids = cluster_centroids(aligned, inputs.names, inputs.clusters)[1]
+    views = {name: (change, aligned_file, aligned_centroids) for name, change in changes.items()}
+    views["val_centroids"] = (None, aligned_file, cluster_centroids(aligned, [inputs.names[i] for i in val_rows],
+                                                                    inputs.clusters[val_rows])[1])
+    views["whole_crop"] = (None, whole_file, cluster_centroids(whole, inputs.names, inputs.clusters)[1])
+    scores = {}
+    for view, (change, embeddings_file, centroids) in views.items():
+        embedder = load_embedder_like(read_embeddings(embeddings_file), embeddings_file, "cpu")
+        for kind in ("face", "mean"):
+            faces = [load_image_rgb(faces_dir / generated_face_names(c)[kind]) for c in clusters]
+            faces = [cv2.resize(change(rgb) if change else rgb, (crop_side, crop_side), interpolation=cv2.INTER_CUBIC)
+                     for rgb in faces]
+            correct = identity_fidelity(embedder.embed(faces), clusters, clusters, centroids)["correct"]
+            scores.setdefault(view, {})["cvae" if kind == "face" else "pixel_mean"] = correct
+    return scores
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_train":
         train_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
@@ -129,6 +189,7 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--mean-anchor", type=float, default=100.0)
+    parser.add_argument("--identity-weight", type=float, default=1000.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.work = args.work or Path("/tmp/facepipe_bench_cvae") / args.data
