@@ -1,6 +1,6 @@
 """train-cvae / generate on LFW: CPU epoch time and peak memory, and the identity fidelity of the aggregated faces.
 
-    python benchmarks/bench_cvae.py timing   [--work DIR] [--sizes 64 128] [--epochs 2]
+    python benchmarks/bench_cvae.py timing   [--work DIR] [--sizes 64 128] [--epochs 2] [--identity-weight 1000]
     python benchmarks/bench_cvae.py fidelity [--work DIR] [--image-size 64] [--epochs 40] [--beta 1] [--lr 1e-3]
                                              [--mean-anchor 100] [--identity-weight 1000] [--data lfw]
 
@@ -52,12 +52,12 @@ def prepare(data: str, work: Path) -> Path:
     return results
 
 
-def train_child(results: str, weights: str, image_size: int, epochs: int) -> None:
+def train_child(results: str, weights: str, image_size: int, epochs: int, identity_weight: float) -> None:
     """Runs in a child process so that its peak RSS is the training's own."""
     from facepipe.cvae import train_cvae
 
     summary = train_cvae(results, weights_dir=weights, image_size=image_size, epochs=epochs, device="cpu",
-                         force=True, show_progress=False)
+                         identity_weight=identity_weight, force=True, show_progress=False)
     log = pd.read_csv(Path(weights) / "cvae_log.csv")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"crops": summary.train_count + summary.val_count, "train": summary.train_count,
@@ -69,14 +69,16 @@ def timing(args) -> None:
 
     results = prepare(args.data, args.work)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| image size | crops (train) | seconds per epoch (median) | peak RSS (MiB) |")
-    print("|---|---|---|---|")
+    print("| image size | identity weight | crops (train) | seconds per epoch (median) | peak RSS (MiB) |")
+    print("|---|---|---|---|---|")
     for size in args.sizes:
         out = subprocess.run([sys.executable, __file__, "_train", str(results), str(args.work / f"weights_{size}"),
-                              str(size), str(args.epochs)], check=True, capture_output=True, text=True)
+                              str(size), str(args.epochs), str(args.identity_weight)],
+                             check=True, capture_output=True, text=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         seconds = sorted(row["epoch_seconds"])[len(row["epoch_seconds"]) // 2]
-        print(f"| {size} | {row['crops']} ({row['train']}) | {seconds:.1f} | {row['peak_rss_mib']:.0f} |")
+        print(f"| {size} | {args.identity_weight:g} | {row['crops']} ({row['train']}) | {seconds:.1f} "
+              f"| {row['peak_rss_mib']:.0f} |")
 
 
 def fidelity(args) -> None:
@@ -176,7 +178,7 @@ def fidelity_in_other_views(results: Path, faces_dir: Path, seed: int) -> dict:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_train":
-        train_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        train_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["timing", "fidelity"])
