@@ -295,8 +295,9 @@ def test_fidelity_scores_real_crops_as_their_own_people(tmp_path, johns_clusters
 def test_identity_term_pulls_the_centre_faces_towards_their_centroids(tmp_path, johns_clusters, johns_embeddings,
                                                                        trained):
     """--identity-weight: the logged identity term (1 - cosine to the cluster's centroid) is part of the loss and
-    falls, and generate's own evaluation finds the z = 0 faces nearer their centroids than without it; off, it is
-    not measured; clusters whose embeddings it cannot use are refused before anything is written."""
+    falls, a resumed run ends as an uninterrupted one, and generate's own evaluation finds the z = 0 faces nearer
+    their centroids than without it; off, it is not measured; clusters whose embeddings it cannot use are
+    refused before anything is written."""
     import numpy as np
 
     from facepipe.formats import Embeddings, read_embeddings, sidecar_path, write_embeddings
@@ -312,6 +313,12 @@ def test_identity_term_pulls_the_centre_faces_towards_their_centroids(tmp_path, 
     parts = log["train_recon"] + log["train_kl"] + anchor_weight * log["train_anchor"] + weight * log["train_identity"]
     assert (log["train_loss"] - parts).abs().max() < 1e-3 * log["train_loss"].max()
     assert log["train_identity"].iloc[-1] < log["train_identity"].iloc[0]
+    resumed = tmp_path / "resumed"  # the term is deterministic: a resumed run still ends bit for bit the same
+    train_cvae(johns_clusters, weights_dir=resumed, **dict(TRAINING, identity_weight=weight, epochs=1))
+    train_cvae(johns_clusters, weights_dir=resumed, resume=True, **dict(TRAINING, identity_weight=weight))
+    expected = load_checkpoint(run.weights_dir / cvae_checkpoint_name(3))["model"]
+    for key, tensor in load_checkpoint(resumed / cvae_checkpoint_name(3))["model"].items():
+        assert torch.equal(tensor, expected[key]), key
     cosine = {}
     for name, weights in (("plain", plain), ("identity", run.weights_dir)):
         report = generate(weights, out_dir=tmp_path / f"faces_{name}", evaluate=True, device="cpu", show_progress=False)
