@@ -138,7 +138,7 @@ def fidelity_in_other_views(results: Path, faces_dir: Path, seed: int) -> dict:
     from facepipe.embed import embed, load_embedder_like
     from facepipe.formats import generated_face_names, read_embeddings
     from facepipe.generate import identity_fidelity
-    from facepipe.identity import cluster_centroids
+    from facepipe.identity import at_crop_size, cluster_centroids
     from facepipe.images import load_image_rgb
 
     inputs = read_training_inputs(results)
@@ -149,7 +149,6 @@ def fidelity_in_other_views(results: Path, faces_dir: Path, seed: int) -> dict:
     embed(inputs.crops_dir, whole_file, model="dlib-resnet128", dlib_crop="whole", workers=2, show_progress=False)
     whole = read_embeddings(whole_file)
     _, val_rows = split_train_validation(np.searchsorted(clusters, inputs.clusters), 0.1, seed)
-    crop_side = load_image_rgb(inputs.crops_dir / inputs.names[0]).shape[0]
 
     def jpeg(rgb):
         buffer = io.BytesIO()
@@ -169,8 +168,7 @@ def fidelity_in_other_views(results: Path, faces_dir: Path, seed: int) -> dict:
         embedder = load_embedder_like(read_embeddings(embeddings_file), embeddings_file, "cpu")
         for kind in ("face", "mean"):
             faces = [load_image_rgb(faces_dir / generated_face_names(c)[kind]) for c in clusters]
-            faces = [cv2.resize(change(rgb) if change else rgb, (crop_side, crop_side), interpolation=cv2.INTER_CUBIC)
-                     for rgb in faces]
+            faces = at_crop_size([change(rgb) if change else rgb for rgb in faces], inputs.crops_dir, inputs.names[0])
             correct = identity_fidelity(embedder.embed(faces), clusters, clusters, centroids)["correct"]
             scores.setdefault(view, {})["cvae" if kind == "face" else "pixel_mean"] = correct
     return scores

@@ -25,8 +25,8 @@ from facepipe.formats import (
     read_embeddings,
     write_json_atomic,
 )
-from facepipe.identity import cluster_centroids, clustered_embeddings_path
-from facepipe.images import load_image_rgb, save_image_atomic
+from facepipe.identity import at_crop_size, cluster_centroids, clustered_embeddings_path
+from facepipe.images import save_image_atomic
 
 SHEET_SAMPLES = 4  # random draws shown per cluster on the sheet (all of them go to cluster_N_samples.png)
 SHEET_CELL = 96  # smallest side of one face on the sheet
@@ -152,23 +152,17 @@ def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[i
                       device: str = "cpu") -> dict:
     """Embed the CVAE faces and the pixel means like the crops were embedded, and score both (see identity_fidelity).
 
-    The faces are resized to the crops' own size first, so the embedder finds the face where it finds it in a
-    crop (the crop is the face box grown by detect's margin on each side, whatever its pixel size).
+    The faces are resized to the crops' own size first (``at_crop_size``).
     """
-    import cv2
-
     from facepipe.embed import load_embedder_like
 
     embeddings = read_embeddings(embeddings_path)
     centroid_ids, centroids, centroid_source = saved_or_recomputed_centroids(inputs, embeddings)
     embedder = load_embedder_like(embeddings, embeddings_path, device=device)
-    crop_side = load_image_rgb(inputs.crops_dir / inputs.names[0]).shape[0]
-
-    def as_crops(images):
-        return [cv2.resize(rgb, (crop_side, crop_side), interpolation=cv2.INTER_CUBIC) for rgb in images]
-
-    cvae = identity_fidelity(embedder.embed(as_crops(faces)), clusters, centroid_ids, centroids)
-    mean = identity_fidelity(embedder.embed(as_crops(means)), clusters, centroid_ids, centroids)
+    cvae = identity_fidelity(embedder.embed(at_crop_size(faces, inputs.crops_dir, inputs.names[0])), clusters,
+                             centroid_ids, centroids)
+    mean = identity_fidelity(embedder.embed(at_crop_size(means, inputs.crops_dir, inputs.names[0])), clusters,
+                             centroid_ids, centroids)
     per_cluster = [
         {"cluster": int(c), "cvae_nearest": cvae["nearest"][i], "cvae_cosine_to_own": cvae["cosine_to_own"][i],
          "pixel_mean_nearest": mean["nearest"][i], "pixel_mean_cosine_to_own": mean["cosine_to_own"][i]}

@@ -29,6 +29,16 @@ def clustered_embeddings_path(cluster_results: Path, embeddings: str | Path | No
     return path if path.is_absolute() or path.is_file() else cluster_results.parent / path
 
 
+def at_crop_size(faces: Sequence[np.ndarray], crops_dir: Path, crop_name: str) -> list[np.ndarray]:
+    """Faces of any size (uint8 RGB) resized bicubically to the side of the crops (``crop_name`` is one of them:
+    detect writes them all at one size), so that an embedder finds the face where it finds it in a crop (the
+    crop is the face box grown by detect's margin on each side, whatever its pixel size)."""
+    import cv2
+
+    side = load_image_rgb(crops_dir / crop_name).shape[0]
+    return [cv2.resize(rgb, (side, side), interpolation=cv2.INTER_CUBIC) for rgb in faces]
+
+
 def clustered_embeddings_model(cluster_results: Path) -> str | None:
     """The model of the embeddings the clusters came from; None when the sidecars do not tell."""
     try:
@@ -94,7 +104,6 @@ def build_identity_term(cluster_results: Path, crops_dir: Path, names: Sequence[
     """The identity term for the training crops ``names`` (condition index ``conditions``), whose per-condition
     pixel means are ``means`` (uint8, (clusters, S, S, 3)), with the embeddings the clusters came from
     (of one of IDENTITY_MODELS: see ``identity_weight_for``)."""
-    import cv2
     import torch
 
     from facepipe.embed import load_embedder_like
@@ -106,8 +115,6 @@ def build_identity_term(cluster_results: Path, crops_dir: Path, names: Sequence[
         raise FacepipeError("every cluster needs at least one training crop for the identity term")
     embedder = load_embedder_like(embeddings, embeddings_path, device)
     embedder.network.requires_grad_(False)
-    crop_side = load_image_rgb(crops_dir / names[0]).shape[0]
-    grids = [embedder.chip_grid(cv2.resize(mean, (crop_side, crop_side), interpolation=cv2.INTER_CUBIC))
-             for mean in means]
+    grids = [embedder.chip_grid(mean) for mean in at_crop_size(means, crops_dir, names[0])]
     return IdentityTerm(embedder, torch.from_numpy(np.stack(grids)).to(device),
                         torch.from_numpy(centroids).float().to(device))
