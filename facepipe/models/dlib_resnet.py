@@ -213,6 +213,11 @@ class DlibResNet128Embedder:
         margin = FALLBACK_MARGIN if self.face_margin is None else self.face_margin
         return dlib.rectangle(*central_face_box(*rgb.shape[:2], margin))
 
+    def landmarks(self, rgb: np.ndarray):
+        """dlib's 5 landmarks of the face of a uint8 RGB crop (found inside ``face_box``)."""
+        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+        return self._landmarks(rgb, self.face_box(rgb))
+
     def align(self, rgb: np.ndarray) -> np.ndarray:
         """The 150x150 chip of a crop: aligned on its 5 landmarks by dlib with ``padding`` (a larger one keeps
         more of the head around the face, e.g. the scalp), or (crop "whole") the whole crop edge-padded to a
@@ -222,8 +227,7 @@ class DlibResNet128Embedder:
         rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
         if self.crop == "whole":
             return _whole_chip(rgb)
-        shape = self._landmarks(rgb, self.face_box(rgb))
-        return dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=self.padding)
+        return dlib.get_face_chip(rgb, self.landmarks(rgb), size=CHIP_SIZE, padding=self.padding)
 
     def chip_grid(self, rgb: np.ndarray) -> np.ndarray:
         """Where ``align`` samples each chip pixel of this crop, as a ``F.grid_sample`` grid (150, 150, 2)
@@ -237,9 +241,7 @@ class DlibResNet128Embedder:
             steps = (np.arange(CHIP_SIZE) + 0.5) * side / CHIP_SIZE - 0.5
             x, y = np.meshgrid(steps - (side - width) // 2, steps - (side - height) // 2)
         else:  # dlib's extract_image_chip: chip corners <- the chip rectangle's corners turned by its angle
-            rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-            details = dlib.get_face_chip_details(self._landmarks(rgb, self.face_box(rgb)), size=CHIP_SIZE,
-                                                 padding=self.padding)
+            details = dlib.get_face_chip_details(self.landmarks(rgb), size=CHIP_SIZE, padding=self.padding)
             rect = details.rect
             centre_x, centre_y = (rect.left() + rect.right()) / 2.0, (rect.top() + rect.bottom()) / 2.0
             steps = np.arange(CHIP_SIZE) / (CHIP_SIZE - 1)
