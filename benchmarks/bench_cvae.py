@@ -37,7 +37,7 @@ def prepare(data: str, work: Path) -> Path:
 
     crops, embeddings, results = work / "crops", work / "image_features.csv", work / "cluster_results.csv"
     if not results.is_file():
-        detect([DATA / data / "images"], crops, DetectorParams(min_neighbors=5, largest_only=True), workers=2)
+        detect([DATA / data / "images"], crops, DetectorParams(detector="haar", min_neighbors=5, largest_only=True), workers=2)
         embed(crops, embeddings, model="dlib-resnet128", workers=2)
         names = read_csv(crops / DETECTIONS_CSV)["crop"].astype(str).tolist()
         labels = attach_labels(names, DATA / data / "manifest.csv", crops)

@@ -75,7 +75,7 @@ def main() -> None:
             from facepipe.detect import DetectorParams, detect
 
             crops = os.path.join(scratch, "crops")
-            detect([args.data], crops, DetectorParams(min_neighbors=5, largest_only=True), workers=2,
+            detect([args.data], crops, DetectorParams(detector="haar", min_neighbors=5, largest_only=True), workers=2,
                    show_progress=False)
         rows = []
         for workers, threads in ((1, 1), (2, 2)):

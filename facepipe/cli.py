@@ -9,6 +9,7 @@ import click
 
 from facepipe import __version__
 from facepipe.common import FacepipeError
+from facepipe.detectors import DETECTORS, COMBINED
 from facepipe.models import DLIB_CHIP_PADDING, DLIB_CROP_MODES, DLIB_MAX_CHIP_PADDING
 
 EXIT_PARTIAL = 3  # the stage finished, but some inputs could not be read (see its errors CSV)
@@ -49,12 +50,24 @@ def main():
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out", "out_dir", default="temp", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the crops and the detections/sources/errors CSVs.")
+@click.option("--detector", type=click.Choice(DETECTORS), default=COMBINED, show_default=True,
+              help="haar+hog+cnn: the Haar cascade, dlib's HOG detector on the photos where Haar found no face, "
+                   "dlib's CNN where neither did; dlib-cnn: dlib's MMOD CNN alone (turned faces; slow on a CPU).")
+@click.option("--max-side", default=1024, show_default=True, type=click.IntRange(64),
+              help="Photos are scaled down to this longer side for detection (crops are cut from the full photo).")
 @click.option("--cascade", default="haarcascade_frontalface_alt.xml", show_default=True,
               help="Haar cascade: a file name in cv2.data.haarcascades, or a path.")
 @click.option("--scale-factor", default=1.1, show_default=True, type=click.FloatRange(1.01, 2.0))
 @click.option("--min-neighbors", default=45, show_default=True, type=click.IntRange(0),
               help="Higher: fewer false positives, more missed faces.")
-@click.option("--min-size", default=30, show_default=True, type=click.IntRange(1), help="Smallest face side, pixels.")
+@click.option("--min-size", default=30, show_default=True, type=click.IntRange(1),
+              help="Haar: smallest face side, pixels (at the working scale).")
+@click.option("--dlib-upsample", default=1, show_default=True, type=click.IntRange(0, 3),
+              help="dlib detectors: times the photo is doubled first (each finds faces half as large: HOG 80 px at 0).")
+@click.option("--dlib-threshold", default=0.0, show_default=True, type=float,
+              help="dlib detectors: score a face needs (higher: fewer false faces, more missed faces).")
+@click.option("--cnn-max-side", default=640, show_default=True, type=click.IntRange(64),
+              help="dlib's CNN sees photos scaled down to this longer side (it costs about 2 s at 640 px on a CPU).")
 @click.option("--margin", default=0.2, show_default=True, type=click.FloatRange(0, 2),
               help="Extra room around the face box, as a fraction of its side, on each side.")
 @click.option("--size", default=224, show_default=True, type=click.IntRange(16), help="Crop side in pixels.")
@@ -64,16 +77,17 @@ def main():
 @force_option
 @quiet_option
 @reports_errors
-def detect(inputs, out_dir, cascade, scale_factor, min_neighbors, min_size, margin, size, largest_only,
-           crop_format, workers, force, quiet):
+def detect(inputs, out_dir, detector, max_side, cascade, scale_factor, min_neighbors, min_size, dlib_upsample,
+           dlib_threshold, cnn_max_side, margin, size, largest_only, crop_format, workers, force, quiet):
     """Find every face in INPUTS (folders, images, or text files listing paths) and save square crops.
 
     Exit code 0: all images read; 3: done, but some images could not be read (listed in errors.csv).
     """
     from facepipe.detect import DetectorParams, detect as run_detect
 
-    params = DetectorParams(cascade=cascade, scale_factor=scale_factor, min_neighbors=min_neighbors,
-                            min_size=min_size, margin=margin, size=size, largest_only=largest_only,
+    params = DetectorParams(detector=detector, max_side=max_side, cascade=cascade, scale_factor=scale_factor,
+                            min_neighbors=min_neighbors, min_size=min_size, dlib_upsample=dlib_upsample,
+                            dlib_threshold=dlib_threshold, cnn_max_side=cnn_max_side, margin=margin, size=size, largest_only=largest_only,
                             crop_format=crop_format)
     summary = run_detect(inputs, out_dir, params, workers=workers, force=force, show_progress=not quiet)
     click.echo(summary.line())

@@ -1,4 +1,5 @@
-"""Stage 1: find every face in every image with an OpenCV Haar cascade and save square crops."""
+"""Stage 1: find every face in every image (by default the Haar cascade, then dlib's HOG detector where Haar found
+none, then dlib's CNN where neither did; see ``facepipe.detectors``) and save square crops."""
 
 from __future__ import annotations
 
@@ -30,6 +31,21 @@ from facepipe.formats import (
     write_csv_atomic,
     write_json_atomic,
 )
+from facepipe.detectors import (
+    CNN,
+    COMBINED_CNN_UPSAMPLE,
+    DETECTORS,
+    HAAR,
+    COMBINED,
+    HOG,
+    CnnFinder,
+    FaceFinder,
+    FallbackFinder,
+    HaarFinder,
+    HogFinder,
+    cascade_path,
+    find_faces,
+)
 from facepipe.images import ImageReadError, collect_images, load_image_rgb, resize_square, save_image_atomic
 
 
@@ -37,10 +53,15 @@ from facepipe.images import ImageReadError, collect_images, load_image_rgb, resi
 class DetectorParams:
     """Everything that decides which crops an image gives; stored in ``detect.json``."""
 
+    detector: str = COMBINED
+    max_side: int = 1024
     cascade: str = "haarcascade_frontalface_alt.xml"
     scale_factor: float = 1.1
     min_neighbors: int = 45
     min_size: int = 30
+    dlib_upsample: int = 1
+    dlib_threshold: float = 0.0
+    cnn_max_side: int = 640
     margin: float = 0.2
     size: int = 224
     largest_only: bool = False
@@ -66,18 +87,20 @@ class DetectSummary:
         )
 
 
-def cascade_path(name: str) -> Path:
-    """Resolve a cascade file: a path, or a file name in ``cv2.data.haarcascades``."""
-    import cv2
-
-    candidate = Path(name)
-    if candidate.is_file():
-        return candidate
-    bundled = Path(cv2.data.haarcascades) / name
-    if bundled.is_file():
-        return bundled
-    available = sorted(p.name for p in Path(cv2.data.haarcascades).glob("haarcascade_*.xml"))
-    raise FacepipeError(f"cascade {name!r} not found; OpenCV ships: {', '.join(available)}")
+def check_params(params: DetectorParams) -> None:
+    """Refuse settings no detector can use, before anything is read or written."""
+    if params.detector not in DETECTORS:
+        raise FacepipeError(f"unknown detector {params.detector!r}: use {', '.join(DETECTORS)}")
+    if params.crop_format not in ("jpg", "png"):
+        raise FacepipeError("crop format must be jpg or png")
+    if not 0 <= params.margin <= 2:
+        raise FacepipeError("margin must lie between 0 and 2 (a fraction of the face box per side)")
+    if min(params.max_side, params.cnn_max_side) < 64:
+        raise FacepipeError("max side and CNN max side must be at least 64 pixels")
+    if not 0 <= params.dlib_upsample <= 3:
+        raise FacepipeError(f"dlib upsample must lie between 0 and 3, got {params.dlib_upsample}")
+    if params.detector in (HAAR, COMBINED):
+        cascade_path(params.cascade)
 
 
 def crop_name(source: Path, face_index: int, crop_format: str) -> str:
@@ -104,32 +127,27 @@ def square_crop(image: np.ndarray, box: Sequence[int], margin: float, size: int)
     return resize_square(image[top : top + side, left : left + side], size)
 
 
-def find_faces(rgb: np.ndarray, classifier, params: DetectorParams) -> list[tuple[int, int, int, int]]:
-    """Boxes (x, y, w, h) of the faces in an RGB image, largest first."""
-    import cv2
-
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    boxes = classifier.detectMultiScale(
-        gray,
-        scaleFactor=params.scale_factor,
-        minNeighbors=params.min_neighbors,
-        minSize=(params.min_size, params.min_size),
-    )
-    boxes = sorted((tuple(int(v) for v in b) for b in boxes), key=lambda b: (-b[2] * b[3], b[0], b[1]))
-    return boxes[:1] if params.largest_only else boxes
-
-
 _worker_state: dict = {}
+
+
+def face_finder(params: DetectorParams) -> FaceFinder:
+    """The detector ``params`` name, built with their settings."""
+    if params.detector == CNN:
+        return CnnFinder(params.dlib_upsample, params.dlib_threshold, params.cnn_max_side)
+    if params.detector == HOG:
+        return HogFinder(params.dlib_upsample, params.dlib_threshold)
+    haar = HaarFinder(params.cascade, params.scale_factor, params.min_neighbors, params.min_size)
+    if params.detector == HAAR:
+        return haar
+    return FallbackFinder(haar, HogFinder(params.dlib_upsample, params.dlib_threshold),
+                          CnnFinder(COMBINED_CNN_UPSAMPLE, params.dlib_threshold, params.cnn_max_side))
 
 
 def _init_worker(params: DetectorParams, out_dir: Path) -> None:
     import cv2
 
     cv2.setNumThreads(1)
-    classifier = cv2.CascadeClassifier(str(cascade_path(params.cascade)))
-    if classifier.empty():
-        raise FacepipeError(f"OpenCV could not load the cascade {params.cascade}")
-    _worker_state.update(classifier=classifier, params=params, out_dir=out_dir)
+    _worker_state.update(finder=face_finder(params), params=params, out_dir=out_dir)
 
 
 def _process_source(source: Path) -> tuple[dict, list[dict]]:
@@ -141,12 +159,13 @@ def _process_source(source: Path) -> tuple[dict, list[dict]]:
         return {"source": str(source), "status": "error", "faces": 0, "reason": str(error)}, []
     height, width = rgb.shape[:2]
     rows = []
-    for index, box in enumerate(find_faces(rgb, _worker_state["classifier"], params)):
+    faces = find_faces(rgb, _worker_state["finder"], params.max_side)
+    for index, face in enumerate(faces[:1] if params.largest_only else faces):
         name = crop_name(source, index, params.crop_format)
-        save_image_atomic(_worker_state["out_dir"] / name, square_crop(rgb, box, params.margin, params.size))
-        x, y, w, h = box
+        save_image_atomic(_worker_state["out_dir"] / name, square_crop(rgb, face.box, params.margin, params.size))
+        x, y, w, h = face.box
         rows.append(dict(crop=name, source=str(source), face_index=index, x=x, y=y, w=w, h=h,
-                         source_width=width, source_height=height))
+                         source_width=width, source_height=height, detector=face.detector, score=face.score))
     return {"source": str(source), "status": "ok", "faces": len(rows), "reason": ""}, rows
 
 
@@ -198,11 +217,7 @@ def detect(
     """
     started = time.monotonic()
     params = params or DetectorParams()
-    if params.crop_format not in ("jpg", "png"):
-        raise FacepipeError("crop format must be jpg or png")
-    if not 0 <= params.margin <= 2:
-        raise FacepipeError("margin must lie between 0 and 2 (a fraction of the face box per side)")
-    cascade_path(params.cascade)
+    check_params(params)
     out_dir = Path(os.path.abspath(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)

@@ -17,7 +17,7 @@ from facepipe import __version__
 from facepipe.common import FacepipeError, progress
 from facepipe.formats import (
     DETECT_PARAMS_JSON,
-    DETECTION_COLUMNS,
+    CROP_SOURCE_COLUMNS,
     DETECTIONS_CSV,
     EMBEDDINGS_CSV,
     ERROR_COLUMNS,
@@ -81,7 +81,7 @@ def list_crops(crops: str | os.PathLike | Sequence[str | os.PathLike]) -> CropLi
     if isinstance(crops, (str, os.PathLike)) and Path(crops).is_dir():
         crops_dir = Path(os.path.abspath(crops))
         if (crops_dir / DETECTIONS_CSV).is_file():
-            detections = read_csv(crops_dir / DETECTIONS_CSV, DETECTION_COLUMNS, "detections CSV")
+            detections = read_csv(crops_dir / DETECTIONS_CSV, CROP_SOURCE_COLUMNS, "detections CSV")
             names = list(dict.fromkeys(detections["crop"].astype(str)))
         else:
             names = [p.relative_to(crops_dir).as_posix() for p in collect_images([crops_dir])]

@@ -31,10 +31,13 @@ DETECT_PARAMS_JSON = "detect.json"
 EMBEDDINGS_CSV = "image_features.csv"
 CLUSTER_RESULTS_CSV = "cluster_results.csv"
 
-DETECTION_COLUMNS = ["crop", "source", "face_index", "x", "y", "w", "h", "source_width", "source_height"]
+DETECTION_COLUMNS = ["crop", "source", "face_index", "x", "y", "w", "h", "source_width", "source_height", "detector",
+                     "score"]
+CROP_SOURCE_COLUMNS = ["crop", "source"]  # what readers of a detections CSV need (files of older versions have them)
 SOURCE_COLUMNS = ["source", "status", "faces", "reason"]
 ERROR_COLUMNS = ["path", "reason"]
 CLUSTER_COLUMNS = ["name", "cluster", "distance"]
+UNKNOWN_CLUSTER = -1  # the cluster id of a face that matches no group (group ids are 0 and up)
 EMBEDDING_PREFIX = "e"
 
 

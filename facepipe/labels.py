@@ -9,7 +9,7 @@ from typing import Sequence
 import pandas as pd
 
 from facepipe.common import FacepipeError
-from facepipe.formats import DETECTION_COLUMNS, DETECTIONS_CSV, read_csv
+from facepipe.formats import CROP_SOURCE_COLUMNS, DETECTIONS_CSV, read_csv
 
 
 def _parts(path: str) -> tuple[str, ...]:
@@ -20,7 +20,7 @@ def crop_sources(names: Sequence[str], crops_dir: str | os.PathLike | None) -> d
     """Map crop names to their source images, from the ``detections.csv`` beside the crops (if any)."""
     if crops_dir is None or not (Path(crops_dir) / DETECTIONS_CSV).is_file():
         return {}
-    detections = read_csv(Path(crops_dir) / DETECTIONS_CSV, DETECTION_COLUMNS, what="detections CSV")
+    detections = read_csv(Path(crops_dir) / DETECTIONS_CSV, CROP_SOURCE_COLUMNS, what="detections CSV")
     wanted = set(names)
     return {c: s for c, s in zip(detections["crop"].astype(str), detections["source"].astype(str)) if c in wanted}
 

@@ -198,7 +198,7 @@ def test_differentiable_alignment_matches_dlibs_chip(lfw_crops):
 
 def detect_some(data_dir, out: Path, people=("Colin_Powell", "Tony_Blair"), per_person=5) -> Path:
     photos = [p for person in people for p in sorted((data_dir("lfw") / "images" / person).glob("*.jpg"))[:per_person]]
-    detect(photos, out, DetectorParams(min_neighbors=5, largest_only=True), show_progress=False)
+    detect(photos, out, DetectorParams(detector="haar", min_neighbors=5, largest_only=True), show_progress=False)
     return out
 
 

