@@ -3,7 +3,8 @@
 All four are computed from the contingency table of (true identity, predicted cluster), so they cost
 O(n + classes x clusters), never O(n^2). Conventions for the degenerate cases follow scikit-learn
 (NMI, ARI) and the literature (BCubed: Amigo et al. 2009; pairwise: a clustering with no pairs
-has precision 1, a labelling with no pairs has recall 1).
+has precision 1, a labelling with no pairs has recall 1). A predicted cluster of UNKNOWN_CLUSTER (-1) is
+the cluster stage's "matches no group": each such item counts as a cluster of its own.
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ from typing import Sequence
 
 import numpy as np
 
+from facepipe.formats import UNKNOWN_CLUSTER
+
 
 def contingency(labels_true: Sequence, labels_pred: Sequence) -> np.ndarray:
-    """Counts ``n[i, j]`` of items with true class i and predicted cluster j (dense int64 array)."""
+    """Counts ``n[i, j]`` of items with true class i and predicted cluster j (dense int64 array).
+
+    Each item predicted UNKNOWN_CLUSTER (-1) gets a column of its own: unknown faces are never grouped together.
+    """
     labels_true = np.asarray(labels_true)
     labels_pred = np.asarray(labels_pred)
     if labels_true.shape != labels_pred.shape or labels_true.ndim != 1:
@@ -23,6 +29,10 @@ def contingency(labels_true: Sequence, labels_pred: Sequence) -> np.ndarray:
         raise ValueError("no items to compare")
     _, true_index = np.unique(labels_true, return_inverse=True)
     _, pred_index = np.unique(labels_pred, return_inverse=True)
+    unknown = np.flatnonzero(labels_pred == UNKNOWN_CLUSTER)
+    if unknown.size:
+        pred_index[unknown] = pred_index.max() + 1 + np.arange(unknown.size)
+        _, pred_index = np.unique(pred_index, return_inverse=True)  # drop the emptied column of -1
     table = np.zeros((true_index.max() + 1, pred_index.max() + 1), dtype=np.int64)
     np.add.at(table, (true_index, pred_index), 1)
     return table
@@ -93,14 +103,20 @@ def pairwise(labels_true: Sequence, labels_pred: Sequence) -> dict[str, float]:
 
 
 def clustering_metrics(labels_true: Sequence, labels_pred: Sequence) -> dict[str, float]:
-    """All of the above in one flat dict (the metrics JSON of the cluster stage)."""
+    """All of the above in one flat dict (the metrics JSON of the cluster stage).
+
+    Each item predicted UNKNOWN_CLUSTER (-1) is scored as a singleton cluster (see ``contingency``);
+    ``clusters`` counts the predicted groups other than -1 and ``unknown`` the items predicted -1.
+    """
     b3 = bcubed(labels_true, labels_pred)
     pw = pairwise(labels_true, labels_pred)
     table = contingency(labels_true, labels_pred)
+    unknown = int(np.count_nonzero(np.asarray(labels_pred) == UNKNOWN_CLUSTER))
     return {
         "items": int(table.sum()),
         "identities": int(table.shape[0]),
-        "clusters": int(table.shape[1]),
+        "clusters": int(table.shape[1]) - unknown,
+        "unknown": unknown,
         "nmi": nmi(labels_true, labels_pred),
         "ari": ari(labels_true, labels_pred),
         "bcubed_precision": b3["precision"],

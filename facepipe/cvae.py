@@ -27,13 +27,14 @@ from facepipe.formats import (
     CVAE_CHECKPOINT_FORMAT,
     CVAE_LOG_COLUMNS,
     CVAE_LOG_CSV,
+    UNKNOWN_CLUSTER,
     cvae_checkpoint_name,
     read_csv,
     read_json,
     sidecar_path,
     write_csv_atomic,
 )
-from facepipe.identity import build_identity_term, clustered_embeddings_model, identity_weight_for
+from facepipe.identity import build_identity_term, clustered_embeddings_model, grouped_crops, identity_weight_for
 from facepipe.images import ImageReadError, load_image_rgb, resize_square
 
 CHECKPOINT_PATTERN = re.compile(r"^cvae_epoch_(\d+)\.pt$")
@@ -196,7 +197,7 @@ def cvae_loss(reconstruction, target, mu, logvar, centre_faces, cluster_means, i
 
 @dataclass
 class TrainingInputs:
-    """The crops to train on: names, cluster ids, and the folder holding them."""
+    """The crops to train on: names, cluster ids (never UNKNOWN_CLUSTER), and the folder holding them."""
 
     names: list[str]
     clusters: np.ndarray
@@ -211,7 +212,8 @@ class TrainingInputs:
 
 
 def read_training_inputs(cluster_results: str | Path, crops_dir: str | Path | None = None) -> TrainingInputs:
-    """Read ``cluster_results.csv`` and find its crops folder (``crops_dir``, else the sidecar's ``crops_dir``)."""
+    """Read the grouped crops of ``cluster_results.csv`` and find its crops folder (``crops_dir``, else the
+    sidecar's ``crops_dir``); crops in the unknown group (UNKNOWN_CLUSTER) are left out."""
     cluster_results = Path(cluster_results)
     frame = read_csv(cluster_results, CLUSTER_COLUMNS, what="cluster results CSV")
     if frame.empty:
@@ -220,6 +222,8 @@ def read_training_inputs(cluster_results: str | Path, crops_dir: str | Path | No
         clusters = frame["cluster"].to_numpy(dtype=np.int64)
     except (ValueError, TypeError):
         raise FacepipeError(f"{cluster_results}: the cluster column must hold integers") from None
+    if (clusters < UNKNOWN_CLUSTER).any():
+        raise FacepipeError(f"{cluster_results}: cluster ids must be {UNKNOWN_CLUSTER} (unknown) or 0 and up")
     if crops_dir is None:
         meta_file = sidecar_path(cluster_results)
         meta = read_json(meta_file) if meta_file.is_file() else {}
@@ -234,7 +238,11 @@ def read_training_inputs(cluster_results: str | Path, crops_dir: str | Path | No
     names = frame["name"].astype(str).tolist()
     if len(set(names)) != len(names):
         raise FacepipeError(f"{cluster_results}: the same crop name appears more than once")
-    return TrainingInputs(names=names, clusters=clusters, crops_dir=crops_dir.resolve(),
+    grouped_names, grouped_clusters = grouped_crops(names, clusters)
+    if not grouped_names:
+        raise FacepipeError(f"{cluster_results}: all {len(names)} crops are in the unknown group "
+                            f"(cluster {UNKNOWN_CLUSTER}), so there is no group to train on or generate")
+    return TrainingInputs(names=grouped_names, clusters=grouped_clusters, crops_dir=crops_dir.resolve(),
                           cluster_results=cluster_results.resolve())
 
 
@@ -507,7 +515,7 @@ def train_cvae(
     on (seed, epoch), so ``resume=True`` after a kill ends with the same weights as an uninterrupted run.
     A folder whose run already reached ``epochs`` with the same settings is left as it is (unless ``force``).
     ``identity_weight`` "auto" turns the identity term on when the clusters' embeddings allow it
-    (``identity.identity_weight_for``).
+    (``identity.identity_weight_for``). Crops in the unknown group (cluster -1) are not trained on.
     """
     import torch
 

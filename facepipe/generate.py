@@ -197,7 +197,8 @@ def generate(
     """Write each cluster's CVAE face (z = 0), its pixel-mean face, optional random draws and one sheet.
 
     ``checkpoint`` is a file or a weights folder (its ``cvae_best.pt``); ``clusters=None`` means all.
-    The crops and cluster assignments default to those the checkpoint was trained on.
+    The crops and cluster assignments default to those the checkpoint was trained on. The unknown group
+    (cluster -1) gets no face: the model is not trained on it (``read_training_inputs``).
     """
     started = time.perf_counter()
     device = resolve_device(device)
@@ -206,9 +207,9 @@ def generate(
     model, config, _ = load_cvae(find_checkpoint(checkpoint), device)
     if clusters is None:
         clusters = list(config.clusters)
-    unknown = [c for c in clusters if c not in config.clusters]
-    if unknown:
-        raise FacepipeError(f"cluster(s) {', '.join(map(str, unknown))} not in this model; it knows "
+    not_in_model = [c for c in clusters if c not in config.clusters]
+    if not_in_model:
+        raise FacepipeError(f"cluster(s) {', '.join(map(str, not_in_model))} not in this model; it knows "
                             f"{', '.join(map(str, config.clusters))}")
     if not clusters:
         raise FacepipeError("no cluster to generate")

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from facepipe.common import FacepipeError
-from facepipe.formats import read_embeddings, read_json, sidecar_path
+from facepipe.formats import UNKNOWN_CLUSTER, read_embeddings, read_json, sidecar_path
 from facepipe.images import load_image_rgb
 
 IDENTITY_MODELS = ("dlib-resnet128",)  # embedders that can align and embed a face differentiably
@@ -66,8 +66,19 @@ def identity_weight_for(weight: float | str, model: str | None) -> float:
     return value
 
 
+def grouped_crops(names: Sequence[str], cluster_of: Sequence[int]) -> tuple[list[str], np.ndarray]:
+    """The crops ``names`` and their cluster ids without those in the unknown group (UNKNOWN_CLUSTER)."""
+    cluster_of = np.asarray(cluster_of)
+    grouped = cluster_of != UNKNOWN_CLUSTER
+    return [name for name, keep in zip(names, grouped) if keep], cluster_of[grouped]
+
+
 def cluster_centroids(embeddings, names: Sequence[str], cluster_of: np.ndarray) -> tuple[list[int], np.ndarray]:
-    """Unit-length centroid of each cluster: the mean of its members' L2-normalised embeddings, normalised."""
+    """Unit-length centroid of each cluster: the mean of its members' L2-normalised embeddings, normalised.
+
+    Crops in the unknown group (UNKNOWN_CLUSTER) are left out: it has no centroid.
+    """
+    names, cluster_of = grouped_crops(names, cluster_of)
     row_of = {name: row for row, name in enumerate(embeddings.names)}
     missing = [n for n in names if n not in row_of]
     if missing:
