@@ -349,7 +349,17 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
 @click.argument("embeddings", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "out_dir", default="clusters", show_default=True, type=click.Path(file_okay=False),
               help="Folder for cluster_results.csv, centroids.csv, k_selection.csv, the plots and metrics.")
-@click.option("--k", "k", default="auto", show_default=True, help="Number of clusters, or 'auto' to choose it.")
+@click.option("--method", type=click.Choice(["auto", "graph", "kmeans"]), default="auto", show_default=True,
+              help="graph: faces closer than the same-person distance, grouped by Chinese whispers (no k needed); "
+                   "kmeans: k-means with --k; auto: kmeans when --k is a number, else graph where the embedder's "
+                   "distance rule is known, else kmeans.")
+@click.option("--threshold", default="auto", show_default=True,
+              help="Same-person distance between L2-normalised embeddings; auto: the embedder's measured rule "
+                   "(dlib-resnet128: 0.37). Faces matching no other face of their group go to unknown (-1).")
+@click.option("--min-group-size", default=2, show_default=True, type=click.IntRange(1),
+              help="Groups with fewer faces go to unknown (-1).")
+@click.option("--k", "k", default="auto", show_default=True,
+              help="kmeans: number of clusters, or 'auto' to choose it.")
 @click.option("--k-range", default="2:40", show_default=True,
               help="With --k auto: the k values to try, START:STOP or START:STOP:STEP (inclusive).")
 @click.option("--k-rule", type=click.Choice(["silhouette", "elbow"]), default="silhouette", show_default=True,
@@ -368,12 +378,13 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
 @force_option
 @quiet_option
 @reports_errors
-def cluster_command(embeddings, out_dir, k, k_range, k_rule, normalize, seed, n_init, samples_dir, no_samples,
-                    samples_per_cluster, crops_dir, labels, force, quiet):
-    """Group the face EMBEDDINGS (CSV or .npz from embed) with k-means; choose k, draw sample grids."""
+def cluster_command(embeddings, out_dir, method, threshold, min_group_size, k, k_range, k_rule, normalize, seed,
+                    n_init, samples_dir, no_samples, samples_per_cluster, crops_dir, labels, force, quiet):
+    """Group the face EMBEDDINGS (CSV or .npz from embed) by the same-person distance or k-means; faces matching
+    no group go to unknown (-1); draw sample grids."""
     from facepipe.cluster import cluster
 
-    summary = cluster(embeddings, out_dir, k=k, k_range=k_range, k_rule=k_rule, normalize=normalize, seed=seed,
+    summary = cluster(embeddings, out_dir, method=method, threshold=threshold, min_group_size=min_group_size, k=k, k_range=k_range, k_rule=k_rule, normalize=normalize, seed=seed,
                       n_init=n_init, samples_dir=None if no_samples else samples_dir,
                       samples_per_cluster=samples_per_cluster, crops_dir=crops_dir, labels=labels, force=force,
                       show_progress=not quiet)

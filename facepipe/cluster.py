@@ -1,6 +1,8 @@
-"""Stage 3: group face embeddings with k-means, choose k by silhouette (elbow shown), draw sample grids.
+"""Stage 3: group face embeddings by the same-person distance (a neighbour graph and Chinese whispers, see
+``facepipe.cluster_graph``) or with k-means, k chosen by silhouette (elbow shown); faces matching no group go to
+the unknown group (-1); draw sample grids.
 
-Engine: k-means++ seeding (scikit-learn's ``kmeans_plusplus``) followed by Lloyd iterations in faiss,
+k-means engine: k-means++ seeding (scikit-learn's ``kmeans_plusplus``) followed by Lloyd iterations in faiss,
 ``n_init`` seeded restarts, the lowest inertia kept. On large inputs faiss fits on a sample of at most
 ``MAX_POINTS_PER_CENTROID * k`` points and every point is then assigned to its nearest centroid;
 ``--k auto`` fits every k on at most ``SELECTION_MAX_POINTS`` points and scores the silhouette on at
@@ -34,6 +36,8 @@ from facepipe.formats import (
     K_SELECTION_CSV,
     SAMPLES_OVERVIEW_JPG,
     SILHOUETTE_PNG,
+    UNKNOWN_CLUSTER,
+    UNKNOWN_GRID_JPG,
     read_embeddings,
     read_json,
     sample_grid,
@@ -270,7 +274,8 @@ def _captioned_grid(tiles: list[np.ndarray], columns: int, caption: str, labels:
 def write_sample_grids(results: pd.DataFrame, crops_dir: Path | None, samples_dir: Path, per_cluster: int = 16,
                        show_progress: bool = True) -> list[Path]:
     """Per cluster, the ``per_cluster`` crops nearest its centroid in a grid (``cluster_N.jpg``), plus
-    ``overview.jpg`` with each cluster's nearest crop; returns the files written."""
+    ``overview.jpg`` with each cluster's nearest crop, and the unknown faces (-1) nearest a group in
+    ``unknown.jpg``; returns the files written."""
     from facepipe.images import save_image_atomic
 
     samples_dir.mkdir(parents=True, exist_ok=True)
@@ -280,20 +285,24 @@ def write_sample_grids(results: pd.DataFrame, crops_dir: Path | None, samples_di
                                         enabled=show_progress):
         nearest = members["name"].tolist()[:per_cluster]
         tiles = [_tile(crops_dir, name, 112) for name in nearest]
-        caption = f"cluster {cluster_id}: {len(members)} faces ({len(nearest)} nearest the centroid)"
-        path = samples_dir / sample_grid(int(cluster_id))
+        if cluster_id < 0:
+            caption = f"unknown: {len(members)} faces matching no group ({len(nearest)} nearest a group)"
+            path = samples_dir / UNKNOWN_GRID_JPG
+        else:
+            caption = f"cluster {cluster_id}: {len(members)} faces ({len(nearest)} nearest the centroid)"
+            path = samples_dir / sample_grid(int(cluster_id))
+            overview.append(tiles[0])
+            overview_labels.append(f"{cluster_id} ({len(members)})")
         save_image_atomic(path, _captioned_grid(tiles, min(4, len(tiles)), caption))
         written.append(path)
-        overview.append(tiles[0])
-        overview_labels.append(f"{cluster_id} ({len(members)})")
     columns = max(4, math.ceil(math.sqrt(len(overview))))
     caption = f"{len(overview)} clusters: the crop nearest each centroid, cluster id (size)"
     path = samples_dir / SAMPLES_OVERVIEW_JPG
     save_image_atomic(path, _captioned_grid(overview, columns, caption, overview_labels))
     written.append(path)
-    for stale in samples_dir.glob("cluster_*.jpg"):  # grids of a previous run with more clusters
+    for stale in [*samples_dir.glob("cluster_*.jpg"), samples_dir / UNKNOWN_GRID_JPG]:  # of an earlier run
         if stale not in written:
-            stale.unlink()
+            stale.unlink(missing_ok=True)
     return written
 
 
@@ -312,6 +321,7 @@ class ClusterSummary:
     skipped: bool
     seconds: float
     notes: list[str] = field(default_factory=list)
+    unknown: int = 0
 
     def line(self) -> str:
         quality = ""
@@ -319,14 +329,15 @@ class ClusterSummary:
             quality = (f"; against {self.metrics['identities']} identities: BCubed F {self.metrics['bcubed_f']:.3f}, "
                        f"NMI {self.metrics['nmi']:.3f}, ARI {self.metrics['ari']:.3f}")
         state = "already done, skipped" if self.skipped else f"{self.seconds:.1f}s"
-        return (f"cluster: {self.items} embeddings -> {self.k} clusters (sizes {max(self.sizes)}..{min(self.sizes)}), "
+        sizes = f"sizes {min(self.sizes)}..{max(self.sizes)}" if self.sizes else "none"
+        return (f"cluster: {self.items} embeddings -> {self.k} clusters ({sizes}) + {self.unknown} unknown, "
                 f"silhouette {self.silhouette:.3f}{quality} -> {self.out_dir} ({state})\n  "
                 + "\n  ".join([self.k_rule, *self.notes]))
 
     def details(self) -> dict:
         """The numbers a run report shows."""
         return {"k": self.k, "k_rule": self.k_rule, "items": self.items, "sizes": self.sizes,
-                "silhouette": self.silhouette, "metrics": self.metrics}
+                "unknown": self.unknown, "silhouette": self.silhouette, "metrics": self.metrics}
 
 
 def _file_digest(path: Path | None) -> str | None:
@@ -349,10 +360,104 @@ def _identity_metrics(names: list[str], labels_file: Path, crops_dir: Path | Non
     return metrics
 
 
+def same_person_distance(threshold: float | str | None, model: str | None, normalize: bool) -> float | None:
+    """The distance rule to use: ``threshold`` when it is a number, else (``"auto"``) the embedder's measured
+    rule (``SAME_PERSON_DISTANCE``, for L2-normalised embeddings), None where no rule is known."""
+    from facepipe.models import SAME_PERSON_DISTANCE
+
+    if threshold is None or (isinstance(threshold, str) and threshold.strip().lower() == "auto"):
+        return SAME_PERSON_DISTANCE.get(model) if normalize else None
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise FacepipeError(f"threshold must be a distance or 'auto', got {threshold!r}") from None
+    if not 0 < value < 4:
+        raise FacepipeError(f"threshold must lie between 0 and 4 (a Euclidean distance), got {value:g}")
+    return value
+
+
+def _photo_ids(names: list[str], crops_dir: Path | None) -> tuple[np.ndarray, bool]:
+    """A number per face naming its source photo (from detect's detections.csv), and whether any was known;
+    a face of unknown source counts as its own photo."""
+    from facepipe.labels import crop_sources
+
+    sources = crop_sources(names, crops_dir)
+    keys = [sources.get(name, "\0" + name) for name in names]
+    return np.unique(keys, return_inverse=True)[1].astype(np.int64), bool(sources)
+
+
+@dataclass
+class Grouping:
+    """Each face's group (0 = largest; -1 unknown), its distance to its group's centroid (to the nearest
+    centroid for unknown faces), the centroids, and what the rules took out of groups."""
+
+    labels: np.ndarray
+    distances: np.ndarray
+    centroids: np.ndarray
+    unmatched: int
+    same_photo: int
+    too_small: int
+
+
+def finish_groups(vectors: np.ndarray, labels: np.ndarray, unmatched: np.ndarray, photos: np.ndarray,
+                  min_group_size: int) -> Grouping:
+    """Apply the rules to raw cluster labels: ``unmatched`` faces are unknown; a group keeps one face per photo
+    (the one nearest its centroid); groups of fewer than ``min_group_size`` faces are unknown; the groups
+    are then numbered by size, largest first."""
+    from facepipe.cluster_graph import one_face_per_photo
+
+    labels = _by_size(np.where(unmatched, UNKNOWN_CLUSTER, labels))
+    _, distances = _centroids(vectors, labels)
+    repeats = one_face_per_photo(labels, photos, distances)
+    labels[repeats] = UNKNOWN_CLUSTER
+    sizes = np.bincount(labels[labels != UNKNOWN_CLUSTER], minlength=max(1, int(labels.max()) + 1))
+    small = (labels != UNKNOWN_CLUSTER) & (sizes[np.maximum(labels, 0)] < min_group_size)
+    labels = _by_size(np.where(small, UNKNOWN_CLUSTER, labels))
+    centroids, distances = _centroids(vectors, labels)
+    return Grouping(labels, distances, centroids, int(unmatched.sum()), int(repeats.sum()), int(small.sum()))
+
+
+def _by_size(labels: np.ndarray) -> np.ndarray:
+    """Group ids renumbered 0, 1, ... by size, largest first (ties by old id); unknown (-1) stays."""
+    grouped = labels >= 0
+    ids, compact, sizes = np.unique(labels[grouped], return_inverse=True, return_counts=True)
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[np.lexsort((ids, -sizes))] = np.arange(len(ids))
+    renumbered = np.full(len(labels), UNKNOWN_CLUSTER, dtype=np.int64)
+    renumbered[grouped] = rank[compact]
+    return renumbered
+
+
+def _centroids(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of each group 0..max, and each face's distance to its own group's centroid (to the nearest
+    centroid for an unknown face; NaN when there is no group)."""
+    import faiss
+
+    grouped = labels >= 0
+    count = int(labels.max()) + 1 if grouped.any() else 0
+    centroids = np.zeros((count, vectors.shape[1]), dtype=np.float64)
+    np.add.at(centroids, labels[grouped], vectors[grouped])
+    centroids = (centroids / np.maximum(np.bincount(labels[grouped], minlength=count), 1)[:, None]).astype(np.float32)
+    distances = np.full(len(labels), np.nan)
+    distances[grouped] = np.linalg.norm(vectors[grouped] - centroids[labels[grouped]], axis=1)
+    if count and not grouped.all():
+        index = faiss.IndexFlatL2(vectors.shape[1])
+        index.add(centroids)
+        squared, _ = index.search(np.ascontiguousarray(vectors[~grouped], dtype=np.float32), 1)
+        distances[~grouped] = np.sqrt(np.maximum(squared[:, 0], 0.0))
+    return centroids, distances
+
+
+METHODS = ("auto", "graph", "kmeans")
+
+
 def cluster(
     embeddings_path: str | os.PathLike,
     out_dir: str | os.PathLike = "clusters",
     *,
+    method: str = "auto",
+    threshold: float | str | None = "auto",
+    min_group_size: int = 2,
     k: int | str | None = "auto",
     k_range: str | Sequence[int] = (2, 40),
     k_rule: str = "silhouette",
@@ -366,48 +471,43 @@ def cluster(
     force: bool = False,
     show_progress: bool = True,
 ) -> ClusterSummary:
-    """Cluster the embeddings in ``embeddings_path`` (CSV or .npz from ``embed``) into ``out_dir``.
+    """Group the embeddings in ``embeddings_path`` (CSV or .npz from ``embed``) into ``out_dir``.
 
-    ``k`` is a number, or ``"auto"``/``None`` to choose it over ``k_range`` by ``k_rule``. Writes
-    ``cluster_results.csv`` (+ sidecar JSON), ``centroids.csv``, ``k_selection.csv`` (and with auto
-    ``elbow.png``, ``silhouette.png``), sample grids into ``samples_dir`` (None: none) from the crops in
-    ``crops_dir`` (default: the embeddings sidecar's), and with ``labels`` (a manifest with identities)
-    ``cluster_metrics.json``. Everything is validated before anything is written; a rerun with the same
-    inputs and options is skipped unless ``force``.
+    ``method`` "graph" joins faces closer than the same-person distance ``threshold`` ("auto": the
+    embedder's measured rule, see ``facepipe.models.SAME_PERSON_DISTANCE``) and runs Chinese whispers over
+    that graph (no k needed); "kmeans" runs k-means with ``k`` a number, or ``"auto"``/``None`` to choose it
+    over ``k_range`` by ``k_rule``; "auto" is k-means when ``k`` is a number, else the graph where a rule is
+known, else k-means (auto k). With either, a
+    face that matches no other face of its group by the rule goes to the unknown group (-1), as do groups
+    of fewer than ``min_group_size`` faces, and two faces of one photo are never in one group (the one
+    nearer the centroid stays).
+
+    Writes ``cluster_results.csv`` (+ sidecar JSON), ``centroids.csv``, ``k_selection.csv`` (and with auto k
+    ``elbow.png``, ``silhouette.png``), sample grids into ``samples_dir`` (None: none; ``unknown.jpg`` for
+    -1) from the crops in ``crops_dir`` (default: the embeddings sidecar's), and with ``labels`` (a manifest
+    with identities) ``cluster_metrics.json``. Everything is validated before anything is written; a rerun
+    with the same inputs and options is skipped unless ``force``.
     """
     started = time.monotonic()
     embeddings_path = Path(os.path.abspath(embeddings_path))
     out_dir = Path(os.path.abspath(out_dir))
     embeddings = read_embeddings(embeddings_path)
     n = len(embeddings.names)
-    auto = k is None or (isinstance(k, str) and k.strip().lower() == "auto")
-    if auto:
-        ks = parse_k_range(k_range)
-        ks = range(ks.start, min(ks.stop, n), ks.step)  # silhouette needs k <= n - 1
-        if len(ks) == 0:
-            raise FacepipeError(f"{embeddings_path} holds {n} embeddings: too few to try k in {k_range} "
-                                "(silhouette needs 2 <= k <= n - 1)")
-        if k_rule not in K_RULES:
-            raise FacepipeError(f"unknown k rule {k_rule!r}: use {' or '.join(K_RULES)}")
-    else:
-        try:
-            k = int(k)
-        except (TypeError, ValueError):
-            raise FacepipeError(f"k must be a number or 'auto', got {k!r}") from None
-        if k < 1:
-            raise FacepipeError(f"k must be at least 1, got {k}")
-        if k > n:
-            raise FacepipeError(f"k = {k} clusters asked for, but {embeddings_path} holds only {n} embeddings")
+    if method not in METHODS:
+        raise FacepipeError(f"unknown cluster method {method!r}: use {', '.join(METHODS)}")
+    if min_group_size < 1:
+        raise FacepipeError(f"min group size must be at least 1, got {min_group_size}")
+    rule_distance = same_person_distance(threshold, embeddings.model, normalize)
+    if method == "auto":  # a k given means k-means; else the graph wherever a distance rule is known
+        method = "graph" if rule_distance is not None and _is_auto(k) else "kmeans"
+    if method == "graph" and rule_distance is None:
+        raise FacepipeError(f"no same-person distance is known for {embeddings.model or 'these'} embeddings"
+                            f"{'' if normalize else ' without normalisation'}: give a threshold (--threshold) "
+                            "or use --method kmeans")
+    ks = _check_k(k, k_range, k_rule, n, embeddings_path) if method == "kmeans" else None
     if n_init < 1:
         raise FacepipeError(f"n_init must be at least 1, got {n_init}")
-    if crops_dir is None and embeddings.meta.get("crops_dir"):
-        crops_dir = Path(embeddings.meta["crops_dir"])
-        if not crops_dir.is_absolute():
-            crops_dir = embeddings_path.parent / crops_dir
-    elif crops_dir is not None:
-        crops_dir = Path(os.path.abspath(crops_dir))
-        if not crops_dir.is_dir():
-            raise FacepipeError(f"crops folder not found: {crops_dir}")
+    crops_dir = _crops_dir(crops_dir, embeddings.meta, embeddings_path)
     labels_file = Path(os.path.abspath(labels)) if labels is not None else None
     if labels_file is not None and not labels_file.is_file():
         raise FacepipeError(f"label manifest not found: {labels_file}")
@@ -416,7 +516,10 @@ def cluster(
     if samples_dir is not None and crops_dir is None:
         notes.append("no sample grids: the embeddings sidecar names no crops folder (give crops_dir / --crops-dir)")
 
-    options = {"k": "auto" if auto else k, "k_range": [ks.start, ks.stop - 1, ks.step] if auto else None,
+    auto = ks is not None and _is_auto(k)
+    options = {"method": method, "threshold": rule_distance, "min_group_size": int(min_group_size),
+               "k": None if ks is None else ("auto" if auto else ks.start),
+               "k_range": [ks.start, ks.stop - 1, ks.step] if auto else None,
                "k_rule": k_rule if auto else None, "normalize": bool(normalize), "seed": int(seed),
                "n_init": int(n_init), "samples_dir": None if samples is None else str(samples),
                "samples_per_cluster": int(samples_per_cluster), "crops_dir": None if crops_dir is None else str(crops_dir)}
@@ -428,7 +531,7 @@ def cluster(
         return ClusterSummary(k=previous["k"], k_rule=previous["k_rule"], items=previous["items"],
                               sizes=previous["sizes"], silhouette=previous["silhouette"], out_dir=out_dir,
                               samples_dir=samples, metrics=previous.get("metrics"), skipped=True,
-                              seconds=time.monotonic() - started, notes=notes)
+                              seconds=time.monotonic() - started, notes=notes, unknown=previous.get("unknown", 0))
 
     vectors = embeddings.vectors
     if normalize:
@@ -437,61 +540,127 @@ def cluster(
             raise FacepipeError(f"{embeddings_path}: {int((norms == 0).sum())} embedding(s) are all zeros and cannot "
                                 "be L2-normalised (use normalize=False / --no-normalize)")
         vectors /= norms  # in place: the array is ours, and a copy would double the memory on large inputs
-    if auto:
-        selection = select_k(vectors, ks, rule=k_rule, n_init=n_init, seed=seed, show_progress=show_progress)
-        k, rule = selection.k, selection.rule
-        fit = selection.fits.get(k) or kmeans(vectors, k, n_init=n_init, seed=seed)
-    else:
-        selection = None
-        fit = kmeans(vectors, k, n_init=n_init, seed=seed)
-        rule = f"k = {k}: given"
-
-    # Renumber by size (0 = largest); clusters left empty after the final assignment are dropped.
-    sizes = np.bincount(fit.labels, minlength=len(fit.centroids))
-    order = [c for c in sorted(range(len(sizes)), key=lambda c: (-sizes[c], c)) if sizes[c] > 0]
-    renumber = np.full(len(sizes), -1, dtype=np.int64)
-    renumber[order] = np.arange(len(order))
-    predicted = renumber[fit.labels]
-    centroids = fit.centroids[order]
-    sizes = [int(sizes[c]) for c in order]
-    if len(order) < k:
-        rule += f"; {k - len(order)} cluster(s) ended empty and were dropped"
-    quality = silhouette(vectors, predicted, seed)
-    metrics = _identity_metrics(embeddings.names, labels_file, crops_dir, predicted) if labels_file else None
-    table = selection.table if selection else pd.DataFrame([{"k": k, "inertia": fit.inertia, "silhouette": quality}],
-                                                           columns=K_SELECTION_COLUMNS)
+    photos, photos_known = _photo_ids(embeddings.names, crops_dir)
+    grouping, selection, rule = _group(vectors, method, rule_distance, ks, auto, k_rule, n_init, seed, photos,
+                                       min_group_size, show_progress)
+    if not photos_known:
+        notes.append("the crops' source photos are not known (no detections.csv): the one-face-per-photo rule "
+                     "could not be applied")
+    grouped = grouping.labels >= 0
+    sizes = np.bincount(grouping.labels[grouped], minlength=len(grouping.centroids)).tolist()
+    quality = silhouette(vectors[grouped], grouping.labels[grouped], seed)
+    inertia = float(np.square(grouping.distances[grouped]).sum())
+    metrics = _identity_metrics(embeddings.names, labels_file, crops_dir, grouping.labels) if labels_file else None
+    table = selection.table if selection else pd.DataFrame(
+        [{"k": len(sizes), "inertia": inertia, "silhouette": quality}], columns=K_SELECTION_COLUMNS)
 
     # Everything is computed and validated: now write, the sidecar last (it marks the run as complete).
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = pd.DataFrame({"name": embeddings.names, "cluster": predicted,
-                            "distance": np.sqrt(fit.squared_distances)}, columns=CLUSTER_COLUMNS)
+    results = pd.DataFrame({"name": embeddings.names, "cluster": grouping.labels, "distance": grouping.distances},
+                           columns=CLUSTER_COLUMNS)
     write_csv_atomic(results, results_path, float_format="%.6g")
-    write_centroids(out_dir / CENTROIDS_CSV, centroids)
+    write_centroids(out_dir / CENTROIDS_CSV, grouping.centroids)
     write_csv_atomic(table, out_dir / K_SELECTION_CSV, float_format="%.6g")
-    if selection is not None:
-        _plot(table, "inertia", {"elbow (kneedle)": selection.elbow_k, "chosen": k}, "inertia (sum of squared distances)",
-              "Elbow: k-means inertia against k", out_dir / ELBOW_PNG)
-        _plot(table, "silhouette", {"best silhouette": selection.silhouette_k, "chosen": k}, "mean silhouette (cosine)",
-              "Silhouette against k", out_dir / SILHOUETTE_PNG)
-    else:
-        for stale in (ELBOW_PNG, SILHOUETTE_PNG):  # plots of an earlier --k auto run no longer describe this one
-            (out_dir / stale).unlink(missing_ok=True)
+    _write_plots(out_dir, selection)
     if metrics is not None:
         write_json_atomic(out_dir / CLUSTER_METRICS_JSON, metrics)
     else:
         (out_dir / CLUSTER_METRICS_JSON).unlink(missing_ok=True)
     if samples is not None:
         write_sample_grids(results, crops_dir, samples, samples_per_cluster, show_progress)
+    unknown = int((~grouped).sum())
     write_json_atomic(sidecar_path(results_path), {
         "embeddings": str(embeddings_path), "model": embeddings.model, "dimension": embeddings.dim,
-        "crops_dir": options["crops_dir"], "k": len(order), "k_rule": rule, "items": n, "sizes": sizes,
-        "silhouette": quality, "inertia": fit.inertia, "metrics": metrics, "options": options,
-        "engine": f"k-means++ (scikit-learn) + faiss Lloyd, {LLOYD_ITERATIONS} iterations",
+        "crops_dir": options["crops_dir"], "k": len(sizes), "k_rule": rule, "items": n, "sizes": sizes,
+        "unknown": unknown, "silhouette": quality, "inertia": inertia, "metrics": metrics, "options": options,
+        "method": method, "same_person_distance": rule_distance,
+        "engine": ("faiss neighbour graph + Chinese whispers" if method == "graph"
+                   else f"k-means++ (scikit-learn) + faiss Lloyd, {LLOYD_ITERATIONS} iterations"),
         "fingerprint": fingerprint, "facepipe_version": __version__,
     })
-    return ClusterSummary(k=len(order), k_rule=rule, items=n, sizes=sizes, silhouette=quality, out_dir=out_dir,
+    return ClusterSummary(k=len(sizes), k_rule=rule, items=n, sizes=sizes, silhouette=quality, out_dir=out_dir,
                           samples_dir=samples, metrics=metrics, skipped=False, seconds=time.monotonic() - started,
-                          notes=notes)
+                          notes=notes, unknown=unknown)
+
+
+def _is_auto(k) -> bool:
+    return k is None or (isinstance(k, str) and k.strip().lower() == "auto")
+
+
+def _check_k(k, k_range, k_rule: str, n: int, embeddings_path: Path) -> range:
+    """The k values k-means will try (one when ``k`` is a number), checked against the number of embeddings."""
+    if _is_auto(k):
+        ks = parse_k_range(k_range)
+        ks = range(ks.start, min(ks.stop, n), ks.step)  # silhouette needs k <= n - 1
+        if len(ks) == 0:
+            raise FacepipeError(f"{embeddings_path} holds {n} embeddings: too few to try k in {k_range} "
+                                "(silhouette needs 2 <= k <= n - 1)")
+        if k_rule not in K_RULES:
+            raise FacepipeError(f"unknown k rule {k_rule!r}: use {' or '.join(K_RULES)}")
+        return ks
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise FacepipeError(f"k must be a number or 'auto', got {k!r}") from None
+    if k < 1:
+        raise FacepipeError(f"k must be at least 1, got {k}")
+    if k > n:
+        raise FacepipeError(f"k = {k} clusters asked for, but {embeddings_path} holds only {n} embeddings")
+    return range(k, k + 1)
+
+
+def _crops_dir(crops_dir, meta: dict, embeddings_path: Path) -> Path | None:
+    """The crops folder given, else the embeddings sidecar's (relative to the embeddings file)."""
+    if crops_dir is None and meta.get("crops_dir"):
+        found = Path(meta["crops_dir"])
+        return found if found.is_absolute() else embeddings_path.parent / found
+    if crops_dir is not None:
+        crops_dir = Path(os.path.abspath(crops_dir))
+        if not crops_dir.is_dir():
+            raise FacepipeError(f"crops folder not found: {crops_dir}")
+    return crops_dir
+
+
+def _group(vectors, method, rule_distance, ks, auto, k_rule, n_init, seed, photos, min_group_size, show_progress):
+    """Raw labels by the method, then the rules (``finish_groups``); with the k selection and the rule's text."""
+    from facepipe.cluster_graph import best_whispers, neighbour_graph, unmatched_faces
+
+    graph = neighbour_graph(vectors, rule_distance) if rule_distance is not None else None
+    selection = None
+    if method == "graph":
+        raw = best_whispers(graph, seed, n_init)
+        rule = (f"groups of faces closer than {rule_distance:g} (the same-person distance), by Chinese whispers "
+                f"over that neighbour graph (the most modular of {n_init} seeded runs)")
+    elif auto:
+        selection = select_k(vectors, ks, rule=k_rule, n_init=n_init, seed=seed, show_progress=show_progress)
+        raw = (selection.fits.get(selection.k) or kmeans(vectors, selection.k, n_init=n_init, seed=seed)).labels
+        rule = selection.rule
+    else:
+        raw = kmeans(vectors, ks.start, n_init=n_init, seed=seed).labels
+        rule = f"k = {ks.start}: given"
+    if graph is not None:
+        unmatched = unmatched_faces(raw, graph)
+        if method == "kmeans":
+            rule += f"; a face with no member of its cluster closer than {rule_distance:g} is unknown"
+    else:
+        unmatched = np.zeros(len(raw), dtype=bool)
+    grouping = finish_groups(vectors, raw, unmatched, photos, min_group_size)
+    rule += (f"; unknown (-1): {grouping.unmatched} face(s) matching no other face of their group, "
+             f"{grouping.same_photo} second face(s) of a photo already in the group, {grouping.too_small} in "
+             f"groups under {min_group_size} faces")
+    return grouping, selection, rule
+
+
+def _write_plots(out_dir: Path, selection: KSelection | None) -> None:
+    """The elbow and silhouette plots of an auto-k run; those of an earlier auto-k run are removed otherwise."""
+    if selection is None:
+        for stale in (ELBOW_PNG, SILHOUETTE_PNG):
+            (out_dir / stale).unlink(missing_ok=True)
+        return
+    _plot(selection.table, "inertia", {"elbow (kneedle)": selection.elbow_k, "chosen": selection.k},
+          "inertia (sum of squared distances)", "Elbow: k-means inertia against k", out_dir / ELBOW_PNG)
+    _plot(selection.table, "silhouette", {"best silhouette": selection.silhouette_k, "chosen": selection.k},
+          "mean silhouette (cosine)", "Silhouette against k", out_dir / SILHOUETTE_PNG)
 
 
 def _previous_run(results_path: Path, fingerprint: str, samples: Path | None) -> dict | None:
@@ -505,4 +674,5 @@ def _previous_run(results_path: Path, fingerprint: str, samples: Path | None) ->
     needed = [results_path, results_path.parent / CENTROIDS_CSV, results_path.parent / K_SELECTION_CSV]
     if samples is not None:
         needed += [samples / sample_grid(c) for c in range(int(meta["k"]))] + [samples / SAMPLES_OVERVIEW_JPG]
+        needed += [samples / UNKNOWN_GRID_JPG] if meta.get("unknown") else []
     return meta if all(p.is_file() for p in needed) else None

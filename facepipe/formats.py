@@ -319,6 +319,7 @@ ELBOW_PNG = "elbow.png"
 SILHOUETTE_PNG = "silhouette.png"
 CLUSTER_METRICS_JSON = "cluster_metrics.json"
 SAMPLES_OVERVIEW_JPG = "overview.jpg"
+UNKNOWN_GRID_JPG = "unknown.jpg"  # the faces of the unknown group (-1)
 
 
 def sample_grid(cluster: int) -> str:

@@ -24,6 +24,8 @@ from facepipe.formats import (
     K_SELECTION_CSV,
     SAMPLES_OVERVIEW_JPG,
     SILHOUETTE_PNG,
+    UNKNOWN_CLUSTER,
+    UNKNOWN_GRID_JPG,
     generated_face_names,
     read_csv,
     read_json,
@@ -76,27 +78,36 @@ def _metrics_table(metrics: dict) -> str:
     return _table(rows, ("metric", "value"))
 
 
+def _group_card(anchor: str, title: str, text: str, faces: str, grid: Path) -> str:
+    """One group of the cluster section: title, a line of text, its faces (HTML) and its sample grid."""
+    return (f'<div class="cluster" id="{anchor}"><div><h3>{html.escape(title)}</h3><p>{html.escape(text)}</p>'
+            f'<div class="faces">{faces}</div></div>'
+            f"<div>{_inline(grid, f'{title} sample grid', 'grid')}</div></div>")
+
+
 def _cluster_section(out_dir: Path) -> str:
+    """A card per cluster (its CVAE face, pixel mean and sample grid), then the unknown group when there is one."""
     from facepipe.run import INFERENCE_DIR, SAMPLES_DIR
 
     results_file = out_dir / CLUSTER_RESULTS_CSV
     if not results_file.is_file():
         return '<p class="muted">No clusters yet.</p>'
     results = read_csv(results_file, ["name", "cluster"], "cluster results")
-    sizes = results["cluster"].value_counts().sort_index()
+    unknown = results["cluster"] == UNKNOWN_CLUSTER
+    sizes = results.loc[~unknown, "cluster"].value_counts().sort_index()
     parts = []
     for cluster, size in sizes.items():
         files = generated_face_names(int(cluster))
-        grid = out_dir / SAMPLES_DIR / sample_grid(int(cluster))
         faces = "".join(
             f"<figure>{_inline(out_dir / INFERENCE_DIR / files[key], f'cluster {cluster} {caption}')}"
             f"<figcaption>{caption}</figcaption></figure>"
             for key, caption in (("face", "CVAE face (z = 0)"), ("mean", "pixel mean")))
-        parts.append(
-            f'<div class="cluster" id="cluster-{cluster}"><div><h3>Cluster {cluster}</h3>'
-            f"<p>{size} face(s)</p><div class=\"faces\">{faces}</div></div>"
-            f"<div>{_inline(grid, f'cluster {cluster} sample grid', 'grid')}</div></div>"
-        )
+        parts.append(_group_card(f"cluster-{cluster}", f"Cluster {cluster}", f"{size} face(s)", faces,
+                                 out_dir / SAMPLES_DIR / sample_grid(int(cluster))))
+    if unknown.any():
+        parts.append(_group_card("cluster-unknown", "Unknown",
+                                 f"{int(unknown.sum())} face(s) that match no group (so no aggregated face)", "",
+                                 out_dir / SAMPLES_DIR / UNKNOWN_GRID_JPG))
     return "".join(parts)
 
 
@@ -115,15 +126,16 @@ def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
     sections = [
         f"<h1>facepipe run</h1><p class=\"muted\">{html.escape(str(out_dir))} &middot; facepipe "
         f"{html.escape(summary['facepipe_version'])} &middot; {summary['seconds']:.1f} s in all</p>",
-        '<nav><a href="#stages">Stages</a><a href="#k">Choosing k</a><a href="#clusters">Clusters</a>'
+        '<nav><a href="#stages">Stages</a><a href="#k">Grouping</a><a href="#clusters">Clusters</a>'
         '<a href="#fidelity">Fidelity</a><a href="#probe">Probe</a><a href="#files">Files</a>'
         '<a href="#versions">Versions</a></nav>',
         '<h2 id="stages">Stages</h2>' + _table(stage_rows, ("stage", "status", "seconds", "summary")),
-        '<h2 id="k">Choosing k</h2>'
-        f"<p>{html.escape(str(cluster_details.get('k_rule', '')))}</p>"
-        f'<div class="plots">{_inline(out_dir / ELBOW_PNG, "elbow plot")}'
-        f'{_inline(out_dir / SILHOUETTE_PNG, "silhouette plot")}</div>',
+        '<h2 id="k">Grouping</h2>'
+        f"<p>{html.escape(str(cluster_details.get('k_rule', '')))}</p>",
     ]
+    if (out_dir / ELBOW_PNG).is_file():  # k-means with k chosen by elbow and silhouette
+        sections.append(f'<div class="plots">{_inline(out_dir / ELBOW_PNG, "elbow plot")}'
+                        f'{_inline(out_dir / SILHOUETTE_PNG, "silhouette plot")}</div>')
     if clustering_metrics:
         sections.append("<h3>Clusters against the known identities</h3>" + _metrics_table(clustering_metrics))
     sections.append('<h2 id="clusters">Clusters</h2><p>Each cluster: its aggregated face from the CVAE beside the '

@@ -253,8 +253,14 @@ def test_lfw_true_k_and_auto_k(lfw_dlib_embeddings, data_dir, tmp_path):
     assert true_k.metrics["unlabelled"] == 0
     assert len(list((tmp_path / "samples").glob("cluster_*.jpg"))) == true_k.k
 
-    auto = cluster(lfw_dlib_embeddings, tmp_path / "auto", k="auto", k_range="10:150:10", labels=manifest,
-                   samples_dir=None, show_progress=False)
+    graph = cluster(lfw_dlib_embeddings, tmp_path / "graph", labels=manifest, samples_dir=None, show_progress=False)
+    print(f"LFW default (same-person graph): {graph.k} groups + {graph.unknown} unknown, "
+          f"BCubed F {graph.metrics['bcubed_f']:.4f}")
+    assert read_json(sidecar_path(tmp_path / "graph" / "cluster_results.csv"))["method"] == "graph"
+    assert graph.metrics["bcubed_f"] >= true_k.metrics["bcubed_f"]  # no k given, and no worse than the true k
+
+    auto = cluster(lfw_dlib_embeddings, tmp_path / "auto", method="kmeans", k="auto", k_range="10:150:10",
+                   labels=manifest, samples_dir=None, show_progress=False)
     print(f"LFW --k auto over 10:150:10: {auto.k_rule}; BCubed F {auto.metrics['bcubed_f']:.4f}, NMI {auto.metrics['nmi']:.4f}")
     assert abs(auto.k - people) <= 0.25 * people
 
@@ -264,7 +270,7 @@ def test_dlib_johns_auto_k_finds_the_five_people(data_dir, tmp_path):
 
     images = data_dir("dlib_johns") / "images"
     embed(images, tmp_path / "johns.csv", model="dlib-resnet128", workers=1, show_progress=False)
-    summary = cluster(tmp_path / "johns.csv", tmp_path / "out", k="auto", k_range="2:40",
+    summary = cluster(tmp_path / "johns.csv", tmp_path / "out", method="kmeans", k="auto", k_range="2:40",
                       labels=data_dir("dlib_johns") / "manifest.csv", samples_dir=tmp_path / "samples",
                       show_progress=False)
     print(f"dlib_johns: {summary.k_rule}")

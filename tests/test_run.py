@@ -52,7 +52,7 @@ def small_set(data_dir, tmp_path_factory):
 
 def small_config(labels: Path, **cluster):
     config = load_config(None, [
-        "detect.min_neighbors=5", "detect.largest_only=true", "embed.model=\"dlib-resnet128\"",
+        "detect.largest_only=true", "embed.model=\"dlib-resnet128\"",
         "cluster.k_range=[2, 16]", "train_cvae.epochs=3", "train_cvae.image_size=32", "generate.samples=2",
         "probe.targets=[\"male\"]", "probe.folds=2", "probe.holdout=0.34"])
     config["run"]["labels"] = str(labels)
@@ -73,7 +73,7 @@ def test_run_writes_every_output(finished_run):
     statuses = {s.name: s.status for s in summary.stages}
     assert statuses == {name: "ran" for name in ("detect", "embed", "cluster", "train_cvae", "generate", "probe")}
     for relative in ("temp/detections.csv", "image_features.csv", "image_features.csv.json", "cluster_results.csv",
-                     "elbow.png", "silhouette.png", "k_selection.csv", "cluster_samples/overview.jpg",
+                     "k_selection.csv", "cluster_samples/overview.jpg",
                      "weights/cvae_best.pt", "inference_results/clusters_sheet.png",
                      "inference_results/fidelity.json", "probe/male.json", "report.html", "run.log",
                      "summary.json", "config.toml", "state.json"):
@@ -81,7 +81,8 @@ def test_run_writes_every_output(finished_run):
     faces = pd.read_csv(out / "temp/detections.csv")
     features = pd.read_csv(out / "image_features.csv")
     assert len(faces) >= 0.9 * len(WOMEN + MEN) * PHOTOS_EACH and len(features) == len(faces)
-    clusters = sorted(pd.read_csv(out / "cluster_results.csv")["cluster"].unique())
+    assert not (out / "elbow.png").exists()  # the default for dlib embeddings: the same-person graph, no k to choose
+    clusters = sorted(c for c in pd.read_csv(out / "cluster_results.csv")["cluster"].unique() if c >= 0)
     for cluster in clusters:
         assert (out / "cluster_samples" / sample_grid(cluster)).is_file()
         assert (out / f"inference_results/cluster_{cluster}.png").is_file()
@@ -100,8 +101,8 @@ def test_report_is_self_contained_and_its_links_resolve(finished_run):
     out, _, _, _ = finished_run
     page = LinkCollector()
     page.feed((out / "report.html").read_text(encoding="utf-8"))
-    clusters = pd.read_csv(out / "cluster_results.csv")["cluster"].nunique()
-    assert len(page.sources) >= 2 + 1 + 3 * clusters  # plots, overview, grid + CVAE face + mean per cluster
+    groups = pd.read_csv(out / "cluster_results.csv")["cluster"]
+    assert len(page.sources) >= 1 + 3 * groups[groups >= 0].nunique()  # overview, grid + CVAE face + mean per group
     assert all(src.startswith("data:image/") for src in page.sources)
     assert page.hrefs
     for href in page.hrefs:
@@ -127,8 +128,11 @@ def test_changing_k_reruns_cluster_and_later_stages_only(finished_run, tmp_path)
     statuses = {s.name: s.status for s in changed.stages}
     assert statuses == {"detect": "skipped", "embed": "skipped", "cluster": "ran", "train_cvae": "ran",
                         "generate": "ran", "probe": "skipped"}
-    assert pd.read_csv(out / "cluster_results.csv")["cluster"].nunique() == chosen_k + 1
-    assert (out / f"inference_results/cluster_{chosen_k}.png").is_file()
+    details = next(s for s in changed.stages if s.name == "cluster").details
+    assert details["k_rule"].startswith(f"k = {chosen_k + 1}: given")  # a k given means k-means
+    groups = pd.read_csv(out / "cluster_results.csv")["cluster"]
+    assert groups[groups >= 0].nunique() == details["k"] >= chosen_k
+    assert (out / f"inference_results/cluster_{details['k'] - 1}.png").is_file()
     assert {p.name: p.stat().st_mtime_ns for p in (out / "temp").glob("*.jpg")} == crops_before
     assert (out / "image_features.csv").stat().st_mtime_ns == features_before
 

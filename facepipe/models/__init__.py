@@ -24,3 +24,9 @@ class Embedder(Protocol):
 
     def describe(self) -> dict:
         """Fields for the embeddings sidecar JSON: model, dimension, preprocessing, weights sha256..."""
+
+# The distance below which two faces are taken to be one person, per model, between L2-normalised embeddings
+# (the space cluster works in). dlib-resnet128: measured on 1,389 LFW crops (79 people, all pairs): at 0.37
+# 88.7% of same-person pairs and 0.08% of different-person pairs lie closer (dlib's own 0.6 on its raw,
+# unnormalised descriptors, norm about 1.42, is 0.42 here). No rule is known for vggface2-resnet50.
+SAME_PERSON_DISTANCE = {"dlib-resnet128": 0.37}

@@ -1,0 +1,124 @@
+"""The same-person rule of the cluster stage: a graph that joins two faces when their embeddings lie closer
+than the rule's distance, Chinese whispers over it (needs no k), and the two rules every clustering obeys
+here: a face that matches no other face of its group is unknown (-1), and one photo gives a group one face.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from facepipe.formats import UNKNOWN_CLUSTER
+GRAPH_NEIGHBOURS = 64  # nearest neighbours looked at per face; an edge needs the distance rule as well
+WHISPERS_ITERATIONS = 100
+
+
+@dataclass
+class NeighbourGraph:
+    """Edges between faces closer than ``threshold`` (both directions), as CSR: the neighbours of face i are
+    ``indices[indptr[i]:indptr[i + 1]]`` at ``distances[...]`` (Euclidean)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    distances: np.ndarray
+    threshold: float
+
+    def neighbours(self, face: int) -> tuple[np.ndarray, np.ndarray]:
+        """(neighbours, distances) of one face."""
+        span = slice(self.indptr[face], self.indptr[face + 1])
+        return self.indices[span], self.distances[span]
+
+
+def neighbour_graph(vectors: np.ndarray, threshold: float, neighbours: int = GRAPH_NEIGHBOURS) -> NeighbourGraph:
+    """Join each face to those of its ``neighbours`` nearest (exact search, faiss) that lie within ``threshold``."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = len(vectors)
+    index = faiss.IndexFlatL2(vectors.shape[1])
+    index.add(vectors)
+    squared, nearest = index.search(vectors, min(n, neighbours + 1))
+    rows = np.repeat(np.arange(n), nearest.shape[1])
+    columns, distances = nearest.ravel(), np.sqrt(np.maximum(squared.ravel(), 0.0))
+    keep = (columns >= 0) & (columns != rows) & (distances < threshold)
+    rows, columns, distances = rows[keep], columns[keep], distances[keep]
+    # make it symmetric (a is among b's nearest but not the other way round) and drop the doubles
+    rows, columns, distances = (np.concatenate([rows, columns]), np.concatenate([columns, rows]),
+                                np.concatenate([distances, distances]))
+    pairs, first = np.unique(rows.astype(np.int64) * n + columns, return_index=True)
+    rows, columns, distances = pairs // n, pairs % n, distances[first]
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
+    return NeighbourGraph(indptr, columns.astype(np.int64), distances.astype(np.float32), float(threshold))
+
+
+def edge_weights(graph: NeighbourGraph) -> np.ndarray:
+    """An edge weighs more the closer its faces are: 1 - distance / threshold (and a little more than 0)."""
+    return 1.0 - graph.distances.astype(np.float64) / graph.threshold + 1e-6
+
+
+def modularity(graph: NeighbourGraph, labels: np.ndarray) -> float:
+    """Weighted modularity (Newman) of a partition of the graph: the share of edge weight inside groups minus
+    what random wiring with the same degrees would put there; higher is a better split of the graph."""
+    weights = edge_weights(graph)
+    rows = np.repeat(np.arange(len(graph.indptr) - 1), np.diff(graph.indptr))
+    total = weights.sum()
+    if total == 0:
+        return 0.0
+    count = int(labels.max()) + 1
+    inside = weights[labels[rows] == labels[graph.indices]].sum()
+    degrees = np.bincount(labels[rows], weights=weights, minlength=count)
+    return float(inside / total - np.square(degrees / total).sum())
+
+
+def best_whispers(graph: NeighbourGraph, seed: int = 0, restarts: int = 10) -> np.ndarray:
+    """Chinese whispers from ``restarts`` seeded orders; the partition of highest modularity is kept (one
+    order can leave a person split in two where another joins them)."""
+    rng = np.random.default_rng(seed)
+    runs = [chinese_whispers(graph, int(s)) for s in rng.integers(2**31 - 1, size=max(1, restarts))]
+    return max(runs, key=lambda labels: modularity(graph, labels))
+
+
+def chinese_whispers(graph: NeighbourGraph, seed: int = 0, iterations: int = WHISPERS_ITERATIONS) -> np.ndarray:
+    """Chinese whispers (Biemann 2006) as in dlib's face clustering: each face, in a seeded random order, takes
+    the label that carries the most weight among its neighbours (``edge_weights``: one chance edge cannot pull
+    a face over), until no label changes."""
+    n = len(graph.indptr) - 1
+    labels = np.arange(n)
+    rng = np.random.default_rng(seed)
+    weights = edge_weights(graph)
+    linked = np.flatnonzero(np.diff(graph.indptr) > 0)
+    for _ in range(iterations):
+        changed = 0
+        for face in rng.permutation(linked):
+            span = slice(graph.indptr[face], graph.indptr[face + 1])
+            candidates, position = np.unique(labels[graph.indices[span]], return_inverse=True)
+            best = candidates[np.argmax(np.bincount(position, weights=weights[span]))]
+            if best != labels[face]:
+                labels[face] = best
+                changed += 1
+        if changed == 0:
+            break
+    return labels
+
+
+def unmatched_faces(labels: np.ndarray, graph: NeighbourGraph) -> np.ndarray:
+    """Boolean mask of the faces with no neighbour of their own group within the graph's distance rule."""
+    mask = np.ones(len(labels), dtype=bool)
+    for face in range(len(labels)):
+        neighbours, _ = graph.neighbours(face)
+        mask[face] = not (labels[neighbours] == labels[face]).any()
+    return mask
+
+
+def one_face_per_photo(labels: np.ndarray, photos: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """Faces that share a group with another face of the same photo, all but the one nearest the group's
+    centroid (``distances``): a boolean mask of the faces to take out of their group."""
+    order = np.lexsort((distances, photos, labels))
+    sorted_labels, sorted_photos = labels[order], photos[order]
+    repeat = np.zeros(len(labels), dtype=bool)
+    repeat[1:] = (sorted_labels[1:] == sorted_labels[:-1]) & (sorted_photos[1:] == sorted_photos[:-1])
+    repeat &= sorted_labels != UNKNOWN_CLUSTER
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[order[repeat]] = True
+    return mask
