@@ -1,0 +1,219 @@
+"""A real mixed photo collection end to end: facepipe's stages with their defaults beside face_recognition's recipe.
+
+    python benchmarks/bench_collection.py [--shared ../shared] [--out benchmarks/out/collection] [--detectors]
+
+The collection, built from ../shared/data: celeba_wild (300 unaligned photos of 10 people, often with
+several faces; the manifest names the main face's person), lfw_singletons (150 people with one photo
+each: strangers) and the 5 photos of group_photos with no human face. Each pipeline runs in a fresh
+process (so its peak memory is its own) over the same list of photos:
+
+- facepipe: ``detect`` (its defaults, 2 workers as in ``facepipe run``), ``embed --model dlib-resnet128``,
+  ``cluster`` (its defaults);
+- facepipe, the old defaults: ``detect --detector haar`` and ``cluster --method kmeans`` (auto k 2..40);
+- face_recognition's recipe, written here on dlib's own API as face_recognition calls it: HOG detector
+  upsampled once, 5-point landmarks, dlib's ResNet (``compute_face_descriptor``), then
+  ``dlib.chinese_whispers_clustering`` at 0.5; 2 processes for the per-photo work, as ``--cpus 2``.
+
+Scored per pipeline: the share of labelled photos (celeba_wild) where a face was found; end-to-end BCubed
+precision / recall / F over the labelled photos, each photo represented by its largest face (a photo
+without a face, or whose face is unknown, is a group of its own); the share of one-off people whose
+largest face landed in a labelled person's group (a group holding the largest face of a labelled photo);
+faces found on the no-face photos; photos/s over the whole pipeline; peak memory (RSS, all processes).
+
+``--detectors`` also runs detect alone with each detector (2 workers) over the same photos: the share of
+labelled and of one-off photos with a face found, faces on the no-face photos, photos/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+NO_FACE_PHOTOS = ["dlib_dogs.jpg", "insightface_mask_black.jpg", "insightface_mask_blue.jpg",
+                  "insightface_mask_green.jpg", "insightface_mask_white.jpg"]
+PIPELINES = ("facepipe", "facepipe-old-defaults", "face_recognition")
+
+
+def build_collection(shared: Path) -> pd.DataFrame:
+    """One row per photo: path, identity (None for the no-face photos), kind (labelled / one-off / no-face)."""
+    rows = []
+    for name, kind in (("celeba_wild", "labelled"), ("lfw_singletons", "one-off")):
+        manifest = pd.read_csv(shared / "data" / name / "manifest.csv")
+        for relpath, identity in zip(manifest["relpath"], manifest["identity"]):
+            rows.append({"path": str((shared / "data" / name / relpath).resolve()), "identity": f"{name}:{identity}",
+                         "kind": kind})
+    for photo in NO_FACE_PHOTOS:
+        rows.append({"path": str((shared / "data" / "group_photos" / "images" / photo).resolve()), "identity": None,
+                     "kind": "no-face"})
+    return pd.DataFrame(rows)
+
+
+def run_facepipe(photos: list[str], out: Path, old_defaults: bool) -> pd.DataFrame:
+    """detect -> embed (dlib-resnet128) -> cluster with the stage defaults; one row per face: path, area, group."""
+    from facepipe.cluster import cluster
+    from facepipe.detect import DetectorParams, detect
+    from facepipe.embed import embed
+
+    listing = out / "photos.txt"
+    listing.write_text("\n".join(photos) + "\n", encoding="utf-8")
+    params = DetectorParams(detector="haar") if old_defaults else DetectorParams()
+    detect([listing], out / "crops", params, workers=2, force=True, show_progress=False)
+    embed(out / "crops", out / "features.csv", model="dlib-resnet128", force=True, show_progress=False)
+    cluster(out / "features.csv", out, method="kmeans" if old_defaults else "auto", samples_dir=None, force=True,
+            show_progress=False)
+    detections = pd.read_csv(out / "crops" / "detections.csv")
+    groups = pd.read_csv(out / "cluster_results.csv").set_index("name")["cluster"]
+    return pd.DataFrame({"path": detections["source"], "area": detections["w"] * detections["h"],
+                         "group": groups.reindex(detections["crop"]).to_numpy()})
+
+
+_recipe: dict = {}
+
+
+def _recipe_init() -> None:
+    import dlib
+
+    from facepipe.models.dlib_resnet import LANDMARKS_FILE, RESNET_FILE, model_file
+
+    _recipe.update(detector=dlib.get_frontal_face_detector(),
+                   landmarks=dlib.shape_predictor(str(model_file(LANDMARKS_FILE))),
+                   encoder=dlib.face_recognition_model_v1(str(model_file(RESNET_FILE))))
+
+
+def _recipe_photo(path: str) -> list[tuple[str, int, np.ndarray]]:
+    """face_recognition.face_locations(image, 1) + face_encodings(image, locations) (model "small")."""
+    from PIL import Image
+
+    image = np.asarray(Image.open(path).convert("RGB"))
+    faces = []
+    for rect in _recipe["detector"](image, 1):
+        shape = _recipe["landmarks"](image, rect)
+        descriptor = np.asarray(_recipe["encoder"].compute_face_descriptor(image, shape, 0))
+        faces.append((path, int(rect.width() * rect.height()), descriptor))
+    return faces
+
+
+def run_face_recognition(photos: list[str], out: Path) -> pd.DataFrame:
+    """face_recognition's recipe over 2 processes, then dlib's Chinese whispers at 0.5."""
+    import dlib
+
+    with get_context("fork").Pool(2, initializer=_recipe_init) as pool:
+        faces = [face for found in pool.imap(_recipe_photo, photos, chunksize=4) for face in found]
+    labels = dlib.chinese_whispers_clustering([dlib.vector(f[2].tolist()) for f in faces], 0.5)
+    sizes = pd.Series(labels).value_counts()
+    groups = [label if sizes[label] > 1 else -1 for label in labels]  # a face alone is a face matching no one
+    return pd.DataFrame({"path": [f[0] for f in faces], "area": [f[1] for f in faces], "group": groups})
+
+
+def score(collection: pd.DataFrame, faces: pd.DataFrame) -> dict:
+    """The benchmark's figures for one pipeline's faces (see the module docstring)."""
+    from facepipe.cluster_metrics import bcubed
+
+    main = faces.sort_values("area", ascending=False).drop_duplicates("path").set_index("path")["group"]
+    photos = collection.assign(group=main.reindex(collection["path"]).to_numpy())
+    labelled = photos[photos["kind"] == "labelled"].reset_index(drop=True)
+    found = labelled["group"].notna()
+    # a photo with no face or an unknown face is a group of its own
+    predicted = [f"group {int(g)}" if pd.notna(g) and g >= 0 else f"alone {i}" for i, g in enumerate(labelled["group"])]
+    metrics = bcubed(labelled["identity"].tolist(), predicted)
+    labelled_groups = {int(g) for g in labelled["group"].dropna() if g >= 0}
+    one_off = photos[(photos["kind"] == "one-off") & photos["group"].notna()]
+    no_face = faces[faces["path"].isin(collection.loc[collection["kind"] == "no-face", "path"])]
+    return {"labelled_found": float(found.mean()), "bcubed_precision": metrics["precision"],
+            "bcubed_recall": metrics["recall"], "bcubed_f": metrics["f"],
+            "one_off_in_labelled_group": float(one_off["group"].isin(labelled_groups).mean()),
+            "one_off_found": len(one_off), "no_face_faces": len(no_face), "faces": len(faces)}
+
+
+def run_one(pipeline: str, collection_csv: Path, out: Path) -> None:
+    """Run one pipeline (in this process) and print its figures as JSON."""
+    collection = pd.read_csv(collection_csv)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    photos = collection["path"].tolist()
+    if pipeline == "face_recognition":
+        faces = run_face_recognition(photos, out)
+    else:
+        faces = run_facepipe(photos, out, old_defaults=pipeline == "facepipe-old-defaults")
+    seconds = time.perf_counter() - started
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    figures = score(collection, faces)
+    figures.update(pipeline=pipeline, photos=len(photos), seconds=seconds, photos_per_s=len(photos) / seconds,
+                   peak_rss_mib=max(own.ru_maxrss, children.ru_maxrss) / 1024)
+    print(json.dumps(figures))
+
+
+def compare_detectors(collection: pd.DataFrame, out: Path) -> None:
+    """detect alone with each detector over the collection: what it finds and what it costs."""
+    from facepipe.detect import DetectorParams, detect
+    from facepipe.detectors import DETECTORS
+
+    listing = out / "photos.txt"
+    listing.write_text("\n".join(collection["path"]) + "\n", encoding="utf-8")
+    print("\n| detector | labelled photos with a face | one-off photos with a face | faces on no-face photos "
+          "| seconds | photos/s |")
+    print("|---|---|---|---|---|---|")
+    for detector in DETECTORS:
+        started = time.perf_counter()
+        detect([listing], out / f"detect-{detector}", DetectorParams(detector=detector), workers=2, force=True,
+               show_progress=False)
+        seconds = time.perf_counter() - started
+        sources = pd.read_csv(out / f"detect-{detector}" / "sources.csv").set_index("source")["faces"]
+        faces = collection.assign(faces=sources.reindex(collection["path"]).to_numpy())
+        found = faces.groupby("kind")["faces"].apply(lambda f: (f > 0).mean())
+        print(f"| {detector} | {found['labelled']:.1%} | {found['one-off']:.1%} "
+              f"| {int(faces.loc[faces['kind'] == 'no-face', 'faces'].sum())} | {seconds:.1f} "
+              f"| {len(faces) / seconds:.2f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "collection")
+    parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
+    parser.add_argument("--detectors", action="store_true", help="also compare the detectors alone")
+    parser.add_argument("--one", choices=PIPELINES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    collection_csv = args.out / "collection.csv"
+    if args.one:
+        run_one(args.one, collection_csv, args.out / args.one)
+        return
+    collection = build_collection(args.shared)
+    collection.to_csv(collection_csv, index=False)
+    print(f"collection: {len(collection)} photos: " + ", ".join(f"{n} {k}" for k, n in
+                                                              collection["kind"].value_counts().items()))
+    rows = []
+    for pipeline in args.pipelines:
+        result = subprocess.run([sys.executable, __file__, "--shared", str(args.shared), "--out", str(args.out),
+                                 "--one", pipeline], capture_output=True, text=True, env=dict(os.environ))
+        if result.returncode != 0:
+            sys.exit(f"{pipeline} failed:\n{result.stderr}")
+        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    reference = next((r for r in rows if r["pipeline"] == "face_recognition"), None)
+    print("\n| pipeline | labelled photos with a face | BCubed P | BCubed R | BCubed F | one-off people in a labelled "
+          "group | faces on no-face photos | photos/s | vs face_recognition | peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        speed = f"{r['photos_per_s'] / reference['photos_per_s']:.2f}x" if reference else "-"
+        print(f"| {r['pipeline']} | {r['labelled_found']:.1%} | {r['bcubed_precision']:.3f} | {r['bcubed_recall']:.3f} "
+              f"| **{r['bcubed_f']:.3f}** | {r['one_off_in_labelled_group']:.1%} | {r['no_face_faces']} "
+              f"| {r['photos_per_s']:.2f} | {speed} | {r['peak_rss_mib']:.0f} |")
+    if args.detectors:
+        compare_detectors(collection, args.out)
+
+
+if __name__ == "__main__":
+    main()
