@@ -8,15 +8,15 @@ Each child also returns its embeddings of the 24 crops, checked against keras-vg
 
 keras-vggface 0.6 needs Keras 2: it runs from a separate virtual environment that is never a
 dependency of facepipe, made with
-    python -m venv /work/bench-tf-venv
-    /work/bench-tf-venv/bin/pip install tensorflow-cpu tf-keras keras-vggface keras-applications pillow
+    python -m venv ../bench-tf-venv
+    ../bench-tf-venv/bin/pip install tensorflow-cpu tf-keras keras-vggface keras-applications pillow
 and is started with TF_USE_LEGACY_KERAS=1.
 
 The script also prints the compute ceiling: the network's multiply-adds per crop (counted with
 hooks) against this machine's fp32 and bf16 matrix-multiply rate (a 2048x2048 torch matmul, all
 threads), which bounds any implementation of the same arithmetic.
 
-Usage: python benchmarks/bench_vggface2.py [--tf-python /work/bench-tf-venv/bin/python] [--crops 256]
+Usage: python benchmarks/bench_vggface2.py [--tf-python ../bench-tf-venv/bin/python] [--crops 256]
        [--batch-size 32] [--rounds 2] [--fixture ../shared/fixtures/vggface_resnet50]
 """
 
@@ -163,7 +163,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tf-python", default="/work/bench-tf-venv/bin/python",
+    parser.add_argument("--tf-python", default="../bench-tf-venv/bin/python",
                         help="python of the virtual environment with tensorflow-cpu, tf-keras and keras-vggface")
     parser.add_argument("--fixture", type=Path, default=REPO.parent / "shared" / "fixtures" / "vggface_resnet50")
     parser.add_argument("--crops", type=int, default=256)
