@@ -477,10 +477,9 @@ def cluster(
     embedder's measured rule, see ``facepipe.models.SAME_PERSON_DISTANCE``) and runs Chinese whispers over
     that graph (no k needed); "kmeans" runs k-means with ``k`` a number, or ``"auto"``/``None`` to choose it
     over ``k_range`` by ``k_rule``; "auto" is k-means when ``k`` is a number, else the graph where a rule is
-known, else k-means (auto k). With either, a
-    face that matches no other face of its group by the rule goes to the unknown group (-1), as do groups
-    of fewer than ``min_group_size`` faces, and two faces of one photo are never in one group (the one
-    nearer the centroid stays).
+    known, else k-means (auto k). With either, a face that matches no other face of its group by the rule
+    goes to the unknown group (-1), as do groups of fewer than ``min_group_size`` faces, and two faces of
+    one photo are never in one group (the one nearer the centroid stays).
 
     Writes ``cluster_results.csv`` (+ sidecar JSON), ``centroids.csv``, ``k_selection.csv`` (and with auto k
     ``elbow.png``, ``silhouette.png``), sample grids into ``samples_dir`` (None: none; ``unknown.jpg`` for
