@@ -3,13 +3,16 @@
     python benchmarks/bench_cvae.py timing   [--work DIR] [--sizes 64 128] [--epochs 2] [--identity-weight 1000]
     python benchmarks/bench_cvae.py fidelity [--work DIR] [--image-size 64] [--epochs 40] [--beta 1] [--lr 1e-3]
                                              [--mean-anchor 100] [--identity-weight 1000] [--data lfw]
+                                             [--judge-dir ../judge]
 
 Both first prepare, once, in DIR (default /tmp/facepipe_bench_cvae/<data>): the crops of
 ../shared/data/<data> (detect, minNeighbors 5, largest face only), their dlib-resnet128 embeddings, and
 a cluster_results.csv whose clusters are the manifest identities (what a perfect cluster stage gives).
 ``timing`` trains each size for a few epochs in a child process and reports seconds per epoch and the
 child's peak RSS; ``fidelity`` trains, runs generate --evaluate and prints fidelity.json's summary, and
-the fidelity in views the identity term did not optimise (``fidelity_in_other_views``).
+the fidelity in views the identity term did not optimise (``fidelity_in_other_views``), and, where the
+judge's files are in ``--judge-dir``, the fidelity by an independent judge (``judge_faceres.py``: a model
+facepipe never trains against) of the CVAE faces, the pixel means and the random draws.
 """
 
 from __future__ import annotations
@@ -104,7 +107,45 @@ def fidelity(args) -> None:
                       "pixel_mean": metrics["pixel_mean"],
                       "mirror_symmetric_mean": mirror_symmetric_fidelity(results, args.image_size),
                       "other_views": fidelity_in_other_views(results, faces_dir, args.seed),
+                      "judge": fidelity_by_judge(results, faces_dir, args.judge_dir),
                       "clusters": metrics["clusters_evaluated"]}))
+
+
+def fidelity_by_judge(results: Path, faces_dir: Path, judge_dir: Path) -> dict | None:
+    """By faceres (``judge_faceres.py``), never used in training: how many clusters' CVAE face, pixel mean and
+    random draws are nearest (cosine) their own cluster's centroid of crop descriptors, and the mean cosine to
+    it; None when the judge's files are not in ``judge_dir``."""
+    import numpy as np
+
+    from facepipe.cvae import read_training_inputs
+    from facepipe.formats import generated_face_names
+    from facepipe.images import load_image_rgb
+    from judge_faceres import GRAPH_FILE, FaceresJudge
+
+    if not (judge_dir / GRAPH_FILE).is_file():
+        return None
+    judge = FaceresJudge(judge_dir)
+    inputs = read_training_inputs(results)
+    clusters = sorted(int(c) for c in np.unique(inputs.clusters))
+    crops = judge.describe([load_image_rgb(inputs.crops_dir / name) for name in inputs.names])
+    centroids = np.stack([crops[inputs.clusters == c].mean(axis=0) for c in clusters])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    scores = {}
+    for kind in ("face", "mean", "samples"):
+        images, owners = [], []
+        for position, cluster in enumerate(clusters):
+            picture = load_image_rgb(faces_dir / generated_face_names(cluster)[kind])
+            side = picture.shape[0]
+            tiles = [picture[:, i:i + side] for i in range(0, picture.shape[1], side)]
+            images += tiles
+            owners += [position] * len(tiles)
+        similarity = judge.describe(images) @ centroids.T
+        owners = np.array(owners)
+        nearest = similarity.argmax(axis=1) == owners
+        scores[{"face": "cvae", "mean": "pixel_mean", "samples": "random_draws"}[kind]] = {
+            "nearest_own": int(nearest.sum()), "of": len(owners),
+            "mean_cosine_to_own": float(similarity[np.arange(len(owners)), owners].mean())}
+    return scores
 
 
 def mirror_symmetric_fidelity(results: Path, image_size: int) -> dict:
@@ -191,6 +232,8 @@ def main() -> None:
     parser.add_argument("--mean-anchor", type=float, default=100.0)
     parser.add_argument("--identity-weight", type=float, default=1000.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--judge-dir", type=Path, default=REPO.parent / "judge",
+                        help="folder with faceres.json and faceres.bin (see judge_faceres.py)")
     args = parser.parse_args()
     args.work = args.work or Path("/tmp/facepipe_bench_cvae") / args.data
     args.work.mkdir(parents=True, exist_ok=True)
