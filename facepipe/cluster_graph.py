@@ -24,10 +24,9 @@ class NeighbourGraph:
     distances: np.ndarray
     threshold: float
 
-    def neighbours(self, face: int) -> tuple[np.ndarray, np.ndarray]:
-        """(neighbours, distances) of one face."""
-        span = slice(self.indptr[face], self.indptr[face + 1])
-        return self.indices[span], self.distances[span]
+    def sources(self) -> np.ndarray:
+        """The face each edge starts from (``indices`` holds where it ends)."""
+        return np.repeat(np.arange(len(self.indptr) - 1), np.diff(self.indptr))
 
 
 def neighbour_graph(vectors: np.ndarray, threshold: float, neighbours: int = GRAPH_NEIGHBOURS) -> NeighbourGraph:
@@ -61,7 +60,7 @@ def modularity(graph: NeighbourGraph, labels: np.ndarray) -> float:
     """Weighted modularity (Newman) of a partition of the graph: the share of edge weight inside groups minus
     what random wiring with the same degrees would put there; higher is a better split of the graph."""
     weights = edge_weights(graph)
-    rows = np.repeat(np.arange(len(graph.indptr) - 1), np.diff(graph.indptr))
+    rows = graph.sources()
     total = weights.sum()
     if total == 0:
         return 0.0
@@ -104,11 +103,9 @@ def chinese_whispers(graph: NeighbourGraph, seed: int = 0, iterations: int = WHI
 
 def unmatched_faces(labels: np.ndarray, graph: NeighbourGraph) -> np.ndarray:
     """Boolean mask of the faces with no neighbour of their own group within the graph's distance rule."""
-    mask = np.ones(len(labels), dtype=bool)
-    for face in range(len(labels)):
-        neighbours, _ = graph.neighbours(face)
-        mask[face] = not (labels[neighbours] == labels[face]).any()
-    return mask
+    rows = graph.sources()
+    same_group = labels[rows] == labels[graph.indices]
+    return np.bincount(rows[same_group], minlength=len(labels)) == 0
 
 
 def one_face_per_photo(labels: np.ndarray, photos: np.ndarray, distances: np.ndarray) -> np.ndarray:
