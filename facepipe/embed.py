@@ -15,8 +15,8 @@ import pandas as pd
 
 from facepipe import __version__
 from facepipe.common import FacepipeError, progress
+from facepipe.crops import detect_margin
 from facepipe.formats import (
-    DETECT_PARAMS_JSON,
     CROP_SOURCE_COLUMNS,
     DETECTIONS_CSV,
     EMBEDDINGS_CSV,
@@ -27,7 +27,6 @@ from facepipe.formats import (
     read_csv,
     read_embeddings,
     read_embeddings_checkpoint,
-    read_json,
     sidecar_path,
     write_csv_atomic,
     write_embeddings,
@@ -94,10 +93,7 @@ def list_crops(crops: str | os.PathLike | Sequence[str | os.PathLike]) -> CropLi
         names = [p.relative_to(crops_dir).as_posix() for p in files]
     if not names:
         raise FacepipeError(f"no crop images found in {crops_dir}")
-    margin = None
-    if (crops_dir / DETECT_PARAMS_JSON).is_file():
-        margin = read_json(crops_dir / DETECT_PARAMS_JSON).get("params", {}).get("margin")
-    return CropList(crops_dir=crops_dir, names=names, margin=None if margin is None else float(margin))
+    return CropList(crops_dir=crops_dir, names=names, margin=detect_margin(crops_dir))
 
 
 def load_embedder(
@@ -135,14 +131,17 @@ def load_embedder(
     raise FacepipeError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
 
 
-def load_embedder_like(embeddings: Embeddings, source: str | os.PathLike, device: str = "auto") -> Embedder:
+def load_embedder_like(embeddings: Embeddings, source: str | os.PathLike, device: str = "auto",
+                       face_margin: float | None = None) -> Embedder:
     """The embedder that made ``embeddings`` (read from ``source``), set up as its sidecar says (model, face
-    margin, dlib crop and padding), so that new faces are embedded the way the crops were."""
+    margin, dlib crop and padding), so that new faces are embedded the way the crops were; ``face_margin``
+    replaces the recorded margin, for faces framed otherwise than the crops (e.g. landmark-aligned ones)."""
     meta = embeddings.meta
     if not embeddings.model:
         raise FacepipeError(f"{sidecar_path(source)} does not say which model made the embeddings")
     padding = meta.get("chip_padding")
-    return load_embedder(embeddings.model, device=device, face_margin=meta.get("face_margin"),
+    face_margin = meta.get("face_margin") if face_margin is None else face_margin
+    return load_embedder(embeddings.model, device=device, face_margin=face_margin,
                          dlib_crop=meta.get("crop") or "aligned",
                          dlib_padding=DLIB_CHIP_PADDING if padding is None else float(padding), show_progress=False)
 

@@ -165,6 +165,50 @@ def _read_dlib_resnet(reader: _DatReader) -> DlibResNet:
     return DlibResNet(convs, projection, means)
 
 
+def chip_to_image(landmarks, size: int, padding: float) -> np.ndarray:
+    """The 2x3 affine map from pixel (column, row) of dlib's ``get_face_chip(size, padding)`` to the pixel of
+    the image it samples, as dlib's extract_image_chip does: the chip's corners are the corners of the chip
+    rectangle, turned by its angle about its centre."""
+    import dlib
+
+    details = dlib.get_face_chip_details(landmarks, size=size, padding=padding)
+    rect = details.rect
+    centre_x, centre_y = (rect.left() + rect.right()) / 2.0, (rect.top() + rect.bottom()) / 2.0
+    step_x, step_y = (rect.right() - rect.left()) / (size - 1), (rect.bottom() - rect.top()) / (size - 1)
+    cos, sin = np.cos(details.angle), np.sin(details.angle)
+    left, top = rect.left() - centre_x, rect.top() - centre_y
+    return np.array([[cos * step_x, -sin * step_y, centre_x + cos * left - sin * top],
+                     [sin * step_x, cos * step_y, centre_y + sin * left + cos * top]])
+
+
+class CropLandmarks:
+    """dlib's 5 face landmarks of a crop, found inside the face box that ``face_margin`` tells (see the module
+    docstring); callable: uint8 RGB crop -> ``dlib.full_object_detection``."""
+
+    def __init__(self, face_margin: float | None = None):
+        import dlib
+
+        self.face_margin = face_margin
+        self._predictor = dlib.shape_predictor(str(model_file(LANDMARKS_FILE)))
+        self._detector = dlib.get_frontal_face_detector() if face_margin is None else None
+
+    def face_box(self, rgb: np.ndarray):
+        """The dlib.rectangle where the face of a crop is taken to be."""
+        import dlib
+
+        if self._detector is not None:
+            for upsample in (0, 1):  # faces fill most of a crop: try at full size first, then upsampled
+                found = self._detector(rgb, upsample)
+                if len(found):
+                    return max(found, key=lambda r: r.area())
+        margin = FALLBACK_MARGIN if self.face_margin is None else self.face_margin
+        return dlib.rectangle(*central_face_box(*rgb.shape[:2], margin))
+
+    def __call__(self, rgb: np.ndarray):
+        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+        return self._predictor(rgb, self.face_box(rgb))
+
+
 class DlibResNet128Embedder:
     """dlib face descriptors (128-d; dlib's same-person threshold is a Euclidean distance of 0.6).
 
@@ -177,8 +221,6 @@ class DlibResNet128Embedder:
 
     def __init__(self, face_margin: float | None = None, device: str = "auto", batch_size: int = 32,
                  crop: str = "aligned", padding: float = DLIB_CHIP_PADDING):
-        import dlib
-
         if crop not in DLIB_CROP_MODES:
             raise FacepipeError(f"unknown dlib crop {crop!r}: use {' or '.join(DLIB_CROP_MODES)}")
         if not 0 <= padding <= DLIB_MAX_CHIP_PADDING:
@@ -197,26 +239,8 @@ class DlibResNet128Embedder:
         resnet_path = model_file(RESNET_FILE)
         landmarks_path = model_file(LANDMARKS_FILE)
         self.network = read_dlib_resnet(resnet_path).eval().to(self.device)
-        self._landmarks = dlib.shape_predictor(str(landmarks_path))
-        self._detector = dlib.get_frontal_face_detector() if face_margin is None else None
+        self.landmarks = CropLandmarks(face_margin)
         self._sha256 = {RESNET_FILE: file_sha256(resnet_path), LANDMARKS_FILE: file_sha256(landmarks_path)}
-
-    def face_box(self, rgb: np.ndarray):
-        """The dlib.rectangle where the face of a crop is taken to be (see the module docstring)."""
-        import dlib
-
-        if self._detector is not None:
-            for upsample in (0, 1):  # faces fill most of a crop: try at full size first, then upsampled
-                found = self._detector(rgb, upsample)
-                if len(found):
-                    return max(found, key=lambda r: r.area())
-        margin = FALLBACK_MARGIN if self.face_margin is None else self.face_margin
-        return dlib.rectangle(*central_face_box(*rgb.shape[:2], margin))
-
-    def landmarks(self, rgb: np.ndarray):
-        """dlib's 5 landmarks of the face of a uint8 RGB crop (found inside ``face_box``)."""
-        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-        return self._landmarks(rgb, self.face_box(rgb))
 
     def align(self, rgb: np.ndarray) -> np.ndarray:
         """The 150x150 chip of a crop: aligned on its 5 landmarks by dlib with ``padding`` (a larger one keeps
@@ -233,22 +257,15 @@ class DlibResNet128Embedder:
         """Where ``align`` samples each chip pixel of this crop, as a ``F.grid_sample`` grid (150, 150, 2)
         (align_corners=False), so that any rescaled copy of the crop, e.g. a generated face, can be aligned
         differentiably as this crop is (``embed_aligned``)."""
-        import dlib
-
         height, width = rgb.shape[:2]
         if self.crop == "whole":  # the centred square around the crop, edge-padded (grid_sample's border)
             side = max(height, width)
             steps = (np.arange(CHIP_SIZE) + 0.5) * side / CHIP_SIZE - 0.5
             x, y = np.meshgrid(steps - (side - width) // 2, steps - (side - height) // 2)
-        else:  # dlib's extract_image_chip: chip corners <- the chip rectangle's corners turned by its angle
-            details = dlib.get_face_chip_details(self.landmarks(rgb), size=CHIP_SIZE, padding=self.padding)
-            rect = details.rect
-            centre_x, centre_y = (rect.left() + rect.right()) / 2.0, (rect.top() + rect.bottom()) / 2.0
-            steps = np.arange(CHIP_SIZE) / (CHIP_SIZE - 1)
-            dx, dy = np.meshgrid(rect.left() + steps * (rect.right() - rect.left()) - centre_x,
-                                 rect.top() + steps * (rect.bottom() - rect.top()) - centre_y)
-            cos, sin = np.cos(details.angle), np.sin(details.angle)
-            x, y = centre_x + cos * dx - sin * dy, centre_y + sin * dx + cos * dy
+        else:
+            affine = chip_to_image(self.landmarks(rgb), CHIP_SIZE, self.padding)
+            column, row = np.meshgrid(np.arange(CHIP_SIZE), np.arange(CHIP_SIZE))
+            x, y = (affine @ np.stack([column, row, np.ones_like(row)]).reshape(3, -1)).reshape(2, CHIP_SIZE, CHIP_SIZE)
         return np.stack([2.0 * (x + 0.5) / width - 1.0, 2.0 * (y + 0.5) / height - 1.0], axis=-1).astype(np.float32)
 
     def embed_aligned(self, images: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:

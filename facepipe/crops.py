@@ -1,0 +1,106 @@
+"""The face crops that train-cvae and generate read: decoded once at the CVAE's size, and aligned on dlib's
+5 landmarks (``--align dlib5``) so that the eyes and mouth of every crop of a person fall on the same pixels
+and their mean is sharp.
+
+The alignment is dlib's ``get_face_chip`` (the one embed's dlib-resnet128 uses) with a larger padding,
+DEFAULT_ALIGN_PADDING, that keeps the whole head; beyond the crop's edge its border pixels are repeated.
+Each crop's landmarks are recorded (``alignment.csv``), so a rerun and generate align it the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from facepipe.common import FacepipeError, progress
+from facepipe.cvae_settings import ALIGNMENTS, DEFAULT_ALIGN_PADDING, DEFAULT_ALIGNMENT, MAX_ALIGN_PADDING
+from facepipe.formats import DETECT_PARAMS_JSON, read_json
+from facepipe.images import ImageReadError, load_image_rgb, resize_square
+
+
+def detect_margin(crops_dir: str | Path) -> float | None:
+    """The margin detect grew each face box by, from the crops folder's ``detect.json``; None if not known."""
+    params_file = Path(crops_dir) / DETECT_PARAMS_JSON
+    if not params_file.is_file():
+        return None
+    margin = read_json(params_file).get("params", {}).get("margin")
+    return None if margin is None else float(margin)
+
+
+def check_alignment(alignment: str, padding: float) -> None:
+    """A clear error for an unknown alignment or a padding out of range."""
+    if alignment not in ALIGNMENTS:
+        raise FacepipeError(f"unknown alignment {alignment!r}: use {' or '.join(ALIGNMENTS)}")
+    if not 0 <= padding <= MAX_ALIGN_PADDING:
+        raise FacepipeError(f"--align-padding must lie between 0 and {MAX_ALIGN_PADDING:g}, got {padding:g}")
+
+
+def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int, padding: float) -> np.ndarray:
+    """The uint8 (size, size, 3) face of ``rgb`` aligned on its 5 dlib landmarks (5, 2) as dlib's
+    ``get_face_chip(size, padding)`` samples it, area-averaged where the crop has more pixels than the
+    result, with the crop's border repeated outside it."""
+    import cv2
+    import dlib
+
+    from facepipe.models.dlib_resnet import chip_to_image
+
+    points = np.asarray(landmarks, dtype=np.int64).reshape(5, 2)
+    shape = dlib.full_object_detection(dlib.rectangle(*points.min(axis=0).tolist(), *points.max(axis=0).tolist()),
+                                       [dlib.point(int(x), int(y)) for x, y in points])
+    scale = max(1, int(np.ceil(np.linalg.norm(chip_to_image(shape, size, padding)[:, 0]))))
+    affine = chip_to_image(shape, size * scale, padding)
+    face = cv2.warpAffine(np.ascontiguousarray(rgb), affine, (size * scale, size * scale),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    return face if scale == 1 else cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
+
+
+class CropAligner:
+    """Aligns crops by name, finding each crop's landmarks once (dlib's 5-point predictor inside the face box
+    that detect's margin tells) or taking them from ``known`` (a read ``alignment.csv``); ``landmarks`` holds
+    every crop's landmarks for ``formats.write_alignment``."""
+
+    def __init__(self, crops_dir: str | Path, padding: float = DEFAULT_ALIGN_PADDING,
+                 known: dict[str, np.ndarray] | None = None):
+        check_alignment(DEFAULT_ALIGNMENT, padding)
+        self.padding = float(padding)
+        self.landmarks = dict(known or {})
+        self._margin = detect_margin(crops_dir)
+        self._finder = None
+
+    def __call__(self, name: str, rgb: np.ndarray, size: int) -> np.ndarray:
+        if name not in self.landmarks:
+            if self._finder is None:
+                from facepipe.models.dlib_resnet import CropLandmarks
+
+                self._finder = CropLandmarks(self._margin)
+            shape = self._finder(rgb)
+            self.landmarks[name] = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.int64)
+        return align_face(rgb, self.landmarks[name], size, self.padding)
+
+
+def load_crops(names: Sequence[str], crops_dir: str | Path, size: int, show_progress: bool = True,
+               aligner: CropAligner | None = None) -> np.ndarray:
+    """Decode the named crops once into a uint8 array (n, size, size, 3): aligned by ``aligner``, else resized
+    whole; a missing or broken crop is an error."""
+    crops_dir = Path(crops_dir)
+    images = np.empty((len(names), size, size, 3), dtype=np.uint8)
+    problems = []
+    for index, name in enumerate(progress(names, desc="loading crops", unit="crop", enabled=show_progress)):
+        try:
+            rgb = load_image_rgb(crops_dir / name)
+        except ImageReadError as error:
+            problems.append(f"{name} ({error})")
+            continue
+        images[index] = resize_square(rgb, size) if aligner is None else aligner(name, rgb, size)
+    if problems:
+        raise FacepipeError(
+            f"{len(problems)} of {len(names)} crops in {crops_dir} could not be read, e.g. {'; '.join(problems[:3])}"
+        )
+    return images
+
+
+def cluster_pixel_means(images: np.ndarray, labels: np.ndarray, wanted: Sequence) -> np.ndarray:
+    """Pixel-wise mean of the crops (n, S, S, 3) of each label in ``wanted`` -> float64 (len(wanted), S, S, 3)."""
+    return np.stack([images[labels == label].astype(np.float64).mean(axis=0) for label in wanted])

@@ -1,0 +1,14 @@
+"""Choices, defaults and limits of the train-cvae and generate settings that are more than a number, in a
+module that imports nothing heavy (the command-line options read them)."""
+
+ALIGNMENTS = ("dlib5", "none")
+DEFAULT_ALIGNMENT = "dlib5"
+DEFAULT_ALIGN_PADDING = 0.5  # dlib's 0.25 shows brows to chin; 0.5 keeps the hair and the chin's outline
+MAX_ALIGN_PADDING = 2.0
+DECODER_BASES = ("mean", "none")  # mean: the decoder adds its output to the logits of the cluster's pixel mean
+DEFAULT_DRAW_IDENTITY = 1.0  # the identity term on random draws, relative to its weight on the z = 0 faces
+MAX_DRAW_IDENTITY = 100.0
+DEFAULT_IDENTITY_JITTER = 1.0  # strength of the identity term's random views (identity.jittered); 0: one view
+MAX_IDENTITY_JITTER = 3.0
+DEFAULT_TEMPERATURE = 1.0  # generate's random draws: z ~ N(0, temperature^2 I)
+MAX_TEMPERATURE = 10.0
