@@ -10,6 +10,19 @@ import click
 from facepipe import __version__
 from facepipe.common import FacepipeError
 from facepipe.detectors import DETECTORS, COMBINED
+from facepipe.cvae_settings import (
+    ALIGNMENTS,
+    DECODER_BASES,
+    DEFAULT_ALIGN_PADDING,
+    DEFAULT_ALIGNMENT,
+    DEFAULT_DRAW_IDENTITY,
+    DEFAULT_IDENTITY_JITTER,
+    DEFAULT_TEMPERATURE,
+    MAX_ALIGN_PADDING,
+    MAX_DRAW_IDENTITY,
+    MAX_IDENTITY_JITTER,
+    MAX_TEMPERATURE,
+)
 from facepipe.models import DLIB_CHIP_PADDING, DLIB_CROP_MODES, DLIB_MAX_CHIP_PADDING
 
 EXIT_PARTIAL = 3  # the stage finished, but some inputs could not be read (see its errors CSV)
@@ -223,7 +236,14 @@ def probe_evaluate(probe_path, embeddings_path, manifest_path, out_dir, crops_di
               help="Folder for cvae_epoch_N.pt, cvae_best.pt and cvae_log.csv.")
 @click.option("--image-size", default=64, show_default=True, type=click.IntRange(16),
               help="Side the crops are resized to (divisible by 4: 64, 96, 128, 224...).")
+@click.option("--align", type=click.Choice(ALIGNMENTS), default=DEFAULT_ALIGNMENT, show_default=True,
+              help="dlib5: align each crop on its 5 dlib landmarks first (recorded in alignment.csv); none: resize whole.")
+@click.option("--align-padding", default=DEFAULT_ALIGN_PADDING, show_default=True,
+              type=click.FloatRange(0, MAX_ALIGN_PADDING),
+              help="Room around the landmarks, as dlib's chip padding (0.25: brows to chin; 0.5 keeps the head).")
 @click.option("--latent", "latent_dim", default=64, show_default=True, type=click.IntRange(1), help="Size of z.")
+@click.option("--decoder-base", type=click.Choice(DECODER_BASES), default="mean", show_default=True,
+              help="mean: the decoder adds to each cluster's pixel mean (starts from it); none: a plain decoder.")
 @click.option("--channels", "base_channels", default=32, show_default=True, type=click.IntRange(1),
               help="Channels of the first convolution (doubled per layer, at most 256).")
 @click.option("--epochs", default=40, show_default=True, type=click.IntRange(1))
@@ -237,6 +257,14 @@ def probe_evaluate(probe_path, embeddings_path, manifest_path, out_dir, crops_di
 @click.option("--identity-weight", default="auto", show_default=True,
               help="Weight of 1 - cosine between the embedding of each cluster's z = 0 face and the cluster's "
                    "centroid; auto: 1000 when the clusters came from dlib-resnet128 embeddings, else 0 (off).")
+@click.option("--draw-identity", default=DEFAULT_DRAW_IDENTITY, show_default=True,
+              type=click.FloatRange(0, MAX_DRAW_IDENTITY),
+              help="The identity term also on one random draw per cluster and batch, at this share of its weight "
+                   "(so that random draws are faces of the person).")
+@click.option("--identity-jitter", default=DEFAULT_IDENTITY_JITTER, show_default=True,
+              type=click.FloatRange(0, MAX_IDENTITY_JITTER),
+              help="Strength of the random turns, scalings and shifts the identity term sees each face through "
+                   "(0: one fixed view).")
 @click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Share of each cluster's crops held out for the validation loss.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -249,16 +277,18 @@ def probe_evaluate(probe_path, embeddings_path, manifest_path, out_dir, crops_di
 @force_option
 @quiet_option
 @reports_errors
-def train_cvae(cluster_results, crops_dir, weights_dir, image_size, latent_dim, base_channels, epochs, batch_size,
-               learning_rate, beta, mean_anchor, identity_weight, val_fraction, seed, keep_last, workers, resume, device,
-               force, quiet):
+def train_cvae(cluster_results, crops_dir, weights_dir, image_size, align, align_padding, latent_dim, decoder_base,
+               base_channels, epochs, batch_size, learning_rate, beta, mean_anchor, identity_weight, draw_identity,
+               identity_jitter, val_fraction, seed, keep_last, workers, resume, device, force, quiet):
     """Train a conditional VAE on the clustered crops (the cluster is the condition)."""
     from facepipe.cvae import train_cvae as run_train
 
     summary = run_train(cluster_results, crops_dir=crops_dir, weights_dir=weights_dir, image_size=image_size,
-                        latent_dim=latent_dim, base_channels=base_channels, epochs=epochs, batch_size=batch_size,
+                        align=align, align_padding=align_padding, latent_dim=latent_dim, decoder_base=decoder_base,
+                        base_channels=base_channels, epochs=epochs, batch_size=batch_size,
                         learning_rate=learning_rate, beta=beta, mean_anchor=mean_anchor,
-                        identity_weight=identity_weight, val_fraction=val_fraction, seed=seed, keep_last=keep_last,
+                        identity_weight=identity_weight, draw_identity=draw_identity,
+                        identity_jitter=identity_jitter, val_fraction=val_fraction, seed=seed, keep_last=keep_last,
                         workers=workers, device=device, resume=resume, force=force, show_progress=not quiet)
     click.echo(summary.line())
 
@@ -270,6 +300,9 @@ def train_cvae(cluster_results, crops_dir, weights_dir, image_size, latent_dim, 
               help="A checkpoint file, or a weights folder (its cvae_best.pt).")
 @click.option("-o", "--out", "out_dir", default="inference_results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--samples", default=0, show_default=True, type=click.IntRange(0), help="Random draws per cluster.")
+@click.option("--temperature", default=DEFAULT_TEMPERATURE, show_default=True,
+              type=click.FloatRange(0, MAX_TEMPERATURE),
+              help="Spread of the random draws: z ~ N(0, temperature^2); lower stays nearer the cluster's face.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random draws.")
 @click.option("--clusters", "cluster_results", type=click.Path(dir_okay=False),
               help="cluster_results.csv for the pixel means (default: the one the model was trained on).")
@@ -281,7 +314,7 @@ def train_cvae(cluster_results, crops_dir, weights_dir, image_size, latent_dim, 
 @device_option
 @quiet_option
 @reports_errors
-def generate(cluster_ids, all_clusters, checkpoint, out_dir, samples, seed, cluster_results, crops_dir, evaluate,
+def generate(cluster_ids, all_clusters, checkpoint, out_dir, samples, temperature, seed, cluster_results, crops_dir, evaluate,
              embeddings, device, quiet):
     """Decode each cluster's face at z = 0 (cluster_N.png) beside its pixel mean (cluster_N_mean.png) and a sheet."""
     from facepipe.generate import generate as run_generate
@@ -289,7 +322,7 @@ def generate(cluster_ids, all_clusters, checkpoint, out_dir, samples, seed, clus
     if all_clusters == bool(cluster_ids):
         raise click.UsageError("give --cluster N (repeatable) or --all")
     summary = run_generate(checkpoint, out_dir=out_dir, clusters=None if all_clusters else list(cluster_ids),
-                           samples=samples, seed=seed, cluster_results=cluster_results, crops_dir=crops_dir,
+                           samples=samples, temperature=temperature, seed=seed, cluster_results=cluster_results, crops_dir=crops_dir,
                            evaluate=evaluate, embeddings=embeddings, device=device, show_progress=not quiet)
     click.echo(summary.line())
 

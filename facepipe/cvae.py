@@ -1,8 +1,10 @@
 """Stage 4: a conditional VAE over the face crops, conditioned on each crop's cluster.
 
 The label enters both the encoder (one-hot, concatenated to the flattened convolutional features) and
-the decoder (one-hot, concatenated to z). Layer sizes follow from the image size: the encoder halves
-the image until it is at most 7 pixels (or odd), the decoder doubles it back exactly.
+the decoder (one-hot, concatenated to z, and a scale and shift per block). Layer sizes follow from the
+image size: the encoder halves the image until it is at most 7 pixels (or odd), the decoder doubles it
+back exactly. With ``decoder_base`` "mean" the decoder adds its output to the logits of the cluster's pixel
+mean, so it starts from that face and learns how a crop, or a draw, differs from it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,26 +24,38 @@ from facepipe import __version__
 from facepipe.common import FacepipeError, atomic_path, progress, remove_stale_temporaries, resolve_device, seed_everything
 from facepipe.formats import (
     CLUSTER_COLUMNS,
+    ALIGNMENT_CSV,
     CVAE_BEST_CHECKPOINT,
     CVAE_CHECKPOINT_FORMAT,
     CVAE_LOG_COLUMNS,
     CVAE_LOG_CSV,
     UNKNOWN_CLUSTER,
     cvae_checkpoint_name,
+    read_alignment,
     read_csv,
     read_json,
     sidecar_path,
+    write_alignment,
     write_csv_atomic,
 )
+from facepipe.crops import CropAligner, check_alignment, cluster_pixel_means, load_crops
+from facepipe.cvae_settings import (
+    DECODER_BASES,
+    DEFAULT_ALIGN_PADDING,
+    DEFAULT_ALIGNMENT,
+    DEFAULT_DRAW_IDENTITY,
+    DEFAULT_IDENTITY_JITTER,
+    MAX_DRAW_IDENTITY,
+    MAX_IDENTITY_JITTER,
+)
 from facepipe.identity import build_identity_term, clustered_embeddings_model, grouped_crops, identity_weight_for
-from facepipe.images import ImageReadError, load_image_rgb, resize_square
 
 CHECKPOINT_PATTERN = re.compile(r"^cvae_epoch_(\d+)\.pt$")
 MIN_IMAGE_SIZE = 16
-LOSS_PARTS = ("loss", "recon", "kl", "anchor", "identity")
+LOSS_PARTS = ("loss", "recon", "kl", "anchor", "identity", "draw_identity")
 # Settings that must match for --resume to continue a run (epochs may grow; the rest may not change).
-RESUME_KEYS = ("image_size", "latent_dim", "base_channels", "max_channels", "beta", "mean_anchor", "identity_weight",
-               "learning_rate", "batch_size", "val_fraction", "seed", "clusters", "data_fingerprint")
+RESUME_KEYS = ("image_size", "alignment", "align_padding", "decoder_base", "latent_dim", "base_channels", "max_channels", "beta", "mean_anchor", "identity_weight",
+               "draw_identity", "identity_jitter", "learning_rate", "batch_size", "val_fraction", "seed", "clusters", "data_fingerprint")
 
 
 @dataclass
@@ -50,13 +63,18 @@ class CVAEConfig:
     """Everything that defines a CVAE and its training run; stored as a plain dict in each checkpoint."""
 
     image_size: int = 64
+    alignment: str = DEFAULT_ALIGNMENT  # how the crops were aligned: cvae_settings.ALIGNMENTS
+    align_padding: float = DEFAULT_ALIGN_PADDING
     latent_dim: int = 64
     base_channels: int = 32
     max_channels: int = 256
     clusters: list[int] = field(default_factory=list)  # condition index i <-> cluster id clusters[i]
+    decoder_base: str = "mean"  # cvae_settings.DECODER_BASES: "mean" adds the decoder's output to the cluster's pixel mean
     beta: float = 1.0
     mean_anchor: float = 0.0
     identity_weight: float = 0.0
+    draw_identity: float = 0.0
+    identity_jitter: float = 0.0
     learning_rate: float = 1e-3
     batch_size: int = 32
     epochs: int = 40
@@ -77,6 +95,8 @@ class CVAEConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "CVAEConfig":
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known.setdefault("alignment", "none")  # checkpoints of facepipe before --align were trained unaligned
+        known.setdefault("decoder_base", "none")  # ... and decoded without the cluster's pixel mean
         return cls(**known)
 
 
@@ -130,6 +150,11 @@ def _build_model_class():
             for style in self.styles:
                 nn.init.zeros_(style.weight)
             self.to_rgb = nn.Conv2d(widths[-1], 3, 3, 1, 1)
+            # the logits of each cluster's pixel mean (set by train_cvae, kept in the checkpoint), or zeros
+            self.register_buffer("base_logits", torch.zeros(n, 3, config.image_size, config.image_size))
+            if config.decoder_base == "mean":  # the decoder starts out as the pixel mean
+                nn.init.zeros_(self.to_rgb.weight)
+                nn.init.zeros_(self.to_rgb.bias)
 
         def condition(self, labels: torch.Tensor) -> torch.Tensor:
             return nn.functional.one_hot(labels, self.config.num_classes).to(self.to_mu.weight.dtype)
@@ -146,7 +171,12 @@ def _build_model_class():
             for upsample, norm, style in zip(self.upsample, self.norms, self.styles):
                 scale, shift = style(labels)[:, :, None, None].chunk(2, dim=1)
                 hidden = nn.functional.leaky_relu(norm(upsample(hidden)) * (1 + scale) + shift, 0.2)
-            return torch.sigmoid(self.to_rgb(hidden))
+            return torch.sigmoid(self.to_rgb(hidden) + self.base_logits[labels].to(hidden.dtype))
+
+        def set_base(self, cluster_means: torch.Tensor) -> None:
+            """Start each cluster's decodes from its pixel mean (clusters, 3, S, S) in [0, 1]."""
+            if self.config.decoder_base == "mean":
+                self.base_logits.copy_(torch.logit(cluster_means.clamp(0.5 / 255, 254.5 / 255)))
 
         def forward(self, images, labels, noise=None):
             """Reconstruct; ``noise`` (N, latent) draws z = mu + sigma * noise, ``None`` decodes z = mu."""
@@ -173,23 +203,29 @@ def squared_error(images, targets):
     return (images.float() - targets.float()).pow(2).flatten(1).sum(dim=1).mean()
 
 
-def cvae_loss(reconstruction, target, mu, logvar, centre_faces, cluster_means, identity, beta: float,
-              mean_anchor: float, identity_weight: float):
-    """Per-image means of: total = recon + beta * KL + mean_anchor * anchor + identity_weight * identity.
+def cvae_loss(reconstruction, target, mu, logvar, centre_faces, cluster_means, identity, draw_identity, beta: float,
+              mean_anchor: float, identity_weight: float, draw_weight: float):
+    """Per-image means of: total = recon + beta * KL + mean_anchor * anchor
+    + identity_weight * (identity + draw_weight * draw_identity).
 
     recon is the squared error summed over pixels, KL is summed over z, anchor is the squared error between
     each image's cluster decoded at z = 0 (``centre_faces``) and that cluster's pixel mean (``cluster_means``),
-    and ``identity`` (per image, or None when not measured) is 1 - cosine between the embedding of that face
-    and the cluster's centroid.
+    ``identity`` (per image, or None when not measured) is 1 - cosine between the embedding of that face
+    and the cluster's centroid, and ``draw_identity`` (or None) the same for faces decoded from z ~ N(0, I).
     """
     recon = squared_error(reconstruction, target)
     kl = (-0.5 * (1.0 + logvar.float() - mu.float().pow(2) - logvar.float().exp()).sum(dim=1)).mean()
     anchor = squared_error(centre_faces, cluster_means)
     total = recon + beta * kl + mean_anchor * anchor
+    not_measured = recon.new_full((), math.nan)
     if identity is None:
-        return total, recon, kl, anchor, recon.new_full((), math.nan)
+        return total, recon, kl, anchor, not_measured, not_measured
     identity = identity.float().mean()
-    return total + identity_weight * identity, recon, kl, anchor, identity
+    total = total + identity_weight * identity
+    if draw_identity is None:
+        return total, recon, kl, anchor, identity, not_measured
+    draw_identity = draw_identity.float().mean()
+    return total + identity_weight * draw_weight * draw_identity, recon, kl, anchor, identity, draw_identity
 
 
 # ---------------------------------------------------------------- inputs
@@ -246,30 +282,6 @@ def read_training_inputs(cluster_results: str | Path, crops_dir: str | Path | No
                           cluster_results=cluster_results.resolve())
 
 
-def load_crops(names: Sequence[str], crops_dir: str | Path, size: int, show_progress: bool = True) -> np.ndarray:
-    """Decode and resize the named crops once into a uint8 array (n, size, size, 3); missing/broken crops are an error."""
-    crops_dir = Path(crops_dir)
-    images = np.empty((len(names), size, size, 3), dtype=np.uint8)
-    problems = []
-    for index, name in enumerate(progress(names, desc="loading crops", unit="crop", enabled=show_progress)):
-        try:
-            rgb = load_image_rgb(crops_dir / name)
-        except ImageReadError as error:
-            problems.append(f"{name} ({error})")
-            continue
-        images[index] = resize_square(rgb, size)
-    if problems:
-        raise FacepipeError(
-            f"{len(problems)} of {len(names)} crops in {crops_dir} could not be read, e.g. {'; '.join(problems[:3])}"
-        )
-    return images
-
-
-def cluster_pixel_means(images: np.ndarray, labels: np.ndarray, wanted: Sequence) -> np.ndarray:
-    """Pixel-wise mean of the crops (n, S, S, 3) of each label in ``wanted`` -> float64 (len(wanted), S, S, 3)."""
-    return np.stack([images[labels == label].astype(np.float64).mean(axis=0) for label in wanted])
-
-
 def split_train_validation(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split, stratified by label: each label with 2+ crops gives round(fraction * n) (at least 1) to validation."""
     rng = np.random.default_rng([seed, 7919])
@@ -304,6 +316,16 @@ def _epoch_generator(seed: int, epoch: int):
     import torch
 
     return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1)
+
+
+def crop_aligner(config: CVAEConfig, crops_dir: Path, weights_dir: str | Path | None) -> CropAligner | None:
+    """How a run aligns its crops: None when it was trained unaligned, else a ``CropAligner`` that starts from
+    the landmarks recorded in the ``alignment.csv`` of ``weights_dir`` (if given and there)."""
+    if config.alignment == "none":
+        return None
+    recorded = None if weights_dir is None else Path(weights_dir) / ALIGNMENT_CSV
+    known = read_alignment(recorded) if recorded is not None and recorded.is_file() else None
+    return CropAligner(crops_dir, config.align_padding, known)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -443,11 +465,12 @@ def _check_resumable(checkpoint: dict, config: CVAEConfig, path: Path) -> None:
 
 def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster_means, identity_term, config, device,
                train: bool, workers: int):
-    """One pass over ``order``; returns per-image means of loss, recon, KL, anchor and identity.
+    """One pass over ``order``; returns per-image means of loss, recon, KL, anchor, identity and draw identity.
 
     ``cluster_means`` (clusters, 3, S, S) are the targets of the z = 0 decodes; the anchor term is always
     measured but only trained on when ``config.mean_anchor`` > 0. ``identity_term`` (an ``IdentityTerm``, or
-    None when ``config.identity_weight`` is 0 and the identity is not measured) scores the same z = 0 faces.
+    None when ``config.identity_weight`` is 0 and the identity is not measured) scores the same z = 0 faces
+    and, in training with ``config.draw_identity`` > 0, one face per cluster of the batch decoded from a random z.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -472,15 +495,25 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster
                 # each cluster's z = 0 face once, then one per image (its gradient sums over the images)
                 present, image_to_present = torch.unique(labels, return_inverse=True)
                 present_faces = model.decode(mu.new_zeros(len(present), mu.shape[1]), present)
-                identity = None if identity_term is None else identity_term(present_faces, present)[image_to_present]
-        loss, recon, kl, anchor, identity = cvae_loss(
+                identity = draw_identity = None
+                if identity_term is not None:
+                    faces, conditions = present_faces, present
+                    if train and config.draw_identity > 0:  # and one random draw per cluster, in one pass
+                        z = torch.randn(len(present), config.latent_dim, generator=noise_generator).to(device)
+                        faces = torch.cat([faces, model.decode(z.to(mu.dtype), present)])
+                        conditions = torch.cat([present, present])
+                    # random views of the faces in training only
+                    scores = identity_term(faces, conditions, noise_generator if train else None)
+                    identity, draw_identity = scores[: len(present)][image_to_present], scores[len(present):]
+                    draw_identity = draw_identity if len(draw_identity) else None
+        loss, recon, kl, anchor, identity, draw_identity = cvae_loss(
             reconstruction, images, mu, logvar, present_faces[image_to_present], cluster_means[labels], identity,
-            config.beta, config.mean_anchor, config.identity_weight)
+            draw_identity, config.beta, config.mean_anchor, config.identity_weight, config.draw_identity)
         if train:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        totals += np.array([loss.item(), recon.item(), kl.item(), anchor.item(), identity.item()]) * len(labels)
+        totals += np.array([part.item() for part in (loss, recon, kl, anchor, identity, draw_identity)]) * len(labels)
     return totals / max(1, len(order))
 
 
@@ -490,7 +523,10 @@ def train_cvae(
     crops_dir: str | Path | None = None,
     weights_dir: str | Path = "weights",
     image_size: int = 64,
+    align: str = DEFAULT_ALIGNMENT,
+    align_padding: float = DEFAULT_ALIGN_PADDING,
     latent_dim: int = 64,
+    decoder_base: str = "mean",
     base_channels: int = 32,
     max_channels: int = 256,
     epochs: int = 40,
@@ -499,6 +535,8 @@ def train_cvae(
     beta: float = 1.0,
     mean_anchor: float = 100.0,
     identity_weight: float | str = "auto",
+    draw_identity: float = DEFAULT_DRAW_IDENTITY,
+    identity_jitter: float = DEFAULT_IDENTITY_JITTER,
     val_fraction: float = 0.1,
     seed: int = 0,
     keep_last: int = 2,
@@ -514,7 +552,8 @@ def train_cvae(
     validation loss improves, and ``cvae_log.csv``. The data order, flips and noise of an epoch depend only
     on (seed, epoch), so ``resume=True`` after a kill ends with the same weights as an uninterrupted run.
     A folder whose run already reached ``epochs`` with the same settings is left as it is (unless ``force``).
-    ``identity_weight`` "auto" turns the identity term on when the clusters' embeddings allow it
+    ``align`` "dlib5" aligns every crop on its 5 landmarks first (``crops.CropAligner``; the landmarks go to
+    ``alignment.csv``), "none" resizes it whole. ``identity_weight`` "auto" turns the identity term on when the clusters' embeddings allow it
     (``identity.identity_weight_for``). Crops in the unknown group (cluster -1) are not trained on.
     """
     import torch
@@ -524,15 +563,24 @@ def train_cvae(
         raise FacepipeError("epochs, batch size and --keep-last must be at least 1")
     if mean_anchor < 0:
         raise FacepipeError("--mean-anchor must be at least 0")
+    if decoder_base not in DECODER_BASES:
+        raise FacepipeError(f"unknown decoder base {decoder_base!r}: use {' or '.join(DECODER_BASES)}")
+    if not 0 <= identity_jitter <= MAX_IDENTITY_JITTER:
+        raise FacepipeError(f"--identity-jitter must lie between 0 and {MAX_IDENTITY_JITTER:g}, got {identity_jitter:g}")
+    if not 0 <= draw_identity <= MAX_DRAW_IDENTITY:
+        raise FacepipeError(f"--draw-identity must lie between 0 and {MAX_DRAW_IDENTITY:g}, got {draw_identity:g}")
     if not 0 <= val_fraction < 1:
         raise FacepipeError("--val-fraction must be in [0, 1)")
+    check_alignment(align, align_padding)
     device = resolve_device(device)
     inputs = read_training_inputs(cluster_results, crops_dir)
     identity_weight = identity_weight_for(identity_weight, clustered_embeddings_model(inputs.cluster_results))
     cluster_ids = sorted(int(c) for c in np.unique(inputs.clusters))
-    config = CVAEConfig(image_size=image_size, latent_dim=latent_dim, base_channels=base_channels,
+    config = CVAEConfig(image_size=image_size, alignment=align, align_padding=float(align_padding),
+                        decoder_base=decoder_base, latent_dim=latent_dim, base_channels=base_channels,
                         max_channels=max_channels, clusters=cluster_ids, beta=float(beta),
                         mean_anchor=float(mean_anchor), identity_weight=float(identity_weight),
+                        draw_identity=float(draw_identity), identity_jitter=float(identity_jitter),
                         learning_rate=float(learning_rate), batch_size=batch_size, epochs=epochs,
                         val_fraction=float(val_fraction), seed=seed, cluster_results=str(inputs.cluster_results),
                         crops_dir=str(inputs.crops_dir), data_fingerprint=inputs.fingerprint())
@@ -543,7 +591,7 @@ def train_cvae(
     remove_stale_temporaries(weights_dir)
     existing = epoch_checkpoints(weights_dir)
     if force:
-        for path in [*existing.values(), weights_dir / CVAE_BEST_CHECKPOINT, weights_dir / CVAE_LOG_CSV]:
+        for path in [*existing.values(), *(weights_dir / name for name in (CVAE_BEST_CHECKPOINT, CVAE_LOG_CSV, ALIGNMENT_CSV))]:
             path.unlink(missing_ok=True)
         existing = {}
     elif existing and not resume and max(existing) < epochs:
@@ -575,16 +623,21 @@ def train_cvae(
     index_of = {cluster: i for i, cluster in enumerate(cluster_ids)}
     labels = torch.tensor([index_of[int(c)] for c in inputs.clusters], dtype=torch.long)
     train_rows, val_rows = split_train_validation(labels.numpy(), val_fraction, seed)
-    images = torch.from_numpy(load_crops(inputs.names, inputs.crops_dir, image_size, show_progress))
+    aligner = crop_aligner(config, inputs.crops_dir, weights_dir)
+    images = torch.from_numpy(load_crops(inputs.names, inputs.crops_dir, image_size, show_progress, aligner))
+    if aligner is not None:
+        write_alignment(weights_dir / ALIGNMENT_CSV, {name: aligner.landmarks[name] for name in inputs.names})
     dataset = CachedCrops(images, labels)
     # The targets of the z = 0 faces: each cluster's training crops, unflipped, as (clusters, 3, S, S) in [0, 1].
     means = cluster_pixel_means(images.numpy()[train_rows], labels.numpy()[train_rows], range(len(cluster_ids)))
     cluster_means = torch.from_numpy(means / 255.0).float().permute(0, 3, 1, 2).contiguous().to(device)
+    model.set_base(cluster_means)
     identity_term = None
     if identity_weight > 0:
         identity_term = build_identity_term(inputs.cluster_results, inputs.crops_dir,
                                             [inputs.names[row] for row in train_rows], labels.numpy()[train_rows],
-                                            (means + 0.5).astype(np.uint8), device)
+                                            (means + 0.5).astype(np.uint8), device,
+                                            None if aligner is None else config.align_padding, identity_jitter)
     no_flips = torch.zeros(len(val_rows), dtype=torch.bool)
 
     bar = progress(range(start_epoch + 1, epochs + 1), desc="train-cvae", unit="epoch", enabled=show_progress)

@@ -268,13 +268,17 @@ def write_predictions(path: str | os.PathLike, frame: pd.DataFrame) -> None:
 #                                         loss history): loadable with torch.load(weights_only=True)
 #               WEIGHTS/cvae_best.pt      the checkpoint with the lowest validation loss
 #               WEIGHTS/cvae_log.csv      one row per epoch (CVAE_LOG_COLUMNS), losses per image
+#               WEIGHTS/alignment.csv     ALIGNMENT_COLUMNS: each crop's 5 dlib landmarks, in pixels of the crop
+#                                         file (with --align dlib5: what the crops were aligned on)
 # generate   -> OUT/cluster_N.png (z = 0), cluster_N_mean.png (pixel mean of the crops),
 #               cluster_N_samples.png (random draws), clusters_sheet.png, fidelity.json (--evaluate)
 CVAE_CHECKPOINT_FORMAT = "facepipe-cvae/1"
 CVAE_BEST_CHECKPOINT = "cvae_best.pt"
 CVAE_LOG_CSV = "cvae_log.csv"
-CVAE_LOG_COLUMNS = ["epoch", "train_loss", "train_recon", "train_kl", "train_anchor", "train_identity", "val_loss",
-                    "val_recon", "val_kl", "val_anchor", "val_identity", "seconds"]
+CVAE_LOG_COLUMNS = ["epoch", *(f"{split}_{part}" for split in ("train", "val")
+                                for part in ("loss", "recon", "kl", "anchor", "identity", "draw_identity")), "seconds"]
+ALIGNMENT_CSV = "alignment.csv"
+ALIGNMENT_COLUMNS = ["name", *(f"{axis}{i}" for i in range(5) for axis in "xy")]
 GENERATED_SHEET_PNG = "clusters_sheet.png"
 FIDELITY_JSON = "fidelity.json"
 
@@ -282,6 +286,25 @@ FIDELITY_JSON = "fidelity.json"
 def cvae_checkpoint_name(epoch: int) -> str:
     """``cvae_epoch_N.pt``."""
     return f"cvae_epoch_{epoch}.pt"
+
+
+def write_alignment(path: str | os.PathLike, landmarks: dict[str, np.ndarray]) -> None:
+    """Write crop name -> 5 landmarks (5, 2) as ``alignment.csv``, atomically."""
+    names = sorted(landmarks)
+    points = np.stack([np.asarray(landmarks[n], dtype=np.int64).reshape(10) for n in names]) if names else np.zeros((0, 10))
+    frame = pd.DataFrame(points, columns=ALIGNMENT_COLUMNS[1:])
+    frame.insert(0, "name", names)
+    write_csv_atomic(frame, path)
+
+
+def read_alignment(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read ``alignment.csv`` -> crop name -> int64 landmarks (5, 2)."""
+    frame = read_csv(path, ALIGNMENT_COLUMNS, what="alignment CSV")
+    try:
+        points = frame[ALIGNMENT_COLUMNS[1:]].to_numpy(dtype=np.int64).reshape(-1, 5, 2)
+    except (ValueError, TypeError):
+        raise FacepipeError(f"{path}: the landmark columns must hold whole pixel positions") from None
+    return dict(zip(frame["name"].astype(str), points))
 
 
 def generated_face_names(cluster: int) -> dict[str, str]:

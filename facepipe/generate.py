@@ -1,7 +1,9 @@
-"""Stage 5: one aggregated face per cluster, decoded by the CVAE at z = 0, beside the pixel mean of its crops.
+"""Stage 5: one aggregated face per cluster, decoded by the CVAE at z = 0, beside the pixel mean of its crops
+(aligned as the CVAE's training crops were), and random draws of the cluster's faces.
 
-With ``evaluate=True`` both kinds of aggregated face are embedded with the model that made the clusters
-and scored by identity fidelity: is the face nearest (cosine) to its own cluster's centroid?
+With ``evaluate=True`` the aggregated faces and the draws are embedded with the model that made the clusters
+and scored by identity fidelity (is the face nearest, by cosine, to its own cluster's centroid?), and the
+sharpness of each face is set beside its pixel mean's and its crops' (``gradient_energy``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from typing import Sequence
 import numpy as np
 
 from facepipe.common import FacepipeError, progress, remove_stale_temporaries, resolve_device
-from facepipe.cvae import cluster_pixel_means, find_checkpoint, load_crops, load_cvae, read_training_inputs
+from facepipe.crops import CropAligner, cluster_pixel_means, load_crops
+from facepipe.cvae import crop_aligner, find_checkpoint, load_cvae, read_training_inputs
+from facepipe.cvae_settings import DEFAULT_TEMPERATURE, MAX_TEMPERATURE
 from facepipe.formats import (
     CENTROIDS_CSV,
+    Embeddings,
     FIDELITY_JSON,
     GENERATED_SHEET_PNG,
     generated_face_names,
@@ -26,7 +31,7 @@ from facepipe.formats import (
     write_json_atomic,
 )
 from facepipe.identity import at_crop_size, cluster_centroids, clustered_embeddings_path
-from facepipe.images import save_image_atomic
+from facepipe.images import load_image_rgb, save_image_atomic
 
 SHEET_SAMPLES = 4  # random draws shown per cluster on the sheet (all of them go to cluster_N_samples.png)
 SHEET_CELL = 96  # smallest side of one face on the sheet
@@ -48,6 +53,11 @@ class GenerateSummary:
             cvae, mean = self.fidelity["cvae"], self.fidelity["pixel_mean"]
             text += (f"; fidelity CVAE {cvae['correct']}/{self.fidelity['clusters_evaluated']}, "
                      f"pixel mean {mean['correct']}/{self.fidelity['clusters_evaluated']}")
+            draws = self.fidelity.get("random_draws")
+            if draws:
+                text += f", random draws {draws['correct']}/{draws['of']}"
+            sharpness = self.fidelity["sharpness"]
+            text += f"; sharpness CVAE {sharpness['cvae']:.0f}, pixel mean {sharpness['pixel_mean']:.0f}"
         return text + f" in {self.seconds:.1f}s"
 
 
@@ -56,8 +66,10 @@ def _to_uint8(images) -> np.ndarray:
     return (images.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-def decode_faces(model, config, clusters: Sequence[int], samples: int = 0, seed: int = 0, device: str = "cpu"):
-    """Decode z = 0 for each cluster -> uint8 (n, S, S, 3), and ``samples`` draws z ~ N(0, I) per cluster.
+def decode_faces(model, config, clusters: Sequence[int], samples: int = 0, seed: int = 0, device: str = "cpu",
+                 temperature: float = 1.0):
+    """Decode z = 0 for each cluster -> uint8 (n, S, S, 3), and ``samples`` draws z ~ N(0, temperature^2 I)
+    per cluster.
 
     The draws of a cluster depend only on (seed, cluster), so one cluster alone gives the same faces as --all.
     """
@@ -73,20 +85,23 @@ def decode_faces(model, config, clusters: Sequence[int], samples: int = 0, seed:
                 drawn.append(np.empty((0, config.image_size, config.image_size, 3), dtype=np.uint8))
                 continue
             generator = torch.Generator().manual_seed(seed * 1_000_003 + cluster)
-            z = torch.randn(samples, config.latent_dim, generator=generator).to(device)
+            z = temperature * torch.randn(samples, config.latent_dim, generator=generator).to(device)
             drawn.append(_to_uint8(model.decode(z, label.repeat(samples))))
     return faces, drawn
 
 
 def pixel_means(names: Sequence[str], cluster_of: np.ndarray, clusters: Sequence[int], crops_dir: Path, size: int,
-                show_progress: bool = True) -> tuple[np.ndarray, list[int]]:
-    """The pixel-wise mean of each cluster's crops at ``size`` -> uint8 (n, size, size, 3), and the crop counts."""
+                show_progress: bool = True, aligner: CropAligner | None = None) -> tuple[np.ndarray, list[int], list[float]]:
+    """The pixel-wise mean of each cluster's crops at ``size`` (aligned by ``aligner``, if given) -> uint8
+    (n, size, size, 3), the crop counts, and the mean sharpness of the crops (``gradient_energy``)."""
     wanted = np.isin(cluster_of, list(clusters))
     chosen = [name for name, keep in zip(names, wanted) if keep]
-    images = load_crops(chosen, crops_dir, size, show_progress)
+    images = load_crops(chosen, crops_dir, size, show_progress, aligner)
     chosen_clusters = cluster_of[wanted]
     counts = [int((chosen_clusters == cluster).sum()) for cluster in clusters]
-    return (cluster_pixel_means(images, chosen_clusters, clusters) + 0.5).astype(np.uint8), counts
+    sharpness = gradient_energy(images)
+    crop_sharpness = [float(sharpness[chosen_clusters == cluster].mean()) for cluster in clusters]
+    return (cluster_pixel_means(images, chosen_clusters, clusters) + 0.5).astype(np.uint8), counts, crop_sharpness
 
 
 def contact_sheet(clusters: Sequence[int], counts: Sequence[int], means: np.ndarray, faces: np.ndarray,
@@ -148,34 +163,76 @@ def identity_fidelity(vectors: np.ndarray, own: Sequence[int], centroid_ids: Seq
     }
 
 
-def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[int], inputs, embeddings_path: Path,
-                      device: str = "cpu") -> dict:
-    """Embed the CVAE faces and the pixel means like the crops were embedded, and score both (see identity_fidelity).
+def gradient_energy(images: np.ndarray) -> np.ndarray:
+    """Sharpness of uint8 RGB images (n, S, S, 3): the mean over pixels of the squared grey-level gradient
+    (central differences, grey levels 0..255) -> (n,). A blurred or ghosted face scores lower."""
+    grey = images.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    rows, columns = np.gradient(grey, axis=(1, 2))
+    return (rows**2 + columns**2).mean(axis=(1, 2))
 
-    The faces are resized to the crops' own size first (``at_crop_size``).
+
+def _kind_scores(vectors: np.ndarray, owners: Sequence[int], centroid_ids, centroids) -> dict:
+    scores = identity_fidelity(vectors, owners, centroid_ids, centroids)
+    return {"correct": scores["correct"], "of": len(owners), "fraction": scores["fraction"],
+            "mean_cosine_to_own": float(np.mean(scores["cosine_to_own"])), **scores}
+
+
+def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[int], inputs, embeddings_path: Path,
+                      device: str = "cpu", aligner: CropAligner | None = None, drawn: Sequence[np.ndarray] = (),
+                      crop_sharpness: Sequence[float] | None = None) -> dict:
+    """Embed the CVAE faces, the pixel means and the random draws (``drawn``, per cluster) like the crops were
+    embedded, score each (see identity_fidelity), and set their sharpness beside the crops' (``crop_sharpness``,
+    per cluster, from ``pixel_means``; None leaves them out).
+
+    Faces are resized to the crops' own size first (``at_crop_size``). Landmark-aligned faces (``aligner``) are
+    scored against centroids of the crops aligned the same way, unaligned ones against the cluster stage's.
     """
     from facepipe.embed import load_embedder_like
 
     embeddings = read_embeddings(embeddings_path)
-    centroid_ids, centroids, centroid_source = saved_or_recomputed_centroids(inputs, embeddings)
-    embedder = load_embedder_like(embeddings, embeddings_path, device=device)
-    cvae = identity_fidelity(embedder.embed(at_crop_size(faces, inputs.crops_dir, inputs.names[0])), clusters,
-                             centroid_ids, centroids)
-    mean = identity_fidelity(embedder.embed(at_crop_size(means, inputs.crops_dir, inputs.names[0])), clusters,
-                             centroid_ids, centroids)
+    side = load_image_rgb(inputs.crops_dir / inputs.names[0]).shape[0]
+    if aligner is None:
+        centroid_ids, centroids, centroid_source = saved_or_recomputed_centroids(inputs, embeddings)
+        embedder = load_embedder_like(embeddings, embeddings_path, device=device)
+    else:
+        embedder = load_embedder_like(embeddings, embeddings_path, device=device, face_margin=aligner.padding)
+        aligned = load_crops(inputs.names, inputs.crops_dir, side, False, aligner)
+        centroid_ids, centroids = cluster_centroids(Embeddings(inputs.names, embedder.embed(list(aligned))),
+                                                    inputs.names, inputs.clusters)
+        centroid_source = (f"the crops aligned as the CVAE's (padding {aligner.padding:g}), embedded again: mean of "
+                           "each cluster's L2-normalised embeddings, normalised; nearest = highest cosine")
+
+    def scores(images, owners):
+        return _kind_scores(embedder.embed(at_crop_size(images, inputs.crops_dir, inputs.names[0])), owners,
+                            centroid_ids, centroids)
+
+    cvae, mean = scores(faces, clusters), scores(means, clusters)
+    draw_owners = [c for c, tiles in zip(clusters, drawn) for _ in range(len(tiles))]
+    draws = scores([tile for tiles in drawn for tile in tiles], draw_owners) if draw_owners else None
+    crop_sharpness = [math.nan] * len(clusters) if crop_sharpness is None else list(crop_sharpness)
+    face_sharpness, mean_sharpness = gradient_energy(faces), gradient_energy(means)
     per_cluster = [
         {"cluster": int(c), "cvae_nearest": cvae["nearest"][i], "cvae_cosine_to_own": cvae["cosine_to_own"][i],
-         "pixel_mean_nearest": mean["nearest"][i], "pixel_mean_cosine_to_own": mean["cosine_to_own"][i]}
+         "pixel_mean_nearest": mean["nearest"][i], "pixel_mean_cosine_to_own": mean["cosine_to_own"][i],
+         "cvae_sharpness": float(face_sharpness[i]), "pixel_mean_sharpness": float(mean_sharpness[i]),
+         "crops_sharpness": crop_sharpness[i]}
         for i, c in enumerate(clusters)
     ]
+    summary = ("correct", "of", "fraction", "mean_cosine_to_own")
     return {
         "model": embeddings.model,
         "embeddings": str(Path(embeddings_path).resolve()),
         "centroids": centroid_source,
         "clusters_evaluated": len(clusters),
         "clusters_total": len(centroid_ids),
-        "cvae": {"correct": cvae["correct"], "fraction": cvae["fraction"]},
-        "pixel_mean": {"correct": mean["correct"], "fraction": mean["fraction"]},
+        "cvae": {k: cvae[k] for k in summary},
+        "pixel_mean": {k: mean[k] for k in summary},
+        "random_draws": None if draws is None else {k: draws[k] for k in summary},
+        "sharpness": {"measure": "mean squared grey-level gradient (0..255 levels) at the CVAE's image size",
+                      "cvae": float(face_sharpness.mean()), "pixel_mean": float(mean_sharpness.mean()),
+                      "crops": float(np.mean(crop_sharpness)) if crop_sharpness else math.nan,
+                      "draws": float(gradient_energy(np.stack([t for tiles in drawn for t in tiles])).mean())
+                      if draw_owners else None},
         "per_cluster": per_cluster,
     }
 
@@ -186,6 +243,7 @@ def generate(
     out_dir: str | Path = "inference_results",
     clusters: Sequence[int] | None = None,
     samples: int = 0,
+    temperature: float = DEFAULT_TEMPERATURE,
     seed: int = 0,
     cluster_results: str | Path | None = None,
     crops_dir: str | Path | None = None,
@@ -194,7 +252,8 @@ def generate(
     device: str = "auto",
     show_progress: bool = True,
 ) -> GenerateSummary:
-    """Write each cluster's CVAE face (z = 0), its pixel-mean face, optional random draws and one sheet.
+    """Write each cluster's CVAE face (z = 0), its pixel-mean face, optional random draws (z drawn at
+    ``temperature``) and one sheet.
 
     ``checkpoint`` is a file or a weights folder (its ``cvae_best.pt``); ``clusters=None`` means all.
     The crops and cluster assignments default to those the checkpoint was trained on. The unknown group
@@ -204,7 +263,10 @@ def generate(
     device = resolve_device(device)
     if samples < 0:
         raise FacepipeError("--samples must be 0 or more")
-    model, config, _ = load_cvae(find_checkpoint(checkpoint), device)
+    if not 0 <= temperature <= MAX_TEMPERATURE:
+        raise FacepipeError(f"--temperature must lie between 0 and {MAX_TEMPERATURE:g}, got {temperature:g}")
+    checkpoint = find_checkpoint(checkpoint)
+    model, config, _ = load_cvae(checkpoint, device)
     if clusters is None:
         clusters = list(config.clusters)
     not_in_model = [c for c in clusters if c not in config.clusters]
@@ -215,9 +277,11 @@ def generate(
         raise FacepipeError("no cluster to generate")
     inputs = read_training_inputs(cluster_results or config.cluster_results, crops_dir or config.crops_dir)
 
-    faces, drawn = decode_faces(model, config, clusters, samples, seed, device)
-    means, counts = pixel_means(inputs.names, inputs.clusters, clusters, inputs.crops_dir, config.image_size,
-                                show_progress)
+    faces, drawn = decode_faces(model, config, clusters, samples, seed, device, temperature)
+    same_crops = inputs.crops_dir == Path(config.crops_dir)  # the run's recorded landmarks name its own crops
+    aligner = crop_aligner(config, inputs.crops_dir, checkpoint.parent if same_crops else None)
+    means, counts, crop_sharpness = pixel_means(inputs.names, inputs.clusters, clusters, inputs.crops_dir,
+                                                config.image_size, show_progress, aligner)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
@@ -233,6 +297,7 @@ def generate(
     fidelity = None
     if evaluate:
         fidelity = evaluate_fidelity(faces, means, clusters, inputs,
-                                     clustered_embeddings_path(inputs.cluster_results, embeddings), device)
+                                     clustered_embeddings_path(inputs.cluster_results, embeddings), device, aligner,
+                                     drawn, crop_sharpness)
         write_json_atomic(out_dir / FIDELITY_JSON, fidelity)
     return GenerateSummary(list(clusters), out_dir, sheet_path, fidelity, time.perf_counter() - started)

@@ -14,6 +14,7 @@ from facepipe.images import load_image_rgb
 
 IDENTITY_MODELS = ("dlib-resnet128",)  # embedders that can align and embed a face differentiably
 DEFAULT_IDENTITY_WEIGHT = 1000.0  # what identity_weight "auto" means for clusters from one of IDENTITY_MODELS
+JITTER_DEGREES, JITTER_SCALE, JITTER_SHIFT = 6.0, 0.06, 0.04  # the identity term's random views (strength 1)
 
 
 def clustered_embeddings_path(cluster_results: Path, embeddings: str | Path | None = None) -> Path:
@@ -90,34 +91,71 @@ def cluster_centroids(embeddings, names: Sequence[str], cluster_of: np.ndarray) 
     return ids, centroids / np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
 
 
+def aligned_chip_grid(align_padding: float, chip_padding: float, chip_size: int) -> np.ndarray:
+    """Where dlib's chip (``chip_padding``) lies in a face aligned by ``crops.align_face`` with ``align_padding``,
+    as a ``F.grid_sample`` grid (chip_size, chip_size, 2): both put the landmark template at the same place
+    relative to their padding, so the chip is a centred square of the aligned face."""
+    steps = (np.arange(chip_size) + 0.5) / chip_size
+    where = ((2 * chip_padding + 1) * steps - chip_padding + align_padding) / (2 * align_padding + 1)
+    x, y = np.meshgrid(2 * where - 1, 2 * where - 1)
+    return np.stack([x, y], axis=-1).astype(np.float32)
+
+
 class IdentityTerm:
     """1 - cosine between the embedding of a generated face and its cluster's centroid, differentiable in the face.
 
-    Faces are aligned as the crops were, with one fixed alignment per cluster: the one the embedder finds on
-    the pixel mean of the cluster's training crops (what the mean anchor pulls the z = 0 face towards).
+    Faces are aligned as the crops were: landmark-aligned faces (train-cvae --align dlib5) all by the same
+    centred square (``aligned_chip_grid``); unaligned ones with one alignment per cluster, the one the embedder
+    finds on the pixel mean of the cluster's training crops (what the mean anchor pulls the z = 0 face towards).
     """
 
-    def __init__(self, embedder, grids, centroids):
+    def __init__(self, embedder, grids, centroids, jitter: float = 0.0):
         self.embedder = embedder
         self.grids = grids
         self.centroids = centroids
+        self.jitter = jitter
 
-    def __call__(self, faces, conditions):
-        """faces (n, 3, S, S) in [0, 1] of the clusters with condition indices ``conditions`` -> (n,)."""
+    def __call__(self, faces, conditions, generator=None):
+        """faces (n, 3, S, S) in [0, 1] of the clusters with condition indices ``conditions`` -> (n,).
+
+        With a ``generator`` (in training) and ``jitter`` > 0, each face is seen through a random similarity
+        transform (``jittered``), so that the faces learn what the embedder finds in every such view, not
+        pixel patterns that move one view's embedding only.
+        """
         import torch.nn.functional as F
 
-        vectors = self.embedder.embed_aligned(faces, self.grids[conditions])
+        grids = self.grids[conditions]
+        if generator is not None and self.jitter > 0:
+            grids = jittered(grids, generator, self.jitter)
+        vectors = self.embedder.embed_aligned(faces, grids)
         return 1.0 - F.cosine_similarity(vectors.float(), self.centroids[conditions], dim=1)
 
 
+def jittered(grids, generator, strength: float = 1.0):
+    """Sampling grids (n, H, W, 2) each turned, scaled and shifted about the image centre at random: up to
+    ``strength`` times JITTER_DEGREES, JITTER_SCALE (on a log scale) and JITTER_SHIFT (of the side)."""
+    import torch
+
+    uniform = (torch.rand(len(grids), 4, generator=generator) * 2 - 1).to(grids.device) * strength
+    angle = uniform[:, 0] * np.deg2rad(JITTER_DEGREES)
+    scale = torch.exp(uniform[:, 1] * JITTER_SCALE)
+    shift = uniform[:, 2:] * JITTER_SHIFT * 2  # grid coordinates span 2 per side
+    cos, sin = (scale * torch.cos(angle))[:, None, None], (scale * torch.sin(angle))[:, None, None]
+    x, y = grids[..., 0], grids[..., 1]
+    return torch.stack([cos * x - sin * y + shift[:, 0, None, None], sin * x + cos * y + shift[:, 1, None, None]], dim=-1)
+
+
 def build_identity_term(cluster_results: Path, crops_dir: Path, names: Sequence[str], conditions: np.ndarray,
-                        means: np.ndarray, device: str) -> IdentityTerm:
+                        means: np.ndarray, device: str, align_padding: float | None = None,
+                        jitter: float = 0.0) -> IdentityTerm:
     """The identity term for the training crops ``names`` (condition index ``conditions``), whose per-condition
     pixel means are ``means`` (uint8, (clusters, S, S, 3)), with the embeddings the clusters came from
-    (of one of IDENTITY_MODELS: see ``identity_weight_for``)."""
+    (of one of IDENTITY_MODELS: see ``identity_weight_for``); ``align_padding`` is that of landmark-aligned
+    crops, None for unaligned ones; ``jitter`` the strength of the random views in training."""
     import torch
 
     from facepipe.embed import load_embedder_like
+    from facepipe.models.dlib_resnet import CHIP_SIZE
 
     embeddings_path = clustered_embeddings_path(cluster_results)
     embeddings = read_embeddings(embeddings_path)
@@ -126,6 +164,9 @@ def build_identity_term(cluster_results: Path, crops_dir: Path, names: Sequence[
         raise FacepipeError("every cluster needs at least one training crop for the identity term")
     embedder = load_embedder_like(embeddings, embeddings_path, device)
     embedder.network.requires_grad_(False)
-    grids = [embedder.chip_grid(mean) for mean in at_crop_size(means, crops_dir, names[0])]
+    if align_padding is None:
+        grids = [embedder.chip_grid(mean) for mean in at_crop_size(means, crops_dir, names[0])]
+    else:
+        grids = [aligned_chip_grid(align_padding, embedder.padding, CHIP_SIZE)] * len(means)
     return IdentityTerm(embedder, torch.from_numpy(np.stack(grids)).to(device),
-                        torch.from_numpy(centroids).float().to(device))
+                        torch.from_numpy(centroids).float().to(device), jitter)

@@ -40,6 +40,7 @@ vertical-align:top}th{background:#f4f4f4}.muted{color:#777}.plots img{max-width:
 .cluster{display:flex;gap:1em;align-items:flex-start;border:1px solid #e3e3e3;border-radius:6px;padding:.6em;
 margin:.6em 0}.cluster .grid{max-width:460px;width:100%}.faces{display:flex;gap:.6em}.faces figure{margin:0;
 text-align:center}.faces img{width:128px;height:128px;image-rendering:auto;border:1px solid #ccc}
+.faces img.draws{width:auto;max-width:520px}
 figcaption{font-size:.85em;color:#555}nav a{margin-right:1em}code{background:#f4f4f4;padding:0 .2em}
 """
 
@@ -85,8 +86,19 @@ def _group_card(anchor: str, title: str, text: str, faces: str, grid: Path) -> s
             f"<div>{_inline(grid, f'{title} sample grid', 'grid')}</div></div>")
 
 
-def _cluster_section(out_dir: Path) -> str:
-    """A card per cluster (its CVAE face, pixel mean and sample grid), then the unknown group when there is one."""
+def _sharpness_text(fidelity: dict | None, cluster: int) -> str:
+    """``; sharpness CVAE a, pixel mean b, crops c`` from fidelity.json's row of ``cluster``, or nothing."""
+    rows = [row for row in (fidelity or {}).get("per_cluster", []) if row["cluster"] == cluster]
+    if not rows or "cvae_sharpness" not in rows[0]:
+        return ""
+    row = rows[0]
+    return (f"; sharpness CVAE {row['cvae_sharpness']:.0f}, pixel mean {row['pixel_mean_sharpness']:.0f}, "
+            f"crops {row['crops_sharpness']:.0f}")
+
+
+def _cluster_section(out_dir: Path, fidelity: dict | None) -> str:
+    """A card per cluster (its CVAE face, pixel mean, random draws and sample grid), then the unknown group
+    when there is one."""
     from facepipe.run import INFERENCE_DIR, SAMPLES_DIR
 
     results_file = out_dir / CLUSTER_RESULTS_CSV
@@ -98,11 +110,15 @@ def _cluster_section(out_dir: Path) -> str:
     parts = []
     for cluster, size in sizes.items():
         files = generated_face_names(int(cluster))
+        shown = [("face", "CVAE face (z = 0)", ""), ("mean", "pixel mean", "")]
+        if (out_dir / INFERENCE_DIR / files["samples"]).is_file():
+            shown.append(("samples", "random draws", "draws"))
         faces = "".join(
-            f"<figure>{_inline(out_dir / INFERENCE_DIR / files[key], f'cluster {cluster} {caption}')}"
+            f"<figure>{_inline(out_dir / INFERENCE_DIR / files[key], f'cluster {cluster} {caption}', css)}"
             f"<figcaption>{caption}</figcaption></figure>"
-            for key, caption in (("face", "CVAE face (z = 0)"), ("mean", "pixel mean")))
-        parts.append(_group_card(f"cluster-{cluster}", f"Cluster {cluster}", f"{size} face(s)", faces,
+            for key, caption, css in shown)
+        parts.append(_group_card(f"cluster-{cluster}", f"Cluster {cluster}",
+                                 f"{size} face(s){_sharpness_text(fidelity, int(cluster))}", faces,
                                  out_dir / SAMPLES_DIR / sample_grid(int(cluster))))
     if unknown.any():
         parts.append(_group_card("cluster-unknown", "Unknown",
@@ -139,16 +155,26 @@ def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
     if clustering_metrics:
         sections.append("<h3>Clusters against the known identities</h3>" + _metrics_table(clustering_metrics))
     sections.append('<h2 id="clusters">Clusters</h2><p>Each cluster: its aggregated face from the CVAE beside the '
-                    "pixel mean of its crops, and the crops nearest its centroid.</p>"
+                    "pixel mean of its crops (both aligned on the eyes and mouth), random draws of the CVAE for "
+                    "that cluster, and the crops nearest its centroid.</p>"
                     + _inline(out_dir / SAMPLES_DIR / SAMPLES_OVERVIEW_JPG, "overview: the crop nearest each centroid")
-                    + _cluster_section(out_dir))
+                    + _cluster_section(out_dir, fidelity))
     sections.append('<h2 id="fidelity">Fidelity</h2>')
     if fidelity:
-        sections.append("<p>Share of clusters whose aggregated face, embedded with the clustering model, is nearest "
-                        "(cosine) its own cluster's centroid.</p>"
-                        + _table([(html.escape(kind), f"{fidelity[kind]['correct']} / {fidelity['clusters_evaluated']}",
-                                   _number(fidelity[kind]["fraction"])) for kind in ("cvae", "pixel_mean")],
-                                 ("aggregate", "nearest own centroid", "fidelity")))
+        kinds = [(kind, caption) for kind, caption in (("cvae", "CVAE face (z = 0)"), ("pixel_mean", "pixel mean"),
+                                                        ("random_draws", "random draws")) if fidelity.get(kind)]
+        sharpness = fidelity.get("sharpness") or {}
+        sections.append("<p>Share of faces that, embedded with the clustering model, are nearest (cosine) their own "
+                        "cluster's centroid, and their mean cosine to it; sharpness is the mean squared grey-level "
+                        "gradient (a blurred or ghosted face scores lower; the crops for comparison).</p>"
+                        + _table([(caption, f"{fidelity[kind]['correct']} / "
+                                   f"{fidelity[kind].get('of', fidelity['clusters_evaluated'])}",
+                                   _number(fidelity[kind]["fraction"]),
+                                   _number(fidelity[kind].get("mean_cosine_to_own", "")),
+                                   _number(sharpness.get({"random_draws": "draws"}.get(kind, kind), "")))
+                                  for kind, caption in kinds],
+                                 ("faces", "nearest own centroid", "fidelity", "mean cosine", "sharpness"))
+                        + (f"<p>Sharpness of the crops: {sharpness['crops']:.0f}.</p>" if "crops" in sharpness else ""))
     else:
         sections.append('<p class="muted">Not evaluated.</p>')
     sections.append('<h2 id="probe">Probe</h2>')

@@ -73,10 +73,18 @@ def test_layer_sizes_follow_the_image_size():
 
 
 def test_the_condition_changes_the_decoded_face():
-    model = build_model(CVAEConfig(image_size=32, latent_dim=8, base_channels=8, clusters=[0, 1])).eval()
+    """A plain decoder draws each cluster differently from the start; one based on the pixel means starts out
+    drawing exactly each cluster's mean."""
+    config = dict(image_size=32, latent_dim=8, base_channels=8, clusters=[0, 1])
+    plain = build_model(CVAEConfig(**config, decoder_base="none")).eval()
+    based = build_model(CVAEConfig(**config, decoder_base="mean")).eval()
+    means = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
+    based.set_base(means)
     with torch.no_grad():
-        faces = model.decode(torch.zeros(2, 8), torch.tensor([0, 1]))
+        faces = plain.decode(torch.zeros(2, 8), torch.tensor([0, 1]))
+        drawn = based.decode(torch.randn(2, 8), torch.tensor([0, 1]))
     assert not torch.equal(faces[0], faces[1])
+    assert torch.allclose(drawn, means, atol=1e-5)
 
 
 def test_validation_split_is_stratified_and_seeded():
@@ -102,10 +110,12 @@ def test_training_loss_falls_and_is_logged(trained, johns_clusters):
     assert (weights / CVAE_BEST_CHECKPOINT).is_file()
 
 
-def test_mean_anchor_pulls_the_centre_face_to_the_cluster_pixel_mean(tmp_path, johns_clusters, trained):
-    weights, _ = trained
+def test_mean_anchor_pulls_the_centre_face_to_the_cluster_pixel_mean(tmp_path, johns_clusters):
+    """With a plain decoder (one that does not start from the pixel mean), the anchor pulls the z = 0 face there."""
+    plain = dict(TRAINING, decoder_base="none")
+    weights = train_cvae(johns_clusters, weights_dir=tmp_path / "anchored", **plain).weights_dir
     anchored = pd.read_csv(weights / CVAE_LOG_CSV)
-    free = train_cvae(johns_clusters, weights_dir=tmp_path / "free", **dict(TRAINING, mean_anchor=0.0))
+    free = train_cvae(johns_clusters, weights_dir=tmp_path / "free", **dict(plain, mean_anchor=0.0))
     unanchored = pd.read_csv(free.weights_dir / CVAE_LOG_CSV)
     assert load_checkpoint(weights / cvae_checkpoint_name(3))["config"]["mean_anchor"] > 0
     # 15 steps at 32 px: anchored 47 vs 64 summed squared error; the anchored run's falls every epoch
@@ -255,7 +265,7 @@ def test_fidelity_scores_real_crops_as_their_own_people(tmp_path, johns_clusters
     like a generated face, must come out nearest its own centroid; a face of the wrong person must not."""
     import numpy as np
 
-    from facepipe.cvae import load_crops
+    from facepipe.crops import load_crops
     from facepipe.formats import read_embeddings
     from facepipe.generate import evaluate_fidelity
     from facepipe.identity import cluster_centroids
@@ -310,7 +320,10 @@ def test_identity_term_pulls_the_centre_faces_towards_their_centroids(tmp_path, 
     run = train_cvae(johns_clusters, weights_dir=tmp_path / "identity", **dict(TRAINING, identity_weight=weight))
     log = pd.read_csv(run.weights_dir / CVAE_LOG_CSV)
     anchor_weight = load_checkpoint(run.weights_dir / CVAE_BEST_CHECKPOINT)["config"]["mean_anchor"]
-    parts = log["train_recon"] + log["train_kl"] + anchor_weight * log["train_anchor"] + weight * log["train_identity"]
+    draw_share = load_checkpoint(run.weights_dir / CVAE_BEST_CHECKPOINT)["config"]["draw_identity"]
+    assert draw_share > 0 and log["train_draw_identity"].notna().all() and log["val_draw_identity"].isna().all()
+    parts = (log["train_recon"] + log["train_kl"] + anchor_weight * log["train_anchor"]
+             + weight * (log["train_identity"] + draw_share * log["train_draw_identity"]))
     assert (log["train_loss"] - parts).abs().max() < 1e-3 * log["train_loss"].max()
     assert log["train_identity"].iloc[-1] < log["train_identity"].iloc[0]
     # The term is deterministic: a resumed run still ends bit for bit the same, at one thread. With two threads on
@@ -369,3 +382,90 @@ def test_flip_augmentation_mirrors_left_and_right_only():
     assert label == 1
     assert torch.equal(flipped[:, 0], images[1, :, 4]) and torch.equal(flipped[0, 0], images[1, 0, 4])
     assert torch.equal(dataset[(0, False)][0], images[0])
+
+
+def test_aligned_crops_line_up_their_landmarks_and_sharpen_the_mean(johns_clusters, trained):
+    """--align dlib5: the crops of a person put their eyes and mouth on the same pixels (landmarks found again on
+    the aligned faces spread far less than on the crops resized whole), so their pixel mean is sharper; the
+    landmarks each crop was aligned on are recorded in alignment.csv, and aligning from them gives the same faces."""
+    import numpy as np
+
+    from facepipe.crops import DEFAULT_ALIGN_PADDING, CropAligner, load_crops
+    from facepipe.formats import ALIGNMENT_CSV, read_alignment
+    from facepipe.generate import gradient_energy
+    from facepipe.images import load_image_rgb
+    from facepipe.models.dlib_resnet import CropLandmarks, chip_to_image
+
+    def image_to_face(points, size):
+        """Crop pixel -> pixel of its aligned face: the inverse of the face's sampling map."""
+        import dlib
+
+        shape = dlib.full_object_detection(dlib.rectangle(0, 0, 1, 1), [dlib.point(int(x), int(y)) for x, y in points])
+        affine = np.vstack([chip_to_image(shape, size, DEFAULT_ALIGN_PADDING), [0, 0, 1]])
+        return (np.linalg.inv(affine) @ np.vstack([points.T, np.ones(len(points))]))[:2].T
+
+    inputs = read_training_inputs(johns_clusters)
+    size = 64
+    aligner = CropAligner(inputs.crops_dir)
+    aligned = load_crops(inputs.names, inputs.crops_dir, size, False, aligner)
+    whole = load_crops(inputs.names, inputs.crops_dir, size, False)
+    side = load_image_rgb(inputs.crops_dir / inputs.names[0]).shape[0]
+    landmarks = np.stack([aligner.landmarks[name] for name in inputs.names]).astype(float)
+    where = {"whole": landmarks * size / side,  # where each crop's landmarks land in the faces trained on
+             "aligned": np.stack([image_to_face(points, size) for points in landmarks])}
+    spread, sharpness = {}, {}
+    for kind, faces in (("aligned", aligned), ("whole", whole)):
+        spread[kind] = np.mean([where[kind][inputs.clusters == c].std(axis=0).mean() for c in np.unique(inputs.clusters)])
+        # what the mean keeps of its crops' sharpness (the framings differ, so each against its own crops)
+        sharpness[kind] = np.mean([gradient_energy(faces[inputs.clusters == c].mean(axis=0, keepdims=True))[0]
+                                   / gradient_energy(faces[inputs.clusters == c]).mean()
+                                   for c in np.unique(inputs.clusters)])
+    print(f"landmark spread within a person (px at {size}): {spread}; "
+          f"sharpness of the pixel means / their crops': {sharpness}")
+    assert spread["aligned"] < 0.5 * spread["whole"]
+    assert sharpness["aligned"] > sharpness["whole"]
+    # the aligned faces show their own landmarks there too (dlib finds them again, within a pixel or two)
+    finder = CropLandmarks(DEFAULT_ALIGN_PADDING)
+    found = np.stack([[(p.x, p.y) for p in finder(face).parts()] for face in aligned[:10]])
+    assert np.abs(found - where["aligned"][:10]).mean() < 2.0
+
+    weights, _ = trained  # trained with the default alignment
+    recorded = read_alignment(weights / ALIGNMENT_CSV)
+    assert set(recorded) == set(inputs.names)
+    for name in inputs.names[:5]:
+        assert np.array_equal(recorded[name], aligner.landmarks[name])
+    replayed = CropAligner(inputs.crops_dir, known=recorded)
+    assert np.array_equal(load_crops(inputs.names, inputs.crops_dir, size, False, replayed), aligned)
+    assert replayed._finder is None  # nothing had to be found again
+
+
+def test_identity_on_random_draws_makes_them_the_person(tmp_path, johns_clusters, johns_embeddings):
+    """--draw-identity: with the identity term also on random draws, generate's draws are nearer their own
+    cluster's centroid (cosine, by dlib) than when only the z = 0 faces are pulled (shown with a plain decoder,
+    whose early draws are far from the person; one based on the pixel means starts near it); the report of
+    generate scores the draws and measures the sharpness of every kind of face."""
+    from facepipe.generate import generate
+
+    cosine = {}
+    for share in (0.0, 1.0):
+        run = train_cvae(johns_clusters, weights_dir=tmp_path / f"draws_{share:g}",
+                         **dict(TRAINING, image_size=64, epochs=20, identity_weight=1000.0, draw_identity=share,
+                                decoder_base="none"))
+        report = generate(run.weights_dir, out_dir=tmp_path / f"faces_{share:g}", samples=4, evaluate=True,
+                          device="cpu", show_progress=False).fidelity
+        assert report["random_draws"]["of"] == 20
+        assert set(report["sharpness"]) >= {"cvae", "pixel_mean", "crops", "draws"}
+        cosine[share] = report["random_draws"]["mean_cosine_to_own"]
+    print(f"mean cosine of the random draws to their centroids, by draw identity share: {cosine}")
+    assert cosine[1.0] > cosine[0.0] + 0.02
+
+
+def test_checkpoints_of_older_versions_still_load_as_unaligned_plain_decoders(trained):
+    """A config written before --align and --decoder-base describes the model it was: unaligned crops, a plain decoder."""
+    weights, _ = trained
+    config = load_checkpoint(weights / CVAE_BEST_CHECKPOINT)["config"]
+    assert config["alignment"] == "dlib5" and config["decoder_base"] == "mean"
+    older = {key: value for key, value in config.items()
+             if key not in ("alignment", "align_padding", "decoder_base", "draw_identity", "identity_jitter")}
+    restored = CVAEConfig.from_dict(older)
+    assert restored.alignment == "none" and restored.decoder_base == "none" and restored.draw_identity == 0.0

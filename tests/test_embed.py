@@ -196,6 +196,29 @@ def test_differentiable_alignment_matches_dlibs_chip(lfw_crops):
         assert small.grad.abs().sum(dim=(1, 2, 3)).min() > 0
 
 
+def test_aligned_faces_give_dlibs_chip_by_one_fixed_grid(lfw_crops):
+    """A crop aligned by train-cvae (crops.align_face, padding 0.5) holds dlib's own chip as its centred square
+    (identity.aligned_chip_grid): embedded through that grid it gives the crop's own embedding."""
+    import torch
+
+    from facepipe.crops import CropAligner
+    from facepipe.identity import aligned_chip_grid
+    from facepipe.models.dlib_resnet import CHIP_SIZE, DlibResNet128Embedder
+
+    paths = sorted(lfw_crops.glob("*.jpg"))[::150][:8]
+    crops = [load_image_rgb(path) for path in paths]
+    embedder = DlibResNet128Embedder(face_margin=0.2, device="cpu")
+    aligner = CropAligner(lfw_crops, padding=0.5)
+    faces = np.stack([aligner(path.name, rgb, 224) for path, rgb in zip(paths, crops)])
+    pixels = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255.0
+    grid = torch.from_numpy(aligned_chip_grid(0.5, embedder.padding, CHIP_SIZE))
+    with torch.no_grad():
+        through_grid = embedder.embed_aligned(pixels, grid.expand(len(faces), -1, -1, -1)).numpy()
+    agreement = cosines(through_grid, embedder.embed(crops))
+    print(f"cosine to the crops' own embeddings: min {agreement.min():.5f}")
+    assert agreement.min() > 0.999
+
+
 def detect_some(data_dir, out: Path, people=("Colin_Powell", "Tony_Blair"), per_person=5) -> Path:
     photos = [p for person in people for p in sorted((data_dir("lfw") / "images" / person).glob("*.jpg"))[:per_person]]
     detect(photos, out, DetectorParams(detector="haar", min_neighbors=5, largest_only=True), show_progress=False)

@@ -102,7 +102,11 @@ def test_report_is_self_contained_and_its_links_resolve(finished_run):
     page = LinkCollector()
     page.feed((out / "report.html").read_text(encoding="utf-8"))
     groups = pd.read_csv(out / "cluster_results.csv")["cluster"]
-    assert len(page.sources) >= 1 + 3 * groups[groups >= 0].nunique()  # overview, grid + CVAE face + mean per group
+    # overview, then per group: grid, CVAE face, pixel mean and random draws (generate.samples=2)
+    assert len(page.sources) >= 1 + 4 * groups[groups >= 0].nunique()
+    text = (out / "report.html").read_text(encoding="utf-8")
+    fidelity = text[text.index('<h2 id="fidelity">'):text.index('<h2 id="probe">')]
+    assert "random draws" in fidelity and "sharpness" in fidelity
     assert all(src.startswith("data:image/") for src in page.sources)
     assert page.hrefs
     for href in page.hrefs:
