@@ -3,16 +3,20 @@
     python benchmarks/bench_cvae.py timing   [--work DIR] [--sizes 64 128] [--epochs 2] [--identity-weight 1000]
     python benchmarks/bench_cvae.py fidelity [--work DIR] [--image-size 64] [--epochs 40] [--beta 1] [--lr 1e-3]
                                              [--mean-anchor 100] [--identity-weight 1000] [--data lfw]
+                                             [--align dlib5|none] [--decoder-base mean|none]
+                                             [--draw-identity 1] [--jitter 1] [--temperature 1]
                                              [--judge-dir ../judge]
 
 Both first prepare, once, in DIR (default /tmp/facepipe_bench_cvae/<data>): the crops of
 ../shared/data/<data> (detect, minNeighbors 5, largest face only), their dlib-resnet128 embeddings, and
 a cluster_results.csv whose clusters are the manifest identities (what a perfect cluster stage gives).
-``timing`` trains each size for a few epochs in a child process and reports seconds per epoch and the
-child's peak RSS; ``fidelity`` trains, runs generate --evaluate and prints fidelity.json's summary, and
-the fidelity in views the identity term did not optimise (``fidelity_in_other_views``), and, where the
-judge's files are in ``--judge-dir``, the fidelity by an independent judge (``judge_faceres.py``: a model
-facepipe never trains against) of the CVAE faces, the pixel means and the random draws.
+``timing`` trains each size for a few epochs (train-cvae's defaults otherwise) in a child process and reports
+seconds per epoch and the child's peak RSS; ``fidelity`` trains, runs generate --evaluate and prints
+fidelity.json's summary (dlib's fidelity of the CVAE faces, the pixel means and the random draws, and their
+sharpness), the fidelity in views the identity term did not optimise (``fidelity_in_other_views``), and, where
+the judge's files are in ``--judge-dir``, the fidelity by an independent judge (``judge_faceres.py``: a model
+facepipe never trains against) of the CVAE faces, the pixel means and the random draws. Both score against
+centroids of the crops framed as the run trained on them (landmark-aligned, or whole).
 """
 
 from __future__ import annotations
@@ -89,35 +93,55 @@ def fidelity(args) -> None:
     from facepipe.generate import generate
 
     results = prepare(args.data, args.work)
-    weights = args.work / (f"weights_fidelity_{args.image_size}_beta{args.beta:g}_lr{args.lr:g}"
-                           f"_anchor{args.mean_anchor:g}_identity{args.identity_weight:g}")
+    weights = args.work / (f"weights_fidelity_{args.image_size}_{args.align}{args.align_padding:g}_beta{args.beta:g}"
+                           f"_lr{args.lr:g}_anchor{args.mean_anchor:g}_identity{args.identity_weight:g}"
+                           f"_draws{args.draw_identity:g}_jitter{args.jitter:g}_base{args.decoder_base}_e{args.epochs}")
     started = time.perf_counter()
     summary = train_cvae(results, weights_dir=weights, image_size=args.image_size, epochs=args.epochs,
+                         align=args.align, align_padding=args.align_padding, draw_identity=args.draw_identity,
+                         identity_jitter=args.jitter, decoder_base=args.decoder_base,
                          batch_size=args.batch_size, beta=args.beta, mean_anchor=args.mean_anchor,
                          identity_weight=args.identity_weight, learning_rate=args.lr,
                          seed=args.seed, resume=True)
     print(summary.line(), f"(wall {time.perf_counter() - started:.0f}s)")
     faces_dir = args.work / f"inference_{weights.name}"
-    report = generate(weights, out_dir=faces_dir, samples=4, evaluate=True)
+    report = generate(weights, out_dir=faces_dir, samples=4, temperature=args.temperature, evaluate=True)
     print(report.line())
     metrics = report.fidelity
-    print(json.dumps({"data": args.data, "image_size": args.image_size, "epochs": args.epochs, "beta": args.beta,
-                      "lr": args.lr, "mean_anchor": args.mean_anchor,
-                      "identity_weight": args.identity_weight, "cvae": metrics["cvae"],
-                      "pixel_mean": metrics["pixel_mean"],
-                      "mirror_symmetric_mean": mirror_symmetric_fidelity(results, args.image_size),
-                      "other_views": fidelity_in_other_views(results, faces_dir, args.seed),
-                      "judge": fidelity_by_judge(results, faces_dir, args.judge_dir),
+    epoch_seconds = sorted(pd.read_csv(weights / "cvae_log.csv")["seconds"])
+    print(json.dumps({"data": args.data, "image_size": args.image_size, "epochs": args.epochs, "align": args.align,
+                      "align_padding": args.align_padding, "beta": args.beta, "lr": args.lr,
+                      "mean_anchor": args.mean_anchor, "identity_weight": args.identity_weight,
+                      "draw_identity": args.draw_identity, "temperature": args.temperature, "jitter": args.jitter,
+                      "decoder_base": args.decoder_base,
+                      "median_epoch_seconds": epoch_seconds[len(epoch_seconds) // 2],
+                      "dlib": {kind: metrics[kind] for kind in ("cvae", "pixel_mean", "random_draws")},
+                      "sharpness": metrics["sharpness"],
+                      "other_views": fidelity_in_other_views(results, weights, faces_dir, args.seed),
+                      "judge": fidelity_by_judge(results, weights, faces_dir, args.judge_dir),
                       "clusters": metrics["clusters_evaluated"]}))
 
 
-def fidelity_by_judge(results: Path, faces_dir: Path, judge_dir: Path) -> dict | None:
+def crops_as_trained(results: Path, weights: Path):
+    """The training inputs of the run in ``weights`` and all their crops at the crops' own size, aligned as that
+    run aligned them (landmark-aligned, or whole): what the generated faces are compared with."""
+    from facepipe.crops import load_crops
+    from facepipe.cvae import CVAEConfig, crop_aligner, find_checkpoint, load_checkpoint, read_training_inputs
+    from facepipe.images import load_image_rgb
+
+    inputs = read_training_inputs(results)
+    config = CVAEConfig.from_dict(load_checkpoint(find_checkpoint(weights))["config"])
+    aligner = crop_aligner(config, inputs.crops_dir, weights)
+    side = load_image_rgb(inputs.crops_dir / inputs.names[0]).shape[0]
+    return inputs, load_crops(inputs.names, inputs.crops_dir, side, False, aligner), aligner
+
+
+def fidelity_by_judge(results: Path, weights: Path, faces_dir: Path, judge_dir: Path) -> dict | None:
     """By faceres (``judge_faceres.py``), never used in training: how many clusters' CVAE face, pixel mean and
-    random draws are nearest (cosine) their own cluster's centroid of crop descriptors, and the mean cosine to
-    it; None when the judge's files are not in ``judge_dir``."""
+    random draws are nearest (cosine) their own cluster's centroid of crop descriptors (crops aligned as the
+    run aligned them), and the mean cosine to it; None when the judge's files are not in ``judge_dir``."""
     import numpy as np
 
-    from facepipe.cvae import read_training_inputs
     from facepipe.formats import generated_face_names
     from facepipe.images import load_image_rgb
     from judge_faceres import GRAPH_FILE, FaceresJudge
@@ -125,9 +149,9 @@ def fidelity_by_judge(results: Path, faces_dir: Path, judge_dir: Path) -> dict |
     if not (judge_dir / GRAPH_FILE).is_file():
         return None
     judge = FaceresJudge(judge_dir)
-    inputs = read_training_inputs(results)
+    inputs, crops, _ = crops_as_trained(results, weights)
     clusters = sorted(int(c) for c in np.unique(inputs.clusters))
-    crops = judge.describe([load_image_rgb(inputs.crops_dir / name) for name in inputs.names])
+    crops = judge.describe(list(crops))
     centroids = np.stack([crops[inputs.clusters == c].mean(axis=0) for c in clusters])
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
     scores = {}
@@ -148,48 +172,36 @@ def fidelity_by_judge(results: Path, faces_dir: Path, judge_dir: Path) -> dict |
     return scores
 
 
-def mirror_symmetric_fidelity(results: Path, image_size: int) -> dict:
-    """Fidelity of (pixel mean + its mirror image) / 2: what a CVAE trained with random flips converges to
-    at z = 0 when z carries nothing (a large beta), so the most that route can reach."""
-    import numpy as np
-
-    from facepipe.cvae import read_training_inputs
-    from facepipe.generate import evaluate_fidelity, pixel_means
-
-    inputs = read_training_inputs(results)
-    clusters = sorted(int(c) for c in np.unique(inputs.clusters))
-    means, _ = pixel_means(inputs.names, inputs.clusters, clusters, inputs.crops_dir, image_size, False)
-    mirrored = ((means.astype(np.float64) + means[:, :, ::-1]) / 2 + 0.5).astype(np.uint8)
-    metrics = evaluate_fidelity(mirrored, means, clusters, inputs, results.parent / "image_features.csv")
-    return metrics["cvae"]
-
-
-def fidelity_in_other_views(results: Path, faces_dir: Path, seed: int) -> dict:
-    """Fidelity (CVAE, pixel means) of generate's faces in views the identity term never optimised: the faces
-    JPEG-compressed (quality 75), blurred (Gaussian, sigma 0.7 px), with noise (sigma 3 grey levels); against
-    centroids of the validation crops only; and embedded as whole crops (``--dlib-crop whole``: no landmark
-    alignment, against whole-crop centroids)."""
+def fidelity_in_other_views(results: Path, weights: Path, faces_dir: Path, seed: int) -> dict:
+    """Fidelity by dlib (CVAE, pixel means) of generate's faces in views the identity term never optimised: the
+    faces JPEG-compressed (quality 75), blurred (Gaussian, sigma 0.7 px), with noise (sigma 3 grey levels);
+    against centroids of the validation crops only; and embedded whole (``--dlib-crop whole``: no landmark
+    alignment, against whole-crop centroids). Centroids come from the crops aligned as the run aligned them."""
     import io
 
     import cv2
     import numpy as np
     from PIL import Image
 
-    from facepipe.cvae import read_training_inputs, split_train_validation
-    from facepipe.embed import embed, load_embedder_like
-    from facepipe.formats import generated_face_names, read_embeddings
+    from facepipe.cvae import split_train_validation
+    from facepipe.embed import load_embedder
+    from facepipe.formats import generated_face_names
     from facepipe.generate import identity_fidelity
-    from facepipe.identity import at_crop_size, cluster_centroids
+    from facepipe.identity import at_crop_size
     from facepipe.images import load_image_rgb
 
-    inputs = read_training_inputs(results)
+    inputs, crops, aligner = crops_as_trained(results, weights)
     clusters = sorted(int(c) for c in np.unique(inputs.clusters))
-    aligned_file = results.parent / "image_features.csv"
-    aligned = read_embeddings(aligned_file)
-    whole_file = results.parent / "image_features_whole.csv"
-    embed(inputs.crops_dir, whole_file, model="dlib-resnet128", dlib_crop="whole", workers=2, show_progress=False)
-    whole = read_embeddings(whole_file)
+    margin = 0.2 if aligner is None else aligner.padding
+    embedders = {crop: load_embedder("dlib-resnet128", device="cpu", face_margin=margin, dlib_crop=crop,
+                                     show_progress=False) for crop in ("aligned", "whole")}
+    crop_vectors = {crop: embedder.embed(list(crops)) for crop, embedder in embedders.items()}
     _, val_rows = split_train_validation(np.searchsorted(clusters, inputs.clusters), 0.1, seed)
+
+    def centroids(vectors, rows):
+        unit = vectors[rows] / np.linalg.norm(vectors[rows], axis=1, keepdims=True)
+        means = np.stack([unit[inputs.clusters[rows] == c].mean(axis=0) for c in clusters])
+        return means / np.linalg.norm(means, axis=1, keepdims=True)
 
     def jpeg(rgb):
         buffer = io.BytesIO()
@@ -197,20 +209,19 @@ def fidelity_in_other_views(results: Path, faces_dir: Path, seed: int) -> dict:
         return np.asarray(Image.open(buffer).convert("RGB"))
 
     noise = np.random.default_rng(seed)
+    every = np.arange(len(inputs.names))
     changes = {"jpeg75": jpeg, "blur0.7": lambda rgb: cv2.GaussianBlur(rgb, (0, 0), 0.7),
                "noise3": lambda rgb: np.clip(rgb + noise.normal(0, 3, rgb.shape), 0, 255).astype(np.uint8)}
-    aligned_centroids = cluster_centroids(aligned, inputs.names, inputs.clusters)[1]
-    views = {name: (change, aligned_file, aligned_centroids) for name, change in changes.items()}
-    views["val_centroids"] = (None, aligned_file, cluster_centroids(aligned, [inputs.names[i] for i in val_rows],
-                                                                    inputs.clusters[val_rows])[1])
-    views["whole_crop"] = (None, whole_file, cluster_centroids(whole, inputs.names, inputs.clusters)[1])
+    views = {name: (change, "aligned", every) for name, change in changes.items()}
+    views["val_centroids"] = (None, "aligned", val_rows)
+    views["whole_crop"] = (None, "whole", every)
     scores = {}
-    for view, (change, embeddings_file, centroids) in views.items():
-        embedder = load_embedder_like(read_embeddings(embeddings_file), embeddings_file, "cpu")
+    for view, (change, crop, rows) in views.items():
         for kind in ("face", "mean"):
             faces = [load_image_rgb(faces_dir / generated_face_names(c)[kind]) for c in clusters]
             faces = at_crop_size([change(rgb) if change else rgb for rgb in faces], inputs.crops_dir, inputs.names[0])
-            correct = identity_fidelity(embedder.embed(faces), clusters, clusters, centroids)["correct"]
+            correct = identity_fidelity(embedders[crop].embed(faces), clusters, clusters,
+                                        centroids(crop_vectors[crop], rows))["correct"]
             scores.setdefault(view, {})["cvae" if kind == "face" else "pixel_mean"] = correct
     return scores
 
@@ -231,6 +242,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--mean-anchor", type=float, default=100.0)
     parser.add_argument("--identity-weight", type=float, default=1000.0)
+    parser.add_argument("--align", default="dlib5", choices=["dlib5", "none"])
+    parser.add_argument("--align-padding", type=float, default=0.5)
+    parser.add_argument("--draw-identity", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--jitter", type=float, default=1.0)
+    parser.add_argument("--decoder-base", default="mean", choices=["mean", "none"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--judge-dir", type=Path, default=REPO.parent / "judge",
                         help="folder with faceres.json and faceres.bin (see judge_faceres.py)")
