@@ -125,8 +125,8 @@ def fidelity(args) -> None:
 def crops_as_trained(results: Path, weights: Path):
     """The training inputs of the run in ``weights`` and all their crops at the crops' own size, aligned as that
     run aligned them (landmark-aligned, or whole): what the generated faces are compared with."""
-    from facepipe.crops import load_crops
-    from facepipe.cvae import CVAEConfig, crop_aligner, find_checkpoint, load_checkpoint, read_training_inputs
+    from facepipe.crops import load_crops, read_training_inputs
+    from facepipe.cvae import CVAEConfig, crop_aligner, find_checkpoint, load_checkpoint
     from facepipe.images import load_image_rgb
 
     inputs = read_training_inputs(results)

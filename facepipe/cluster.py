@@ -40,6 +40,7 @@ from facepipe.formats import (
     UNKNOWN_GRID_JPG,
     read_embeddings,
     read_json,
+    recorded_path,
     sample_grid,
     sidecar_path,
     write_centroids,
@@ -609,10 +610,9 @@ def _check_k(k, k_range, k_rule: str, n: int, embeddings_path: Path) -> range:
 
 
 def _crops_dir(crops_dir, meta: dict, embeddings_path: Path) -> Path | None:
-    """The crops folder given, else the embeddings sidecar's (relative to the embeddings file)."""
+    """The crops folder given, else the embeddings sidecar's (``formats.recorded_path``)."""
     if crops_dir is None and meta.get("crops_dir"):
-        found = Path(meta["crops_dir"])
-        return found if found.is_absolute() else embeddings_path.parent / found
+        return recorded_path(meta["crops_dir"], embeddings_path)
     if crops_dir is not None:
         crops_dir = Path(os.path.abspath(crops_dir))
         if not crops_dir.is_dir():

@@ -1,6 +1,7 @@
-"""The face crops that train-cvae and generate read: decoded once at the CVAE's size, and aligned on dlib's
-5 landmarks (``--align dlib5``) so that the eyes and mouth of every crop of a person fall on the same pixels
-and their mean is sharp.
+"""The face crops of a clustering, as train-cvae, generate and the identity term read them: which ones
+(``read_training_inputs``: the grouped crops, and their folder), decoded once at the CVAE's size, and
+aligned on dlib's 5 landmarks (``--align dlib5``) so that the eyes and mouth of every crop of a person fall
+on the same pixels and their mean is sharp.
 
 The alignment is dlib's ``get_face_chip`` (the one embed's dlib-resnet128 uses) with a larger padding,
 DEFAULT_ALIGN_PADDING, that keeps the whole head; beyond the crop's edge its border pixels are repeated.
@@ -9,6 +10,8 @@ Each crop's landmarks are recorded (``alignment.csv``), so a rerun and generate 
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +19,15 @@ import numpy as np
 
 from facepipe.common import FacepipeError, progress
 from facepipe.cvae_settings import ALIGNMENTS, DEFAULT_ALIGN_PADDING, DEFAULT_ALIGNMENT, MAX_ALIGN_PADDING
-from facepipe.formats import DETECT_PARAMS_JSON, read_json
+from facepipe.formats import (
+    CLUSTER_COLUMNS,
+    DETECT_PARAMS_JSON,
+    UNKNOWN_CLUSTER,
+    read_csv,
+    read_json,
+    recorded_path,
+    sidecar_path,
+)
 from facepipe.images import ImageReadError, load_image_rgb, resize_square
 
 
@@ -104,3 +115,59 @@ def load_crops(names: Sequence[str], crops_dir: str | Path, size: int, show_prog
 def cluster_pixel_means(images: np.ndarray, labels: np.ndarray, wanted: Sequence) -> np.ndarray:
     """Pixel-wise mean of the crops (n, S, S, 3) of each label in ``wanted`` -> float64 (len(wanted), S, S, 3)."""
     return np.stack([images[labels == label].astype(np.float64).mean(axis=0) for label in wanted])
+
+
+def grouped_crops(names: Sequence[str], cluster_of: Sequence[int]) -> tuple[list[str], np.ndarray]:
+    """The crops ``names`` and their cluster ids without those in the unknown group (UNKNOWN_CLUSTER)."""
+    cluster_of = np.asarray(cluster_of)
+    grouped = cluster_of != UNKNOWN_CLUSTER
+    return [name for name, keep in zip(names, grouped) if keep], cluster_of[grouped]
+
+
+@dataclass
+class TrainingInputs:
+    """The crops to train on: names, cluster ids (never UNKNOWN_CLUSTER), and the folder holding them."""
+
+    names: list[str]
+    clusters: np.ndarray
+    crops_dir: Path
+    cluster_results: Path
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for name, cluster in zip(self.names, self.clusters):
+            digest.update(f"{name}\t{int(cluster)}\n".encode("utf-8"))
+        return digest.hexdigest()[:16]
+
+
+def read_training_inputs(cluster_results: str | Path, crops_dir: str | Path | None = None) -> TrainingInputs:
+    """Read the grouped crops of ``cluster_results.csv`` and find its crops folder (``crops_dir``, else the
+    sidecar's ``crops_dir``); crops in the unknown group (UNKNOWN_CLUSTER) are left out."""
+    cluster_results = Path(cluster_results)
+    frame = read_csv(cluster_results, CLUSTER_COLUMNS, what="cluster results CSV")
+    if frame.empty:
+        raise FacepipeError(f"{cluster_results} lists no crops")
+    try:
+        clusters = frame["cluster"].to_numpy(dtype=np.int64)
+    except (ValueError, TypeError):
+        raise FacepipeError(f"{cluster_results}: the cluster column must hold integers") from None
+    if (clusters < UNKNOWN_CLUSTER).any():
+        raise FacepipeError(f"{cluster_results}: cluster ids must be {UNKNOWN_CLUSTER} (unknown) or 0 and up")
+    if crops_dir is None:
+        meta_file = sidecar_path(cluster_results)
+        meta = read_json(meta_file) if meta_file.is_file() else {}
+        if not meta.get("crops_dir"):
+            raise FacepipeError(f"no --crops-dir given and {meta_file} does not name the crops folder")
+        crops_dir = recorded_path(meta["crops_dir"], cluster_results)
+    crops_dir = Path(crops_dir)
+    if not crops_dir.is_dir():
+        raise FacepipeError(f"crops folder not found: {crops_dir}")
+    names = frame["name"].astype(str).tolist()
+    if len(set(names)) != len(names):
+        raise FacepipeError(f"{cluster_results}: the same crop name appears more than once")
+    grouped_names, grouped_clusters = grouped_crops(names, clusters)
+    if not grouped_names:
+        raise FacepipeError(f"{cluster_results}: all {len(names)} crops are in the unknown group "
+                            f"(cluster {UNKNOWN_CLUSTER}), so there is no group to train on or generate")
+    return TrainingInputs(names=grouped_names, clusters=grouped_clusters, crops_dir=crops_dir.resolve(),
+                          cluster_results=cluster_results.resolve())

@@ -23,22 +23,17 @@ import pandas as pd
 from facepipe import __version__
 from facepipe.common import FacepipeError, atomic_path, progress, remove_stale_temporaries, resolve_device, seed_everything
 from facepipe.formats import (
-    CLUSTER_COLUMNS,
     ALIGNMENT_CSV,
     CVAE_BEST_CHECKPOINT,
     CVAE_CHECKPOINT_FORMAT,
     CVAE_LOG_COLUMNS,
     CVAE_LOG_CSV,
-    UNKNOWN_CLUSTER,
     cvae_checkpoint_name,
     read_alignment,
-    read_csv,
-    read_json,
-    sidecar_path,
     write_alignment,
     write_csv_atomic,
 )
-from facepipe.crops import CropAligner, check_alignment, cluster_pixel_means, load_crops
+from facepipe.crops import CropAligner, check_alignment, cluster_pixel_means, load_crops, read_training_inputs
 from facepipe.cvae_settings import (
     DECODER_BASES,
     DEFAULT_ALIGN_PADDING,
@@ -48,7 +43,7 @@ from facepipe.cvae_settings import (
     MAX_DRAW_IDENTITY,
     MAX_IDENTITY_JITTER,
 )
-from facepipe.identity import build_identity_term, clustered_embeddings_model, grouped_crops, identity_weight_for
+from facepipe.identity import build_identity_term, clustered_embeddings_model, identity_weight_for
 
 CHECKPOINT_PATTERN = re.compile(r"^cvae_epoch_(\d+)\.pt$")
 MIN_IMAGE_SIZE = 16
@@ -229,57 +224,6 @@ def cvae_loss(reconstruction, target, mu, logvar, centre_faces, cluster_means, i
 
 
 # ---------------------------------------------------------------- inputs
-
-
-@dataclass
-class TrainingInputs:
-    """The crops to train on: names, cluster ids (never UNKNOWN_CLUSTER), and the folder holding them."""
-
-    names: list[str]
-    clusters: np.ndarray
-    crops_dir: Path
-    cluster_results: Path
-
-    def fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for name, cluster in zip(self.names, self.clusters):
-            digest.update(f"{name}\t{int(cluster)}\n".encode("utf-8"))
-        return digest.hexdigest()[:16]
-
-
-def read_training_inputs(cluster_results: str | Path, crops_dir: str | Path | None = None) -> TrainingInputs:
-    """Read the grouped crops of ``cluster_results.csv`` and find its crops folder (``crops_dir``, else the
-    sidecar's ``crops_dir``); crops in the unknown group (UNKNOWN_CLUSTER) are left out."""
-    cluster_results = Path(cluster_results)
-    frame = read_csv(cluster_results, CLUSTER_COLUMNS, what="cluster results CSV")
-    if frame.empty:
-        raise FacepipeError(f"{cluster_results} lists no crops")
-    try:
-        clusters = frame["cluster"].to_numpy(dtype=np.int64)
-    except (ValueError, TypeError):
-        raise FacepipeError(f"{cluster_results}: the cluster column must hold integers") from None
-    if (clusters < UNKNOWN_CLUSTER).any():
-        raise FacepipeError(f"{cluster_results}: cluster ids must be {UNKNOWN_CLUSTER} (unknown) or 0 and up")
-    if crops_dir is None:
-        meta_file = sidecar_path(cluster_results)
-        meta = read_json(meta_file) if meta_file.is_file() else {}
-        if not meta.get("crops_dir"):
-            raise FacepipeError(f"no --crops-dir given and {meta_file} does not name the crops folder")
-        crops_dir = Path(meta["crops_dir"])
-        if not crops_dir.is_absolute() and not crops_dir.is_dir():
-            crops_dir = cluster_results.parent / crops_dir
-    crops_dir = Path(crops_dir)
-    if not crops_dir.is_dir():
-        raise FacepipeError(f"crops folder not found: {crops_dir}")
-    names = frame["name"].astype(str).tolist()
-    if len(set(names)) != len(names):
-        raise FacepipeError(f"{cluster_results}: the same crop name appears more than once")
-    grouped_names, grouped_clusters = grouped_crops(names, clusters)
-    if not grouped_names:
-        raise FacepipeError(f"{cluster_results}: all {len(names)} crops are in the unknown group "
-                            f"(cluster {UNKNOWN_CLUSTER}), so there is no group to train on or generate")
-    return TrainingInputs(names=grouped_names, clusters=grouped_clusters, crops_dir=crops_dir.resolve(),
-                          cluster_results=cluster_results.resolve())
 
 
 def split_train_validation(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

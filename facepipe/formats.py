@@ -87,6 +87,17 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def recorded_path(value: str | os.PathLike, data_file: str | os.PathLike) -> Path:
+    """A path recorded in the sidecar of ``data_file`` (e.g. its ``crops_dir`` or ``embeddings``): absolute as
+    it is; a relative one from the data file's folder (so a moved run folder still works), or, where nothing
+    is there but it exists from the current folder (hand-written sidecars), from the current folder."""
+    path = Path(value)
+    if path.is_absolute():
+        return path
+    beside = Path(data_file).parent / path
+    return path if not beside.exists() and path.exists() else beside
+
+
 @dataclass
 class Embeddings:
     """Face embeddings: one row of ``vectors`` per crop ``names[i]``, and the sidecar's metadata."""
@@ -318,6 +329,8 @@ def generated_face_names(cluster: int) -> dict[str, str]:
 #        (cluster), weights/ (train-cvae), inference_results/ (generate), probe/ (probe, with labels),
 #        config.toml (the config used), state.json (what each stage consumed), summary.json (counts, timings,
 #        metrics), run.log, report.html (one self-contained page)
+RUN_CROPS_DIR, RUN_WEIGHTS_DIR, RUN_SAMPLES_DIR, RUN_INFERENCE_DIR, RUN_PROBE_DIR = (
+    "temp", "weights", "cluster_samples", "inference_results", "probe")
 RUN_CONFIG_TOML = "config.toml"
 RUN_STATE_JSON = "state.json"
 RUN_SUMMARY_JSON = "summary.json"

@@ -17,8 +17,8 @@ from typing import Sequence
 import numpy as np
 
 from facepipe.common import FacepipeError, progress, remove_stale_temporaries, resolve_device
-from facepipe.crops import CropAligner, cluster_pixel_means, load_crops
-from facepipe.cvae import crop_aligner, find_checkpoint, load_cvae, read_training_inputs
+from facepipe.crops import CropAligner, cluster_pixel_means, load_crops, read_training_inputs
+from facepipe.cvae import crop_aligner, find_checkpoint, load_cvae
 from facepipe.cvae_settings import DEFAULT_TEMPERATURE, MAX_TEMPERATURE
 from facepipe.formats import (
     CENTROIDS_CSV,

@@ -9,7 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from facepipe.common import FacepipeError
-from facepipe.formats import UNKNOWN_CLUSTER, read_embeddings, read_json, sidecar_path
+from facepipe.crops import grouped_crops
+from facepipe.formats import read_embeddings, read_json, recorded_path, sidecar_path
 from facepipe.images import load_image_rgb
 
 IDENTITY_MODELS = ("dlib-resnet128",)  # embedders that can align and embed a face differentiably
@@ -26,8 +27,7 @@ def clustered_embeddings_path(cluster_results: Path, embeddings: str | Path | No
     named = meta.get("embeddings")
     if not named:
         raise FacepipeError(f"{meta_file} does not name the embeddings the clusters came from; pass --embeddings")
-    path = Path(named)
-    return path if path.is_absolute() or path.is_file() else cluster_results.parent / path
+    return recorded_path(named, cluster_results)
 
 
 def at_crop_size(faces: Sequence[np.ndarray], crops_dir: Path, crop_name: str) -> list[np.ndarray]:
@@ -65,13 +65,6 @@ def identity_weight_for(weight: float | str, model: str | None) -> float:
         raise FacepipeError(f"the identity term needs {' or '.join(IDENTITY_MODELS)} embeddings, and the clusters "
                             f"{source}: use --identity-weight 0")
     return value
-
-
-def grouped_crops(names: Sequence[str], cluster_of: Sequence[int]) -> tuple[list[str], np.ndarray]:
-    """The crops ``names`` and their cluster ids without those in the unknown group (UNKNOWN_CLUSTER)."""
-    cluster_of = np.asarray(cluster_of)
-    grouped = cluster_of != UNKNOWN_CLUSTER
-    return [name for name, keep in zip(names, grouped) if keep], cluster_of[grouped]
 
 
 def cluster_centroids(embeddings, names: Sequence[str], cluster_of: np.ndarray) -> tuple[list[int], np.ndarray]:

@@ -13,13 +13,19 @@ from facepipe.formats import (
     CENTROIDS_CSV,
     CLUSTER_METRICS_JSON,
     CLUSTER_RESULTS_CSV,
+    DETECTIONS_CSV,
     ELBOW_PNG,
     EMBEDDINGS_CSV,
+    ERRORS_CSV,
     FIDELITY_JSON,
     GENERATED_SHEET_PNG,
     RUN_CONFIG_TOML,
+    RUN_CROPS_DIR,
+    RUN_INFERENCE_DIR,
     RUN_LOG,
+    RUN_PROBE_DIR,
     RUN_REPORT_HTML,
+    RUN_SAMPLES_DIR,
     RUN_SUMMARY_JSON,
     K_SELECTION_CSV,
     SAMPLES_OVERVIEW_JPG,
@@ -99,8 +105,6 @@ def _sharpness_text(fidelity: dict | None, cluster: int) -> str:
 def _cluster_section(out_dir: Path, fidelity: dict | None) -> str:
     """A card per cluster (its CVAE face, pixel mean, random draws and sample grid), then the unknown group
     when there is one."""
-    from facepipe.run import INFERENCE_DIR, SAMPLES_DIR
-
     results_file = out_dir / CLUSTER_RESULTS_CSV
     if not results_file.is_file():
         return '<p class="muted">No clusters yet.</p>'
@@ -111,31 +115,29 @@ def _cluster_section(out_dir: Path, fidelity: dict | None) -> str:
     for cluster, size in sizes.items():
         files = generated_face_names(int(cluster))
         shown = [("face", "CVAE face (z = 0)", ""), ("mean", "pixel mean", "")]
-        if (out_dir / INFERENCE_DIR / files["samples"]).is_file():
+        if (out_dir / RUN_INFERENCE_DIR / files["samples"]).is_file():
             shown.append(("samples", "random draws", "draws"))
         faces = "".join(
-            f"<figure>{_inline(out_dir / INFERENCE_DIR / files[key], f'cluster {cluster} {caption}', css)}"
+            f"<figure>{_inline(out_dir / RUN_INFERENCE_DIR / files[key], f'cluster {cluster} {caption}', css)}"
             f"<figcaption>{caption}</figcaption></figure>"
             for key, caption, css in shown)
         parts.append(_group_card(f"cluster-{cluster}", f"Cluster {cluster}",
                                  f"{size} face(s){_sharpness_text(fidelity, int(cluster))}", faces,
-                                 out_dir / SAMPLES_DIR / sample_grid(int(cluster))))
+                                 out_dir / RUN_SAMPLES_DIR / sample_grid(int(cluster))))
     if unknown.any():
         parts.append(_group_card("cluster-unknown", "Unknown",
                                  f"{int(unknown.sum())} face(s) that match no group (so no aggregated face)", "",
-                                 out_dir / SAMPLES_DIR / UNKNOWN_GRID_JPG))
+                                 out_dir / RUN_SAMPLES_DIR / UNKNOWN_GRID_JPG))
     return "".join(parts)
 
 
 def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
     """Write ``report.html`` into the run folder from its outputs and the run summary."""
-    from facepipe.run import INFERENCE_DIR, PROBE_DIR, SAMPLES_DIR
-
     stages = summary["stages"]
     stage_rows = [(html.escape(name), html.escape(s["status"]), f"{s['seconds']:.1f}", html.escape(s["summary"]))
                   for name, s in stages.items()]
     cluster_details = stages.get("cluster", {})
-    fidelity_file = out_dir / INFERENCE_DIR / FIDELITY_JSON
+    fidelity_file = out_dir / RUN_INFERENCE_DIR / FIDELITY_JSON
     fidelity = read_json(fidelity_file) if fidelity_file.is_file() else None
     clustering_metrics = cluster_details.get("metrics")
 
@@ -157,7 +159,7 @@ def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
     sections.append('<h2 id="clusters">Clusters</h2><p>Each cluster: its aggregated face from the CVAE beside the '
                     "pixel mean of its crops (both aligned on the eyes and mouth), random draws of the CVAE for "
                     "that cluster, and the crops nearest its centroid.</p>"
-                    + _inline(out_dir / SAMPLES_DIR / SAMPLES_OVERVIEW_JPG, "overview: the crop nearest each centroid")
+                    + _inline(out_dir / RUN_SAMPLES_DIR / SAMPLES_OVERVIEW_JPG, "overview: the crop nearest each centroid")
                     + _cluster_section(out_dir, fidelity))
     sections.append('<h2 id="fidelity">Fidelity</h2>')
     if fidelity:
@@ -181,7 +183,7 @@ def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
     probe_targets = (stages.get("probe") or {}).get("targets")
     if probe_targets:
         for target, metrics in probe_targets.items():
-            link = _link(out_dir, f"{PROBE_DIR}/{target}.json", f"{target}.json")
+            link = _link(out_dir, f"{RUN_PROBE_DIR}/{target}.json", f"{target}.json")
             sections.append(f"<h3>{html.escape(target)} (held-out identities) {link}</h3>"
                             + (_metrics_table(metrics) if metrics else '<p class="muted">no held-out metrics</p>'))
     else:
@@ -189,8 +191,7 @@ def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
     file_links = [_link(out_dir, relative) for relative in (
         RUN_CONFIG_TOML, RUN_SUMMARY_JSON, RUN_LOG, EMBEDDINGS_CSV, CLUSTER_RESULTS_CSV, K_SELECTION_CSV,
         CENTROIDS_CSV, CLUSTER_METRICS_JSON,
-        f"{INFERENCE_DIR}/{GENERATED_SHEET_PNG}", f"{INFERENCE_DIR}/{FIDELITY_JSON}", "temp/detections.csv",
-        "temp/errors.csv")]
+        f"{RUN_INFERENCE_DIR}/{GENERATED_SHEET_PNG}", f"{RUN_INFERENCE_DIR}/{FIDELITY_JSON}", f"{RUN_CROPS_DIR}/{DETECTIONS_CSV}", f"{RUN_CROPS_DIR}/{ERRORS_CSV}")]
     sections.append('<h2 id="files">Files</h2><ul>' + "".join(f"<li>{link}</li>" for link in file_links if link)
                     + "</ul><details><summary>Config used</summary><pre>"
                     + html.escape(config_to_toml(config)) + "</pre></details>")

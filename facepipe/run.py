@@ -25,9 +25,14 @@ from facepipe.formats import (
     CLUSTER_RESULTS_CSV,
     EMBEDDINGS_CSV,
     RUN_CONFIG_TOML,
+    RUN_CROPS_DIR,
+    RUN_INFERENCE_DIR,
     RUN_LOG,
+    RUN_PROBE_DIR,
+    RUN_SAMPLES_DIR,
     RUN_STATE_JSON,
     RUN_SUMMARY_JSON,
+    RUN_WEIGHTS_DIR,
     read_json,
     write_json_atomic,
 )
@@ -35,8 +40,6 @@ from facepipe.identity import identity_weight_for
 from facepipe.images import collect_images
 
 STAGES = ("detect", "embed", "cluster", "train_cvae", "generate", "probe")
-CROPS_DIR, WEIGHTS_DIR, SAMPLES_DIR, INFERENCE_DIR, PROBE_DIR = (
-    "temp", "weights", "cluster_samples", "inference_results", "probe")
 
 log = logging.getLogger("facepipe.run")
 
@@ -76,7 +79,7 @@ def _digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
 
 
-def _file_digest(path: str) -> str | None:
+def _file_stamp(path: str) -> str | None:
     """Fingerprint a file the run reads (e.g. the labels manifest) by size and modification time."""
     if not path:
         return None
@@ -190,7 +193,7 @@ def run(
     handlers = _setup_logging(out, quiet=not show_progress)
     log.info("facepipe %s run: %d images from %s -> %s", __version__, len(images), ", ".join(inputs), out)
     runner = _Runner(out, from_stage)
-    crops, features, results = out / CROPS_DIR, out / EMBEDDINGS_CSV, out / CLUSTER_RESULTS_CSV
+    crops, features, results = out / RUN_CROPS_DIR, out / EMBEDDINGS_CSV, out / CLUSTER_RESULTS_CSV
     partial = False
     try:
         def do_detect(force):
@@ -217,14 +220,14 @@ def run(
 
         def do_cluster(force):
             options = dict(config["cluster"])
-            summary = cluster(features, out, samples_dir=out / SAMPLES_DIR, labels=labels, force=force,
+            summary = cluster(features, out, samples_dir=out / RUN_SAMPLES_DIR, labels=labels, force=force,
                               show_progress=show_progress, **options)
             return summary.line(), summary.details()
 
-        fp = runner.stage("cluster", _digest(config["cluster"], fp, _file_digest(labels)), do_cluster)
+        fp = runner.stage("cluster", _digest(config["cluster"], fp, _file_stamp(labels)), do_cluster)
 
         def do_train(force):
-            summary = train_cvae(results, crops_dir=crops, weights_dir=out / WEIGHTS_DIR, resume=not force,
+            summary = train_cvae(results, crops_dir=crops, weights_dir=out / RUN_WEIGHTS_DIR, resume=not force,
                                  force=force, show_progress=show_progress, **config["train_cvae"])
             return summary.line(), {"epochs": summary.last_epoch, "best_epoch": summary.best_epoch,
                                     "best_val_loss": summary.best_val_loss, "device": summary.device,
@@ -233,7 +236,7 @@ def run(
         fp = runner.stage("train_cvae", _digest(config["train_cvae"], fp), do_train)
 
         def do_generate(force):
-            summary = generate(out / WEIGHTS_DIR, out_dir=out / INFERENCE_DIR, cluster_results=results,
+            summary = generate(out / RUN_WEIGHTS_DIR, out_dir=out / RUN_INFERENCE_DIR, cluster_results=results,
                                crops_dir=crops, embeddings=features, device=config["train_cvae"]["device"],
                                show_progress=show_progress, **config["generate"])
             return summary.line(), {"clusters": len(summary.clusters), "fidelity": summary.fidelity}
@@ -241,8 +244,8 @@ def run(
         runner.stage("generate", _digest(config["generate"], fp), do_generate)
 
         if labels is not None and config["probe"]["targets"]:
-            runner.stage("probe", _digest(config["probe"], embed_fp, _file_digest(labels)),
-                         lambda force: _run_probes(features, labels, crops, out / PROBE_DIR, config["probe"], force,
+            runner.stage("probe", _digest(config["probe"], embed_fp, _file_stamp(labels)),
+                         lambda force: _run_probes(features, labels, crops, out / RUN_PROBE_DIR, config["probe"], force,
                                                    show_progress))
         else:
             runner.records.append(StageRecord("probe", "not configured", summary="no labels or no targets given"))

@@ -16,10 +16,10 @@ from facepipe.cvae import (
     epoch_checkpoints,
     load_checkpoint,
     load_cvae,
-    read_training_inputs,
     split_train_validation,
     train_cvae,
 )
+from facepipe.crops import read_training_inputs
 from facepipe.formats import CVAE_BEST_CHECKPOINT, CVAE_LOG_COLUMNS, CVAE_LOG_CSV, cvae_checkpoint_name, write_json_atomic
 
 TRAINING = dict(image_size=32, latent_dim=16, base_channels=16, batch_size=8, epochs=3, seed=3, identity_weight=0.0,

@@ -17,11 +17,14 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from facepipe.cluster_metrics import clustering_metrics
 from facepipe.common import FacepipeError
 from facepipe.config import load_config
-from facepipe.cvae import load_checkpoint, read_training_inputs, train_cvae
+from facepipe.crops import read_training_inputs
+from facepipe.cvae import load_checkpoint, train_cvae
 from facepipe.formats import (
     CENTROIDS_CSV,
     CLUSTER_RESULTS_CSV,
     CVAE_BEST_CHECKPOINT,
+    RUN_INFERENCE_DIR,
+    RUN_SAMPLES_DIR,
     UNKNOWN_CLUSTER,
     UNKNOWN_GRID_JPG,
     Embeddings,
@@ -34,7 +37,6 @@ from facepipe.formats import (
 from facepipe.generate import generate, saved_or_recomputed_centroids
 from facepipe.identity import cluster_centroids
 from facepipe.report import write_report
-from facepipe.run import INFERENCE_DIR, SAMPLES_DIR
 from test_cvae import TRAINING
 
 PHOTOS = Path(__file__).resolve().parents[1] / "assets" / "samples" / "images"
@@ -166,7 +168,7 @@ def write_run_folder(out: Path, clusters: dict[str, int], unknown_grid: bool) ->
     groups = sorted(set(clusters.values()) - {UNKNOWN_CLUSTER})
     grids = [sample_grid(c) for c in groups]
     faces = [name for c in groups for name in generated_face_names(c).values()]
-    for folder, names in ((SAMPLES_DIR, grids + [UNKNOWN_GRID_JPG] * unknown_grid), (INFERENCE_DIR, faces)):
+    for folder, names in ((RUN_SAMPLES_DIR, grids + [UNKNOWN_GRID_JPG] * unknown_grid), (RUN_INFERENCE_DIR, faces)):
         (out / folder).mkdir(exist_ok=True)
         for name in names:
             Image.new("RGB", (8, 8), "gray").save(out / folder / name)
@@ -187,7 +189,7 @@ def test_report_shows_the_unknown_group_with_its_grid(tmp_path):
     assert "sample grid: not produced" not in section
     unknown = section[section.index('id="cluster-unknown"'):]  # the last card
     assert f"{PHOTOS_EACH} face(s) that match no group" in unknown
-    grid = base64.b64encode((tmp_path / SAMPLES_DIR / UNKNOWN_GRID_JPG).read_bytes()).decode("ascii")
+    grid = base64.b64encode((tmp_path / RUN_SAMPLES_DIR / UNKNOWN_GRID_JPG).read_bytes()).decode("ascii")
     assert grid in unknown and "CVAE face" not in unknown
 
 
