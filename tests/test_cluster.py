@@ -239,7 +239,7 @@ def test_k_range_parsing():
 
 
 def test_lfw_true_k_and_auto_k(lfw_dlib_embeddings, data_dir, tmp_path):
-    """The LFW numbers in the README: BCubed F with the true k, and the k that --k auto picks."""
+    """The LFW numbers in docs/commands.md: BCubed F with the true k, and the k that --k auto picks."""
     manifest = data_dir("lfw") / "manifest.csv"
     crops_dir = read_json(sidecar_path(lfw_dlib_embeddings))["crops_dir"]
     from facepipe.labels import attach_labels

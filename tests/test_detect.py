@@ -56,7 +56,7 @@ def test_largest_only_keeps_one_face_per_photo(data_dir, tmp_path):
 
 
 def test_lfw_detection_rate_rises_as_min_neighbors_falls(data_dir, lfw_crops, tmp_path):
-    """The rates printed here are the ones in the README (detection rate at minNeighbors 45 and 5)."""
+    """The rates printed here are the ones in docs/commands.md (detection rate at minNeighbors 45 and 5)."""
     summary_45 = detect([data_dir("lfw") / "images"], tmp_path, DetectorParams(detector="haar"), workers=2,
                         show_progress=False)
     sources_45 = pd.read_csv(tmp_path / SOURCES_CSV)

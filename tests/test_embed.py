@@ -80,7 +80,7 @@ def verification_accuracy(embeddings: Embeddings, identities) -> tuple[float, fl
 
 
 def test_dlib_lfw_verification_accuracy(lfw_dlib_embeddings, lfw_crops, data_dir):
-    """The accuracies printed here are the ones in the README."""
+    """The accuracies printed here are the ones in docs/commands.md."""
     embeddings = read_embeddings(lfw_dlib_embeddings)
     assert embeddings.model == "dlib-resnet128" and embeddings.dim == 128
     assert Path(embeddings.meta["crops_dir"]) == lfw_crops

@@ -27,7 +27,7 @@ from facepipe.probe_metrics import binary_metrics, dummy_baselines
 SMALL_CS = (0.01, 0.1, 1.0)
 # Regression floor, not the goal of 0.60: dlib-resnet128 on its standard chip (padding 0.25, what this test embeds)
 # reaches bald F1 0.525 on these held-out identities (seed 0), 0.563 averaged over 10 splits; the goal needs
-# --dlib-padding 0.5 (benchmarks/bench_probe.py, README "6. probe").
+# --dlib-padding 0.5 (benchmarks/bench_probe.py, docs/commands.md "6. probe").
 BALD_F1_FLOOR = 0.35
 
 
