@@ -86,7 +86,7 @@ def main():
 @click.option("--size", default=224, show_default=True, type=click.IntRange(16), help="Crop side in pixels.")
 @click.option("--largest-only", is_flag=True, help="Keep only the largest face of each image.")
 @click.option("--crop-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Worker processes.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="Worker processes.")
 @force_option
 @quiet_option
 @reports_errors
@@ -299,7 +299,7 @@ def train_cvae(cluster_results, crops_dir, weights_dir, image_size, align, align
 @click.option("--checkpoint", default="weights", show_default=True, type=click.Path(),
               help="A checkpoint file, or a weights folder (its cvae_best.pt).")
 @click.option("-o", "--out", "out_dir", default="inference_results", show_default=True, type=click.Path(file_okay=False))
-@click.option("--samples", default=0, show_default=True, type=click.IntRange(0), help="Random draws per cluster.")
+@click.option("--samples", default=4, show_default=True, type=click.IntRange(0), help="Random draws per cluster.")
 @click.option("--temperature", default=DEFAULT_TEMPERATURE, show_default=True,
               type=click.FloatRange(0, MAX_TEMPERATURE),
               help="Spread of the random draws: z ~ N(0, temperature^2); lower stays nearer the cluster's face.")
@@ -307,8 +307,9 @@ def train_cvae(cluster_results, crops_dir, weights_dir, image_size, align, align
 @click.option("--clusters", "cluster_results", type=click.Path(dir_okay=False),
               help="cluster_results.csv for the pixel means (default: the one the model was trained on).")
 @click.option("--crops-dir", type=click.Path(file_okay=False), help="Crops folder (default: the training one).")
-@click.option("--evaluate", is_flag=True,
-              help="Embed the faces with the clusters' model and write fidelity.json (nearest-centroid identity).")
+@click.option("--evaluate/--no-evaluate", default=True, show_default=True,
+              help="Embed the faces with the clusters' model and write fidelity.json (nearest-centroid identity, "
+                   "sharpness).")
 @click.option("--embeddings", type=click.Path(dir_okay=False),
               help="Embeddings the clusters came from (default: named in the cluster results' sidecar).")
 @device_option

@@ -205,7 +205,7 @@ def detect(
     out_dir: str | os.PathLike = "temp",
     params: DetectorParams | None = None,
     *,
-    workers: int = 1,
+    workers: int = 2,
     force: bool = False,
     show_progress: bool = True,
     checkpoint_seconds: float = 10.0,

@@ -224,7 +224,7 @@ def test_generate_writes_faces_means_samples_and_sheet(tmp_path, trained):
 
     weights, _ = trained
     out = tmp_path / "inference_results"
-    result = CliRunner().invoke(main, ["generate", "--all", "--checkpoint", str(weights), "-o", str(out),
+    result = CliRunner().invoke(main, ["generate", "--all", "--checkpoint", str(weights), "-o", str(out), "--no-evaluate",
                                        "--samples", "3", "--device", "cpu", "-q"])
     assert result.exit_code == 0, result.output
     for cluster in range(5):
@@ -236,6 +236,7 @@ def test_generate_writes_faces_means_samples_and_sheet(tmp_path, trained):
 
     single = tmp_path / "one"
     result = CliRunner().invoke(main, ["generate", "--cluster", "2", "--checkpoint", str(weights), "-o", str(single),
+                                       "--no-evaluate",
                                        "--samples", "3", "--device", "cpu", "-q"])
     assert result.exit_code == 0, result.output
     for kind in ("face", "samples", "mean"):

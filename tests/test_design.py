@@ -46,3 +46,75 @@ def test_no_import_circle_between_modules():
         if module not in state:
             visit(module, [module])
     assert not circles, circles
+
+
+def stage_defaults() -> dict[str, dict]:
+    """Each run-config section's stage: the defaults of its Python function (and options dataclass)."""
+    import dataclasses
+    import inspect
+
+    from facepipe.cluster import cluster
+    from facepipe.cvae import train_cvae
+    from facepipe.detect import DetectorParams, detect
+    from facepipe.embed import embed
+    from facepipe.generate import generate
+
+    def of_function(function) -> dict:
+        return {name: p.default for name, p in inspect.signature(function).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    detect_defaults = {f.name: f.default for f in dataclasses.fields(DetectorParams)} | of_function(detect)
+    return {"detect": detect_defaults, "embed": of_function(embed), "cluster": of_function(cluster),
+            "train_cvae": of_function(train_cvae), "generate": of_function(generate)}
+
+
+def test_each_default_is_the_same_in_the_cli_the_run_config_and_the_functions():
+    """`facepipe run` and the single commands behave the same: every option of a stage's [table] in the default
+    run config is an option of its command, with the same name and default, and the stage function's default."""
+    from facepipe.cli import main
+    from facepipe.config import default_config
+
+    commands = {"detect": "detect", "embed": "embed", "cluster": "cluster", "train_cvae": "train-cvae",
+                "generate": "generate"}
+    functions = stage_defaults()
+    disagreements = []
+    for section, values in default_config().items():
+        if section not in commands:
+            continue
+        options = {p.name: (False if getattr(p, "is_flag", False) and not isinstance(p.default, bool) else p.default)
+                   for p in main.commands[commands[section]].params}
+        for key, value in values.items():
+            value = None if value == "" else value
+            for where, defaults in (("command line", options), ("function", functions[section])):
+                expected = value
+                if isinstance(value, list):  # a range: "2:40" on the command line, a sequence in Python
+                    expected = ":".join(map(str, value)) if where == "command line" else tuple(value)
+                found = tuple(defaults[key]) if isinstance(defaults.get(key), list) else defaults.get(key, KeyError)
+                if found is KeyError:
+                    disagreements.append(f"[{section}] {key} = {value!r}: no such option of the {where}")
+                elif found != expected:
+                    disagreements.append(f"[{section}] {key} = {value!r}, {where}: {found!r}")
+    assert not disagreements, "\n".join(disagreements)
+
+
+# Options of a single command that a run config does not set: inputs and outputs (the run folder fixes them),
+# and what the run decides itself (force and resume from its stage cache, the progress bars from -q).
+NOT_IN_RUN_CONFIG = {"inputs", "out_dir", "output", "crops", "crops_dir", "embeddings", "cluster_results",
+                     "weights_dir", "checkpoint", "samples_dir", "labels", "force", "quiet", "resume",
+                     "cluster_ids", "all_clusters", "no_samples"}
+
+
+def test_every_setting_of_a_command_can_be_set_in_a_run_config():
+    """No setting of a single command is out of reach of `facepipe run` (issue 15: --channels and train-cvae's
+    --workers were)."""
+    from facepipe.cli import main
+    from facepipe.config import default_config
+
+    commands = {"detect": "detect", "embed": "embed", "cluster": "cluster", "train_cvae": "train-cvae",
+                "generate": "generate"}
+    config = default_config()
+    missing = [f"{command} --{p.name.replace('_', '-')} (no [{section}] {p.name})"
+               for section, command in commands.items() for p in main.commands[command].params
+               if p.name not in config[section] and p.name not in NOT_IN_RUN_CONFIG
+               and (section, p.name) != ("generate", "device")]  # run's generate uses [train_cvae] device
+    assert not missing, "\n".join(missing)

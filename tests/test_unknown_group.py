@@ -118,12 +118,12 @@ def test_train_cvae_leaves_the_unknown_group_out(trained_with_unknown, tmp_path)
 def test_generate_writes_no_face_for_the_unknown_group(trained_with_unknown, tmp_path):
     weights = trained_with_unknown.weights_dir
     out = tmp_path / "faces"
-    generated = generate(weights, out_dir=out, samples=1, device="cpu", show_progress=False)
+    generated = generate(weights, out_dir=out, samples=1, evaluate=False, device="cpu", show_progress=False)
     assert generated.clusters == [0, 1]
     assert {p.name for p in out.glob("cluster_*.png")} == {
         name for cluster in (0, 1) for name in generated_face_names(cluster).values()}
     with pytest.raises(FacepipeError, match="not in this model"):
-        generate(weights, out_dir=out, clusters=[UNKNOWN_CLUSTER], device="cpu", show_progress=False)
+        generate(weights, out_dir=out, clusters=[UNKNOWN_CLUSTER], evaluate=False, device="cpu", show_progress=False)
 
 
 def test_no_group_left_is_a_clear_error(trained_with_unknown, tmp_path):
