@@ -23,6 +23,13 @@ def require(path: Path) -> Path:
     pytest.skip(message)
 
 
+def pytest_collection_modifyitems(items):
+    """Mark every test that reads ../shared (through data_dir or fixtures_dir) ``shared_data``."""
+    for item in items:
+        if {"data_dir", "fixtures_dir"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shared_data)
+
+
 @pytest.fixture(scope="session")
 def data_dir():
     """``data_dir("lfw")`` -> the path of a shared data set, checked to exist."""

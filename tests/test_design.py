@@ -8,7 +8,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "facepipe"
+pytestmark = pytest.mark.fast
 
 
 def imports_of_each_module() -> dict[str, set[str]]:
