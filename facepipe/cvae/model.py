@@ -1,0 +1,189 @@
+"""The conditional VAE itself: its settings (``CVAEConfig``), its layers and its loss.
+
+The label enters both the encoder (one-hot, concatenated to the flattened convolutional features) and
+the decoder (one-hot, concatenated to z, and a scale and shift per block). Layer sizes follow from the
+image size: the encoder halves the image until it is at most 7 pixels (or odd), the decoder doubles it
+back exactly. With ``decoder_base`` "mean" the decoder adds its output to the logits of the cluster's pixel
+mean, so it starts from that face and learns how a crop, or a draw, differs from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from facepipe import __version__
+from facepipe.common import FacepipeError
+from facepipe.cvae_settings import DEFAULT_ALIGN_PADDING, DEFAULT_ALIGNMENT
+
+MIN_IMAGE_SIZE = 16
+
+
+@dataclass
+class CVAEConfig:
+    """Everything that defines a CVAE and its training run; stored as a plain dict in each checkpoint."""
+
+    image_size: int = 64
+    alignment: str = DEFAULT_ALIGNMENT  # how the crops were aligned: cvae_settings.ALIGNMENTS
+    align_padding: float = DEFAULT_ALIGN_PADDING
+    latent_dim: int = 64
+    base_channels: int = 32
+    max_channels: int = 256
+    clusters: list[int] = field(default_factory=list)  # condition index i <-> cluster id clusters[i]
+    decoder_base: str = "mean"  # cvae_settings.DECODER_BASES: "mean" adds the decoder's output to the cluster's pixel mean
+    beta: float = 1.0
+    mean_anchor: float = 0.0
+    identity_weight: float = 0.0
+    draw_identity: float = 0.0
+    identity_jitter: float = 0.0
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    epochs: int = 40
+    val_fraction: float = 0.1
+    seed: int = 0
+    cluster_results: str = ""
+    crops_dir: str = ""
+    data_fingerprint: str = ""
+    facepipe_version: str = __version__
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.clusters)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CVAEConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known.setdefault("alignment", "none")  # checkpoints of facepipe before --align were trained unaligned
+        known.setdefault("decoder_base", "none")  # ... and decoded without the cluster's pixel mean
+        return cls(**known)
+
+
+def encoder_sizes(image_size: int) -> list[int]:
+    """Spatial sizes after each stride-2 convolution: halve while even and above 7 (224 -> ... 7, 64 -> ... 4)."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise FacepipeError(f"image size {image_size} is too small; use at least {MIN_IMAGE_SIZE}")
+    sizes = []
+    size = image_size
+    while size % 2 == 0 and size > 7:
+        size //= 2
+        sizes.append(size)
+    if len(sizes) < 2:
+        raise FacepipeError(f"image size {image_size} must be divisible by 4 (e.g. 64, 96, 128, 224)")
+    return sizes
+
+
+def _build_model_class():
+    import torch
+    from torch import nn
+
+    class ConditionalVAE(nn.Module):
+        """Convolutional conditional VAE; ``forward(images, labels, noise)`` -> (reconstruction, mu, logvar)."""
+
+        def __init__(self, config: CVAEConfig):
+            super().__init__()
+            self.config = config
+            sizes = encoder_sizes(config.image_size)
+            channels = [min(config.base_channels * 2**i, config.max_channels) for i in range(len(sizes))]
+            self.bottom_size, self.bottom_channels = sizes[-1], channels[-1]
+            flat = self.bottom_channels * self.bottom_size**2
+            n = config.num_classes
+
+            layers, previous = [], 3
+            for out in channels:
+                layers += [nn.Conv2d(previous, out, 4, 2, 1, bias=False), nn.BatchNorm2d(out), nn.LeakyReLU(0.2)]
+                previous = out
+            self.encoder = nn.Sequential(*layers, nn.Flatten())
+            self.to_mu = nn.Linear(flat + n, config.latent_dim)
+            self.to_logvar = nn.Linear(flat + n, config.latent_dim)
+
+            self.from_latent = nn.Linear(config.latent_dim + n, flat)
+            # Decoder: per block, a transposed convolution then a normalisation whose scale and shift are
+            # learned per cluster, so the condition shapes every resolution and not only the first layer.
+            widths = [*channels[::-1][1:], max(8, config.base_channels // 2)]
+            self.upsample = nn.ModuleList(
+                nn.ConvTranspose2d(current, out, 4, 2, 1, bias=False) for current, out in zip(channels[::-1], widths)
+            )
+            self.norms = nn.ModuleList(nn.GroupNorm(min(8, out), out, affine=False) for out in widths)
+            self.styles = nn.ModuleList(nn.Embedding(n, 2 * out) for out in widths)
+            for style in self.styles:
+                nn.init.zeros_(style.weight)
+            self.to_rgb = nn.Conv2d(widths[-1], 3, 3, 1, 1)
+            # the logits of each cluster's pixel mean (set by train_cvae, kept in the checkpoint), or zeros
+            self.register_buffer("base_logits", torch.zeros(n, 3, config.image_size, config.image_size))
+            if config.decoder_base == "mean":  # the decoder starts out as the pixel mean
+                nn.init.zeros_(self.to_rgb.weight)
+                nn.init.zeros_(self.to_rgb.bias)
+
+        def condition(self, labels: torch.Tensor) -> torch.Tensor:
+            return nn.functional.one_hot(labels, self.config.num_classes).to(self.to_mu.weight.dtype)
+
+        def encode(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Images in [0, 1] (N, 3, S, S) -> mean and log-variance of q(z | x, label)."""
+            features = torch.cat([self.encoder(images * 2.0 - 1.0), self.condition(labels)], dim=1)
+            return self.to_mu(features), self.to_logvar(features).clamp(-20.0, 10.0)
+
+        def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            """Latent codes and labels -> images in [0, 1] (N, 3, S, S)."""
+            hidden = self.from_latent(torch.cat([z, self.condition(labels).to(z.dtype)], dim=1))
+            hidden = hidden.view(-1, self.bottom_channels, self.bottom_size, self.bottom_size)
+            for upsample, norm, style in zip(self.upsample, self.norms, self.styles):
+                scale, shift = style(labels)[:, :, None, None].chunk(2, dim=1)
+                hidden = nn.functional.leaky_relu(norm(upsample(hidden)) * (1 + scale) + shift, 0.2)
+            return torch.sigmoid(self.to_rgb(hidden) + self.base_logits[labels].to(hidden.dtype))
+
+        def set_base(self, cluster_means: torch.Tensor) -> None:
+            """Start each cluster's decodes from its pixel mean (clusters, 3, S, S) in [0, 1]."""
+            if self.config.decoder_base == "mean":
+                self.base_logits.copy_(torch.logit(cluster_means.clamp(0.5 / 255, 254.5 / 255)))
+
+        def forward(self, images, labels, noise=None):
+            """Reconstruct; ``noise`` (N, latent) draws z = mu + sigma * noise, ``None`` decodes z = mu."""
+            mu, logvar = self.encode(images, labels)
+            z = mu if noise is None else mu + torch.exp(0.5 * logvar) * noise.to(mu.dtype)
+            return self.decode(z, labels), mu, logvar
+
+    return ConditionalVAE
+
+
+_MODEL_CLASS = None
+
+
+def build_model(config: CVAEConfig):
+    """A freshly initialised ``ConditionalVAE`` for ``config`` (torch is imported only when needed)."""
+    global _MODEL_CLASS
+    if _MODEL_CLASS is None:
+        _MODEL_CLASS = _build_model_class()
+    return _MODEL_CLASS(config)
+
+
+def squared_error(images, targets):
+    """Squared error summed over pixels, averaged over the images of a batch."""
+    return (images.float() - targets.float()).pow(2).flatten(1).sum(dim=1).mean()
+
+
+def cvae_loss(reconstruction, target, mu, logvar, centre_faces, cluster_means, identity, draw_identity, beta: float,
+              mean_anchor: float, identity_weight: float, draw_weight: float):
+    """Per-image means of: total = recon + beta * KL + mean_anchor * anchor
+    + identity_weight * (identity + draw_weight * draw_identity).
+
+    recon is the squared error summed over pixels, KL is summed over z, anchor is the squared error between
+    each image's cluster decoded at z = 0 (``centre_faces``) and that cluster's pixel mean (``cluster_means``),
+    ``identity`` (per image, or None when not measured) is 1 - cosine between the embedding of that face
+    and the cluster's centroid, and ``draw_identity`` (or None) the same for faces decoded from z ~ N(0, I).
+    """
+    recon = squared_error(reconstruction, target)
+    kl = (-0.5 * (1.0 + logvar.float() - mu.float().pow(2) - logvar.float().exp()).sum(dim=1)).mean()
+    anchor = squared_error(centre_faces, cluster_means)
+    total = recon + beta * kl + mean_anchor * anchor
+    not_measured = recon.new_full((), math.nan)
+    if identity is None:
+        return total, recon, kl, anchor, not_measured, not_measured
+    identity = identity.float().mean()
+    total = total + identity_weight * identity
+    if draw_identity is None:
+        return total, recon, kl, anchor, identity, not_measured
+    draw_identity = draw_identity.float().mean()
+    return total + identity_weight * draw_weight * draw_identity, recon, kl, anchor, identity, draw_identity

@@ -1,0 +1,401 @@
+"""Stage 4: train the conditional VAE on the crops of a clustering, each crop's cluster its condition.
+
+An epoch's data order, flips, noise and random views depend only on (seed, epoch) and every checkpoint holds
+the optimizer and the RNG states, so a killed and resumed run ends with the same weights as an uninterrupted
+one. The layers and the loss are in ``cvae.model``, the checkpoint files in ``cvae.checkpoints``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from facepipe.common import FacepipeError, progress, remove_stale_temporaries, resolve_device, seed_everything
+from facepipe.crops import check_alignment, cluster_pixel_means, load_crops, read_training_inputs
+from facepipe.cvae.checkpoints import (
+    crop_aligner,
+    epoch_checkpoints,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
+from facepipe.cvae.model import CVAEConfig, build_model, cvae_loss, encoder_sizes
+from facepipe.cvae_settings import (
+    DECODER_BASES,
+    DEFAULT_ALIGN_PADDING,
+    DEFAULT_ALIGNMENT,
+    DEFAULT_DRAW_IDENTITY,
+    DEFAULT_IDENTITY_JITTER,
+    MAX_DRAW_IDENTITY,
+    MAX_IDENTITY_JITTER,
+)
+from facepipe.formats import (
+    ALIGNMENT_CSV,
+    CVAE_BEST_CHECKPOINT,
+    CVAE_CHECKPOINT_FORMAT,
+    CVAE_LOG_COLUMNS,
+    CVAE_LOG_CSV,
+    cvae_checkpoint_name,
+    write_alignment,
+    write_csv_atomic,
+)
+from facepipe.identity import build_identity_term, clustered_embeddings_model, identity_weight_for
+
+LOSS_PARTS = ("loss", "recon", "kl", "anchor", "identity", "draw_identity")
+# Settings that must match for --resume to continue a run (epochs may grow; the rest may not change).
+RESUME_KEYS = ("image_size", "alignment", "align_padding", "decoder_base", "latent_dim", "base_channels",
+               "max_channels", "beta", "mean_anchor", "identity_weight", "draw_identity", "identity_jitter",
+               "learning_rate", "batch_size", "val_fraction", "seed", "clusters", "data_fingerprint")
+
+
+def split_train_validation(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split, stratified by label: each label with 2+ crops gives round(fraction * n) (at least 1) to validation."""
+    rng = np.random.default_rng([seed, 7919])
+    train, val = [], []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        members = members[rng.permutation(len(members))]
+        count = 0 if val_fraction <= 0 or len(members) < 2 else max(1, int(round(val_fraction * len(members))))
+        count = min(count, len(members) - 1)
+        val.extend(members[:count])
+        train.extend(members[count:])
+    return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
+
+
+class CachedCrops:
+    """Map-style dataset over the uint8 crop cache; an index is (row, flip) so augmentation is fixed by the sampler."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, key):
+        row, flip = key
+        image = self.images[row]  # (H, W, 3)
+        return (image.flip(1) if flip else image), self.labels[row]
+
+
+def _epoch_generator(seed: int, epoch: int):
+    """The generator that fixes an epoch's data order, flips and noise: a function of (seed, epoch) only."""
+    import torch
+
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1)
+
+
+@dataclass
+class TrainSummary:
+    """What a train-cvae run did."""
+
+    epochs_run: int
+    last_epoch: int
+    best_epoch: int
+    best_val_loss: float
+    last: dict
+    weights_dir: Path
+    seconds: float
+    device: str
+    train_count: int
+    val_count: int
+
+    def line(self) -> str:
+        if self.epochs_run == 0:
+            return f"train-cvae: nothing to do, epoch {self.last_epoch} already trained in {self.weights_dir}"
+        return (
+            f"train-cvae: {self.epochs_run} epoch(s) on {self.device} ({self.train_count} train / {self.val_count} "
+            f"validation crops), epoch {self.last_epoch}: train loss {self.last['train_loss']:.1f}, "
+            f"validation loss {self.last['val_loss']:.1f}; best epoch {self.best_epoch} -> "
+            f"{self.weights_dir / CVAE_BEST_CHECKPOINT} in {self.seconds:.1f}s"
+        )
+
+
+def _check_resumable(checkpoint: dict, config: CVAEConfig, path: Path) -> None:
+    previous = checkpoint["config"]
+    current = config.to_dict()
+    changed = [k for k in RESUME_KEYS if previous.get(k) != current.get(k)]
+    if changed:
+        raise FacepipeError(
+            f"{path} was trained with different {', '.join(changed)}: use the same settings to continue "
+            f"(or skip) that run, or --force to start over"
+        )
+
+
+def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster_means, identity_term, config, device,
+               train: bool, workers: int):
+    """One pass over ``order``; returns per-image means of loss, recon, KL, anchor, identity and draw identity.
+
+    ``cluster_means`` (clusters, 3, S, S) are the targets of the z = 0 decodes; the anchor term is always
+    measured but only trained on when ``config.mean_anchor`` > 0. ``identity_term`` (an ``IdentityTerm``, or
+    None when ``config.identity_weight`` is 0 and the identity is not measured) scores the same z = 0 faces
+    and, in training with ``config.draw_identity`` > 0, one face per cluster of the batch decoded from a random z.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    keys = list(zip(order.tolist(), flips.tolist()))
+    batches = [keys[i : i + config.batch_size] for i in range(0, len(keys), config.batch_size)]
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                        pin_memory=device.startswith("cuda"), persistent_workers=False)
+    on_cuda = device.startswith("cuda")
+    totals = np.zeros(len(LOSS_PARTS))
+    model.train(train)
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        if on_cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        noise = torch.randn(len(labels), config.latent_dim, generator=noise_generator).to(device) if train else None
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+            with torch.set_grad_enabled(train):
+                reconstruction, mu, logvar = model(images, labels, noise)
+            with torch.set_grad_enabled(train and (config.mean_anchor > 0 or identity_term is not None)):
+                # each cluster's z = 0 face once, then one per image (its gradient sums over the images)
+                present, image_to_present = torch.unique(labels, return_inverse=True)
+                present_faces = model.decode(mu.new_zeros(len(present), mu.shape[1]), present)
+                identity = draw_identity = None
+                if identity_term is not None:
+                    faces, conditions = present_faces, present
+                    if train and config.draw_identity > 0:  # and one random draw per cluster, in one pass
+                        z = torch.randn(len(present), config.latent_dim, generator=noise_generator).to(device)
+                        faces = torch.cat([faces, model.decode(z.to(mu.dtype), present)])
+                        conditions = torch.cat([present, present])
+                    # random views of the faces in training only
+                    scores = identity_term(faces, conditions, noise_generator if train else None)
+                    identity, draw_identity = scores[: len(present)][image_to_present], scores[len(present):]
+                    draw_identity = draw_identity if len(draw_identity) else None
+        loss, recon, kl, anchor, identity, draw_identity = cvae_loss(
+            reconstruction, images, mu, logvar, present_faces[image_to_present], cluster_means[labels], identity,
+            draw_identity, config.beta, config.mean_anchor, config.identity_weight, config.draw_identity)
+        if train:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        totals += np.array([part.item() for part in (loss, recon, kl, anchor, identity, draw_identity)]) * len(labels)
+    return totals / max(1, len(order))
+
+
+def _check_settings(epochs, batch_size, keep_last, mean_anchor, decoder_base, identity_jitter, draw_identity,
+                    val_fraction, align, align_padding) -> None:
+    if epochs < 1 or batch_size < 1 or keep_last < 1:
+        raise FacepipeError("epochs, batch size and --keep-last must be at least 1")
+    if mean_anchor < 0:
+        raise FacepipeError("--mean-anchor must be at least 0")
+    if decoder_base not in DECODER_BASES:
+        raise FacepipeError(f"unknown decoder base {decoder_base!r}: use {' or '.join(DECODER_BASES)}")
+    if not 0 <= identity_jitter <= MAX_IDENTITY_JITTER:
+        raise FacepipeError(f"--identity-jitter must lie between 0 and {MAX_IDENTITY_JITTER:g}, got {identity_jitter:g}")
+    if not 0 <= draw_identity <= MAX_DRAW_IDENTITY:
+        raise FacepipeError(f"--draw-identity must lie between 0 and {MAX_DRAW_IDENTITY:g}, got {draw_identity:g}")
+    if not 0 <= val_fraction < 1:
+        raise FacepipeError("--val-fraction must be in [0, 1)")
+    check_alignment(align, align_padding)
+
+
+def _checkpoints_to_continue(weights_dir: Path, epochs: int, resume: bool, force: bool) -> dict[int, Path]:
+    """The epoch checkpoints a run in ``weights_dir`` continues from (none after ``force``, which deletes them)."""
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(weights_dir)
+    existing = epoch_checkpoints(weights_dir)
+    if force:
+        for path in [*existing.values(), *(weights_dir / name for name in (CVAE_BEST_CHECKPOINT, CVAE_LOG_CSV, ALIGNMENT_CSV))]:
+            path.unlink(missing_ok=True)
+        return {}
+    if existing and not resume and max(existing) < epochs:
+        raise FacepipeError(
+            f"{weights_dir} already holds checkpoints up to epoch {max(existing)}: "
+            f"pass --resume to continue that run or --force to start over"
+        )
+    return existing
+
+
+@dataclass
+class _Progress:
+    """Where a run stands: the last epoch done, the log rows, the best validation loss and its epoch."""
+
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    best_val: float = math.inf
+    best_epoch: int = 0
+
+
+def _restore(model, optimizer, existing: dict[int, Path], config: CVAEConfig) -> _Progress:
+    """Load the last checkpoint of ``existing`` into the model, the optimizer and the RNGs (if there is one)."""
+    if not existing:
+        return _Progress()
+    last_path = existing[max(existing)]
+    checkpoint = load_checkpoint(last_path)
+    _check_resumable(checkpoint, config, last_path)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    restore_rng_states(checkpoint["rng"])
+    return _Progress(int(checkpoint["epoch"]), list(checkpoint["history"]), float(checkpoint["best_val_loss"]),
+                     int(checkpoint["best_epoch"]))
+
+
+@dataclass
+class _TrainingData:
+    """The crops in memory, their condition indices, the split, the clusters' pixel means and the identity term."""
+
+    dataset: CachedCrops
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    cluster_means: object  # (clusters, 3, S, S) float tensor in [0, 1] on the device
+    identity_term: object  # identity.IdentityTerm, or None when its weight is 0
+
+
+def _training_data(inputs, config: CVAEConfig, weights_dir: Path, device: str, show_progress: bool) -> _TrainingData:
+    """Load (and align) the crops once, record their landmarks, and build what the epochs need."""
+    import torch
+
+    index_of = {cluster: i for i, cluster in enumerate(config.clusters)}
+    labels = torch.tensor([index_of[int(c)] for c in inputs.clusters], dtype=torch.long)
+    train_rows, val_rows = split_train_validation(labels.numpy(), config.val_fraction, config.seed)
+    aligner = crop_aligner(config, inputs.crops_dir, weights_dir)
+    images = torch.from_numpy(load_crops(inputs.names, inputs.crops_dir, config.image_size, show_progress, aligner))
+    if aligner is not None:
+        write_alignment(weights_dir / ALIGNMENT_CSV, {name: aligner.landmarks[name] for name in inputs.names})
+    # The targets of the z = 0 faces: each cluster's training crops, unflipped, as (clusters, 3, S, S) in [0, 1].
+    means = cluster_pixel_means(images.numpy()[train_rows], labels.numpy()[train_rows], range(config.num_classes))
+    cluster_means = torch.from_numpy(means / 255.0).float().permute(0, 3, 1, 2).contiguous().to(device)
+    identity_term = None
+    if config.identity_weight > 0:
+        identity_term = build_identity_term(inputs.cluster_results, inputs.crops_dir,
+                                            [inputs.names[row] for row in train_rows], labels.numpy()[train_rows],
+                                            (means + 0.5).astype(np.uint8), device,
+                                            None if aligner is None else config.align_padding, config.identity_jitter)
+    return _TrainingData(CachedCrops(images, labels), train_rows, val_rows, cluster_means, identity_term)
+
+
+def _train_one_epoch(model, optimizer, data: _TrainingData, config: CVAEConfig, epoch: int, device: str,
+                     workers: int) -> dict:
+    """Train one epoch and measure the validation loss -> the epoch's row of ``cvae_log.csv``."""
+    import torch
+
+    started = time.perf_counter()
+    generator = _epoch_generator(config.seed, epoch)
+    order = torch.from_numpy(data.train_rows)[torch.randperm(len(data.train_rows), generator=generator)]
+    flips = torch.rand(len(order), generator=generator) < 0.5
+    train_means = _run_epoch(model, optimizer, data.dataset, order, flips, generator, data.cluster_means,
+                             data.identity_term, config, device, True, workers)
+    val_means = train_means
+    if len(data.val_rows):
+        no_flips = torch.zeros(len(data.val_rows), dtype=torch.bool)
+        val_means = _run_epoch(model, None, data.dataset, torch.from_numpy(data.val_rows), no_flips, None,
+                               data.cluster_means, data.identity_term, config, device, False, workers)
+    return {"epoch": epoch, **{f"train_{k}": float(v) for k, v in zip(LOSS_PARTS, train_means)},
+            **{f"val_{k}": float(v) for k, v in zip(LOSS_PARTS, val_means)},
+            "seconds": time.perf_counter() - started}
+
+
+def _save_epoch(weights_dir: Path, model, optimizer, config: CVAEConfig, state: _Progress, improved: bool,
+                data: _TrainingData, keep_last: int) -> None:
+    """The epoch's checkpoint (and ``cvae_best.pt`` when it improved), the log, and the old checkpoints removed."""
+    checkpoint = {
+        "format": CVAE_CHECKPOINT_FORMAT, "epoch": state.epoch, "config": config.to_dict(),
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(),
+        "history": state.history, "best_val_loss": state.best_val, "best_epoch": state.best_epoch,
+        "split": {"train": len(data.train_rows), "val": len(data.val_rows)},
+    }
+    save_checkpoint(weights_dir / cvae_checkpoint_name(state.epoch), checkpoint)
+    if improved:
+        save_checkpoint(weights_dir / CVAE_BEST_CHECKPOINT, checkpoint)
+    write_csv_atomic(pd.DataFrame(state.history, columns=CVAE_LOG_COLUMNS), weights_dir / CVAE_LOG_CSV,
+                     float_format="%.6g")
+    for old_epoch, old_path in epoch_checkpoints(weights_dir).items():
+        if old_epoch <= state.epoch - keep_last:
+            old_path.unlink(missing_ok=True)
+
+
+def train_cvae(
+    cluster_results: str | Path,
+    *,
+    crops_dir: str | Path | None = None,
+    weights_dir: str | Path = "weights",
+    image_size: int = 64,
+    align: str = DEFAULT_ALIGNMENT,
+    align_padding: float = DEFAULT_ALIGN_PADDING,
+    latent_dim: int = 64,
+    decoder_base: str = "mean",
+    base_channels: int = 32,
+    max_channels: int = 256,
+    epochs: int = 40,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    beta: float = 1.0,
+    mean_anchor: float = 100.0,
+    identity_weight: float | str = "auto",
+    draw_identity: float = DEFAULT_DRAW_IDENTITY,
+    identity_jitter: float = DEFAULT_IDENTITY_JITTER,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    keep_last: int = 2,
+    workers: int = 0,
+    device: str = "auto",
+    resume: bool = False,
+    force: bool = False,
+    show_progress: bool = True,
+) -> TrainSummary:
+    """Train the CVAE on the crops of ``cluster_results``; checkpoints and the loss log go to ``weights_dir``.
+
+    Each epoch writes ``cvae_epoch_N.pt`` (the last ``keep_last`` are kept), ``cvae_best.pt`` when the
+    validation loss improves, and ``cvae_log.csv``. ``resume=True`` after a kill ends with the same weights as
+    an uninterrupted run. A folder whose run already reached ``epochs`` with the same settings is left as it is
+    (unless ``force``). ``align`` "dlib5" aligns every crop on its 5 landmarks first (``crops.CropAligner``; the
+    landmarks go to ``alignment.csv``), "none" resizes it whole. ``identity_weight`` "auto" turns the identity
+    term on when the clusters' embeddings allow it (``identity.identity_weight_for``). Crops in the unknown
+    group (cluster -1) are not trained on.
+    """
+    import torch
+
+    started = time.perf_counter()
+    _check_settings(epochs, batch_size, keep_last, mean_anchor, decoder_base, identity_jitter, draw_identity,
+                    val_fraction, align, align_padding)
+    device = resolve_device(device)
+    inputs = read_training_inputs(cluster_results, crops_dir)
+    identity_weight = identity_weight_for(identity_weight, clustered_embeddings_model(inputs.cluster_results))
+    config = CVAEConfig(image_size=image_size, alignment=align, align_padding=float(align_padding),
+                        decoder_base=decoder_base, latent_dim=latent_dim, base_channels=base_channels,
+                        max_channels=max_channels, clusters=sorted(int(c) for c in np.unique(inputs.clusters)),
+                        beta=float(beta), mean_anchor=float(mean_anchor), identity_weight=float(identity_weight),
+                        draw_identity=float(draw_identity), identity_jitter=float(identity_jitter),
+                        learning_rate=float(learning_rate), batch_size=batch_size, epochs=epochs,
+                        val_fraction=float(val_fraction), seed=seed, cluster_results=str(inputs.cluster_results),
+                        crops_dir=str(inputs.crops_dir), data_fingerprint=inputs.fingerprint())
+    encoder_sizes(image_size)
+    weights_dir = Path(weights_dir)
+    existing = _checkpoints_to_continue(weights_dir, epochs, resume, force)
+
+    seed_everything(seed)
+    model = build_model(config).to(device)
+    if device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    state = _restore(model, optimizer, existing, config)
+    first_epoch = state.epoch + 1
+    if state.epoch >= epochs:
+        return TrainSummary(0, state.epoch, state.best_epoch, state.best_val, state.history[-1] if state.history else {},
+                            weights_dir, time.perf_counter() - started, device, 0, 0)
+    data = _training_data(inputs, config, weights_dir, device, show_progress)
+    model.set_base(data.cluster_means)
+
+    bar = progress(range(first_epoch, epochs + 1), desc="train-cvae", unit="epoch", enabled=show_progress)
+    for epoch in bar:
+        row = _train_one_epoch(model, optimizer, data, config, epoch, device, workers)
+        state.epoch = epoch
+        state.history.append(row)
+        improved = row["val_loss"] < state.best_val
+        if improved:
+            state.best_val, state.best_epoch = row["val_loss"], epoch
+        _save_epoch(weights_dir, model, optimizer, config, state, improved, data, keep_last)
+        bar.set_postfix(train=f"{row['train_loss']:.1f}", val=f"{row['val_loss']:.1f}", kl=f"{row['train_kl']:.1f}")
+
+    return TrainSummary(epochs - first_epoch + 1, epochs, state.best_epoch, state.best_val, state.history[-1],
+                        weights_dir, time.perf_counter() - started, device, len(data.train_rows), len(data.val_rows))
