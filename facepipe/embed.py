@@ -33,10 +33,15 @@ from facepipe.formats import (
     write_embeddings_checkpoint,
 )
 from facepipe.images import ImageReadError, collect_images, load_image_rgb
-from facepipe.models import DLIB_CHIP_PADDING, Embedder
+from facepipe.models import (
+    DEFAULT_MODEL,
+    DLIB_CHIP_PADDING,
+    DLIB_RESNET128,
+    MODEL_NAMES,
+    VGGFACE2_RESNET50,
+    Embedder,
+)
 
-MODELS = ("vggface2-resnet50", "dlib-resnet128")
-DEFAULT_MODEL = "vggface2-resnet50"
 PRECISIONS = ("fp32", "bf16")
 # Sidecar fields that must agree before an existing output's rows are reused.
 IDENTITY_FIELDS = ("model", "dimension", "preprocessing", "weights_sha256", "precision", "crops_dir")
@@ -111,14 +116,14 @@ def load_embedder(
     """Build the named model. ``face_margin`` tells dlib where the face is in a detect crop (see dlib_resnet)."""
     if precision not in PRECISIONS:
         raise FacepipeError(f"unknown precision {precision!r}: use fp32 or bf16")
-    if model == "dlib-resnet128":
+    if model == DLIB_RESNET128:
         from facepipe.models.dlib_resnet import DlibResNet128Embedder
 
         if precision != "fp32":
             raise FacepipeError("dlib-resnet128 runs in fp32 only; drop --precision bf16")
         return DlibResNet128Embedder(face_margin=face_margin, device=device, batch_size=batch_size, crop=dlib_crop,
                                      padding=dlib_padding)
-    if model == "vggface2-resnet50":
+    if model == VGGFACE2_RESNET50:
         if dlib_crop != "aligned" or dlib_padding != DLIB_CHIP_PADDING:
             raise FacepipeError("--dlib-crop and --dlib-padding apply to dlib-resnet128 only")
         try:
@@ -128,7 +133,7 @@ def load_embedder(
             raise FacepipeError(f"vggface2-resnet50 is not available in this installation ({error})") from None
         weights_path = ensure_vggface2_weights(weights, show_progress=show_progress)
         return VGGFace2ResNet50Embedder(weights_path, device=device, precision=precision, batch_size=batch_size)
-    raise FacepipeError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
+    raise FacepipeError(f"unknown model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
 
 
 def load_embedder_like(embeddings: Embeddings, source: str | os.PathLike, device: str = "auto",

@@ -12,9 +12,9 @@ from facepipe.common import FacepipeError
 from facepipe.crops import grouped_crops
 from facepipe.formats import read_embeddings, read_json, recorded_path, sidecar_path
 from facepipe.images import load_image_rgb
+from facepipe.models import DIFFERENTIABLE_MODELS, DifferentiableEmbedder
 
-IDENTITY_MODELS = ("dlib-resnet128",)  # embedders that can align and embed a face differentiably
-DEFAULT_IDENTITY_WEIGHT = 1000.0  # what identity_weight "auto" means for clusters from one of IDENTITY_MODELS
+DEFAULT_IDENTITY_WEIGHT = 1000.0  # what identity_weight "auto" means for clusters from one of DIFFERENTIABLE_MODELS
 JITTER_DEGREES, JITTER_SCALE, JITTER_SHIFT = 6.0, 0.06, 0.04  # the identity term's random views (strength 1)
 
 
@@ -50,19 +50,19 @@ def clustered_embeddings_model(cluster_results: Path) -> str | None:
 
 def identity_weight_for(weight: float | str, model: str | None) -> float:
     """The identity term's weight for clusters from ``model`` embeddings (None: not known): ``"auto"`` is
-    DEFAULT_IDENTITY_WEIGHT for one of IDENTITY_MODELS, else 0; a number is checked (at least 0; above 0
-    only for IDENTITY_MODELS) and returned."""
+    DEFAULT_IDENTITY_WEIGHT for one of DIFFERENTIABLE_MODELS, else 0; a number is checked (at least 0; above 0
+    only for DIFFERENTIABLE_MODELS) and returned."""
     if weight == "auto":
-        return DEFAULT_IDENTITY_WEIGHT if model in IDENTITY_MODELS else 0.0
+        return DEFAULT_IDENTITY_WEIGHT if model in DIFFERENTIABLE_MODELS else 0.0
     try:
         value = float(weight)
     except (TypeError, ValueError):
         raise FacepipeError(f"--identity-weight must be a number (at least 0) or auto, not {weight!r}") from None
     if not value >= 0:
         raise FacepipeError(f"--identity-weight must be at least 0, got {value:g}")
-    if value > 0 and model not in IDENTITY_MODELS:
+    if value > 0 and model not in DIFFERENTIABLE_MODELS:
         source = f"came from {model} embeddings" if model else "name no embeddings (with their model) in their sidecar"
-        raise FacepipeError(f"the identity term needs {' or '.join(IDENTITY_MODELS)} embeddings, and the clusters "
+        raise FacepipeError(f"the identity term needs {' or '.join(DIFFERENTIABLE_MODELS)} embeddings, and the clusters "
                             f"{source}: use --identity-weight 0")
     return value
 
@@ -143,7 +143,7 @@ def build_identity_term(cluster_results: Path, crops_dir: Path, names: Sequence[
                         jitter: float = 0.0) -> IdentityTerm:
     """The identity term for the training crops ``names`` (condition index ``conditions``), whose per-condition
     pixel means are ``means`` (uint8, (clusters, S, S, 3)), with the embeddings the clusters came from
-    (of one of IDENTITY_MODELS: see ``identity_weight_for``); ``align_padding`` is that of landmark-aligned
+    (of one of DIFFERENTIABLE_MODELS: see ``identity_weight_for``); ``align_padding`` is that of landmark-aligned
     crops, None for unaligned ones; ``jitter`` the strength of the random views in training."""
     import torch
 
@@ -156,6 +156,9 @@ def build_identity_term(cluster_results: Path, crops_dir: Path, names: Sequence[
     if ids != list(range(len(means))):
         raise FacepipeError("every cluster needs at least one training crop for the identity term")
     embedder = load_embedder_like(embeddings, embeddings_path, device)
+    if not isinstance(embedder, DifferentiableEmbedder):
+        raise FacepipeError(f"{embedder.name} cannot be run differentiably: the identity term needs one of "
+                            f"{', '.join(DIFFERENTIABLE_MODELS)}")
     embedder.network.requires_grad_(False)
     if align_padding is None:
         grids = [embedder.chip_grid(mean) for mean in at_crop_size(means, crops_dir, names[0])]

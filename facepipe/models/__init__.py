@@ -1,10 +1,20 @@
-"""Face embedding models. Each one turns RGB face crops into fixed-length vectors."""
+"""Face embedding models. Each one turns RGB face crops into fixed-length vectors.
+
+The registry: MODEL_NAMES (what embed --model takes), DEFAULT_MODEL, and DIFFERENTIABLE_MODELS, those whose
+embedder is a ``DifferentiableEmbedder`` that train-cvae's identity term can pull faces through.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+VGGFACE2_RESNET50 = "vggface2-resnet50"
+DLIB_RESNET128 = "dlib-resnet128"
+MODEL_NAMES = (VGGFACE2_RESNET50, DLIB_RESNET128)
+DEFAULT_MODEL = VGGFACE2_RESNET50
+DIFFERENTIABLE_MODELS = (DLIB_RESNET128,)
 
 # dlib-resnet128's crops: its landmark-aligned chip, or the whole crop squared; the aligned chip's padding
 # around the landmarks (dlib's own 0.25: the face from brows to chin) and the most it may take.
@@ -25,8 +35,23 @@ class Embedder(Protocol):
     def describe(self) -> dict:
         """Fields for the embeddings sidecar JSON: model, dimension, preprocessing, weights sha256..."""
 
+
+@runtime_checkable
+class DifferentiableEmbedder(Embedder, Protocol):
+    """What the identity term needs beyond ``Embedder``: a chip geometry and an embedding differentiable in
+    the pixels (the models of DIFFERENTIABLE_MODELS)."""
+
+    padding: float  # the chip's padding around the landmark template, as dlib's get_face_chip
+    network: Any  # the torch module, frozen by the identity term
+
+    def chip_grid(self, rgb: np.ndarray) -> np.ndarray:
+        """Where the embedder samples its chip from this crop, as a ``F.grid_sample`` grid (H, W, 2)."""
+
+    def embed_aligned(self, images: Any, grids: Any) -> Any:
+        """RGB float images (n, 3, H, W) in [0, 1], each sampled by its grid -> (n, dim), with gradients."""
+
 # The distance below which two faces are taken to be one person, per model, between L2-normalised embeddings
 # (the space cluster works in). dlib-resnet128: measured on 1,389 LFW crops (79 people, all pairs): at 0.37
 # 88.7% of same-person pairs and 0.08% of different-person pairs lie closer (dlib's own 0.6 on its raw,
 # unnormalised descriptors, norm about 1.42, is 0.42 here). No rule is known for vggface2-resnet50.
-SAME_PERSON_DISTANCE = {"dlib-resnet128": 0.37}
+SAME_PERSON_DISTANCE = {DLIB_RESNET128: 0.37}

@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from facepipe.common import FacepipeError, file_sha256, resolve_device
-from facepipe.models import DLIB_CHIP_PADDING, DLIB_CROP_MODES, DLIB_MAX_CHIP_PADDING
+from facepipe.models import DLIB_CHIP_PADDING, DLIB_CROP_MODES, DLIB_MAX_CHIP_PADDING, DLIB_RESNET128
 
-MODEL_NAME = "dlib-resnet128"
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 CHIP_SIZE = 150
@@ -216,7 +215,7 @@ class DlibResNet128Embedder:
     about 10x faster than dlib's CPU build and on CUDA too, with the same numbers (tests check the parity).
     """
 
-    name = MODEL_NAME
+    name = DLIB_RESNET128
     dim = 128
 
     def __init__(self, face_margin: float | None = None, device: str = "auto", batch_size: int = 32,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facepipe.common import FacepipeError, file_sha256, resolve_device
+from facepipe.models import VGGFACE2_RESNET50
 
 INPUT_SIZE = 224
 EMBEDDING_DIM = 2048
@@ -238,7 +239,7 @@ class VGGFace2ResNet50Embedder:
     a frozen graph (``freeze_for_cpu``).
     """
 
-    name = "vggface2-resnet50"
+    name = VGGFACE2_RESNET50
     dim = EMBEDDING_DIM
 
     def __init__(self, weights_path: str | os.PathLike, device: str = "auto", precision: str = "fp32",
