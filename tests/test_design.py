@@ -118,6 +118,26 @@ def test_every_setting_of_a_command_can_be_set_in_a_run_config():
     config = default_config()
     missing = [f"{command} --{p.name.replace('_', '-')} (no [{section}] {p.name})"
                for section, command in commands.items() for p in main.commands[command].params
-               if p.name not in config[section] and p.name not in NOT_IN_RUN_CONFIG
+               if p.name not in config[section] and p.name not in NOT_IN_RUN_CONFIG and not getattr(p, "hidden", False)
                and (section, p.name) != ("generate", "device")]  # run's generate uses [train_cvae] device
     assert not missing, "\n".join(missing)
+
+
+def test_option_names_are_the_config_keys_with_dashes():
+    """`--latent-dim` is `latent_dim`: every visible option of a stage command is spelled as its parameter."""
+    from facepipe.cli import main
+
+    differ = []
+    for command in ("detect", "embed", "cluster", "train-cvae", "generate", "run"):
+        for param in main.commands[command].params:
+            if getattr(param, "hidden", False) or not getattr(param, "opts", None) or param.param_type_name != "option":
+                continue
+            spelled = [opt for opt in param.opts if opt.startswith("--")]
+            if f"--{param.name.replace('_', '-')}" not in spelled and param.name not in NAMED_OTHERWISE:
+                differ.append(f"{command} {'/'.join(spelled)} sets {param.name}")
+    assert not differ, "\n".join(differ)
+
+
+# Parameters whose option says what the user gives rather than the parameter's name.
+NAMED_OTHERWISE = {"out_dir", "output", "weights_dir", "cluster_ids", "all_clusters", "config_file", "overrides",
+                   "from_stage", "as_json", "cluster_results"}

@@ -171,7 +171,7 @@ def test_missing_labels_are_reported_not_dropped_silently(tmp_path):
     manifest = manifest.drop(index=[7, 8, 9])  # no manifest row
     manifest = pd.concat([manifest, pd.DataFrame({"relpath": ["images/never_embedded.jpg"], "identity": ["x"], "bald": [1]})])
     manifest.to_csv(manifest_path, index=False)
-    result = CliRunner().invoke(main, ["probe", "train", "--embeddings", str(embeddings_path), "--labels", str(manifest_path),
+    result = CliRunner().invoke(main, ["probe", "train", str(embeddings_path), "--labels", str(manifest_path),
                                        "--target", "bald", "--out", str(tmp_path / "probe.json"), "--cs", "0.1", "-q"])
     assert result.exit_code == 0, result.output
     assert "3 embedding(s) match no manifest row, left out; e.g. f7.jpg, f8.jpg, f9.jpg" in result.output
