@@ -141,3 +141,14 @@ def test_option_names_are_the_config_keys_with_dashes():
 # Parameters whose option says what the user gives rather than the parameter's name.
 NAMED_OTHERWISE = {"out_dir", "output", "weights_dir", "cluster_ids", "all_clusters", "config_file", "overrides",
                    "from_stage", "as_json", "cluster_results"}
+
+
+def test_public_api_examples_run_as_written(monkeypatch):
+    """The examples in facepipe.api's docstring (find, embed and group the bundled photos) give what they show."""
+    import doctest
+
+    import facepipe.api
+
+    monkeypatch.chdir(PACKAGE.parent)
+    result = doctest.testmod(facepipe.api, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 5 and result.failed == 0
