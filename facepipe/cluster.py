@@ -336,6 +336,15 @@ class ClusterSummary:
                 f"silhouette {self.silhouette:.3f}{quality} -> {self.out_dir} ({state})\n  "
                 + "\n  ".join([self.k_rule, *self.notes]))
 
+    @classmethod
+    def of_previous_run(cls, previous: dict, out_dir: Path, samples: Path | None, seconds: float,
+                        notes: list[str]) -> "ClusterSummary":
+        """The summary of a rerun that found the same run done (``previous``: its sidecar)."""
+        return cls(k=previous["k"], k_rule=previous["k_rule"], items=previous["items"], sizes=previous["sizes"],
+                   silhouette=previous["silhouette"], out_dir=out_dir, samples_dir=samples,
+                   metrics=previous.get("metrics"), skipped=True, seconds=seconds, notes=notes,
+                   unknown=previous.get("unknown", 0))
+
     def details(self) -> dict:
         """The numbers a run report shows."""
         return {"k": self.k, "k_rule": self.k_rule, "items": self.items, "sizes": self.sizes,
@@ -378,14 +387,17 @@ def same_person_distance(threshold: float | str | None, model: str | None, norma
     return value
 
 
-def _photo_ids(names: list[str], crops_dir: Path | None) -> tuple[np.ndarray, bool]:
-    """A number per face naming its source photo (from detect's detections.csv), and whether any was known;
-    a face of unknown source counts as its own photo."""
+def _photo_ids(names: list[str], crops_dir: Path | None, notes: list[str]) -> np.ndarray:
+    """A number per face naming its source photo (from detect's detections.csv); a face of unknown source
+    counts as its own photo, and ``notes`` says so when no source is known."""
     from facepipe.labels import crop_sources
 
     sources = crop_sources(names, crops_dir)
+    if not sources:
+        notes.append("the crops' source photos are not known (no detections.csv): the one-face-per-photo rule "
+                     "could not be applied")
     keys = [sources.get(name, "\0" + name) for name in names]
-    return np.unique(keys, return_inverse=True)[1].astype(np.int64), bool(sources)
+    return np.unique(keys, return_inverse=True)[1].astype(np.int64)
 
 
 @dataclass
@@ -475,80 +487,39 @@ def cluster(
 ) -> ClusterSummary:
     """Group the embeddings in ``embeddings_path`` (CSV or .npz from ``embed``) into ``out_dir``.
 
-    ``method`` "graph" joins faces closer than the same-person distance ``threshold`` ("auto": the
-    embedder's measured rule, see ``facepipe.models.SAME_PERSON_DISTANCE``) and runs Chinese whispers over
-    that graph (no k needed); "kmeans" runs k-means with ``k`` a number, or ``"auto"``/``None`` to choose it
-    over ``k_range`` by ``k_rule``; "auto" is k-means when ``k`` is a number, else the graph where a rule is
-    known, else k-means (auto k). With either, a face that matches no other face of its group by the rule
-    goes to the unknown group (-1), as do groups of fewer than ``min_group_size`` faces, and two faces of
-    one photo are never in one group (the one nearer the centroid stays).
-
-    Writes ``cluster_results.csv`` (+ sidecar JSON), ``centroids.csv``, ``k_selection.csv`` (and with auto k
-    ``elbow.png``, ``silhouette.png``), sample grids into ``samples_dir`` ("auto": ``cluster_samples/`` in
-    ``out_dir``; None: none; ``unknown.jpg`` for -1) from the crops in ``crops_dir`` (default: the embeddings sidecar's), and with ``labels`` (a manifest
-    with identities) ``cluster_metrics.json``. Everything is validated before anything is written; a rerun
-    with the same inputs and options is skipped unless ``force``.
+    ``method`` "graph": faces closer than the same-person distance ``threshold`` ("auto": the embedder's rule,
+    ``models.SAME_PERSON_DISTANCE``) are linked and Chinese whispers groups them; "kmeans": k-means with ``k``
+    a number, or "auto" over ``k_range`` by ``k_rule``; "auto": k-means when ``k`` is a number, else the graph
+    where a rule is known. Faces matching no other face of their group, groups under ``min_group_size`` and
+    second faces of a photo in a group go to the unknown group (-1). Writes ``cluster_results.csv`` (+ sidecar,
+    written last), ``centroids.csv``, ``k_selection.csv``, plots, sample grids into ``samples_dir`` ("auto":
+    ``cluster_samples/`` in ``out_dir``; None: none) and with ``labels`` ``cluster_metrics.json``; a rerun with
+    the same inputs and options is skipped unless ``force``.
     """
     started = time.monotonic()
     embeddings_path = Path(os.path.abspath(embeddings_path))
     out_dir = Path(os.path.abspath(out_dir))
     embeddings = read_embeddings(embeddings_path)
     n = len(embeddings.names)
-    if method not in METHODS:
-        raise FacepipeError(f"unknown cluster method {method!r}: use {', '.join(METHODS)}")
-    if min_group_size < 1:
-        raise FacepipeError(f"min group size must be at least 1, got {min_group_size}")
-    rule_distance = same_person_distance(threshold, embeddings.model, normalize)
-    if method == "auto":  # a k given means k-means; else the graph wherever a distance rule is known
-        method = "graph" if rule_distance is not None and _is_auto(k) else "kmeans"
-    if method == "graph" and rule_distance is None:
-        raise FacepipeError(f"no same-person distance is known for {embeddings.model or 'these'} embeddings"
-                            f"{'' if normalize else ' without normalisation'}: give a threshold (--threshold) "
-                            "or use --method kmeans")
-    ks = _check_k(k, k_range, k_rule, n, embeddings_path) if method == "kmeans" else None
-    if n_init < 1:
-        raise FacepipeError(f"n_init must be at least 1, got {n_init}")
+    method, rule_distance, ks = _chosen_method(method, threshold, min_group_size, k, k_range, k_rule, n_init,
+                                               normalize, embeddings, embeddings_path)
     crops_dir = _crops_dir(crops_dir, embeddings.meta, embeddings_path)
-    labels_file = Path(os.path.abspath(labels)) if labels is not None else None
-    if labels_file is not None and not labels_file.is_file():
-        raise FacepipeError(f"label manifest not found: {labels_file}")
-    if samples_dir == SAMPLES_IN_OUT:
-        samples_dir = Path(out_dir) / RUN_SAMPLES_DIR
-    samples = Path(os.path.abspath(samples_dir)) if samples_dir is not None and crops_dir is not None else None
-    notes = []
-    if samples_dir is not None and crops_dir is None:
-        notes.append("no sample grids: the embeddings sidecar names no crops folder (give crops_dir / --crops-dir)")
+    labels_file = _labels_file(labels)
+    samples, notes = _samples_folder(samples_dir, out_dir, crops_dir)
 
     auto = ks is not None and _is_auto(k)
-    options = {"method": method, "threshold": rule_distance, "min_group_size": int(min_group_size),
-               "k": None if ks is None else ("auto" if auto else ks.start),
-               "k_range": [ks.start, ks.stop - 1, ks.step] if auto else None,
-               "k_rule": k_rule if auto else None, "normalize": bool(normalize), "seed": int(seed),
-               "n_init": int(n_init), "samples_dir": None if samples is None else str(samples),
-               "samples_per_cluster": int(samples_per_cluster), "crops_dir": None if crops_dir is None else str(crops_dir)}
-    fingerprint = hashlib.sha256(repr((_file_digest(embeddings_path), embeddings.meta, sorted(options.items()),
-                                       _file_digest(labels_file), __version__)).encode()).hexdigest()
+    options = _options_record(method, rule_distance, min_group_size, ks, auto, k_rule, normalize, seed, n_init,
+                              samples, samples_per_cluster, crops_dir)
+    fingerprint = _fingerprint(embeddings_path, embeddings.meta, options, labels_file)
     results_path = out_dir / CLUSTER_RESULTS_CSV
     previous = _previous_run(results_path, fingerprint, samples) if not force else None
     if previous is not None:
-        return ClusterSummary(k=previous["k"], k_rule=previous["k_rule"], items=previous["items"],
-                              sizes=previous["sizes"], silhouette=previous["silhouette"], out_dir=out_dir,
-                              samples_dir=samples, metrics=previous.get("metrics"), skipped=True,
-                              seconds=time.monotonic() - started, notes=notes, unknown=previous.get("unknown", 0))
+        return ClusterSummary.of_previous_run(previous, out_dir, samples, time.monotonic() - started, notes)
 
-    vectors = embeddings.vectors
-    if normalize:
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        if (norms == 0).any():
-            raise FacepipeError(f"{embeddings_path}: {int((norms == 0).sum())} embedding(s) are all zeros and cannot "
-                                "be L2-normalised (use normalize=False / --no-normalize)")
-        vectors /= norms  # in place: the array is ours, and a copy would double the memory on large inputs
-    photos, photos_known = _photo_ids(embeddings.names, crops_dir)
+    vectors = _normalised(embeddings.vectors, embeddings_path) if normalize else embeddings.vectors
+    photos = _photo_ids(embeddings.names, crops_dir, notes)
     grouping, selection, rule = _group(vectors, method, rule_distance, ks, auto, k_rule, n_init, seed, photos,
                                        min_group_size, show_progress)
-    if not photos_known:
-        notes.append("the crops' source photos are not known (no detections.csv): the one-face-per-photo rule "
-                     "could not be applied")
     grouped = grouping.labels >= 0
     sizes = np.bincount(grouping.labels[grouped], minlength=len(grouping.centroids)).tolist()
     quality = silhouette(vectors[grouped], grouping.labels[grouped], seed)
@@ -558,17 +529,7 @@ def cluster(
         [{"k": len(sizes), "inertia": inertia, "silhouette": quality}], columns=K_SELECTION_COLUMNS)
 
     # Everything is computed and validated: now write, the sidecar last (it marks the run as complete).
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = pd.DataFrame({"name": embeddings.names, "cluster": grouping.labels, "distance": grouping.distances},
-                           columns=CLUSTER_COLUMNS)
-    write_csv_atomic(results, results_path, float_format="%.6g")
-    write_centroids(out_dir / CENTROIDS_CSV, grouping.centroids)
-    write_csv_atomic(table, out_dir / K_SELECTION_CSV, float_format="%.6g")
-    _write_plots(out_dir, selection)
-    if metrics is not None:
-        write_json_atomic(out_dir / CLUSTER_METRICS_JSON, metrics)
-    else:
-        (out_dir / CLUSTER_METRICS_JSON).unlink(missing_ok=True)
+    results = _write_results(out_dir, embeddings.names, grouping, table, selection, metrics)
     if samples is not None:
         write_sample_grids(results, crops_dir, samples, samples_per_cluster, show_progress)
     unknown = int((~grouped).sum())
@@ -576,14 +537,98 @@ def cluster(
         "embeddings": str(embeddings_path), "model": embeddings.model, "dimension": embeddings.dim,
         "crops_dir": options["crops_dir"], "k": len(sizes), "k_rule": rule, "items": n, "sizes": sizes,
         "unknown": unknown, "silhouette": quality, "inertia": inertia, "metrics": metrics, "options": options,
-        "method": method, "same_person_distance": rule_distance,
-        "engine": ("faiss neighbour graph + Chinese whispers" if method == "graph"
-                   else f"k-means++ (scikit-learn) + faiss Lloyd, {LLOYD_ITERATIONS} iterations"),
+        "method": method, "same_person_distance": rule_distance, "engine": ENGINES[method],
         "fingerprint": fingerprint, "facepipe_version": __version__,
     })
     return ClusterSummary(k=len(sizes), k_rule=rule, items=n, sizes=sizes, silhouette=quality, out_dir=out_dir,
                           samples_dir=samples, metrics=metrics, skipped=False, seconds=time.monotonic() - started,
                           notes=notes, unknown=unknown)
+
+
+ENGINES = {"graph": "faiss neighbour graph + Chinese whispers",
+           "kmeans": f"k-means++ (scikit-learn) + faiss Lloyd, {LLOYD_ITERATIONS} iterations"}
+
+
+def _options_record(method, rule_distance, min_group_size, ks, auto, k_rule, normalize, seed, n_init, samples,
+                    samples_per_cluster, crops_dir) -> dict:
+    """The options as the sidecar records them (and the fingerprint covers them)."""
+    return {"method": method, "threshold": rule_distance, "min_group_size": int(min_group_size),
+            "k": None if ks is None else ("auto" if auto else ks.start),
+            "k_range": [ks.start, ks.stop - 1, ks.step] if auto else None,
+            "k_rule": k_rule if auto else None, "normalize": bool(normalize), "seed": int(seed),
+            "n_init": int(n_init), "samples_dir": None if samples is None else str(samples),
+            "samples_per_cluster": int(samples_per_cluster), "crops_dir": None if crops_dir is None else str(crops_dir)}
+
+
+def _chosen_method(method, threshold, min_group_size, k, k_range, k_rule, n_init, normalize, embeddings,
+                   embeddings_path) -> tuple[str, float | None, range | None]:
+    """The method "auto" stands for, the same-person distance, and the k values to try (k-means only); every
+    setting checked."""
+    if method not in METHODS:
+        raise FacepipeError(f"unknown cluster method {method!r}: use {', '.join(METHODS)}")
+    if min_group_size < 1:
+        raise FacepipeError(f"min group size must be at least 1, got {min_group_size}")
+    if n_init < 1:
+        raise FacepipeError(f"n_init must be at least 1, got {n_init}")
+    rule_distance = same_person_distance(threshold, embeddings.model, normalize)
+    if method == "auto":  # a k given means k-means; else the graph wherever a distance rule is known
+        method = "graph" if rule_distance is not None and _is_auto(k) else "kmeans"
+    if method == "graph" and rule_distance is None:
+        raise FacepipeError(f"no same-person distance is known for {embeddings.model or 'these'} embeddings"
+                            f"{'' if normalize else ' without normalisation'}: give a threshold (--threshold) "
+                            "or use --method kmeans")
+    ks = _check_k(k, k_range, k_rule, len(embeddings.names), embeddings_path) if method == "kmeans" else None
+    return method, rule_distance, ks
+
+
+def _fingerprint(embeddings_path: Path, meta: dict, options: dict, labels_file: Path | None) -> str:
+    """What a rerun must match to be skipped: the inputs' contents, the options and the version."""
+    return hashlib.sha256(repr((_file_digest(embeddings_path), meta, sorted(options.items()),
+                                _file_digest(labels_file), __version__)).encode()).hexdigest()
+
+
+def _labels_file(labels) -> Path | None:
+    labels_file = Path(os.path.abspath(labels)) if labels is not None else None
+    if labels_file is not None and not labels_file.is_file():
+        raise FacepipeError(f"label manifest not found: {labels_file}")
+    return labels_file
+
+
+def _samples_folder(samples_dir, out_dir: Path, crops_dir: Path | None) -> tuple[Path | None, list[str]]:
+    """Where the sample grids go (None: nowhere), and a note when they cannot be drawn."""
+    if samples_dir == SAMPLES_IN_OUT:
+        samples_dir = out_dir / RUN_SAMPLES_DIR
+    if samples_dir is not None and crops_dir is None:
+        return None, ["no sample grids: the embeddings sidecar names no crops folder (give crops_dir / --crops-dir)"]
+    return (None if samples_dir is None else Path(os.path.abspath(samples_dir))), []
+
+
+def _normalised(vectors: np.ndarray, embeddings_path: Path) -> np.ndarray:
+    """The embeddings L2-normalised in place (the array is ours, and a copy would double the memory)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise FacepipeError(f"{embeddings_path}: {int((norms == 0).sum())} embedding(s) are all zeros and cannot "
+                            "be L2-normalised (use normalize=False / --no-normalize)")
+    vectors /= norms
+    return vectors
+
+
+def _write_results(out_dir: Path, names: list[str], grouping: Grouping, table: pd.DataFrame,
+                   selection: KSelection | None, metrics: dict | None) -> pd.DataFrame:
+    """cluster_results.csv (returned), centroids.csv, k_selection.csv, the plots and the metrics (or none left
+    over)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = pd.DataFrame({"name": names, "cluster": grouping.labels, "distance": grouping.distances},
+                           columns=CLUSTER_COLUMNS)
+    write_csv_atomic(results, out_dir / CLUSTER_RESULTS_CSV, float_format="%.6g")
+    write_centroids(out_dir / CENTROIDS_CSV, grouping.centroids)
+    write_csv_atomic(table, out_dir / K_SELECTION_CSV, float_format="%.6g")
+    _write_plots(out_dir, selection)
+    if metrics is not None:
+        write_json_atomic(out_dir / CLUSTER_METRICS_JSON, metrics)
+    else:
+        (out_dir / CLUSTER_METRICS_JSON).unlink(missing_ok=True)
+    return results
 
 
 def _is_auto(k) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -212,6 +212,54 @@ def _remove_own_temporaries(output: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
+@dataclass
+class _EmbedState:
+    """The embeddings done so far (by crop name), the unreadable crops, and how to checkpoint them."""
+
+    names: list[str]  # every crop, in output order
+    done: dict[str, np.ndarray]
+    meta: dict
+    dim: int
+    output: Path
+    errors: list[dict] = field(default_factory=list)
+
+    def in_order(self) -> Embeddings:
+        names = [name for name in self.names if name in self.done]
+        vectors = np.stack([self.done[n] for n in names]) if names else np.zeros((0, self.dim), np.float32)
+        return Embeddings(names, vectors, self.meta)
+
+    def checkpoint(self) -> None:
+        write_embeddings_checkpoint(embed_checkpoint_path(self.output), self.in_order())
+        write_csv_atomic(pd.DataFrame(self.errors, columns=ERROR_COLUMNS), embed_errors_path(self.output))
+
+
+def _embed_missing(state: _EmbedState, paths: list[Path], todo: list[str], embedder: Embedder, workers: int,
+                   batch_size: int, checkpoint_seconds: float, show_progress: bool) -> None:
+    """Decode and embed the crops ``todo`` (files ``paths``) in batches into ``state``, checkpointing it every
+    ``checkpoint_seconds``; unreadable crops go to ``state.errors``."""
+    last_checkpoint = time.monotonic()
+    bar = progress(desc=f"embed ({embedder.name})", total=len(todo), unit="crop", enabled=show_progress)
+    batch_names: list[str] = []
+    batch_images: list[np.ndarray] = []
+    try:
+        for index, (rgb, reason) in enumerate(_decoded(paths, workers)):
+            if rgb is None:
+                state.errors.append({"path": str(paths[index]), "reason": reason})
+                bar.update(1)
+            else:
+                batch_names.append(todo[index])
+                batch_images.append(rgb)
+            if len(batch_images) == batch_size or (index == len(paths) - 1 and batch_images):
+                state.done.update(zip(batch_names, embedder.embed(batch_images)))
+                bar.update(len(batch_names))
+                batch_names, batch_images = [], []
+                if time.monotonic() - last_checkpoint > checkpoint_seconds:
+                    state.checkpoint()
+                    last_checkpoint = time.monotonic()
+    finally:
+        bar.close()
+
+
 def embed(
     crops: str | os.PathLike | Sequence[str | os.PathLike],
     output: str | os.PathLike = EMBEDDINGS_CSV,
@@ -248,50 +296,22 @@ def embed(
     done = _previous_rows(output, meta, force)
     todo = [name for name in crop_list.names if name not in done]
     skipped = len(crop_list.names) - len(todo)
-    errors: list[dict] = []
-
-    def done_in_order() -> Embeddings:
-        names = [name for name in crop_list.names if name in done]
-        vectors = np.stack([done[n] for n in names]) if names else np.zeros((0, embedder.dim), np.float32)
-        return Embeddings(names, vectors, meta)
-
-    def checkpoint() -> None:
-        write_embeddings_checkpoint(embed_checkpoint_path(output), done_in_order())
-        write_csv_atomic(pd.DataFrame(errors, columns=ERROR_COLUMNS), embed_errors_path(output))
-
-    last_checkpoint = time.monotonic()
-    paths = [crop_list.crops_dir / name for name in todo]
-    bar = progress(desc=f"embed ({embedder.name})", total=len(todo), unit="crop", enabled=show_progress)
+    state = _EmbedState(crop_list.names, done, meta, embedder.dim, output)
     try:
-        batch_names: list[str] = []
-        batch_images: list[np.ndarray] = []
-        for index, (rgb, reason) in enumerate(_decoded(paths, workers)):
-            if rgb is None:
-                errors.append({"path": str(paths[index]), "reason": reason})
-                bar.update(1)
-            else:
-                batch_names.append(todo[index])
-                batch_images.append(rgb)
-            if len(batch_images) == batch_size or (index == len(paths) - 1 and batch_images):
-                done.update(zip(batch_names, embedder.embed(batch_images)))
-                bar.update(len(batch_names))
-                batch_names, batch_images = [], []
-                if time.monotonic() - last_checkpoint > checkpoint_seconds:
-                    checkpoint()
-                    last_checkpoint = time.monotonic()
+        _embed_missing(state, [crop_list.crops_dir / name for name in todo], todo, embedder, workers, batch_size,
+                       checkpoint_seconds, show_progress)
     except BaseException:
-        checkpoint()  # keep what is done, e.g. after Ctrl-C
+        state.checkpoint()  # keep what is done, e.g. after Ctrl-C
         raise
-    finally:
-        bar.close()
-    write_csv_atomic(pd.DataFrame(errors, columns=ERROR_COLUMNS), embed_errors_path(output))
-    result = done_in_order()
+    write_csv_atomic(pd.DataFrame(state.errors, columns=ERROR_COLUMNS), embed_errors_path(output))
+    result = state.in_order()
     if not result.names:
         embed_checkpoint_path(output).unlink(missing_ok=True)
         raise FacepipeError(f"none of the {len(crop_list.names)} crops could be read; "
                             f"see {embed_errors_path(output)}")
     write_embeddings(output, result)
     embed_checkpoint_path(output).unlink(missing_ok=True)  # only now: it covers a kill during the line above
+    errors = state.errors
     embedded = len(result.names)
     return EmbedSummary(
         crops=len(crop_list.names),

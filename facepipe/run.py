@@ -153,6 +153,109 @@ def _blank_to_none(value):
     return None if value == "" else value
 
 
+@dataclass
+class _RunFolder:
+    """A run's folder, config and inputs; each stage method runs that stage there -> (summary line, details)."""
+
+    out: Path
+    config: dict
+    inputs: list[str]
+    labels: str | None
+    show_progress: bool
+    partial: bool = False  # some photos or crops could not be read
+
+    @property
+    def crops(self) -> Path:
+        return self.out / RUN_CROPS_DIR
+
+    @property
+    def features(self) -> Path:
+        return self.out / EMBEDDINGS_CSV
+
+    @property
+    def results(self) -> Path:
+        return self.out / CLUSTER_RESULTS_CSV
+
+    def detect(self, force: bool) -> tuple[str, dict]:
+        from facepipe.detect import DetectorParams, detect
+
+        options = dict(self.config["detect"])
+        workers = options.pop("workers")
+        summary = detect(self.inputs, self.crops, DetectorParams(**options), workers=workers, force=force,
+                         show_progress=self.show_progress)
+        self.partial = self.partial or summary.errors > 0
+        return summary.line(), {"images": summary.images, "faces": summary.faces, "errors": summary.errors}
+
+    def embed(self, force: bool) -> tuple[str, dict]:
+        from facepipe.embed import embed
+
+        options = dict(self.config["embed"], weights=_blank_to_none(self.config["embed"]["weights"]))
+        summary = embed(self.crops, self.features, force=force, show_progress=self.show_progress, **options)
+        self.partial = self.partial or summary.errors > 0
+        return summary.line(), {"crops": summary.crops, "embedded": summary.embedded, "errors": summary.errors,
+                                "model": summary.model, "dimension": summary.dim}
+
+    def cluster(self, force: bool) -> tuple[str, dict]:
+        from facepipe.cluster import cluster
+
+        summary = cluster(self.features, self.out, samples_dir=self.out / RUN_SAMPLES_DIR, labels=self.labels,
+                          force=force, show_progress=self.show_progress, **self.config["cluster"])
+        return summary.line(), summary.details()
+
+    def train_cvae(self, force: bool) -> tuple[str, dict]:
+        from facepipe.cvae import train_cvae
+
+        summary = train_cvae(self.results, crops_dir=self.crops, weights_dir=self.out / RUN_WEIGHTS_DIR,
+                             resume=not force, force=force, show_progress=self.show_progress,
+                             **self.config["train_cvae"])
+        return summary.line(), {"epochs": summary.last_epoch, "best_epoch": summary.best_epoch,
+                                "best_val_loss": summary.best_val_loss, "device": summary.device,
+                                "train_crops": summary.train_count, "val_crops": summary.val_count}
+
+    def generate(self, force: bool) -> tuple[str, dict]:
+        from facepipe.generate import generate
+
+        summary = generate(self.out / RUN_WEIGHTS_DIR, out_dir=self.out / RUN_INFERENCE_DIR,
+                           cluster_results=self.results, crops_dir=self.crops, embeddings=self.features,
+                           device=self.config["train_cvae"]["device"], show_progress=self.show_progress,
+                           **self.config["generate"])
+        return summary.line(), {"clusters": len(summary.clusters), "fidelity": summary.fidelity}
+
+    def probe(self, force: bool) -> tuple[str, dict]:
+        return _run_probes(self.features, self.labels, self.crops, self.out / RUN_PROBE_DIR, self.config["probe"],
+                           force, self.show_progress)
+
+
+def _run_stages(runner: "_Runner", folder: _RunFolder, images: list[Path]) -> None:
+    """Each stage in order, skipped when its fingerprint (its options and what it reads) is unchanged."""
+    config = folder.config
+    fingerprint = runner.stage("detect", _digest(config["detect"], _inputs_fingerprint(images)), folder.detect)
+    fingerprint = embedded = runner.stage("embed", _digest(config["embed"], fingerprint), folder.embed)
+    fingerprint = runner.stage("cluster", _digest(config["cluster"], fingerprint, _file_stamp(folder.labels)),
+                               folder.cluster)
+    fingerprint = runner.stage("train_cvae", _digest(config["train_cvae"], fingerprint), folder.train_cvae)
+    runner.stage("generate", _digest(config["generate"], fingerprint), folder.generate)
+    if folder.labels is not None and config["probe"]["targets"]:
+        runner.stage("probe", _digest(config["probe"], embedded, _file_stamp(folder.labels)), folder.probe)
+    else:
+        runner.records.append(StageRecord("probe", "not configured", summary="no labels or no targets given"))
+
+
+def _checked_inputs(inputs: Iterable[str | os.PathLike], config: dict) -> tuple[list[str], list[Path], str | None]:
+    """The inputs made absolute, the photos they hold and the label manifest: refused before any work."""
+    identity_weight_for(config["train_cvae"]["identity_weight"], config["embed"]["model"])
+    inputs = [str(Path(os.path.abspath(i))) for i in inputs]
+    images = collect_images(inputs)
+    if not images:
+        raise FacepipeError("no images found in the given inputs")
+    labels = _blank_to_none(config["run"]["labels"])
+    if labels is not None:
+        labels = os.path.abspath(labels)
+        if not Path(labels).is_file():
+            raise FacepipeError(f"label manifest not found: {labels}")
+    return inputs, images, labels
+
+
 def run(
     inputs: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -166,89 +269,22 @@ def run(
     ``config`` is a dict as returned by ``facepipe.config.load_config`` (defaults when ``None``).
     ``from_stage`` forces that stage and every later one to be redone.
     """
-    from facepipe.cluster import cluster
-    from facepipe.cvae import train_cvae
-    from facepipe.detect import DetectorParams, detect
-    from facepipe.embed import embed
-    from facepipe.generate import generate
     from facepipe.report import write_report
 
     started = time.perf_counter()
     config = config if config is not None else load_config()
     if from_stage is not None and from_stage not in STAGES:
         raise FacepipeError(f"--from must be one of {', '.join(STAGES)}")
-    identity_weight_for(config["train_cvae"]["identity_weight"], config["embed"]["model"])  # refuse before any work
+    inputs, images, labels = _checked_inputs(inputs, config)
     out = Path(os.path.abspath(out_dir))
     out.mkdir(parents=True, exist_ok=True)
-    inputs = [str(Path(os.path.abspath(i))) for i in inputs]
-    images = collect_images(inputs)
-    if not images:
-        raise FacepipeError("no images found in the given inputs")
-    labels = _blank_to_none(config["run"]["labels"])
-    if labels is not None:
-        labels = os.path.abspath(labels)
-        if not Path(labels).is_file():
-            raise FacepipeError(f"label manifest not found: {labels}")
     save_config(config, out / RUN_CONFIG_TOML)
     handlers = _setup_logging(out, quiet=not show_progress)
     log.info("facepipe %s run: %d images from %s -> %s", __version__, len(images), ", ".join(inputs), out)
     runner = _Runner(out, from_stage)
-    crops, features, results = out / RUN_CROPS_DIR, out / EMBEDDINGS_CSV, out / CLUSTER_RESULTS_CSV
-    partial = False
+    folder = _RunFolder(out, config, inputs, labels, show_progress)
     try:
-        def do_detect(force):
-            nonlocal partial
-            options = dict(config["detect"])
-            workers = options.pop("workers")
-            summary = detect(inputs, crops, DetectorParams(**options), workers=workers, force=force,
-                             show_progress=show_progress)
-            partial = partial or summary.errors > 0
-            return summary.line(), {"images": summary.images, "faces": summary.faces, "errors": summary.errors}
-
-        fp = runner.stage("detect", _digest(config["detect"], _inputs_fingerprint(images)), do_detect)
-
-        def do_embed(force):
-            nonlocal partial
-            options = dict(config["embed"], weights=_blank_to_none(config["embed"]["weights"]))
-            summary = embed(crops, features, force=force, show_progress=show_progress, **options)
-            partial = partial or summary.errors > 0
-            return summary.line(), {"crops": summary.crops, "embedded": summary.embedded, "errors": summary.errors,
-                                    "model": summary.model, "dimension": summary.dim}
-
-        fp = runner.stage("embed", _digest(config["embed"], fp), do_embed)
-        embed_fp = fp
-
-        def do_cluster(force):
-            options = dict(config["cluster"])
-            summary = cluster(features, out, samples_dir=out / RUN_SAMPLES_DIR, labels=labels, force=force,
-                              show_progress=show_progress, **options)
-            return summary.line(), summary.details()
-
-        fp = runner.stage("cluster", _digest(config["cluster"], fp, _file_stamp(labels)), do_cluster)
-
-        def do_train(force):
-            summary = train_cvae(results, crops_dir=crops, weights_dir=out / RUN_WEIGHTS_DIR, resume=not force,
-                                 force=force, show_progress=show_progress, **config["train_cvae"])
-            return summary.line(), {"epochs": summary.last_epoch, "best_epoch": summary.best_epoch,
-                                    "best_val_loss": summary.best_val_loss, "device": summary.device,
-                                    "train_crops": summary.train_count, "val_crops": summary.val_count}
-
-        fp = runner.stage("train_cvae", _digest(config["train_cvae"], fp), do_train)
-
-        def do_generate(force):
-            summary = generate(out / RUN_WEIGHTS_DIR, out_dir=out / RUN_INFERENCE_DIR, cluster_results=results,
-                               crops_dir=crops, embeddings=features, device=config["train_cvae"]["device"],
-                               show_progress=show_progress, **config["generate"])
-            return summary.line(), {"clusters": len(summary.clusters), "fidelity": summary.fidelity}
-
-        runner.stage("generate", _digest(config["generate"], fp), do_generate)
-
-        if labels is not None and config["probe"]["targets"]:
-            runner.stage("probe", _digest(config["probe"], embed_fp, _file_stamp(labels)),
-                         lambda force: _run_probes(features, labels, crops, out / RUN_PROBE_DIR, config["probe"], force,
-                                                   show_progress))
-        else:
-            runner.records.append(StageRecord("probe", "not configured", summary="no labels or no targets given"))
+        _run_stages(runner, folder, images)
     except Exception as error:
         log.error("run failed: %s", error)
         raise
@@ -257,7 +293,8 @@ def run(
             logging.getLogger("facepipe").removeHandler(handler)
             handler.close()
 
-    summary = RunSummary(out_dir=out, stages=runner.records, partial=partial, seconds=time.perf_counter() - started)
+    summary = RunSummary(out_dir=out, stages=runner.records, partial=folder.partial,
+                         seconds=time.perf_counter() - started)
     data = summary.as_dict()
     data["versions"] = versions()
     write_json_atomic(out / RUN_SUMMARY_JSON, data)

@@ -152,3 +152,16 @@ def test_public_api_examples_run_as_written(monkeypatch):
     monkeypatch.chdir(PACKAGE.parent)
     result = doctest.testmod(facepipe.api, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 5 and result.failed == 0
+
+
+def test_no_long_functions_and_no_private_imports_across_modules():
+    """No function in facepipe/ over 80 lines; no module imports another module's private (_name) helpers."""
+    long, private = [], []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{path.name}: {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("facepipe"):
+                private += [f"{path.name}: {alias.name} from {node.module}" for alias in node.names
+                            if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert not long and not private, long + private

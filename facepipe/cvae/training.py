@@ -106,6 +106,12 @@ class TrainSummary:
     train_count: int
     val_count: int
 
+    @classmethod
+    def nothing_to_do(cls, state: "_Progress", weights_dir: Path, seconds: float, device: str) -> "TrainSummary":
+        """The summary of a rerun whose folder already holds every epoch asked for."""
+        return cls(0, state.epoch, state.best_epoch, state.best_val, state.history[-1] if state.history else {},
+                   weights_dir, seconds, device, 0, 0)
+
     def line(self) -> str:
         if self.epochs_run == 0:
             return f"train-cvae: nothing to do, epoch {self.last_epoch} already trained in {self.weights_dir}"
@@ -343,21 +349,17 @@ def train_cvae(
     force: bool = False,
     show_progress: bool = True,
 ) -> TrainSummary:
-    """Train the CVAE on the crops of ``cluster_results``; checkpoints and the loss log go to ``weights_dir``.
-
-    Each epoch writes ``cvae_epoch_N.pt`` (the last ``keep_last`` are kept), ``cvae_best.pt`` when the
-    validation loss improves, and ``cvae_log.csv``. ``resume=True`` after a kill ends with the same weights as
-    an uninterrupted run. A folder whose run already reached ``epochs`` with the same settings is left as it is
-    (unless ``force``). ``align`` "dlib5" aligns every crop on its 5 landmarks first (``crops.CropAligner``; the
-    landmarks go to ``alignment.csv``), "none" resizes it whole. ``identity_weight`` "auto" turns the identity
-    term on when the clusters' embeddings allow it (``identity.identity_weight_for``). Crops in the unknown
-    group (cluster -1) are not trained on.
-    """
+    """Train the CVAE on the crops of ``cluster_results`` (not the unknown group); each epoch writes
+    ``cvae_epoch_N.pt`` (the last ``keep_last`` kept), ``cvae_best.pt`` when the validation loss improves, and
+    ``cvae_log.csv`` into ``weights_dir``; ``resume`` continues a killed run to the same weights. ``align``
+    "dlib5" aligns the crops on their landmarks (recorded in ``alignment.csv``); ``identity_weight`` "auto" is
+    on for clusters whose embeddings allow it (``identity.identity_weight_for``)."""
     import torch
 
     started = time.perf_counter()
     _check_settings(epochs, batch_size, keep_last, mean_anchor, decoder_base, identity_jitter, draw_identity,
                     val_fraction, align, align_padding)
+    encoder_sizes(image_size)
     device = resolve_device(device)
     inputs = read_training_inputs(cluster_results, crops_dir)
     identity_weight = identity_weight_for(identity_weight, clustered_embeddings_model(inputs.cluster_results))
@@ -369,7 +371,6 @@ def train_cvae(
                         learning_rate=float(learning_rate), batch_size=batch_size, epochs=epochs,
                         val_fraction=float(val_fraction), seed=seed, cluster_results=str(inputs.cluster_results),
                         crops_dir=str(inputs.crops_dir), data_fingerprint=inputs.fingerprint())
-    encoder_sizes(image_size)
     weights_dir = Path(weights_dir)
     existing = _checkpoints_to_continue(weights_dir, epochs, resume, force)
 
@@ -381,8 +382,7 @@ def train_cvae(
     state = _restore(model, optimizer, existing, config)
     first_epoch = state.epoch + 1
     if state.epoch >= epochs:
-        return TrainSummary(0, state.epoch, state.best_epoch, state.best_val, state.history[-1] if state.history else {},
-                            weights_dir, time.perf_counter() - started, device, 0, 0)
+        return TrainSummary.nothing_to_do(state, weights_dir, time.perf_counter() - started, device)
     data = _training_data(inputs, config, weights_dir, device, show_progress)
     model.set_base(data.cluster_means)
 
