@@ -165,3 +165,18 @@ def test_no_long_functions_and_no_private_imports_across_modules():
                 private += [f"{path.name}: {alias.name} from {node.module}" for alias in node.names
                             if alias.name.startswith("_") and not alias.name.startswith("__")]
     assert not long and not private, long + private
+
+
+def test_the_checkpoint_config_defaults_are_train_cvaes():
+    """CVAEConfig (what a checkpoint records) starts from train_cvae's defaults, not from numbers of its own."""
+    import dataclasses
+
+    from facepipe.cvae import CVAEConfig
+
+    functions = stage_defaults()["train_cvae"]
+    renamed = {"alignment": "align"}
+    differ = [f"{f.name}: {f.default!r} vs {functions[renamed.get(f.name, f.name)]!r}"
+              for f in dataclasses.fields(CVAEConfig)
+              if renamed.get(f.name, f.name) in functions and f.name not in ("identity_weight", "crops_dir")  # resolved
+              and f.default != functions[renamed.get(f.name, f.name)]]
+    assert not differ, differ

@@ -14,14 +14,24 @@ from dataclasses import asdict, dataclass, field
 
 from facepipe import __version__
 from facepipe.common import FacepipeError
-from facepipe.cvae_settings import DEFAULT_ALIGN_PADDING, DEFAULT_ALIGNMENT
+from facepipe.cvae_settings import (
+    DEFAULT_ALIGN_PADDING,
+    DEFAULT_ALIGNMENT,
+    DEFAULT_DRAW_IDENTITY,
+    DEFAULT_IDENTITY_JITTER,
+)
 
 MIN_IMAGE_SIZE = 16
+# What the settings added over time meant before they existed: unaligned crops, a plain decoder, terms off.
+BEFORE_THEY_EXISTED = {"alignment": "none", "decoder_base": "none", "mean_anchor": 0.0, "identity_weight": 0.0,
+                       "draw_identity": 0.0, "identity_jitter": 0.0}
 
 
 @dataclass
 class CVAEConfig:
-    """Everything that defines a CVAE and its training run; stored as a plain dict in each checkpoint."""
+    """Everything that defines a CVAE and its training run; stored as a plain dict in each checkpoint. The
+    defaults are train_cvae's (tests/test_design.py checks it); a key missing from an older checkpoint means
+    what that version did (BEFORE_THEY_EXISTED)."""
 
     image_size: int = 64
     alignment: str = DEFAULT_ALIGNMENT  # how the crops were aligned: cvae_settings.ALIGNMENTS
@@ -32,10 +42,10 @@ class CVAEConfig:
     clusters: list[int] = field(default_factory=list)  # condition index i <-> cluster id clusters[i]
     decoder_base: str = "mean"  # cvae_settings.DECODER_BASES: "mean" adds the decoder's output to the cluster's pixel mean
     beta: float = 1.0
-    mean_anchor: float = 0.0
-    identity_weight: float = 0.0
-    draw_identity: float = 0.0
-    identity_jitter: float = 0.0
+    mean_anchor: float = 100.0
+    identity_weight: float = 0.0  # the number train_cvae resolved its "auto" to
+    draw_identity: float = DEFAULT_DRAW_IDENTITY
+    identity_jitter: float = DEFAULT_IDENTITY_JITTER
     learning_rate: float = 1e-3
     batch_size: int = 32
     epochs: int = 40
@@ -56,9 +66,7 @@ class CVAEConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "CVAEConfig":
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        known.setdefault("alignment", "none")  # checkpoints of facepipe before --align were trained unaligned
-        known.setdefault("decoder_base", "none")  # ... and decoded without the cluster's pixel mean
-        return cls(**known)
+        return cls(**{**BEFORE_THEY_EXISTED, **known})
 
 
 def encoder_sizes(image_size: int) -> list[int]:
