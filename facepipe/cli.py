@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
+from pathlib import Path
 
 import click
 
 from facepipe import __version__
-from facepipe.common import FacepipeError
+from facepipe.common import FacepipeError, describe_os_error
 from facepipe.detectors import DETECTORS, COMBINED
+from facepipe.images import DEFAULT_MAX_PIXELS
 from facepipe.cvae_settings import (
     ALIGNMENTS,
     DECODER_BASES,
@@ -19,6 +22,10 @@ from facepipe.cvae_settings import (
     DEFAULT_IDENTITY_JITTER,
     DEFAULT_TEMPERATURE,
     MAX_ALIGN_PADDING,
+    MAX_BASE_CHANNELS,
+    MAX_EPOCHS,
+    MAX_IMAGE_SIZE,
+    MAX_LATENT_DIM,
     MAX_DRAW_IDENTITY,
     MAX_IDENTITY_JITTER,
     MAX_TEMPERATURE,
@@ -28,8 +35,12 @@ from facepipe.models import DEFAULT_MODEL, DLIB_CHIP_PADDING, DLIB_CROP_MODES, D
 EXIT_PARTIAL = 3  # the stage finished, but some inputs could not be read (see its errors CSV)
 
 
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
+
+
 def reports_errors(command):
-    """Turn ``FacepipeError`` into a one-line message and exit code 1 instead of a traceback."""
+    """Turn ``FacepipeError`` and operating-system errors (permissions, disk full, a file where a folder
+    should be, too many open files) into a one-line message and exit code 1 instead of a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -38,8 +49,54 @@ def reports_errors(command):
         except FacepipeError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(1)
+        except OSError as error:
+            click.echo(f"error: {describe_os_error(error)}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted: what was done is kept; rerun the same command to go on", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf (which compare false with any bound, so pass it)."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return value
+
+
+class AutoOr(click.ParamType):
+    """The word 'auto', or a value of ``inner`` (e.g. --k auto or --k 12)."""
+
+    def __init__(self, inner: click.ParamType):
+        self.inner = inner
+        self.name = f"auto|{inner.name}"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return self.inner.convert(value, param, ctx)
+
+
+class KRange(click.ParamType):
+    """START:STOP or START:STOP:STEP (inclusive), or such a list in a run config; kept as given."""
+
+    name = "start:stop[:step]"
+
+    def convert(self, value, param, ctx):
+        from facepipe.cluster import parse_k_range
+
+        try:
+            parse_k_range(value)
+        except FacepipeError as error:
+            self.fail(str(error), param, ctx)
+        return value
 
 
 def renamed(old: str, dest: str, new: str, **kwargs):
@@ -59,6 +116,61 @@ def renamed(old: str, dest: str, new: str, **kwargs):
         return click.option(old, legacy, hidden=True, default=None, **kwargs)(wrapper)
 
     return decorator
+
+
+RUN_CONFIG_COMMANDS = {"detect": "detect", "embed": "embed", "cluster": "cluster", "train_cvae": "train-cvae",
+                       "generate": "generate"}
+PROBE_CONFIG_OPTIONS = ("holdout", "folds", "seed")  # [probe] options that are `probe train`'s
+
+
+def _value_problem(param: click.Parameter, value) -> str | None:
+    """Why a run-config value would not pass the command-line option ``param`` (None: it would)."""
+    kind = param.type
+    if isinstance(kind, AutoOr) and isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    kind = kind.inner if isinstance(kind, AutoOr) else kind
+    if getattr(param, "is_flag", False) or isinstance(kind, click.types.BoolParamType):
+        return None if isinstance(value, bool) else "must be true or false"
+    if value == "" and param.default is None:
+        return None  # "" means not set
+    if isinstance(kind, click.types.IntParamType) and (not isinstance(value, int) or isinstance(value, bool)):
+        return "must be a whole number"
+    if isinstance(kind, click.types.FloatParamType) and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+        return "must be a number"
+    if isinstance(kind, (click.Choice, click.Path, click.types.StringParamType)) and not isinstance(value, str):
+        return "must be a string"
+    if isinstance(kind, KRange) and not isinstance(value, (str, list)):
+        return "must be [START, STOP] or [START, STOP, STEP]"
+    try:
+        kind.convert(value, param, None)
+    except click.BadParameter as error:
+        return error.message
+    return None
+
+
+def run_config_problems(config: dict) -> list[str]:
+    """Every value of a run config that its command-line option would refuse (same types, ranges, choices), and
+    paths that do not exist: all found before any stage runs."""
+    checks = [(section, main.commands[command]) for section, command in RUN_CONFIG_COMMANDS.items()]
+    checks.append(("probe", probe.commands["train"]))
+    problems = []
+    for section, command in checks:
+        params = {p.name: p for p in command.params}
+        for key, value in config[section].items():
+            if key in params and (section != "probe" or key in PROBE_CONFIG_OPTIONS):
+                problem = _value_problem(params[key], value)
+                if problem:
+                    problems.append(f"[{section}] {key} = {value!r}: {problem}")
+    targets = config["probe"]["targets"]
+    if not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
+        problems.append(f"[probe] targets = {targets!r}: must be a list of manifest column names")
+    for section, key in (("run", "labels"), ("embed", "weights"), ("cluster", "people")):
+        value = config[section][key]
+        if not isinstance(value, str):
+            problems.append(f"[{section}] {key} = {value!r}: must be a path (a string)")
+        elif value and not Path(value).expanduser().is_file():
+            problems.append(f"[{section}] {key} = {value!r}: no such file")
+    return problems
 
 
 def _require(value, name: str) -> None:
@@ -109,28 +221,31 @@ def main():
               help="Photos are scaled down to this longer side for detection (crops are cut from the full photo).")
 @click.option("--cascade", default="haarcascade_frontalface_alt.xml", show_default=True,
               help="Haar cascade: a file name in cv2.data.haarcascades, or a path.")
-@click.option("--scale-factor", default=1.1, show_default=True, type=click.FloatRange(1.01, 2.0))
+@click.option("--scale-factor", default=1.1, show_default=True, type=FiniteFloatRange(1.01, 2.0))
 @click.option("--min-neighbors", default=45, show_default=True, type=click.IntRange(0),
               help="Higher: fewer false positives, more missed faces.")
 @click.option("--min-size", default=30, show_default=True, type=click.IntRange(1),
               help="Haar: smallest face side, pixels (at the working scale).")
 @click.option("--dlib-upsample", default=1, show_default=True, type=click.IntRange(0, 3),
               help="dlib detectors: times the photo is doubled first (each finds faces half as large: HOG 80 px at 0).")
-@click.option("--dlib-threshold", default=0.0, show_default=True, type=float,
+@click.option("--dlib-threshold", default=0.0, show_default=True, type=FiniteFloatRange(),
               help="dlib detectors: score a face needs (higher: fewer false faces, more missed faces).")
 @click.option("--cnn-max-side", default=512, show_default=True, type=click.IntRange(64),
               help="dlib's CNN sees photos scaled down to this longer side (about 1.3 s a photo at 512 px on a CPU).")
-@click.option("--margin", default=0.2, show_default=True, type=click.FloatRange(0, 2),
+@click.option("--margin", default=0.2, show_default=True, type=FiniteFloatRange(0, 2),
               help="Extra room around the face box, as a fraction of its side, on each side.")
 @click.option("--size", default=224, show_default=True, type=click.IntRange(16), help="Crop side in pixels.")
 @click.option("--largest-only", is_flag=True, help="Keep only the largest face of each image.")
 @click.option("--crop-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="Worker processes.")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
+              help="Photos with more pixels are refused unread and listed in errors.csv (each worker decodes one "
+                   "photo at a time: about 9 bytes a pixel).")
 @force_option
 @quiet_option
 @reports_errors
 def detect(inputs, out_dir, detector, max_side, cascade, scale_factor, min_neighbors, min_size, dlib_upsample,
-           dlib_threshold, cnn_max_side, margin, size, largest_only, crop_format, workers, force, quiet):
+           dlib_threshold, cnn_max_side, margin, size, largest_only, crop_format, workers, max_pixels, force, quiet):
     """Find every face in INPUTS (folders, images, or text files listing paths) and save square crops.
 
     Exit code 0: all images read; 3: done, but some images could not be read (listed in errors.csv).
@@ -141,7 +256,8 @@ def detect(inputs, out_dir, detector, max_side, cascade, scale_factor, min_neigh
                             min_neighbors=min_neighbors, min_size=min_size, dlib_upsample=dlib_upsample,
                             dlib_threshold=dlib_threshold, cnn_max_side=cnn_max_side, margin=margin, size=size,
                             largest_only=largest_only, crop_format=crop_format)
-    summary = run_detect(inputs, out_dir, params, workers=workers, force=force, show_progress=not quiet)
+    summary = run_detect(inputs, out_dir, params, workers=workers, max_pixels=max_pixels, force=force,
+                         show_progress=not quiet)
     click.echo(summary.line())
     if summary.errors:
         sys.exit(EXIT_PARTIAL)
@@ -164,7 +280,7 @@ def detect(inputs, out_dir, detector, max_side, cascade, scale_factor, min_neigh
               help="Processes decoding the crops.")
 @click.option("--dlib-crop", type=click.Choice(DLIB_CROP_MODES), default="aligned", show_default=True,
               help="dlib-resnet128: its landmark-aligned chip, or the whole crop squared.")
-@click.option("--dlib-padding", type=click.FloatRange(0, DLIB_MAX_CHIP_PADDING), default=DLIB_CHIP_PADDING,
+@click.option("--dlib-padding", type=FiniteFloatRange(0, DLIB_MAX_CHIP_PADDING), default=DLIB_CHIP_PADDING,
               show_default=True,
               help="dlib-resnet128 aligned chip: head kept around the face (0.25 dlib's own; 0.5 keeps the scalp: bald probe).")
 @force_option
@@ -213,7 +329,7 @@ def _parse_cs(value: str) -> list[float]:
               help="Manifest column naming the person; folds never split a person. 'none': each face its own person.")
 @click.option("--crops-dir", type=click.Path(file_okay=False),
               help="Folder with the detections.csv of the crops (default: the embeddings sidecar's crops_dir).")
-@click.option("--holdout", default=0.0, show_default=True, type=click.FloatRange(0, 0.9),
+@click.option("--holdout", default=0.0, show_default=True, type=FiniteFloatRange(0, 0.9),
               help="Set aside this share of the identities, train on the rest and report metrics on them.")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(2), help="Cross-validation folds.")
 @click.option("--cs", "cs", default=None, help="Comma-separated values of C to search (default: 13 values 1e-4..100).")
@@ -282,42 +398,42 @@ def probe_evaluate(embeddings_path, probe_path, manifest_path, out_dir, crops_di
 @click.option("-o", "--out", "weights_dir", default="weights", show_default=True, type=click.Path(file_okay=False),
               help="Folder for cvae_epoch_N.pt, cvae_best.pt, cvae_log.csv and alignment.csv.")
 @renamed("--weights-dir", "weights_dir", "-o/--out", type=click.Path(file_okay=False))
-@click.option("--image-size", default=64, show_default=True, type=click.IntRange(16),
+@click.option("--image-size", default=64, show_default=True, type=click.IntRange(16, MAX_IMAGE_SIZE),
               help="Side the crops are resized to (divisible by 4: 64, 96, 128, 224...).")
 @click.option("--align", type=click.Choice(ALIGNMENTS), default=DEFAULT_ALIGNMENT, show_default=True,
               help="dlib5: align each crop on its 5 dlib landmarks first (recorded in alignment.csv); none: resize whole.")
 @click.option("--align-padding", default=DEFAULT_ALIGN_PADDING, show_default=True,
-              type=click.FloatRange(0, MAX_ALIGN_PADDING),
+              type=FiniteFloatRange(0, MAX_ALIGN_PADDING),
               help="Room around the landmarks, as dlib's chip padding (0.25: brows to chin; 0.5 keeps the head).")
-@click.option("--latent-dim", default=64, show_default=True, type=click.IntRange(1), help="Size of z.")
-@renamed("--latent", "latent_dim", "--latent-dim", type=click.IntRange(1))
+@click.option("--latent-dim", default=64, show_default=True, type=click.IntRange(1, MAX_LATENT_DIM), help="Size of z.")
+@renamed("--latent", "latent_dim", "--latent-dim", type=click.IntRange(1, MAX_LATENT_DIM))
 @click.option("--decoder-base", type=click.Choice(DECODER_BASES), default="mean", show_default=True,
               help="mean: the decoder adds to each cluster's pixel mean (starts from it); none: a plain decoder.")
-@click.option("--base-channels", default=32, show_default=True, type=click.IntRange(1),
+@click.option("--base-channels", default=32, show_default=True, type=click.IntRange(1, MAX_BASE_CHANNELS),
               help="Channels of the first convolution (doubled per layer, at most 256).")
-@renamed("--channels", "base_channels", "--base-channels", type=click.IntRange(1))
-@click.option("--epochs", default=40, show_default=True, type=click.IntRange(1))
+@renamed("--channels", "base_channels", "--base-channels", type=click.IntRange(1, MAX_BASE_CHANNELS))
+@click.option("--epochs", default=40, show_default=True, type=click.IntRange(1, MAX_EPOCHS))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--learning-rate", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--learning-rate", default=1e-3, show_default=True, type=FiniteFloatRange(min=0, min_open=True),
               help="Adam's learning rate.")
-@renamed("--lr", "learning_rate", "--learning-rate", type=click.FloatRange(min=0, min_open=True))
-@click.option("--beta", default=1.0, show_default=True, type=click.FloatRange(min=0),
+@renamed("--lr", "learning_rate", "--learning-rate", type=FiniteFloatRange(min=0, min_open=True))
+@click.option("--beta", default=1.0, show_default=True, type=FiniteFloatRange(min=0),
               help="Weight of the KL term against the reconstruction error summed over pixels.")
-@click.option("--mean-anchor", default=100.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--mean-anchor", default=100.0, show_default=True, type=FiniteFloatRange(min=0),
               help="Weight of the error between each cluster's z = 0 face and its crops' pixel mean "
                    "(0: a plain CVAE, whose z = 0 face need not look like the cluster).")
-@click.option("--identity-weight", default="auto", show_default=True,
+@click.option("--identity-weight", default="auto", show_default=True, type=AutoOr(FiniteFloatRange(min=0)),
               help="Weight of 1 - cosine between the embedding of each cluster's z = 0 face and the cluster's "
                    "centroid; auto: 1000 when the clusters came from dlib-resnet128 embeddings, else 0 (off).")
 @click.option("--draw-identity", default=DEFAULT_DRAW_IDENTITY, show_default=True,
-              type=click.FloatRange(0, MAX_DRAW_IDENTITY),
+              type=FiniteFloatRange(0, MAX_DRAW_IDENTITY),
               help="The identity term also on one random draw per cluster and batch, at this share of its weight "
                    "(so that random draws are faces of the person).")
 @click.option("--identity-jitter", default=DEFAULT_IDENTITY_JITTER, show_default=True,
-              type=click.FloatRange(0, MAX_IDENTITY_JITTER),
+              type=FiniteFloatRange(0, MAX_IDENTITY_JITTER),
               help="Strength of the random turns, scalings and shifts the identity term sees each face through "
                    "(0: one fixed view).")
-@click.option("--val-fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+@click.option("--val-fraction", default=0.1, show_default=True, type=FiniteFloatRange(0, 1, max_open=True),
               help="Share of each cluster's crops held out for the validation loss.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--keep-last", default=2, show_default=True, type=click.IntRange(1),
@@ -354,7 +470,7 @@ def train_cvae(cluster_results, crops_dir, weights_dir, image_size, align, align
 @click.option("-o", "--out", "out_dir", default="inference_results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--samples", default=4, show_default=True, type=click.IntRange(0), help="Random draws per cluster.")
 @click.option("--temperature", default=DEFAULT_TEMPERATURE, show_default=True,
-              type=click.FloatRange(0, MAX_TEMPERATURE),
+              type=FiniteFloatRange(0, MAX_TEMPERATURE),
               help="Spread of the random draws: z ~ N(0, temperature^2); lower stays nearer the cluster's face.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random draws.")
 @click.option("--clusters", "cluster_results", type=click.Path(dir_okay=False),
@@ -389,7 +505,7 @@ def generate(cluster_ids, all_clusters, checkpoint, out_dir, samples, temperatur
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.OPTION=VALUE",
               help="Override one config option, e.g. --set cluster.k=5 (repeatable).")
 @click.option("--model", type=click.Choice(MODEL_NAMES), help="Same as --set embed.model=...")
-@click.option("--k", help="Same as --set cluster.k=... (a number or auto).")
+@click.option("--k", type=AutoOr(click.IntRange(1)), help="Same as --set cluster.k=... (a number or auto).")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Label manifest: clustering metrics and the probe.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device for embed, train-cvae and generate.")
 @click.option("--from", "from_stage", metavar="[" + "|".join(STAGE_NAMES) + "]", callback=_stage_name,
@@ -413,7 +529,7 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
     from facepipe.formats import RUN_REPORT_HTML
 
     config = load_config(config_file, overrides)
-    shortcuts = {("embed", "model"): model, ("cluster", "k"): k and parse_value(k), ("run", "labels"): labels,
+    shortcuts = {("embed", "model"): model, ("cluster", "k"): k, ("run", "labels"): labels,
                  ("embed", "device"): device, ("train_cvae", "device"): device}
     for (section, option), value in shortcuts.items():
         if value is not None:
@@ -424,6 +540,12 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
         return
     if not inputs or not out_dir:
         raise click.UsageError("give INPUTS and --out RUN_DIR (or --print-config)")
+    problems = run_config_problems(config)
+    if problems:
+        click.echo(f"error: the run config has {len(problems)} bad value(s); nothing was run:", err=True)
+        for problem in problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
     summary = run(inputs, out_dir, config, from_stage=from_stage, show_progress=not quiet)
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))
@@ -442,13 +564,14 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
                    "kmeans: k-means with --k; auto: kmeans when --k is a number, else graph where the embedder's "
                    "distance rule is known, else kmeans.")
 @click.option("--threshold", default="auto", show_default=True,
+              type=AutoOr(FiniteFloatRange(0, 4, min_open=True, max_open=True)),
               help="Same-person distance between L2-normalised embeddings; auto: the embedder's measured rule "
                    "(dlib-resnet128: 0.37). Faces matching no other face of their group go to unknown (-1).")
 @click.option("--min-group-size", default=2, show_default=True, type=click.IntRange(1),
               help="Groups with fewer faces go to unknown (-1).")
-@click.option("--k", "k", default="auto", show_default=True,
+@click.option("--k", "k", default="auto", show_default=True, type=AutoOr(click.IntRange(1)),
               help="kmeans: number of clusters, or 'auto' to choose it.")
-@click.option("--k-range", default="2:40", show_default=True,
+@click.option("--k-range", default="2:40", show_default=True, type=KRange(),
               help="With --k auto: the k values to try, START:STOP or START:STOP:STEP (inclusive).")
 @click.option("--k-rule", type=click.Choice(["silhouette", "elbow"]), default="silhouette", show_default=True,
               help="With --k auto: the highest cosine silhouette, or the kneedle elbow of the inertia.")
@@ -463,17 +586,21 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
               help="Folder of the crops (default: the one named in the embeddings sidecar).")
 @click.option("--labels", type=click.Path(dir_okay=False),
               help="Manifest CSV (relpath or name, identity): report NMI, ARI, BCubed and pairwise F.")
+@click.option("--people", default=None, type=click.Path(dir_okay=False),
+              help="People file (TOML): names, merges, splits, moves and groups that are not a person, kept on "
+                   "the same people across reruns (see docs/commands.md).")
 @force_option
 @quiet_option
 @reports_errors
 def cluster_command(embeddings, out_dir, method, threshold, min_group_size, k, k_range, k_rule, normalize, seed,
-                    n_init, samples_dir, no_samples, samples_per_cluster, crops_dir, labels, force, quiet):
+                    n_init, samples_dir, no_samples, samples_per_cluster, crops_dir, labels, people, force, quiet):
     """Group the face EMBEDDINGS (CSV or .npz from embed) by the same-person distance or k-means; faces matching
     no group go to unknown (-1); draw sample grids."""
     from facepipe.cluster import SAMPLES_IN_OUT, cluster
 
     summary = cluster(embeddings, out_dir, method=method, threshold=threshold, min_group_size=min_group_size, k=k, k_range=k_range, k_rule=k_rule, normalize=normalize, seed=seed,
                       n_init=n_init, samples_dir=None if no_samples else samples_dir or SAMPLES_IN_OUT,
-                      samples_per_cluster=samples_per_cluster, crops_dir=crops_dir, labels=labels, force=force,
-                      show_progress=not quiet)
+                      samples_per_cluster=samples_per_cluster, crops_dir=crops_dir, labels=labels, people=people,
+                      force=force, show_progress=not quiet)
     click.echo(summary.line())
+

@@ -32,6 +32,8 @@ from facepipe.formats import (
     CLUSTER_METRICS_JSON,
     CLUSTER_RESULTS_CSV,
     ELBOW_PNG,
+    GROUPS_COLUMNS,
+    GROUPS_CSV,
     K_SELECTION_COLUMNS,
     K_SELECTION_CSV,
     SAMPLES_OVERVIEW_JPG,
@@ -42,12 +44,17 @@ from facepipe.formats import (
     RUN_SAMPLES_DIR,
     read_json,
     recorded_path,
+    output_hashes,
+    outputs_match,
+    read_centroids,
     sample_grid,
     sidecar_path,
     write_centroids,
     write_csv_atomic,
     write_json_atomic,
 )
+from facepipe.locks import locks_output
+from facepipe.people import apply_people, read_anchors, read_people, resolve_numbers, unknown_faces, write_anchors
 
 __all__ = ["cluster", "ClusterSummary", "KMeansFit", "kmeans", "select_k", "parse_k_range", "sample_grid",
            "ELBOW_PNG", "SILHOUETTE_PNG", "K_SELECTION_CSV"]
@@ -465,6 +472,7 @@ def _centroids(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
 METHODS = ("auto", "graph", "kmeans")
 
 
+@locks_output(lambda args: args["out_dir"])
 def cluster(
     embeddings_path: str | os.PathLike,
     out_dir: str | os.PathLike = "clusters",
@@ -482,6 +490,7 @@ def cluster(
     samples_per_cluster: int = 16,
     crops_dir: str | os.PathLike | None = None,
     labels: str | os.PathLike | None = None,
+    people: str | os.PathLike | None = None,
     force: bool = False,
     show_progress: bool = True,
 ) -> ClusterSummary:
@@ -494,7 +503,7 @@ def cluster(
     second faces of a photo in a group go to the unknown group (-1). Writes ``cluster_results.csv`` (+ sidecar,
     written last), ``centroids.csv``, ``k_selection.csv``, plots, sample grids into ``samples_dir`` ("auto":
     ``cluster_samples/`` in ``out_dir``; None: none) and with ``labels`` ``cluster_metrics.json``; a rerun with
-    the same inputs and options is skipped unless ``force``.
+    the same inputs and options is skipped unless ``force``. ``people``: a people file (``facepipe.people``).
     """
     started = time.monotonic()
     embeddings_path = Path(os.path.abspath(embeddings_path))
@@ -504,15 +513,15 @@ def cluster(
     method, rule_distance, ks = _chosen_method(method, threshold, min_group_size, k, k_range, k_rule, n_init,
                                                normalize, embeddings, embeddings_path)
     crops_dir = _crops_dir(crops_dir, embeddings.meta, embeddings_path)
-    labels_file = _labels_file(labels)
+    labels_file, people_file = _labels_file(labels), _labels_file(people or None)
     samples, notes = _samples_folder(samples_dir, out_dir, crops_dir)
 
     auto = ks is not None and _is_auto(k)
     options = _options_record(method, rule_distance, min_group_size, ks, auto, k_rule, normalize, seed, n_init,
-                              samples, samples_per_cluster, crops_dir)
-    fingerprint = _fingerprint(embeddings_path, embeddings.meta, options, labels_file)
+                              samples, samples_per_cluster, crops_dir, people_file)
+    fingerprint = _fingerprint(embeddings_path, embeddings.meta, options, labels_file, people_file)
     results_path = out_dir / CLUSTER_RESULTS_CSV
-    previous = _previous_run(results_path, fingerprint, samples) if not force else None
+    previous = _previous_run(results_path, fingerprint) if not force else None
     if previous is not None:
         return ClusterSummary.of_previous_run(previous, out_dir, samples, time.monotonic() - started, notes)
 
@@ -520,20 +529,20 @@ def cluster(
     photos = _photo_ids(embeddings.names, crops_dir, notes)
     grouping, selection, rule = _group(vectors, method, rule_distance, ks, auto, k_rule, n_init, seed, photos,
                                        min_group_size, show_progress)
+    grouping, names, anchors = _with_people(grouping, vectors, embeddings.names, people_file, out_dir, rule_distance, notes)
     grouped = grouping.labels >= 0
-    sizes = np.bincount(grouping.labels[grouped], minlength=len(grouping.centroids)).tolist()
-    quality = silhouette(vectors[grouped], grouping.labels[grouped], seed)
-    inertia = float(np.square(grouping.distances[grouped]).sum())
+    sizes, quality, inertia = _group_quality(vectors, grouping, seed)
     metrics = _identity_metrics(embeddings.names, labels_file, crops_dir, grouping.labels) if labels_file else None
     table = selection.table if selection else pd.DataFrame(
         [{"k": len(sizes), "inertia": inertia, "silhouette": quality}], columns=K_SELECTION_COLUMNS)
 
-    # Everything is computed and validated: now write, the sidecar last (it marks the run as complete).
-    results = _write_results(out_dir, embeddings.names, grouping, table, selection, metrics)
+    # Everything is computed and validated: now write, the sidecar last (it commits the files by their hashes).
+    results, written = _write_results(out_dir, embeddings.names, grouping, table, selection, metrics, names, anchors)
     if samples is not None:
-        write_sample_grids(results, crops_dir, samples, samples_per_cluster, show_progress)
+        written += write_sample_grids(results, crops_dir, samples, samples_per_cluster, show_progress)
     unknown = int((~grouped).sum())
     write_json_atomic(sidecar_path(results_path), {
+        "outputs": output_hashes(out_dir, written),
         "embeddings": str(embeddings_path), "model": embeddings.model, "dimension": embeddings.dim,
         "crops_dir": options["crops_dir"], "k": len(sizes), "k_rule": rule, "items": n, "sizes": sizes,
         "unknown": unknown, "silhouette": quality, "inertia": inertia, "metrics": metrics, "options": options,
@@ -549,10 +558,53 @@ ENGINES = {"graph": "faiss neighbour graph + Chinese whispers",
            "kmeans": f"k-means++ (scikit-learn) + faiss Lloyd, {LLOYD_ITERATIONS} iterations"}
 
 
+def _group_quality(vectors: np.ndarray, grouping: Grouping, seed: int) -> tuple[list[int], float, float]:
+    """The groups' sizes, the silhouette of the grouped faces and their inertia."""
+    grouped = grouping.labels >= 0
+    sizes = np.bincount(grouping.labels[grouped], minlength=len(grouping.centroids)).tolist()
+    return (sizes, silhouette(vectors[grouped], grouping.labels[grouped], seed),
+            float(np.square(grouping.distances[grouped]).sum()))
+
+
+def _with_people(grouping: Grouping, vectors: np.ndarray, names: list[str], people_file: Path | None,
+                 out_dir: Path, rule_distance: float | None, notes: list[str]):
+    """The grouping after the people file's corrections (renumbered by size), each group's name, and the
+    anchors of the file's group numbers to keep (None without a people file: the anchors are left alone).
+    A number first met is anchored on the centroid of that group in the clustering the file was written
+    against: the one in ``out_dir`` before this run, else this run's own."""
+    if people_file is None:
+        return grouping, {}, None
+    people = read_people(people_file)
+    dim = grouping.centroids.shape[1]
+    anchors = {n: a for n, a in read_anchors(out_dir).items() if a.shape == (dim,)}  # of another model: new
+    earlier = read_centroids(out_dir / CENTROIDS_CSV) if (out_dir / CENTROIDS_CSV).is_file() else grouping.centroids
+    earlier = earlier if earlier.shape[1] == dim else grouping.centroids
+    anchors.update({n: earlier[n] for n in people.group_numbers() - set(anchors) if 0 <= n < len(earlier)})
+    mapping, kept, lost = resolve_numbers(people.group_numbers(), anchors, grouping.centroids, rule_distance)
+    labels, named = apply_people(grouping.labels, names, people, mapping)
+    renumbered = _by_size(labels)
+    group_names = {}
+    for label, name in named.items():
+        rows = np.flatnonzero(labels == label)
+        if rows.size and renumbered[rows[0]] >= 0:
+            group_names[int(renumbered[rows[0]])] = name
+    centroids, distances = _centroids(vectors, renumbered)
+    if lost:
+        notes.append(f"people file: group number(s) {', '.join(map(str, lost))} no longer match a group "
+                     "(no group's centroid is within the same-person distance of theirs); their corrections wait")
+    missing = unknown_faces(people, names)
+    if missing:
+        notes.append(f"people file: {len(missing)} face(s) not in this clustering, e.g. {missing[0]}")
+    corrected = Grouping(renumbered, distances, centroids, grouping.unmatched, grouping.same_photo,
+                         grouping.too_small)
+    return corrected, group_names, {**{n: a for n, a in anchors.items() if n not in mapping}, **kept}
+
+
 def _options_record(method, rule_distance, min_group_size, ks, auto, k_rule, normalize, seed, n_init, samples,
-                    samples_per_cluster, crops_dir) -> dict:
+                    samples_per_cluster, crops_dir, people_file) -> dict:
     """The options as the sidecar records them (and the fingerprint covers them)."""
     return {"method": method, "threshold": rule_distance, "min_group_size": int(min_group_size),
+            "people": None if people_file is None else str(people_file),
             "k": None if ks is None else ("auto" if auto else ks.start),
             "k_range": [ks.start, ks.stop - 1, ks.step] if auto else None,
             "k_rule": k_rule if auto else None, "normalize": bool(normalize), "seed": int(seed),
@@ -581,10 +633,11 @@ def _chosen_method(method, threshold, min_group_size, k, k_range, k_rule, n_init
     return method, rule_distance, ks
 
 
-def _fingerprint(embeddings_path: Path, meta: dict, options: dict, labels_file: Path | None) -> str:
+def _fingerprint(embeddings_path: Path, meta: dict, options: dict, labels_file: Path | None,
+                 people_file: Path | None) -> str:
     """What a rerun must match to be skipped: the inputs' contents, the options and the version."""
     return hashlib.sha256(repr((_file_digest(embeddings_path), meta, sorted(options.items()),
-                                _file_digest(labels_file), __version__)).encode()).hexdigest()
+                                _file_digest(labels_file), _file_digest(people_file), __version__)).encode()).hexdigest()
 
 
 def _labels_file(labels) -> Path | None:
@@ -614,21 +667,31 @@ def _normalised(vectors: np.ndarray, embeddings_path: Path) -> np.ndarray:
 
 
 def _write_results(out_dir: Path, names: list[str], grouping: Grouping, table: pd.DataFrame,
-                   selection: KSelection | None, metrics: dict | None) -> pd.DataFrame:
+                   selection: KSelection | None, metrics: dict | None,
+                   group_names: dict[int, str], anchors: dict | None) -> tuple[pd.DataFrame, list[Path]]:
     """cluster_results.csv (returned), centroids.csv, k_selection.csv, the plots and the metrics (or none left
-    over)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    over), groups.csv with the ``group_names`` and, with a people file, its ``anchors``; returns the results
+    and the files written. The sidecar of the run before goes first, so that a run killed while writing these
+    is never taken as done."""
+    sidecar_path(out_dir / CLUSTER_RESULTS_CSV).unlink(missing_ok=True)
     results = pd.DataFrame({"name": names, "cluster": grouping.labels, "distance": grouping.distances},
                            columns=CLUSTER_COLUMNS)
-    write_csv_atomic(results, out_dir / CLUSTER_RESULTS_CSV, float_format="%.6g")
-    write_centroids(out_dir / CENTROIDS_CSV, grouping.centroids)
-    write_csv_atomic(table, out_dir / K_SELECTION_CSV, float_format="%.6g")
-    _write_plots(out_dir, selection)
+    written = [out_dir / CLUSTER_RESULTS_CSV, out_dir / CENTROIDS_CSV, out_dir / K_SELECTION_CSV, out_dir / GROUPS_CSV]
+    write_csv_atomic(results, written[0], float_format="%.6g")
+    write_centroids(written[1], grouping.centroids)
+    write_csv_atomic(table, written[2], float_format="%.6g")
+    sizes = np.bincount(grouping.labels[grouping.labels >= 0], minlength=len(grouping.centroids))
+    write_csv_atomic(pd.DataFrame({"cluster": np.arange(len(sizes)), "person": [group_names.get(c, "") for c in
+                                   range(len(sizes))], "faces": sizes}, columns=GROUPS_COLUMNS), written[3])
+    if anchors is not None:
+        write_anchors(out_dir, anchors)
+    written += _write_plots(out_dir, selection)
     if metrics is not None:
         write_json_atomic(out_dir / CLUSTER_METRICS_JSON, metrics)
+        written.append(out_dir / CLUSTER_METRICS_JSON)
     else:
         (out_dir / CLUSTER_METRICS_JSON).unlink(missing_ok=True)
-    return results
+    return results, written
 
 
 def _is_auto(k) -> bool:
@@ -698,28 +761,27 @@ def _group(vectors, method, rule_distance, ks, auto, k_rule, n_init, seed, photo
     return grouping, selection, rule
 
 
-def _write_plots(out_dir: Path, selection: KSelection | None) -> None:
-    """The elbow and silhouette plots of an auto-k run; those of an earlier auto-k run are removed otherwise."""
+def _write_plots(out_dir: Path, selection: KSelection | None) -> list[Path]:
+    """The elbow and silhouette plots of an auto-k run (returned); those of an earlier auto-k run are removed
+    otherwise."""
+    plots = [out_dir / ELBOW_PNG, out_dir / SILHOUETTE_PNG]
     if selection is None:
-        for stale in (ELBOW_PNG, SILHOUETTE_PNG):
-            (out_dir / stale).unlink(missing_ok=True)
-        return
+        for stale in plots:
+            stale.unlink(missing_ok=True)
+        return []
     _plot(selection.table, "inertia", {"elbow (kneedle)": selection.elbow_k, "chosen": selection.k},
-          "inertia (sum of squared distances)", "Elbow: k-means inertia against k", out_dir / ELBOW_PNG)
+          "inertia (sum of squared distances)", "Elbow: k-means inertia against k", plots[0])
     _plot(selection.table, "silhouette", {"best silhouette": selection.silhouette_k, "chosen": selection.k},
-          "mean silhouette (cosine)", "Silhouette against k", out_dir / SILHOUETTE_PNG)
+          "mean silhouette (cosine)", "Silhouette against k", plots[1])
+    return plots
 
 
-def _previous_run(results_path: Path, fingerprint: str, samples: Path | None) -> dict | None:
-    """The sidecar of an earlier run with the same fingerprint whose outputs are all still there, else None."""
+def _previous_run(results_path: Path, fingerprint: str) -> dict | None:
+    """The sidecar of an earlier run with the same fingerprint whose outputs (results, centroids, table,
+    plots, metrics, sample grids) are all still there as it recorded them (same sha256), else None."""
     meta_file = sidecar_path(results_path)
     if not (results_path.is_file() and meta_file.is_file()):
         return None
     meta = read_json(meta_file)
-    if meta.get("fingerprint") != fingerprint:
-        return None
-    needed = [results_path, results_path.parent / CENTROIDS_CSV, results_path.parent / K_SELECTION_CSV]
-    if samples is not None:
-        needed += [samples / sample_grid(c) for c in range(int(meta["k"]))] + [samples / SAMPLES_OVERVIEW_JPG]
-        needed += [samples / UNKNOWN_GRID_JPG] if meta.get("unknown") else []
-    return meta if all(p.is_file() for p in needed) else None
+    done = meta.get("fingerprint") == fingerprint and outputs_match(results_path.parent, meta.get("outputs"))
+    return meta if done else None

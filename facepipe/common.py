@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import random
@@ -24,9 +25,10 @@ class FacepipeError(Exception):
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+    """Yield a temporary path beside ``path``; once the body has written it, it is flushed to disk (fsync),
+    checked to be non-empty, and renamed onto ``path``.
 
-    If the body raises (or the process is killed), ``path`` keeps its old content and the
+    If the body raises (disk full, say) or the process is killed, ``path`` keeps its old content and the
     temporary file is removed (or, after a kill, left with a ``.tmp`` name that no stage reads).
     """
     path = Path(path)
@@ -34,13 +36,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
         yield tmp_path
+        _flush_to_disk(tmp_path)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _flush_to_disk(path: Path, expected_size: int | None = None) -> None:
+    """fsync ``path`` and check its size (a short write on a full disk must never be renamed into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if size == 0 or (expected_size is not None and size != expected_size):
+        raise OSError(errno.ENOSPC, f"short write ({size} of {expected_size or 'some'} bytes; disk full?)", str(path))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: all of it, flushed to disk, its size checked, then renamed."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        _flush_to_disk(tmp, len(data))
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:
@@ -54,9 +77,32 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+OS_ERROR_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the file system is read-only",
+    errno.EEXIST: "a file is in the way where a folder is needed",
+    errno.ENOTDIR: "a file is in the way where a folder is needed",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.EMFILE: "too many open files (raise `ulimit -n`, or use fewer --workers)",
+    errno.ENFILE: "too many open files on this system",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.EIO: "an input/output error of the device",
+}
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an operating-system error: what failed, on which path, and that nothing was half-written."""
+    reason = OS_ERROR_REASONS.get(error.errno, error.strerror or str(error))
+    where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f)
+    return (f"{where + ': ' if where else ''}{reason}. Every file facepipe writes is written whole or not at all; "
+            "fix this and rerun the same command to go on from what is done")
 
 
 def file_sha256(path: str | os.PathLike) -> str:

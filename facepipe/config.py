@@ -11,7 +11,7 @@ from typing import Any, Iterable
 from facepipe.common import FacepipeError, write_text_atomic
 
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("default_config.toml")
-PATH_OPTIONS = (("run", "labels"), ("embed", "weights"))  # relative paths in a config file start at its folder
+PATH_OPTIONS = (("run", "labels"), ("embed", "weights"), ("cluster", "people"))  # relative paths in a config file start at its folder
 
 
 def default_config() -> dict[str, dict[str, Any]]:

@@ -43,10 +43,17 @@ from facepipe.detectors import (
     FallbackFinder,
     HaarFinder,
     HogFinder,
-    cascade_path,
     find_faces,
 )
-from facepipe.images import ImageReadError, collect_images, load_image_rgb, resize_square, save_image_atomic
+from facepipe.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    collect_images,
+    load_image_rgb,
+    resize_square,
+    save_image_atomic,
+)
+from facepipe.locks import locks_output
 
 
 @dataclass(frozen=True)
@@ -79,11 +86,14 @@ class DetectSummary:
     skipped: int
     out_dir: Path
     seconds: float
+    removed: int = 0  # photos of an earlier run no longer among the inputs: their rows and crops removed
 
     def line(self) -> str:
+        removed = f", {self.removed} no longer among the inputs removed" if self.removed else ""
         return (
             f"detect: {self.images} images, {self.faces} faces, {self.errors} errors "
-            f"({self.processed_now} processed now, {self.skipped} already done) -> {self.out_dir} in {self.seconds:.1f}s"
+            f"({self.processed_now} processed now, {self.skipped} already done{removed}) -> {self.out_dir} "
+            f"in {self.seconds:.1f}s"
         )
 
 
@@ -100,7 +110,7 @@ def check_params(params: DetectorParams) -> None:
     if not 0 <= params.dlib_upsample <= 3:
         raise FacepipeError(f"dlib upsample must lie between 0 and 3, got {params.dlib_upsample}")
     if params.detector in (HAAR, COMBINED):
-        cascade_path(params.cascade)
+        HaarFinder(params.cascade, params.scale_factor, params.min_neighbors, params.min_size)  # loads the cascade
 
 
 def crop_name(source: Path, face_index: int, crop_format: str) -> str:
@@ -143,23 +153,33 @@ def face_finder(params: DetectorParams) -> FaceFinder:
                           CnnFinder(COMBINED_CNN_UPSAMPLE, params.dlib_threshold, params.cnn_max_side))
 
 
-def _init_worker(params: DetectorParams, out_dir: Path) -> None:
+def _init_worker(params: DetectorParams, out_dir: Path, max_pixels: int, parent: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)
-    _worker_state.update(finder=face_finder(params), params=params, out_dir=out_dir)
+    _worker_state.update(finder=face_finder(params), params=params, out_dir=out_dir, max_pixels=max_pixels,
+                         parent=parent)
+
+
+def _stop_if_orphaned() -> None:
+    """A worker whose detect process is gone (killed) exits at once instead of writing more crops."""
+    try:
+        os.kill(_worker_state["parent"], 0)
+    except ProcessLookupError:
+        os._exit(1)
 
 
 def _process_source(source: Path) -> tuple[dict, list[dict]]:
     """Detect and save the crops of one image; returns its sources.csv row and its detection rows."""
     params: DetectorParams = _worker_state["params"]
     try:
-        rgb = load_image_rgb(source)
+        rgb = load_image_rgb(source, _worker_state["max_pixels"])
     except ImageReadError as error:
         return {"source": str(source), "status": "error", "faces": 0, "reason": str(error)}, []
     height, width = rgb.shape[:2]
     rows = []
     faces = find_faces(rgb, _worker_state["finder"], params.max_side)
+    _stop_if_orphaned()
     for index, face in enumerate(faces[:1] if params.largest_only else faces):
         name = crop_name(source, index, params.crop_format)
         save_image_atomic(_worker_state["out_dir"] / name, square_crop(rgb, face.box, params.margin, params.size))
@@ -170,7 +190,9 @@ def _process_source(source: Path) -> tuple[dict, list[dict]]:
 
 
 def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[list[dict], list[dict]]:
-    """Rows of an earlier run into ``out_dir`` that can be kept (none with ``force``)."""
+    """Rows of an earlier run into ``out_dir`` that can be kept (none with ``force``): a source counts as done
+    only with a well-formed sources.csv row and, for each face it had, one detection row whose crop is on disk.
+    Anything else (rows of a run killed between its two files, a damaged sources.csv) is redone."""
     params_file = out_dir / DETECT_PARAMS_JSON
     if force or not params_file.is_file():
         return [], []
@@ -181,12 +203,34 @@ def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[
             f"{out_dir} holds detections made with other parameters ({', '.join(changed)} differ); "
             "rerun with --force to redo them, or choose another output folder"
         )
-    sources = read_csv(out_dir / SOURCES_CSV, SOURCE_COLUMNS, "sources CSV") if (out_dir / SOURCES_CSV).is_file() else None
-    detections = read_csv(out_dir / DETECTIONS_CSV, DETECTION_COLUMNS, "detections CSV") if (out_dir / DETECTIONS_CSV).is_file() else None
-    if sources is None or detections is None:
+    try:
+        sources = read_csv(out_dir / SOURCES_CSV, SOURCE_COLUMNS, "sources CSV")
+        detections = read_csv(out_dir / DETECTIONS_CSV, DETECTION_COLUMNS, "detections CSV")
+    except FacepipeError:  # missing or damaged: those photos are simply detected again
         return [], []
-    sources["reason"] = sources["reason"].astype("string").fillna("").astype(str)
+    faces = pd.to_numeric(sources["faces"], errors="coerce")
+    well_formed = sources["status"].isin(["ok", "error"]) & faces.notna() & (faces >= 0) & (faces % 1 == 0)
+    sources = sources[well_formed & sources["source"].notna()].drop_duplicates("source", keep="last")
+    sources = sources.assign(faces=faces[sources.index].astype(int),
+                             reason=sources["reason"].astype("string").fillna("").astype(str))
+    detections = detections.drop_duplicates("crop", keep="last")
+    detections = detections[detections["crop"].astype(str).map(lambda name: (out_dir / name).is_file())]
+    rows_per_source = detections.groupby("source").size()
+    complete = sources["faces"] == sources["source"].map(rows_per_source).fillna(0).astype(int)
+    sources = sources[complete]
+    detections = detections[detections["source"].isin(set(sources["source"]))]
     return sources.to_dict("records"), detections.to_dict("records")
+
+
+def _drop_removed_sources(out_dir: Path, sources: list[dict], detections: list[dict], wanted: set[str]):
+    """Keep only the rows of photos among this run's inputs; delete the crops of those no longer there.
+    Returns (sources, detections, how many photos were dropped)."""
+    gone = {row["source"] for row in sources} - wanted
+    for row in detections:
+        if row["source"] in gone:
+            (out_dir / str(row["crop"])).unlink(missing_ok=True)
+    return ([row for row in sources if row["source"] not in gone],
+            [row for row in detections if row["source"] not in gone], len(gone))
 
 
 def _write_outputs(out_dir: Path, params: DetectorParams, sources: list[dict], detections: list[dict]) -> None:
@@ -200,70 +244,87 @@ def _write_outputs(out_dir: Path, params: DetectorParams, sources: list[dict], d
     write_csv_atomic(source_frame, out_dir / SOURCES_CSV)
 
 
+def _detect_todo(todo: list[Path], params: DetectorParams, out_dir: Path, sources: list[dict],
+                 detections: list[dict], workers: int, max_pixels: int, show_progress: bool,
+                 checkpoint_seconds: float) -> None:
+    """Detect the photos ``todo`` in worker processes, appending their rows to ``sources`` and ``detections``
+    and writing the CSVs every ``checkpoint_seconds`` (and on any exit, Ctrl-C included)."""
+    # forkserver, not fork: a worker forked from a process whose dlib CNN already ran hangs on its thread pool
+    context = get_context("forkserver" if os.name == "posix" else "spawn")
+    settings = (params, out_dir, max_pixels, os.getpid())
+    pool = context.Pool(max(1, workers), initializer=_init_worker, initargs=settings) if workers > 1 else None
+    if pool is None:
+        _init_worker(*settings)
+    results = pool.imap(_process_source, todo, chunksize=4) if pool else map(_process_source, todo)
+    last_checkpoint = time.monotonic()
+    try:
+        for source_row, rows in progress(results, desc="detect", total=len(todo), unit="img", enabled=show_progress):
+            sources.append(source_row)
+            detections.extend(rows)
+            if time.monotonic() - last_checkpoint > checkpoint_seconds:
+                _write_outputs(out_dir, params, sources, detections)
+                last_checkpoint = time.monotonic()
+    except BaseException:
+        _write_outputs(out_dir, params, sources, detections)  # keep what is done, e.g. after Ctrl-C
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+
+
+@locks_output(lambda args: args["out_dir"])
 def detect(
     inputs: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike = "temp",
     params: DetectorParams | None = None,
     *,
     workers: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     force: bool = False,
     show_progress: bool = True,
     checkpoint_seconds: float = 10.0,
 ) -> DetectSummary:
     """Detect faces in every image under ``inputs`` and save crops plus CSVs into ``out_dir``.
 
-    Resumable: sources already listed in ``out_dir/sources.csv`` are skipped unless ``force``. With
-    ``workers`` > 1 the worker processes are started by a fork server (a fork of a process that already ran
-    dlib's CNN would hang), so a script that calls this needs the ``if __name__ == "__main__":`` guard.
-    The CSVs are rewritten atomically every few seconds, so a killed run loses at most that much work.
+    Resumable: photos already done (in ``out_dir/sources.csv``, their crops on disk) are skipped unless
+    ``force``; photos that failed are tried again. The folder holds the faces of exactly these ``inputs``:
+    rows and crops of photos no longer among them are removed. Photos over ``max_pixels`` and folders that
+    cannot be listed are recorded in errors.csv. With ``workers`` > 1 the worker processes are started by a
+    fork server (a fork of a process that already ran dlib's CNN would hang), so a script that calls this
+    needs the ``if __name__ == "__main__":`` guard. The CSVs are rewritten atomically every few seconds, so a
+    killed run loses at most that much work.
     """
     started = time.monotonic()
     params = params or DetectorParams()
     check_params(params)
+    if max_pixels < 1:
+        raise FacepipeError(f"max pixels must be at least 1, got {max_pixels}")
     out_dir = Path(os.path.abspath(out_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
-    images = collect_images(inputs)
+    unlisted: list[dict] = []
+    images = collect_images(inputs, unlisted)
     if not images:
-        raise FacepipeError("no images found in the given inputs")
+        found = f" ({unlisted[0]['path']}: {unlisted[0]['reason']})" if unlisted else ""
+        raise FacepipeError(f"no images found in the given inputs{found}")
 
     kept_sources, kept_detections = _load_previous(out_dir, params, force)
-    wanted = {str(p) for p in images}
-    done = {row["source"] for row in kept_sources}
-    sources = list(kept_sources)
-    detections = list(kept_detections)
+    done_before = [row for row in kept_sources if row["status"] == "ok"]  # failed photos are tried again
+    sources, detections, removed = _drop_removed_sources(out_dir, done_before, kept_detections,
+                                                         {str(p) for p in images})
+    done = {row["source"] for row in sources}
+    sources += [{"source": row["path"], "status": "error", "faces": 0, "reason": row["reason"]} for row in unlisted]
     todo = [p for p in images if str(p) not in done]
-
-    last_checkpoint = time.monotonic()
     if todo:
-        # forkserver, not fork: a worker forked from a process whose dlib CNN already ran hangs on its thread pool
-        context = get_context("forkserver" if os.name == "posix" else "spawn")
-        pool = context.Pool(max(1, workers), initializer=_init_worker, initargs=(params, out_dir)) if workers > 1 else None
-        if pool is None:
-            _init_worker(params, out_dir)
-        results = pool.imap(_process_source, todo, chunksize=4) if pool else map(_process_source, todo)
-        try:
-            for source_row, rows in progress(results, desc="detect", total=len(todo), unit="img", enabled=show_progress):
-                sources.append(source_row)
-                detections.extend(rows)
-                if time.monotonic() - last_checkpoint > checkpoint_seconds:
-                    _write_outputs(out_dir, params, sources, detections)
-                    last_checkpoint = time.monotonic()
-        except BaseException:
-            _write_outputs(out_dir, params, sources, detections)  # keep what is done, e.g. after Ctrl-C
-            raise
-        finally:
-            if pool is not None:
-                pool.terminate()
+        _detect_todo(todo, params, out_dir, sources, detections, workers, max_pixels, show_progress,
+                     checkpoint_seconds)
     _write_outputs(out_dir, params, sources, detections)
-
-    in_scope = [row for row in sources if row["source"] in wanted]
     return DetectSummary(
-        images=len(in_scope),
-        faces=sum(int(row["faces"]) for row in in_scope),
-        errors=sum(row["status"] == "error" for row in in_scope),
+        images=len(sources),
+        faces=sum(int(row["faces"]) for row in sources),
+        errors=sum(row["status"] == "error" for row in sources),
         processed_now=len(todo),
         skipped=len(images) - len(todo),
         out_dir=out_dir,
         seconds=time.monotonic() - started,
+        removed=removed,
     )

@@ -62,9 +62,13 @@ class HaarFinder:
     def __init__(self, cascade: str, scale_factor: float, min_neighbors: int, min_size: int):
         import cv2
 
-        self.classifier = cv2.CascadeClassifier(str(cascade_path(cascade)))
-        if self.classifier.empty():
-            raise FacepipeError(f"OpenCV could not load the cascade {cascade}")
+        path = cascade_path(cascade)
+        try:
+            self.classifier = cv2.CascadeClassifier(str(path))
+        except (cv2.error, SystemError):  # OpenCV raises while parsing a file that is not a cascade XML
+            self.classifier = None
+        if self.classifier is None or self.classifier.empty():
+            raise FacepipeError(f"OpenCV could not load the cascade {path}: not a Haar cascade XML file")
         self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
 
     def find(self, rgb: np.ndarray) -> list[Face]:

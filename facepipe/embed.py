@@ -22,6 +22,7 @@ from facepipe.formats import (
     EMBEDDINGS_CSV,
     ERROR_COLUMNS,
     Embeddings,
+    UnmatchedSidecarError,
     embed_checkpoint_path,
     embed_errors_path,
     read_csv,
@@ -41,6 +42,7 @@ from facepipe.models import (
     VGGFACE2_RESNET50,
     Embedder,
 )
+from facepipe.locks import locks_output
 
 PRECISIONS = ("fp32", "bf16")
 # Sidecar fields that must agree before an existing output's rows are reused.
@@ -196,6 +198,8 @@ def _previous_rows(output: Path, meta: dict, force: bool) -> dict[str, np.ndarra
                                     "is unknown; rerun with --force to replace it, or choose another output file")
             previous = read_embeddings(output)
             _check_same_settings(output, previous.meta, meta)
+        except UnmatchedSidecarError:  # never trusted: what the progress file holds is kept, the rest redone
+            return rows
         except FacepipeError:
             if rows:  # a killed run was replacing this file (--force, or killed while writing it): go on with that
                 return rows
@@ -260,6 +264,7 @@ def _embed_missing(state: _EmbedState, paths: list[Path], todo: list[str], embed
         bar.close()
 
 
+@locks_output(lambda args: Path(os.path.abspath(args["output"])).parent)
 def embed(
     crops: str | os.PathLike | Sequence[str | os.PathLike],
     output: str | os.PathLike = EMBEDDINGS_CSV,

@@ -7,22 +7,26 @@ detect   -> OUT/detections.csv   one row per face crop (DETECTION_COLUMNS)
             OUT/errors.csv       the unreadable inputs (ERROR_COLUMNS)
             OUT/detect.json      detector parameters used
 embed    -> image_features.csv   ``name, e0..e{D-1}`` (or .npz with ``names`` and ``vectors``)
-            image_features.csv.json  sidecar: model, dimension, preprocessing, weights sha256, version
+            image_features.csv.json  sidecar: model, dimension, preprocessing, weights sha256, version,
+                                     the data file's sha256 (data_sha256, checked on every read)
 cluster  -> cluster_results.csv  ``name, cluster, distance`` (CLUSTER_COLUMNS)
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from facepipe.common import FacepipeError, atomic_path
+from facepipe.common import FacepipeError, file_sha256, write_bytes_atomic, write_text_atomic
 
 DETECTIONS_CSV = "detections.csv"
 SOURCES_CSV = "sources.csv"
@@ -39,12 +43,12 @@ ERROR_COLUMNS = ["path", "reason"]
 CLUSTER_COLUMNS = ["name", "cluster", "distance"]
 UNKNOWN_CLUSTER = -1  # the cluster id of a face that matches no group (group ids are 0 and up)
 EMBEDDING_PREFIX = "e"
+LOCK_FILE = ".facepipe.lock"  # in every output folder: who holds it (facepipe.locks); never an output itself
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -58,10 +62,50 @@ def read_json(path: str | os.PathLike) -> Any:
         raise FacepipeError(f"{path} is not valid JSON: {error}") from None
 
 
-def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike, float_format: str | None = None) -> None:
-    """Write a DataFrame as CSV (no index), atomically."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format=float_format)
+# A text cell that a spreadsheet would run as a formula (=, +, -, @, tab, CR first) is written with a "'" before
+# it, as OWASP advises; read_csv takes that "'" off again, so names round-trip exactly.
+_FORMULA_LIKE = re.compile(r"^'*[=+\-@\t\r]")
+
+
+def _text_columns(frame: pd.DataFrame) -> list:
+    return [c for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c].dtype)]
+
+
+def _escape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    columns = [c for c in _text_columns(frame) if frame[c].astype(str).str.match(_FORMULA_LIKE).any()]
+    if not columns:
+        return frame
+    frame = frame.copy()
+    for column in columns:
+        frame[column] = frame[column].map(lambda v: "'" + v if isinstance(v, str) and _FORMULA_LIKE.match(v) else v)
+    return frame
+
+
+def _unescape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    for column in _text_columns(frame):
+        escaped = frame[column].astype(str).str.match(r"^'+[=+\-@\t\r]")
+        if escaped.any():
+            frame.loc[escaped, column] = frame.loc[escaped, column].str.slice(1)
+    return frame
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike, float_format: str | None = None,
+                     keep_if_same: bool = False) -> None:
+    """Write a DataFrame as CSV (no index), atomically; formula-like text cells are escaped (see read_csv).
+    With ``keep_if_same`` a file that already holds exactly this text is left untouched."""
+    buffer = io.StringIO()
+    _escape_formulas(frame).to_csv(buffer, index=False, float_format=float_format)
+    text = buffer.getvalue()
+    if keep_if_same and Path(path).is_file() and Path(path).read_bytes() == text.encode("utf-8"):
+        return
+    write_text_atomic(path, text)
+
+
+def write_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Write arrays into an uncompressed ``.npz``, atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def read_csv(path: str | os.PathLike, required: Sequence[str] = (), what: str = "CSV") -> pd.DataFrame:
@@ -78,7 +122,7 @@ def read_csv(path: str | os.PathLike, required: Sequence[str] = (), what: str = 
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise FacepipeError(f"{path} lacks the column(s) {', '.join(missing)} of a {what}")
-    return frame
+    return _unescape_formulas(frame)
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -96,6 +140,27 @@ def recorded_path(value: str | os.PathLike, data_file: str | os.PathLike) -> Pat
         return path
     beside = Path(data_file).parent / path
     return path if not beside.exists() and path.exists() else beside
+
+
+def output_hashes(folder: str | os.PathLike, paths: Iterable[str | os.PathLike]) -> dict[str, str]:
+    """Each output file (as a path relative to ``folder``, where the sidecar that commits them lies) -> its
+    sha256: what a stage's sidecar records, written last, so that a rerun trusts only outputs that match it."""
+    return {os.path.relpath(path, folder): file_sha256(path) for path in paths}
+
+
+def outputs_match(folder: str | os.PathLike, recorded: dict | None) -> bool:
+    """True when every file ``output_hashes`` recorded is there with the same sha256 (False when none was)."""
+    if not isinstance(recorded, dict) or not recorded:
+        return False
+    for relative, digest in recorded.items():
+        path = Path(folder) / relative
+        if not path.is_file() or file_sha256(path) != digest:
+            return False
+    return True
+
+
+class UnmatchedSidecarError(FacepipeError):
+    """A data file whose sha256 is not the one its sidecar recorded: neither can be trusted."""
 
 
 @dataclass
@@ -127,14 +192,13 @@ def write_embeddings(path: str | os.PathLike, embeddings: Embeddings) -> None:
     if vectors.ndim != 2 or len(embeddings.names) != vectors.shape[0]:
         raise ValueError("embeddings need one 1-D vector per name")
     if path.suffix.lower() == ".npz":
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, names=np.asarray(embeddings.names, dtype=str), vectors=vectors)
+        write_npz_atomic(path, names=np.asarray(embeddings.names, dtype=str), vectors=vectors)
     else:
         frame = pd.DataFrame(vectors, columns=embedding_columns(vectors.shape[1]))
         frame.insert(0, "name", list(embeddings.names))
         write_csv_atomic(frame, path, float_format="%.9g")  # 9 digits: float32 round-trips exactly
-    meta = dict(embeddings.meta, dimension=int(vectors.shape[1]), count=int(vectors.shape[0]))
+    meta = dict(embeddings.meta, dimension=int(vectors.shape[1]), count=int(vectors.shape[0]),
+                data_sha256=file_sha256(path))
     write_json_atomic(sidecar_path(path), meta)
 
 
@@ -184,6 +248,9 @@ def read_embeddings(path: str | os.PathLike) -> Embeddings:
             f"{path}: the sidecar says {meta['count']} embeddings but the file holds {vectors.shape[0]} "
             "(rows added or removed by hand, perhaps from another model?)"
         )
+    if meta.get("data_sha256") not in (None, file_sha256(path)):
+        raise UnmatchedSidecarError(f"{path} does not match its sidecar {meta_file.name} (changed since, or a run "
+                                    "was killed between the two files): rerun embed, which redoes it")
     return Embeddings(names=names, vectors=vectors, meta=meta)
 
 
@@ -211,9 +278,7 @@ def embed_checkpoint_path(output: str | os.PathLike) -> Path:
 
 def write_embeddings_checkpoint(path: str | os.PathLike, embeddings: Embeddings) -> None:
     """Write names, vectors and metadata into one .npz, atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, names=np.asarray(embeddings.names, dtype=str),
+    write_npz_atomic(path, names=np.asarray(embeddings.names, dtype=str),
                      vectors=np.asarray(embeddings.vectors, dtype=np.float32),
                      meta=np.asarray(json.dumps(embeddings.meta, sort_keys=True, default=str)))
 
@@ -258,11 +323,22 @@ def read_probe_json(path: str | os.PathLike) -> dict:
     if missing:
         raise FacepipeError(f"{path}: probe JSON lacks {', '.join(missing)}")
     dim = data["embedding_dimension"]
+    if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= 1 << 16:
+        raise FacepipeError(f"{path}: embedding_dimension must be a whole number from 1 to 65536")
     for name in PROBE_ARRAY_FIELDS:
         values = data[name]
-        if not isinstance(values, list) or len(values) != dim or not all(isinstance(v, (int, float)) for v in values):
-            raise FacepipeError(f"{path}: {name} must be a list of {dim} numbers")
+        if not isinstance(values, list) or len(values) != dim or not all(_is_finite_number(v) for v in values):
+            raise FacepipeError(f"{path}: {name} must be a list of {dim} finite numbers")
+    if not all(v > 0 for v in data["scaler_scale"]):
+        raise FacepipeError(f"{path}: scaler_scale must be above 0 in every dimension (it divides the embeddings)")
+    if not _is_finite_number(data["intercept"]) or not _is_finite_number(data["threshold"]) \
+            or not 0 <= data["threshold"] <= 1:
+        raise FacepipeError(f"{path}: intercept must be a finite number and threshold a probability (0 to 1)")
     return data
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def write_predictions(path: str | os.PathLike, frame: pd.DataFrame) -> None:
@@ -356,6 +432,8 @@ SILHOUETTE_PNG = "silhouette.png"
 CLUSTER_METRICS_JSON = "cluster_metrics.json"
 SAMPLES_OVERVIEW_JPG = "overview.jpg"
 UNKNOWN_GRID_JPG = "unknown.jpg"  # the faces of the unknown group (-1)
+GROUPS_CSV = "groups.csv"  # GROUPS_COLUMNS: each group, its name (people file) and size
+GROUPS_COLUMNS = ["cluster", "person", "faces"]
 
 
 def sample_grid(cluster: int) -> str:

@@ -32,6 +32,7 @@ from facepipe.formats import (
 )
 from facepipe.identity import at_crop_size, cluster_centroids, clustered_embeddings_path
 from facepipe.images import load_image_rgb, save_image_atomic
+from facepipe.locks import locks_output
 
 SHEET_SAMPLES = 4  # random draws shown per cluster on the sheet (all of them go to cluster_N_samples.png)
 SHEET_CELL = 96  # smallest side of one face on the sheet
@@ -237,6 +238,15 @@ def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[i
     }
 
 
+def _remove_earlier_outputs(out_dir: Path, written: set[Path]) -> None:
+    """The folder holds what this call wrote: faces, sheet and fidelity.json of an earlier call (another
+    model, other clusters, or evaluated when this one was not) are removed, never mixed in."""
+    for path in [*out_dir.glob("cluster_*.png"), out_dir / GENERATED_SHEET_PNG, out_dir / FIDELITY_JSON]:
+        if path not in written:
+            path.unlink(missing_ok=True)
+
+
+@locks_output(lambda args: args["out_dir"])
 def generate(
     checkpoint: str | Path = "weights",
     *,
@@ -283,15 +293,17 @@ def generate(
     means, counts, crop_sharpness = pixel_means(inputs.names, inputs.clusters, clusters, inputs.crops_dir,
                                                 config.image_size, show_progress, aligner)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
+    sheet_path = out_dir / GENERATED_SHEET_PNG
+    written = {sheet_path}
     for position, cluster in enumerate(progress(clusters, desc="writing faces", unit="cluster", enabled=show_progress)):
         files = generated_face_names(cluster)
         save_image_atomic(out_dir / files["face"], faces[position])
         save_image_atomic(out_dir / files["mean"], means[position])
+        written |= {out_dir / files["face"], out_dir / files["mean"]}
         if samples:
             save_image_atomic(out_dir / files["samples"], np.concatenate(list(drawn[position]), axis=1))
-    sheet_path = out_dir / GENERATED_SHEET_PNG
+            written.add(out_dir / files["samples"])
     save_image_atomic(sheet_path, contact_sheet(clusters, counts, means, faces, drawn))
 
     fidelity = None
@@ -300,4 +312,6 @@ def generate(
                                      clustered_embeddings_path(inputs.cluster_results, embeddings), device, aligner,
                                      drawn, crop_sharpness)
         write_json_atomic(out_dir / FIDELITY_JSON, fidelity)
+        written.add(out_dir / FIDELITY_JSON)
+    _remove_earlier_outputs(out_dir, written)
     return GenerateSummary(list(clusters), out_dir, sheet_path, fidelity, time.perf_counter() - started)

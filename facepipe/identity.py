@@ -3,6 +3,7 @@ faces against it) and train-cvae's identity term, which pulls each cluster's z =
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -58,8 +59,8 @@ def identity_weight_for(weight: float | str, model: str | None) -> float:
         value = float(weight)
     except (TypeError, ValueError):
         raise FacepipeError(f"--identity-weight must be a number (at least 0) or auto, not {weight!r}") from None
-    if not value >= 0:
-        raise FacepipeError(f"--identity-weight must be at least 0, got {value:g}")
+    if not (math.isfinite(value) and value >= 0):
+        raise FacepipeError(f"--identity-weight must be a finite number, at least 0, got {value:g}")
     if value > 0 and model not in DIFFERENTIABLE_MODELS:
         source = f"came from {model} embeddings" if model else "name no embeddings (with their model) in their sidecar"
         raise FacepipeError(f"the identity term needs {' or '.join(DIFFERENTIABLE_MODELS)} embeddings, and the clusters "

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from facepipe.common import FacepipeError, atomic_path
+from facepipe.common import FacepipeError, write_bytes_atomic
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -22,9 +23,25 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+PATH_LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list", ".csv"})
+DEFAULT_MAX_PIXELS = 120_000_000  # larger photos are refused unread (a 120 MP RGB decode takes about 1 GB)
+
+
 def _read_path_list(list_file: Path) -> list[Path]:
+    """The paths a text file lists, one a line (``#`` comments); a file that is not text is refused."""
+    data = list_file.read_bytes()
+    text = None
+    if b"\0" not in data[:65536]:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            if list_file.suffix.lower() in PATH_LIST_EXTENSIONS:
+                text = data.decode("latin-1")  # an older list file; every byte is a Latin-1 character
+    if text is None:
+        raise FacepipeError(f"{list_file} is neither an image facepipe reads ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                            "nor a text file listing paths (.txt, one path a line)")
     paths = []
-    for line in list_file.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -33,25 +50,37 @@ def _read_path_list(list_file: Path) -> list[Path]:
     return paths
 
 
-def collect_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+def _walk_images(folder: Path, found: set[Path], problems: list[dict] | None) -> None:
+    def unreadable(error: OSError) -> None:
+        if problems is None:
+            raise error
+        problems.append({"path": str(Path(os.path.abspath(error.filename or folder))),
+                         "reason": f"cannot list this folder: {error.strerror or error}"})
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.update(Path(os.path.abspath(os.path.join(root, f))) for f in files
+                     if is_image_path(f) and not f.startswith("."))
+
+
+def collect_images(inputs: Iterable[str | os.PathLike], problems: list[dict] | None = None) -> list[Path]:
     """Expand folders (recursively), image files and text files listing paths into a sorted list of images.
 
-    Paths are made absolute; duplicates are dropped. A missing input is an error; a listed path
-    that is missing is kept, so the stage that reads it records it as an error.
+    Paths are made absolute; duplicates are dropped. A missing input is an error; a listed path that is
+    missing is kept, so the stage that reads it records it as an error. A folder that cannot be listed is
+    appended to ``problems`` (rows ``path, reason``) where it is given, else raises its OSError.
     """
     found: set[Path] = set()
     for raw in inputs:
         item = Path(raw).expanduser()
         if item.is_dir():
-            for root, dirs, files in os.walk(item):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                found.update(Path(os.path.abspath(os.path.join(root, f))) for f in files if is_image_path(f) and not f.startswith("."))
+            _walk_images(item, found, problems)
         elif item.is_file() and is_image_path(item):
             found.add(Path(os.path.abspath(item)))
         elif item.is_file():
             for listed in _read_path_list(item):
                 if listed.is_dir():
-                    found.update(collect_images([listed]))
+                    _walk_images(listed, found, problems)
                 else:
                     found.add(Path(os.path.abspath(listed)))
         else:
@@ -77,10 +106,11 @@ def _to_rgb8(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
+def load_image_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``path`` into an HxWx3 uint8 RGB array, EXIF orientation applied.
 
-    Raises ``ImageReadError`` with a one-line reason for empty, truncated, corrupt or non-image files.
+    Raises ``ImageReadError`` with a one-line reason for unreadable, empty, truncated, corrupt or non-image
+    files, and for images of more than ``max_pixels`` pixels (checked from the header, before decoding).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -89,6 +119,10 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
         if path.stat().st_size == 0:
             raise ImageReadError("empty file (0 bytes)")
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageReadError(f"too large: {width}x{height} = {width * height / 1e6:.0f} MP, above the limit "
+                                     f"of {max_pixels / 1e6:g} MP (--max-pixels)")
             image.load()
             image = ImageOps.exif_transpose(image)
             rgb = _to_rgb8(image)
@@ -96,6 +130,10 @@ def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
         raise
     except FileNotFoundError:
         raise ImageReadError("file not found") from None
+    except PermissionError:
+        raise ImageReadError("permission denied: the file cannot be read") from None
+    except IsADirectoryError:
+        raise ImageReadError("a folder, not an image file") from None
     except UnidentifiedImageError:
         raise ImageReadError("not an image file (unrecognised format)") from None
     except Image.DecompressionBombError as error:
@@ -122,5 +160,6 @@ def save_image_atomic(path: str | os.PathLike, rgb: np.ndarray, quality: int = 9
     from PIL import Image
 
     path = Path(path)
-    with atomic_path(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format=Image.registered_extensions()[path.suffix.lower()], quality=quality)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format=Image.registered_extensions()[path.suffix.lower()], quality=quality)
+    write_bytes_atomic(path, buffer.getvalue())

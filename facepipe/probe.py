@@ -39,6 +39,7 @@ from facepipe.probe_metrics import (
     plot_confusion_matrix,
     plot_pr_curve,
 )
+from facepipe.locks import locks_output
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
 DEFAULT_FOLDS = 5
@@ -412,6 +413,7 @@ def holdout_dir(probe_path: str | os.PathLike) -> Path:
     return probe_path.with_name(probe_path.stem + "_holdout")
 
 
+@locks_output(lambda args: Path(os.path.abspath(args["out"])).parent)
 def train(
     embeddings_path: str | os.PathLike,
     manifest_path: str | os.PathLike,
@@ -486,6 +488,7 @@ def train(
     return ProbeTrainSummary(probe=probe, out=out, labelled=labelled, holdout=holdout_report)
 
 
+@locks_output(lambda args: Path(os.path.abspath(args["out"])).parent)
 def predict(
     probe_path: str | os.PathLike,
     embeddings_path: str | os.PathLike,
@@ -529,6 +532,7 @@ class ProbeEvaluation:
         return lines
 
 
+@locks_output(lambda args: args["out_dir"])
 def evaluate(
     probe_path: str | os.PathLike,
     embeddings_path: str | os.PathLike,

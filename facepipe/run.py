@@ -38,6 +38,7 @@ from facepipe.formats import (
 )
 from facepipe.identity import identity_weight_for
 from facepipe.images import collect_images
+from facepipe.locks import locks_output
 
 STAGES = ("detect", "embed", "cluster", "train_cvae", "generate", "probe")
 
@@ -180,9 +181,9 @@ class _RunFolder:
         from facepipe.detect import DetectorParams, detect
 
         options = dict(self.config["detect"])
-        workers = options.pop("workers")
-        summary = detect(self.inputs, self.crops, DetectorParams(**options), workers=workers, force=force,
-                         show_progress=self.show_progress)
+        workers, max_pixels = options.pop("workers"), options.pop("max_pixels")
+        summary = detect(self.inputs, self.crops, DetectorParams(**options), workers=workers, max_pixels=max_pixels,
+                         force=force, show_progress=self.show_progress)
         self.partial = self.partial or summary.errors > 0
         return summary.line(), {"images": summary.images, "faces": summary.faces, "errors": summary.errors}
 
@@ -231,8 +232,8 @@ def _run_stages(runner: "_Runner", folder: _RunFolder, images: list[Path]) -> No
     config = folder.config
     fingerprint = runner.stage("detect", _digest(config["detect"], _inputs_fingerprint(images)), folder.detect)
     fingerprint = embedded = runner.stage("embed", _digest(config["embed"], fingerprint), folder.embed)
-    fingerprint = runner.stage("cluster", _digest(config["cluster"], fingerprint, _file_stamp(folder.labels)),
-                               folder.cluster)
+    fingerprint = runner.stage("cluster", _digest(config["cluster"], fingerprint, _file_stamp(folder.labels),
+                                                  _file_stamp(config["cluster"]["people"])), folder.cluster)
     fingerprint = runner.stage("train_cvae", _digest(config["train_cvae"], fingerprint), folder.train_cvae)
     runner.stage("generate", _digest(config["generate"], fingerprint), folder.generate)
     if folder.labels is not None and config["probe"]["targets"]:
@@ -245,7 +246,7 @@ def _checked_inputs(inputs: Iterable[str | os.PathLike], config: dict) -> tuple[
     """The inputs made absolute, the photos they hold and the label manifest: refused before any work."""
     identity_weight_for(config["train_cvae"]["identity_weight"], config["embed"]["model"])
     inputs = [str(Path(os.path.abspath(i))) for i in inputs]
-    images = collect_images(inputs)
+    images = collect_images(inputs, problems=[])  # detect records the folders it cannot list
     if not images:
         raise FacepipeError("no images found in the given inputs")
     labels = _blank_to_none(config["run"]["labels"])
@@ -256,6 +257,7 @@ def _checked_inputs(inputs: Iterable[str | os.PathLike], config: dict) -> tuple[
     return inputs, images, labels
 
 
+@locks_output(lambda args: args["out_dir"])
 def run(
     inputs: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,

@@ -247,6 +247,27 @@ def test_generate_writes_faces_means_samples_and_sheet(tmp_path, trained):
     assert not (single / generated_face_names(1)["face"]).exists()
 
 
+def test_generate_removes_the_faces_of_an_earlier_model_and_its_fidelity(tmp_path, trained):
+    """Issue 18, case 6: a folder that held another model's faces (cluster 99) and its fidelity.json keeps
+    neither once generate has written this model's faces without evaluating them."""
+    from click.testing import CliRunner
+
+    from facepipe.cli import main
+    from facepipe.formats import FIDELITY_JSON, generated_face_names
+
+    weights, _ = trained
+    out = tmp_path / "inference_results"
+    out.mkdir()
+    stale = [out / name for name in generated_face_names(99).values()] + [out / FIDELITY_JSON]
+    for path in stale:
+        path.write_bytes(b"of another model")
+    result = CliRunner().invoke(main, ["generate", str(weights), "--cluster", "2", "-o", str(out), "--no-evaluate",
+                                       "--samples", "1", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    assert not [path.name for path in stale if path.exists()]
+    assert sorted(p.name for p in out.glob("cluster_*.png")) == sorted(generated_face_names(2).values())
+
+
 def test_generate_usage_errors(tmp_path, trained):
     from click.testing import CliRunner
 

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from facepipe.cli import EXIT_PARTIAL, main
-from facepipe.common import FacepipeError
+from facepipe.common import FacepipeError, file_sha256
 from facepipe.detect import DetectorParams, detect
 from facepipe.embed import embed
 from facepipe.formats import (
@@ -235,6 +235,8 @@ def test_csv_and_npz_hold_the_same_float32_values(data_dir, tmp_path):
     assert np.allclose(from_csv.vectors, from_npz.vectors, rtol=0, atol=1e-6)  # two runs of the network
     write_embeddings(tmp_path / "again.csv", from_npz)  # and an exact round trip through CSV
     assert np.array_equal(read_embeddings(tmp_path / "again.csv").vectors, from_npz.vectors)
+    for path, meta in ((tmp_path / "e.csv", from_csv.meta), (tmp_path / "e.npz", from_npz.meta)):
+        assert meta.pop("data_sha256") == file_sha256(path)  # each sidecar commits its own data file
     assert from_csv.meta == from_npz.meta
 
 

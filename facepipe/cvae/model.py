@@ -19,6 +19,10 @@ from facepipe.cvae_settings import (
     DEFAULT_ALIGNMENT,
     DEFAULT_DRAW_IDENTITY,
     DEFAULT_IDENTITY_JITTER,
+    MAX_BASE_CHANNELS,
+    MAX_EPOCHS,
+    MAX_IMAGE_SIZE,
+    MAX_LATENT_DIM,
 )
 
 MIN_IMAGE_SIZE = 16
@@ -65,8 +69,35 @@ class CVAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "CVAEConfig":
+        """The config a checkpoint stores, checked (``check``) before any model is built from it."""
+        if not isinstance(data, dict):
+            raise FacepipeError("the checkpoint's config is not a table of settings")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**{**BEFORE_THEY_EXISTED, **known})
+        config = cls(**{**BEFORE_THEY_EXISTED, **known})
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Refuse sizes no model should be built with (a foreign or damaged checkpoint could ask for terabytes)
+        and non-finite or negative weights, which would train NaN."""
+        sizes = {"image_size": (self.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
+                 "latent_dim": (self.latent_dim, 1, MAX_LATENT_DIM),
+                 "base_channels": (self.base_channels, 1, MAX_BASE_CHANNELS),
+                 "max_channels": (self.max_channels, 1, MAX_BASE_CHANNELS),
+                 "batch_size": (self.batch_size, 1, 1 << 16), "epochs": (self.epochs, 1, MAX_EPOCHS)}
+        for name, (value, low, high) in sizes.items():
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise FacepipeError(f"CVAE setting {name} = {value!r} must be a whole number from {low} to {high}")
+        if not isinstance(self.clusters, list) or not all(isinstance(c, int) for c in self.clusters):
+            raise FacepipeError("CVAE setting clusters must be a list of cluster ids")
+        weights = {"beta": self.beta, "mean_anchor": self.mean_anchor, "identity_weight": self.identity_weight,
+                   "draw_identity": self.draw_identity, "identity_jitter": self.identity_jitter,
+                   "align_padding": self.align_padding, "val_fraction": self.val_fraction}
+        for name, value in {**weights, "learning_rate": self.learning_rate}.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise FacepipeError(f"CVAE setting {name} = {value!r} must be a finite number, at least 0")
+        if self.learning_rate <= 0:
+            raise FacepipeError(f"CVAE setting learning_rate = {self.learning_rate!r} must be above 0")
 
 
 def encoder_sizes(image_size: int) -> list[int]:

@@ -47,6 +47,7 @@ from facepipe.formats import (
     write_csv_atomic,
 )
 from facepipe.identity import build_identity_term, clustered_embeddings_model, identity_weight_for
+from facepipe.locks import locks_output
 
 LOSS_PARTS = ("loss", "recon", "kl", "anchor", "identity", "draw_identity")
 # Settings that must match for --resume to continue a run (epochs may grow; the rest may not change).
@@ -320,6 +321,7 @@ def _save_epoch(weights_dir: Path, model, optimizer, config: CVAEConfig, state: 
             old_path.unlink(missing_ok=True)
 
 
+@locks_output(lambda args: args["weights_dir"])
 def train_cvae(
     cluster_results: str | Path,
     *,
@@ -371,6 +373,7 @@ def train_cvae(
                         learning_rate=float(learning_rate), batch_size=batch_size, epochs=epochs,
                         val_fraction=float(val_fraction), seed=seed, cluster_results=str(inputs.cluster_results),
                         crops_dir=str(inputs.crops_dir), data_fingerprint=inputs.fingerprint())
+    config.check()
     weights_dir = Path(weights_dir)
     existing = _checkpoints_to_continue(weights_dir, epochs, resume, force)
 

@@ -1,0 +1,177 @@
+"""Corrections to a clustering that survive reruns: a small people file (TOML) that names groups, merges
+groups, splits one (by listing faces), moves a face, or marks a group as not a person.
+
+    [names]                      # group number = name
+    0 = "Kofi Annan"
+    3 = "Jackie Chan"
+    merge = [[0, 7]]             # each list: groups that are one person; the others join the first
+    not_a_person = [9]           # their faces go to unknown (-1)
+    [move]                       # a face into another group (-1: unknown)
+    "Kofi_Annan_0003_1a2b3c4d5e_0.jpg" = 3
+    [[split]]                    # these faces leave their group and become a group of their own
+    faces = ["Hans_Blix_0001_0a1b2c3d4e_0.jpg", "Hans_Blix_0004_5f6a7b8c9d_0.jpg"]
+    name = "Hans Blix"
+
+(top-level keys such as ``merge`` come before the first table). Group numbers are those of the clustering
+the file was written against, the one cluster_results.csv and the report showed. cluster keeps them
+pointing at the same people across reruns: when it first meets a group number it records that group's
+centroid as the number's anchor (``people_anchors.csv`` in the cluster folder); on every run a number stands
+for the new group whose centroid is nearest its anchor, within the same-person distance, and a number with
+no such group is reported as no longer matching. Faces are named by their crop names, which never change.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from facepipe.common import FacepipeError
+from facepipe.formats import UNKNOWN_CLUSTER, embedding_columns, read_csv, write_csv_atomic
+
+PEOPLE_ANCHORS_CSV = "people_anchors.csv"
+ANCHOR_DISTANCE = 0.6  # where the embedder has no same-person rule: L2 distance of unit centroids (cosine 0.82)
+
+
+@dataclass
+class People:
+    """A parsed people file."""
+
+    names: dict[int, str] = field(default_factory=dict)
+    merges: list[list[int]] = field(default_factory=list)
+    not_a_person: list[int] = field(default_factory=list)
+    moves: dict[str, int] = field(default_factory=dict)
+    splits: list[tuple[list[str], str]] = field(default_factory=list)
+
+    def group_numbers(self) -> set[int]:
+        """Every group number the file names (its anchors are needed)."""
+        found = set(self.names) | set(self.not_a_person) | {g for merge in self.merges for g in merge}
+        return found | {g for g in self.moves.values() if g != UNKNOWN_CLUSTER}
+
+
+def _group_number(value, where: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or isinstance(value, bool) or number < UNKNOWN_CLUSTER or str(value).strip() != str(number):
+        raise FacepipeError(f"{where}: {value!r} is not a group number")
+    return number
+
+
+def read_people(path: str | Path) -> People:
+    """Parse and check a people file; every problem is a one-line FacepipeError naming the file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FacepipeError(f"people file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise FacepipeError(f"{path} is not valid TOML: {error}") from None
+    unknown = sorted(set(data) - {"names", "merge", "not_a_person", "move", "split"})
+    if unknown:
+        raise FacepipeError(f"{path}: unknown key(s) {', '.join(unknown)}; known: names, merge, not_a_person, "
+                            "move, split")
+    people = People()
+    for key, name in dict(data.get("names", {})).items():
+        if not isinstance(name, str) or not name.strip():
+            raise FacepipeError(f"{path}: [names] {key} must be a name (text)")
+        people.names[_group_number(key, f"{path} [names]")] = name.strip()
+    for merge in data.get("merge", []):
+        if not isinstance(merge, list) or len(merge) < 2:
+            raise FacepipeError(f"{path}: each merge is a list of two or more group numbers")
+        people.merges.append([_group_number(g, f"{path} merge") for g in merge])
+    people.not_a_person = [_group_number(g, f"{path} not_a_person") for g in data.get("not_a_person", [])]
+    people.moves = {str(face): _group_number(g, f"{path} [move]") for face, g in dict(data.get("move", {})).items()}
+    for split in data.get("split", []):
+        faces = split.get("faces") if isinstance(split, dict) else None
+        if not isinstance(faces, list) or not faces or not all(isinstance(f, str) for f in faces):
+            raise FacepipeError(f"{path}: each [[split]] needs faces = [crop names]")
+        people.splits.append((faces, str(split.get("name", "")).strip()))
+    return people
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def read_anchors(folder: Path) -> dict[int, np.ndarray]:
+    """Group number -> its anchor centroid, from an earlier run into ``folder`` (none if there was none)."""
+    path = folder / PEOPLE_ANCHORS_CSV
+    if not path.is_file():
+        return {}
+    frame = read_csv(path, ["group"], "people anchors CSV")
+    vectors = frame.drop(columns=["group"]).to_numpy(dtype=np.float32)
+    return dict(zip(frame["group"].astype(int), vectors))
+
+
+def write_anchors(folder: Path, anchors: dict[int, np.ndarray]) -> None:
+    """Write the anchors (``group, e0..``), atomically; none: the file is removed."""
+    if not anchors:
+        (folder / PEOPLE_ANCHORS_CSV).unlink(missing_ok=True)
+        return
+    numbers = sorted(anchors)
+    vectors = np.stack([anchors[n] for n in numbers]).astype(np.float32)
+    frame = pd.DataFrame(vectors, columns=embedding_columns(vectors.shape[1]))
+    frame.insert(0, "group", numbers)
+    write_csv_atomic(frame, folder / PEOPLE_ANCHORS_CSV, float_format="%.9g")
+
+
+def resolve_numbers(numbers: set[int], anchors: dict[int, np.ndarray], centroids: np.ndarray,
+                    distance: float | None) -> tuple[dict[int, int], dict[int, np.ndarray], list[int]]:
+    """Map each group number of the people file to a group of the new clustering (row of ``centroids``) by
+    its anchor: the nearest unit centroid within ``distance`` (ANCHOR_DISTANCE when None), each group taken
+    once, nearest pairs first. Returns (number -> group, the anchors to keep, the numbers with no match)."""
+    limit = ANCHOR_DISTANCE if distance is None else distance
+    unit = _unit(np.asarray(centroids, dtype=np.float64))
+    pairs = []
+    for number in sorted(numbers & set(anchors)):
+        gaps = np.linalg.norm(unit - _unit(anchors[number][None, :].astype(np.float64)), axis=1)
+        pairs += [(float(gap), number, group) for group, gap in enumerate(gaps) if gap <= limit]
+    mapping, taken = {}, set()
+    for _, number, group in sorted(pairs):
+        if number not in mapping and group not in taken:
+            mapping[number] = group
+            taken.add(group)
+    kept = {number: unit[group].astype(np.float32) for number, group in mapping.items()}
+    lost = sorted(numbers - set(mapping))
+    return mapping, kept, lost
+
+
+def apply_people(labels: np.ndarray, names: list[str], people: People, mapping: dict[int, int]) -> tuple[np.ndarray, dict[int, str]]:
+    """The groups after the corrections (merges, splits, moves, not a person), and the names of the groups
+    (by their label in the returned array; new groups of splits get labels above the others)."""
+    labels = labels.copy()
+    row_of = {name: row for row, name in enumerate(names)}
+    group_names = {mapping[n]: name for n, name in people.names.items() if n in mapping}
+    for merge in people.merges:
+        targets = [mapping[g] for g in merge if g in mapping]
+        for other in targets[1:]:
+            labels[labels == other] = targets[0]
+            if other in group_names:
+                group_names.setdefault(targets[0], group_names.pop(other))
+    for face, number in people.moves.items():
+        if face in row_of and (number == UNKNOWN_CLUSTER or number in mapping):
+            labels[row_of[face]] = UNKNOWN_CLUSTER if number == UNKNOWN_CLUSTER else mapping[number]
+    next_label = int(labels.max(initial=-1)) + 1
+    for faces, name in people.splits:
+        rows = [row_of[f] for f in faces if f in row_of]
+        if rows:
+            labels[rows] = next_label
+            if name:
+                group_names[next_label] = name
+            next_label += 1
+    for number in people.not_a_person:
+        if number in mapping:
+            labels[labels == mapping[number]] = UNKNOWN_CLUSTER
+            group_names.pop(mapping[number], None)
+    return labels, group_names
+
+
+def unknown_faces(people: People, names: list[str]) -> list[str]:
+    """Faces the people file names that are not in the clustering (to report)."""
+    listed = set(people.moves) | {face for faces, _ in people.splits for face in faces}
+    return sorted(listed - set(names))
