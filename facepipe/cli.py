@@ -12,6 +12,7 @@ import click
 from facepipe import __version__
 from facepipe.common import FacepipeError, describe_os_error
 from facepipe.detectors import DETECTORS, COMBINED
+from facepipe.export_settings import EXPORT_MODES
 from facepipe.images import DEFAULT_MAX_PIXELS
 from facepipe.cvae_settings import (
     ALIGNMENTS,
@@ -604,3 +605,37 @@ def cluster_command(embeddings, out_dir, method, threshold, min_group_size, k, k
                       force=force, show_progress=not quiet)
     click.echo(summary.line())
 
+
+@main.command("export")
+@click.argument("cluster_results", required=False, default="cluster_results.csv", type=click.Path())
+@click.option("-o", "--out", "out_dir", default="people", show_default=True, type=click.Path(file_okay=False),
+              help="Target folder: a folder per group, unknown/, no_face/ and manifest.csv.")
+@click.option("--mode", type=click.Choice(EXPORT_MODES), default="hardlink", show_default=True,
+              help="How each photo enters its folders: hardlink (no extra space; a copy across file systems), "
+                   "symlink, or copy.")
+@click.option("--crops", is_flag=True, help="Export the face crops instead of the source photos.")
+@quiet_option
+@reports_errors
+def export_command(cluster_results, out_dir, mode, crops, quiet):
+    """Write the groups of CLUSTER_RESULTS (cluster_results.csv, or a cluster or run folder) as folders of
+    photos; a rerun updates them without duplicating or losing files."""
+    from facepipe.export import export
+
+    click.echo(export(cluster_results, out_dir, mode=mode, crops=crops, show_progress=not quiet).line())
+
+
+@main.command("assign")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--clusters", "cluster_results", default="cluster_results.csv", show_default=True, type=click.Path(),
+              help="The clustering to add to (cluster_results.csv, or a cluster or run folder); updated in place.")
+@click.option("--threshold", default=None, type=FiniteFloatRange(0, 4, min_open=True, max_open=True),
+              help="Same-person distance (default: the clustering's own rule).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="Worker processes.")
+@quiet_option
+@reports_errors
+def assign_command(inputs, cluster_results, threshold, workers, quiet):
+    """Detect and embed the new photos INPUTS as the clustering's photos were, and put each face into the
+    existing group it matches, else unknown; group numbers and names do not change."""
+    from facepipe.assign import assign
+
+    click.echo(assign(inputs, cluster_results, threshold=threshold, workers=workers, show_progress=not quiet).line())

@@ -280,6 +280,7 @@ def detect(
     *,
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    keep_others: bool = False,
     force: bool = False,
     show_progress: bool = True,
     checkpoint_seconds: float = 10.0,
@@ -288,7 +289,8 @@ def detect(
 
     Resumable: photos already done (in ``out_dir/sources.csv``, their crops on disk) are skipped unless
     ``force``; photos that failed are tried again. The folder holds the faces of exactly these ``inputs``:
-    rows and crops of photos no longer among them are removed. Photos over ``max_pixels`` and folders that
+    rows and crops of photos no longer among them are removed (with ``keep_others``, as ``assign`` adds
+    photos, they are kept). Photos over ``max_pixels`` and folders that
     cannot be listed are recorded in errors.csv. With ``workers`` > 1 the worker processes are started by a
     fork server (a fork of a process that already ran dlib's CNN would hang), so a script that calls this
     needs the ``if __name__ == "__main__":`` guard. The CSVs are rewritten atomically every few seconds, so a
@@ -309,8 +311,8 @@ def detect(
 
     kept_sources, kept_detections = _load_previous(out_dir, params, force)
     done_before = [row for row in kept_sources if row["status"] == "ok"]  # failed photos are tried again
-    sources, detections, removed = _drop_removed_sources(out_dir, done_before, kept_detections,
-                                                         {str(p) for p in images})
+    wanted = {str(p) for p in images} | ({row["source"] for row in done_before} if keep_others else set())
+    sources, detections, removed = _drop_removed_sources(out_dir, done_before, kept_detections, wanted)
     done = {row["source"] for row in sources}
     sources += [{"source": row["path"], "status": "error", "faces": 0, "reason": row["reason"]} for row in unlisted]
     todo = [p for p in images if str(p) not in done]

@@ -400,6 +400,14 @@ def generated_face_names(cluster: int) -> dict[str, str]:
             "samples": f"cluster_{cluster}_samples.png"}
 
 
+# ---------------------------------------------------------------- export
+# export -> OUT/<group folder>/, OUT/unknown/, OUT/no_face/  the photos (or crops) as hard links, symlinks or copies
+#           OUT/manifest.csv  EXPORT_MANIFEST_COLUMNS: one row per file made (``file`` relative to OUT); written last
+EXPORT_MANIFEST_CSV = "manifest.csv"
+EXPORT_MANIFEST_COLUMNS = ["photo", "face", "group", "name", "distance", "file"]
+UNKNOWN_FOLDER, NO_FACE_FOLDER = "unknown", "no_face"
+
+
 # ---------------------------------------------------------------- run
 # run -> RUN_DIR/temp/ (detect), image_features.csv (embed), cluster_results.csv + plots + cluster_samples/
 #        (cluster), weights/ (train-cvae), inference_results/ (generate), probe/ (probe, with labels),

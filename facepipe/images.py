@@ -11,7 +11,7 @@ import numpy as np
 
 from facepipe.common import FacepipeError, write_bytes_atomic
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif"})
 
 
 class ImageReadError(Exception):
@@ -115,6 +115,10 @@ def load_image_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    if path.suffix.lower() in (".heic", ".heif"):
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()  # phones' HEIC/HEIF photos, through libheif (EXIF orientation too)
     try:
         if path.stat().st_size == 0:
             raise ImageReadError("empty file (0 bytes)")

@@ -7,6 +7,9 @@ import html
 import mimetypes
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from facepipe.common import write_text_atomic
 from facepipe.config import config_to_toml
 from facepipe.formats import (
@@ -16,8 +19,10 @@ from facepipe.formats import (
     DETECTIONS_CSV,
     ELBOW_PNG,
     EMBEDDINGS_CSV,
+    CVAE_LOG_CSV,
     ERRORS_CSV,
     FIDELITY_JSON,
+    GROUPS_CSV,
     GENERATED_SHEET_PNG,
     RUN_CONFIG_TOML,
     RUN_CROPS_DIR,
@@ -27,7 +32,9 @@ from facepipe.formats import (
     RUN_REPORT_HTML,
     RUN_SAMPLES_DIR,
     RUN_SUMMARY_JSON,
+    RUN_WEIGHTS_DIR,
     K_SELECTION_CSV,
+    SOURCES_CSV,
     SAMPLES_OVERVIEW_JPG,
     SILHOUETTE_PNG,
     UNKNOWN_CLUSTER,
@@ -46,7 +53,8 @@ vertical-align:top}th{background:#f4f4f4}.muted{color:#777}.plots img{max-width:
 .cluster{display:flex;gap:1em;align-items:flex-start;border:1px solid #e3e3e3;border-radius:6px;padding:.6em;
 margin:.6em 0}.cluster .grid{max-width:460px;width:100%}.faces{display:flex;gap:.6em}.faces figure{margin:0;
 text-align:center}.faces img{width:128px;height:128px;image-rendering:auto;border:1px solid #ccc}
-.faces img.draws{width:auto;max-width:520px}
+.faces img.draws{width:auto;max-width:520px}.thumbs img.thumb{width:72px;height:72px;margin:0 .2em;
+border:1px solid #ccc}.thumbs span,.members{font-size:.85em;color:#555}
 figcaption{font-size:.85em;color:#555}nav a{margin-right:1em}code{background:#f4f4f4;padding:0 .2em}
 """
 
@@ -85,10 +93,11 @@ def _metrics_table(metrics: dict) -> str:
     return _table(rows, ("metric", "value"))
 
 
-def _group_card(anchor: str, title: str, text: str, faces: str, grid: Path) -> str:
-    """One group of the cluster section: title, a line of text, its faces (HTML) and its sample grid."""
+def _group_card(anchor: str, title: str, text: str, faces: str, grid: Path, details: str = "") -> str:
+    """One group of the cluster section: title, a line of text, its faces (HTML), its sample grid and more
+    details (HTML)."""
     return (f'<div class="cluster" id="{anchor}"><div><h3>{html.escape(title)}</h3><p>{html.escape(text)}</p>'
-            f'<div class="faces">{faces}</div></div>'
+            f'<div class="faces">{faces}</div>{details}</div>'
             f"<div>{_inline(grid, f'{title} sample grid', 'grid')}</div></div>")
 
 
@@ -102,33 +111,143 @@ def _sharpness_text(fidelity: dict | None, cluster: int) -> str:
             f"crops {row['crops_sharpness']:.0f}")
 
 
-def _cluster_section(out_dir: Path, fidelity: dict | None) -> str:
-    """A card per cluster (its CVAE face, pixel mean, random draws and sample grid), then the unknown group
-    when there is one."""
+FARTHEST_SHOWN = 4  # faces farthest from their group's centroid, shown per group: where mistakes show
+MEMBERS_LISTED = 12
+
+
+def _photo_list(photos: list[str]) -> str:
+    names = sorted({Path(p).name for p in photos})
+    more = f" and {len(names) - MEMBERS_LISTED} more" if len(names) > MEMBERS_LISTED else ""
+    return html.escape(", ".join(names[:MEMBERS_LISTED]) + more)
+
+
+def _thumbnails(out_dir: Path, crops: list[str], caption: str, side: int = 96) -> str:
+    """Crops as small JPEG thumbnails, inlined like every image of the page."""
+    import io
+
+    from PIL import Image
+
+    images = []
+    for crop in crops:
+        path = out_dir / RUN_CROPS_DIR / crop
+        if path.is_file():
+            with Image.open(path) as image:
+                buffer = io.BytesIO()
+                image.convert("RGB").resize((side, side)).save(buffer, "JPEG", quality=85)
+            data = base64.b64encode(buffer.getvalue()).decode("ascii")
+            images.append(f'<img class="thumb" alt="{html.escape(crop)}" title="{html.escape(crop)}" '
+                          f'src="data:image/jpeg;base64,{data}">')
+    return f'<div class="thumbs"><span>{html.escape(caption)}</span>{"".join(images)}</div>' if images else ""
+
+
+def _fidelity_text(fidelity: dict | None, cluster: int) -> str:
+    """``; its CVAE face is (not) nearest its own centroid (cosine c)`` from fidelity.json, or nothing."""
+    rows = [row for row in (fidelity or {}).get("per_cluster", []) if row["cluster"] == cluster]
+    if not rows or "cvae_nearest" not in rows[0]:
+        return ""
+    row = rows[0]
+    verdict = "nearest its own centroid" if row["cvae_nearest"] else "NOT nearest its own centroid"
+    return f"; CVAE face {verdict} (cosine {row['cvae_cosine_to_own']:.2f})"
+
+
+def _faces_with_photos(out_dir: Path) -> "pd.DataFrame | None":
+    """cluster_results.csv joined with each crop's source photo (from the crops' detections.csv)."""
     results_file = out_dir / CLUSTER_RESULTS_CSV
     if not results_file.is_file():
+        return None
+    results = read_csv(results_file, ["name", "cluster", "distance"], "cluster results")
+    detections_file = out_dir / RUN_CROPS_DIR / DETECTIONS_CSV
+    sources = {}
+    if detections_file.is_file():
+        detections = read_csv(detections_file, ["crop", "source"], "detections CSV")
+        sources = dict(zip(detections["crop"].astype(str), detections["source"].astype(str)))
+    return results.assign(source=results["name"].astype(str).map(sources).fillna(results["name"].astype(str)))
+
+
+def _cluster_section(out_dir: Path, fidelity: dict | None) -> str:
+    """A card per cluster (its name, size, photos, CVAE face, pixel mean, random draws, sample grid and the
+    faces farthest from its centroid), then the unknown group when there is one."""
+    faces = _faces_with_photos(out_dir)
+    if faces is None:
         return '<p class="muted">No clusters yet.</p>'
-    results = read_csv(results_file, ["name", "cluster"], "cluster results")
-    unknown = results["cluster"] == UNKNOWN_CLUSTER
-    sizes = results.loc[~unknown, "cluster"].value_counts().sort_index()
+    groups_file = out_dir / GROUPS_CSV
+    names = {}
+    if groups_file.is_file():
+        groups = read_csv(groups_file, ["cluster", "person"], "groups CSV")
+        names = dict(zip(groups["cluster"].astype(int), groups["person"].astype("string").fillna("")))
+    unknown = faces["cluster"] == UNKNOWN_CLUSTER
     parts = []
-    for cluster, size in sizes.items():
+    for cluster, members in faces[~unknown].groupby("cluster", sort=True):
         files = generated_face_names(int(cluster))
         shown = [("face", "CVAE face (z = 0)", ""), ("mean", "pixel mean", "")]
         if (out_dir / RUN_INFERENCE_DIR / files["samples"]).is_file():
             shown.append(("samples", "random draws", "draws"))
-        faces = "".join(
+        pictures = "".join(
             f"<figure>{_inline(out_dir / RUN_INFERENCE_DIR / files[key], f'cluster {cluster} {caption}', css)}"
             f"<figcaption>{caption}</figcaption></figure>"
             for key, caption, css in shown)
-        parts.append(_group_card(f"cluster-{cluster}", f"Cluster {cluster}",
-                                 f"{size} face(s){_sharpness_text(fidelity, int(cluster))}", faces,
-                                 out_dir / RUN_SAMPLES_DIR / sample_grid(int(cluster))))
+        farthest = members.sort_values("distance", ascending=False)["name"].astype(str).tolist()[:FARTHEST_SHOWN]
+        title = f"Cluster {cluster}" + (f": {names[int(cluster)]}" if names.get(int(cluster)) else "")
+        text = (f"{len(members)} face(s) in {members['source'].nunique()} photo(s){_sharpness_text(fidelity, int(cluster))}"
+                f"{_fidelity_text(fidelity, int(cluster))}")
+        parts.append(_group_card(f"cluster-{cluster}", title, text, pictures,
+                                 out_dir / RUN_SAMPLES_DIR / sample_grid(int(cluster)),
+                                 f"<p class=\"members\">Photos: {_photo_list(members['source'].tolist())}</p>"
+                                 + _thumbnails(out_dir, farthest, "farthest from the centroid:")))
     if unknown.any():
         parts.append(_group_card("cluster-unknown", "Unknown",
                                  f"{int(unknown.sum())} face(s) that match no group (so no aggregated face)", "",
-                                 out_dir / RUN_SAMPLES_DIR / UNKNOWN_GRID_JPG))
+                                 out_dir / RUN_SAMPLES_DIR / UNKNOWN_GRID_JPG,
+                                 f"<p class=\"members\">Photos: {_photo_list(faces.loc[unknown, 'source'].tolist())}</p>"))
     return "".join(parts)
+
+
+def _photos_without_faces_section(out_dir: Path) -> str:
+    """The photos where no face was found, and those that could not be read."""
+    sources_file = out_dir / RUN_CROPS_DIR / SOURCES_CSV
+    if not sources_file.is_file():
+        return ""
+    sources = read_csv(sources_file, ["source", "status", "faces", "reason"], "sources CSV")
+    empty = sources[(sources["status"] == "ok") & (sources["faces"] == 0)]["source"].astype(str).tolist()
+    failed = sources[sources["status"] == "error"]
+    text = (f"<p>{len(empty)} photo(s) where no face was found"
+            + (f": {_photo_list(empty)}" if empty else "") + ".</p>")
+    if len(failed):
+        rows = [(html.escape(Path(str(r.source)).name), html.escape(str(r.reason))) for r in failed.itertuples()]
+        text += f"<p>{len(failed)} photo(s) could not be read:</p>" + _table(rows, ("photo", "reason"))
+    return '<h2 id="no-face">Photos without a face</h2>' + text
+
+
+def _loss_curve(out_dir: Path) -> str:
+    """The CVAE's training and validation loss per epoch, as an inline SVG line chart."""
+    log_file = out_dir / RUN_WEIGHTS_DIR / CVAE_LOG_CSV
+    if not log_file.is_file():
+        return ""
+    log = read_csv(log_file, ["epoch", "train_loss", "val_loss"], "training log")
+    if log.empty:
+        return ""
+    width, height, pad = 520, 200, 30
+    values = log[["train_loss", "val_loss"]].to_numpy(dtype=float)
+    low, high = float(np.nanmin(values)), float(np.nanmax(values))
+    span, epochs = (high - low) or 1.0, max(int(log["epoch"].max()) - int(log["epoch"].min()), 1)
+
+    def points(column: str) -> str:
+        return " ".join(f"{pad + (e - log['epoch'].min()) / epochs * (width - 2 * pad):.1f},"
+                        f"{height - pad - (v - low) / span * (height - 2 * pad):.1f}"
+                        for e, v in zip(log["epoch"], log[column]) if np.isfinite(v))
+
+    lines = "".join(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points(column)}"/>'
+                    f'<text x="{width - pad}" y="{14 + 14 * i}" fill="{colour}" text-anchor="end" font-size="12">'
+                    f"{label}</text>"
+                    for i, (column, colour, label) in enumerate((("train_loss", "#1f77b4", "training loss"),
+                                                                 ("val_loss", "#d62728", "validation loss"))))
+    return (f'<h3>Training loss</h3><svg role="img" aria-label="training and validation loss per epoch" '
+            f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+            f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="none" '
+            f'stroke="#ccc"/>{lines}<text x="{pad}" y="{height - 8}" font-size="12">epoch {int(log["epoch"].min())}'
+            f'</text><text x="{width - pad}" y="{height - 8}" font-size="12" text-anchor="end">epoch '
+            f'{int(log["epoch"].max())}</text><text x="{pad}" y="{pad - 6}" font-size="12">{high:.0f}</text>'
+            f'<text x="{pad}" y="{height - pad + 14}" font-size="12">{low:.0f}</text></svg>')
 
 
 def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
@@ -145,7 +264,7 @@ def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
         f"<h1>facepipe run</h1><p class=\"muted\">{html.escape(str(out_dir))} &middot; facepipe "
         f"{html.escape(summary['facepipe_version'])} &middot; {summary['seconds']:.1f} s in all</p>",
         '<nav><a href="#stages">Stages</a><a href="#k">Grouping</a><a href="#clusters">Clusters</a>'
-        '<a href="#fidelity">Fidelity</a><a href="#probe">Probe</a><a href="#files">Files</a>'
+        '<a href="#no-face">No face</a><a href="#fidelity">Fidelity</a><a href="#probe">Probe</a><a href="#files">Files</a>'
         '<a href="#versions">Versions</a></nav>',
         '<h2 id="stages">Stages</h2>' + _table(stage_rows, ("stage", "status", "seconds", "summary")),
         '<h2 id="k">Grouping</h2>'
@@ -160,7 +279,8 @@ def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
                     "pixel mean of its crops (both aligned on the eyes and mouth), random draws of the CVAE for "
                     "that cluster, and the crops nearest its centroid.</p>"
                     + _inline(out_dir / RUN_SAMPLES_DIR / SAMPLES_OVERVIEW_JPG, "overview: the crop nearest each centroid")
-                    + _cluster_section(out_dir, fidelity))
+                    + _cluster_section(out_dir, fidelity) + _loss_curve(out_dir))
+    sections.append(_photos_without_faces_section(out_dir))
     sections.append('<h2 id="fidelity">Fidelity</h2>')
     if fidelity:
         kinds = [(kind, caption) for kind, caption in (("cvae", "CVAE face (z = 0)"), ("pixel_mean", "pixel mean"),
@@ -186,11 +306,18 @@ def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
             link = _link(out_dir, f"{RUN_PROBE_DIR}/{target}.json", f"{target}.json")
             sections.append(f"<h3>{html.escape(target)} (held-out identities) {link}</h3>"
                             + (_metrics_table(metrics) if metrics else '<p class="muted">no held-out metrics</p>'))
+    elif config["run"].get("labels") and not config["probe"].get("targets"):
+        sections.append('<p class="muted">Labels were given but no probe targets ([probe] targets is empty), '
+                        "so no probe ran.</p>")
+    elif config["run"].get("labels"):
+        failed = (stages.get("probe") or {}).get("failed") or {}
+        sections.append('<p class="muted">The probe did not run' + "".join(
+            f"; {html.escape(t)}: {html.escape(str(e))}" for t, e in failed.items()) + ".</p>")
     else:
         sections.append('<p class="muted">No labels were given, so no probe ran.</p>')
     file_links = [_link(out_dir, relative) for relative in (
         RUN_CONFIG_TOML, RUN_SUMMARY_JSON, RUN_LOG, EMBEDDINGS_CSV, CLUSTER_RESULTS_CSV, K_SELECTION_CSV,
-        CENTROIDS_CSV, CLUSTER_METRICS_JSON,
+        CENTROIDS_CSV, GROUPS_CSV, CLUSTER_METRICS_JSON,
         f"{RUN_INFERENCE_DIR}/{GENERATED_SHEET_PNG}", f"{RUN_INFERENCE_DIR}/{FIDELITY_JSON}", f"{RUN_CROPS_DIR}/{DETECTIONS_CSV}", f"{RUN_CROPS_DIR}/{ERRORS_CSV}")]
     sections.append('<h2 id="files">Files</h2><ul>' + "".join(f"<li>{link}</li>" for link in file_links if link)
                     + "</ul><details><summary>Config used</summary><pre>"

@@ -186,3 +186,59 @@ def test_bad_config_is_refused_before_anything_runs(tmp_path):
                                        "--set", "train_cvae.identity_weight=10"])
     assert result.exit_code == 1 and "identity term needs dlib-resnet128" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_report_shows_who_is_where(finished_run):
+    """Issue 16: per group its photos and the faces farthest from its centroid, per-cluster fidelity, the
+    photos without a face, and the CVAE's loss curve."""
+    out, _, listing, _ = finished_run
+    text = (out / "report.html").read_text(encoding="utf-8")
+    faces = pd.read_csv(out / "cluster_results.csv").merge(pd.read_csv(out / "temp/detections.csv"),
+                                                           left_on="name", right_on="crop")
+    for cluster, members in faces[faces["cluster"] >= 0].groupby("cluster"):
+        card = text[text.index(f'id="cluster-{cluster}"'):]
+        card = card[:card.index('<div class="cluster"', 1) if '<div class="cluster"' in card[1:] else len(card)]
+        assert f"{len(members)} face(s) in {members['source'].nunique()} photo(s)" in card
+        assert Path(sorted(members["source"])[0]).name in card
+        assert "farthest from the centroid" in card and "CVAE face" in card and "centroid (cosine" in card
+    assert '<h2 id="no-face">Photos without a face</h2>' in text
+    assert "<h3>Training loss</h3><svg" in text and text.count("<polyline") == 2
+    assert "No labels were given" not in text
+
+
+def test_report_in_a_real_headless_browser(finished_run, tmp_path):
+    """The report, moved to another folder, rendered by Chromium: every image loads, no script error."""
+    import os
+    import shutil
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        message = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+
+    out, _, _, _ = finished_run
+    moved = tmp_path / "moved run"
+    shutil.copytree(out, moved)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,2000"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    try:
+        browser.get((moved / "report.html").as_uri())
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])")
+        links = browser.execute_script(
+            "return Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))")
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        browser.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        browser.quit()
+    assert len(images) > 10 and all(loaded for _, loaded in images), [alt for alt, ok in images if not ok]
+    assert not errors, errors
+    files = [link for link in links if not link.startswith("#")]
+    assert files and all((moved / link).exists() for link in files)

@@ -185,7 +185,7 @@ def test_report_shows_the_unknown_group_with_its_grid(tmp_path):
     write_run_folder(tmp_path, PHOTO_CLUSTERS, unknown_grid=True)
     section = report_clusters(tmp_path)
     assert 'id="cluster-0"' in section and 'id="cluster-1"' in section and "cluster--1" not in section
-    assert section.count(f"<p>{PHOTOS_EACH} face(s)</p>") == 2  # the real groups' sizes
+    assert section.count(f"<p>{PHOTOS_EACH} face(s) in ") == 2  # the real groups' sizes
     assert "sample grid: not produced" not in section
     unknown = section[section.index('id="cluster-unknown"'):]  # the last card
     assert f"{PHOTOS_EACH} face(s) that match no group" in unknown
