@@ -161,7 +161,8 @@ def _faces_with_photos(out_dir: Path) -> "pd.DataFrame | None":
     if detections_file.is_file():
         detections = read_csv(detections_file, ["crop", "source"], "detections CSV")
         sources = dict(zip(detections["crop"].astype(str), detections["source"].astype(str)))
-    return results.assign(source=results["name"].astype(str).map(sources).fillna(results["name"].astype(str)))
+    names = results["name"].astype(str)
+    return results.assign(source=[sources.get(name, name) for name in names])
 
 
 def _cluster_section(out_dir: Path, fidelity: dict | None) -> str:

@@ -3,6 +3,7 @@ and the report that shows who is where, on real photos."""
 
 from __future__ import annotations
 
+import html
 import os
 import shutil
 from pathlib import Path
@@ -191,6 +192,14 @@ def test_a_people_file_names_merges_splits_moves_and_survives_a_rerun(lfw_six, t
     export(lfw_six / "clusters", exported, show_progress=False)
     folders = {p.name for p in exported.iterdir() if p.is_dir()}
     assert {"Kofi Annan", "Kofi, the first two", "成龙 Jackie Chan", "Tony and Naomi"} <= folders
+    from facepipe.config import load_config
+    from facepipe.report import write_report
+
+    page = write_report(lfw_six / "clusters", {"stages": {}, "facepipe_version": "test", "seconds": 0.0},
+                        load_config()).read_text(encoding="utf-8")
+    for cluster_id, name in names.items():
+        if isinstance(name, str) and name:
+            assert f"<h3>Cluster {cluster_id}: {html.escape(name)}</h3>" in page
 
     # more photos: a new clustering whose numbers differ; the people file still means the same people
     rerun = clustered(lfw_six, ["first", "later"], people)
