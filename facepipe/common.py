@@ -60,10 +60,15 @@ def _flush_to_disk(path: Path, expected_size: int | None = None) -> None:
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: all of it, flushed to disk, its size checked, then renamed."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        _flush_to_disk(tmp, len(data))
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            _flush_to_disk(tmp, len(data))
+    except OSError as error:
+        if error.filename:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from None  # the message names the file
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:

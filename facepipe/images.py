@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -122,7 +123,10 @@ def load_image_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
     try:
         if path.stat().st_size == 0:
             raise ImageReadError("empty file (0 bytes)")
-        with Image.open(path) as image:
+        with warnings.catch_warnings():  # the pixel limit below is ours; Pillow's warning would only repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageReadError(f"too large: {width}x{height} = {width * height / 1e6:.0f} MP, above the limit "

@@ -61,7 +61,9 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)
         raise FolderInUseError(f"{folder} is in use by another facepipe command ({holder}); wait for it to end "
                                "or stop it, or choose another output folder") from None
-    record = {"pid": os.getpid(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500],
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    program = "facepipe" if program == "__main__.py" else program  # python -m facepipe
+    record = {"pid": os.getpid(), "command": " ".join([program, *sys.argv[1:]])[:500],
               "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)

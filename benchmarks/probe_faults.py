@@ -1,0 +1,246 @@
+"""Hostile inputs and a faulty machine against the real command line: counts tracebacks, wrong exit codes and
+silent wrong results (issue 18's probe, rerun).
+
+    python benchmarks/probe_faults.py [--work DIR]
+
+Each case is one `facepipe` command in a child process with an expected exit code (0 done, 1 error, 2 bad
+usage, 3 done with unreadable inputs) and, for some, a check of what it left behind. The read-only cases run
+without root's permission override (util-linux setpriv), the full-disk case on a 160 KiB tmpfs (needs root).
+Prints one line per case and the totals; exits 1 if any case fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+LFW = REPO.parent / "shared" / "data" / "lfw" / "images"
+PLAIN_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+def facepipe(*args, plain_user=False, cwd=None) -> subprocess.CompletedProcess:
+    prefix = PLAIN_USER if plain_user else []
+    return subprocess.run([*prefix, sys.executable, "-m", "facepipe", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=900)
+
+
+class Probe:
+    def __init__(self, work: Path):
+        self.work, self.rows = work, []
+
+    def case(self, name: str, expected: set[int], *args, check=None, plain_user=False) -> None:
+        result = facepipe(*args, plain_user=plain_user)
+        problems = []
+        if "Traceback" in result.stderr:
+            problems.append("traceback")
+        if result.returncode not in expected:
+            problems.append(f"exit {result.returncode}, expected {sorted(expected)}")
+        if check is not None:
+            problems += [p for p in [check(result)] if p]
+        last = (result.stderr.strip().splitlines() or [""])[-1][:110]
+        self.rows.append((name, not problems, problems))
+        print(f"{'ok ' if not problems else 'BAD'} {name}: exit {result.returncode}; {'; '.join(problems) or last}")
+
+
+def setup(work: Path) -> dict:
+    """Six LFW photos, their crops, dlib embeddings, a clustering and a tiny CVAE to attack."""
+    photos = work / "photos"
+    photos.mkdir(parents=True)
+    for person in ("Kofi_Annan", "Hans_Blix"):
+        for photo in sorted((LFW / person).glob("*.jpg"))[:3]:
+            shutil.copy(photo, photos / photo.name)
+    crops, features, clusters, weights = work / "crops", work / "f.csv", work / "clusters", work / "weights"
+    for args in (["detect", photos, "-o", crops, "--min-neighbors", "5", "-q"],
+                 ["embed", crops, "-o", features, "--model", "dlib-resnet128", "-q"],
+                 ["cluster", features, "-o", clusters, "--k", "2", "-q"],
+                 ["train-cvae", clusters / "cluster_results.csv", "-o", weights, "--epochs", "2", "--image-size", "32",
+                  "--identity-weight", "0", "-q"]):
+        result = facepipe(*args)
+        assert result.returncode == 0, result.stderr
+    return dict(photos=photos, crops=crops, features=features, clusters=clusters, weights=weights)
+
+
+def hostile_photos(work: Path, photos: Path) -> Path:
+    from PIL import Image
+
+    folder = work / "hostile"
+    shutil.copytree(photos, folder)
+    first = next(photos.glob("*.jpg")).read_bytes()
+    (folder / "random.jpg").write_bytes(np.random.default_rng(0).bytes(5000))
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "half.jpg").write_bytes(first[: len(first) // 2])
+    (folder / "text.png").write_text("not an image")
+    Image.new("L", (13000, 13000)).save(folder / "huge.png")
+    (folder / "unreadable.jpg").write_bytes(first)
+    (folder / "unreadable.jpg").chmod(0)
+    (folder / "private").mkdir()
+    (folder / "private" / "x.jpg").write_bytes(first)
+    (folder / "private").chmod(0)
+    return folder
+
+
+def run_cases(probe: Probe, data: dict) -> None:
+    w = probe.work
+    photos, crops, features, clusters, weights = (data[k] for k in ("photos", "crops", "features", "clusters", "weights"))
+    results = clusters / "cluster_results.csv"
+    hostile = hostile_photos(w, photos)
+
+    def errors_listed(*names):
+        def check(_):
+            text = (w / "d_hostile" / "errors.csv").read_text()
+            missing = [n for n in names if n not in text]
+            return f"not in errors.csv: {missing}" if missing else None
+        return check
+
+    probe.case("detect: corrupt, empty, truncated, non-image, huge, unreadable file and folder", {3}, "detect",
+               hostile, "-o", w / "d_hostile", "-q", "--min-neighbors", "5", plain_user=True,
+               check=errors_listed("random.jpg", "empty.jpg", "half.jpg", "text.png", "huge.png", "unreadable.jpg",
+                                   "private"))
+    (w / "anim.gif").write_bytes(b"GIF89a" + bytes(100))
+    probe.case("detect: a .gif input", {1}, "detect", w / "anim.gif", "-o", w / "d_gif", "-q")
+    (w / "binary.txt").write_bytes(b"\x00\x01\x02")
+    probe.case("detect: a binary list file", {1}, "detect", w / "binary.txt", "-o", w / "d_bin", "-q")
+    (w / "latin1.txt").write_bytes(f"{next(photos.glob('*.jpg'))}\n".encode("latin-1"))
+    probe.case("detect: a Latin-1 list file", {0}, "detect", w / "latin1.txt", "-o", w / "d_latin", "-q")
+    probe.case("detect: a missing input", {1}, "detect", w / "nope", "-o", w / "d_missing", "-q")
+    (w / "bad.xml").write_text("<x/>")
+    probe.case("detect: a cascade that is not one", {1}, "detect", photos, "-o", w / "d_xml", "--cascade", w / "bad.xml")
+    for option in (["--min-neighbors", "-1"], ["--scale-factor", "1.0"], ["--scale-factor", "nan"],
+                   ["--margin", "inf"], ["--workers", "0"], ["--max-pixels", "0"], ["--dlib-threshold", "nan"]):
+        probe.case(f"detect {' '.join(option)}", {2}, "detect", photos, "-o", w / "d_opt", *option)
+
+    probe.case("embed: a missing crops folder", {1}, "embed", w / "nope", "-o", w / "e.csv", "--model", "dlib-resnet128")
+    (w / "afile").write_text("x")
+    probe.case("embed -o under a file", {1}, "embed", crops, "-o", w / "afile" / "e.csv", "--model", "dlib-resnet128")
+    probe.case("embed --batch-size 0", {2}, "embed", crops, "--batch-size", "0")
+    probe.case("embed --model nope", {2}, "embed", crops, "--model", "nope")
+
+    (w / "garbage.csv").write_text("name,e0\nx,notanumber\n")
+    probe.case("cluster: a garbage embeddings CSV", {1}, "cluster", w / "garbage.csv", "-o", w / "c1")
+    lines = features.read_text().splitlines()
+    (w / "nan.csv").write_text("\n".join([lines[0], lines[1].rsplit(",", 1)[0] + ",nan", *lines[2:]]) + "\n")
+    probe.case("cluster: an embeddings CSV with NaN", {1}, "cluster", w / "nan.csv", "-o", w / "c2")
+    for option in (["--k", "0"], ["--k", "many"], ["--k-range", "5:2"], ["--k-range", "1:5"], ["--threshold", "9"],
+                   ["--threshold", "nan"]):
+        probe.case(f"cluster {' '.join(option)}", {2}, "cluster", features, "-o", w / "c3", *option)
+    probe.case("cluster --k 1000 (more than the faces)", {1}, "cluster", features, "-o", w / "c4", "--k", "1000")
+
+    for option in (["--beta", "nan"], ["--beta", "-1"], ["--learning-rate", "inf"], ["--learning-rate", "0"],
+                   ["--epochs", "0"], ["--image-size", "1000"], ["--latent-dim", "0"]):
+        probe.case(f"train-cvae {' '.join(option)}", {2}, "train-cvae", results, "-o", w / "t", *option)
+    probe.case("train-cvae: missing cluster results", {1}, "train-cvae", w / "nope.csv", "-o", w / "t2")
+
+    (w / "corrupt.pt").write_bytes(b"PK\x03\x04 broken")
+    probe.case("generate: a corrupt checkpoint", {1}, "generate", w / "corrupt.pt", "--all", "-o", w / "g1")
+    marker = w / "PWNED"
+    payload = (f"import torch, os\nclass P:\n    def __reduce__(self):\n        return (os.system, ('touch {marker}',))\n"
+               f"torch.save({{'format': 'facepipe-cvae/1', 'x': P()}}, '{w / 'evil.pt'}')\n")
+    subprocess.run([sys.executable, "-c", payload], check=True)
+    probe.case("generate: a pickle payload in a checkpoint is refused, never run", {1}, "generate", w / "evil.pt",
+               "--all", "-o", w / "g2", check=lambda _: "the payload ran" if marker.exists() else None)
+    import torch
+
+    from facepipe.cvae import CVAEConfig
+
+    torch.save({"format": "facepipe-cvae/1", "config": dict(CVAEConfig(clusters=[0]).to_dict(), image_size=10**6),
+                "model": {}, "epoch": 1}, w / "huge.pt")
+    probe.case("generate: a checkpoint asking for image size 1,000,000", {1}, "generate", w / "huge.pt", "--all",
+               "-o", w / "g3")
+    probe.case("generate --cluster 99", {1}, "generate", weights, "--cluster", "99", "-o", w / "g4")
+    probe.case("generate --temperature nan", {2}, "generate", weights, "--all", "--temperature", "nan")
+
+    good = {"format": "facepipe-linear-probe/1", "target": "bald", "intercept": 0.0, "threshold": 0.5, "C": 1.0,
+            "embedding_model": "dlib-resnet128", "embedding_dimension": 128, "coefficients": [0.0] * 128,
+            "scaler_mean": [0.0] * 128, "scaler_scale": [1.0] * 128}
+    for name, change in (("a NaN coefficient", {"coefficients": [float("nan")] + [0.0] * 127}),
+                         ("a zero scale", {"scaler_scale": [0.0] * 128}), ("a threshold of 7", {"threshold": 7})):
+        (w / "p.json").write_text(json.dumps(dict(good, **change)))
+        probe.case(f"probe predict: {name}", {1}, "probe", "predict", features, "--probe", w / "p.json", "-o",
+                   w / "pred.csv", check=lambda _: "predictions written" if (w / "pred.csv").exists() else None)
+
+    for key, value in (("train_cvae", "epochs = 2.5"), ("train_cvae", "epochs = \"two\""), ("train_cvae", "epochs = 1e20"),
+                       ("train_cvae", "learning_rate = nan"), ("detect", "min_neighbors = \"five\""),
+                       ("detect", "scale_factor = 1.0"), ("train_cvae", "epochs = true"), ("train_cvae", "latent_dim = 0"),
+                       ("cluster", "k = -3"), ("generate", "samples = 1.5"), ("run", "labels = \"nope.csv\""),
+                       ("embed", "model = 3")):
+        (w / "c.toml").write_text(f"[{key}]\n{value}\n")
+        probe.case(f"run config [{key}] {value}", {2}, "run", photos, "--out", w / "r_bad", "--config", w / "c.toml",
+                   check=lambda _: "a stage ran" if (w / "r_bad" / "temp").exists() else None)
+    (w / "c.toml").write_text("[detect\n")
+    probe.case("run: a config that is not TOML", {1}, "run", photos, "--out", w / "r_bad", "--config", w / "c.toml")
+    (w / "c.toml").write_text("[detect]\ncolour = 3\n")
+    probe.case("run: an unknown config key", {1}, "run", photos, "--out", w / "r_bad", "--config", w / "c.toml")
+
+    locked = w / "read_only"
+    locked.mkdir()
+    locked.chmod(0o555)
+    for name, args in (("detect", ["detect", photos, "-o", locked / "x"]),
+                       ("embed", ["embed", crops, "-o", locked / "x.csv", "--model", "dlib-resnet128"]),
+                       ("cluster", ["cluster", features, "-o", locked / "x", "--k", "2"]),
+                       ("train-cvae", ["train-cvae", results, "-o", locked / "x", "--epochs", "1", "--image-size", "32",
+                                       "--identity-weight", "0"]),
+                       ("generate", ["generate", weights, "--all", "-o", locked / "x", "--no-evaluate"]),
+                       ("run", ["run", photos, "--out", locked / "x"])):
+        probe.case(f"{name} into a read-only folder", {1}, *args, "-q", plain_user=True,
+                   check=lambda _: "wrote into it" if any(locked.iterdir()) else None)
+
+    small = w / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(small)], capture_output=True).returncode == 0:
+        try:
+            def whole_crops(_):
+                from PIL import Image
+                for crop in (small / "c").glob("*.png"):
+                    try:
+                        Image.open(crop).load()
+                    except OSError:
+                        return f"truncated crop {crop.name}"
+                return None
+            probe.case("detect onto a full disk", {1}, "detect", LFW / "Kofi_Annan", "-o", small / "c", "-q",
+                       "--crop-format", "png", "--min-neighbors", "5", check=whole_crops)
+        finally:
+            subprocess.run(["umount", str(small)], check=True)
+
+    first = subprocess.Popen([sys.executable, "-m", "facepipe", "detect", LFW, "-o", w / "busy", "-q", "--detector",
+                              "haar"], stderr=subprocess.DEVNULL)
+    while not ((w / "busy" / ".facepipe.lock").is_file() and (w / "busy" / ".facepipe.lock").stat().st_size):
+        time.sleep(0.1)
+    probe.case("a second detect on a busy folder", {1}, "detect", LFW, "-o", w / "busy", "-q", "--detector", "haar",
+               check=lambda r: None if f"pid {first.pid}" in r.stderr else "holder not named")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    probe.case("detect resumed after kill -9", {0}, "detect", LFW, "-o", w / "busy", "-q", "--detector", "haar")
+    probe.case("the same detect uninterrupted", {0}, "detect", LFW, "-o", w / "whole", "-q", "--detector", "haar",
+               check=lambda _: None if (w / "busy" / "detections.csv").read_bytes()
+               == (w / "whole" / "detections.csv").read_bytes() else "the resumed run's detections differ")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="facepipe_probe_"))
+    os.chmod(work, 0o755)
+    probe = Probe(work)
+    run_cases(probe, setup(work))
+    bad = [row for row in probe.rows if not row[1]]
+    tracebacks = sum("traceback" in row[2] for row in bad)
+    wrong_codes = sum(any(p.startswith("exit") for p in row[2]) for row in bad)
+    print(f"{len(probe.rows)} cases: {len(probe.rows) - len(bad)} as expected; {tracebacks} tracebacks, "
+          f"{wrong_codes} wrong exit codes, {len(bad) - tracebacks - wrong_codes} other problems")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
