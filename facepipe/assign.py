@@ -27,11 +27,10 @@ from facepipe.formats import (
     CLUSTER_COLUMNS,
     CLUSTER_RESULTS_CSV,
     DETECT_PARAMS_JSON,
-    DETECTIONS_CSV,
-    GROUPS_COLUMNS,
-    GROUPS_CSV,
     RUN_STATE_JSON,
     UNKNOWN_CLUSTER,
+    cluster_results_path,
+    group_names,
     output_hashes,
     read_centroids,
     read_csv,
@@ -40,8 +39,11 @@ from facepipe.formats import (
     recorded_path,
     sidecar_path,
     write_csv_atomic,
+    write_groups,
     write_json_atomic,
 )
+from facepipe.cluster_graph import one_face_per_photo
+from facepipe.labels import crop_sources
 from facepipe.locks import folder_lock, locks_output
 
 NEIGHBOURS = 32  # nearest grouped faces looked at for each new face
@@ -64,15 +66,17 @@ class AssignSummary:
                 f"existing groups, {self.unknown} unknown -> {self.results} in {self.seconds:.1f}s")
 
 
-def _embed_settings(meta: dict) -> dict:
-    """The embed options that reproduce the embeddings a sidecar describes."""
-    settings = {"model": meta.get("model"), "precision": meta.get("precision", "fp32")}
+def _embed_settings(meta: dict, weights: str | os.PathLike | None) -> dict:
+    """The embed options that reproduce the embeddings a sidecar describes (the weights file only by name
+    there: a collection embedded with ``--weights`` needs it again)."""
+    settings = {"model": meta.get("model"), "precision": meta.get("precision", "fp32"), "weights": weights}
     if "crop" in meta:
         settings.update(dlib_crop=meta["crop"], dlib_padding=meta.get("chip_padding"))
     return {k: v for k, v in settings.items() if v is not None}
 
 
-def _detect_and_embed(photos, crops_dir: Path, embeddings_path: Path, workers: int, show_progress: bool) -> None:
+def _detect_and_embed(photos, crops_dir: Path, embeddings_path: Path, weights, workers: int,
+                      show_progress: bool) -> None:
     """The new photos through detect and embed, into the collection's own crops folder and embeddings file, with
     the parameters recorded there (photos already done are skipped; the collection's other photos are kept)."""
     from facepipe.detect import DetectorParams, detect
@@ -83,58 +87,49 @@ def _detect_and_embed(photos, crops_dir: Path, embeddings_path: Path, workers: i
     params = DetectorParams(**{k: v for k, v in recorded.items() if k in known})
     detect(photos, crops_dir, params, workers=workers, keep_others=True, show_progress=show_progress)
     embed(crops_dir, embeddings_path, workers=workers, show_progress=show_progress,
-          **_embed_settings(read_embeddings(embeddings_path).meta))
+          **_embed_settings(read_json(sidecar_path(embeddings_path)), weights))
 
 
 def nearest_groups(new: np.ndarray, grouped: np.ndarray, groups: np.ndarray, distance: float,
-                   min_votes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+                   min_votes: int = 2) -> np.ndarray:
     """For each row of ``new``: the group with the most members (rows of ``grouped``, their group ``groups``)
     within ``distance`` among its NEIGHBOURS nearest (ties: the smaller mean distance), if they are at least
-    ``min_votes`` (or all of a smaller group), else UNKNOWN_CLUSTER; and that mean distance (inf for unknown)."""
+    ``min_votes`` (or all of a smaller group), else UNKNOWN_CLUSTER."""
     import faiss
 
+    chosen = np.full(len(new), UNKNOWN_CLUSTER, dtype=np.int64)
+    if not len(new) or not len(grouped):
+        return chosen
     index = faiss.IndexFlatL2(grouped.shape[1])
     index.add(np.ascontiguousarray(grouped, dtype=np.float32))
     squared, found = index.search(np.ascontiguousarray(new, dtype=np.float32), min(NEIGHBOURS, len(grouped)))
     gaps = np.sqrt(np.maximum(squared, 0.0))
     sizes = np.bincount(groups)
-    chosen = np.full(len(new), UNKNOWN_CLUSTER, dtype=np.int64)
-    closeness = np.full(len(new), np.inf)
     for row in range(len(new)):
-        near = gaps[row] <= distance
+        near = (gaps[row] <= distance) & (found[row] >= 0)
         if not near.any():
             continue
-        votes = pd.DataFrame({"group": groups[found[row][near]], "gap": gaps[row][near]}).groupby("group")["gap"]
-        table = pd.DataFrame({"count": votes.size(), "mean": votes.mean()}).sort_values(["count", "mean"],
-                                                                                      ascending=[False, True])
-        best = int(table.index[0])
-        if table["count"].iloc[0] >= min(min_votes, sizes[best]):
-            chosen[row], closeness[row] = best, float(table["mean"].iloc[0])
-    return chosen, closeness
+        candidates, which = np.unique(groups[found[row][near]], return_inverse=True)
+        votes = np.bincount(which)
+        mean_gap = np.bincount(which, weights=gaps[row][near]) / votes
+        best = np.lexsort((mean_gap, -votes))[0]
+        if votes[best] >= min(min_votes, sizes[candidates[best]]):
+            chosen[row] = candidates[best]
+    return chosen
 
 
 def _distance_to_centroid(vectors: np.ndarray, groups: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Each face's distance to its group's centroid; for an unknown face, to the nearest centroid (as cluster
     records them)."""
-    import faiss
+    from facepipe.cluster_graph import neighbour_index
 
     distances = np.full(len(vectors), np.nan)
     grouped = groups >= 0
     distances[grouped] = np.linalg.norm(vectors[grouped] - centroids[groups[grouped]], axis=1)
-    if (~grouped).any():
-        index = faiss.IndexFlatL2(centroids.shape[1])
-        index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-        squared, _ = index.search(np.ascontiguousarray(vectors[~grouped], dtype=np.float32), 1)
+    if (~grouped).any() and len(centroids):
+        squared, _ = neighbour_index(centroids).search(np.ascontiguousarray(vectors[~grouped], dtype=np.float32), 1)
         distances[~grouped] = np.sqrt(np.maximum(squared[:, 0], 0.0))
     return distances
-
-
-def _one_face_per_photo(frame: pd.DataFrame) -> pd.Series:
-    """True for each face that must leave its group because a face of the same photo nearer the group's
-    centroid is in it."""
-    grouped = frame[frame["cluster"] != UNKNOWN_CLUSTER]
-    keep = grouped.sort_values("distance").drop_duplicates(["source", "cluster"]).index
-    return frame.index.isin(grouped.index.difference(keep))
 
 
 def _write(results_path: Path, meta: dict, results: pd.DataFrame, centroid_count: int) -> None:
@@ -142,10 +137,7 @@ def _write(results_path: Path, meta: dict, results: pd.DataFrame, centroid_count
     folder = results_path.parent
     write_csv_atomic(results[CLUSTER_COLUMNS], results_path, float_format="%.6g")
     sizes = np.bincount(results.loc[results["cluster"] >= 0, "cluster"], minlength=centroid_count)
-    groups_file = folder / GROUPS_CSV
-    groups = read_csv(groups_file, GROUPS_COLUMNS, "groups CSV") if groups_file.is_file() else pd.DataFrame(
-        {"cluster": np.arange(centroid_count), "person": ""})
-    write_csv_atomic(groups.assign(faces=sizes[groups["cluster"].astype(int)])[GROUPS_COLUMNS], groups_file)
+    groups_file = write_groups(folder, sizes, group_names(folder))
     outputs = dict(meta.get("outputs") or {})
     outputs.update(output_hashes(folder, [results_path, groups_file]))
     unknown = int((results["cluster"] == UNKNOWN_CLUSTER).sum())
@@ -166,54 +158,59 @@ def _note_in_run_state(folder: Path, summary: AssignSummary) -> None:
         write_json_atomic(state_file, state)
 
 
-@locks_output(lambda args: Path(os.path.abspath(args["cluster_results"])).parent
-              if not Path(args["cluster_results"]).is_dir() else args["cluster_results"])
+@locks_output(lambda args: cluster_results_path(args["cluster_results"]).parent)
 def assign(
     photos: Iterable[str | os.PathLike],
     cluster_results: str | os.PathLike = CLUSTER_RESULTS_CSV,
     *,
     threshold: float | None = None,
+    weights: str | os.PathLike | None = None,
     workers: int = 2,
     show_progress: bool = True,
 ) -> AssignSummary:
     """Detect and embed ``photos`` as the clustering ``cluster_results`` (its CSV, or the folder holding it)
-    was made, and put each new face into the group it matches (``threshold``: the same-person distance,
-    default the clustering's own), else unknown. Group numbers, names and centroids do not change."""
+    was made (``weights``: the vggface2 weights file, where the collection was embedded with one), and put each
+    new face into the group it matches (``threshold``: the same-person distance, default the clustering's own),
+    else unknown. Group numbers, names and centroids do not change."""
     started = time.monotonic()
-    results_path = Path(os.path.abspath(cluster_results))
-    results_path = results_path / CLUSTER_RESULTS_CSV if results_path.is_dir() else results_path
-    results = read_csv(results_path, CLUSTER_COLUMNS, "cluster results CSV")
+    results_path = cluster_results_path(cluster_results)
+    known = read_csv(results_path, CLUSTER_COLUMNS, "cluster results CSV")
     meta = read_json(sidecar_path(results_path))
     distance = threshold if threshold is not None else meta.get("same_person_distance")
     if distance is None or not 0 < float(distance) < 4:
         raise FacepipeError(f"{results_path} records no same-person distance (k-means on an embedder without a "
                             "known rule): give --threshold")
+    if not meta.get("embeddings") or not meta.get("crops_dir"):
+        raise FacepipeError(f"{sidecar_path(results_path)} does not name the embeddings and crops it was made from")
     embeddings_path = recorded_path(meta["embeddings"], results_path)
     crops_dir = recorded_path(meta["crops_dir"], results_path)
     photo_list = [str(p) for p in photos]
     with folder_lock(crops_dir), folder_lock(embeddings_path.parent):
-        _detect_and_embed(photo_list, crops_dir, embeddings_path, workers, show_progress)
+        _detect_and_embed(photo_list, crops_dir, embeddings_path, weights, workers, show_progress)
     embeddings = read_embeddings(embeddings_path)
-    normalise = (meta.get("options") or {}).get("normalize", True)
-    vectors = embeddings.vectors / np.linalg.norm(embeddings.vectors, axis=1, keepdims=True) if normalise \
-        else embeddings.vectors
+    vectors = embeddings.vectors
+    if (meta.get("options") or {}).get("normalize", True):
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     row_of = {name: row for row, name in enumerate(embeddings.names)}
-    known = results.assign(name=results["name"].astype(str))
-    new_names = [n for n in embeddings.names if n not in set(known["name"])]
+    known = known.assign(name=known["name"].astype(str))
+    missing = [n for n in known["name"] if n not in row_of]
+    if missing:
+        raise FacepipeError(f"{len(missing)} face(s) of {results_path} are not in {embeddings_path}, e.g. "
+                            f"{missing[0]}: the clustering and its embeddings no longer belong together")
+    clustered = set(known["name"])
+    new_names = [n for n in embeddings.names if n not in clustered]
     grouped = known[known["cluster"] >= 0]
-    centroids = read_centroids(results_path.parent / CENTROIDS_CSV)
     new_vectors = vectors[[row_of[n] for n in new_names]]
-    chosen, _ = nearest_groups(new_vectors, vectors[[row_of[n] for n in grouped["name"]]],
-                               grouped["cluster"].to_numpy(), float(distance),
-                               int((meta.get("options") or {}).get("min_group_size", 2)))
+    chosen = nearest_groups(new_vectors, vectors[[row_of[n] for n in grouped["name"]]], grouped["cluster"].to_numpy(),
+                            float(distance), int((meta.get("options") or {}).get("min_group_size", 2)))
+    centroids = read_centroids(results_path.parent / CENTROIDS_CSV)
     added = pd.DataFrame({"name": new_names, "cluster": chosen,
                           "distance": _distance_to_centroid(new_vectors, chosen, centroids)})
-    source_of = dict(read_csv(crops_dir / DETECTIONS_CSV, ["crop", "source"], "detections CSV")[["crop", "source"]]
-                     .astype(str).itertuples(index=False))
     combined = pd.concat([known, added], ignore_index=True)
-    combined["source"] = combined["name"].map(source_of)
-    repeats = _one_face_per_photo(combined) & combined.index.isin(range(len(known), len(combined)))
-    combined.loc[repeats, "cluster"] = UNKNOWN_CLUSTER
+    sources = crop_sources(combined["name"].tolist(), crops_dir)
+    photo_ids = np.unique([sources.get(n, "\0" + n) for n in combined["name"]], return_inverse=True)[1]
+    repeats = one_face_per_photo(combined["cluster"].to_numpy(), photo_ids, combined["distance"].fillna(0).to_numpy())
+    combined.loc[repeats & (combined.index >= len(known)), "cluster"] = UNKNOWN_CLUSTER  # the clustered stay
     _write(results_path, meta, combined, len(centroids))
     new_rows = combined.iloc[len(known):]
     summary = AssignSummary(photos=len(photo_list), new_faces=len(new_rows),

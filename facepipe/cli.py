@@ -630,12 +630,15 @@ def export_command(cluster_results, out_dir, mode, crops, quiet):
               help="The clustering to add to (cluster_results.csv, or a cluster or run folder); updated in place.")
 @click.option("--threshold", default=None, type=FiniteFloatRange(0, 4, min_open=True, max_open=True),
               help="Same-person distance (default: the clustering's own rule).")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="vggface2-resnet50: the weights file, where the collection was embedded with --weights.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="Worker processes.")
 @quiet_option
 @reports_errors
-def assign_command(inputs, cluster_results, threshold, workers, quiet):
+def assign_command(inputs, cluster_results, threshold, weights, workers, quiet):
     """Detect and embed the new photos INPUTS as the clustering's photos were, and put each face into the
     existing group it matches, else unknown; group numbers and names do not change."""
     from facepipe.assign import assign
 
-    click.echo(assign(inputs, cluster_results, threshold=threshold, workers=workers, show_progress=not quiet).line())
+    click.echo(assign(inputs, cluster_results, threshold=threshold, weights=weights, workers=workers,
+                      show_progress=not quiet).line())

@@ -32,8 +32,6 @@ from facepipe.formats import (
     CLUSTER_METRICS_JSON,
     CLUSTER_RESULTS_CSV,
     ELBOW_PNG,
-    GROUPS_COLUMNS,
-    GROUPS_CSV,
     K_SELECTION_COLUMNS,
     K_SELECTION_CSV,
     SAMPLES_OVERVIEW_JPG,
@@ -51,6 +49,7 @@ from facepipe.formats import (
     sidecar_path,
     write_centroids,
     write_csv_atomic,
+    write_groups,
     write_json_atomic,
 )
 from facepipe.locks import locks_output
@@ -438,12 +437,22 @@ def finish_groups(vectors: np.ndarray, labels: np.ndarray, unmatched: np.ndarray
     return Grouping(labels, distances, centroids, int(unmatched.sum()), int(repeats.sum()), int(small.sum()))
 
 
-def _by_size(labels: np.ndarray) -> np.ndarray:
-    """Group ids renumbered 0, 1, ... by size, largest first (ties by old id); unknown (-1) stays."""
+def _by_size(labels: np.ndarray, preferred: dict[int, int] | None = None) -> np.ndarray:
+    """Group ids renumbered 0, 1, ... by size, largest first (ties by old id); unknown (-1) stays. A group in
+    ``preferred`` (old id -> number, e.g. a people file's) gets that number where it is free and below the
+    number of groups; the others fill the remaining numbers by size."""
     grouped = labels >= 0
     ids, compact, sizes = np.unique(labels[grouped], return_inverse=True, return_counts=True)
-    rank = np.empty(len(ids), dtype=np.int64)
-    rank[np.lexsort((ids, -sizes))] = np.arange(len(ids))
+    by_size = np.lexsort((ids, -sizes))
+    rank = np.full(len(ids), -1, dtype=np.int64)
+    wanted = [((preferred or {}).get(int(old_id)), position) for position, old_id in enumerate(ids)]
+    for number, position in sorted((n, p) for n, p in wanted if n is not None and n < len(ids)):
+        if number not in rank:
+            rank[position] = number
+    free = iter(sorted(set(range(len(ids))) - set(rank.tolist())))
+    for position in by_size:
+        if rank[position] < 0:
+            rank[position] = next(free)
     renumbered = np.full(len(labels), UNKNOWN_CLUSTER, dtype=np.int64)
     renumbered[grouped] = rank[compact]
     return renumbered
@@ -452,7 +461,7 @@ def _by_size(labels: np.ndarray) -> np.ndarray:
 def _centroids(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The mean of each group 0..max, and each face's distance to its own group's centroid (to the nearest
     centroid for an unknown face; NaN when there is no group)."""
-    import faiss
+    from facepipe.cluster_graph import neighbour_index
 
     grouped = labels >= 0
     count = int(labels.max()) + 1 if grouped.any() else 0
@@ -462,8 +471,7 @@ def _centroids(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     distances = np.full(len(labels), np.nan)
     distances[grouped] = np.linalg.norm(vectors[grouped] - centroids[labels[grouped]], axis=1)
     if count and not grouped.all():
-        index = faiss.IndexFlatL2(vectors.shape[1])
-        index.add(centroids)
+        index = neighbour_index(centroids)  # exact, or an inverted file for very many groups
         squared, _ = index.search(np.ascontiguousarray(vectors[~grouped], dtype=np.float32), 1)
         distances[~grouped] = np.sqrt(np.maximum(squared[:, 0], 0.0))
     return centroids, distances
@@ -529,7 +537,8 @@ def cluster(
     photos = _photo_ids(embeddings.names, crops_dir, notes)
     grouping, selection, rule = _group(vectors, method, rule_distance, ks, auto, k_rule, n_init, seed, photos,
                                        min_group_size, show_progress)
-    grouping, names, anchors = _with_people(grouping, vectors, embeddings.names, people_file, out_dir, rule_distance, notes)
+    grouping, names, anchors = _with_people(grouping, vectors, embeddings.names, photos, people_file, out_dir,
+                                            rule_distance, notes)
     grouped = grouping.labels >= 0
     sizes, quality, inertia = _group_quality(vectors, grouping, seed)
     metrics = _identity_metrics(embeddings.names, labels_file, crops_dir, grouping.labels) if labels_file else None
@@ -566,12 +575,14 @@ def _group_quality(vectors: np.ndarray, grouping: Grouping, seed: int) -> tuple[
             float(np.square(grouping.distances[grouped]).sum()))
 
 
-def _with_people(grouping: Grouping, vectors: np.ndarray, names: list[str], people_file: Path | None,
-                 out_dir: Path, rule_distance: float | None, notes: list[str]):
+def _with_people(grouping: Grouping, vectors: np.ndarray, names: list[str], photos: np.ndarray,
+                 people_file: Path | None, out_dir: Path, rule_distance: float | None, notes: list[str]):
     """The grouping after the people file's corrections (renumbered by size), each group's name, and the
     anchors of the file's group numbers to keep (None without a people file: the anchors are left alone).
     A number first met is anchored on the centroid of that group in the clustering the file was written
     against: the one in ``out_dir`` before this run, else this run's own."""
+    from facepipe.cluster_graph import one_face_per_photo
+
     if people_file is None:
         return grouping, {}, None
     people = read_people(people_file)
@@ -581,12 +592,14 @@ def _with_people(grouping: Grouping, vectors: np.ndarray, names: list[str], peop
     earlier = earlier if earlier.shape[1] == dim else grouping.centroids
     anchors.update({n: earlier[n] for n in people.group_numbers() - set(anchors) if 0 <= n < len(earlier)})
     mapping, kept, lost = resolve_numbers(people.group_numbers(), anchors, grouping.centroids, rule_distance)
-    labels, named = apply_people(grouping.labels, names, people, mapping)
-    renumbered = _by_size(labels)
+    labels, named, numbers = apply_people(grouping.labels, names, people, mapping)
+    renumbered = _by_size(labels, numbers)  # a group the file numbers keeps that number
+    _, distances = _centroids(vectors, renumbered)
+    renumbered[one_face_per_photo(renumbered, photos, distances)] = UNKNOWN_CLUSTER  # a merge can join two
     group_names = {}
     for label, name in named.items():
-        rows = np.flatnonzero(labels == label)
-        if rows.size and renumbered[rows[0]] >= 0:
+        rows = np.flatnonzero((labels == label) & (renumbered >= 0))
+        if rows.size:
             group_names[int(renumbered[rows[0]])] = name
     centroids, distances = _centroids(vectors, renumbered)
     if lost:
@@ -636,7 +649,8 @@ def _chosen_method(method, threshold, min_group_size, k, k_range, k_rule, n_init
 def _fingerprint(embeddings_path: Path, meta: dict, options: dict, labels_file: Path | None,
                  people_file: Path | None) -> str:
     """What a rerun must match to be skipped: the inputs' contents, the options and the version."""
-    return hashlib.sha256(repr((_file_digest(embeddings_path), meta, sorted(options.items()),
+    data_digest = meta.get("data_sha256") or _file_digest(embeddings_path)  # read_embeddings checked it already
+    return hashlib.sha256(repr((data_digest, meta, sorted(options.items()),
                                 _file_digest(labels_file), _file_digest(people_file), __version__)).encode()).hexdigest()
 
 
@@ -676,13 +690,12 @@ def _write_results(out_dir: Path, names: list[str], grouping: Grouping, table: p
     sidecar_path(out_dir / CLUSTER_RESULTS_CSV).unlink(missing_ok=True)
     results = pd.DataFrame({"name": names, "cluster": grouping.labels, "distance": grouping.distances},
                            columns=CLUSTER_COLUMNS)
-    written = [out_dir / CLUSTER_RESULTS_CSV, out_dir / CENTROIDS_CSV, out_dir / K_SELECTION_CSV, out_dir / GROUPS_CSV]
+    written = [out_dir / CLUSTER_RESULTS_CSV, out_dir / CENTROIDS_CSV, out_dir / K_SELECTION_CSV]
     write_csv_atomic(results, written[0], float_format="%.6g")
     write_centroids(written[1], grouping.centroids)
     write_csv_atomic(table, written[2], float_format="%.6g")
-    sizes = np.bincount(grouping.labels[grouping.labels >= 0], minlength=len(grouping.centroids))
-    write_csv_atomic(pd.DataFrame({"cluster": np.arange(len(sizes)), "person": [group_names.get(c, "") for c in
-                                   range(len(sizes))], "faces": sizes}, columns=GROUPS_COLUMNS), written[3])
+    written.append(write_groups(out_dir, np.bincount(grouping.labels[grouping.labels >= 0],
+                                                     minlength=len(grouping.centroids)), group_names))
     if anchors is not None:
         write_anchors(out_dir, anchors)
     written += _write_plots(out_dir, selection)

@@ -10,8 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from facepipe.formats import UNKNOWN_CLUSTER
+
 GRAPH_NEIGHBOURS = 64  # nearest neighbours looked at per face; an edge needs the distance rule as well
 WHISPERS_ITERATIONS = 100
+EXACT_UP_TO = 100_000  # faces: exact neighbour search and sequential whispers; above, the scalable engine
+LARGE_NEIGHBOURS = 32  # nearest neighbours per face in the scalable engine (memory: 12 bytes each)
+SEARCH_BATCH = 65_536  # faces searched at once (bounds the result arrays)
 
 
 @dataclass
@@ -29,19 +33,39 @@ class NeighbourGraph:
         return np.repeat(np.arange(len(self.indptr) - 1), np.diff(self.indptr))
 
 
-def neighbour_graph(vectors: np.ndarray, threshold: float, neighbours: int = GRAPH_NEIGHBOURS) -> NeighbourGraph:
-    """Join each face to those of its ``neighbours`` nearest (exact search, faiss) that lie within ``threshold``."""
+def neighbour_index(vectors: np.ndarray, seed: int = 0):
+    """faiss index of ``vectors`` (faces or centroids): exact up to EXACT_UP_TO rows, else an inverted file (4 sqrt(n) lists, 16
+    probed), trained on a seeded sample, which finds nearly all neighbours within a same-person distance."""
     import faiss
 
+    n, dim = vectors.shape
+    if n <= EXACT_UP_TO:
+        index = faiss.IndexFlatL2(dim)
+    else:
+        lists = int(4 * np.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists)
+        sample = np.random.default_rng(seed).choice(n, size=min(n, 64 * lists), replace=False)
+        index.train(vectors[np.sort(sample)])
+        index.nprobe = 16
+    index.add(vectors)
+    return index
+
+
+def neighbour_graph(vectors: np.ndarray, threshold: float, neighbours: int | None = None) -> NeighbourGraph:
+    """Join each face to those of its ``neighbours`` nearest (GRAPH_NEIGHBOURS by exact search with faiss; above
+    EXACT_UP_TO faces LARGE_NEIGHBOURS by an inverted file, in batches) that lie within ``threshold``."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(vectors)
-    index = faiss.IndexFlatL2(vectors.shape[1])
-    index.add(vectors)
-    squared, nearest = index.search(vectors, min(n, neighbours + 1))
-    rows = np.repeat(np.arange(n), nearest.shape[1])
-    columns, distances = nearest.ravel(), np.sqrt(np.maximum(squared.ravel(), 0.0))
-    keep = (columns >= 0) & (columns != rows) & (distances < threshold)
-    rows, columns, distances = rows[keep], columns[keep], distances[keep]
+    neighbours = neighbours or (GRAPH_NEIGHBOURS if n <= EXACT_UP_TO else LARGE_NEIGHBOURS)
+    index = neighbour_index(vectors)
+    parts = []
+    for start in range(0, n, SEARCH_BATCH):
+        squared, nearest = index.search(vectors[start:start + SEARCH_BATCH], min(n, neighbours + 1))
+        rows = np.repeat(np.arange(start, start + len(nearest)), nearest.shape[1])
+        columns, distances = nearest.ravel(), np.sqrt(np.maximum(squared.ravel(), 0.0))
+        keep = (columns >= 0) & (columns != rows) & (distances < threshold)
+        parts.append((rows[keep], columns[keep], distances[keep].astype(np.float32)))
+    rows, columns, distances = (np.concatenate([part[i] for part in parts]) for i in range(3))
     # make it symmetric (a is among b's nearest but not the other way round) and drop the doubles
     rows, columns, distances = (np.concatenate([rows, columns]), np.concatenate([columns, rows]),
                                 np.concatenate([distances, distances]))
@@ -72,10 +96,39 @@ def modularity(graph: NeighbourGraph, labels: np.ndarray) -> float:
 
 def best_whispers(graph: NeighbourGraph, seed: int = 0, restarts: int = 10) -> np.ndarray:
     """Chinese whispers from ``restarts`` seeded orders; the partition of highest modularity is kept (one
-    order can leave a person split in two where another joins them)."""
+    order can leave a person split in two where another joins them). Above EXACT_UP_TO faces each run is
+    ``whispers_in_rounds``."""
     rng = np.random.default_rng(seed)
-    runs = [chinese_whispers(graph, int(s)) for s in rng.integers(2**31 - 1, size=max(1, restarts))]
+    whispers = chinese_whispers if len(graph.indptr) - 1 <= EXACT_UP_TO else whispers_in_rounds
+    runs = [whispers(graph, int(s)) for s in rng.integers(2**31 - 1, size=max(1, restarts))]
     return max(runs, key=lambda labels: modularity(graph, labels))
+
+
+def whispers_in_rounds(graph: NeighbourGraph, seed: int = 0, iterations: int = WHISPERS_ITERATIONS) -> np.ndarray:
+    """Chinese whispers for a million faces: in each round a seeded random half of the faces take, at once,
+    the label that carries the most weight among their neighbours (array operations over all edges instead
+    of a loop over faces; updating half at a time keeps two faces from swapping labels forever), until a
+    round changes nothing."""
+    n = len(graph.indptr) - 1
+    labels = np.arange(n)
+    rng = np.random.default_rng(seed)
+    weights, rows = edge_weights(graph), graph.sources()
+    for _ in range(iterations):
+        keys = rows * n + labels[graph.indices]  # (face, a neighbour's label)
+        pairs, position = np.unique(keys, return_inverse=True)
+        weight = np.bincount(position, weights=weights)
+        face, label = pairs // n, pairs % n
+        order = np.lexsort((label, -weight, face))  # per face: heaviest label first (ties: the smaller label)
+        first = order[np.concatenate([[True], face[order][1:] != face[order][:-1]])]
+        chosen = rng.random(len(first)) < 0.5
+        targets, best = face[first][chosen], label[first][chosen]
+        moving = labels[targets] != best
+        if not moving.any() and chosen.all():
+            break
+        labels[targets[moving]] = best[moving]
+        if not (labels[face[first]] != label[first]).any():
+            break
+    return labels
 
 
 def chinese_whispers(graph: NeighbourGraph, seed: int = 0, iterations: int = WHISPERS_ITERATIONS) -> np.ndarray:

@@ -21,6 +21,14 @@ def contingency(labels_true: Sequence, labels_pred: Sequence) -> np.ndarray:
 
     Each item predicted UNKNOWN_CLUSTER (-1) gets a column of its own: unknown faces are never grouped together.
     """
+    true_index, pred_index = _indices(labels_true, labels_pred)
+    table = np.zeros((true_index.max() + 1, pred_index.max() + 1), dtype=np.int64)
+    np.add.at(table, (true_index, pred_index), 1)
+    return table
+
+
+def _indices(labels_true: Sequence, labels_pred: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's row (true class) and column (predicted cluster; a column of its own for each unknown)."""
     labels_true = np.asarray(labels_true)
     labels_pred = np.asarray(labels_pred)
     if labels_true.shape != labels_pred.shape or labels_true.ndim != 1:
@@ -33,9 +41,7 @@ def contingency(labels_true: Sequence, labels_pred: Sequence) -> np.ndarray:
     if unknown.size:
         pred_index[unknown] = pred_index.max() + 1 + np.arange(unknown.size)
         _, pred_index = np.unique(pred_index, return_inverse=True)  # drop the emptied column of -1
-    table = np.zeros((true_index.max() + 1, pred_index.max() + 1), dtype=np.int64)
-    np.add.at(table, (true_index, pred_index), 1)
-    return table
+    return true_index, pred_index
 
 
 def _entropy(counts: np.ndarray) -> float:
@@ -84,11 +90,14 @@ def _f_score(precision: float, recall: float) -> float:
 def bcubed(labels_true: Sequence, labels_pred: Sequence) -> dict[str, float]:
     """BCubed precision, recall and F: per item, the share of its cluster that shares its identity
     (precision) and the share of its identity that shares its cluster (recall), averaged over items."""
-    table = contingency(labels_true, labels_pred).astype(np.float64)
-    n = table.sum()
-    squares = table * table
-    precision = float((squares / table.sum(axis=0, keepdims=True)).sum() / n)
-    recall = float((squares / table.sum(axis=1, keepdims=True)).sum() / n)
+    # over the non-empty cells of the contingency table only, so that a million faces fit in memory
+    true_index, pred_index = _indices(labels_true, labels_pred)
+    cells, cell_of = np.unique(true_index * (pred_index.max() + 1) + pred_index, return_inverse=True)
+    counts = np.bincount(cell_of).astype(np.float64)
+    rows, cols = cells // (pred_index.max() + 1), cells % (pred_index.max() + 1)
+    n = float(len(true_index))
+    precision = float((counts * counts / np.bincount(pred_index)[cols]).sum() / n)
+    recall = float((counts * counts / np.bincount(true_index)[rows]).sum() / n)
     return {"precision": precision, "recall": recall, "f": _f_score(precision, recall)}
 
 

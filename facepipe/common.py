@@ -24,9 +24,9 @@ class FacepipeError(Exception):
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, expected_size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; once the body has written it, it is flushed to disk (fsync),
-    checked to be non-empty, and renamed onto ``path``.
+    checked to be non-empty (and ``expected_size`` bytes long, when given), and renamed onto ``path``.
 
     If the body raises (disk full, say) or the process is killed, ``path`` keeps its old content and the
     temporary file is removed (or, after a kill, left with a ``.tmp`` name that no stage reads).
@@ -39,7 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
         yield tmp_path
-        _flush_to_disk(tmp_path)
+        _flush_to_disk(tmp_path, expected_size)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -61,10 +61,9 @@ def _flush_to_disk(path: Path, expected_size: int | None = None) -> None:
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: all of it, flushed to disk, its size checked, then renamed."""
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, expected_size=len(data)) as tmp:
             with open(tmp, "wb") as handle:
                 handle.write(data)
-            _flush_to_disk(tmp, len(data))
     except OSError as error:
         if error.filename:
             raise

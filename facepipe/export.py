@@ -25,15 +25,15 @@ from facepipe.common import FacepipeError, progress
 from facepipe.formats import (
     CLUSTER_COLUMNS,
     CLUSTER_RESULTS_CSV,
-    CROP_SOURCE_COLUMNS,
     DETECTIONS_CSV,
     EXPORT_MANIFEST_COLUMNS,
     EXPORT_MANIFEST_CSV,
-    GROUPS_CSV,
     NO_FACE_FOLDER,
     SOURCES_CSV,
     UNKNOWN_CLUSTER,
     UNKNOWN_FOLDER,
+    cluster_results_path,
+    group_names,
     read_csv,
     read_json,
     recorded_path,
@@ -41,6 +41,7 @@ from facepipe.formats import (
     write_csv_atomic,
 )
 from facepipe.export_settings import EXPORT_MODES
+from facepipe.labels import crop_sources
 from facepipe.locks import locks_output
 
 
@@ -106,27 +107,22 @@ def _read_clustering(results_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, Pa
     if not meta.get("crops_dir"):
         raise FacepipeError(f"{meta_file} names no crops folder, so the faces' photos are unknown")
     crops_dir = recorded_path(meta["crops_dir"], results_path)
-    detections = read_csv(crops_dir / DETECTIONS_CSV, CROP_SOURCE_COLUMNS, "detections CSV")
-    source_of = dict(zip(detections["crop"].astype(str), detections["source"].astype(str)))
     faces = results.assign(name=results["name"].astype(str))
+    source_of = crop_sources(faces["name"].tolist(), crops_dir)
     missing = sorted(set(faces["name"]) - set(source_of))
     if missing:
         raise FacepipeError(f"{len(missing)} face(s) of {results_path} are not in {crops_dir / DETECTIONS_CSV}, "
                             f"e.g. {missing[0]}: the clustering and the crops folder do not belong together")
     faces["source"] = faces["name"].map(source_of)
-    groups_file = results_path.parent / GROUPS_CSV
-    if groups_file.is_file():
-        groups = read_csv(groups_file, ["cluster", "person"], "groups CSV")
-    else:
-        ids = sorted(c for c in faces["cluster"].unique() if c != UNKNOWN_CLUSTER)
-        groups = pd.DataFrame({"cluster": ids, "person": ""})
-    return faces, groups, crops_dir
+    ids = sorted(int(c) for c in faces["cluster"].unique() if c != UNKNOWN_CLUSTER)
+    return faces, pd.DataFrame({"cluster": ids, "person": [group_names(results_path.parent).get(c, "") for c in ids]}), \
+        crops_dir
 
 
 def _plan(faces: pd.DataFrame, groups: pd.DataFrame, crops_dir: Path, use_crops: bool) -> pd.DataFrame:
     """One row per file to make (EXPORT_MANIFEST_COLUMNS, ``file`` relative to the target folder)."""
     folders = _group_folders(groups)
-    names = dict(zip(groups["cluster"].astype(int), groups["person"].astype("string").fillna("")))
+    names = dict(zip(groups["cluster"].astype(int), groups["person"]))
     rows = faces.assign(
         group=faces["cluster"].astype(int),
         person=faces["cluster"].map(lambda c: names.get(int(c), "")),  # the manifest's "name"
@@ -151,8 +147,8 @@ def _is_in_place(target: Path, item: Path, mode: str) -> bool:
         return target.is_symlink() and os.readlink(target) == str(item)
     if target.is_symlink() or not target.is_file():
         return False
-    if mode == "hardlink" and os.path.samefile(target, item):
-        return True
+    if os.path.samefile(target, item):
+        return mode == "hardlink"  # a hard link is no copy: editing it would edit the photo
     found, wanted = target.stat(), item.stat()
     return found.st_size == wanted.st_size and found.st_mtime_ns == wanted.st_mtime_ns  # a copy (copy2)
 
@@ -186,14 +182,18 @@ def _make(target: Path, item: Path, mode: str) -> bool:
 def _inside(folder: Path, relative: str) -> Path | None:
     """``folder / relative`` when it stays inside ``folder`` (a manifest row never reaches outside)."""
     path = Path(os.path.abspath(folder / relative))
-    return path if path.is_relative_to(folder) and path != folder else None
+    real = Path(os.path.realpath(path.parent)) / path.name  # a link to a folder outside does not count as inside
+    return path if real.is_relative_to(os.path.realpath(folder)) and path != folder else None
 
 
-def _remove_what_no_longer_belongs(out_dir: Path, plan: pd.DataFrame) -> int:
+def _previous_files(out_dir: Path) -> set[str]:
+    """The files the previous export's manifest lists (relative to ``out_dir``): the only ones export may
+    replace or remove."""
     manifest = out_dir / EXPORT_MANIFEST_CSV
-    if not manifest.is_file():
-        return 0
-    before = read_csv(manifest, ["file"], "export manifest")["file"].astype(str)
+    return set(read_csv(manifest, ["file"], "export manifest")["file"].astype(str)) if manifest.is_file() else set()
+
+
+def _remove_what_no_longer_belongs(out_dir: Path, plan: pd.DataFrame, before: set[str]) -> int:
     removed = 0
     for relative in sorted(set(before) - set(plan["file"])):
         path = _inside(out_dir, relative)
@@ -221,14 +221,18 @@ def export(
     started = time.monotonic()
     if mode not in EXPORT_MODES:
         raise FacepipeError(f"unknown export mode {mode!r}: use {', '.join(EXPORT_MODES)}")
-    results_path = Path(os.path.abspath(cluster_results))
-    results_path = results_path / CLUSTER_RESULTS_CSV if results_path.is_dir() else results_path
+    results_path = cluster_results_path(cluster_results)
     out_dir = Path(os.path.abspath(out_dir))
     faces, groups, crops_dir = _read_clustering(results_path)
     if out_dir == crops_dir or crops_dir.is_relative_to(out_dir):
         raise FacepipeError(f"the export folder {out_dir} holds the crops folder {crops_dir}: choose another")
     plan = _plan(faces, groups, crops_dir, crops)
-    removed = _remove_what_no_longer_belongs(out_dir, plan)
+    inside = plan["item"].map(lambda item: Path(os.path.realpath(item)).is_relative_to(os.path.realpath(out_dir)))
+    if inside.any():
+        raise FacepipeError(f"{out_dir} holds photos it would export ({plan['item'][inside].iloc[0]}): choose a "
+                            "folder outside the collection")
+    before = _previous_files(out_dir)
+    removed = _remove_what_no_longer_belongs(out_dir, plan, before)
     made = copied = 0
     for row in progress(plan.itertuples(index=False), desc="export", total=len(plan), unit="file",
                         enabled=show_progress):
@@ -236,6 +240,9 @@ def export(
         if not item.is_file():
             raise FacepipeError(f"{item} (of face {row.face or row.photo}) is gone: its photo was moved or deleted "
                                 "since detect; export the rest by running detect and cluster again")
+        if (target.exists() or target.is_symlink()) and row.file not in before and not _is_in_place(target, item, mode):
+            raise FacepipeError(f"{target} exists and was not made by an earlier export: move it away, or export "
+                                "into another folder (nothing export did not make is ever replaced)")
         if not _is_in_place(target, item, mode):
             copied += _make(target, item, mode)
             made += 1

@@ -125,6 +125,12 @@ def read_csv(path: str | os.PathLike, required: Sequence[str] = (), what: str = 
     return _unescape_formulas(frame)
 
 
+def cluster_results_path(path: str | os.PathLike) -> Path:
+    """``cluster_results.csv`` as given, or inside the cluster (or run) folder given; absolute."""
+    path = Path(os.path.abspath(path))
+    return path / CLUSTER_RESULTS_CSV if path.is_dir() else path
+
+
 def sidecar_path(path: str | os.PathLike) -> Path:
     """The JSON file describing a data file: ``image_features.csv`` -> ``image_features.csv.json``."""
     path = Path(path)
@@ -248,7 +254,7 @@ def read_embeddings(path: str | os.PathLike) -> Embeddings:
             f"{path}: the sidecar says {meta['count']} embeddings but the file holds {vectors.shape[0]} "
             "(rows added or removed by hand, perhaps from another model?)"
         )
-    if meta.get("data_sha256") not in (None, file_sha256(path)):
+    if meta.get("data_sha256") is not None and meta["data_sha256"] != file_sha256(path):
         raise UnmatchedSidecarError(f"{path} does not match its sidecar {meta_file.name} (changed since, or a run "
                                     "was killed between the two files): rerun embed, which redoes it")
     return Embeddings(names=names, vectors=vectors, meta=meta)
@@ -442,6 +448,30 @@ SAMPLES_OVERVIEW_JPG = "overview.jpg"
 UNKNOWN_GRID_JPG = "unknown.jpg"  # the faces of the unknown group (-1)
 GROUPS_CSV = "groups.csv"  # GROUPS_COLUMNS: each group, its name (people file) and size
 GROUPS_COLUMNS = ["cluster", "person", "faces"]
+
+
+def write_groups(folder: str | os.PathLike, sizes: Sequence[int], names: dict[int, str]) -> Path:
+    """Write ``groups.csv`` (GROUPS_COLUMNS) for groups 0..len(sizes)-1, atomically; returns its path."""
+    frame = pd.DataFrame({"cluster": np.arange(len(sizes)), "person": [names.get(c, "") for c in range(len(sizes))],
+                          "faces": np.asarray(sizes, dtype=np.int64)}, columns=GROUPS_COLUMNS)
+    write_csv_atomic(frame, Path(folder) / GROUPS_CSV)
+    return Path(folder) / GROUPS_CSV
+
+
+def group_names(folder: str | os.PathLike) -> dict[int, str]:
+    """Group id -> name from a clustering's ``groups.csv`` (names kept as written: "NA" or "007" stay text;
+    no file, or no name: none)."""
+    path = Path(folder) / GROUPS_CSV
+    if not path.is_file():
+        return {}
+    try:
+        frame = pd.read_csv(path, dtype={"person": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
+        raise FacepipeError(f"{path} is not a readable groups CSV: {error}") from None
+    if not {"cluster", "person"} <= set(frame.columns):
+        raise FacepipeError(f"{path} lacks the columns cluster, person of a groups CSV")
+    frame = _unescape_formulas(frame)
+    return {int(c): p for c, p in zip(frame["cluster"], frame["person"]) if p}
 
 
 def sample_grid(cluster: int) -> str:

@@ -125,6 +125,7 @@ def load_image_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
             raise ImageReadError("empty file (0 bytes)")
         with warnings.catch_warnings():  # the pixel limit below is ours; Pillow's warning would only repeat it
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = max(max_pixels, Image.MAX_IMAGE_PIXELS or 0)  # Pillow refuses above twice it
             image = Image.open(path)
         with image:
             width, height = image.size

@@ -1,23 +1,24 @@
 """Corrections to a clustering that survive reruns: a small people file (TOML) that names groups, merges
 groups, splits one (by listing faces), moves a face, or marks a group as not a person.
 
+    merge = [[0, 7]]             # each list: groups that are one person; the others join the first
+    not_a_person = [9]           # their faces go to unknown (-1)
     [names]                      # group number = name
     0 = "Kofi Annan"
     3 = "Jackie Chan"
-    merge = [[0, 7]]             # each list: groups that are one person; the others join the first
-    not_a_person = [9]           # their faces go to unknown (-1)
     [move]                       # a face into another group (-1: unknown)
     "Kofi_Annan_0003_1a2b3c4d5e_0.jpg" = 3
     [[split]]                    # these faces leave their group and become a group of their own
     faces = ["Hans_Blix_0001_0a1b2c3d4e_0.jpg", "Hans_Blix_0004_5f6a7b8c9d_0.jpg"]
     name = "Hans Blix"
 
-(top-level keys such as ``merge`` come before the first table). Group numbers are those of the clustering
-the file was written against, the one cluster_results.csv and the report showed. cluster keeps them
-pointing at the same people across reruns: when it first meets a group number it records that group's
-centroid as the number's anchor (``people_anchors.csv`` in the cluster folder); on every run a number stands
-for the new group whose centroid is nearest its anchor, within the same-person distance, and a number with
-no such group is reported as no longer matching. Faces are named by their crop names, which never change.
+(TOML puts top-level keys such as ``merge`` before the first table). Group numbers are those that
+cluster_results.csv and the report show. cluster keeps them pointing at the same people across reruns:
+when it first meets a group number it records that group's centroid as the number's anchor
+(``people_anchors.csv`` in the cluster folder); on every run a number stands for the new group whose centroid
+is nearest its anchor, within the same-person distance, and that group keeps the number in the output (so
+the report shows the numbers the file uses); a number with no such group is reported as no longer matching.
+Faces are named by their crop names, which never change.
 """
 
 from __future__ import annotations
@@ -75,8 +76,13 @@ def read_people(path: str | Path) -> People:
     if unknown:
         raise FacepipeError(f"{path}: unknown key(s) {', '.join(unknown)}; known: names, merge, not_a_person, "
                             "move, split")
+    kinds = {"names": dict, "merge": list, "not_a_person": list, "move": dict, "split": list}
+    wrong = [key for key, kind in kinds.items() if key in data and not isinstance(data[key], kind)]
+    if wrong:
+        raise FacepipeError(f"{path}: {wrong[0]} must be a {'table' if kinds[wrong[0]] is dict else 'list'} "
+                            "(see docs/commands.md, \"People file\")")
     people = People()
-    for key, name in dict(data.get("names", {})).items():
+    for key, name in data.get("names", {}).items():
         if not isinstance(name, str) or not name.strip():
             raise FacepipeError(f"{path}: [names] {key} must be a name (text)")
         people.names[_group_number(key, f"{path} [names]")] = name.strip()
@@ -85,7 +91,7 @@ def read_people(path: str | Path) -> People:
             raise FacepipeError(f"{path}: each merge is a list of two or more group numbers")
         people.merges.append([_group_number(g, f"{path} merge") for g in merge])
     people.not_a_person = [_group_number(g, f"{path} not_a_person") for g in data.get("not_a_person", [])]
-    people.moves = {str(face): _group_number(g, f"{path} [move]") for face, g in dict(data.get("move", {})).items()}
+    people.moves = {str(face): _group_number(g, f"{path} [move]") for face, g in data.get("move", {}).items()}
     for split in data.get("split", []):
         faces = split.get("faces") if isinstance(split, dict) else None
         if not isinstance(faces, list) or not faces or not all(isinstance(f, str) for f in faces):
@@ -141,22 +147,35 @@ def resolve_numbers(numbers: set[int], anchors: dict[int, np.ndarray], centroids
     return mapping, kept, lost
 
 
-def apply_people(labels: np.ndarray, names: list[str], people: People, mapping: dict[int, int]) -> tuple[np.ndarray, dict[int, str]]:
-    """The groups after the corrections (merges, splits, moves, not a person), and the names of the groups
-    (by their label in the returned array; new groups of splits get labels above the others)."""
+def apply_people(labels: np.ndarray, names: list[str], people: People,
+                 mapping: dict[int, int]) -> tuple[np.ndarray, dict[int, str], dict[int, int]]:
+    """The groups after the corrections (merges, then moves, splits and not-a-person marks, each seeing the
+    merges before it); the names of the groups and the file's number for each group that has one (the lowest
+    of a merge), both by their label in the returned array (new groups of splits get labels above the others)."""
     labels = labels.copy()
     row_of = {name: row for row, name in enumerate(names)}
-    group_names = {mapping[n]: name for n, name in people.names.items() if n in mapping}
+    merged_into: dict[int, int] = {}
+
+    def current(number: int) -> int | None:  # the label a group number stands for now, merges followed
+        label = mapping.get(number)
+        while label is not None and label in merged_into:
+            label = merged_into[label]
+        return label
+
+    group_names = {}
     for merge in people.merges:
-        targets = [mapping[g] for g in merge if g in mapping]
+        targets = list(dict.fromkeys(label for label in map(current, merge) if label is not None))
         for other in targets[1:]:
             labels[labels == other] = targets[0]
-            if other in group_names:
-                group_names.setdefault(targets[0], group_names.pop(other))
+            merged_into[other] = targets[0]
+    for number, name in people.names.items():
+        if current(number) is not None:
+            group_names.setdefault(current(number), name)
     for face, number in people.moves.items():
-        if face in row_of and (number == UNKNOWN_CLUSTER or number in mapping):
-            labels[row_of[face]] = UNKNOWN_CLUSTER if number == UNKNOWN_CLUSTER else mapping[number]
-    next_label = int(labels.max(initial=-1)) + 1
+        target = UNKNOWN_CLUSTER if number == UNKNOWN_CLUSTER else current(number)
+        if face in row_of and target is not None:
+            labels[row_of[face]] = target
+    next_label = int(max(labels.max(initial=-1), max(mapping.values(), default=-1))) + 1
     for faces, name in people.splits:
         rows = [row_of[f] for f in faces if f in row_of]
         if rows:
@@ -165,10 +184,16 @@ def apply_people(labels: np.ndarray, names: list[str], people: People, mapping: 
                 group_names[next_label] = name
             next_label += 1
     for number in people.not_a_person:
-        if number in mapping:
-            labels[labels == mapping[number]] = UNKNOWN_CLUSTER
-            group_names.pop(mapping[number], None)
-    return labels, group_names
+        label = current(number)
+        if label is not None:
+            labels[labels == label] = UNKNOWN_CLUSTER
+            group_names.pop(label, None)
+    numbers = {}
+    for number in sorted(mapping):
+        label = current(number)
+        if label is not None and (labels == label).any():
+            numbers.setdefault(label, number)
+    return labels, group_names, numbers
 
 
 def unknown_faces(people: People, names: list[str]) -> list[str]:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from facepipe.common import write_text_atomic
 from facepipe.config import config_to_toml
+from facepipe.labels import crop_sources
 from facepipe.formats import (
     CENTROIDS_CSV,
     CLUSTER_METRICS_JSON,
@@ -40,6 +41,7 @@ from facepipe.formats import (
     UNKNOWN_CLUSTER,
     UNKNOWN_GRID_JPG,
     generated_face_names,
+    group_names,
     read_csv,
     read_json,
     sample_grid,
@@ -156,12 +158,8 @@ def _faces_with_photos(out_dir: Path) -> "pd.DataFrame | None":
     if not results_file.is_file():
         return None
     results = read_csv(results_file, ["name", "cluster", "distance"], "cluster results")
-    detections_file = out_dir / RUN_CROPS_DIR / DETECTIONS_CSV
-    sources = {}
-    if detections_file.is_file():
-        detections = read_csv(detections_file, ["crop", "source"], "detections CSV")
-        sources = dict(zip(detections["crop"].astype(str), detections["source"].astype(str)))
     names = results["name"].astype(str)
+    sources = crop_sources(names.tolist(), out_dir / RUN_CROPS_DIR)
     return results.assign(source=[sources.get(name, name) for name in names])
 
 
@@ -171,11 +169,7 @@ def _cluster_section(out_dir: Path, fidelity: dict | None) -> str:
     faces = _faces_with_photos(out_dir)
     if faces is None:
         return '<p class="muted">No clusters yet.</p>'
-    groups_file = out_dir / GROUPS_CSV
-    names = {}
-    if groups_file.is_file():
-        groups = read_csv(groups_file, ["cluster", "person"], "groups CSV")
-        names = dict(zip(groups["cluster"].astype(int), groups["person"].astype("string").fillna("")))
+    names = group_names(out_dir)
     unknown = faces["cluster"] == UNKNOWN_CLUSTER
     parts = []
     for cluster, members in faces[~unknown].groupby("cluster", sort=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -277,3 +278,26 @@ def test_dlib_johns_auto_k_finds_the_five_people(data_dir, tmp_path):
     assert summary.k == 5
     assert summary.metrics["bcubed_precision"] == pytest.approx(1.0)  # every cluster is one person
     assert summary.metrics["identities"] == 5 and summary.metrics["unlabelled"] == 0
+
+
+def test_the_same_person_graph_scales_past_the_exact_engine(tmp_path):
+    """Above EXACT_UP_TO faces cluster switches to faiss's inverted file and whispers in rounds (issue 17):
+    120,000 synthetic faces of seeded identities (benchmarks/bench_scale.py makes them) are grouped as well."""
+    import sys
+
+    from facepipe.cluster_graph import EXACT_UP_TO
+    from facepipe.cluster_metrics import bcubed
+    from facepipe.formats import Embeddings, write_embeddings
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_scale import synthetic_faces
+
+    faces, identities = synthetic_faces(120_000, seed=3)
+    assert len(faces) > EXACT_UP_TO
+    write_embeddings(tmp_path / "faces.npz", Embeddings([f"f{i}.jpg" for i in range(len(faces))], faces,
+                                                        {"model": "dlib-resnet128"}))
+    summary = cluster(tmp_path / "faces.npz", tmp_path / "out", n_init=1, samples_dir=None, show_progress=False)
+    labels = pd.read_csv(tmp_path / "out" / "cluster_results.csv")["cluster"].to_numpy()
+    scores = bcubed(identities, labels)
+    print(summary.line(), scores)
+    assert scores["precision"] > 0.99 and scores["recall"] > 0.97

@@ -135,3 +135,16 @@ def test_one_naming_rule_for_inputs_and_outputs_with_the_old_spellings_hidden():
     assert result.exit_code == 2 and "train-cvae" in result.output
     result = CliRunner().invoke(main, ["probe", "predict", "--probe", "p.json"])
     assert result.exit_code == 2 and "missing argument EMBEDDINGS" in result.output
+
+
+def test_people_corrections_follow_earlier_merges():
+    """A merge chain, a move into a merged group and a not-a-person mark on one: each sees the merges before it."""
+    from facepipe.people import People, apply_people
+
+    labels = np.array([0, 0, 7, 7, 9, 9, 3, 3])
+    names = [f"f{i}.jpg" for i in range(len(labels))]
+    people = People(names={7: "Seven"}, merges=[[0, 7], [7, 9]], moves={"f6.jpg": 9}, not_a_person=[])
+    corrected, named, numbers = apply_people(labels, names, people, {0: 0, 3: 3, 7: 7, 9: 9})
+    assert corrected.tolist() == [0, 0, 0, 0, 0, 0, 0, 3] and named == {0: "Seven"} and numbers == {0: 0, 3: 3}
+    gone, _, _ = apply_people(labels, names, People(merges=[[0, 7]], not_a_person=[7]), {0: 0, 3: 3, 7: 7, 9: 9})
+    assert gone.tolist() == [-1, -1, -1, -1, 9, 9, 3, 3]

@@ -107,6 +107,19 @@ def test_a_second_command_on_a_busy_folder_stops_at_once_naming_the_holder(tmp_p
         child.wait()
 
 
+def test_a_folder_inside_a_busy_run_folder_is_busy_too(tmp_path, photos):
+    run_dir = tmp_path / "run"
+    child = hold_lock_in_child(run_dir)
+    try:
+        result = facepipe("detect", str(photos), "-o", str(run_dir / "temp"), "-q")
+        assert_one_line_error(result, "in use by another facepipe command", f"pid {child.pid}")
+        assert not (run_dir / "temp").exists()
+    finally:
+        child.kill()
+        child.wait()
+    assert facepipe("detect", str(photos), "-o", str(run_dir / "temp"), "-q", "--min-neighbors", "5").returncode == 0
+
+
 def test_two_real_detect_runs_on_one_folder(tmp_path, data_dir):
     out = tmp_path / "crops"
     first = subprocess.Popen([sys.executable, "-m", "facepipe", "detect", str(data_dir("lfw") / "images"), "-o",

@@ -126,6 +126,17 @@ def test_export_symlinks_and_crops_and_never_reaches_outside(collection, tmp_pat
     faces = manifest[manifest["face"].notna() & (manifest["face"] != "")]
     first = faces.iloc[0]
     assert os.readlink(out / first["file"]) == str(collection / "crops" / first["face"])
+    copies = tmp_path / "copies"
+    export(collection / "clusters", copies, mode="hardlink", show_progress=False)
+    export(collection / "clusters", copies, mode="copy", show_progress=False)  # the links become real copies
+    listed = read_csv(copies / EXPORT_MANIFEST_CSV)
+    assert not any(os.path.samefile(copies / f, p) for f, p in zip(listed["file"], listed["photo"]))
+    stranger = copies / listed["file"].iloc[0]
+    (copies / EXPORT_MANIFEST_CSV).unlink()  # the folder's files are now unknown to export
+    stranger.write_bytes(b"somebody's own file")
+    with pytest.raises(FacepipeError, match="was not made by an earlier export"):
+        export(collection / "clusters", copies, mode="copy", show_progress=False)
+    assert stranger.read_bytes() == b"somebody's own file"
     outside = tmp_path / "precious.jpg"
     outside.write_text("not facepipe's")
     manifest.loc[len(manifest)] = dict(first, file="../precious.jpg")  # a damaged manifest
@@ -170,8 +181,9 @@ def test_a_people_file_names_merges_splits_moves_and_survives_a_rerun(lfw_six, t
     kofi_faces = faces.loc[faces["cluster"] == group["Kofi_Annan"], "name"].tolist()
     moved = faces.loc[faces["cluster"] == group["Colin_Powell"], "name"].iloc[0]
     people = tmp_path / "people.toml"
+    blair_groups = sorted(int(g) for g in faces.loc[faces["person"] == "Tony_Blair", "cluster"].unique() if g >= 0)
     people.write_text(
-        f"merge = [[{group['Tony_Blair']}, {group['Naomi_Watts']}]]\n"
+        f"merge = [[{group['Naomi_Watts']}, {', '.join(map(str, blair_groups))}]]\n"
         f"not_a_person = [{group['Hans_Blix']}]\n"
         f"[names]\n{group['Kofi_Annan']} = \"Kofi Annan\"\n{group['Jackie_Chan']} = \"成龙 Jackie Chan\"\n"
         f"{group['Tony_Blair']} = \"Tony and Naomi\"\n"
@@ -180,12 +192,12 @@ def test_a_people_file_names_merges_splits_moves_and_survives_a_rerun(lfw_six, t
     corrected = clustered(lfw_six, ["first"], people)
     names = dict(zip(*[read_csv(lfw_six / "clusters" / GROUPS_CSV)[c] for c in ("cluster", "person")]))
     by_face = corrected.set_index("name")["cluster"]
-    assert names[by_face[kofi_faces[2]]] == "Kofi Annan"
+    assert names[by_face[kofi_faces[2]]] == "Kofi Annan" and by_face[kofi_faces[2]] == group["Kofi_Annan"]
     assert names[by_face[kofi_faces[0]]] == "Kofi, the first two" == names[by_face[kofi_faces[1]]]
     assert names[by_face[moved]] == "成龙 Jackie Chan"
-    blair = corrected.loc[corrected["person"] == "Tony_Blair", "cluster"].mode().iloc[0]
-    watts = corrected.loc[corrected["person"] == "Naomi_Watts", "cluster"].mode().iloc[0]
-    assert blair == watts and names[blair] == "Tony and Naomi"
+    merged = corrected.loc[corrected["person"].isin(["Tony_Blair", "Naomi_Watts"]), "cluster"]
+    assert merged.nunique() == 1 and names[merged.iloc[0]] == "Tony and Naomi"
+    assert merged.iloc[0] == group["Naomi_Watts"]  # the merge keeps the first group's number
     assert (corrected.loc[corrected["person"] == "Hans_Blix", "cluster"] == UNKNOWN_CLUSTER).all()
 
     exported = tmp_path / "export"
@@ -213,7 +225,9 @@ def test_a_people_file_names_merges_splits_moves_and_survives_a_rerun(lfw_six, t
 def test_people_file_errors_are_one_line(lfw_six, tmp_path):
     clustered(lfw_six, ["first"])
     for text, message in (("[names]\nx = \"A\"\n", "not a group number"), ("merge = [[1]]\n", "two or more"),
-                          ("colour = 3\n", "unknown key"), ("[names\n", "not valid TOML")):
+                          ("colour = 3\n", "unknown key"), ("[names\n", "not valid TOML"),
+                          ("names = 3\n", "must be a table"), ("merge = 5\n", "must be a list"),
+                          ("move = [1]\n", "must be a table")):
         (tmp_path / "p.toml").write_text(text)
         with pytest.raises(FacepipeError, match=message):
             cluster(lfw_six / "f.csv", lfw_six / "clusters", people=tmp_path / "p.toml", samples_dir=None,
