@@ -148,7 +148,8 @@ def _fidelity_text(fidelity: dict | None, cluster: int) -> str:
     if not rows or "cvae_nearest" not in rows[0]:
         return ""
     row = rows[0]
-    verdict = "nearest its own centroid" if row["cvae_nearest"] else "NOT nearest its own centroid"
+    verdict = ("nearest its own centroid" if row["cvae_nearest"] == cluster
+               else f"NOT nearest its own centroid (nearest: cluster {row['cvae_nearest']})")
     return f"; CVAE face {verdict} (cosine {row['cvae_cosine_to_own']:.2f})"
 
 

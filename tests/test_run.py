@@ -195,12 +195,15 @@ def test_report_shows_who_is_where(finished_run):
     text = (out / "report.html").read_text(encoding="utf-8")
     faces = pd.read_csv(out / "cluster_results.csv").merge(pd.read_csv(out / "temp/detections.csv"),
                                                            left_on="name", right_on="crop")
+    fidelity = json.loads((out / "inference_results/fidelity.json").read_text())
     for cluster, members in faces[faces["cluster"] >= 0].groupby("cluster"):
         card = text[text.index(f'id="cluster-{cluster}"'):]
         card = card[:card.index('<div class="cluster"', 1) if '<div class="cluster"' in card[1:] else len(card)]
         assert f"{len(members)} face(s) in {members['source'].nunique()} photo(s)" in card
         assert Path(sorted(members["source"])[0]).name in card
         assert "farthest from the centroid" in card and "CVAE face" in card and "centroid (cosine" in card
+        row = next(r for r in fidelity["per_cluster"] if r["cluster"] == cluster)
+        assert ("CVAE face nearest its own centroid" in card) == (row["cvae_nearest"] == cluster)
     assert '<h2 id="no-face">Photos without a face</h2>' in text
     assert "<h3>Training loss</h3><svg" in text and text.count("<polyline") == 2
     assert "No labels were given" not in text
