@@ -275,8 +275,9 @@ def detect(inputs, out_dir, detector, max_side, cascade, scale_factor, min_neigh
               help="VGGFace2 weights file (.h5); default: $FACEPIPE_WEIGHTS_DIR, weights/, the user cache, then download.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @device_option
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="bf16: faster on recent CPUs/GPUs, embeddings drift slightly (vggface2-resnet50 only).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32", show_default=True,
+              help="bf16: faster on recent CPUs/GPUs, embeddings drift slightly (vggface2-resnet50 only); auto: "
+                   "bf16 where the hardware computes it natively (AMX / AVX-512 BF16, CUDA), else fp32.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1),
               help="Processes decoding the crops.")
 @click.option("--dlib-crop", type=click.Choice(DLIB_CROP_MODES), default="aligned", show_default=True,

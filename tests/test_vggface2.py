@@ -186,3 +186,16 @@ def test_missing_explicit_weights_is_an_error(weights_dir):
         ensure_vggface2_weights(weights=weights_dir / "absent.h5")
     with pytest.raises(FacepipeError, match="dlib-resnet128"):
         ensure_vggface2_weights(download=False)
+
+
+def test_precision_auto_takes_bf16_only_where_the_hardware_has_it(fixture, fp32_embedder, fp32_embeddings):
+    """--precision auto (issue 17): bf16 where the CPU computes it natively (AMX / AVX-512 BF16), then within the
+    drift measured for bf16; fp32 elsewhere, and always for dlib-resnet128."""
+    from facepipe.embed import load_embedder, native_bf16
+
+    auto = load_embedder("vggface2-resnet50", weights=fp32_embedder.weights_path, device="cpu", precision="auto",
+                         batch_size=16, show_progress=False)
+    assert auto.describe()["precision"] == ("bf16" if native_bf16("cpu") else "fp32")
+    assert cosines(auto.embed(fixture[1]), fp32_embeddings).min() > 0.9999
+    dlib = load_embedder("dlib-resnet128", device="cpu", precision="auto", show_progress=False)
+    assert dlib.describe().get("precision", "fp32") == "fp32"
