@@ -76,18 +76,20 @@ def _embed_settings(meta: dict, weights: str | os.PathLike | None) -> dict:
 
 
 def _detect_and_embed(photos, crops_dir: Path, embeddings_path: Path, weights, workers: int,
-                      show_progress: bool) -> None:
+                      show_progress: bool) -> int:
     """The new photos through detect and embed, into the collection's own crops folder and embeddings file, with
-    the parameters recorded there (photos already done are skipped; the collection's other photos are kept)."""
+    the parameters recorded there (photos already done are skipped; the collection's other photos are kept);
+    returns how many photos the inputs hold."""
     from facepipe.detect import DetectorParams, detect
     from facepipe.embed import embed
 
     recorded = read_json(crops_dir / DETECT_PARAMS_JSON).get("params", {})
     known = {f.name for f in fields(DetectorParams)}
     params = DetectorParams(**{k: v for k, v in recorded.items() if k in known})
-    detect(photos, crops_dir, params, workers=workers, keep_others=True, show_progress=show_progress)
+    found = detect(photos, crops_dir, params, workers=workers, keep_others=True, show_progress=show_progress)
     embed(crops_dir, embeddings_path, workers=workers, show_progress=show_progress,
           **_embed_settings(read_json(sidecar_path(embeddings_path)), weights))
+    return found.processed_now + found.skipped
 
 
 def nearest_groups(new: np.ndarray, grouped: np.ndarray, groups: np.ndarray, distance: float,
@@ -184,9 +186,9 @@ def assign(
         raise FacepipeError(f"{sidecar_path(results_path)} does not name the embeddings and crops it was made from")
     embeddings_path = recorded_path(meta["embeddings"], results_path)
     crops_dir = recorded_path(meta["crops_dir"], results_path)
-    photo_list = [str(p) for p in photos]
     with folder_lock(crops_dir), folder_lock(embeddings_path.parent):
-        _detect_and_embed(photo_list, crops_dir, embeddings_path, weights, workers, show_progress)
+        photo_count = _detect_and_embed([str(p) for p in photos], crops_dir, embeddings_path, weights, workers,
+                                        show_progress)
     embeddings = read_embeddings(embeddings_path)
     vectors = embeddings.vectors
     if (meta.get("options") or {}).get("normalize", True):
@@ -213,7 +215,7 @@ def assign(
     combined.loc[repeats & (combined.index >= len(known)), "cluster"] = UNKNOWN_CLUSTER  # the clustered stay
     _write(results_path, meta, combined, len(centroids))
     new_rows = combined.iloc[len(known):]
-    summary = AssignSummary(photos=len(photo_list), new_faces=len(new_rows),
+    summary = AssignSummary(photos=photo_count, new_faces=len(new_rows),
                             assigned=int((new_rows["cluster"] >= 0).sum()),
                             unknown=int((new_rows["cluster"] == UNKNOWN_CLUSTER).sum()),
                             groups=int(new_rows.loc[new_rows["cluster"] >= 0, "cluster"].nunique()),
