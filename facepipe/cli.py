@@ -525,7 +525,7 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
     """
     import json
 
-    from facepipe.config import config_to_toml, default_config_text, load_config, parse_value
+    from facepipe.config import config_to_toml, default_config_text, load_config
     from facepipe.run import run
 
     from facepipe.formats import RUN_REPORT_HTML

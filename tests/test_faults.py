@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -31,7 +29,6 @@ from facepipe.formats import (
     read_csv,
     read_embeddings,
     read_probe_json,
-    sidecar_path,
 )
 from facepipe.locks import FolderInUseError, folder_lock
 

@@ -15,12 +15,17 @@ from dataclasses import asdict, dataclass, field
 from facepipe import __version__
 from facepipe.common import FacepipeError
 from facepipe.cvae_settings import (
+    ALIGNMENTS,
+    DECODER_BASES,
     DEFAULT_ALIGN_PADDING,
     DEFAULT_ALIGNMENT,
     DEFAULT_DRAW_IDENTITY,
     DEFAULT_IDENTITY_JITTER,
+    MAX_ALIGN_PADDING,
     MAX_BASE_CHANNELS,
+    MAX_DRAW_IDENTITY,
     MAX_EPOCHS,
+    MAX_IDENTITY_JITTER,
     MAX_IMAGE_SIZE,
     MAX_LATENT_DIM,
 )
@@ -78,8 +83,9 @@ class CVAEConfig:
         return config
 
     def check(self) -> None:
-        """Refuse sizes no model should be built with (a foreign or damaged checkpoint could ask for terabytes)
-        and non-finite or negative weights, which would train NaN."""
+        """Refuse sizes no model should be built with (a foreign or damaged checkpoint could ask for terabytes),
+        non-finite, negative or out-of-range weights (which would train NaN) and unknown choices: the one check
+        of the settings, for train-cvae's arguments and for every checkpoint loaded."""
         sizes = {"image_size": (self.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
                  "latent_dim": (self.latent_dim, 1, MAX_LATENT_DIM),
                  "base_channels": (self.base_channels, 1, MAX_BASE_CHANNELS),
@@ -87,17 +93,31 @@ class CVAEConfig:
                  "batch_size": (self.batch_size, 1, 1 << 16), "epochs": (self.epochs, 1, MAX_EPOCHS)}
         for name, (value, low, high) in sizes.items():
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise FacepipeError(f"CVAE setting {name} = {value!r} must be a whole number from {low} to {high}")
+                raise FacepipeError(f"CVAE setting {_option(name)} = {value!r} must be a whole number from {low} to {high}")
+        encoder_sizes(self.image_size)  # and divisible by 4
         if not isinstance(self.clusters, list) or not all(isinstance(c, int) for c in self.clusters):
             raise FacepipeError("CVAE setting clusters must be a list of cluster ids")
-        weights = {"beta": self.beta, "mean_anchor": self.mean_anchor, "identity_weight": self.identity_weight,
-                   "draw_identity": self.draw_identity, "identity_jitter": self.identity_jitter,
-                   "align_padding": self.align_padding, "val_fraction": self.val_fraction}
-        for name, value in {**weights, "learning_rate": self.learning_rate}.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                raise FacepipeError(f"CVAE setting {name} = {value!r} must be a finite number, at least 0")
-        if self.learning_rate <= 0:
-            raise FacepipeError(f"CVAE setting learning_rate = {self.learning_rate!r} must be above 0")
+        weights = {"beta": math.inf, "mean_anchor": math.inf, "identity_weight": math.inf, "learning_rate": math.inf,
+                   "draw_identity": MAX_DRAW_IDENTITY, "identity_jitter": MAX_IDENTITY_JITTER,
+                   "align_padding": MAX_ALIGN_PADDING, "val_fraction": 1.0}  # -> the largest value allowed
+        for name, high in weights.items():
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                    or not 0 <= value <= high:
+                bound = "at least 0" if high == math.inf else f"from 0 to {high:g}"
+                raise FacepipeError(f"CVAE setting {_option(name)} = {value!r} must be a finite number {bound}")
+        if self.learning_rate <= 0 or self.val_fraction >= 1:
+            raise FacepipeError(f"CVAE settings: {_option('learning_rate')} must be above 0 and "
+                                f"{_option('val_fraction')} below 1")
+        for name, choices in (("alignment", ALIGNMENTS), ("decoder_base", DECODER_BASES)):
+            if getattr(self, name) not in choices:
+                raise FacepipeError(f"CVAE setting {_option(name)} = {getattr(self, name)!r}: use "
+                                    f"{' or '.join(choices)}")
+
+
+def _option(name: str) -> str:
+    """A CVAE setting as the checkpoint and the command line name it: ``mean_anchor (--mean-anchor)``."""
+    return f"{name} (--{'align' if name == 'alignment' else name.replace('_', '-')})"
 
 
 def encoder_sizes(image_size: int) -> list[int]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from facepipe.common import FacepipeError, progress, remove_stale_temporaries, resolve_device, seed_everything
-from facepipe.crops import check_alignment, cluster_pixel_means, load_crops, read_training_inputs
+from facepipe.crops import cluster_pixel_means, load_crops, read_training_inputs
 from facepipe.cvae.checkpoints import (
     crop_aligner,
     epoch_checkpoints,
@@ -26,15 +26,12 @@ from facepipe.cvae.checkpoints import (
     rng_states,
     save_checkpoint,
 )
-from facepipe.cvae.model import CVAEConfig, build_model, cvae_loss, encoder_sizes
+from facepipe.cvae.model import CVAEConfig, build_model, cvae_loss
 from facepipe.cvae_settings import (
-    DECODER_BASES,
     DEFAULT_ALIGN_PADDING,
     DEFAULT_ALIGNMENT,
     DEFAULT_DRAW_IDENTITY,
     DEFAULT_IDENTITY_JITTER,
-    MAX_DRAW_IDENTITY,
-    MAX_IDENTITY_JITTER,
 )
 from facepipe.formats import (
     ALIGNMENT_CSV,
@@ -187,23 +184,6 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster
             optimizer.step()
         totals += np.array([part.item() for part in (loss, recon, kl, anchor, identity, draw_identity)]) * len(labels)
     return totals / max(1, len(order))
-
-
-def _check_settings(epochs, batch_size, keep_last, mean_anchor, decoder_base, identity_jitter, draw_identity,
-                    val_fraction, align, align_padding) -> None:
-    if epochs < 1 or batch_size < 1 or keep_last < 1:
-        raise FacepipeError("epochs, batch size and --keep-last must be at least 1")
-    if mean_anchor < 0:
-        raise FacepipeError("--mean-anchor must be at least 0")
-    if decoder_base not in DECODER_BASES:
-        raise FacepipeError(f"unknown decoder base {decoder_base!r}: use {' or '.join(DECODER_BASES)}")
-    if not 0 <= identity_jitter <= MAX_IDENTITY_JITTER:
-        raise FacepipeError(f"--identity-jitter must lie between 0 and {MAX_IDENTITY_JITTER:g}, got {identity_jitter:g}")
-    if not 0 <= draw_identity <= MAX_DRAW_IDENTITY:
-        raise FacepipeError(f"--draw-identity must lie between 0 and {MAX_DRAW_IDENTITY:g}, got {draw_identity:g}")
-    if not 0 <= val_fraction < 1:
-        raise FacepipeError("--val-fraction must be in [0, 1)")
-    check_alignment(align, align_padding)
 
 
 def _checkpoints_to_continue(weights_dir: Path, epochs: int, resume: bool, force: bool) -> dict[int, Path]:
@@ -359,21 +339,21 @@ def train_cvae(
     import torch
 
     started = time.perf_counter()
-    _check_settings(epochs, batch_size, keep_last, mean_anchor, decoder_base, identity_jitter, draw_identity,
-                    val_fraction, align, align_padding)
-    encoder_sizes(image_size)
+    if keep_last < 1:
+        raise FacepipeError("--keep-last must be at least 1")
+    config = CVAEConfig(image_size=image_size, alignment=align, align_padding=float(align_padding),
+                        decoder_base=decoder_base, latent_dim=latent_dim, base_channels=base_channels,
+                        max_channels=max_channels, beta=float(beta), mean_anchor=float(mean_anchor),
+                        draw_identity=float(draw_identity), identity_jitter=float(identity_jitter),
+                        learning_rate=float(learning_rate), batch_size=batch_size, epochs=epochs,
+                        val_fraction=float(val_fraction), seed=seed)
+    config.check()  # every setting, before any input is read
     device = resolve_device(device)
     inputs = read_training_inputs(cluster_results, crops_dir)
     identity_weight = identity_weight_for(identity_weight, clustered_embeddings_model(inputs.cluster_results))
-    config = CVAEConfig(image_size=image_size, alignment=align, align_padding=float(align_padding),
-                        decoder_base=decoder_base, latent_dim=latent_dim, base_channels=base_channels,
-                        max_channels=max_channels, clusters=sorted(int(c) for c in np.unique(inputs.clusters)),
-                        beta=float(beta), mean_anchor=float(mean_anchor), identity_weight=float(identity_weight),
-                        draw_identity=float(draw_identity), identity_jitter=float(identity_jitter),
-                        learning_rate=float(learning_rate), batch_size=batch_size, epochs=epochs,
-                        val_fraction=float(val_fraction), seed=seed, cluster_results=str(inputs.cluster_results),
-                        crops_dir=str(inputs.crops_dir), data_fingerprint=inputs.fingerprint())
-    config.check()
+    config = replace(config, clusters=sorted(int(c) for c in np.unique(inputs.clusters)),
+                     identity_weight=float(identity_weight), cluster_results=str(inputs.cluster_results),
+                     crops_dir=str(inputs.crops_dir), data_fingerprint=inputs.fingerprint())
     weights_dir = Path(weights_dir)
     existing = _checkpoints_to_continue(weights_dir, epochs, resume, force)
 
