@@ -108,14 +108,16 @@ def write_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def read_csv(path: str | os.PathLike, required: Sequence[str] = (), what: str = "CSV") -> pd.DataFrame:
-    """Read a CSV, checking that it exists, parses, and has the ``required`` columns."""
+def read_csv(path: str | os.PathLike, required: Sequence[str] = (), what: str = "CSV",
+             text: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a CSV, checking that it exists, parses, and has the ``required`` columns; the ``text`` columns are
+    kept as written ("NA", "007" stay strings; an empty cell is ""; with ``text`` no cell is taken for missing)."""
     path = Path(path)
     if not path.is_file():
         raise FacepipeError(f"{what} not found: {path}")
     try:
-        frame = pd.read_csv(path, keep_default_na=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        frame = pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=not text)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
         raise FacepipeError(f"{path} is not a readable {what}: {error}") from None
     if not isinstance(frame.index, pd.RangeIndex):  # pandas turns extra values in the first rows into an index
         raise FacepipeError(f"{path} is not a readable {what}: some rows have more values than the header has columns")
@@ -464,13 +466,7 @@ def group_names(folder: str | os.PathLike) -> dict[int, str]:
     path = Path(folder) / GROUPS_CSV
     if not path.is_file():
         return {}
-    try:
-        frame = pd.read_csv(path, dtype={"person": str}, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
-        raise FacepipeError(f"{path} is not a readable groups CSV: {error}") from None
-    if not {"cluster", "person"} <= set(frame.columns):
-        raise FacepipeError(f"{path} lacks the columns cluster, person of a groups CSV")
-    frame = _unescape_formulas(frame)
+    frame = read_csv(path, ["cluster", "person"], "groups CSV", text=["person"])
     return {int(c): p for c, p in zip(frame["cluster"], frame["person"]) if p}
 
 

@@ -148,3 +148,12 @@ def test_people_corrections_follow_earlier_merges():
     assert corrected.tolist() == [0, 0, 0, 0, 0, 0, 0, 3] and named == {0: "Seven"} and numbers == {0: 0, 3: 3}
     gone, _, _ = apply_people(labels, names, People(merges=[[0, 7]], not_a_person=[7]), {0: 0, 3: 3, 7: 7, 9: 9})
     assert gone.tolist() == [-1, -1, -1, -1, 9, 9, 3, 3]
+
+
+def test_group_names_round_trip_as_written(tmp_path):
+    """groups.csv keeps a name as the user wrote it: "NA" is no missing value, "007" no number, "=x" no formula."""
+    from facepipe.formats import GROUPS_CSV, group_names, write_groups
+
+    write_groups(tmp_path, [3, 2, 1, 4], {0: "NA", 1: "007", 3: "=x"})
+    assert group_names(tmp_path) == {0: "NA", 1: "007", 3: "=x"}
+    assert "'=x" in (tmp_path / GROUPS_CSV).read_text()
