@@ -31,12 +31,15 @@ class FolderInUseError(FacepipeError):
     """Another facepipe command holds the lock on an output folder."""
 
 
-def _holder(fd: int) -> str:
+def _in_use(folder: Path, fd: int) -> FolderInUseError:
+    """The error for ``folder``, whose lock file ``fd`` names the process that holds it."""
     try:
         data = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
-        return f"pid {data['pid']}: {data['command']}, since {data['since']}"
+        holder = f"pid {data['pid']}: {data['command']}, since {data['since']}"
     except (OSError, ValueError, KeyError, TypeError):
-        return "holder unknown"
+        holder = "holder unknown"
+    return FolderInUseError(f"{folder} is in use by another facepipe command ({holder}); wait for it to end or "
+                            "stop it, or choose another output folder")
 
 
 def _refuse_if_held(lock_file: Path, folder: Path) -> None:
@@ -48,8 +51,7 @@ def _refuse_if_held(lock_file: Path, folder: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared: two probes never stop each other
     except BlockingIOError:
-        raise FolderInUseError(f"{folder} is in use by another facepipe command ({_holder(fd)}); wait for it to "
-                               "end or stop it, or choose another output folder") from None
+        raise _in_use(folder, fd) from None
     finally:
         os.close(fd)  # also releases the probe
 
@@ -83,10 +85,9 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = _holder(fd)
+        error = _in_use(folder, fd)
         os.close(fd)
-        raise FolderInUseError(f"{folder} is in use by another facepipe command ({holder}); wait for it to end "
-                               "or stop it, or choose another output folder") from None
+        raise error from None
     program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
     program = "facepipe" if program == "__main__.py" else program  # python -m facepipe
     record = {"pid": os.getpid(), "command": " ".join([program, *sys.argv[1:]])[:500],
