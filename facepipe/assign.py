@@ -43,7 +43,7 @@ from facepipe.formats import (
     write_json_atomic,
 )
 from facepipe.cluster_graph import one_face_per_photo
-from facepipe.labels import crop_sources
+from facepipe.labels import crop_sources, photo_ids
 from facepipe.locks import folder_lock, locks_output
 
 NEIGHBOURS = 32  # nearest grouped faces looked at for each new face
@@ -209,9 +209,8 @@ def assign(
     added = pd.DataFrame({"name": new_names, "cluster": chosen,
                           "distance": _distance_to_centroid(new_vectors, chosen, centroids)})
     combined = pd.concat([known, added], ignore_index=True)
-    sources = crop_sources(combined["name"].tolist(), crops_dir)
-    photo_ids = np.unique([sources.get(n, "\0" + n) for n in combined["name"]], return_inverse=True)[1]
-    repeats = one_face_per_photo(combined["cluster"].to_numpy(), photo_ids, combined["distance"].fillna(0).to_numpy())
+    photos = photo_ids(combined["name"].tolist(), crop_sources(combined["name"].tolist(), crops_dir))
+    repeats = one_face_per_photo(combined["cluster"].to_numpy(), photos, combined["distance"].fillna(0).to_numpy())
     combined.loc[repeats & (combined.index >= len(known)), "cluster"] = UNKNOWN_CLUSTER  # the clustered stay
     _write(results_path, meta, combined, len(centroids))
     new_rows = combined.iloc[len(known):]

@@ -396,14 +396,13 @@ def same_person_distance(threshold: float | str | None, model: str | None, norma
 def _photo_ids(names: list[str], crops_dir: Path | None, notes: list[str]) -> np.ndarray:
     """A number per face naming its source photo (from detect's detections.csv); a face of unknown source
     counts as its own photo, and ``notes`` says so when no source is known."""
-    from facepipe.labels import crop_sources
+    from facepipe.labels import crop_sources, photo_ids
 
     sources = crop_sources(names, crops_dir)
     if not sources:
         notes.append("the crops' source photos are not known (no detections.csv): the one-face-per-photo rule "
                      "could not be applied")
-    keys = [sources.get(name, "\0" + name) for name in names]
-    return np.unique(keys, return_inverse=True)[1].astype(np.int64)
+    return photo_ids(names, sources)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import os
 from pathlib import Path, PurePath
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from facepipe.common import FacepipeError
@@ -23,6 +24,13 @@ def crop_sources(names: Sequence[str], crops_dir: str | os.PathLike | None) -> d
     detections = read_csv(Path(crops_dir) / DETECTIONS_CSV, CROP_SOURCE_COLUMNS, what="detections CSV")
     wanted = set(names)
     return {c: s for c, s in zip(detections["crop"].astype(str), detections["source"].astype(str)) if c in wanted}
+
+
+def photo_ids(names: Sequence[str], sources: dict[str, str]) -> np.ndarray:
+    """A number per face naming its source photo (``sources``: crop -> photo, from ``crop_sources``); a face
+    of unknown source counts as its own photo."""
+    keys = [sources.get(name, "\0" + name) for name in names]
+    return np.unique(keys, return_inverse=True)[1].astype(np.int64)
 
 
 def attach_labels(
