@@ -240,12 +240,13 @@ def export(
         if not item.is_file():
             raise FacepipeError(f"{item} (of face {row.face or row.photo}) is gone: its photo was moved or deleted "
                                 "since detect; export the rest by running detect and cluster again")
-        if (target.exists() or target.is_symlink()) and row.file not in before and not _is_in_place(target, item, mode):
+        if _is_in_place(target, item, mode):
+            continue
+        if (target.exists() or target.is_symlink()) and row.file not in before:
             raise FacepipeError(f"{target} exists and was not made by an earlier export: move it away, or export "
                                 "into another folder (nothing export did not make is ever replaced)")
-        if not _is_in_place(target, item, mode):
-            copied += _make(target, item, mode)
-            made += 1
+        copied += _make(target, item, mode)
+        made += 1
     manifest = plan.rename(columns={"person": "name"})[EXPORT_MANIFEST_COLUMNS]
     write_csv_atomic(manifest, out_dir / EXPORT_MANIFEST_CSV, float_format="%.6g", keep_if_same=True)
     return ExportSummary(groups=len(groups), photos=int(plan["photo"].nunique()), files=len(plan), made=made,
