@@ -279,8 +279,11 @@ class DlibResNet128Embedder:
         outputs = [np.zeros((0, self.dim), dtype=np.float32)]
         with torch.inference_mode():
             for start in range(0, len(chips), self.batch_size):
-                batch = torch.from_numpy(np.stack(chips[start : start + self.batch_size])).to(self.device)
-                outputs.append(self.network(batch).float().cpu().numpy())
+                batch = list(chips[start : start + self.batch_size])
+                # A lone chip runs twice over: oneDNN convolves a batch of one with another kernel whose last bits
+                # differ, and a face's embedding must not depend on how the crops were batched (local or Ray).
+                stacked = torch.from_numpy(np.stack(batch * 2 if len(batch) == 1 else batch)).to(self.device)
+                outputs.append(self.network(stacked)[: len(batch)].float().cpu().numpy())
         return np.concatenate(outputs)
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
