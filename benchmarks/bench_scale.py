@@ -1,7 +1,13 @@
-"""Clustering at archive scale: the cluster stage on synthetic 128-d faces of seeded identities, with time
-and peak memory (issue 17, its clustering part).
+"""Archive scale (issue 17): detect + embed with the local engine and with Ray on a two-node cluster, side by
+side; and clustering of synthetic 128-d faces of seeded identities, with time and peak memory.
 
-    python benchmarks/bench_scale.py [--faces 1000000] [--n-init 1] [--work DIR]
+    python benchmarks/bench_scale.py [--part engines|cluster|all] [--faces 1000000] [--n-init 1] [--work DIR]
+
+Engines: the 1,424 LFW photos of ../shared through `facepipe detect` (default settings) and `facepipe embed`
+(--model dlib-resnet128), each a fresh process timed whole, first with the local engine (--workers = the
+cores), then with --engine ray on a cluster of a head and a second node (`ray start`, 127.0.0.1, the cores
+split between them), started before and timed apart. It reports the seconds of each, the photos or crops each
+node did, and whether the two engines' CSVs, crops and embeddings are byte-identical.
 
 The faces imitate dlib-resnet128 embeddings of a big collection: identities with a geometric number of
 photos (mean 5; one in ten people a one-off stranger), each face its identity's unit centre plus Gaussian
@@ -14,8 +20,12 @@ runs in a child process, whose wall time and peak RSS are reported with BCubed F
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
+import os
+import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +35,68 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+LFW = REPO.parent / "shared" / "data" / "lfw" / "images"
+RAY_PORT = 6390
+
+
+def timed(command: list[str]) -> tuple[float, str]:
+    """Wall seconds of a command run to its end, and its last output line (the stage's summary)."""
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if result.returncode not in (0, 3):
+        raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return time.perf_counter() - started, result.stdout.strip().splitlines()[-1]
+
+
+def stage_commands(work: Path, engine: list[str], model: str, cores: int) -> list[list[str]]:
+    facepipe = [sys.executable, "-m", "facepipe"]
+    return [facepipe + ["detect", str(LFW), "-o", str(work / "crops"), "--workers", str(cores), "-q"] + engine,
+            facepipe + ["embed", str(work / "crops"), "-o", str(work / "faces.csv"), "--model", model,
+                        "--workers", str(cores), "-q"] + engine]
+
+
+def same_outputs(a: Path, b: Path) -> dict[str, bool]:
+    """Which outputs two engines wrote byte-identically (the sidecar JSONs name their folders, so they differ)."""
+    crops = sorted(p.name for p in (a / "crops").iterdir() if p.suffix == ".jpg")
+    return {"sources.csv": filecmp.cmp(a / "crops" / "sources.csv", b / "crops" / "sources.csv", shallow=False),
+            "detections.csv": filecmp.cmp(a / "crops" / "detections.csv", b / "crops" / "detections.csv", shallow=False),
+            f"{len(crops)} crops": all(filecmp.cmp(a / "crops" / n, b / "crops" / n, shallow=False) for n in crops),
+            "faces.csv": filecmp.cmp(a / "faces.csv", b / "faces.csv", shallow=False)}
+
+
+def start_ray_nodes(cores: int) -> float:
+    """A head and a second node on 127.0.0.1, the cores split between them; the seconds they took to start."""
+    ray = [str(Path(sys.executable).with_name("ray")), "start", "--node-ip-address", "127.0.0.1",
+           "--include-dashboard", "false", "--disable-usage-stats"]
+    started = time.perf_counter()
+    subprocess.run(ray + ["--head", "--port", str(RAY_PORT), "--num-cpus", str(cores - cores // 2)], check=True,
+                   capture_output=True)
+    subprocess.run(ray + ["--address", f"127.0.0.1:{RAY_PORT}", "--num-cpus", str(cores // 2)], check=True,
+                   capture_output=True)
+    return time.perf_counter() - started
+
+
+def engines(work: Path, model: str) -> None:
+    """The local engine and Ray on two nodes, on the same photos and cores; their outputs compared."""
+    cores = os.cpu_count() or 2
+    rows = {}
+    for name in ("local", "ray"):
+        shutil.rmtree(work / name, ignore_errors=True)
+        engine = ["--engine", "ray", "--ray-address", f"127.0.0.1:{RAY_PORT}"] if name == "ray" else []
+        if name == "ray":
+            print(f"ray start: a head and a second node in {start_ray_nodes(cores):.1f} s")
+        try:
+            rows[name] = [timed(command) for command in stage_commands(work / name, engine, model, cores)]
+        finally:
+            if name == "ray":
+                subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], capture_output=True)
+    print(f"{cores} cores, {len(list(LFW.glob('*/*')))} LFW photos, embed model {model}")
+    for name, ((detect_s, detect_line), (embed_s, embed_line)) in rows.items():
+        print(f"  {name:5s}: detect {detect_s:6.1f} s, embed {embed_s:6.1f} s, together {detect_s + embed_s:6.1f} s")
+        for line in (detect_line, embed_line):
+            nodes = re.search(r"on \d+ Ray nodes? \([^)]*\)", line)
+            print(f"         {line.split(':')[0]}: {nodes.group(0) if nodes else 'this process and its workers'}")
+    print("  byte-identical:", ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same_outputs(work / "local", work / "ray").items()))
 
 
 def synthetic_faces(count: int, dim: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -53,21 +125,32 @@ def main() -> None:
         child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["engines", "cluster", "all"], default="all")
+    parser.add_argument("--model", default="dlib-resnet128", help="embed model of the engines part")
     parser.add_argument("--faces", type=int, default=1_000_000)
     parser.add_argument("--n-init", type=int, default=1)
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="facepipe_scale_"))
+    if args.part in ("engines", "all"):
+        engines(work, args.model)
+    if args.part in ("cluster", "all"):
+        cluster_at_scale(work, args.faces, args.n_init)
+
+
+def cluster_at_scale(work: Path, count: int, n_init: int) -> None:
+    """``count`` synthetic faces through the cluster stage in a child process: time, memory, BCubed."""
     from facepipe.cluster_metrics import bcubed
     from facepipe.formats import CLUSTER_RESULTS_CSV, Embeddings, read_csv, write_embeddings
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="facepipe_scale_"))
-    faces, identities = synthetic_faces(args.faces)
+    faces, identities = synthetic_faces(count)
     names = [f"face_{i:08d}.jpg" for i in range(len(faces))]
     write_embeddings(work / "faces.npz", Embeddings(names, faces, {"model": "dlib-resnet128"}))
     print(f"{len(faces):,} faces of {len(np.unique(identities)):,} identities "
           f"({int((np.bincount(identities) == 1).sum()):,} with one face) -> {work}")
     result = subprocess.run([sys.executable, __file__, "_child", str(work / "faces.npz"), str(work / "clusters"),
-                             str(args.n_init)], check=True, capture_output=True, text=True)
+                             str(n_init)], check=True, capture_output=True, text=True)
     row = json.loads(result.stdout.strip().splitlines()[-1])
     scores = bcubed(identities, read_csv(work / "clusters" / CLUSTER_RESULTS_CSV)["cluster"].to_numpy())
     print(f"cluster: {row['seconds']:.0f} s, peak RSS {row['peak_rss_mib']:,.0f} MiB; {row['groups']:,} groups + "

@@ -12,6 +12,7 @@ import click
 from facepipe import __version__
 from facepipe.common import FacepipeError, describe_os_error
 from facepipe.detectors import DETECTORS, COMBINED
+from facepipe.engine import DEFAULT_ENGINE, ENGINES
 from facepipe.export_settings import EXPORT_MODES
 from facepipe.images import DEFAULT_MAX_PIXELS
 from facepipe.cvae_settings import (
@@ -122,6 +123,7 @@ def renamed(old: str, dest: str, new: str, **kwargs):
 RUN_CONFIG_COMMANDS = {"detect": "detect", "embed": "embed", "cluster": "cluster", "train_cvae": "train-cvae",
                        "generate": "generate"}
 PROBE_CONFIG_OPTIONS = ("holdout", "folds", "seed")  # [probe] options that are `probe train`'s
+RUN_SECTION_OPTIONS = ("engine", "ray_address")  # [run] options checked as `run`'s own; labels is a path
 
 
 def _value_problem(param: click.Parameter, value) -> str | None:
@@ -153,12 +155,13 @@ def run_config_problems(config: dict) -> list[str]:
     """Every value of a run config that its command-line option would refuse (same types, ranges, choices), and
     paths that do not exist: all found before any stage runs."""
     checks = [(section, main.commands[command]) for section, command in RUN_CONFIG_COMMANDS.items()]
-    checks.append(("probe", probe.commands["train"]))
+    checks += [("probe", probe.commands["train"]), ("run", main.commands["run"])]
+    only = {"probe": PROBE_CONFIG_OPTIONS, "run": RUN_SECTION_OPTIONS}
     problems = []
     for section, command in checks:
         params = {p.name: p for p in command.params}
         for key, value in config[section].items():
-            if key in params and (section != "probe" or key in PROBE_CONFIG_OPTIONS):
+            if key in params and key in only.get(section, params):
                 problem = _value_problem(params[key], value)
                 if problem:
                     problems.append(f"[{section}] {key} = {value!r}: {problem}")
@@ -198,6 +201,22 @@ device_option = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
     help="Where to run PyTorch: auto picks CUDA when present.",
 )
+engine_options = [
+    click.option("--engine", type=click.Choice(ENGINES), default=DEFAULT_ENGINE, show_default=True,
+                 help="local: this machine's processes; ray: Ray Data on a Ray cluster (pip install -e '.[ray]'), "
+                      "an actor per CPU (embed: per GPU where the cluster has one); same files either way."),
+    click.option("--ray-address", default=None,
+                 help="--engine ray: the cluster to join (host:port, or auto); default: start one on this machine."),
+]
+
+
+def with_engine_options(command):
+    """--engine and --ray-address, for detect and embed."""
+    for option in reversed(engine_options):
+        command = option(command)
+    return command
+
+
 force_option = click.option("--force", is_flag=True, help="Redo work already done instead of skipping it.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 
@@ -238,15 +257,18 @@ def main():
 @click.option("--size", default=224, show_default=True, type=click.IntRange(16), help="Crop side in pixels.")
 @click.option("--largest-only", is_flag=True, help="Keep only the largest face of each image.")
 @click.option("--crop-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="Worker processes.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1),
+              help="Worker processes (local engine; Ray runs one per CPU of the cluster).")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
               help="Photos with more pixels are refused unread and listed in errors.csv (each worker decodes one "
                    "photo at a time: about 9 bytes a pixel).")
+@with_engine_options
 @force_option
 @quiet_option
 @reports_errors
 def detect(inputs, out_dir, detector, max_side, cascade, scale_factor, min_neighbors, min_size, dlib_upsample,
-           dlib_threshold, cnn_max_side, margin, size, largest_only, crop_format, workers, max_pixels, force, quiet):
+           dlib_threshold, cnn_max_side, margin, size, largest_only, crop_format, workers, max_pixels, engine,
+           ray_address, force, quiet):
     """Find every face in INPUTS (folders, images, or text files listing paths) and save square crops.
 
     Exit code 0: all images read; 3: done, but some images could not be read (listed in errors.csv).
@@ -257,8 +279,8 @@ def detect(inputs, out_dir, detector, max_side, cascade, scale_factor, min_neigh
                             min_neighbors=min_neighbors, min_size=min_size, dlib_upsample=dlib_upsample,
                             dlib_threshold=dlib_threshold, cnn_max_side=cnn_max_side, margin=margin, size=size,
                             largest_only=largest_only, crop_format=crop_format)
-    summary = run_detect(inputs, out_dir, params, workers=workers, max_pixels=max_pixels, force=force,
-                         show_progress=not quiet)
+    summary = run_detect(inputs, out_dir, params, workers=workers, max_pixels=max_pixels, engine=engine,
+                         ray_address=ray_address, force=force, show_progress=not quiet)
     click.echo(summary.line())
     if summary.errors:
         sys.exit(EXIT_PARTIAL)
@@ -279,7 +301,8 @@ def detect(inputs, out_dir, detector, max_side, cascade, scale_factor, min_neigh
               help="bf16: faster on recent CPUs/GPUs, embeddings drift slightly (vggface2-resnet50 only); auto: "
                    "bf16 where the hardware computes it natively (AMX / AVX-512 BF16, CUDA), else fp32.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1),
-              help="Processes decoding the crops.")
+              help="Processes decoding the crops (local engine).")
+@with_engine_options
 @click.option("--dlib-crop", type=click.Choice(DLIB_CROP_MODES), default="aligned", show_default=True,
               help="dlib-resnet128: its landmark-aligned chip, or the whole crop squared.")
 @click.option("--dlib-padding", type=FiniteFloatRange(0, DLIB_MAX_CHIP_PADDING), default=DLIB_CHIP_PADDING,
@@ -288,8 +311,8 @@ def detect(inputs, out_dir, detector, max_side, cascade, scale_factor, min_neigh
 @force_option
 @quiet_option
 @reports_errors
-def embed(crops, output, model, weights, batch_size, device, precision, workers, dlib_crop, dlib_padding, force,
-          quiet):
+def embed(crops, output, model, weights, batch_size, device, precision, workers, engine, ray_address, dlib_crop,
+          dlib_padding, force, quiet):
     """Embed face CROPS (a crops folder from detect, or crop files / text files listing them).
 
     Exit code 0: all crops embedded; 3: done, but some crops could not be read (listed in <output>.errors.csv).
@@ -298,7 +321,7 @@ def embed(crops, output, model, weights, batch_size, device, precision, workers,
 
     summary = run_embed(crops[0] if len(crops) == 1 else list(crops), output, model=model, weights=weights,
                         batch_size=batch_size, device=device, precision=precision, workers=workers,
-                        dlib_crop=dlib_crop, dlib_padding=dlib_padding, force=force, show_progress=not quiet)
+                        engine=engine, ray_address=ray_address, dlib_crop=dlib_crop, dlib_padding=dlib_padding, force=force, show_progress=not quiet)
     click.echo(summary.line())
     if summary.errors:
         sys.exit(EXIT_PARTIAL)
@@ -510,14 +533,16 @@ def generate(cluster_ids, all_clusters, checkpoint, out_dir, samples, temperatur
 @click.option("--k", type=AutoOr(click.IntRange(1)), help="Same as --set cluster.k=... (a number or auto).")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Label manifest: clustering metrics and the probe.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device for embed, train-cvae and generate.")
+@click.option("--engine", type=click.Choice(ENGINES), help="Same as --set run.engine=... (detect and embed: local or ray).")
+@click.option("--ray-address", help="Same as --set run.ray_address=... (the Ray cluster to join).")
 @click.option("--from", "from_stage", metavar="[" + "|".join(STAGE_NAMES) + "]", callback=_stage_name,
               help="Redo this stage and every later one, even if nothing changed.")
 @click.option("--print-config", is_flag=True, help="Print the config (defaults, or merged with --config) and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @quiet_option
 @reports_errors
-def run_command(inputs, out_dir, config_file, overrides, model, k, labels, device, from_stage, print_config, as_json,
-                quiet):
+def run_command(inputs, out_dir, config_file, overrides, model, k, labels, device, engine, ray_address, from_stage,
+                print_config, as_json, quiet):
     """Run the whole pipeline on INPUTS into one run folder, with report.html.
 
     Stages whose inputs and options did not change since the last run into the same folder are skipped.
@@ -532,7 +557,8 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
 
     config = load_config(config_file, overrides)
     shortcuts = {("embed", "model"): model, ("cluster", "k"): k, ("run", "labels"): labels,
-                 ("embed", "device"): device, ("train_cvae", "device"): device}
+                 ("embed", "device"): device, ("train_cvae", "device"): device, ("run", "engine"): engine,
+                 ("run", "ray_address"): ray_address}
     for (section, option), value in shortcuts.items():
         if value is not None:
             config[section][option] = value

@@ -3,12 +3,15 @@ none, then dlib's CNN where neither did; see ``facepipe.detectors``) and save sq
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 import time
 import unicodedata
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -18,6 +21,7 @@ import pandas as pd
 
 from facepipe import __version__
 from facepipe.common import FacepipeError, progress, remove_stale_temporaries
+from facepipe.engine import DEFAULT_ENGINE, RAY, check_engine, ray_nodes_phrase, ray_session
 from facepipe.formats import (
     DETECT_PARAMS_JSON,
     DETECTION_COLUMNS,
@@ -76,6 +80,20 @@ class DetectorParams:
 
 
 @dataclass
+class DetectRun:
+    """How a detect run works, apart from what it finds: the engine and its workers, the photo size limit,
+    progress and checkpoints; ``nodes`` counts the photos each Ray node detected."""
+
+    engine: str = DEFAULT_ENGINE
+    ray_address: str | None = None
+    workers: int = 2
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    show_progress: bool = True
+    checkpoint_seconds: float = 10.0
+    nodes: Counter = field(default_factory=Counter)
+
+
+@dataclass
 class DetectSummary:
     """What a detect run did: counts over all sources in the output folder, and this run's share."""
 
@@ -87,13 +105,14 @@ class DetectSummary:
     out_dir: Path
     seconds: float
     removed: int = 0  # photos of an earlier run no longer among the inputs: their rows and crops removed
+    nodes: dict = field(default_factory=dict)  # Ray engine: photos detected now per node id
 
     def line(self) -> str:
         removed = f", {self.removed} no longer among the inputs removed" if self.removed else ""
         return (
             f"detect: {self.images} images, {self.faces} faces, {self.errors} errors "
-            f"({self.processed_now} processed now, {self.skipped} already done{removed}) -> {self.out_dir} "
-            f"in {self.seconds:.1f}s"
+            f"({self.processed_now} processed now{ray_nodes_phrase(self.nodes)}, {self.skipped} already done"
+            f"{removed}) -> {self.out_dir} in {self.seconds:.1f}s"
         )
 
 
@@ -137,9 +156,6 @@ def square_crop(image: np.ndarray, box: Sequence[int], margin: float, size: int)
     return resize_square(image[top : top + side, left : left + side], size)
 
 
-_worker_state: dict = {}
-
-
 def face_finder(params: DetectorParams) -> FaceFinder:
     """The detector ``params`` name, built with their settings."""
     if params.detector == CNN:
@@ -153,40 +169,69 @@ def face_finder(params: DetectorParams) -> FaceFinder:
                           CnnFinder(COMBINED_CNN_UPSAMPLE, params.dlib_threshold, params.cnn_max_side))
 
 
+class PhotoDetector:
+    """What each worker of either engine runs: detect the faces of one photo and save their crops into
+    ``out_dir``, giving its sources.csv row and its detection rows. With ``parent``, the pid of the detect
+    process, it exits at once instead of writing more crops once that process is gone (killed)."""
+
+    def __init__(self, params: DetectorParams, out_dir: Path, max_pixels: int, parent: int | None = None):
+        import cv2
+
+        cv2.setNumThreads(1)  # one photo per worker process: the workers are the parallelism
+        self.finder = face_finder(params)
+        self.params, self.out_dir, self.max_pixels, self.parent = params, out_dir, max_pixels, parent
+
+    def _stop_if_orphaned(self) -> None:
+        if self.parent is None:
+            return
+        try:
+            os.kill(self.parent, 0)
+        except ProcessLookupError:
+            os._exit(1)
+
+    def __call__(self, source: Path) -> tuple[dict, list[dict]]:
+        params = self.params
+        try:
+            rgb = load_image_rgb(source, self.max_pixels)
+        except ImageReadError as error:
+            return {"source": str(source), "status": "error", "faces": 0, "reason": str(error)}, []
+        height, width = rgb.shape[:2]
+        rows = []
+        faces = find_faces(rgb, self.finder, params.max_side)
+        self._stop_if_orphaned()
+        for index, face in enumerate(faces[:1] if params.largest_only else faces):
+            name = crop_name(source, index, params.crop_format)
+            save_image_atomic(self.out_dir / name, square_crop(rgb, face.box, params.margin, params.size))
+            x, y, w, h = (int(v) for v in face.box)
+            rows.append(dict(crop=name, source=str(source), face_index=index, x=x, y=y, w=w, h=h,
+                             source_width=width, source_height=height, detector=face.detector,
+                             score=float(face.score)))
+        return {"source": str(source), "status": "ok", "faces": len(rows), "reason": ""}, rows
+
+
+class PhotoBatchDetector:
+    """The Ray engine's worker: a batch of photo paths (column ``source``) to their sources.csv rows and
+    detection rows (columns ``source_row`` and ``detections``, as JSON)."""
+
+    def __init__(self, params: DetectorParams, out_dir: Path, max_pixels: int):
+        self.detect_photo = PhotoDetector(params, out_dir, max_pixels)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = [self.detect_photo(Path(str(source))) for source in batch["source"]]
+        return {"source_row": np.array([json.dumps(row) for row, _ in results], dtype=object),
+                "detections": np.array([json.dumps(rows) for _, rows in results], dtype=object)}
+
+
+RAY_BATCH_PHOTOS = 8  # photos per Ray task: small, so that the actors share the work evenly
+_worker_detector: list[PhotoDetector] = []  # the local engine's worker process: its one PhotoDetector
+
+
 def _init_worker(params: DetectorParams, out_dir: Path, max_pixels: int, parent: int) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-    _worker_state.update(finder=face_finder(params), params=params, out_dir=out_dir, max_pixels=max_pixels,
-                         parent=parent)
-
-
-def _stop_if_orphaned() -> None:
-    """A worker whose detect process is gone (killed) exits at once instead of writing more crops."""
-    try:
-        os.kill(_worker_state["parent"], 0)
-    except ProcessLookupError:
-        os._exit(1)
+    _worker_detector[:] = [PhotoDetector(params, out_dir, max_pixels, parent)]
 
 
 def _process_source(source: Path) -> tuple[dict, list[dict]]:
-    """Detect and save the crops of one image; returns its sources.csv row and its detection rows."""
-    params: DetectorParams = _worker_state["params"]
-    try:
-        rgb = load_image_rgb(source, _worker_state["max_pixels"])
-    except ImageReadError as error:
-        return {"source": str(source), "status": "error", "faces": 0, "reason": str(error)}, []
-    height, width = rgb.shape[:2]
-    rows = []
-    faces = find_faces(rgb, _worker_state["finder"], params.max_side)
-    _stop_if_orphaned()
-    for index, face in enumerate(faces[:1] if params.largest_only else faces):
-        name = crop_name(source, index, params.crop_format)
-        save_image_atomic(_worker_state["out_dir"] / name, square_crop(rgb, face.box, params.margin, params.size))
-        x, y, w, h = face.box
-        rows.append(dict(crop=name, source=str(source), face_index=index, x=x, y=y, w=w, h=h,
-                         source_width=width, source_height=height, detector=face.detector, score=face.score))
-    return {"source": str(source), "status": "ok", "faces": len(rows), "reason": ""}, rows
+    return _worker_detector[0](source)
 
 
 def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[list[dict], list[dict]]:
@@ -244,32 +289,55 @@ def _write_outputs(out_dir: Path, params: DetectorParams, sources: list[dict], d
     write_csv_atomic(source_frame, out_dir / SOURCES_CSV)
 
 
-def _detect_todo(todo: list[Path], params: DetectorParams, out_dir: Path, sources: list[dict],
-                 detections: list[dict], workers: int, max_pixels: int, show_progress: bool,
-                 checkpoint_seconds: float) -> None:
-    """Detect the photos ``todo`` in worker processes, appending their rows to ``sources`` and ``detections``
-    and writing the CSVs every ``checkpoint_seconds`` (and on any exit, Ctrl-C included)."""
+@contextlib.contextmanager
+def _local_results(todo: list[Path], params: DetectorParams, out_dir: Path, workers: int, max_pixels: int):
+    """The local engine: (sources.csv row, detection rows) of each photo of ``todo``, in order, from
+    ``workers`` processes."""
     # forkserver, not fork: a worker forked from a process whose dlib CNN already ran hangs on its thread pool
     context = get_context("forkserver" if os.name == "posix" else "spawn")
     settings = (params, out_dir, max_pixels, os.getpid())
     pool = context.Pool(max(1, workers), initializer=_init_worker, initargs=settings) if workers > 1 else None
     if pool is None:
         _init_worker(*settings)
-    results = pool.imap(_process_source, todo, chunksize=4) if pool else map(_process_source, todo)
-    last_checkpoint = time.monotonic()
     try:
-        for source_row, rows in progress(results, desc="detect", total=len(todo), unit="img", enabled=show_progress):
-            sources.append(source_row)
-            detections.extend(rows)
-            if time.monotonic() - last_checkpoint > checkpoint_seconds:
-                _write_outputs(out_dir, params, sources, detections)
-                last_checkpoint = time.monotonic()
-    except BaseException:
-        _write_outputs(out_dir, params, sources, detections)  # keep what is done, e.g. after Ctrl-C
-        raise
+        yield pool.imap(_process_source, todo, chunksize=4) if pool else map(_process_source, todo)
     finally:
         if pool is not None:
             pool.terminate()
+
+
+def _ray_results(todo: list[Path], params: DetectorParams, out_dir: Path, max_pixels: int, nodes: Counter):
+    """The Ray engine: the same rows as ``_local_results``, from an actor per CPU of the cluster, in the order
+    they finish (``nodes`` counts the photos each node detected)."""
+    from facepipe.engine import ray_map
+
+    for batch in ray_map({"source": [str(p) for p in todo]}, PhotoBatchDetector, (params, out_dir, max_pixels),
+                         batch_size=RAY_BATCH_PHOTOS, nodes=nodes):
+        yield from zip(map(json.loads, batch["source_row"]), map(json.loads, batch["detections"]))
+
+
+def _detect_todo(todo: list[Path], params: DetectorParams, out_dir: Path, sources: list[dict],
+                 detections: list[dict], run: DetectRun) -> None:
+    """Detect the photos ``todo`` with the engine ``run`` names, appending their rows to ``sources`` and
+    ``detections`` and writing the CSVs every ``run.checkpoint_seconds`` (and on any exit, Ctrl-C included)."""
+    with contextlib.ExitStack() as stack:
+        if run.engine == RAY:
+            stack.enter_context(ray_session(run.ray_address))
+            results = _ray_results(todo, params, out_dir, run.max_pixels, run.nodes)
+        else:
+            results = stack.enter_context(_local_results(todo, params, out_dir, run.workers, run.max_pixels))
+        last_checkpoint = time.monotonic()
+        try:
+            for source_row, rows in progress(results, desc="detect", total=len(todo), unit="img",
+                                             enabled=run.show_progress):
+                sources.append(source_row)
+                detections.extend(rows)
+                if time.monotonic() - last_checkpoint > run.checkpoint_seconds:
+                    _write_outputs(out_dir, params, sources, detections)
+                    last_checkpoint = time.monotonic()
+        except BaseException:
+            _write_outputs(out_dir, params, sources, detections)  # keep what is done, e.g. after Ctrl-C
+            raise
 
 
 @locks_output(lambda args: args["out_dir"])
@@ -280,6 +348,8 @@ def detect(
     *,
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    engine: str = DEFAULT_ENGINE,
+    ray_address: str | None = None,
     keep_others: bool = False,
     force: bool = False,
     show_progress: bool = True,
@@ -294,13 +364,16 @@ def detect(
     cannot be listed are recorded in errors.csv. With ``workers`` > 1 the worker processes are started by a
     fork server (a fork of a process that already ran dlib's CNN would hang), so a script that calls this
     needs the ``if __name__ == "__main__":`` guard. The CSVs are rewritten atomically every few seconds, so a
-    killed run loses at most that much work.
+    killed run loses at most that much work. ``engine`` "ray" detects on the Ray cluster at ``ray_address``
+    (else a local one) with an actor per CPU, into the same files (see ``facepipe.engine``).
     """
     started = time.monotonic()
     params = params or DetectorParams()
     check_params(params)
     if max_pixels < 1:
         raise FacepipeError(f"max pixels must be at least 1, got {max_pixels}")
+    check_engine(engine, ray_address)
+    run = DetectRun(engine, ray_address, workers, max_pixels, show_progress, checkpoint_seconds)
     out_dir = Path(os.path.abspath(out_dir))
     remove_stale_temporaries(out_dir)
     unlisted: list[dict] = []
@@ -317,8 +390,7 @@ def detect(
     sources += [{"source": row["path"], "status": "error", "faces": 0, "reason": row["reason"]} for row in unlisted]
     todo = [p for p in images if str(p) not in done]
     if todo:
-        _detect_todo(todo, params, out_dir, sources, detections, workers, max_pixels, show_progress,
-                     checkpoint_seconds)
+        _detect_todo(todo, params, out_dir, sources, detections, run)
     _write_outputs(out_dir, params, sources, detections)
     return DetectSummary(
         images=len(sources),
@@ -329,4 +401,5 @@ def detect(
         out_dir=out_dir,
         seconds=time.monotonic() - started,
         removed=removed,
+        nodes=dict(run.nodes),
     )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -16,6 +18,7 @@ import pandas as pd
 from facepipe import __version__
 from facepipe.common import FacepipeError, progress
 from facepipe.crops import detect_margin
+from facepipe.engine import DEFAULT_ENGINE, RAY, check_engine, ray_nodes_phrase, ray_session
 from facepipe.formats import (
     CROP_SOURCE_COLUMNS,
     DETECTIONS_CSV,
@@ -63,11 +66,13 @@ class EmbedSummary:
     output: Path
     errors_file: Path
     seconds: float
+    nodes: dict = field(default_factory=dict)  # Ray engine: crops embedded now per node id
 
     def line(self) -> str:
         return (
             f"embed: {self.crops} crops, {self.embedded} embedded with {self.model} ({self.dim}-d), {self.errors} errors "
-            f"({self.embedded_now} embedded now, {self.skipped} already done) -> {self.output} in {self.seconds:.1f}s"
+            f"({self.embedded_now} embedded now{ray_nodes_phrase(self.nodes)}, {self.skipped} already done) -> "
+            f"{self.output} in {self.seconds:.1f}s"
         )
 
 
@@ -257,31 +262,76 @@ class _EmbedState:
         write_csv_atomic(pd.DataFrame(self.errors, columns=ERROR_COLUMNS), embed_errors_path(self.output))
 
 
-def _embed_missing(state: _EmbedState, paths: list[Path], todo: list[str], embedder: Embedder, workers: int,
-                   batch_size: int, checkpoint_seconds: float, show_progress: bool) -> None:
-    """Decode and embed the crops ``todo`` (files ``paths``) in batches into ``state``, checkpointing it every
-    ``checkpoint_seconds``; unreadable crops go to ``state.errors``."""
+def _local_batches(paths: list[Path], todo: list[str], embedder: Embedder, workers: int,
+                   batch_size: int) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
+    """The local engine: (names, their vectors, error rows of unreadable crops) for the crops ``todo`` (files
+    ``paths``), a batch at a time, decoded in ``workers`` processes and embedded here."""
+    names: list[str] = []
+    images: list[np.ndarray] = []
+    errors: list[dict] = []
+    for index, (rgb, reason) in enumerate(_decoded(paths, workers)):
+        if rgb is None:
+            errors.append({"path": str(paths[index]), "reason": reason})
+        else:
+            names.append(todo[index])
+            images.append(rgb)
+        if len(images) == batch_size or index == len(paths) - 1:
+            yield names, embedder.embed(images) if images else np.zeros((0, embedder.dim), np.float32), errors
+            names, images, errors = [], [], []
+
+
+class CropBatchEmbedder:
+    """The Ray engine's worker: loads the model once (``settings``: ``load_embedder``'s arguments); a batch of
+    crop names (column ``name``, relative to ``crops_dir``) to their vectors (``vector``) and, for crops that
+    could not be read, why (``error``; their vectors are zeros)."""
+
+    def __init__(self, crops_dir: Path, settings: dict):
+        self.crops_dir = crops_dir
+        self.embedder = load_embedder(**settings, show_progress=False)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [str(name) for name in batch["name"]]
+        decoded = [_decode(self.crops_dir / name) for name in names]
+        vectors = np.zeros((len(names), self.embedder.dim), np.float32)
+        readable = [i for i, (rgb, _) in enumerate(decoded) if rgb is not None]
+        if readable:
+            vectors[readable] = self.embedder.embed([decoded[i][0] for i in readable])
+        return {"name": np.array(names, dtype=object), "vector": vectors,
+                "error": np.array([reason for _, reason in decoded], dtype=object)}
+
+
+def _ray_batches(crops_dir: Path, todo: list[str], settings: dict, batch_size: int,
+                 nodes: Counter) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
+    """The Ray engine: what ``_local_batches`` gives, from an actor per GPU of the cluster (when it has any and
+    ``settings`` allow CUDA), else per CPU, each loading the model once; ``nodes`` counts crops per node."""
+    from facepipe.engine import cluster_gpus, ray_map
+
+    gpus = settings["device"] != "cpu" and cluster_gpus() > 0
+    if settings["device"].startswith("cuda") and not gpus:
+        raise FacepipeError(f"--device {settings['device']} was asked for, but the Ray cluster has no GPU")
+    settings = dict(settings, device="cuda" if gpus else "cpu")
+    for batch in ray_map({"name": todo}, CropBatchEmbedder, (crops_dir, settings), batch_size=batch_size,
+                         gpus=gpus, nodes=nodes):
+        failed = batch["error"] != ""
+        names = [str(name) for name in batch["name"]]
+        yield ([name for name, bad in zip(names, failed) if not bad], batch["vector"][~failed],
+               [{"path": str(crops_dir / name), "reason": str(reason)}
+                for name, reason, bad in zip(names, batch["error"], failed) if bad])
+
+
+def _embed_missing(state: _EmbedState, batches: Iterator[tuple[list[str], np.ndarray, list[dict]]], total: int,
+                   desc: str, checkpoint_seconds: float, show_progress: bool) -> None:
+    """Take the embedded ``batches`` into ``state`` (unreadable crops into ``state.errors``), checkpointing it
+    every ``checkpoint_seconds``."""
     last_checkpoint = time.monotonic()
-    bar = progress(desc=f"embed ({embedder.name})", total=len(todo), unit="crop", enabled=show_progress)
-    batch_names: list[str] = []
-    batch_images: list[np.ndarray] = []
-    try:
-        for index, (rgb, reason) in enumerate(_decoded(paths, workers)):
-            if rgb is None:
-                state.errors.append({"path": str(paths[index]), "reason": reason})
-                bar.update(1)
-            else:
-                batch_names.append(todo[index])
-                batch_images.append(rgb)
-            if len(batch_images) == batch_size or (index == len(paths) - 1 and batch_images):
-                state.done.update(zip(batch_names, embedder.embed(batch_images)))
-                bar.update(len(batch_names))
-                batch_names, batch_images = [], []
-                if time.monotonic() - last_checkpoint > checkpoint_seconds:
-                    state.checkpoint()
-                    last_checkpoint = time.monotonic()
-    finally:
-        bar.close()
+    with progress(desc=desc, total=total, unit="crop", enabled=show_progress) as bar:
+        for names, vectors, errors in batches:
+            state.done.update(zip(names, vectors))
+            state.errors.extend(errors)
+            bar.update(len(names) + len(errors))
+            if time.monotonic() - last_checkpoint > checkpoint_seconds:
+                state.checkpoint()
+                last_checkpoint = time.monotonic()
 
 
 @locks_output(lambda args: Path(os.path.abspath(args["output"])).parent)
@@ -295,6 +345,8 @@ def embed(
     device: str = "auto",
     precision: str = "fp32",
     workers: int = 2,
+    engine: str = DEFAULT_ENGINE,
+    ray_address: str | None = None,
     force: bool = False,
     dlib_crop: str = "aligned",
     dlib_padding: float = DLIB_CHIP_PADDING,
@@ -306,29 +358,47 @@ def embed(
     Resumable: crops already in ``output`` (same model and settings) are skipped unless ``force``;
     progress is saved atomically every ``checkpoint_seconds`` into ``<output>.partial.npz``, so a killed
     run loses at most that. Unreadable crops are listed in ``<output>.errors.csv`` and the run goes on.
+    ``engine`` "ray" embeds on the Ray cluster at ``ray_address`` (else a local one), an actor per GPU or CPU
+    each loading the model once, into the same files (see ``facepipe.engine``).
     """
     started = time.monotonic()
     if batch_size < 1:
         raise FacepipeError(f"batch size must be at least 1, got {batch_size}")
+    check_engine(engine, ray_address)
     crop_list = list_crops(crops)
     output = Path(os.path.abspath(output))
     output.parent.mkdir(parents=True, exist_ok=True)
     _remove_own_temporaries(output)
-    embedder = load_embedder(model, weights=weights, batch_size=batch_size, device=device, precision=precision,
-                             face_margin=crop_list.margin, dlib_crop=dlib_crop, dlib_padding=dlib_padding,
-                             show_progress=show_progress)
+    settings = dict(model=model, weights=weights, batch_size=batch_size, device=device, precision=precision,
+                    face_margin=crop_list.margin, dlib_crop=dlib_crop, dlib_padding=dlib_padding)
+    # Under Ray the model runs in the actors: this one, on the CPU, only describes it (and fetches the weights).
+    embedder = load_embedder(**dict(settings, device="cpu" if engine == RAY else device), show_progress=show_progress)
     meta = dict(embedder.describe(), crops_dir=str(crop_list.crops_dir), facepipe_version=__version__)
     done = _previous_rows(output, meta, force)
     todo = [name for name in crop_list.names if name not in done]
-    skipped = len(crop_list.names) - len(todo)
     state = _EmbedState(crop_list.names, done, meta, embedder.dim, output)
-    try:
-        _embed_missing(state, [crop_list.crops_dir / name for name in todo], todo, embedder, workers, batch_size,
-                       checkpoint_seconds, show_progress)
-    except BaseException:
-        state.checkpoint()  # keep what is done, e.g. after Ctrl-C
-        raise
-    write_csv_atomic(pd.DataFrame(state.errors, columns=ERROR_COLUMNS), embed_errors_path(output))
+    nodes: Counter = Counter()
+    with contextlib.ExitStack() as stack:
+        if engine == RAY:
+            stack.enter_context(ray_session(ray_address))
+            actor_settings = dict(settings, precision=meta["precision"], weights=getattr(embedder, "weights_path", None))
+            batches = _ray_batches(crop_list.crops_dir, todo, actor_settings, batch_size, nodes)
+        else:
+            batches = _local_batches([crop_list.crops_dir / name for name in todo], todo, embedder, workers, batch_size)
+        try:
+            _embed_missing(state, batches, len(todo), f"embed ({embedder.name})", checkpoint_seconds, show_progress)
+        except BaseException:
+            state.checkpoint()  # keep what is done, e.g. after Ctrl-C
+            raise
+    return _finish(state, crop_list, embedder, len(todo), time.monotonic() - started, nodes)
+
+
+def _finish(state: _EmbedState, crop_list: CropList, embedder: Embedder, todo: int, seconds: float,
+            nodes: Counter) -> EmbedSummary:
+    """Write the embeddings and the errors of a finished run; its summary."""
+    output = state.output
+    errors = sorted(state.errors, key=lambda row: row["path"])  # the same file whatever order the engine gave
+    write_csv_atomic(pd.DataFrame(errors, columns=ERROR_COLUMNS), embed_errors_path(output))
     result = state.in_order()
     if not result.names:
         embed_checkpoint_path(output).unlink(missing_ok=True)
@@ -336,18 +406,16 @@ def embed(
                             f"see {embed_errors_path(output)}")
     write_embeddings(output, result)
     embed_checkpoint_path(output).unlink(missing_ok=True)  # only now: it covers a kill during the line above
-    errors = state.errors
-    embedded = len(result.names)
     return EmbedSummary(
         crops=len(crop_list.names),
-        embedded=embedded,
-        embedded_now=len(todo) - len(errors),
-        skipped=skipped,
-        errors=len(errors),
+        embedded=len(result.names),
+        embedded_now=todo - len(state.errors),
+        skipped=len(crop_list.names) - todo,
+        errors=len(state.errors),
         model=embedder.name,
         dim=embedder.dim,
         output=output,
         errors_file=embed_errors_path(output),
-        seconds=time.monotonic() - started,
+        seconds=seconds,
+        nodes=dict(nodes),
     )
-

@@ -8,6 +8,7 @@ changed stage and, through the chained fingerprints, everything downstream of it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from typing import Callable, Iterable
 from facepipe import __version__
 from facepipe.common import FacepipeError
 from facepipe.config import load_config, save_config
+from facepipe.engine import RAY, check_engine, ray_session
 from facepipe.formats import (
     CLUSTER_RESULTS_CSV,
     EMBEDDINGS_CSV,
@@ -164,6 +166,18 @@ class _RunFolder:
     labels: str | None
     show_progress: bool
     partial: bool = False  # some photos or crops could not be read
+    sessions: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # the Ray connection, once made
+    ray_connected: bool = False
+
+    @property
+    def engine(self) -> dict:
+        """detect's and embed's engine settings, from [run]: they change where the work is done, not its results,
+        so they are no part of any stage's fingerprint. With Ray, the first stage that asks connects, for both."""
+        engine, address = self.config["run"]["engine"], _blank_to_none(self.config["run"]["ray_address"])
+        if engine == RAY and not self.ray_connected:
+            self.sessions.enter_context(ray_session(address))
+            self.ray_connected = True
+        return {"engine": engine, "ray_address": address}
 
     @property
     def crops(self) -> Path:
@@ -183,7 +197,7 @@ class _RunFolder:
         options = dict(self.config["detect"])
         workers, max_pixels = options.pop("workers"), options.pop("max_pixels")
         summary = detect(self.inputs, self.crops, DetectorParams(**options), workers=workers, max_pixels=max_pixels,
-                         force=force, show_progress=self.show_progress)
+                         force=force, show_progress=self.show_progress, **self.engine)
         self.partial = self.partial or summary.errors > 0
         return summary.line(), {"images": summary.images, "faces": summary.faces, "errors": summary.errors}
 
@@ -191,7 +205,8 @@ class _RunFolder:
         from facepipe.embed import embed
 
         options = dict(self.config["embed"], weights=_blank_to_none(self.config["embed"]["weights"]))
-        summary = embed(self.crops, self.features, force=force, show_progress=self.show_progress, **options)
+        summary = embed(self.crops, self.features, force=force, show_progress=self.show_progress, **options,
+                        **self.engine)
         self.partial = self.partial or summary.errors > 0
         return summary.line(), {"crops": summary.crops, "embedded": summary.embedded, "errors": summary.errors,
                                 "model": summary.model, "dimension": summary.dim}
@@ -230,8 +245,9 @@ class _RunFolder:
 def _run_stages(runner: "_Runner", folder: _RunFolder, images: list[Path]) -> None:
     """Each stage in order, skipped when its fingerprint (its options and what it reads) is unchanged."""
     config = folder.config
-    fingerprint = runner.stage("detect", _digest(config["detect"], _inputs_fingerprint(images)), folder.detect)
-    fingerprint = embedded = runner.stage("embed", _digest(config["embed"], fingerprint), folder.embed)
+    with folder.sessions:  # a Ray cluster the two started is stopped before the stages that do not use it
+        fingerprint = runner.stage("detect", _digest(config["detect"], _inputs_fingerprint(images)), folder.detect)
+        fingerprint = embedded = runner.stage("embed", _digest(config["embed"], fingerprint), folder.embed)
     fingerprint = runner.stage("cluster", _digest(config["cluster"], fingerprint, _file_stamp(folder.labels),
                                                   _file_stamp(config["cluster"]["people"])), folder.cluster)
     fingerprint = runner.stage("train_cvae", _digest(config["train_cvae"], fingerprint), folder.train_cvae)
@@ -245,6 +261,7 @@ def _run_stages(runner: "_Runner", folder: _RunFolder, images: list[Path]) -> No
 def _checked_inputs(inputs: Iterable[str | os.PathLike], config: dict) -> tuple[list[str], list[Path], str | None]:
     """The inputs made absolute, the photos they hold and the label manifest: refused before any work."""
     identity_weight_for(config["train_cvae"]["identity_weight"], config["embed"]["model"])
+    check_engine(config["run"]["engine"], _blank_to_none(config["run"]["ray_address"]))
     inputs = [str(Path(os.path.abspath(i))) for i in inputs]
     images = collect_images(inputs, problems=[])  # detect records the folders it cannot list
     if not images:
