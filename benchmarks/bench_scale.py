@@ -3,8 +3,9 @@ side; and clustering of synthetic 128-d faces of seeded identities, with time an
 
     python benchmarks/bench_scale.py [--part engines|cluster|all] [--faces 1000000] [--n-init 1] [--work DIR]
 
-Engines: the 1,424 LFW photos of ../shared through `facepipe detect` (default settings) and `facepipe embed`
-(--model dlib-resnet128), each a fresh process timed whole, first with the local engine (--workers = the
+Engines: the 1,424 LFW photos of ../shared (and, to see the fixed costs apart, 4 copies of them under other
+paths) through `facepipe detect` (default settings) and `facepipe embed` (--model dlib-resnet128), each a
+fresh process timed whole, first with the local engine (--workers = the
 cores), then with --engine ray on a cluster of a head and a second node (`ray start`, 127.0.0.1, the cores
 split between them), started before and timed apart. It reports the seconds of each, the photos or crops each
 node did, and whether the two engines' CSVs, crops and embeddings are byte-identical.
@@ -39,18 +40,34 @@ LFW = REPO.parent / "shared" / "data" / "lfw" / "images"
 RAY_PORT = 6390
 
 
+# Ray's token authentication, on for every command: `ray start` nodes and the facepipe jobs (as on a real cluster)
+RAY_ENV = dict(os.environ, RAY_AUTH_MODE="token")
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
 def timed(command: list[str]) -> tuple[float, str]:
     """Wall seconds of a command run to its end, and its last output line (the stage's summary)."""
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=RAY_ENV)
     if result.returncode not in (0, 3):
         raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return time.perf_counter() - started, result.stdout.strip().splitlines()[-1]
 
 
-def stage_commands(work: Path, engine: list[str], model: str, cores: int) -> list[list[str]]:
+def photo_folders(work: Path, copies: int) -> list[str]:
+    """LFW's photo folder, and for more copies links to it (other paths: detect takes them as other photos)."""
+    folders = [str(LFW)]
+    for copy in range(1, copies):
+        link = work / f"lfw_copy_{copy}"
+        if not link.exists():
+            link.symlink_to(LFW, target_is_directory=True)
+        folders.append(str(link))
+    return folders
+
+
+def stage_commands(work: Path, photos: list[str], engine: list[str], model: str, cores: int) -> list[list[str]]:
     facepipe = [sys.executable, "-m", "facepipe"]
-    return [facepipe + ["detect", str(LFW), "-o", str(work / "crops"), "--workers", str(cores), "-q"] + engine,
+    return [facepipe + ["detect", *photos, "-o", str(work / "crops"), "--workers", str(cores), "-q"] + engine,
             facepipe + ["embed", str(work / "crops"), "-o", str(work / "faces.csv"), "--model", model,
                         "--workers", str(cores), "-q"] + engine]
 
@@ -66,19 +83,20 @@ def same_outputs(a: Path, b: Path) -> dict[str, bool]:
 
 def start_ray_nodes(cores: int) -> float:
     """A head and a second node on 127.0.0.1, the cores split between them; the seconds they took to start."""
-    ray = [str(Path(sys.executable).with_name("ray")), "start", "--node-ip-address", "127.0.0.1",
-           "--include-dashboard", "false", "--disable-usage-stats"]
+    subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, env=RAY_ENV)
+    start = [RAY, "start", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     started = time.perf_counter()
-    subprocess.run(ray + ["--head", "--port", str(RAY_PORT), "--num-cpus", str(cores - cores // 2)], check=True,
-                   capture_output=True)
-    subprocess.run(ray + ["--address", f"127.0.0.1:{RAY_PORT}", "--num-cpus", str(cores // 2)], check=True,
-                   capture_output=True)
+    subprocess.run(start + ["--head", "--port", str(RAY_PORT), "--num-cpus", str(cores - cores // 2),
+                            "--include-dashboard", "false"], check=True, capture_output=True, env=RAY_ENV)
+    subprocess.run(start + ["--address", f"127.0.0.1:{RAY_PORT}", "--num-cpus", str(cores // 2)], check=True,
+                   capture_output=True, env=RAY_ENV)
     return time.perf_counter() - started
 
 
-def engines(work: Path, model: str) -> None:
+def engines(work: Path, model: str, copies: int) -> None:
     """The local engine and Ray on two nodes, on the same photos and cores; their outputs compared."""
     cores = os.cpu_count() or 2
+    photos = photo_folders(work, copies)
     rows = {}
     for name in ("local", "ray"):
         shutil.rmtree(work / name, ignore_errors=True)
@@ -86,11 +104,11 @@ def engines(work: Path, model: str) -> None:
         if name == "ray":
             print(f"ray start: a head and a second node in {start_ray_nodes(cores):.1f} s")
         try:
-            rows[name] = [timed(command) for command in stage_commands(work / name, engine, model, cores)]
+            rows[name] = [timed(command) for command in stage_commands(work / name, photos, engine, model, cores)]
         finally:
             if name == "ray":
-                subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], capture_output=True)
-    print(f"{cores} cores, {len(list(LFW.glob('*/*')))} LFW photos, embed model {model}")
+                subprocess.run([RAY, "stop", "--force"], capture_output=True, env=RAY_ENV)
+    print(f"{cores} cores, {copies} x {len(list(LFW.glob('*/*')))} LFW photos, embed model {model}")
     for name, ((detect_s, detect_line), (embed_s, embed_line)) in rows.items():
         print(f"  {name:5s}: detect {detect_s:6.1f} s, embed {embed_s:6.1f} s, together {detect_s + embed_s:6.1f} s")
         for line in (detect_line, embed_line):
@@ -127,6 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["engines", "cluster", "all"], default="all")
     parser.add_argument("--model", default="dlib-resnet128", help="embed model of the engines part")
+    parser.add_argument("--copies", default="1,4", help="engines part: runs over this many copies of LFW")
     parser.add_argument("--faces", type=int, default=1_000_000)
     parser.add_argument("--n-init", type=int, default=1)
     parser.add_argument("--work", type=Path, default=None)
@@ -134,7 +153,8 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="facepipe_scale_"))
     if args.part in ("engines", "all"):
-        engines(work, args.model)
+        for copies in map(int, args.copies.split(",")):
+            engines(work, args.model, copies)
     if args.part in ("cluster", "all"):
         cluster_at_scale(work, args.faces, args.n_init)
 

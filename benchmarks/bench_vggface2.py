@@ -16,8 +16,12 @@ The script also prints the compute ceiling: the network's multiply-adds per crop
 hooks) against this machine's fp32 and bf16 matrix-multiply rate (a 2048x2048 torch matmul, all
 threads), which bounds any implementation of the same arithmetic.
 
+Then the whole process, as a user runs it (``--whole`` crops, 512, as PNG files in a folder): a fresh
+keras-vggface process that reads, embeds and saves them, against `facepipe embed` at fp32 and at
+``--precision auto`` (bf16 where the CPU computes it natively), each timed from its start to its end.
+
 Usage: python benchmarks/bench_vggface2.py [--tf-python ../bench-tf-venv/bin/python] [--crops 256]
-       [--batch-size 32] [--rounds 2] [--fixture ../shared/fixtures/vggface_resnet50]
+       [--batch-size 32] [--rounds 2] [--whole 512] [--fixture ../shared/fixtures/vggface_resnet50]
 """
 
 from __future__ import annotations
@@ -98,6 +102,21 @@ embeddings = model.predict(preprocess_input(pixels, version=2), batch_size=batch
 report(time.perf_counter() - start, embeddings[:len(base)])
 """
 
+# The whole process, as a user runs it: keras-vggface reading, embedding and saving the crops of a folder.
+TF_WHOLE_CHILD = TF_CHILD.split(LOAD_CROPS)[0] + """
+import sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from keras_vggface.models import RESNET50
+from keras_vggface.utils import preprocess_input
+folder, fixture, out = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+pixels = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) for p in sorted(folder.glob("*.png"))])
+model = RESNET50(include_top=False, pooling="avg", input_shape=(224, 224, 3),
+                 weights=str(fixture / "vggface_resnet50_notop_random.h5"))
+np.save(out, model.predict(preprocess_input(pixels, version=2), batch_size=32, verbose=0))
+"""
+
 CONFIGS = {
     "keras-vggface 0.6 (TensorFlow, tf-keras), fp32": "tf",
     "facepipe vggface2-resnet50 (PyTorch), fp32": "fp32",
@@ -119,6 +138,45 @@ def run_child(kind: str, args, out: Path) -> dict:
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     measured["embeddings"] = np.load(out)
     return measured
+
+
+def whole_processes(args, scratch: Path) -> None:
+    """``--whole`` crops in a folder, embedded by a fresh process each, timed from its start to its end:
+    keras-vggface, and `facepipe embed` (CSV and sidecar written) at --precision fp32 and auto."""
+    import time
+
+    from PIL import Image
+
+    folder = scratch / "crops"
+    folder.mkdir()
+    base = sorted((args.fixture / "crops").glob("*.png"))
+    for index in range(args.whole):
+        Image.open(base[index % len(base)]).save(folder / f"crop_{index:04d}.png")
+    weights = args.fixture / WEIGHTS
+    commands = {"keras-vggface 0.6 (TensorFlow), fp32": [args.tf_python, "-c", TF_WHOLE_CHILD, str(folder),
+                                                          str(args.fixture), str(scratch / "tf.npy")]}
+    for precision in ("fp32", "auto"):
+        commands[f"facepipe embed --precision {precision}"] = [
+            sys.executable, "-m", "facepipe", "embed", str(folder), "-o", str(scratch / f"{precision}.csv"),
+            "--weights", str(weights), "--precision", precision, "--device", "cpu", "--force", "-q"]
+    seconds: dict[str, float] = {}
+    for _ in range(args.rounds):
+        for label, command in commands.items():
+            started = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True, cwd=REPO,
+                           env={**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+            seconds[label] = min(seconds.get(label, float("inf")), time.perf_counter() - started)
+    vectors = {p: pd.read_csv(scratch / f"{p}.csv").drop(columns="name").to_numpy(np.float32) for p in ("fp32", "auto")}
+    precision = json.loads((scratch / "auto.csv.json").read_text())["precision"]
+    tf_seconds = seconds["keras-vggface 0.6 (TensorFlow), fp32"]
+    print()
+    print(f"whole process, {args.whole} crops (PNG files), best of {args.rounds}; auto chose {precision}")
+    print("| process | seconds | crops/s | vs keras-vggface | cosine to fp32 (min / mean) |")
+    print("|---|---|---|---|---|")
+    for label, taken in seconds.items():
+        cosine = cosines(vectors["auto"], vectors["fp32"]) if label.endswith("auto") else np.ones(1)
+        print(f"| {label} | {taken:.1f} | {args.whole / taken:.1f} | {tf_seconds / taken:.2f}x "
+              f"| {cosine.min():.6f} / {cosine.mean():.6f} |")
 
 
 def multiply_adds_per_crop() -> int:
@@ -169,6 +227,7 @@ def main() -> None:
     parser.add_argument("--crops", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--whole", type=int, default=512, help="crops of the whole-process comparison (0: none)")
     args = parser.parse_args()
 
     reference = pd.read_csv(args.fixture / "reference_embeddings.csv").sort_values("name")
@@ -211,6 +270,9 @@ def main() -> None:
         print(f"| {dtype_name} | {rate:.0f} | {rate * 1e9 / flops:.1f} | {2 * tf_speed * flops / 1e9:.0f} GFLOP/s |")
     for label, measured in best.items():
         print(f"{label}: {measured['crops'] / measured['seconds'] * flops / 1e9:.0f} GFLOP/s sustained")
+    if args.whole:
+        with tempfile.TemporaryDirectory() as scratch:
+            whole_processes(args, Path(scratch))
 
 
 if __name__ == "__main__":

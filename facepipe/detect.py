@@ -222,7 +222,7 @@ class PhotoBatchDetector:
                 "detections": np.array([json.dumps(rows) for _, rows in results], dtype=object)}
 
 
-RAY_BATCH_PHOTOS = 8  # photos per Ray task: small, so that the actors share the work evenly
+RAY_BATCH_PHOTOS = 32  # photos per Ray task: few enough tasks to cost little, enough to share the work evenly
 _worker_detector: list[PhotoDetector] = []  # the local engine's worker process: its one PhotoDetector
 
 

@@ -115,7 +115,7 @@ class CnnFinder:
     def __init__(self, upsample: int, threshold: float, max_side: int):
         import dlib
 
-        from facepipe.models.dlib_resnet import model_file
+        from facepipe.models import model_file
 
         self.detector = dlib.cnn_face_detection_model_v1(str(model_file(CNN_MODEL_FILE)))
         self.upsample, self.threshold, self.max_side = upsample, threshold, max_side

@@ -25,6 +25,7 @@ LOCAL, RAY = "local", "ray"
 ENGINES = (LOCAL, RAY)
 DEFAULT_ENGINE = LOCAL
 NODE_COLUMN = "node"  # every batch a Ray worker returns says which node computed it
+ERROR_COLUMN = "facepipe_error"  # or, alone, why it could not
 MAX_BLOCKS = 4096  # a Ray task per batch (actors share the work evenly) up to this many tasks
 
 
@@ -91,7 +92,8 @@ def ray_session(address: str | None = None) -> Iterator[None]:
 
 
 class _NodeTagged:
-    """A stage's batch worker, built once per Ray actor, whose output batches also say the actor's node."""
+    """A stage's batch worker, built once per Ray actor, whose output batches also say the actor's node. A
+    FacepipeError (bad weights...) comes back as a batch of its message: Ray's wrappers would lose it."""
 
     def __init__(self, worker: type, args: tuple):
         self.worker = worker(*args)
@@ -99,7 +101,10 @@ class _NodeTagged:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import ray
 
-        result = self.worker(batch)
+        try:
+            result = self.worker(batch)
+        except FacepipeError as error:
+            return {ERROR_COLUMN: np.array([str(error)], dtype=object)}
         rows = len(next(iter(result.values()))) if result else 0
         result[NODE_COLUMN] = np.full(rows, ray.get_runtime_context().get_node_id())
         return result
@@ -136,6 +141,8 @@ def ray_map(items: dict[str, Sequence], worker: type, args: tuple = (), *, batch
         compute=ray.data.ActorPoolStrategy(size=max(1, actors)), num_cpus=1, num_gpus=1 if gpus else 0,
     )
     for batch in mapped.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+        if ERROR_COLUMN in batch:
+            raise FacepipeError(f"a Ray worker failed: {batch[ERROR_COLUMN][0]}")
         if nodes is not None:
             nodes.update(batch[NODE_COLUMN].tolist())
         yield batch

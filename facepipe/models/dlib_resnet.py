@@ -12,7 +12,7 @@ upsampled once), and the central box for detect's default margin 0.2 is used whe
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 from pathlib import Path
 from typing import Sequence
 
@@ -22,29 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from facepipe.common import FacepipeError, file_sha256, resolve_device
-from facepipe.models import DLIB_CHIP_PADDING, DLIB_CROP_MODES, DLIB_MAX_CHIP_PADDING, DLIB_RESNET128
+from facepipe.models import DLIB_CHIP_PADDING, DLIB_CROP_MODES, DLIB_MAX_CHIP_PADDING, DLIB_RESNET128, model_file
 
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 CHIP_SIZE = 150
 FALLBACK_MARGIN = 0.2  # detect's default margin, for crops whose face the HOG detector cannot find
-
-
-def model_file(name: str) -> Path:
-    """Path of one of the .dat files of the face-recognition-models package, found without importing it.
-
-    (Importing it needs pkg_resources, which recent setuptools no longer provides.)
-    """
-    spec = importlib.util.find_spec("face_recognition_models")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        candidate = Path(location) / "models" / name
-        if candidate.is_file():
-            return candidate
-    raise FacepipeError(
-        f"dlib model file {name} not found: install the PyPI package face-recognition-models "
-        "(pip install face-recognition-models)"
-    )
 
 
 def central_face_box(height: int, width: int, margin: float) -> tuple[int, int, int, int]:
@@ -235,11 +218,15 @@ class DlibResNet128Embedder:
         self.face_margin = face_margin
         self.batch_size = batch_size
         self.device = resolve_device(device)
-        resnet_path = model_file(RESNET_FILE)
+        self._resnet_path = model_file(RESNET_FILE)
         landmarks_path = model_file(LANDMARKS_FILE)
-        self.network = read_dlib_resnet(resnet_path).eval().to(self.device)
         self.landmarks = CropLandmarks(face_margin)
-        self._sha256 = {RESNET_FILE: file_sha256(resnet_path), LANDMARKS_FILE: file_sha256(landmarks_path)}
+        self._sha256 = {RESNET_FILE: file_sha256(self._resnet_path), LANDMARKS_FILE: file_sha256(landmarks_path)}
+
+    @functools.cached_property
+    def network(self) -> DlibResNet:
+        """The network, built on first use: a Ray engine's facepipe process only describes the model."""
+        return read_dlib_resnet(self._resnet_path).eval().to(self.device)
 
     def align(self, rgb: np.ndarray) -> np.ndarray:
         """The 150x150 chip of a crop: aligned on its 5 landmarks by dlib with ``padding`` (a larger one keeps

@@ -16,6 +16,7 @@ name, so no TensorFlow is needed. What has to match Keras exactly, and does here
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -255,10 +256,14 @@ class VGGFace2ResNet50Embedder:
         self.precision = precision
         self.batch_size = batch_size
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self._sha256: str | None = None
+
+    @functools.cached_property
+    def model(self) -> torch.nn.Module:
+        """The network, built on first use: a Ray engine's facepipe process only describes the model."""
         model = read_keras_weights(self.weights_path)
         model = model.to(self.device, dtype=self.dtype, memory_format=torch.channels_last)
-        self.model = freeze_for_cpu(model, self.dtype) if self.device == "cpu" else model
-        self._sha256: str | None = None
+        return freeze_for_cpu(model, self.dtype) if self.device == "cpu" else model
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Embed HxWx3 uint8 RGB crops -> float32 (n, 2048), in batches of ``batch_size``."""
