@@ -134,6 +134,7 @@ def ray_map(items: dict[str, Sequence], worker: type, args: tuple = (), *, batch
     resources = ray.cluster_resources()
     actors = int(resources.get("GPU", 0)) if gpus else int(resources.get("CPU", 1))
     rows = len(next(iter(items.values())))
+    batch_size = max(1, min(batch_size, -(-rows // (4 * max(1, actors)))))  # a small job still feeds every actor
     dataset = ray.data.from_items([{key: items[key][i] for key in items} for i in range(rows)],
                                   override_num_blocks=max(1, min(-(-rows // batch_size), MAX_BLOCKS)))
     mapped = dataset.map_batches(

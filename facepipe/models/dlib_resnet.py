@@ -226,7 +226,8 @@ class DlibResNet128Embedder:
     @functools.cached_property
     def network(self) -> DlibResNet:
         """The network, built on first use: a Ray engine's facepipe process only describes the model."""
-        return read_dlib_resnet(self._resnet_path).eval().to(self.device)
+        with torch.inference_mode(False):  # first used under inference mode, but the identity term trains through it
+            return read_dlib_resnet(self._resnet_path).eval().to(self.device)
 
     def align(self, rgb: np.ndarray) -> np.ndarray:
         """The 150x150 chip of a crop: aligned on its 5 landmarks by dlib with ``padding`` (a larger one keeps

@@ -261,9 +261,10 @@ class VGGFace2ResNet50Embedder:
     @functools.cached_property
     def model(self) -> torch.nn.Module:
         """The network, built on first use: a Ray engine's facepipe process only describes the model."""
-        model = read_keras_weights(self.weights_path)
-        model = model.to(self.device, dtype=self.dtype, memory_format=torch.channels_last)
-        return freeze_for_cpu(model, self.dtype) if self.device == "cpu" else model
+        with torch.inference_mode(False):  # built as it was before the first embed, not as an inference tensor
+            model = read_keras_weights(self.weights_path)
+            model = model.to(self.device, dtype=self.dtype, memory_format=torch.channels_last)
+            return freeze_for_cpu(model, self.dtype) if self.device == "cpu" else model
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Embed HxWx3 uint8 RGB crops -> float32 (n, 2048), in batches of ``batch_size``."""
