@@ -151,6 +151,26 @@ def test_a_ray_worker_that_dies_is_replaced_and_its_photos_redone(ray_cluster, m
     assert folder_digest(tmp_path) == folder_digest(whole)
 
 
+def test_run_on_ray_writes_what_the_stages_write_and_a_switch_of_engine_redoes_nothing(ray_cluster, photos,
+                                                                                      local_crops, tmp_path):
+    from facepipe.config import load_config
+    from facepipe.run import run
+
+    config = load_config(None, ["detect.min_neighbors=5", "detect.cnn_max_side=64", "embed.model=\"dlib-resnet128\"",
+                                "cluster.k=3", "train_cvae.epochs=1", "train_cvae.image_size=16",
+                                "generate.samples=0", "generate.evaluate=false", "run.engine=\"ray\""])
+    first = run(photos, tmp_path / "run", config, show_progress=False)
+    assert {s.name: s.status for s in first.stages}["embed"] == "ran"
+    assert "on 2 Ray nodes" in next(s for s in first.stages if s.name == "detect").summary
+    assert folder_digest(tmp_path / "run" / "temp") == folder_digest(local_crops)
+    embed(local_crops, tmp_path / "local.csv", model="dlib-resnet128", show_progress=False)
+    assert (tmp_path / "run" / "image_features.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+
+    config["run"]["engine"] = "local"
+    again = run(photos, tmp_path / "run", config, show_progress=False)
+    assert {s.status for s in again.stages if s.name != "probe"} == {"skipped"}
+
+
 @pytest.mark.fast
 def test_the_run_config_refuses_an_unknown_engine():
     from facepipe.cli import run_config_problems
