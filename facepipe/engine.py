@@ -30,7 +30,8 @@ MAX_BLOCKS = 4096  # a Ray task per batch (actors share the work evenly) up to t
 
 
 def check_engine(engine: str, ray_address: str | None = None) -> None:
-    """Refuse an unknown engine, a Ray address without Ray, and Ray when it is not installed."""
+    """Refuse an unknown engine, a Ray address without Ray, Ray when it is not installed, and a Ray address
+    where nothing answers: before any work."""
     if engine not in ENGINES:
         raise FacepipeError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
     if engine == LOCAL:
@@ -43,6 +44,7 @@ def check_engine(engine: str, ray_address: str | None = None) -> None:
     except ImportError:
         raise FacepipeError("the ray engine needs Ray Data: pip install -e '.[ray]' (or pip install 'ray[data]')") \
             from None
+    _check_reachable(ray_address)
 
 
 @contextlib.contextmanager
@@ -89,6 +91,22 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """A clear error at once when nothing listens at a ``host:port`` address (Ray itself retries for minutes)."""
+    import socket
+
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise FacepipeError(f"--ray-address {address!r} is not host:port (e.g. 10.0.0.5:6379) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise FacepipeError(f"no Ray cluster answers at {address} ({error.strerror or error}); start one there "
+                            "with `ray start --head`, or leave out --ray-address to start one here") from None
 
 
 class _NodeTagged:

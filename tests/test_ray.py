@@ -24,16 +24,23 @@ from facepipe.formats import DETECTIONS_CSV, SOURCES_CSV, embed_errors_path
 PARAMS = DetectorParams(detector="haar+hog+cnn", min_neighbors=5, cnn_max_side=64)
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A head and a second node, one CPU each, on this machine; this process connected to it."""
+def require_ray() -> None:
+    """Ray must be installed under CI (the test command installs '.[test,ray]'); elsewhere its tests skip."""
     try:
-        import ray
-        from ray.cluster_utils import Cluster
+        import ray.data  # noqa: F401
     except ImportError:
         if os.environ.get("CI"):
             pytest.fail("Ray is not installed: the test command installs '.[test,ray]'")
         pytest.skip("Ray is not installed (pip install -e '.[ray]')")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A head and a second node, one CPU each, on this machine; this process connected to it."""
+    require_ray()
+    import ray
+    from ray.cluster_utils import Cluster
+
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
@@ -169,6 +176,21 @@ def test_run_on_ray_writes_what_the_stages_write_and_a_switch_of_engine_redoes_n
     config["run"]["engine"] = "local"
     again = run(photos, tmp_path / "run", config, show_progress=False)
     assert {s.status for s in again.stages if s.name != "probe"} == {"skipped"}
+
+
+def test_a_ray_address_where_nothing_answers_is_refused_at_once(tmp_path, data_dir):
+    import socket
+
+    from facepipe.common import FacepipeError
+
+    require_ray()
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(FacepipeError, match="no Ray cluster answers"):
+        detect([data_dir("lfw") / "images"], tmp_path / "out", engine="ray", ray_address=f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 10 and not (tmp_path / "out").exists()
 
 
 @pytest.mark.fast
