@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from facepipe.detectors import COMBINED
-from facepipe.models import DLIB_RESNET128
+from facepipe.models import DLIB_RESNET128, unit_rows
 
 
 def find_faces(rgb: np.ndarray, detector: str = COMBINED, **settings) -> list[np.ndarray]:
@@ -58,7 +58,7 @@ def group_faces(vectors: np.ndarray, model: str = DLIB_RESNET128, threshold: flo
     from facepipe.common import FacepipeError
 
     vectors = np.asarray(vectors, dtype=np.float32)
-    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    vectors = unit_rows(vectors)
     distance = same_person_distance(threshold, model, True)
     if distance is None:
         raise FacepipeError(f"no same-person distance is known for {model}: give a threshold")

@@ -45,6 +45,7 @@ from facepipe.formats import (
 from facepipe.cluster_graph import one_face_per_photo
 from facepipe.labels import crop_sources, photo_ids
 from facepipe.locks import folder_lock, locks_output
+from facepipe.models import unit_rows
 
 NEIGHBOURS = 32  # nearest grouped faces looked at for each new face
 
@@ -192,7 +193,7 @@ def assign(
     embeddings = read_embeddings(embeddings_path)
     vectors = embeddings.vectors
     if (meta.get("options") or {}).get("normalize", True):
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        vectors = unit_rows(vectors)
     row_of = {name: row for row, name in enumerate(embeddings.names)}
     known = known.assign(name=known["name"].astype(str))
     missing = [n for n in known["name"] if n not in row_of]

