@@ -7,8 +7,9 @@ Engines: the 1,424 LFW photos of ../shared (and, to see the fixed costs apart, 4
 paths) through `facepipe detect` (default settings) and `facepipe embed` (--model dlib-resnet128), each a
 fresh process timed whole, first with the local engine (--workers = the
 cores), then with --engine ray on a cluster of a head and a second node (`ray start`, 127.0.0.1, the cores
-split between them), started before and timed apart. It reports the seconds of each, the photos or crops each
-node did, and whether the two engines' CSVs, crops and embeddings are byte-identical.
+split between them), started before and timed apart. It reports the seconds of each, the CPU-seconds the
+machine spent meanwhile (the workers, the facepipe process, Ray's services), the photos or crops each node did,
+and whether the two engines' CSVs, crops and embeddings are byte-identical.
 
 The faces imitate dlib-resnet128 embeddings of a big collection: identities with a geometric number of
 photos (mean 5; one in ten people a one-off stranger), each face its identity's unit centre plus Gaussian
@@ -30,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -49,13 +51,63 @@ WARM_UP = ("import sys, ray, ray.data; ray.init(address=sys.argv[1]); "
            "ray.data.range(8).map_batches(lambda batch: batch).take_all()")
 
 
-def timed(command: list[str]) -> tuple[float, str]:
-    """Wall seconds of a command run to its end, and its last output line (the stage's summary)."""
+class CpuSeconds(threading.Thread):
+    """CPU-seconds this machine's processes spend while a command runs, by who spends them: ``workers`` (the
+    local engine's pool, or Ray's MapWorker actors), ``facepipe`` (the stage's own process) and ``ray`` (raylets,
+    GCS, log monitors, Ray Data's helper actors, idle Ray workers). Read from Linux's /proc every 0.2 s, so a
+    process's last fifth of a second before it exits may be missed; where there is no /proc, all stay 0."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.facepipe_pid, self.stopped, self.who = 0, threading.Event(), {}
+        self.first = self._read()  # pid -> CPU-seconds before the command starts
+        self.spent: dict[str, float] = {}  # pid -> CPU-seconds at the latest reading
+
+    def _read(self) -> dict[str, float]:
+        readings = {}
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            readings[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            if int(pid) == self.facepipe_pid:
+                self.who[pid] = "facepipe"
+            elif "ray::MapWorker" in command or "multiprocessing.forkserver" in command:
+                self.who[pid] = "workers"  # a Ray worker that became an actor stays one, whatever it shows later
+            elif self.who.get(pid) != "workers" and ("/ray/" in command or command.startswith("ray::")):
+                self.who[pid] = "ray"
+        return readings
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.2):
+            self.spent = {**self.spent, **self._read()}
+
+    def totals(self) -> dict[str, float]:
+        self.stopped.set()
+        self.join()
+        totals = dict.fromkeys(("workers", "facepipe", "ray"), 0.0)
+        for pid, seconds in self.spent.items():
+            if pid in self.who:
+                totals[self.who[pid]] += seconds - self.first.get(pid, 0.0)
+        return totals
+
+
+def timed(command: list[str]) -> tuple[float, str, dict[str, float]]:
+    """Wall seconds of a command run to its end, its last output line (the stage's summary) and the CPU-seconds
+    spent meanwhile (``CpuSeconds``)."""
+    cpu = CpuSeconds()
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=RAY_ENV)
-    if result.returncode not in (0, 3):
-        raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return time.perf_counter() - started, result.stdout.strip().splitlines()[-1]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                               env=RAY_ENV)
+    cpu.facepipe_pid = process.pid
+    cpu.start()
+    stdout, stderr = process.communicate()
+    seconds, spent = time.perf_counter() - started, cpu.totals()
+    if process.returncode not in (0, 3):
+        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{stderr[-3000:]}")
+    return seconds, stdout.strip().splitlines()[-1], spent
 
 
 def photo_folders(work: Path, copies: int) -> list[str]:
@@ -117,11 +169,13 @@ def engines(work: Path, model: str, copies: int) -> None:
             if name == "ray":
                 subprocess.run([RAY, "stop", "--force"], capture_output=True, env=RAY_ENV)
     print(f"{cores} cores, {copies} x {len(list(LFW.glob('*/*')))} LFW photos, embed model {model}")
-    for name, ((detect_s, detect_line), (embed_s, embed_line)) in rows.items():
+    for name, ((detect_s, detect_line, detect_cpu), (embed_s, embed_line, embed_cpu)) in rows.items():
         print(f"  {name:5s}: detect {detect_s:6.1f} s, embed {embed_s:6.1f} s, together {detect_s + embed_s:6.1f} s")
-        for line in (detect_line, embed_line):
+        for line, cpu in ((detect_line, detect_cpu), (embed_line, embed_cpu)):
             nodes = re.search(r"on \d+ Ray nodes? \([^)]*\)", line)
-            print(f"         {line.split(':')[0]}: {nodes.group(0) if nodes else 'this process and its workers'}")
+            print(f"         {line.split(':')[0]}: {nodes.group(0) if nodes else 'this process and its workers'}; "
+                  f"CPU-seconds: workers {cpu['workers']:.1f}, facepipe process {cpu['facepipe']:.1f}, "
+                  f"Ray's services {cpu['ray']:.1f}")
     print("  byte-identical:", ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same_outputs(work / "local", work / "ray").items()))
 
 
