@@ -53,7 +53,7 @@ WARM_UP = ("import sys, ray, ray.data; ray.init(address=sys.argv[1]); "
 
 class CpuSeconds(threading.Thread):
     """CPU-seconds this machine's processes spend while a command runs, by who spends them: ``workers`` (the
-    local engine's pool, or Ray's MapWorker actors), ``facepipe`` (the stage's own process) and ``ray`` (raylets,
+    local engine's pools, or Ray's MapWorker actors), ``facepipe`` (the stage's own process) and ``ray`` (raylets,
     GCS, log monitors, Ray Data's helper actors, idle Ray workers). Read from Linux's /proc every 0.2 s, so a
     process's last fifth of a second before it exits may be missed; where there is no /proc, all stay 0."""
 
@@ -74,7 +74,8 @@ class CpuSeconds(threading.Thread):
             readings[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
             if int(pid) == self.facepipe_pid:
                 self.who[pid] = "facepipe"
-            elif "ray::MapWorker" in command or "multiprocessing.forkserver" in command:
+            elif ("ray::MapWorker" in command or "multiprocessing.forkserver" in command
+                  or int(fields[1]) == self.facepipe_pid):  # a Ray actor, or a local pool's (forked) process
                 self.who[pid] = "workers"  # a Ray worker that became an actor stays one, whatever it shows later
             elif self.who.get(pid) != "workers" and ("/ray/" in command or command.startswith("ray::")):
                 self.who[pid] = "ray"
