@@ -50,7 +50,7 @@ network = dlib.face_recognition_model_v1(str(model_file(RESNET_FILE)))
 """ + USAGE + """
 start, start_cpu = time.perf_counter(), time.process_time()
 for first in range(0, len(names), 32):
-    chips = [aligner.align(load_image_rgb(crops.crops_dir / n)) for n in names[first:first + 32]]
+    chips = [aligner.prepare(load_image_rgb(crops.crops_dir / n)) for n in names[first:first + 32]]
     network.compute_face_descriptor(chips)
 usage(start, len(names))
 """

@@ -9,6 +9,7 @@ import os
 import random
 import sys
 import tempfile
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator
 
@@ -116,6 +117,12 @@ def file_sha256(path: str | os.PathLike) -> str:
         for piece in iter(lambda: handle.read(1 << 20), b""):
             digest.update(piece)
     return digest.hexdigest()
+
+
+def worker_context():
+    """The multiprocessing context of facepipe's worker pools: forkserver on POSIX, not fork (a worker forked
+    from a process whose thread pools already ran, dlib's CNN or OpenCV's, hangs on them), else spawn."""
+    return get_context("forkserver" if os.name == "posix" else "spawn")
 
 
 def resolve_device(device: str = "auto") -> str:

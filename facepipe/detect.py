@@ -12,7 +12,6 @@ import time
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -20,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from facepipe import __version__
-from facepipe.common import FacepipeError, progress, remove_stale_temporaries
+from facepipe.common import FacepipeError, progress, remove_stale_temporaries, worker_context
 from facepipe.engine import DEFAULT_ENGINE, RAY, check_engine, ray_nodes_phrase, ray_session
 from facepipe.formats import (
     DETECT_PARAMS_JSON,
@@ -293,10 +292,8 @@ def _write_outputs(out_dir: Path, params: DetectorParams, sources: list[dict], d
 def _local_results(todo: list[Path], params: DetectorParams, out_dir: Path, workers: int, max_pixels: int):
     """The local engine: (sources.csv row, detection rows) of each photo of ``todo``, in order, from
     ``workers`` processes."""
-    # forkserver, not fork: a worker forked from a process whose dlib CNN already ran hangs on its thread pool
-    context = get_context("forkserver" if os.name == "posix" else "spawn")
     settings = (params, out_dir, max_pixels, os.getpid())
-    pool = context.Pool(max(1, workers), initializer=_init_worker, initargs=settings) if workers > 1 else None
+    pool = worker_context().Pool(max(1, workers), initializer=_init_worker, initargs=settings) if workers > 1 else None
     if pool is None:
         _init_worker(*settings)
     try:

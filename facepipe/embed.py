@@ -8,7 +8,6 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from facepipe import __version__
-from facepipe.common import FacepipeError, progress
+from facepipe.common import FacepipeError, progress, worker_context
 from facepipe.crops import detect_margin
 from facepipe.engine import DEFAULT_ENGINE, RAY, check_engine, ray_nodes_phrase, ray_session
 from facepipe.formats import (
@@ -185,14 +184,29 @@ def _decode(path: Path) -> tuple[np.ndarray | None, str]:
         return None, str(error)
 
 
-def _decoded(paths: list[Path], workers: int) -> Iterator[tuple[np.ndarray | None, str]]:
-    """Decode crops in order, in ``workers`` processes when more than one."""
+_pool_embedder: list[Embedder] = []  # a worker process's own embedder, whose network it never builds
+
+
+def _init_pool_worker(settings: dict) -> None:
+    _pool_embedder[:] = [load_embedder(**dict(settings, device="cpu"), show_progress=False)]
+
+
+def _prepare(path: Path, embedder: Embedder | None = None) -> tuple[np.ndarray | None, str]:
+    """A crop decoded and made ready for the network (``Embedder.prepare``), or None and why it is unreadable."""
+    rgb, reason = _decode(path)
+    return (None, reason) if rgb is None else ((embedder or _pool_embedder[0]).prepare(rgb), "")
+
+
+def _prepared(paths: list[Path], embedder: Embedder, settings: dict,
+              workers: int) -> Iterator[tuple[np.ndarray | None, str]]:
+    """``_prepare`` of each crop, in order: in ``workers`` processes when more than one, each with its own
+    embedder of ``settings`` (``load_embedder``'s arguments), so that decoding and aligning run beside the
+    network, which stays in this process."""
     if workers <= 1:
-        yield from map(_decode, paths)
+        yield from (_prepare(path, embedder) for path in paths)
         return
-    context = get_context("fork" if os.name == "posix" else "spawn")
-    with context.Pool(workers) as pool:
-        yield from pool.imap(_decode, paths, chunksize=8)
+    with worker_context().Pool(workers, initializer=_init_pool_worker, initargs=(settings,)) as pool:
+        yield from pool.imap(_prepare, paths, chunksize=8)
 
 
 def _check_same_settings(path: Path, previous: dict, meta: dict) -> None:
@@ -262,21 +276,22 @@ class _EmbedState:
         write_csv_atomic(pd.DataFrame(self.errors, columns=ERROR_COLUMNS), embed_errors_path(self.output))
 
 
-def _local_batches(paths: list[Path], todo: list[str], embedder: Embedder, workers: int,
+def _local_batches(paths: list[Path], todo: list[str], embedder: Embedder, settings: dict, workers: int,
                    batch_size: int) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
     """The local engine: (names, their vectors, error rows of unreadable crops) for the crops ``todo`` (files
-    ``paths``), a batch at a time, decoded in ``workers`` processes and embedded here."""
+    ``paths``), a batch at a time, decoded and prepared in ``workers`` processes and embedded here."""
     names: list[str] = []
     images: list[np.ndarray] = []
     errors: list[dict] = []
-    for index, (rgb, reason) in enumerate(_decoded(paths, workers)):
-        if rgb is None:
+    for index, (prepared, reason) in enumerate(_prepared(paths, embedder, settings, workers)):
+        if prepared is None:
             errors.append({"path": str(paths[index]), "reason": reason})
         else:
             names.append(todo[index])
-            images.append(rgb)
+            images.append(prepared)
         if len(images) == batch_size or index == len(paths) - 1:
-            yield names, embedder.embed(images) if images else np.zeros((0, embedder.dim), np.float32), errors
+            vectors = embedder.embed_prepared(images) if images else np.zeros((0, embedder.dim), np.float32)
+            yield names, vectors, errors
             names, images, errors = [], [], []
 
 
@@ -384,7 +399,8 @@ def embed(
             actor_settings = dict(settings, precision=meta["precision"], weights=getattr(embedder, "weights_path", None))
             batches = _ray_batches(crop_list.crops_dir, todo, actor_settings, batch_size, nodes)
         else:
-            batches = _local_batches([crop_list.crops_dir / name for name in todo], todo, embedder, workers, batch_size)
+            batches = _local_batches([crop_list.crops_dir / name for name in todo], todo, embedder, settings, workers,
+                                     batch_size)
         try:
             _embed_missing(state, batches, len(todo), f"embed ({embedder.name})", checkpoint_seconds, show_progress)
         except BaseException:

@@ -161,8 +161,8 @@ def test_pytorch_port_matches_dlib(lfw_crops):
 
     embedder = DlibResNet128Embedder(face_margin=0.2, device="cpu")
     crops = sorted(lfw_crops.glob("*.jpg"))[::150][:8]
-    chips = [embedder.align(load_image_rgb(path)) for path in crops]
-    ours = embedder.embed_chips(chips)
+    chips = [embedder.prepare(load_image_rgb(path)) for path in crops]
+    ours = embedder.embed_prepared(chips)
     reference = np.array(dlib.face_recognition_model_v1(str(model_file(RESNET_FILE))).compute_face_descriptor(chips))
     error = np.abs(ours - reference).max(axis=1) / np.abs(reference).max(axis=1)
     print(f"PyTorch port vs dlib: max relative error {error.max():.2e} over {len(chips)} chips")

@@ -36,6 +36,13 @@ class Embedder(Protocol):
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Embed HxWx3 uint8 RGB face crops (any size; the model resizes) -> float32 array (n, dim)."""
 
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        """One crop as the network takes it (aligned, resized): CPU work without the network, which the local
+        engine does in its worker processes. ``embed(crops)`` is ``embed_prepared`` of these."""
+
+    def embed_prepared(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed crops made ready by ``prepare`` -> float32 array (n, dim)."""
+
     def describe(self) -> dict:
         """Fields for the embeddings sidecar JSON: model, dimension, preprocessing, weights sha256..."""
 

@@ -229,7 +229,7 @@ class DlibResNet128Embedder:
         with torch.inference_mode(False):  # first used under inference mode, but the identity term trains through it
             return read_dlib_resnet(self._resnet_path).eval().to(self.device)
 
-    def align(self, rgb: np.ndarray) -> np.ndarray:
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
         """The 150x150 chip of a crop: aligned on its 5 landmarks by dlib with ``padding`` (a larger one keeps
         more of the head around the face, e.g. the scalp), or (crop "whole") the whole crop edge-padded to a
         square and resized."""
@@ -262,7 +262,7 @@ class DlibResNet128Embedder:
                               align_corners=False)
         return self.network(chips.permute(0, 2, 3, 1))
 
-    def embed_chips(self, chips: Sequence[np.ndarray]) -> np.ndarray:
+    def embed_prepared(self, chips: Sequence[np.ndarray]) -> np.ndarray:
         """Aligned 150x150 uint8 RGB chips -> float32 (n, 128)."""
         outputs = [np.zeros((0, self.dim), dtype=np.float32)]
         with torch.inference_mode():
@@ -276,7 +276,7 @@ class DlibResNet128Embedder:
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """HxWx3 uint8 RGB face crops -> float32 (n, 128)."""
-        return self.embed_chips([self.align(rgb) for rgb in crops])
+        return self.embed_prepared([self.prepare(rgb) for rgb in crops])
 
     def describe(self) -> dict:
         """Sidecar fields: which files, which alignment, where the face box came from."""
