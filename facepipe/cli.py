@@ -301,7 +301,7 @@ def detect(inputs, out_dir, detector, max_side, cascade, scale_factor, min_neigh
               help="bf16: faster on recent CPUs/GPUs, embeddings drift slightly (vggface2-resnet50 only); auto: "
                    "bf16 where the hardware computes it natively (AMX / AVX-512 BF16, CUDA), else fp32.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1),
-              help="Processes decoding the crops (local engine).")
+              help="Processes decoding and aligning the crops (local engine; the network runs in this one).")
 @with_engine_options
 @click.option("--dlib-crop", type=click.Choice(DLIB_CROP_MODES), default="aligned", show_default=True,
               help="dlib-resnet128: its landmark-aligned chip, or the whole crop squared.")
