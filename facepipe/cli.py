@@ -11,6 +11,7 @@ import click
 
 from facepipe import __version__
 from facepipe.common import FacepipeError, describe_os_error
+from facepipe.config import ConfigError
 from facepipe.detectors import DETECTORS, COMBINED
 from facepipe.engine import DEFAULT_ENGINE, ENGINES
 from facepipe.export_settings import EXPORT_MODES
@@ -42,12 +43,16 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 
 def reports_errors(command):
     """Turn ``FacepipeError`` and operating-system errors (permissions, disk full, a file where a folder
-    should be, too many open files) into a one-line message and exit code 1 instead of a traceback."""
+    should be, too many open files) into a one-line message and exit code 1 instead of a traceback (2 for a
+    run config that cannot be used)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except ConfigError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(2)
         except FacepipeError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(1)

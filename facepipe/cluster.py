@@ -153,6 +153,8 @@ def parse_k_range(k_range: str | Sequence[int]) -> range:
     """``"2:40"`` or ``"2:120:5"`` (inclusive) or ``(2, 40)`` / ``(2, 120, 5)`` -> the k values to try."""
     parts = k_range.split(":") if isinstance(k_range, str) else list(k_range)
     try:
+        if not all(isinstance(p, str) or type(p) is int for p in parts):  # 2.5 or true in a config's list
+            raise TypeError
         numbers = [int(p) for p in parts]
     except (TypeError, ValueError):
         raise FacepipeError(f"k range {k_range!r} must look like START:STOP or START:STOP:STEP, e.g. 2:40") from None

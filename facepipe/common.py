@@ -7,8 +7,10 @@ import errno
 import hashlib
 import os
 import random
+import signal
 import sys
 import tempfile
+import threading
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator
@@ -121,8 +123,41 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def worker_context():
     """The multiprocessing context of facepipe's worker pools: forkserver on POSIX, not fork (a worker forked
-    from a process whose thread pools already ran, dlib's CNN or OpenCV's, hangs on them), else spawn."""
-    return get_context("forkserver" if os.name == "posix" else "spawn")
+    from a process whose thread pools already ran, dlib's CNN or OpenCV's, hangs on them), else spawn. The fork
+    server is started ignoring Ctrl-C, and so are the workers it forks: Ctrl-C is the facepipe process's to
+    handle (it keeps what is done and stops the pool), and no worker prints a KeyboardInterrupt traceback."""
+    if os.name != "posix":
+        return get_context("spawn")
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        from multiprocessing import forkserver
+
+        ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec: the server ignores it
+        try:
+            forkserver.ensure_running()  # no-op once running
+        finally:
+            signal.signal(signal.SIGINT, ctrl_c)
+    return get_context("forkserver")
+
+
+@contextlib.contextmanager
+def worker_pool(processes: int, initializer, initargs: tuple):
+    """A pool of ``processes`` workers of ``worker_context``, terminated when the ``with`` body ends. Ctrl-C
+    while the pool starts is held until every worker has started, then delivered: the pool is stopped whole,
+    and no worker is left half-started (it would print a traceback once this process is gone)."""
+    pressed: list[int] = []
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    ctrl_c = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum)) if in_main_thread else None
+    try:
+        pool = worker_context().Pool(processes, initializer=initializer, initargs=initargs)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, ctrl_c)
+    try:
+        if pressed:
+            signal.raise_signal(signal.SIGINT)  # to the handler that was there: KeyboardInterrupt, normally
+        yield pool
+    finally:
+        pool.terminate()
 
 
 def resolve_device(device: str = "auto") -> str:

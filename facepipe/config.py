@@ -10,6 +10,11 @@ from typing import Any, Iterable
 
 from facepipe.common import FacepipeError, write_text_atomic
 
+
+class ConfigError(FacepipeError):
+    """A run config (file or ``--set``) that cannot be used: bad TOML, an unknown section or option; the CLI
+    exits with 2 (bad usage or bad config value), as for a bad value."""
+
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("default_config.toml")
 PATH_OPTIONS = (("run", "labels"), ("embed", "weights"), ("cluster", "people"))  # relative paths in a config file start at its folder
 
@@ -28,12 +33,12 @@ def default_config_text() -> str:
 def _check_keys(config: dict, defaults: dict, origin: str) -> None:
     for section, values in config.items():
         if section not in defaults:
-            raise FacepipeError(f"{origin}: unknown section [{section}]; sections are {', '.join(defaults)}")
+            raise ConfigError(f"{origin}: unknown section [{section}]; sections are {', '.join(defaults)}")
         if not isinstance(values, dict):
-            raise FacepipeError(f"{origin}: [{section}] must be a table of options")
+            raise ConfigError(f"{origin}: [{section}] must be a table of options")
         unknown = sorted(set(values) - set(defaults[section]))
         if unknown:
-            raise FacepipeError(
+            raise ConfigError(
                 f"{origin}: unknown option(s) {', '.join(unknown)} in [{section}]; "
                 f"known: {', '.join(sorted(defaults[section]))}"
             )
@@ -57,9 +62,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
             with open(path, "rb") as handle:
                 user = tomllib.load(handle)
         except FileNotFoundError:
-            raise FacepipeError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as error:
-            raise FacepipeError(f"{path} is not valid TOML: {error}") from None
+            raise ConfigError(f"config file not found: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path} is not valid TOML: {error}") from None
         _check_keys(user, defaults, str(path))
         for section, option in PATH_OPTIONS:
             value = user.get(section, {}).get(option)
@@ -71,7 +76,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
         key, sep, value = item.partition("=")
         section, dot, option = key.strip().partition(".")
         if not sep or not dot:
-            raise FacepipeError(f"override {item!r} must look like section.option=value, e.g. cluster.k=5")
+            raise ConfigError(f"override {item!r} must look like section.option=value, e.g. cluster.k=5")
         _check_keys({section: {option: None}}, defaults, "--set")
         config[section][option] = parse_value(value.strip())
     return config

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from facepipe import __version__
-from facepipe.common import FacepipeError, progress, remove_stale_temporaries, worker_context
+from facepipe.common import FacepipeError, progress, remove_stale_temporaries, worker_pool
 from facepipe.engine import DEFAULT_ENGINE, RAY, check_engine, ray_nodes_phrase, ray_session
 from facepipe.formats import (
     DETECT_PARAMS_JSON,
@@ -47,12 +47,14 @@ from facepipe.detectors import (
     HaarFinder,
     HogFinder,
     find_faces,
+    too_small_to_search,
 )
 from facepipe.images import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
     collect_images,
     load_image_rgb,
+    output_outside_inputs,
     resize_square,
     save_image_atomic,
 )
@@ -195,6 +197,9 @@ class PhotoDetector:
         except ImageReadError as error:
             return {"source": str(source), "status": "error", "faces": 0, "reason": str(error)}, []
         height, width = rgb.shape[:2]
+        too_small = too_small_to_search(rgb, params.max_side)
+        if too_small:
+            return {"source": str(source), "status": "error", "faces": 0, "reason": too_small}, []
         rows = []
         faces = find_faces(rgb, self.finder, params.max_side)
         self._stop_if_orphaned()
@@ -258,7 +263,8 @@ def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[
     sources = sources.assign(faces=faces[sources.index].astype(int),
                              reason=sources["reason"].astype("string").fillna("").astype(str))
     detections = detections.drop_duplicates("crop", keep="last")
-    detections = detections[detections["crop"].astype(str).map(lambda name: (out_dir / name).is_file())]
+    on_disk = detections["crop"].astype(str).map(lambda name: (out_dir / name).is_file()).astype(bool)
+    detections = detections[on_disk]  # a bool mask even when empty: an empty object one would select columns
     rows_per_source = detections.groupby("source").size()
     complete = sources["faces"] == sources["source"].map(rows_per_source).fillna(0).astype(int)
     sources = sources[complete]
@@ -293,14 +299,12 @@ def _local_results(todo: list[Path], params: DetectorParams, out_dir: Path, work
     """The local engine: (sources.csv row, detection rows) of each photo of ``todo``, in order, from
     ``workers`` processes."""
     settings = (params, out_dir, max_pixels, os.getpid())
-    pool = worker_context().Pool(max(1, workers), initializer=_init_worker, initargs=settings) if workers > 1 else None
-    if pool is None:
+    if workers <= 1:
         _init_worker(*settings)
-    try:
-        yield pool.imap(_process_source, todo, chunksize=4) if pool else map(_process_source, todo)
-    finally:
-        if pool is not None:
-            pool.terminate()
+        yield map(_process_source, todo)
+        return
+    with worker_pool(workers, _init_worker, settings) as pool:
+        yield pool.imap(_process_source, todo, chunksize=4)
 
 
 def _ray_results(todo: list[Path], params: DetectorParams, out_dir: Path, max_pixels: int, nodes: Counter):
@@ -337,7 +341,7 @@ def _detect_todo(todo: list[Path], params: DetectorParams, out_dir: Path, source
             raise
 
 
-@locks_output(lambda args: args["out_dir"])
+@locks_output(lambda args: output_outside_inputs(args["out_dir"], args["inputs"]))
 def detect(
     inputs: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike = "temp",

@@ -21,6 +21,8 @@ from facepipe.common import FacepipeError
 HAAR, HOG, CNN, COMBINED = "haar", "dlib-hog", "dlib-cnn", "haar+hog+cnn"
 DETECTORS = (COMBINED, HAAR, HOG, CNN)
 CNN_MODEL_FILE = "mmod_human_face_detector.dat"
+MIN_SEARCH_SIDE = 20  # px at a detector's scale: no detector finds a smaller face, and dlib's CNN crashes on
+                     # a photo under about 10 px a side
 COMBINED_CNN_UPSAMPLE = 0  # the combined mode's CNN is not upsampled: it runs on few photos, but each costs
                            # about 1.3 s at 512 px already
 
@@ -123,6 +125,8 @@ class CnnFinder:
     def find(self, rgb: np.ndarray) -> list[Face]:
         small, scale = scaled_down(rgb, self.max_side)
         height, width = small.shape[:2]
+        if min(height, width) < MIN_SEARCH_SIDE:
+            return []  # a strip too narrow to hold a face, on which dlib's CNN would crash
         found = [(_rectangle_box(d.rect, width, height), d.confidence)
                  for d in self.detector(np.ascontiguousarray(small), self.upsample)]
         return [Face(_scale_box(box, 1.0 / scale, rgb.shape), CNN, float(score)) for box, score in found
@@ -163,8 +167,21 @@ def _scale_box(box: tuple[int, int, int, int], factor: float, shape: tuple[int, 
     return x, y, max(1, min(w, width - x)), max(1, min(h, height - y))
 
 
+def too_small_to_search(rgb: np.ndarray, max_side: int) -> str | None:
+    """Why a photo is too small (or too narrow) to search for faces at the working scale, or None."""
+    height, width = rgb.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    if min(height, width) * scale >= MIN_SEARCH_SIDE:
+        return None
+    return (f"too small to hold a face: {width}x{height} pixels; the detectors need at least {MIN_SEARCH_SIDE} "
+            f"pixels a side once the longer side is at most {max_side} (--max-side)")
+
+
 def find_faces(rgb: np.ndarray, finder: FaceFinder, max_side: int) -> list[Face]:
-    """The faces of a full-size RGB photo, found at the working scale, boxes in full-size pixels, largest first."""
+    """The faces of a full-size RGB photo, found at the working scale, boxes in full-size pixels, largest first
+    (none in a photo ``too_small_to_search``)."""
+    if too_small_to_search(rgb, max_side):
+        return []
     small, scale = scaled_down(rgb, max_side)
     faces = [Face(_scale_box(face.box, 1.0 / scale, rgb.shape), face.detector, face.score)
              for face in finder.find(small)]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from facepipe import __version__
-from facepipe.common import FacepipeError, progress, worker_context
+from facepipe.common import FacepipeError, progress, worker_pool
 from facepipe.crops import detect_margin
 from facepipe.engine import DEFAULT_ENGINE, RAY, check_engine, ray_nodes_phrase, ray_session
 from facepipe.formats import (
@@ -205,7 +205,7 @@ def _prepared(paths: list[Path], embedder: Embedder, settings: dict,
     if workers <= 1:
         yield from (_prepare(path, embedder) for path in paths)
         return
-    with worker_context().Pool(workers, initializer=_init_pool_worker, initargs=(settings,)) as pool:
+    with worker_pool(workers, _init_pool_worker, (settings,)) as pool:
         yield from pool.imap(_prepare, paths, chunksize=8)
 
 

@@ -11,6 +11,7 @@ from typing import Iterable
 import numpy as np
 
 from facepipe.common import FacepipeError, write_bytes_atomic
+from facepipe.formats import LOCK_FILE
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif"})
 
@@ -51,25 +52,75 @@ def _read_path_list(list_file: Path) -> list[Path]:
     return paths
 
 
+def printable_path(path: str | os.PathLike) -> str:
+    """``path`` as valid UTF-8 text: bytes of a file name that are not UTF-8 shown as ``\\xe9`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _not_utf8(path: Path, problems: list[dict] | None) -> bool:
+    """True (and ``path`` recorded in ``problems``, or refused) when its name is not UTF-8: no CSV could name it."""
+    if printable_path(path) == str(path):
+        return False
+    reason = "the file name is not valid UTF-8 (a CSV cannot name it); rename it, e.g. convmv -f latin1 -t utf8"
+    if problems is None:
+        raise FacepipeError(f"{printable_path(path)}: {reason}")
+    problems.append({"path": printable_path(path), "reason": reason})
+    return True
+
+
+def is_output_folder(folder: str | os.PathLike) -> bool:
+    """True for a folder facepipe writes into (it holds facepipe's lock file): never read back as input."""
+    return os.path.exists(os.path.join(folder, LOCK_FILE))
+
+
 def _walk_images(folder: Path, found: set[Path], problems: list[dict] | None) -> None:
+    """Add the images under ``folder`` to ``found``, leaving out hidden files and folders, and folders below it
+    that are facepipe's own outputs (crops, exports, run folders), which would otherwise be read as photos."""
     def unreadable(error: OSError) -> None:
         if problems is None:
             raise error
-        problems.append({"path": str(Path(os.path.abspath(error.filename or folder))),
+        problems.append({"path": printable_path(os.path.abspath(error.filename or folder)),
                          "reason": f"cannot list this folder: {error.strerror or error}"})
 
     for root, dirs, files in os.walk(folder, onerror=unreadable):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.update(Path(os.path.abspath(os.path.join(root, f))) for f in files
-                     if is_image_path(f) and not f.startswith("."))
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not is_output_folder(os.path.join(root, d))]
+        paths = (Path(os.path.abspath(os.path.join(root, f))) for f in files if is_image_path(f) and not f.startswith("."))
+        found.update(path for path in paths if not _not_utf8(path, problems))
+
+
+def _one_path_per_file(paths: set[Path]) -> list[Path]:
+    """``paths`` sorted, with each file once: of the paths that lead to one file (through a symlinked folder,
+    say), the one without links if it is among them, else the first in sort order."""
+    by_file: dict[str, Path] = {}
+    for path in sorted(paths, key=lambda p: (os.path.realpath(p) != str(p), p)):
+        by_file.setdefault(os.path.realpath(path), path)
+    return sorted(by_file.values())
+
+
+def output_outside_inputs(out_dir: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> str | os.PathLike:
+    """``out_dir``, refused (before anything is written) when it is an input folder or the folder of an input
+    photo: what is written there would be read back as photos. A folder inside an input folder is fine (facepipe
+    skips its own output folders). ``inputs`` that are an iterator are left unread (and unchecked)."""
+    if isinstance(inputs, (list, tuple, set)):
+        out = os.path.realpath(out_dir)
+        for item in map(lambda raw: Path(raw).expanduser(), inputs):
+            folder = item if item.is_dir() else item.parent if item.is_file() and is_image_path(item) else None
+            if folder is not None and os.path.realpath(folder) == out:
+                what = "is the input folder" if folder is item else "holds the input photo"
+                raise FacepipeError(f"the output folder {printable_path(out_dir)} {what} {printable_path(item)}: "
+                                    "what facepipe writes there would be read back as photos; choose an output "
+                                    "folder outside the inputs (one inside an input folder is fine)")
+    return out_dir
 
 
 def collect_images(inputs: Iterable[str | os.PathLike], problems: list[dict] | None = None) -> list[Path]:
     """Expand folders (recursively), image files and text files listing paths into a sorted list of images.
 
-    Paths are made absolute; duplicates are dropped. A missing input is an error; a listed path that is
-    missing is kept, so the stage that reads it records it as an error. A folder that cannot be listed is
-    appended to ``problems`` (rows ``path, reason``) where it is given, else raises its OSError.
+    Paths are made absolute; duplicates (also through links: by real path) are dropped; folders below an input
+    folder that are facepipe's own outputs are skipped. A missing input is an error; a listed path that is
+    missing is kept, so the stage that reads it records it as an error. A folder that cannot be listed, and a
+    file whose name is not UTF-8, are appended to ``problems`` (rows ``path, reason``) where it is given, else
+    raise (an OSError, a FacepipeError).
     """
     found: set[Path] = set()
     for raw in inputs:
@@ -77,16 +128,17 @@ def collect_images(inputs: Iterable[str | os.PathLike], problems: list[dict] | N
         if item.is_dir():
             _walk_images(item, found, problems)
         elif item.is_file() and is_image_path(item):
-            found.add(Path(os.path.abspath(item)))
+            if not _not_utf8(Path(os.path.abspath(item)), problems):
+                found.add(Path(os.path.abspath(item)))
         elif item.is_file():
             for listed in _read_path_list(item):
                 if listed.is_dir():
                     _walk_images(listed, found, problems)
-                else:
+                elif not _not_utf8(Path(os.path.abspath(listed)), problems):
                     found.add(Path(os.path.abspath(listed)))
         else:
-            raise FacepipeError(f"input not found: {raw}")
-    return sorted(found)
+            raise FacepipeError(f"input not found: {printable_path(raw)}")
+    return _one_path_per_file(found)
 
 
 def _to_rgb8(image) -> np.ndarray:

@@ -39,7 +39,7 @@ from facepipe.formats import (
     write_json_atomic,
 )
 from facepipe.identity import identity_weight_for
-from facepipe.images import collect_images
+from facepipe.images import collect_images, output_outside_inputs
 from facepipe.locks import locks_output
 
 STAGES = ("detect", "embed", "cluster", "train_cvae", "generate", "probe")
@@ -273,7 +273,7 @@ def _checked_inputs(inputs: Iterable[str | os.PathLike], config: dict) -> tuple[
     return inputs, images, labels
 
 
-@locks_output(lambda args: args["out_dir"])
+@locks_output(lambda args: output_outside_inputs(args["out_dir"], args["inputs"]))
 def run(
     inputs: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
