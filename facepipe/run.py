@@ -136,9 +136,17 @@ class _Runner:
         return fingerprint
 
 
+class _RunLogHandler(logging.FileHandler):
+    """``run.log``: a line that cannot be written (a full disk) is left out, not printed as a traceback; the error
+    that stops the run is reported on stderr anyway."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        return None
+
+
 def _setup_logging(out_dir: Path, quiet: bool) -> list[logging.Handler]:
     """Log to ``run.log`` in the run folder, and to stderr unless ``quiet``."""
-    to_file = logging.FileHandler(out_dir / RUN_LOG, encoding="utf-8")
+    to_file = _RunLogHandler(out_dir / RUN_LOG, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handlers: list[logging.Handler] = [to_file]
     if not quiet:

@@ -141,9 +141,10 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, johns_cluste
     killed.mkdir()
     shutil.copy(full / cvae_checkpoint_name(1), killed / cvae_checkpoint_name(1))  # the run died during epoch 2
     (killed / ".cvae_epoch_2.pt.abc.tmp.pt").write_bytes(b"half a file")
-    with pytest.raises(FacepipeError, match="--resume"):
-        train_cvae(johns_clusters, weights_dir=killed, **TRAINING)
-    summary = train_cvae(johns_clusters, weights_dir=killed, resume=True, keep_last=TRAINING["epochs"], **TRAINING)
+    with pytest.raises(FacepipeError, match="--resume"):  # more epochs than the killed run asked for: --resume
+        train_cvae(johns_clusters, weights_dir=killed, **dict(TRAINING, epochs=TRAINING["epochs"] + 1))
+    # the killed command, rerun as it was, goes on from its last epoch
+    summary = train_cvae(johns_clusters, weights_dir=killed, keep_last=TRAINING["epochs"], **TRAINING)
     assert summary.epochs_run == 2
     resumed, expected = load_checkpoint(killed / cvae_checkpoint_name(3)), load_checkpoint(full / cvae_checkpoint_name(3))
     for key, tensor in expected["model"].items():

@@ -5,6 +5,8 @@ Each case is a real command on real photos (or a synthetic image where the case 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -207,3 +209,73 @@ def test_every_run_config_error_exits_2_before_anything_runs(tmp_path, case):
 def test_a_malformed_set_override_exits_2(tmp_path):
     result = CliRunner().invoke(main, ["run", str(tmp_path), "--out", str(tmp_path / "run"), "--set", "cluster"])
     assert result.exit_code == 2 and "section.option=value" in result.output, result.output
+
+
+# --- 4. faults: a full disk --------------------------------------------------------------------------------------
+
+SMALL_MODEL = {"image_size": 32, "latent_dim": 16, "base_channels": 16, "epochs": 3, "identity_weight": 0.0,
+               "align": "none"}  # checkpoints of about 1.7 MB
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str):
+    """A tmpfs of ``size`` mounted on ``folder`` (root only; skips where mounts are not allowed)."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): needs root in a namespace "
+                    "that allows mounts")
+    try:
+        yield folder
+    finally:  # lazily where a file on it is still open (a failed test's): never leave the mount behind
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def free_space(folder: Path) -> None:
+    """The user frees space: the tmpfs on ``folder`` grows."""
+    subprocess.run(["mount", "-o", "remount,size=64m", str(folder)], check=True)
+
+
+@pytest.fixture(scope="module")
+def clustered(tmp_path_factory, photos):
+    """The photos detected, embedded with dlib-resnet128 and put into 2 groups: cluster_results.csv."""
+    from facepipe.cluster import cluster
+    from facepipe.detect import DetectorParams, detect
+    from facepipe.embed import embed
+
+    work = tmp_path_factory.mktemp("clustered")
+    detect([photos], work / "crops", DetectorParams(min_neighbors=5), workers=1, show_progress=False)
+    embed(work / "crops", work / "f.csv", model="dlib-resnet128", workers=1, show_progress=False)
+    cluster(work / "f.csv", work / "clusters", k=2, samples_dir=None, show_progress=False)
+    return work / "clusters" / "cluster_results.csv"
+
+
+def test_a_full_disk_while_training_is_one_line_and_a_plain_rerun_goes_on(tmp_path, clustered):
+    with small_disk(tmp_path / "small", "4m") as disk:  # room for epoch 1 and cvae_best.pt, not epoch 2
+        args = ["train-cvae", str(clustered), "-o", str(disk / "weights"), "-q"]
+        args += [part for key, value in SMALL_MODEL.items() for part in (f"--{key.replace('_', '-')}", str(value))]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, (result.output, result.exception)
+        assert result.output.startswith("error: ") and "no space left on the device" in result.output, result.output
+        assert sorted(p.name for p in (disk / "weights").glob("cvae_epoch_*.pt")) == ["cvae_epoch_1.pt"]
+        assert not list((disk / "weights").glob(".*.tmp*"))
+        free_space(disk)
+        result = CliRunner().invoke(main, args)  # the same command, no --resume
+        assert result.exit_code == 0, result.output
+        assert "2 epoch(s)" in result.output and "epoch 3" in result.output
+
+
+def test_a_full_disk_during_a_run_is_one_line_and_a_plain_rerun_goes_on(tmp_path, photos):
+    overrides = ["detect.min_neighbors=5", "detect.workers=1", 'embed.model="dlib-resnet128"', "embed.workers=1",
+                 "cluster.k=2", "generate.samples=0", "generate.evaluate=false",
+                 *(f"train_cvae.{key}={json.dumps(value)}" for key, value in SMALL_MODEL.items())]
+    with small_disk(tmp_path / "small", "3m") as disk:  # full while training
+        args = ["run", str(photos), "--out", str(disk / "run"), "-q", *(f"--set={item}" for item in overrides)]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, (result.output, result.exception)
+        assert result.output.startswith("error: ") and "no space left on the device" in result.output, result.output
+        free_space(disk)
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        stages = json.loads((disk / "run" / "summary.json").read_text())["stages"]
+        assert stages["detect"]["status"] == "skipped" and stages["train_cvae"]["status"] == "resumed"

@@ -3,13 +3,14 @@ and how a run aligned its crops (its ``alignment.csv``)."""
 
 from __future__ import annotations
 
+import io
 import random
 import re
 from pathlib import Path
 
 import numpy as np
 
-from facepipe.common import FacepipeError, atomic_path
+from facepipe.common import FacepipeError, write_bytes_atomic
 from facepipe.crops import CropAligner
 from facepipe.cvae.model import CVAEConfig, build_model
 from facepipe.formats import ALIGNMENT_CSV, CVAE_BEST_CHECKPOINT, CVAE_CHECKPOINT_FORMAT, read_alignment
@@ -52,11 +53,14 @@ def restore_rng_states(states: dict) -> None:
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
-    """Write a checkpoint atomically (tensors, numbers, strings, lists and dicts only: loadable with weights_only)."""
+    """Write a checkpoint atomically (tensors, numbers, strings, lists and dicts only: loadable with weights_only).
+    It is serialised in memory first: torch.save into a file on a full disk raises "basic_ios::clear", where
+    ``write_bytes_atomic`` raises the OSError (no space left) that names the file."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -195,12 +195,19 @@ def _checkpoints_to_continue(weights_dir: Path, epochs: int, resume: bool, force
         for path in [*existing.values(), *(weights_dir / name for name in (CVAE_BEST_CHECKPOINT, CVAE_LOG_CSV, ALIGNMENT_CSV))]:
             path.unlink(missing_ok=True)
         return {}
-    if existing and not resume and max(existing) < epochs:
+    if existing and not resume and max(existing) < epochs and not _stopped_short_of(existing, epochs):
         raise FacepipeError(
             f"{weights_dir} already holds checkpoints up to epoch {max(existing)}: "
             f"pass --resume to continue that run or --force to start over"
         )
     return existing
+
+
+def _stopped_short_of(existing: dict[int, Path], epochs: int) -> bool:
+    """True when the last checkpoint is of a run that asked for these ``epochs`` and stopped before them (killed,
+    Ctrl-C, a full disk): a plain rerun of that command goes on from it (``--resume`` asks to go beyond a
+    finished run)."""
+    return load_checkpoint(existing[max(existing)])["config"].get("epochs") == epochs
 
 
 @dataclass
