@@ -12,6 +12,7 @@ Prints one line per case and the totals; exits 1 if any case fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -178,9 +179,9 @@ def run_cases(probe: Probe, data: dict) -> None:
         probe.case(f"run config [{key}] {value}", {2}, "run", photos, "--out", w / "r_bad", "--config", w / "c.toml",
                    check=lambda _: "a stage ran" if (w / "r_bad" / "temp").exists() else None)
     (w / "c.toml").write_text("[detect\n")
-    probe.case("run: a config that is not TOML", {1}, "run", photos, "--out", w / "r_bad", "--config", w / "c.toml")
+    probe.case("run: a config that is not TOML", {2}, "run", photos, "--out", w / "r_bad", "--config", w / "c.toml")
     (w / "c.toml").write_text("[detect]\ncolour = 3\n")
-    probe.case("run: an unknown config key", {1}, "run", photos, "--out", w / "r_bad", "--config", w / "c.toml")
+    probe.case("run: an unknown config key", {2}, "run", photos, "--out", w / "r_bad", "--config", w / "c.toml")
 
     locked = w / "read_only"
     locked.mkdir()
@@ -226,14 +227,146 @@ def run_cases(probe: Probe, data: dict) -> None:
                == (w / "whole" / "detections.csv").read_bytes() else "the resumed run's detections differ")
 
 
+def ctrl_c_while_workers_start(args: list) -> subprocess.CompletedProcess:
+    """Run facepipe ``args`` in its own process group and send the group SIGINT (a terminal's Ctrl-C) once a
+    first worker has been forked (4 processes with the resource tracker and the fork server)."""
+    child = subprocess.Popen([sys.executable, "-m", "facepipe", *map(str, args)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+
+    def in_group() -> int:
+        count = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                count += int(stat.read_text().rsplit(")", 1)[1].split()[2]) == child.pid
+        return count
+
+    while in_group() < 4 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=300)
+    return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
+
+
+def layout_and_fault_cases(probe: Probe, data: dict) -> None:
+    """Issue 28's faults, folder layouts, odd inputs and run-config exit codes."""
+    from PIL import Image
+
+    w, photos = probe.work / "layouts", data["photos"]
+    w.mkdir()
+    rng = np.random.default_rng(0)
+    (w / "noface").mkdir()
+    Image.fromarray(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(w / "noface" / "noise.jpg")
+    for attempt in ("", " again"):
+        probe.case(f"detect: a folder with no face{attempt}", {0}, "detect", w / "noface", "-o", w / "d_noface", "-q")
+    for name, size in (("dot.jpg", (1, 1)), ("wide.jpg", (20000, 8)), ("tall.jpg", (8, 20000)), ("small.png", (19, 19))):
+        Image.new("RGB", size).save(w / name)
+        probe.case(f"detect: a {size[0]}x{size[1]} photo", {3}, "detect", w / name, "-o", w / f"d_{name}", "-q",
+                   check=lambda _, name=name: None if name in (w / f"d_{name}" / "errors.csv").read_text()
+                   else "not in errors.csv")
+    Image.fromarray(rng.integers(0, 256, (24, 640, 3), dtype=np.uint8)).save(w / "strip.png")
+    for detector in ("dlib-cnn", "haar+hog+cnn"):
+        probe.case(f"detect {detector} --cnn-max-side 64: a 640x24 strip", {0}, "detect", w / "strip.png", "-o",
+                   w / f"d_strip_{detector}", "-q", "--detector", detector, "--cnn-max-side", "64")
+
+    def names_valid_utf8(out: Path):
+        def check(_):
+            try:
+                for name in ("errors.csv", "sources.csv", "detections.csv"):
+                    (out / name).read_bytes().decode("utf-8")
+            except (OSError, UnicodeDecodeError) as error:
+                return f"{type(error).__name__}: {error}"
+            return None if "caf\\xe9.jpg" in (out / "errors.csv").read_text() else "not in errors.csv"
+        return check
+
+    latin = w / "latin"
+    shutil.copytree(photos, latin)
+    shutil.copy(next(photos.glob("*.jpg")), os.path.join(os.fsencode(latin), b"caf\xe9.jpg"))
+    probe.case("detect: a file name that is not UTF-8", {3}, "detect", latin, "-o", w / "d_latin", "-q",
+               "--min-neighbors", "5", check=names_valid_utf8(w / "d_latin"))
+    probe.case("embed: a crop whose name is not UTF-8", {1}, "embed", latin, "-o", w / "e_latin.csv", "--model",
+               "dlib-resnet128", "-q")
+
+    inside = w / "inside"
+    shutil.copytree(photos, inside)
+    count = len(list(photos.glob("*.jpg")))
+
+    def faces_are(out: Path, expected: int):
+        return lambda _: None if len((out / "sources.csv").read_text().splitlines()) - 1 == expected else \
+            f"{len((out / 'sources.csv').read_text().splitlines()) - 1} photos, not {expected}"
+
+    for attempt in ("", " again"):
+        probe.case(f"detect -o inside the input folder{attempt}", {0}, "detect", inside, "-o", inside / "crops", "-q",
+                   "--min-neighbors", "5", check=faces_are(inside / "crops", count))
+    probe.case("detect from a folder holding another's crops", {0}, "detect", inside, "-o", w / "d_after", "-q",
+               "--min-neighbors", "5", check=faces_are(w / "d_after", count))
+    before = sorted(p.name for p in inside.iterdir())
+    untouched = lambda _: None if sorted(p.name for p in inside.iterdir()) == before else "wrote into the input folder"
+    probe.case("detect -o the input folder", {1}, "detect", inside, "-o", inside, "-q", check=untouched)
+    probe.case("detect -o the folder of an input photo", {1}, "detect", next(inside.glob("*.jpg")), "-o", inside, "-q",
+               check=untouched)
+    probe.case("run --out the input folder", {1}, "run", inside, "--out", inside, "-q", check=untouched)
+    (w / "link").symlink_to(photos, target_is_directory=True)
+    probe.case("detect: a folder and a symlink to it", {0}, "detect", w / "link", photos, "-o", w / "d_link", "-q",
+               "--min-neighbors", "5", check=faces_are(w / "d_link", count))
+
+    configs = {"an unknown section": "[nosuch]\nx = 1\n", "a section that is not a table": "detect = 5\n",
+               "a float k range": "[cluster]\nk_range = [2.5, 10]\n", "a bool k range": "[cluster]\nk_range = [true, 9]\n",
+               "an unknown key": "[embed]\nnosuch = 1\n", "a missing ]": "[detect\n", "a duplicate key": "[detect]\nsize = 1\nsize = 2\n"}
+    for name, text in configs.items():
+        (w / "c.toml").write_text(text)
+        probe.case(f"run config: {name}", {2}, "run", photos, "--out", w / "r_bad", "--config", w / "c.toml",
+                   check=lambda _: "a stage ran" if (w / "r_bad").exists() else None)
+    (w / "c.toml").write_bytes(b"[run]\nlabels = \"\xe9\"\n")
+    probe.case("run config: not UTF-8", {2}, "run", photos, "--out", w / "r_bad", "--config", w / "c.toml")
+    for item in ("cluster", "nosuch.k=2", "cluster.nosuch=2"):
+        probe.case(f"run --set {item}", {2}, "run", photos, "--out", w / "r_bad", "--set", item)
+
+    for command in (["detect", photos, "-o", w / "d_ctrl_c", "--min-neighbors", "5", "--workers", "2"],
+                    ["embed", data["crops"], "-o", w / "e_ctrl_c.csv", "--model", "dlib-resnet128", "--workers", "2"]):
+        result = ctrl_c_while_workers_start([*command, "-q"])
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        name = f"{command[0]}: Ctrl-C while its workers start"
+        problems = ([] if result.returncode == 130 else [f"exit {result.returncode}, expected [130]"]) + \
+            (["traceback"] if "Traceback" in result.stderr else []) + ([] if len(lines) == 1 else [f"{len(lines)} lines"])
+        probe.rows.append((name, not problems, problems))
+        print(f"{'ok ' if not problems else 'BAD'} {name}: exit {result.returncode}; {'; '.join(problems) or lines[-1]}")
+
+    train = ["train-cvae", data["clusters"] / "cluster_results.csv", "-o", w / "small_t" / "weights", "--epochs", "3",
+             "--image-size", "32", "--latent-dim", "16", "--base-channels", "16", "--identity-weight", "0",
+             "--align", "none", "-q"]
+    run = ["run", photos, "--out", w / "small_r" / "run", "-q", "--set", "detect.min_neighbors=5", "--set",
+           "embed.model=\"dlib-resnet128\"", "--set", "cluster.k=2", "--set", "generate.samples=0", "--set",
+           "generate.evaluate=false", *(f"--set=train_cvae.{item}" for item in (
+               "image_size=32", "latent_dim=16", "base_channels=16", "epochs=3", "identity_weight=0.0", "align=\"none\""))]
+    for name, args, size in (("train-cvae", train, "4m"), ("run", run, "3m")):  # full while training
+        small = w / f"small_{name[0]}"
+        small.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)], capture_output=True).returncode:
+            continue
+        try:
+            probe.case(f"{name} onto a full disk", {1}, *args,
+                       check=lambda r: None if "no space left" in r.stderr else "no 'no space left'")
+            subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
+            probe.case(f"{name} rerun as it was, the space freed", {0}, *args)
+        finally:
+            subprocess.run(["umount", "--lazy", str(small)], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--only-layouts-and-faults", action="store_true",
+                        help="Only issue 28's faults, folder layouts, odd inputs and run-config exit codes.")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="facepipe_probe_"))
     os.chmod(work, 0o755)
     probe = Probe(work)
-    run_cases(probe, setup(work))
+    data = setup(work)
+    if not args.only_layouts_and_faults:
+        run_cases(probe, data)
+    layout_and_fault_cases(probe, data)
     bad = [row for row in probe.rows if not row[1]]
     tracebacks = sum("traceback" in row[2] for row in bad)
     wrong_codes = sum(any(p.startswith("exit") for p in row[2]) for row in bad)

@@ -471,7 +471,9 @@ def probe_evaluate(embeddings_path, probe_path, manifest_path, out_dir, crops_di
               help="Epoch checkpoints kept (cvae_best.pt is kept as well).")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
               help="DataLoader worker processes (the crops are cached in memory: 0 is usually fastest on CPU).")
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the --out folder.")
+@click.option("--resume", is_flag=True,
+              help="Continue from the last checkpoint in the --out folder to more --epochs than its run asked for "
+                   "(the same command rerun after a kill or a full disk continues without it).")
 @device_option
 @force_option
 @quiet_option
