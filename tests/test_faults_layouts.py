@@ -184,6 +184,20 @@ def test_a_file_name_that_is_not_utf8_is_listed_in_errors_csv(tmp_path, photos):
     assert len(read_csv(tmp_path / "crops" / DETECTIONS_CSV)) == len(list(photos.glob("*.jpg")))
 
 
+@pytest.mark.fast
+def test_collect_images_lists_or_refuses_a_name_that_is_not_utf8(tmp_path):
+    from facepipe.common import FacepipeError
+    from facepipe.images import collect_images
+
+    noise_photo(tmp_path / NOT_UTF8)
+    noise_photo(tmp_path / "fine.jpg")
+    problems: list[dict] = []
+    assert collect_images([tmp_path], problems) == [tmp_path / "fine.jpg"]
+    assert [row["path"] for row in problems] == [str(tmp_path / "caf\\xe9.jpg")]
+    with pytest.raises(FacepipeError, match="not valid UTF-8"):  # embed's crops: refused in one line
+        collect_images([tmp_path])
+
+
 # --- 7. exit codes -----------------------------------------------------------------------------------------------
 
 BAD_CONFIGS = {"unknown section": "[nosuch]\nx = 1\n", "unknown key": "[detect]\nnosuch = 1\n",
