@@ -180,7 +180,7 @@ def test_bad_config_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(FacepipeError, match="section.option=value"):
         load_config(None, ["k=3"])
     result = CliRunner().invoke(main, ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(bad)])
-    assert result.exit_code == 1 and "unknown option" in result.output
+    assert result.exit_code == 2 and "unknown option" in result.output  # a bad config: README's 2
     assert not (tmp_path / "o").exists()
     result = CliRunner().invoke(main, ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "vggface2-resnet50",
                                        "--set", "train_cvae.identity_weight=10"])
