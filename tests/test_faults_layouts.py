@@ -102,9 +102,10 @@ def test_ctrl_c_while_the_workers_start_is_one_line_and_130(tmp_path, photos, pr
     assert "Traceback" not in child.stderr_text and "KeyboardInterrupt" not in child.stderr_text, child.stderr_text
     assert [line for line in child.stderr_text.splitlines() if line.strip()] == [
         "interrupted: what was done is kept; rerun the same command to go on"]
-    again = facepipe(*args)
-    assert again.returncode == 0, again.stderr
-    assert len(read_csv(out / SOURCES_CSV)) == len(list(photos.glob("*.jpg")))
+    if processes == 5:  # once: the same command rerun finishes what the interrupted one began
+        again = CliRunner().invoke(main, args)
+        assert again.exit_code == 0, again.output
+        assert len(read_csv(out / SOURCES_CSV)) == len(list(photos.glob("*.jpg")))
 
 
 # --- 5. layouts --------------------------------------------------------------------------------------------------
