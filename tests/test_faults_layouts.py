@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from facepipe.cli import main
-from facepipe.formats import DETECTIONS_CSV, ERRORS_CSV, LOCK_FILE, SOURCES_CSV, read_csv
-from test_faults import assert_one_line_error, facepipe
+from facepipe.formats import DETECTIONS_CSV, ERRORS_CSV, SOURCES_CSV, read_csv
+from test_faults import facepipe
 
 PEOPLE = ["Kofi_Annan", "Jackie_Chan"]
 NOT_UTF8 = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 file name, as Linux hands it to Python
