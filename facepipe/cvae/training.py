@@ -340,7 +340,8 @@ def train_cvae(
 ) -> TrainSummary:
     """Train the CVAE on the crops of ``cluster_results`` (not the unknown group); each epoch writes
     ``cvae_epoch_N.pt`` (the last ``keep_last`` kept), ``cvae_best.pt`` when the validation loss improves, and
-    ``cvae_log.csv`` into ``weights_dir``; ``resume`` continues a killed run to the same weights. ``align``
+    ``cvae_log.csv`` into ``weights_dir``; a killed (or full-disk) run, called again as it was, continues to the
+    same weights, and ``resume`` continues a finished run to more ``epochs``. ``align``
     "dlib5" aligns the crops on their landmarks (recorded in ``alignment.csv``); ``identity_weight`` "auto" is
     on for clusters whose embeddings allow it (``identity.identity_weight_for``)."""
     import torch
