@@ -44,6 +44,7 @@ from facepipe.formats import (
     write_csv_atomic,
 )
 from facepipe.identity import build_identity_term, clustered_embeddings_model, identity_weight_for
+from facepipe.limits import TRAIN_CVAE, check_limits, usable_workers
 from facepipe.locks import locks_output
 
 LOSS_PARTS = ("loss", "recon", "kl", "anchor", "identity", "draw_identity")
@@ -339,8 +340,7 @@ def train_cvae(
     import torch
 
     started = time.perf_counter()
-    if keep_last < 1:
-        raise FacepipeError("--keep-last must be at least 1")
+    check_limits(TRAIN_CVAE, seed=seed, keep_last=keep_last, workers=workers)
     config = CVAEConfig(image_size=image_size, alignment=align, align_padding=float(align_padding),
                         decoder_base=decoder_base, latent_dim=latent_dim, base_channels=base_channels,
                         max_channels=max_channels, beta=float(beta), mean_anchor=float(mean_anchor),
@@ -371,7 +371,7 @@ def train_cvae(
 
     bar = progress(range(first_epoch, epochs + 1), desc="train-cvae", unit="epoch", enabled=show_progress)
     for epoch in bar:
-        row = _train_one_epoch(model, optimizer, data, config, epoch, device, workers)
+        row = _train_one_epoch(model, optimizer, data, config, epoch, device, usable_workers(workers))
         state.epoch = epoch
         state.history.append(row)
         improved = row["val_loss"] < state.best_val
