@@ -54,6 +54,7 @@ from facepipe.formats import (
 )
 from facepipe.limits import CLUSTER, check_limits
 from facepipe.locks import locks_output
+from facepipe.models import unit_rows
 from facepipe.people import apply_people, read_anchors, read_people, resolve_numbers, unknown_faces, write_anchors
 
 __all__ = ["cluster", "ClusterSummary", "KMeansFit", "kmeans", "select_k", "parse_k_range", "sample_grid",
@@ -535,7 +536,7 @@ def cluster(
     if previous is not None:
         return ClusterSummary.of_previous_run(previous, out_dir, samples, time.monotonic() - started, notes)
 
-    vectors = _normalised(embeddings.vectors, embeddings_path) if normalize else embeddings.vectors
+    vectors = (_normalised if normalize else _comparable)(embeddings.vectors, embeddings_path)
     photos = _photo_ids(embeddings.names, crops_dir, notes)
     grouping, selection, rule = _group(vectors, method, rule_distance, ks, auto, k_rule, n_init, seed, photos,
                                        min_group_size, show_progress)
@@ -668,12 +669,21 @@ def _samples_folder(samples_dir, out_dir: Path, crops_dir: Path | None) -> tuple
 
 
 def _normalised(vectors: np.ndarray, embeddings_path: Path) -> np.ndarray:
-    """The embeddings L2-normalised in place (the array is ours, and a copy would double the memory)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise FacepipeError(f"{embeddings_path}: {int((norms == 0).sum())} embedding(s) are all zeros and cannot "
+    """The embeddings L2-normalised in place (the array is ours, and a copy would double the memory); rows
+    too large or too small for their squares are scaled first (``models.unit_rows``)."""
+    zeros = int((~vectors.any(axis=1)).sum())
+    if zeros:
+        raise FacepipeError(f"{embeddings_path}: {zeros} embedding(s) are all zeros and cannot "
                             "be L2-normalised (use normalize=False / --no-normalize)")
-    vectors /= norms
+    return unit_rows(vectors, out=vectors)
+
+
+def _comparable(vectors: np.ndarray, embeddings_path: Path) -> np.ndarray:
+    """Unnormalised embeddings, refused where their distances would overflow (to infinity: one group)."""
+    largest = float(np.abs(vectors).max())
+    if largest * largest * vectors.shape[1] * 4 > float(np.finfo(vectors.dtype).max):
+        raise FacepipeError(f"{embeddings_path}: values up to {largest:.3g} are too large to compare without "
+                            "normalisation (their squared distances overflow); drop --no-normalize")
     return vectors
 
 
