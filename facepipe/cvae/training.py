@@ -187,6 +187,17 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster
     return totals / max(1, len(order))
 
 
+def _refuse_non_finite(row: dict, weights_dir: Path) -> None:
+    """Stop a run whose loss went to nan or infinity (a learning rate or a weight too large): no checkpoint of
+    that epoch is written, so nothing claims it trained."""
+    broken = [key for key in ("train_loss", "val_loss") if not math.isfinite(row[key])]
+    if broken:
+        kept = f"; the checkpoints of epochs before it are kept in {weights_dir}" if row["epoch"] > 1 else ""
+        raise FacepipeError(f"training diverged in epoch {row['epoch']}: {broken[0].replace('_', ' ')} is "
+                            f"{row[broken[0]]} (too high a --learning-rate, --beta or other weight, or a damaged "
+                            f"checkpoint resumed){kept}")
+
+
 def _checkpoints_to_continue(weights_dir: Path, epochs: int, resume: bool, force: bool) -> dict[int, Path]:
     """The epoch checkpoints a run in ``weights_dir`` continues from (none after ``force``, which deletes them)."""
     weights_dir.mkdir(parents=True, exist_ok=True)
@@ -372,6 +383,7 @@ def train_cvae(
     bar = progress(range(first_epoch, epochs + 1), desc="train-cvae", unit="epoch", enabled=show_progress)
     for epoch in bar:
         row = _train_one_epoch(model, optimizer, data, config, epoch, device, usable_workers(workers))
+        _refuse_non_finite(row, weights_dir)
         state.epoch = epoch
         state.history.append(row)
         improved = row["val_loss"] < state.best_val
