@@ -338,9 +338,9 @@ def _parse_cs(value: str) -> list[float]:
     try:
         values = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter("a comma-separated list of numbers, e.g. 0.01,0.1,1") from None
+        raise click.BadParameter("a comma-separated list of numbers, e.g. 0.01,0.1,1", param_hint="'--cs'") from None
     if not values or not all(PROBE["cs"].admits(v) for v in values):
-        raise click.BadParameter(f"each value of C must be {PROBE['cs'].describe()}")
+        raise click.BadParameter(f"each value of C must be {PROBE['cs'].describe()}", param_hint="'--cs'")
     return values
 
 
@@ -491,7 +491,8 @@ def train_cvae(cluster_results, crops_dir, weights_dir, image_size, align, align
 
 
 @main.command()
-@click.option("--cluster", "cluster_ids", multiple=True, type=int, help="Cluster id to generate (repeatable).")
+@click.option("--cluster", "cluster_ids", multiple=True, type=limited(GENERATE["cluster"]),
+              help="Cluster id to generate (repeatable).")
 @click.option("--all", "all_clusters", is_flag=True, help="Generate every cluster the model knows.")
 @click.argument("checkpoint", required=False, default="weights", type=click.Path())
 @renamed("--checkpoint", "checkpoint", "the CHECKPOINT argument", type=click.Path())

@@ -146,6 +146,7 @@ TRAIN_CVAE = {
 }
 
 GENERATE = {
+    "cluster": Limit(0, 2**31 - 1),  # each --cluster; which ones the model knows is the checkpoint's
     "samples": Limit(0, 1_024),
     "temperature": Limit(0, MAX_TEMPERATURE, whole=False),
     "seed": SEED,
