@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from facepipe.common import FacepipeError, progress, remove_stale_temporaries, resolve_device, seed_everything
+from facepipe.common import (
+    FacepipeError,
+    progress,
+    remove_stale_temporaries,
+    reproducible_torch,
+    resolve_device,
+    seed_everything,
+)
 from facepipe.crops import cluster_pixel_means, load_crops, read_training_inputs
 from facepipe.cvae.checkpoints import (
     crop_aligner,
@@ -275,20 +282,22 @@ def _training_data(inputs, config: CVAEConfig, weights_dir: Path, device: str, s
 
 def _train_one_epoch(model, optimizer, data: _TrainingData, config: CVAEConfig, epoch: int, device: str,
                      workers: int) -> dict:
-    """Train one epoch and measure the validation loss -> the epoch's row of ``cvae_log.csv``."""
+    """Train one epoch and measure the validation loss -> the epoch's row of ``cvae_log.csv``; with PyTorch's
+    deterministic kernels, so that the weights depend on the inputs and settings alone."""
     import torch
 
     started = time.perf_counter()
     generator = _epoch_generator(config.seed, epoch)
     order = torch.from_numpy(data.train_rows)[torch.randperm(len(data.train_rows), generator=generator)]
     flips = torch.rand(len(order), generator=generator) < 0.5
-    train_means = _run_epoch(model, optimizer, data.dataset, order, flips, generator, data.cluster_means,
-                             data.identity_term, config, device, True, workers)
-    val_means = train_means
-    if len(data.val_rows):
-        no_flips = torch.zeros(len(data.val_rows), dtype=torch.bool)
-        val_means = _run_epoch(model, None, data.dataset, torch.from_numpy(data.val_rows), no_flips, None,
-                               data.cluster_means, data.identity_term, config, device, False, workers)
+    with reproducible_torch():
+        train_means = _run_epoch(model, optimizer, data.dataset, order, flips, generator, data.cluster_means,
+                                 data.identity_term, config, device, True, workers)
+        val_means = train_means
+        if len(data.val_rows):
+            no_flips = torch.zeros(len(data.val_rows), dtype=torch.bool)
+            val_means = _run_epoch(model, None, data.dataset, torch.from_numpy(data.val_rows), no_flips, None,
+                                   data.cluster_means, data.identity_term, config, device, False, workers)
     return {"epoch": epoch, **{f"train_{k}": float(v) for k, v in zip(LOSS_PARTS, train_means)},
             **{f"val_{k}": float(v) for k, v in zip(LOSS_PARTS, val_means)},
             "seconds": time.perf_counter() - started}
