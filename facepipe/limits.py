@@ -76,6 +76,16 @@ def check_limits(table: dict[str, Limit], **values) -> None:
         raise FacepipeError(f"{option_name(name)} {value!r} is out of range: it must be {table[name].describe()}")
 
 
+def config_limit_problems(config: dict) -> list[str]:
+    """Every numeric value of a run config (``facepipe.config.load_config``) outside its stage's range."""
+    problems = []
+    for section, table in CONFIG_SECTIONS.items():
+        for key, value in config.get(section, {}).items():
+            if key in table and key != "k_range" and value != "auto" and not table[key].admits(value):
+                problems.append(f"[{section}] {key} = {value!r} is out of range: it must be {table[key].describe()}")
+    return problems
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity mask where the system has one, else all of them)."""
     try:
@@ -163,3 +173,6 @@ ASSIGN = {
     "threshold": SAME_PERSON_THRESHOLD,
     "workers": WORKERS,
 }
+
+CONFIG_SECTIONS = {"detect": DETECT, "embed": EMBED, "cluster": CLUSTER, "train_cvae": TRAIN_CVAE,
+                   "generate": GENERATE, "probe": PROBE}  # run-config section -> its stage's table

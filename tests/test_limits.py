@@ -5,6 +5,7 @@ with one line naming the option, by the command line and the run config (exit 2)
 from __future__ import annotations
 
 import os
+import re
 
 import click
 import numpy as np
@@ -87,6 +88,18 @@ def test_run_config_values_get_the_options_limits():
     assert len(problems) == len(values)
     result = CliRunner().invoke(main, ["run", "photos", "-o", "run", "--set", "cluster.n_init=1000000000"])
     assert result.exit_code == 2 and "[cluster] n_init" in result.output
+
+
+@pytest.mark.fast
+def test_run_refuses_a_config_value_out_of_range_before_any_work(tmp_path):
+    """The Python ``run`` checks the config's numbers as the command line does, before a stage starts."""
+    from facepipe.run import run
+
+    for override, named in (("cluster.n_init=1000000000", "[cluster] n_init"), ("detect.workers=0", "[detect] workers"),
+                            ("train_cvae.beta=1e300", "[train_cvae] beta"), ("probe.seed=-1", "[probe] seed")):
+        with pytest.raises(FacepipeError, match=re.escape(named)):
+            run(["photos"], tmp_path / "run", load_config(None, [override]), show_progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def stage_calls(tmp_path):
