@@ -6,7 +6,9 @@ silent wrong results (issue 18's probe, rerun).
 Each case is one `facepipe` command in a child process with an expected exit code (0 done, 1 error, 2 bad
 usage, 3 done with unreadable inputs) and, for some, a check of what it left behind. The read-only cases run
 without root's permission override (util-linux setpriv), the full-disk case on a 160 KiB tmpfs (needs root).
-Prints one line per case and the totals; exits 1 if any case fails.
+Prints one line per case and the totals; exits 1 if any case fails. ``limit_cases``: issue 28's class 3
+(numbers out of range, worker counts, a nan loss, embeddings scaled by 1e30, the same weights beside a
+refused command).
 """
 
 from __future__ import annotations
@@ -356,6 +358,78 @@ def layout_and_fault_cases(probe: Probe, data: dict) -> None:
             probe.case(f"{name} rerun as it was, the space freed", {0}, *args)
         finally:
             subprocess.run(["umount", "--lazy", str(small)], check=True)
+def limit_cases(probe: Probe, data: dict) -> None:
+    """Issue 28, class 3: numbers out of range, worker counts, non-finite training, huge embeddings, same bytes."""
+    import torch
+
+    w, photos, features = probe.work / "limits", data["photos"], data["features"]
+    w.mkdir()
+    results, weights = data["clusters"] / "cluster_results.csv", data["weights"]
+    out_of_range = {
+        "detect": (["--size", "1000000"], ["--min-neighbors", "1000000000000"], ["--min-size", "1000000000000"],
+                   ["--max-side", "1000000000"], ["--scale-factor", "1e9"], ["--cnn-max-side", "99999999"]),
+        "cluster": (["--seed", "-1"], ["--seed", str(2**64)], ["--n-init", "1000000000"], ["--k", "100000"],
+                    ["--k-range", "2:1000000000"], ["--min-group-size", "1000000000000"],
+                    ["--samples-per-cluster", "1000000"]),
+        "train-cvae": (["--seed", "-1"], ["--seed", str(2**64)], ["--learning-rate", "1e10"], ["--beta", "1e300"],
+                       ["--mean-anchor", "1e300"], ["--identity-weight", "1e300"], ["--batch-size", "1000000000000"]),
+        "generate": (["--samples", "10000000"], ["--seed", "-1"], ["--cluster", str(2**64)]),
+        "embed": (["--batch-size", "100000000"],),
+    }
+    first = {"detect": [photos], "cluster": [features], "train-cvae": [results], "generate": [weights, "--all"],
+             "embed": [data["crops"]]}
+    for command, options in out_of_range.items():
+        for option in options:
+            probe.case(f"{command} {' '.join(option)}", {2}, command, *first[command], "-o", w / "x", *option)
+    for option in (["--seed", "-1"], ["--cs", "0.1,1e300"], ["--folds", "1000000"]):
+        probe.case(f"probe train {' '.join(option)}", {2}, "probe", "train", features, "--labels", features,
+                   "--target", "bald", "-o", w / "p.json", *option)
+    for value in ("cluster.seed=-1", "cluster.n_init=1000000000", "detect.size=1000000", "train_cvae.beta=1e300",
+                  "generate.samples=10000000", "probe.folds=0"):
+        probe.case(f"run --set {value}", {2}, "run", photos, "-o", w / "run", "--set", value,
+                   check=lambda _: "the run folder was made" if (w / "run").exists() else None)
+    probe.case("detect --workers 100000 (capped by the CPUs)", {0}, "detect", photos, "-o", w / "many",
+               "--min-neighbors", "5", "--workers", "100000", "-q")
+
+    def groups(folder: Path) -> list[str]:
+        return [row.split(",")[1] for row in (folder / "cluster_results.csv").read_text().splitlines()[1:]]
+
+    lines = features.read_text().splitlines()
+    scaled = [lines[0]] + [",".join([row.split(",")[0], *(f"{float(v) * 1e30:.9g}" for v in row.split(",")[1:])])
+                           for row in lines[1:]]
+    (w / "scaled.csv").write_text("\n".join(scaled) + "\n")
+    probe.case("cluster: embeddings scaled by 1e30", {0}, "cluster", w / "scaled.csv", "-o", w / "scaled", "--k", "2",
+               "--crops-dir", data["crops"], "-q",
+               check=lambda _: None if groups(w / "scaled") == groups(data["clusters"]) else "other groups than unscaled")
+
+    poisoned = w / "poisoned"
+    shutil.copytree(weights, poisoned)
+    last = sorted(poisoned.glob("cvae_epoch_*.pt"))[-1]
+    checkpoint = torch.load(last, weights_only=True)
+    for key, tensor in checkpoint["model"].items():
+        if tensor.is_floating_point() and key != "base_logits":
+            tensor.fill_(float("nan"))
+    torch.save(checkpoint, last)
+    probe.case("train-cvae: a loss that goes nan", {1}, "train-cvae", results, "-o", poisoned, "--resume", "--epochs",
+               "3", "--image-size", "32", "--identity-weight", "0", "-q",
+               check=lambda _: "an epoch-3 checkpoint was written" if (poisoned / "cvae_epoch_3.pt").exists() else None)
+
+    again = w / "again"
+    training = subprocess.Popen([sys.executable, "-m", "facepipe", "train-cvae", results, "-o", again, "--epochs", "2",
+                                 "--image-size", "32", "--identity-weight", "0", "-q"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    lock = again / ".facepipe.lock"
+    while training.poll() is None and not (lock.is_file() and lock.stat().st_size):
+        time.sleep(0.01)
+    probe.case("train-cvae refused while another trains the folder", {1}, "train-cvae", results, "-o", again)
+    training.wait()
+
+    def same_weights(_):
+        trained = [torch.load(folder / "cvae_epoch_2.pt", weights_only=True)["model"] for folder in (weights, again)]
+        return None if all(torch.equal(trained[0][k], trained[1][k]) for k in trained[0]) else "other weights"
+
+    probe.case("train-cvae beside a refused command: the same weights", {0}, "train-cvae", results, "-o", again,
+               "--epochs", "2", "--image-size", "32", "--identity-weight", "0", "-q", check=same_weights)
 
 
 def main() -> None:
@@ -370,6 +444,7 @@ def main() -> None:
     data = setup(work)
     if not args.only_layouts_and_faults:
         run_cases(probe, data)
+        limit_cases(probe, data)
     layout_and_fault_cases(probe, data)
     bad = [row for row in probe.rows if not row[1]]
     tracebacks = sum("traceback" in row[2] for row in bad)

@@ -44,6 +44,7 @@ from facepipe.formats import (
 )
 from facepipe.cluster_graph import one_face_per_photo
 from facepipe.labels import crop_sources, photo_ids
+from facepipe.limits import ASSIGN, check_limits
 from facepipe.locks import folder_lock, locks_output
 from facepipe.models import unit_rows
 
@@ -176,6 +177,7 @@ def assign(
     new face into the group it matches (``threshold``: the same-person distance, default the clustering's own),
     else unknown. Group numbers, names and centroids do not change."""
     started = time.monotonic()
+    check_limits(ASSIGN, workers=workers, **({} if threshold is None else {"threshold": threshold}))
     results_path = cluster_results_path(cluster_results)
     known = read_csv(results_path, CLUSTER_COLUMNS, "cluster results CSV")
     meta = read_json(sidecar_path(results_path))

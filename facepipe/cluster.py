@@ -52,7 +52,9 @@ from facepipe.formats import (
     write_groups,
     write_json_atomic,
 )
+from facepipe.limits import CLUSTER, check_limits
 from facepipe.locks import locks_output
+from facepipe.models import unit_rows
 from facepipe.people import apply_people, read_anchors, read_people, resolve_numbers, unknown_faces, write_anchors
 
 __all__ = ["cluster", "ClusterSummary", "KMeansFit", "kmeans", "select_k", "parse_k_range", "sample_grid",
@@ -161,8 +163,10 @@ def parse_k_range(k_range: str | Sequence[int]) -> range:
     if len(numbers) not in (2, 3):
         raise FacepipeError(f"k range {k_range!r} must look like START:STOP or START:STOP:STEP, e.g. 2:40")
     start, stop, step = numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else 1
-    if start < 2 or stop < start or step < 1:
-        raise FacepipeError(f"k range {k_range!r}: need 2 <= START <= STOP and STEP >= 1")
+    largest = CLUSTER["k_range"].high
+    if not (CLUSTER["k_range"].admits(start) and CLUSTER["k_range"].admits(stop) and start <= stop
+            and 1 <= step <= largest):
+        raise FacepipeError(f"k range {k_range!r}: need 2 <= START <= STOP <= {largest} and 1 <= STEP <= {largest}")
     return range(start, stop + 1, step)
 
 
@@ -390,8 +394,7 @@ def same_person_distance(threshold: float | str | None, model: str | None, norma
         value = float(threshold)
     except (TypeError, ValueError):
         raise FacepipeError(f"threshold must be a distance or 'auto', got {threshold!r}") from None
-    if not 0 < value < 4:
-        raise FacepipeError(f"threshold must lie between 0 and 4 (a Euclidean distance), got {value:g}")
+    check_limits(CLUSTER, threshold=value)
     return value
 
 
@@ -515,16 +518,17 @@ def cluster(
     the same inputs and options is skipped unless ``force``. ``people``: a people file (``facepipe.people``).
     """
     started = time.monotonic()
+    check_limits(CLUSTER, min_group_size=min_group_size, n_init=n_init, seed=seed,
+                 samples_per_cluster=samples_per_cluster)
     embeddings_path = Path(os.path.abspath(embeddings_path))
     out_dir = Path(os.path.abspath(out_dir))
     embeddings = read_embeddings(embeddings_path)
     n = len(embeddings.names)
-    method, rule_distance, ks = _chosen_method(method, threshold, min_group_size, k, k_range, k_rule, n_init,
-                                               normalize, embeddings, embeddings_path)
+    method, rule_distance, ks = _chosen_method(method, threshold, k, k_range, k_rule, normalize, embeddings,
+                                               embeddings_path)
     crops_dir = _crops_dir(crops_dir, embeddings.meta, embeddings_path)
     labels_file, people_file = _labels_file(labels), _labels_file(people or None)
     samples, notes = _samples_folder(samples_dir, out_dir, crops_dir)
-
     auto = ks is not None and _is_auto(k)
     options = _options_record(method, rule_distance, min_group_size, ks, auto, k_rule, normalize, seed, n_init,
                               samples, samples_per_cluster, crops_dir, people_file)
@@ -534,13 +538,12 @@ def cluster(
     if previous is not None:
         return ClusterSummary.of_previous_run(previous, out_dir, samples, time.monotonic() - started, notes)
 
-    vectors = _normalised(embeddings.vectors, embeddings_path) if normalize else embeddings.vectors
+    vectors = (_normalised if normalize else _comparable)(embeddings.vectors, embeddings_path)
     photos = _photo_ids(embeddings.names, crops_dir, notes)
     grouping, selection, rule = _group(vectors, method, rule_distance, ks, auto, k_rule, n_init, seed, photos,
                                        min_group_size, show_progress)
     grouping, names, anchors = _with_people(grouping, vectors, embeddings.names, photos, people_file, out_dir,
                                             rule_distance, notes)
-    grouped = grouping.labels >= 0
     sizes, quality, inertia = _group_quality(vectors, grouping, seed)
     metrics = _identity_metrics(embeddings.names, labels_file, crops_dir, grouping.labels) if labels_file else None
     table = selection.table if selection else pd.DataFrame(
@@ -550,7 +553,7 @@ def cluster(
     results, written = _write_results(out_dir, embeddings.names, grouping, table, selection, metrics, names, anchors)
     if samples is not None:
         written += write_sample_grids(results, crops_dir, samples, samples_per_cluster, show_progress)
-    unknown = int((~grouped).sum())
+    unknown = int((grouping.labels < 0).sum())
     write_json_atomic(sidecar_path(results_path), {
         "outputs": output_hashes(out_dir, written),
         "embeddings": str(embeddings_path), "model": embeddings.model, "dimension": embeddings.dim,
@@ -626,16 +629,12 @@ def _options_record(method, rule_distance, min_group_size, ks, auto, k_rule, nor
             "samples_per_cluster": int(samples_per_cluster), "crops_dir": None if crops_dir is None else str(crops_dir)}
 
 
-def _chosen_method(method, threshold, min_group_size, k, k_range, k_rule, n_init, normalize, embeddings,
+def _chosen_method(method, threshold, k, k_range, k_rule, normalize, embeddings,
                    embeddings_path) -> tuple[str, float | None, range | None]:
-    """The method "auto" stands for, the same-person distance, and the k values to try (k-means only); every
-    setting checked."""
+    """The method "auto" stands for, the same-person distance, and the k values to try (k-means only); those
+    settings checked (the numeric ones against ``limits.CLUSTER``)."""
     if method not in METHODS:
         raise FacepipeError(f"unknown cluster method {method!r}: use {', '.join(METHODS)}")
-    if min_group_size < 1:
-        raise FacepipeError(f"min group size must be at least 1, got {min_group_size}")
-    if n_init < 1:
-        raise FacepipeError(f"n_init must be at least 1, got {n_init}")
     rule_distance = same_person_distance(threshold, embeddings.model, normalize)
     if method == "auto":  # a k given means k-means; else the graph wherever a distance rule is known
         method = "graph" if rule_distance is not None and _is_auto(k) else "kmeans"
@@ -672,12 +671,21 @@ def _samples_folder(samples_dir, out_dir: Path, crops_dir: Path | None) -> tuple
 
 
 def _normalised(vectors: np.ndarray, embeddings_path: Path) -> np.ndarray:
-    """The embeddings L2-normalised in place (the array is ours, and a copy would double the memory)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise FacepipeError(f"{embeddings_path}: {int((norms == 0).sum())} embedding(s) are all zeros and cannot "
+    """The embeddings L2-normalised in place (the array is ours, and a copy would double the memory); rows
+    too large or too small for their squares are scaled first (``models.unit_rows``)."""
+    zeros = int((~vectors.any(axis=1)).sum())
+    if zeros:
+        raise FacepipeError(f"{embeddings_path}: {zeros} embedding(s) are all zeros and cannot "
                             "be L2-normalised (use normalize=False / --no-normalize)")
-    vectors /= norms
+    return unit_rows(vectors, out=vectors)
+
+
+def _comparable(vectors: np.ndarray, embeddings_path: Path) -> np.ndarray:
+    """Unnormalised embeddings, refused where their distances would overflow (to infinity: one group)."""
+    largest = float(np.abs(vectors).max())
+    if largest * largest * vectors.shape[1] * 4 > float(np.finfo(vectors.dtype).max):
+        raise FacepipeError(f"{embeddings_path}: values up to {largest:.3g} are too large to compare without "
+                            "normalisation (their squared distances overflow); drop --no-normalize")
     return vectors
 
 
@@ -727,8 +735,7 @@ def _check_k(k, k_range, k_rule: str, n: int, embeddings_path: Path) -> range:
         k = int(k)
     except (TypeError, ValueError):
         raise FacepipeError(f"k must be a number or 'auto', got {k!r}") from None
-    if k < 1:
-        raise FacepipeError(f"k must be at least 1, got {k}")
+    check_limits(CLUSTER, k=k)
     if k > n:
         raise FacepipeError(f"k = {k} clusters asked for, but {embeddings_path} holds only {n} embeddings")
     return range(k, k + 1)

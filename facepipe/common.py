@@ -11,6 +11,7 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator
@@ -184,6 +185,28 @@ def seed_everything(seed: int) -> None:
     except ImportError:  # pragma: no cover - torch is a dependency
         return
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def reproducible_torch() -> Iterator[None]:
+    """PyTorch's deterministic kernels (its own, oneDNN's and cuDNN's) inside the block, its settings restored
+    after it: some default kernels sum in an order that depends on how their threads happened to run (on a
+    GPU, atomic adds), so another process starting beside a training could change the weights it ends with."""
+    import torch
+
+    flags = torch.backends.mkldnn, torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              flags[0].deterministic, flags[1].deterministic, flags[1].benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic workspace
+    torch.use_deterministic_algorithms(True, warn_only=True)  # warn_only: ops with no such kernel still run
+    flags[0].deterministic, flags[1].deterministic, flags[1].benchmark = True, True, False
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation")
+            yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        flags[0].deterministic, flags[1].deterministic, flags[1].benchmark = before[2:]
 
 
 def progress(iterable=None, *, desc: str, total: int | None = None, unit: str = "it", enabled: bool = True):

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from facepipe.common import FacepipeError, progress
-from facepipe.cvae_settings import ALIGNMENTS, DEFAULT_ALIGN_PADDING, DEFAULT_ALIGNMENT, MAX_ALIGN_PADDING
+from facepipe.cvae_settings import ALIGNMENTS, DEFAULT_ALIGN_PADDING, DEFAULT_ALIGNMENT
 from facepipe.formats import (
     CLUSTER_COLUMNS,
     DETECT_PARAMS_JSON,
@@ -29,6 +29,7 @@ from facepipe.formats import (
     sidecar_path,
 )
 from facepipe.images import ImageReadError, load_image_rgb, resize_square
+from facepipe.limits import TRAIN_CVAE, check_limits
 
 
 def detect_margin(crops_dir: str | Path) -> float | None:
@@ -44,8 +45,7 @@ def check_alignment(alignment: str, padding: float) -> None:
     """A clear error for an unknown alignment or a padding out of range."""
     if alignment not in ALIGNMENTS:
         raise FacepipeError(f"unknown alignment {alignment!r}: use {' or '.join(ALIGNMENTS)}")
-    if not 0 <= padding <= MAX_ALIGN_PADDING:
-        raise FacepipeError(f"--align-padding must lie between 0 and {MAX_ALIGN_PADDING:g}, got {padding:g}")
+    check_limits(TRAIN_CVAE, align_padding=padding)
 
 
 def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int, padding: float) -> np.ndarray:

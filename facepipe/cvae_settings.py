@@ -12,6 +12,7 @@ DEFAULT_IDENTITY_JITTER = 1.0  # strength of the identity term's random views (i
 MAX_IDENTITY_JITTER = 3.0
 DEFAULT_TEMPERATURE = 1.0  # generate's random draws: z ~ N(0, temperature^2 I)
 MAX_TEMPERATURE = 10.0
+MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 512  # side of the CVAE's faces; beyond this a CPU run takes days and a checkpoint gigabytes
 MAX_LATENT_DIM = 1024
 MAX_BASE_CHANNELS = 1024

@@ -11,7 +11,7 @@ import re
 import time
 import unicodedata
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -58,6 +58,7 @@ from facepipe.images import (
     resize_square,
     save_image_atomic,
 )
+from facepipe.limits import DETECT, check_limits, usable_workers
 from facepipe.locks import locks_output
 
 
@@ -123,12 +124,7 @@ def check_params(params: DetectorParams) -> None:
         raise FacepipeError(f"unknown detector {params.detector!r}: use {', '.join(DETECTORS)}")
     if params.crop_format not in ("jpg", "png"):
         raise FacepipeError("crop format must be jpg or png")
-    if not 0 <= params.margin <= 2:
-        raise FacepipeError("margin must lie between 0 and 2 (a fraction of the face box per side)")
-    if min(params.max_side, params.cnn_max_side) < 64:
-        raise FacepipeError("max side and CNN max side must be at least 64 pixels")
-    if not 0 <= params.dlib_upsample <= 3:
-        raise FacepipeError(f"dlib upsample must lie between 0 and 3, got {params.dlib_upsample}")
+    check_limits(DETECT, **{f.name: getattr(params, f.name) for f in fields(params) if f.name in DETECT})
     if params.detector in (HAAR, COMBINED):
         HaarFinder(params.cascade, params.scale_factor, params.min_neighbors, params.min_size)  # loads the cascade
 
@@ -371,10 +367,9 @@ def detect(
     started = time.monotonic()
     params = params or DetectorParams()
     check_params(params)
-    if max_pixels < 1:
-        raise FacepipeError(f"max pixels must be at least 1, got {max_pixels}")
+    check_limits(DETECT, workers=workers, max_pixels=max_pixels)
     check_engine(engine, ray_address)
-    run = DetectRun(engine, ray_address, workers, max_pixels, show_progress, checkpoint_seconds)
+    run = DetectRun(engine, ray_address, usable_workers(workers), max_pixels, show_progress, checkpoint_seconds)
     out_dir = Path(os.path.abspath(out_dir))
     remove_stale_temporaries(out_dir)
     unlisted: list[dict] = []

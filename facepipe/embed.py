@@ -44,6 +44,7 @@ from facepipe.models import (
     VGGFACE2_RESNET50,
     Embedder,
 )
+from facepipe.limits import EMBED, check_limits, usable_workers
 from facepipe.locks import locks_output
 
 PRECISIONS = ("fp32", "bf16")
@@ -377,8 +378,7 @@ def embed(
     each loading the model once, into the same files (see ``facepipe.engine``).
     """
     started = time.monotonic()
-    if batch_size < 1:
-        raise FacepipeError(f"batch size must be at least 1, got {batch_size}")
+    check_limits(EMBED, batch_size=batch_size, workers=workers, dlib_padding=dlib_padding)
     check_engine(engine, ray_address)
     crop_list = list_crops(crops)
     output = Path(os.path.abspath(output))
@@ -399,8 +399,8 @@ def embed(
             actor_settings = dict(settings, precision=meta["precision"], weights=getattr(embedder, "weights_path", None))
             batches = _ray_batches(crop_list.crops_dir, todo, actor_settings, batch_size, nodes)
         else:
-            batches = _local_batches([crop_list.crops_dir / name for name in todo], todo, embedder, settings, workers,
-                                     batch_size)
+            batches = _local_batches([crop_list.crops_dir / name for name in todo], todo, embedder, settings,
+                                     usable_workers(workers), batch_size)
         try:
             _embed_missing(state, batches, len(todo), f"embed ({embedder.name})", checkpoint_seconds, show_progress)
         except BaseException:

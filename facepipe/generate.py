@@ -19,7 +19,7 @@ import numpy as np
 from facepipe.common import FacepipeError, progress, remove_stale_temporaries, resolve_device
 from facepipe.crops import CropAligner, cluster_pixel_means, load_crops, read_training_inputs
 from facepipe.cvae import crop_aligner, find_checkpoint, load_cvae
-from facepipe.cvae_settings import DEFAULT_TEMPERATURE, MAX_TEMPERATURE
+from facepipe.cvae_settings import DEFAULT_TEMPERATURE
 from facepipe.formats import (
     CENTROIDS_CSV,
     Embeddings,
@@ -32,6 +32,7 @@ from facepipe.formats import (
 )
 from facepipe.identity import at_crop_size, cluster_centroids, clustered_embeddings_path
 from facepipe.images import load_image_rgb, save_image_atomic
+from facepipe.limits import GENERATE, check_limits
 from facepipe.locks import locks_output
 from facepipe.models import unit_rows
 
@@ -272,10 +273,7 @@ def generate(
     """
     started = time.perf_counter()
     device = resolve_device(device)
-    if samples < 0:
-        raise FacepipeError("--samples must be 0 or more")
-    if not 0 <= temperature <= MAX_TEMPERATURE:
-        raise FacepipeError(f"--temperature must lie between 0 and {MAX_TEMPERATURE:g}, got {temperature:g}")
+    check_limits(GENERATE, samples=samples, temperature=temperature, seed=seed)
     checkpoint = find_checkpoint(checkpoint)
     model, config, _ = load_cvae(checkpoint, device)
     if clusters is None:

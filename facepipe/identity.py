@@ -3,7 +3,6 @@ faces against it) and train-cvae's identity term, which pulls each cluster's z =
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Sequence
 
@@ -13,6 +12,7 @@ from facepipe.common import FacepipeError
 from facepipe.crops import grouped_crops
 from facepipe.formats import read_embeddings, read_json, recorded_path, sidecar_path
 from facepipe.images import load_image_rgb
+from facepipe.limits import TRAIN_CVAE, check_limits
 from facepipe.models import DIFFERENTIABLE_MODELS, DifferentiableEmbedder, unit_rows
 
 DEFAULT_IDENTITY_WEIGHT = 1000.0  # what identity_weight "auto" means for clusters from one of DIFFERENTIABLE_MODELS
@@ -51,16 +51,15 @@ def clustered_embeddings_model(cluster_results: Path) -> str | None:
 
 def identity_weight_for(weight: float | str, model: str | None) -> float:
     """The identity term's weight for clusters from ``model`` embeddings (None: not known): ``"auto"`` is
-    DEFAULT_IDENTITY_WEIGHT for one of DIFFERENTIABLE_MODELS, else 0; a number is checked (at least 0; above 0
-    only for DIFFERENTIABLE_MODELS) and returned."""
+    DEFAULT_IDENTITY_WEIGHT for one of DIFFERENTIABLE_MODELS, else 0; a number is checked (``limits.TRAIN_CVAE``;
+    above 0 only for DIFFERENTIABLE_MODELS) and returned."""
     if weight == "auto":
         return DEFAULT_IDENTITY_WEIGHT if model in DIFFERENTIABLE_MODELS else 0.0
     try:
         value = float(weight)
     except (TypeError, ValueError):
         raise FacepipeError(f"--identity-weight must be a number (at least 0) or auto, not {weight!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise FacepipeError(f"--identity-weight must be a finite number, at least 0, got {value:g}")
+    check_limits(TRAIN_CVAE, identity_weight=value)
     if value > 0 and model not in DIFFERENTIABLE_MODELS:
         source = f"came from {model} embeddings" if model else "name no embeddings (with their model) in their sidecar"
         raise FacepipeError(f"the identity term needs {' or '.join(DIFFERENTIABLE_MODELS)} embeddings, and the clusters "

@@ -39,6 +39,7 @@ from facepipe.probe_metrics import (
     plot_confusion_matrix,
     plot_pr_curve,
 )
+from facepipe.limits import PROBE, check_limits
 from facepipe.locks import locks_output
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
@@ -436,6 +437,9 @@ def train(
     baselines and plots go into the probe JSON and ``<out stem>_holdout/``. A rerun with the same
     inputs and options skips; different ones on an existing ``out`` are refused unless ``force``.
     """
+    check_limits(PROBE, holdout=holdout, folds=folds, seed=seed)
+    for C in Cs:
+        check_limits(PROBE, cs=C)
     out = Path(out)
     options = {"target": target, "group_column": group_column, "holdout": holdout, "folds": folds,
                "Cs": [float(c) for c in Cs], "seed": seed, "crops_dir": None if crops_dir is None else str(crops_dir)}

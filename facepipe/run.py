@@ -40,6 +40,7 @@ from facepipe.formats import (
 )
 from facepipe.identity import identity_weight_for
 from facepipe.images import collect_images, output_outside_inputs
+from facepipe.limits import config_limit_problems
 from facepipe.locks import locks_output
 
 STAGES = ("detect", "embed", "cluster", "train_cvae", "generate", "probe")
@@ -266,7 +267,11 @@ def _run_stages(runner: "_Runner", folder: _RunFolder, images: list[Path]) -> No
 
 
 def _checked_inputs(inputs: Iterable[str | os.PathLike], config: dict) -> tuple[list[str], list[Path], str | None]:
-    """The inputs made absolute, the photos they hold and the label manifest: refused before any work."""
+    """The inputs made absolute, the photos they hold and the label manifest, and the config's numbers in their
+    ranges: refused before any work."""
+    problems = config_limit_problems(config)
+    if problems:
+        raise FacepipeError(f"{problems[0]}; nothing was run")
     identity_weight_for(config["train_cvae"]["identity_weight"], config["embed"]["model"])
     check_engine(config["run"]["engine"], _blank_to_none(config["run"]["ray_address"]))
     inputs = [str(Path(os.path.abspath(i))) for i in inputs]

@@ -494,3 +494,72 @@ def test_checkpoints_of_older_versions_still_load_as_unaligned_plain_decoders(tr
              if key not in ("alignment", "align_padding", "decoder_base", "draw_identity", "identity_jitter")}
     restored = CVAEConfig.from_dict(older)
     assert restored.alignment == "none" and restored.decoder_base == "none" and restored.draw_identity == 0.0
+
+
+def test_a_loss_that_goes_nan_stops_training_with_one_line_and_no_checkpoint(tmp_path, johns_clusters, trained):
+    """A run whose loss becomes nan (here: resumed from a checkpoint whose weights a fault made nan) ends with
+    exit 1 and one line, writing no checkpoint of that epoch, instead of reporting it trained."""
+    from click.testing import CliRunner
+
+    from facepipe.cli import main
+
+    full, _ = trained
+    weights = tmp_path / "weights"
+    shutil.copytree(full, weights)
+    last = weights / cvae_checkpoint_name(TRAINING["epochs"])
+    checkpoint = torch.load(last, weights_only=True)
+    for key, tensor in checkpoint["model"].items():
+        if tensor.is_floating_point() and key != "base_logits":  # the base is set from the crops again
+            tensor.fill_(float("nan"))
+    torch.save(checkpoint, last)
+    best = (weights / CVAE_BEST_CHECKPOINT).read_bytes()
+    options = {"--image-size": 32, "--latent-dim": 16, "--base-channels": 16, "--batch-size": 8, "--seed": 3,
+               "--identity-weight": 0, "--epochs": TRAINING["epochs"] + 1}
+    result = CliRunner().invoke(main, ["train-cvae", str(johns_clusters), "-o", str(weights), "--resume", "-q",
+                                       *[str(part) for option in options.items() for part in option]])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert f"training diverged in epoch {TRAINING['epochs'] + 1}: train loss is nan" in result.output
+    assert not (weights / cvae_checkpoint_name(TRAINING["epochs"] + 1)).exists()
+    assert (weights / CVAE_BEST_CHECKPOINT).read_bytes() == best
+
+
+# Waits until another process holds the weights folder, then runs train-cvae into it (torch imported first,
+# so that it asks while the training goes on).
+REFUSED_TRAINING = """
+import sys, time
+from pathlib import Path
+import facepipe.cvae
+from facepipe.cli import main
+from facepipe.formats import LOCK_FILE
+results, weights = sys.argv[1:3]
+print("ready", flush=True)
+lock, deadline = Path(weights) / LOCK_FILE, time.monotonic() + 60
+while not (lock.is_file() and lock.stat().st_size) and time.monotonic() < deadline:
+    time.sleep(0.005)
+sys.argv = ["facepipe", "train-cvae", results, "-o", weights, "-q"]
+main()
+"""
+
+
+def test_a_command_refused_during_training_changes_no_weight(tmp_path, johns_clusters, trained):
+    """Same inputs, same bytes: a second command refused against the folder while it trains (the odd one of
+    ten runs in issue 28) leaves every epoch's weights as those of a training without it."""
+    import subprocess
+    import sys
+
+    full, _ = trained
+    again = tmp_path / "weights"
+    child = subprocess.Popen([sys.executable, "-c", REFUSED_TRAINING, str(johns_clusters), str(again)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        train_cvae(johns_clusters, weights_dir=again, keep_last=TRAINING["epochs"], **TRAINING)
+        _, refused = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 1 and "is in use by another facepipe command" in refused, refused
+    for epoch in range(1, TRAINING["epochs"] + 1):
+        expected = load_checkpoint(full / cvae_checkpoint_name(epoch))["model"]
+        trained_again = load_checkpoint(again / cvae_checkpoint_name(epoch))["model"]
+        assert all(torch.equal(trained_again[key], tensor) for key, tensor in expected.items()), epoch

@@ -21,16 +21,15 @@ from facepipe.cvae_settings import (
     DEFAULT_ALIGNMENT,
     DEFAULT_DRAW_IDENTITY,
     DEFAULT_IDENTITY_JITTER,
-    MAX_ALIGN_PADDING,
-    MAX_BASE_CHANNELS,
-    MAX_DRAW_IDENTITY,
-    MAX_EPOCHS,
-    MAX_IDENTITY_JITTER,
-    MAX_IMAGE_SIZE,
-    MAX_LATENT_DIM,
+    MIN_IMAGE_SIZE,
 )
+from facepipe.limits import TRAIN_CVAE
 
-MIN_IMAGE_SIZE = 16
+# The settings of a checkpoint's config that have a range (the seed, the workers and keep_last are the
+# training run's, checked by train_cvae itself).
+CHECKED_SETTINGS = ("image_size", "latent_dim", "base_channels", "max_channels", "batch_size", "epochs", "beta",
+                    "mean_anchor", "identity_weight", "learning_rate", "draw_identity", "identity_jitter",
+                    "align_padding", "val_fraction")
 # What the settings added over time meant before they existed: unaligned crops, a plain decoder, terms off.
 BEFORE_THEY_EXISTED = {"alignment": "none", "decoder_base": "none", "mean_anchor": 0.0, "identity_weight": 0.0,
                        "draw_identity": 0.0, "identity_jitter": 0.0}
@@ -85,30 +84,15 @@ class CVAEConfig:
     def check(self) -> None:
         """Refuse sizes no model should be built with (a foreign or damaged checkpoint could ask for terabytes),
         non-finite, negative or out-of-range weights (which would train NaN) and unknown choices: the one check
-        of the settings, for train-cvae's arguments and for every checkpoint loaded."""
-        sizes = {"image_size": (self.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
-                 "latent_dim": (self.latent_dim, 1, MAX_LATENT_DIM),
-                 "base_channels": (self.base_channels, 1, MAX_BASE_CHANNELS),
-                 "max_channels": (self.max_channels, 1, MAX_BASE_CHANNELS),
-                 "batch_size": (self.batch_size, 1, 1 << 16), "epochs": (self.epochs, 1, MAX_EPOCHS)}
-        for name, (value, low, high) in sizes.items():
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise FacepipeError(f"CVAE setting {_option(name)} = {value!r} must be a whole number from {low} to {high}")
+        of the settings, for train-cvae's arguments and for every checkpoint loaded, against the limits of
+        ``limits.TRAIN_CVAE``."""
+        for name in CHECKED_SETTINGS:
+            value = getattr(self, name)
+            if not TRAIN_CVAE[name].admits(value):
+                raise FacepipeError(f"CVAE setting {_option(name)} = {value!r} must be {TRAIN_CVAE[name].describe()}")
         encoder_sizes(self.image_size)  # and divisible by 4
         if not isinstance(self.clusters, list) or not all(isinstance(c, int) for c in self.clusters):
             raise FacepipeError("CVAE setting clusters must be a list of cluster ids")
-        weights = {"beta": math.inf, "mean_anchor": math.inf, "identity_weight": math.inf, "learning_rate": math.inf,
-                   "draw_identity": MAX_DRAW_IDENTITY, "identity_jitter": MAX_IDENTITY_JITTER,
-                   "align_padding": MAX_ALIGN_PADDING, "val_fraction": 1.0}  # -> the largest value allowed
-        for name, high in weights.items():
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-                    or not 0 <= value <= high:
-                bound = "at least 0" if high == math.inf else f"from 0 to {high:g}"
-                raise FacepipeError(f"CVAE setting {_option(name)} = {value!r} must be a finite number {bound}")
-        if self.learning_rate <= 0 or self.val_fraction >= 1:
-            raise FacepipeError(f"CVAE settings: {_option('learning_rate')} must be above 0 and "
-                                f"{_option('val_fraction')} below 1")
         for name, choices in (("alignment", ALIGNMENTS), ("decoder_base", DECODER_BASES)):
             if getattr(self, name) not in choices:
                 raise FacepipeError(f"CVAE setting {_option(name)} = {getattr(self, name)!r}: use "

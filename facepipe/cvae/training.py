@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from facepipe.common import FacepipeError, progress, remove_stale_temporaries, resolve_device, seed_everything
+from facepipe.common import (
+    FacepipeError,
+    progress,
+    remove_stale_temporaries,
+    reproducible_torch,
+    resolve_device,
+    seed_everything,
+)
 from facepipe.crops import cluster_pixel_means, load_crops, read_training_inputs
 from facepipe.cvae.checkpoints import (
     crop_aligner,
@@ -44,6 +51,7 @@ from facepipe.formats import (
     write_csv_atomic,
 )
 from facepipe.identity import build_identity_term, clustered_embeddings_model, identity_weight_for
+from facepipe.limits import TRAIN_CVAE, check_limits, usable_workers
 from facepipe.locks import locks_output
 
 LOSS_PARTS = ("loss", "recon", "kl", "anchor", "identity", "draw_identity")
@@ -186,6 +194,17 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster
     return totals / max(1, len(order))
 
 
+def _refuse_non_finite(row: dict, weights_dir: Path) -> None:
+    """Stop a run whose loss went to nan or infinity (a learning rate or a weight too large): no checkpoint of
+    that epoch is written, so nothing claims it trained."""
+    broken = [key for key in ("train_loss", "val_loss") if not math.isfinite(row[key])]
+    if broken:
+        kept = f"; the checkpoints of epochs before it are kept in {weights_dir}" if row["epoch"] > 1 else ""
+        raise FacepipeError(f"training diverged in epoch {row['epoch']}: {broken[0].replace('_', ' ')} is "
+                            f"{row[broken[0]]} (too high a --learning-rate, --beta or other weight, or a damaged "
+                            f"checkpoint resumed){kept}")
+
+
 def _checkpoints_to_continue(weights_dir: Path, epochs: int, resume: bool, force: bool) -> dict[int, Path]:
     """The epoch checkpoints a run in ``weights_dir`` continues from (none after ``force``, which deletes them)."""
     weights_dir.mkdir(parents=True, exist_ok=True)
@@ -270,20 +289,22 @@ def _training_data(inputs, config: CVAEConfig, weights_dir: Path, device: str, s
 
 def _train_one_epoch(model, optimizer, data: _TrainingData, config: CVAEConfig, epoch: int, device: str,
                      workers: int) -> dict:
-    """Train one epoch and measure the validation loss -> the epoch's row of ``cvae_log.csv``."""
+    """Train one epoch and measure the validation loss -> the epoch's row of ``cvae_log.csv``; with PyTorch's
+    deterministic kernels, so that the weights depend on the inputs and settings alone."""
     import torch
 
     started = time.perf_counter()
     generator = _epoch_generator(config.seed, epoch)
     order = torch.from_numpy(data.train_rows)[torch.randperm(len(data.train_rows), generator=generator)]
     flips = torch.rand(len(order), generator=generator) < 0.5
-    train_means = _run_epoch(model, optimizer, data.dataset, order, flips, generator, data.cluster_means,
-                             data.identity_term, config, device, True, workers)
-    val_means = train_means
-    if len(data.val_rows):
-        no_flips = torch.zeros(len(data.val_rows), dtype=torch.bool)
-        val_means = _run_epoch(model, None, data.dataset, torch.from_numpy(data.val_rows), no_flips, None,
-                               data.cluster_means, data.identity_term, config, device, False, workers)
+    with reproducible_torch():
+        train_means = _run_epoch(model, optimizer, data.dataset, order, flips, generator, data.cluster_means,
+                                 data.identity_term, config, device, True, workers)
+        val_means = train_means
+        if len(data.val_rows):
+            no_flips = torch.zeros(len(data.val_rows), dtype=torch.bool)
+            val_means = _run_epoch(model, None, data.dataset, torch.from_numpy(data.val_rows), no_flips, None,
+                                   data.cluster_means, data.identity_term, config, device, False, workers)
     return {"epoch": epoch, **{f"train_{k}": float(v) for k, v in zip(LOSS_PARTS, train_means)},
             **{f"val_{k}": float(v) for k, v in zip(LOSS_PARTS, val_means)},
             "seconds": time.perf_counter() - started}
@@ -341,14 +362,12 @@ def train_cvae(
     """Train the CVAE on the crops of ``cluster_results`` (not the unknown group); each epoch writes
     ``cvae_epoch_N.pt`` (the last ``keep_last`` kept), ``cvae_best.pt`` when the validation loss improves, and
     ``cvae_log.csv`` into ``weights_dir``; a killed (or full-disk) run, called again as it was, continues to the
-    same weights, and ``resume`` continues a finished run to more ``epochs``. ``align``
-    "dlib5" aligns the crops on their landmarks (recorded in ``alignment.csv``); ``identity_weight`` "auto" is
-    on for clusters whose embeddings allow it (``identity.identity_weight_for``)."""
+    same weights, and ``resume`` continues a finished run to more ``epochs``. ``align`` "dlib5" aligns the crops
+    on their landmarks; ``identity_weight`` "auto": see ``identity.identity_weight_for``."""
     import torch
 
     started = time.perf_counter()
-    if keep_last < 1:
-        raise FacepipeError("--keep-last must be at least 1")
+    check_limits(TRAIN_CVAE, seed=seed, keep_last=keep_last, workers=workers)
     config = CVAEConfig(image_size=image_size, alignment=align, align_padding=float(align_padding),
                         decoder_base=decoder_base, latent_dim=latent_dim, base_channels=base_channels,
                         max_channels=max_channels, beta=float(beta), mean_anchor=float(mean_anchor),
@@ -379,7 +398,8 @@ def train_cvae(
 
     bar = progress(range(first_epoch, epochs + 1), desc="train-cvae", unit="epoch", enabled=show_progress)
     for epoch in bar:
-        row = _train_one_epoch(model, optimizer, data, config, epoch, device, workers)
+        row = _train_one_epoch(model, optimizer, data, config, epoch, device, usable_workers(workers))
+        _refuse_non_finite(row, weights_dir)
         state.epoch = epoch
         state.history.append(row)
         improved = row["val_loss"] < state.best_val

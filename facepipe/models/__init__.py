@@ -68,10 +68,24 @@ class DifferentiableEmbedder(Embedder, Protocol):
 SAME_PERSON_DISTANCE = {DLIB_RESNET128: 0.37}
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Each row divided by its L2 norm (the space cluster, assign and the fidelity checks compare faces in);
-    a row of zeros stays zeros."""
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+MIN_NORM = 1e-12  # rows shorter than this (or too long for their squares) are scaled before they are normalised
+
+
+def unit_rows(vectors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Each row divided by its L2 norm (the space cluster, assign and the fidelity checks compare faces in),
+    into ``out`` if given (it may be ``vectors``); a row of zeros stays zeros. A row whose squares overflow
+    (or underflow) is divided by its largest entry first, so that it too comes out at unit length instead
+    of as zeros (every such row would otherwise land in one group)."""
+    with np.errstate(over="ignore", under="ignore"):  # such rows are found and redone below
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    extreme = ~np.isfinite(norms[:, 0]) | (norms[:, 0] < MIN_NORM)
+    rows = vectors[extreme]  # a copy, taken before ``out`` overwrites them
+    result = np.divide(vectors, np.maximum(norms, MIN_NORM), out=out)
+    if len(rows):
+        largest = np.abs(rows).max(axis=1, keepdims=True)
+        rows = rows / np.where(largest > 0, largest, 1)
+        result[extreme] = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), MIN_NORM)
+    return result
 
 
 def model_file(name: str) -> Path:
