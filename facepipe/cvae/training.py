@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from facepipe.common import FacepipeError, progress, remove_stale_temporaries, resolve_device, seed_everything
+from facepipe.common import FacepipeError, progress, remove_own_temporaries, resolve_device, seed_everything
 from facepipe.crops import cluster_pixel_means, load_crops, read_training_inputs
 from facepipe.cvae.checkpoints import (
+    CHECKPOINT_PATTERN,
     crop_aligner,
     epoch_checkpoints,
     load_checkpoint,
@@ -186,10 +187,15 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster
     return totals / max(1, len(order))
 
 
+def _is_output_name(name: str) -> bool:
+    """A name train-cvae writes into its weights folder."""
+    return name in (CVAE_BEST_CHECKPOINT, CVAE_LOG_CSV, ALIGNMENT_CSV) or CHECKPOINT_PATTERN.fullmatch(name) is not None
+
+
 def _checkpoints_to_continue(weights_dir: Path, epochs: int, resume: bool, force: bool) -> dict[int, Path]:
     """The epoch checkpoints a run in ``weights_dir`` continues from (none after ``force``, which deletes them)."""
     weights_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(weights_dir)
+    remove_own_temporaries(weights_dir, _is_output_name)
     existing = epoch_checkpoints(weights_dir)
     if force:
         for path in [*existing.values(), *(weights_dir / name for name in (CVAE_BEST_CHECKPOINT, CVAE_LOG_CSV, ALIGNMENT_CSV))]:
