@@ -560,15 +560,8 @@ def cluster(
         [{"k": len(sizes), "inertia": inertia, "silhouette": quality}], columns=K_SELECTION_COLUMNS)
 
     # Everything is computed and validated: now write, the sidecar last (it commits the files by their hashes).
-    earlier = recorded_outputs(sidecar_path(results_path))
-    to_write = _paths_to_write(out_dir, samples, len(grouping.centroids), selection, metrics, anchors)
-    refuse_changed(out_dir, earlier, to_write)
-    if samples is not None:
-        refuse_changed(samples, recorded_in(samples, earlier, out_dir), to_write)
-    results, written = _write_results(out_dir, embeddings.names, grouping, table, selection, metrics, names, anchors)
-    if samples is not None:
-        written += write_sample_grids(results, crops_dir, samples, samples_per_cluster, show_progress)
-    outputs = _remove_earlier_outputs(out_dir, samples, earlier, written, anchors is None, notes)
+    outputs = _write_outputs(out_dir, embeddings.names, grouping, table, selection, metrics, names, anchors,
+                             (crops_dir, samples, samples_per_cluster, show_progress), notes)
     unknown = int((~grouped).sum())
     write_json_atomic(sidecar_path(results_path), {
         "outputs": outputs,
@@ -690,6 +683,25 @@ def _samples_folder(samples_dir, out_dir: Path, crops_dir: Path | None) -> tuple
     return (None if samples_dir is None else Path(os.path.abspath(samples_dir))), []
 
 
+def _write_outputs(out_dir: Path, names: list[str], grouping: Grouping, table: pd.DataFrame,
+                   selection: KSelection | None, metrics: dict | None, group_names: dict[int, str],
+                   anchors: dict | None, grids: tuple, notes: list[str]) -> dict[str, str]:
+    """Write the outputs (``_write_results``, then the sample grids: ``grids`` is the crops folder, the
+    samples folder or None, crops per grid and progress) and remove what the earlier run wrote and this one
+    did not; refused before anything is written where the user changed a file this run would rewrite.
+    Returns each output's sha256, for the sidecar."""
+    crops_dir, samples, per_cluster, show_progress = grids
+    earlier = recorded_outputs(sidecar_path(out_dir / CLUSTER_RESULTS_CSV))
+    to_write = _paths_to_write(out_dir, samples, len(grouping.centroids), selection, metrics, anchors)
+    refuse_changed(out_dir, earlier, to_write)
+    if samples is not None:
+        refuse_changed(samples, recorded_in(samples, earlier, out_dir), to_write)
+    results, written = _write_results(out_dir, names, grouping, table, selection, metrics, group_names, anchors)
+    if samples is not None:
+        written += write_sample_grids(results, crops_dir, samples, per_cluster, show_progress)
+    return _remove_earlier_outputs(out_dir, samples, earlier, written, anchors is None, notes)
+
+
 def _paths_to_write(out_dir: Path, samples: Path | None, k: int, selection, metrics, anchors) -> list[Path]:
     """Every file this run may write (``refuse_changed`` checks them before anything is written)."""
     paths = [out_dir / name for name in (CLUSTER_RESULTS_CSV, CENTROIDS_CSV, K_SELECTION_CSV, GROUPS_CSV)]
@@ -734,11 +746,10 @@ def _normalised(vectors: np.ndarray, embeddings_path: Path) -> np.ndarray:
 def _write_results(out_dir: Path, names: list[str], grouping: Grouping, table: pd.DataFrame,
                    selection: KSelection | None, metrics: dict | None,
                    group_names: dict[int, str], anchors: dict | None) -> tuple[pd.DataFrame, list[Path]]:
-    """cluster_results.csv (returned), centroids.csv, k_selection.csv, the plots and the metrics (or none left
-    over), groups.csv with the ``group_names`` and, with a people file, its ``anchors``; returns the results
-    and the files written (what an earlier run wrote and this one did not is removed by
-    ``_remove_earlier_outputs``). The sidecar of the run before goes first, so that a run killed while writing these
-    is never taken as done."""
+    """cluster_results.csv (returned), centroids.csv, k_selection.csv, the plots and the metrics, groups.csv
+    with the ``group_names`` and, with a people file, its ``anchors``; returns the results and the files
+    written (what an earlier run wrote and this one did not is removed by ``_remove_earlier_outputs``). The
+    sidecar of the run before goes first, so that a run killed while writing these is never taken as done."""
     sidecar_path(out_dir / CLUSTER_RESULTS_CSV).unlink(missing_ok=True)
     results = pd.DataFrame({"name": names, "cluster": grouping.labels, "distance": grouping.distances},
                            columns=CLUSTER_COLUMNS)

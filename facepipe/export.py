@@ -13,8 +13,10 @@ it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import json
 import os
 import random
 import re
@@ -275,15 +277,31 @@ def _read_record(out_dir: Path) -> dict[str, dict]:
         raise FacepipeError(f"{record_file} is not export's record ({EXPORT_RECORD_FORMAT}): move it away, or "
                             "export into another folder")
     digests = record.get("manifest_sha256")
-    if os.path.lexists(manifest) and not any(holds_recorded(manifest, d) for d in (digests or []) if isinstance(d, str)):
+    digests = [d for d in digests if isinstance(d, str)] if isinstance(digests, list) else []
+    if os.path.lexists(manifest) and not any(holds_recorded(manifest, digest) for digest in digests):
         raise FacepipeError(f"{manifest} was changed since export wrote it: move it away and rerun (export never "
                             "overwrites a file it did not write)")
     return files
 
 
 def _write_record(out_dir: Path, files: dict[str, dict], manifest_digests: list[str]) -> None:
-    write_json_atomic(_record_path(out_dir), {"format": EXPORT_RECORD_FORMAT, "files": files,
-                                             "manifest_sha256": manifest_digests})
+    """Write export's record (left untouched when it already says this)."""
+    record = {"format": EXPORT_RECORD_FORMAT, "files": files, "manifest_sha256": list(dict.fromkeys(manifest_digests))}
+    path = _record_path(out_dir)
+    with contextlib.suppress(OSError, ValueError):
+        if not path.is_symlink() and json.loads(path.read_text(encoding="utf-8")) == record:
+            return
+    write_json_atomic(path, record)
+
+
+def _still_there(out_dir: Path, earlier: dict[str, dict]) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The recorded files still in ``out_dir``: those still as export made them (its own), and those changed."""
+    owned, changed = {}, {}
+    for relative, entry in earlier.items():
+        path = inside_or_none(out_dir, relative)
+        if path is not None and os.path.lexists(path):
+            (owned if _still_made(path, entry) else changed)[relative] = path
+    return owned, changed
 
 
 def _remove_what_no_longer_belongs(out_dir: Path, owned: dict[str, Path], plan: pd.DataFrame) -> int:
@@ -332,11 +350,7 @@ def export(
                             "deleted since detect; export the rest by running detect and cluster again")
     remove_own_temporaries(out_dir, {EXPORT_MANIFEST_CSV, _record_path(out_dir).name}.__contains__)
     earlier = _read_record(out_dir)
-    owned, changed = {}, {}
-    for relative, entry in earlier.items():
-        path = inside_or_none(out_dir, relative)
-        if path is not None and os.path.lexists(path):
-            (owned if _still_made(path, entry) else changed)[relative] = path
+    owned, changed = _still_there(out_dir, earlier)
     strangers = [path for relative, path in targets.items() if relative not in earlier and os.path.lexists(path)]
     if strangers:
         raise FacepipeError(f"{strangers[0]} exists and was not made by an earlier export: move it away, or export "

@@ -370,12 +370,15 @@ def write_predictions(path: str | os.PathLike, frame: pd.DataFrame) -> None:
 #               WEIGHTS/cvae_log.csv      one row per epoch (CVAE_LOG_COLUMNS), losses per image
 #               WEIGHTS/alignment.csv     ALIGNMENT_COLUMNS: each crop's 5 dlib landmarks, in pixels of the crop
 #                                         file (with --align dlib5: what the crops were aligned on)
+#               WEIGHTS/cvae_outputs.json ``outputs``: each of the files above train-cvae wrote -> its sha256
+#                                         (old checkpoints and --force remove only those, unchanged)
 # generate   -> OUT/cluster_N.png (z = 0), cluster_N_mean.png (pixel mean of the crops),
 #               cluster_N_samples.png (random draws), clusters_sheet.png, fidelity.json (--evaluate),
 #               generate.json (written last: each output's sha256; a rerun removes only those, unchanged)
 CVAE_CHECKPOINT_FORMAT = "facepipe-cvae/1"
 CVAE_BEST_CHECKPOINT = "cvae_best.pt"
 CVAE_LOG_CSV = "cvae_log.csv"
+CVAE_RECORD_JSON = "cvae_outputs.json"
 CVAE_LOG_COLUMNS = ["epoch", *(f"{split}_{part}" for split in ("train", "val")
                                 for part in ("loss", "recon", "kl", "anchor", "identity", "draw_identity")), "seconds"]
 ALIGNMENT_CSV = "alignment.csv"
