@@ -13,10 +13,8 @@ it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
-import json
 import os
 import random
 import re
@@ -28,7 +26,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from facepipe.common import FacepipeError, file_sha256, progress, remove_own_temporaries, temporary_affixes
+from facepipe.common import (
+    FacepipeError,
+    file_sha256,
+    progress,
+    remove_own_temporaries,
+    temporary_affixes,
+    write_text_atomic,
+)
 from facepipe.formats import (
     CLUSTER_COLUMNS,
     CLUSTER_RESULTS_CSV,
@@ -48,7 +53,6 @@ from facepipe.formats import (
     read_json,
     recorded_path,
     sidecar_path,
-    write_csv_atomic,
     write_json_atomic,
 )
 from facepipe.export_settings import EXPORT_MODES
@@ -257,20 +261,21 @@ def _files_in(folder: Path) -> list[str]:
     return sorted(name for name in found if name != LOCK_FILE)
 
 
-def _read_record(out_dir: Path) -> dict[str, dict]:
-    """The files an earlier export into ``out_dir`` made, from its record (none for a new or empty folder).
-    A folder holding files but no record of export's, or a manifest.csv changed since export wrote it, is
-    refused: export never reads, replaces or removes what it did not make."""
+def _read_record(out_dir: Path) -> dict:
+    """The record of an earlier export into ``out_dir`` (``files``: what it made; ``manifest_sha256``: the
+    manifest.csv there now), or an empty one for a new or empty folder. A folder holding files but no record
+    of export's, or a manifest.csv changed since export wrote it, is refused: export never reads, replaces
+    or removes what it did not make."""
     record_file, manifest = _record_path(out_dir), out_dir / EXPORT_MANIFEST_CSV
     if not out_dir.is_dir():
-        return {}
+        return {"files": {}, "manifest_sha256": []}
     if not os.path.lexists(record_file):
         others = _files_in(out_dir)
         if others:
             raise FacepipeError(f"{out_dir} holds files that were not made by an earlier export (e.g. {others[0]}; "
                                 f"no {record_file.name} of export's): export into a new or empty folder, or into "
                                 "an earlier export (nothing export did not make is ever replaced or removed)")
-        return {}
+        return {"files": {}, "manifest_sha256": []}
     record = read_json(record_file) if not record_file.is_symlink() else None
     files = record.get("files") if isinstance(record, dict) and record.get("format") == EXPORT_RECORD_FORMAT else None
     if not isinstance(files, dict):
@@ -278,27 +283,28 @@ def _read_record(out_dir: Path) -> dict[str, dict]:
                             "export into another folder")
     digests = record.get("manifest_sha256")
     digests = [d for d in digests if isinstance(d, str)] if isinstance(digests, list) else []
-    if os.path.lexists(manifest) and not any(holds_recorded(manifest, digest) for digest in digests):
+    found = [digest for digest in digests if holds_recorded(manifest, digest)][:1]
+    if os.path.lexists(manifest) and not found:
         raise FacepipeError(f"{manifest} was changed since export wrote it: move it away and rerun (export never "
                             "overwrites a file it did not write)")
-    return files
+    return dict(record, manifest_sha256=found)
 
 
-def _write_record(out_dir: Path, files: dict[str, dict], manifest_digests: list[str]) -> None:
-    """Write export's record (left untouched when it already says this)."""
+def _write_record(out_dir: Path, files: dict[str, dict], manifest_digests: list[str], earlier: dict) -> dict:
+    """Write export's record (left untouched when it says what the ``earlier`` one said); returns it."""
     record = {"format": EXPORT_RECORD_FORMAT, "files": files, "manifest_sha256": list(dict.fromkeys(manifest_digests))}
-    path = _record_path(out_dir)
-    with contextlib.suppress(OSError, ValueError):
-        if not path.is_symlink() and json.loads(path.read_text(encoding="utf-8")) == record:
-            return
-    write_json_atomic(path, record)
+    if record != earlier:
+        write_json_atomic(_record_path(out_dir), record)
+    return record
 
 
-def _still_there(out_dir: Path, earlier: dict[str, dict]) -> tuple[dict[str, Path], dict[str, Path]]:
-    """The recorded files still in ``out_dir``: those still as export made them (its own), and those changed."""
+def _still_there(out_dir: Path, earlier: dict[str, dict],
+                 targets: dict[str, Path]) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The recorded files still in ``out_dir`` (``targets``: the paths of this plan, checked): those still as
+    export made them (its own), and those changed."""
     owned, changed = {}, {}
     for relative, entry in earlier.items():
-        path = inside_or_none(out_dir, relative)
+        path = targets.get(relative) or inside_or_none(out_dir, relative)
         if path is not None and os.path.lexists(path):
             (owned if _still_made(path, entry) else changed)[relative] = path
     return owned, changed
@@ -349,14 +355,18 @@ def export(
         raise FacepipeError(f"{row['item']} (of face {row['face'] or row['photo']}) is gone: its photo was moved or "
                             "deleted since detect; export the rest by running detect and cluster again")
     remove_own_temporaries(out_dir, {EXPORT_MANIFEST_CSV, _record_path(out_dir).name}.__contains__)
-    earlier = _read_record(out_dir)
-    owned, changed = _still_there(out_dir, earlier)
+    record = _read_record(out_dir)
+    earlier = record["files"]
+    owned, changed = _still_there(out_dir, earlier, targets)
     strangers = [path for relative, path in targets.items() if relative not in earlier and os.path.lexists(path)]
     if strangers:
         raise FacepipeError(f"{strangers[0]} exists and was not made by an earlier export: move it away, or export "
                             "into another folder (nothing export did not make is ever replaced)")
-    for folder in {path.parent for path in targets.values()}:  # of the files an interrupted export was making
-        remove_own_temporaries(folder, {path.name for path in targets.values() if path.parent == folder}.__contains__)
+    names_in: dict[Path, set[str]] = {}
+    for path in targets.values():
+        names_in.setdefault(path.parent, set()).add(path.name)
+    for folder, names in names_in.items():  # the temporaries of files an interrupted export was making
+        remove_own_temporaries(folder, names.__contains__)
 
     files, todo = {}, []
     for row in plan.itertuples(index=False):
@@ -374,13 +384,11 @@ def export(
             entry["previous"] = earlier[row.file]
         files[row.file] = entry
         todo.append(row)
-    manifest = plan.rename(columns={"person": "name"})[EXPORT_MANIFEST_COLUMNS]
-    manifest_digest = hashlib.sha256(csv_text(manifest, float_format="%.6g").encode("utf-8")).hexdigest()
-    manifest_file = out_dir / EXPORT_MANIFEST_CSV
-    earlier_manifest = [file_sha256(manifest_file)] if manifest_file.is_file() else []
+    manifest_text = csv_text(plan.rename(columns={"person": "name"})[EXPORT_MANIFEST_COLUMNS], float_format="%.6g")
+    manifest_digest = hashlib.sha256(manifest_text.encode("utf-8")).hexdigest()
     kept = {relative: earlier[relative] for relative in changed}
     ahead = {**{relative: earlier[relative] for relative in owned}, **kept, **files}  # before anything changes
-    _write_record(out_dir, ahead, earlier_manifest + [manifest_digest])
+    record = _write_record(out_dir, ahead, record["manifest_sha256"] + [manifest_digest], record)
     removed = _remove_what_no_longer_belongs(out_dir, owned, plan)
     made = copied = 0
     for row in progress(todo, desc="export", total=len(todo), unit="file", enabled=show_progress):
@@ -389,8 +397,9 @@ def export(
         files[row.file].pop("previous", None)
         copied += across
         made += 1
-    write_csv_atomic(manifest, manifest_file, float_format="%.6g", keep_if_same=True)
-    _write_record(out_dir, {**kept, **files}, [manifest_digest])
+    if not holds_recorded(out_dir / EXPORT_MANIFEST_CSV, manifest_digest):
+        write_text_atomic(out_dir / EXPORT_MANIFEST_CSV, manifest_text)
+    _write_record(out_dir, {**kept, **files}, [manifest_digest], record)
     return ExportSummary(groups=len(groups), photos=int(plan["photo"].nunique()), files=len(plan), made=made,
                          removed=removed, copied_across_devices=copied, out_dir=out_dir,
                          seconds=time.monotonic() - started, left_alone=sorted(changed.values()))

@@ -26,14 +26,13 @@ def inside(folder: str | os.PathLike, relative: str) -> Path:
     """``folder / relative`` for a relative path that stays inside ``folder`` and passes through no symbolic
     link on the way (each folder below ``folder`` checked with lstat; the last part itself is not checked).
     Raises OutsideFolderError naming the path otherwise (a path read from a file never leaves its folder)."""
-    folder = Path(folder)
     text = str(relative)
-    parts = Path(text).parts
-    if not text or os.path.isabs(text) or ".." in parts or not parts:
+    parts = [part for part in text.split(os.sep) if part not in ("", ".")]
+    if os.path.isabs(text) or ".." in parts or not parts:
         raise OutsideFolderError(f"{text!r} is not a path inside {folder}: facepipe never reaches outside it")
-    here = folder
+    here = os.fspath(folder)
     for part in parts[:-1]:
-        here = here / part
+        here = os.path.join(here, part)
         try:
             mode = os.lstat(here).st_mode
         except FileNotFoundError:
@@ -41,7 +40,7 @@ def inside(folder: str | os.PathLike, relative: str) -> Path:
         if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
             raise OutsideFolderError(f"{here} is a {'symbolic link' if stat.S_ISLNK(mode) else 'file'} inside "
                                      f"{folder}, not a folder: facepipe never writes through it; move it away")
-    return folder.joinpath(*parts)
+    return Path(folder, *parts)
 
 
 def inside_or_none(folder: str | os.PathLike, relative: str) -> Path | None:
