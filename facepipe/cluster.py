@@ -32,7 +32,6 @@ from facepipe.formats import (
     CLUSTER_METRICS_JSON,
     CLUSTER_RESULTS_CSV,
     ELBOW_PNG,
-    GROUPS_CSV,
     K_SELECTION_COLUMNS,
     K_SELECTION_CSV,
     SAMPLES_OVERVIEW_JPG,
@@ -688,11 +687,11 @@ def _write_outputs(out_dir: Path, names: list[str], grouping: Grouping, table: p
                    anchors: dict | None, grids: tuple, notes: list[str]) -> dict[str, str]:
     """Write the outputs (``_write_results``, then the sample grids: ``grids`` is the crops folder, the
     samples folder or None, crops per grid and progress) and remove what the earlier run wrote and this one
-    did not; refused before anything is written where the user changed a file this run would rewrite.
+    did not; refused before anything is written where the user changed an image this run would rewrite.
     Returns each output's sha256, for the sidecar."""
     crops_dir, samples, per_cluster, show_progress = grids
     earlier = recorded_outputs(sidecar_path(out_dir / CLUSTER_RESULTS_CSV))
-    to_write = _paths_to_write(out_dir, samples, len(grouping.centroids), selection, metrics, anchors)
+    to_write = _images_to_write(out_dir, samples, len(grouping.centroids), selection)
     refuse_changed(out_dir, earlier, to_write)
     if samples is not None:
         refuse_changed(samples, recorded_in(samples, earlier, out_dir), to_write)
@@ -702,12 +701,11 @@ def _write_outputs(out_dir: Path, names: list[str], grouping: Grouping, table: p
     return _remove_earlier_outputs(out_dir, samples, earlier, written, anchors is None, notes)
 
 
-def _paths_to_write(out_dir: Path, samples: Path | None, k: int, selection, metrics, anchors) -> list[Path]:
-    """Every file this run may write (``refuse_changed`` checks them before anything is written)."""
-    paths = [out_dir / name for name in (CLUSTER_RESULTS_CSV, CENTROIDS_CSV, K_SELECTION_CSV, GROUPS_CSV)]
-    paths += [out_dir / PEOPLE_ANCHORS_CSV] if anchors else []
-    paths += [out_dir / ELBOW_PNG, out_dir / SILHOUETTE_PNG] if selection is not None else []
-    paths += [out_dir / CLUSTER_METRICS_JSON] if metrics is not None else []
+def _images_to_write(out_dir: Path, samples: Path | None, k: int, selection) -> list[Path]:
+    """The images this run may write (plots, sample grids): ``refuse_changed`` checks them before anything is
+    written. The CSV and JSON files cluster reads back are its state: one that no longer matches its hash is
+    damaged, and redone."""
+    paths = [out_dir / ELBOW_PNG, out_dir / SILHOUETTE_PNG] if selection is not None else []
     if samples is not None:
         paths += [samples / sample_grid(c) for c in range(k)] + [samples / SAMPLES_OVERVIEW_JPG,
                                                                   samples / UNKNOWN_GRID_JPG]

@@ -302,7 +302,7 @@ def generate(
     out_dir = Path(out_dir)
     remove_own_temporaries(out_dir, _is_output_name)
     earlier = recorded_outputs(out_dir / GENERATE_RECORD_JSON)
-    refuse_changed(out_dir, earlier, [out_dir / GENERATED_SHEET_PNG, out_dir / FIDELITY_JSON,
+    refuse_changed(out_dir, earlier, [out_dir / GENERATED_SHEET_PNG,  # the images; fidelity.json is data, redone
                                       *(out_dir / name for c in clusters for name in generated_face_names(c).values())])
     sheet_path = out_dir / GENERATED_SHEET_PNG
     written = {sheet_path}
