@@ -171,13 +171,13 @@ def _is_in_place(target: Path, item: Path, mode: str) -> bool:
     return found.st_size == wanted.st_size and found.st_mtime_ns == wanted.st_mtime_ns  # a copy (copy2)
 
 
+_TEMPORARY_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # those of mkstemp, which atomic_path uses
+
+
 def _temporary_beside(target: Path) -> Path:
     """A free temporary name beside ``target`` in atomic_path's pattern (``remove_own_temporaries`` knows it)."""
     prefix, suffix = temporary_affixes(target)
     return target.with_name(prefix + "".join(random.choices(_TEMPORARY_LETTERS, k=8)) + suffix)
-
-
-_TEMPORARY_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 
 def _make(target: Path, item: Path, mode: str) -> bool:

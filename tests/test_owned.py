@@ -127,6 +127,24 @@ def test_a_copy_the_user_edited_is_neither_overwritten_nor_removed(tmp_path):
     assert (target / "group_1" / "a.jpg").read_bytes() == b"the photo a.jpg"
 
 
+@pytest.mark.parametrize("mode", ["hardlink", "symlink"])
+def test_what_the_user_put_in_place_of_an_exported_link_stays(tmp_path, mode):
+    clusters = clustering(tmp_path, GROUPS)
+    target, theirs = tmp_path / "people", tmp_path / "theirs.jpg"
+    export(clusters, target, mode=mode, show_progress=False)
+    replaced = target / "group_0" / "a.jpg"
+    replaced.unlink()
+    theirs.write_bytes(b"the user's own photo")
+    if mode == "symlink":
+        replaced.symlink_to(theirs)
+    else:
+        shutil.copy(theirs, replaced)
+    summary = export(clustering(tmp_path, REGROUPED, "regrouped"), target, mode=mode, show_progress=False)
+    assert summary.left_alone == [replaced] and replaced.read_bytes() == b"the user's own photo"
+    assert theirs.read_bytes() == b"the user's own photo"
+    assert os.path.samefile(target / "group_1" / "a.jpg", tmp_path / "photos" / "a.jpg")
+
+
 def test_a_users_own_copy_is_never_adopted_nor_removed_after_a_regroup(tmp_path):
     clusters = clustering(tmp_path, GROUPS)
     target = tmp_path / "people"
