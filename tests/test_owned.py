@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 
+from facepipe.cli import main
 from facepipe.cluster import cluster
 from facepipe.common import FacepipeError, temporary_affixes
 from facepipe.detect import DetectorParams, crop_name, detect
@@ -84,6 +86,9 @@ def test_export_refuses_a_folder_of_the_users_own_files_with_a_manifest(tmp_path
     before, outside = snapshot(target), snapshot(tmp_path / "photos")
     with pytest.raises(FacepipeError, match="not made by an earlier export"):
         export(clusters, target, show_progress=False)
+    result = CliRunner().invoke(main, ["export", str(clusters), "-o", str(target), "-q"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "not made by an earlier export (e.g. manifest.csv" in result.output
     assert snapshot(target) == before and snapshot(tmp_path / "photos") == outside
 
 
