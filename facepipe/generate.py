@@ -37,8 +37,8 @@ from facepipe.formats import (
 from facepipe.identity import at_crop_size, cluster_centroids, clustered_embeddings_path
 from facepipe.images import load_image_rgb, save_image_atomic
 from facepipe.locks import locks_output
-from facepipe.owned import left_alone_phrase, recorded_outputs, refuse_changed, remove_recorded
 from facepipe.models import unit_rows
+from facepipe.owned import left_alone_phrase, recorded_outputs, refuse_changed, remove_recorded
 
 SHEET_SAMPLES = 4  # random draws shown per cluster on the sheet (all of them go to cluster_N_samples.png)
 SHEET_CELL = 96  # smallest side of one face on the sheet
