@@ -240,8 +240,10 @@ def _still_made(path: Path, entry: dict) -> bool:
         return stat.S_ISLNK(found.st_mode) and os.readlink(path) == made["symlink"]
     if not stat.S_ISREG(found.st_mode):
         return False
-    if "sha256" not in made:
-        return [found.st_dev, found.st_ino] == made.get("inode")
+    if "sha256" not in made:  # a hard link: of the same inode, or (device numbers can change) of its photo still
+        from_photo = str(entry.get("from"))
+        return [found.st_dev, found.st_ino] == made.get("inode") or \
+            (os.path.isfile(from_photo) and os.path.samefile(path, from_photo))
     if [found.st_size, found.st_mtime_ns, [found.st_dev, found.st_ino]] == \
             [made.get("size"), made.get("mtime_ns"), made.get("inode")]:
         return True
