@@ -101,12 +101,13 @@ def test_a_manifest_line_never_names_what_export_removes(tmp_path):
     with open(target / EXPORT_MANIFEST_CSV, "a") as manifest:  # the manifest names the user's files
         manifest.write(",,0,,0.1,notes.txt\n,,0,,0.1,group_0/notes.txt\n,,0,,0.1,../victim.txt\n")
     (tmp_path / "victim.txt").write_text("outside")
+    regrouped = clustering(tmp_path, REGROUPED, "regrouped")
     with pytest.raises(FacepipeError, match="changed since export wrote it"):
-        export(clusting := clustering(tmp_path, REGROUPED, "regrouped"), target, mode="copy", show_progress=False)
+        export(regrouped, target, mode="copy", show_progress=False)
     assert (target / "notes.txt").read_text() == "the user's notes"
     assert (target / "group_0" / "notes.txt").read_text() == "more notes"
     (target / EXPORT_MANIFEST_CSV).unlink()  # moved away: export writes a new one, and the notes stay
-    summary = export(clusting, target, mode="copy", show_progress=False)
+    summary = export(regrouped, target, mode="copy", show_progress=False)
     assert summary.removed == 2 and summary.made == 2
     assert (target / "notes.txt").read_text() == "the user's notes"
     assert (target / "group_0" / "notes.txt").read_text() == "more notes"
