@@ -55,7 +55,23 @@ from facepipe.formats import (
 from facepipe.limits import CLUSTER, check_limits
 from facepipe.locks import locks_output
 from facepipe.models import unit_rows
-from facepipe.people import apply_people, read_anchors, read_people, resolve_numbers, unknown_faces, write_anchors
+from facepipe.owned import (
+    holds_recorded,
+    left_alone_phrase,
+    recorded_in,
+    recorded_outputs,
+    refuse_changed,
+    remove_recorded,
+)
+from facepipe.people import (
+    PEOPLE_ANCHORS_CSV,
+    apply_people,
+    read_anchors,
+    read_people,
+    resolve_numbers,
+    unknown_faces,
+    write_anchors,
+)
 
 __all__ = ["cluster", "ClusterSummary", "KMeansFit", "kmeans", "select_k", "parse_k_range", "sample_grid",
            "ELBOW_PNG", "SILHOUETTE_PNG", "K_SELECTION_CSV"]
@@ -289,7 +305,8 @@ def write_sample_grids(results: pd.DataFrame, crops_dir: Path | None, samples_di
                        show_progress: bool = True) -> list[Path]:
     """Per cluster, the ``per_cluster`` crops nearest its centroid in a grid (``cluster_N.jpg``), plus
     ``overview.jpg`` with each cluster's nearest crop, and the unknown faces (-1) nearest a group in
-    ``unknown.jpg``; returns the files written."""
+    ``unknown.jpg``; returns the files written (the grids of an earlier run are removed by ``cluster``, which
+    recorded them)."""
     from facepipe.images import save_image_atomic
 
     samples_dir.mkdir(parents=True, exist_ok=True)
@@ -314,9 +331,6 @@ def write_sample_grids(results: pd.DataFrame, crops_dir: Path | None, samples_di
     path = samples_dir / SAMPLES_OVERVIEW_JPG
     save_image_atomic(path, _captioned_grid(overview, columns, caption, overview_labels))
     written.append(path)
-    for stale in [*samples_dir.glob("cluster_*.jpg"), samples_dir / UNKNOWN_GRID_JPG]:  # of an earlier run
-        if stale not in written:
-            stale.unlink(missing_ok=True)
     return written
 
 
@@ -550,12 +564,11 @@ def cluster(
         [{"k": len(sizes), "inertia": inertia, "silhouette": quality}], columns=K_SELECTION_COLUMNS)
 
     # Everything is computed and validated: now write, the sidecar last (it commits the files by their hashes).
-    results, written = _write_results(out_dir, embeddings.names, grouping, table, selection, metrics, names, anchors)
-    if samples is not None:
-        written += write_sample_grids(results, crops_dir, samples, samples_per_cluster, show_progress)
+    outputs = _write_outputs(out_dir, embeddings.names, grouping, table, selection, metrics, names, anchors,
+                             (crops_dir, samples, samples_per_cluster, show_progress), notes)
     unknown = int((grouping.labels < 0).sum())
     write_json_atomic(sidecar_path(results_path), {
-        "outputs": output_hashes(out_dir, written),
+        "outputs": outputs,
         "embeddings": str(embeddings_path), "model": embeddings.model, "dimension": embeddings.dim,
         "crops_dir": options["crops_dir"], "k": len(sizes), "k_rule": rule, "items": n, "sizes": sizes,
         "unknown": unknown, "silhouette": quality, "inertia": inertia, "metrics": metrics, "options": options,
@@ -670,6 +683,55 @@ def _samples_folder(samples_dir, out_dir: Path, crops_dir: Path | None) -> tuple
     return (None if samples_dir is None else Path(os.path.abspath(samples_dir))), []
 
 
+def _write_outputs(out_dir: Path, names: list[str], grouping: Grouping, table: pd.DataFrame,
+                   selection: KSelection | None, metrics: dict | None, group_names: dict[int, str],
+                   anchors: dict | None, grids: tuple, notes: list[str]) -> dict[str, str]:
+    """Write the outputs (``_write_results``, then the sample grids: ``grids`` is the crops folder, the
+    samples folder or None, crops per grid and progress) and remove what the earlier run wrote and this one
+    did not; refused before anything is written where the user changed an image this run would rewrite.
+    Returns each output's sha256, for the sidecar."""
+    crops_dir, samples, per_cluster, show_progress = grids
+    earlier = recorded_outputs(sidecar_path(out_dir / CLUSTER_RESULTS_CSV))
+    to_write = _images_to_write(out_dir, samples, len(grouping.centroids), selection)
+    refuse_changed(out_dir, earlier, to_write)
+    if samples is not None:
+        refuse_changed(samples, recorded_in(samples, earlier, out_dir), to_write)
+    results, written = _write_results(out_dir, names, grouping, table, selection, metrics, group_names, anchors)
+    if samples is not None:
+        written += write_sample_grids(results, crops_dir, samples, per_cluster, show_progress)
+    return _remove_earlier_outputs(out_dir, samples, earlier, written, anchors is None, notes)
+
+
+def _images_to_write(out_dir: Path, samples: Path | None, k: int, selection) -> list[Path]:
+    """The images this run may write (plots, sample grids): ``refuse_changed`` checks them before anything is
+    written. The CSV and JSON files cluster reads back are its state: one that no longer matches its hash is
+    damaged, and redone."""
+    paths = [out_dir / ELBOW_PNG, out_dir / SILHOUETTE_PNG] if selection is not None else []
+    if samples is not None:
+        paths += [samples / sample_grid(c) for c in range(k)] + [samples / SAMPLES_OVERVIEW_JPG,
+                                                                  samples / UNKNOWN_GRID_JPG]
+    return paths
+
+
+def _remove_earlier_outputs(out_dir: Path, samples: Path | None, earlier: dict, written: list[Path],
+                            keep_anchors: bool, notes: list[str]) -> dict[str, str]:
+    """Remove what the earlier run recorded writing (into ``out_dir`` and the samples folder) that this one did
+    not write: its plots, metrics, sample grids of other clusters, anchors (kept with ``keep_anchors``: no
+    people file this time), unless the user changed them since (``notes`` says so). Returns the outputs the
+    new sidecar records: those written, and the anchors kept."""
+    outputs = output_hashes(out_dir, written)
+    anchors = out_dir / PEOPLE_ANCHORS_CSV
+    if keep_anchors and holds_recorded(anchors, earlier.get(PEOPLE_ANCHORS_CSV, "")):
+        outputs[PEOPLE_ANCHORS_CSV] = earlier[PEOPLE_ANCHORS_CSV]
+    keep = [*written, *([anchors] if keep_anchors else [])]
+    _, changed = remove_recorded(out_dir, earlier, keep)
+    if samples is not None and not samples.is_relative_to(out_dir):
+        changed += remove_recorded(samples, recorded_in(samples, earlier, out_dir), keep)[1]
+    if changed:
+        notes.append(left_alone_phrase(changed).lstrip("; "))
+    return outputs
+
+
 def _normalised(vectors: np.ndarray, embeddings_path: Path) -> np.ndarray:
     """The embeddings L2-normalised in place (the array is ours, and a copy would double the memory); rows
     too large or too small for their squares are scaled first (``models.unit_rows``)."""
@@ -692,10 +754,10 @@ def _comparable(vectors: np.ndarray, embeddings_path: Path) -> np.ndarray:
 def _write_results(out_dir: Path, names: list[str], grouping: Grouping, table: pd.DataFrame,
                    selection: KSelection | None, metrics: dict | None,
                    group_names: dict[int, str], anchors: dict | None) -> tuple[pd.DataFrame, list[Path]]:
-    """cluster_results.csv (returned), centroids.csv, k_selection.csv, the plots and the metrics (or none left
-    over), groups.csv with the ``group_names`` and, with a people file, its ``anchors``; returns the results
-    and the files written. The sidecar of the run before goes first, so that a run killed while writing these
-    is never taken as done."""
+    """cluster_results.csv (returned), centroids.csv, k_selection.csv, the plots and the metrics, groups.csv
+    with the ``group_names`` and, with a people file, its ``anchors``; returns the results and the files
+    written (what an earlier run wrote and this one did not is removed by ``_remove_earlier_outputs``). The
+    sidecar of the run before goes first, so that a run killed while writing these is never taken as done."""
     sidecar_path(out_dir / CLUSTER_RESULTS_CSV).unlink(missing_ok=True)
     results = pd.DataFrame({"name": names, "cluster": grouping.labels, "distance": grouping.distances},
                            columns=CLUSTER_COLUMNS)
@@ -705,14 +767,12 @@ def _write_results(out_dir: Path, names: list[str], grouping: Grouping, table: p
     write_csv_atomic(table, written[2], float_format="%.6g")
     written.append(write_groups(out_dir, np.bincount(grouping.labels[grouping.labels >= 0],
                                                      minlength=len(grouping.centroids)), group_names))
-    if anchors is not None:
-        write_anchors(out_dir, anchors)
+    if anchors:
+        written.append(write_anchors(out_dir, anchors))
     written += _write_plots(out_dir, selection)
     if metrics is not None:
         write_json_atomic(out_dir / CLUSTER_METRICS_JSON, metrics)
         written.append(out_dir / CLUSTER_METRICS_JSON)
-    else:
-        (out_dir / CLUSTER_METRICS_JSON).unlink(missing_ok=True)
     return results, written
 
 
@@ -783,12 +843,9 @@ def _group(vectors, method, rule_distance, ks, auto, k_rule, n_init, seed, photo
 
 
 def _write_plots(out_dir: Path, selection: KSelection | None) -> list[Path]:
-    """The elbow and silhouette plots of an auto-k run (returned); those of an earlier auto-k run are removed
-    otherwise."""
+    """The elbow and silhouette plots of an auto-k run (returned); none otherwise."""
     plots = [out_dir / ELBOW_PNG, out_dir / SILHOUETTE_PNG]
     if selection is None:
-        for stale in plots:
-            stale.unlink(missing_ok=True)
         return []
     _plot(selection.table, "inertia", {"elbow (kneedle)": selection.elbow_k, "chosen": selection.k},
           "inertia (sum of squared distances)", "Elbow: k-means inertia against k", plots[0])

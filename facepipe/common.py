@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -14,7 +15,7 @@ import threading
 import warnings
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -33,11 +34,13 @@ def atomic_path(path: str | os.PathLike, expected_size: int | None = None) -> It
     checked to be non-empty (and ``expected_size`` bytes long, when given), and renamed onto ``path``.
 
     If the body raises (disk full, say) or the process is killed, ``path`` keeps its old content and the
-    temporary file is removed (or, after a kill, left with a ``.tmp`` name that no stage reads).
+    temporary file is removed (or, after a kill, left with a ``.NAME.facepipe-XXXXXXXX.tmp`` name that no stage
+    reads and ``remove_own_temporaries`` removes).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    prefix, suffix = temporary_affixes(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -74,12 +77,30 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise OSError(error.errno, error.strerror, str(path)) from None  # the message names the file
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Delete temporary files that a killed ``atomic_path`` left in ``folder``; returns how many."""
+TEMPORARY_MARK = "facepipe-"
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.facepipe-[a-z0-9_]{8}\.tmp(?P<suffix>.*)$")  # mkstemp's 8 characters
+
+
+def temporary_affixes(path: Path) -> tuple[str, str]:
+    """The prefix and suffix of the temporary file for ``path``: ``.NAME.facepipe-`` and ``.tmpSUFFIX`` (the
+    output's suffix last, for writers that choose the format by it); mkstemp puts 8 characters between."""
+    return f".{path.name}.{TEMPORARY_MARK}", ".tmp" + path.suffix
+
+
+def remove_own_temporaries(folder: str | os.PathLike, is_output_name: Callable[[str], bool]) -> int:
+    """Delete the temporaries a killed ``atomic_path`` left in ``folder`` for the output names a stage writes
+    (``is_output_name``); no other file is touched (a user's ``.draft.tmp.txt`` stays). Returns how many."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
     removed = 0
-    for leftover in Path(folder).glob(".*.tmp*"):
-        if leftover.is_file():
-            leftover.unlink(missing_ok=True)
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        if match["suffix"] == Path(match["name"]).suffix and is_output_name(match["name"]):
+            Path(entry.path).unlink(missing_ok=True)
             removed += 1
     return removed
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from facepipe import __version__
-from facepipe.common import FacepipeError, progress, remove_stale_temporaries, worker_pool
+from facepipe.common import FacepipeError, progress, remove_own_temporaries, worker_pool
 from facepipe.engine import DEFAULT_ENGINE, RAY, check_engine, ray_nodes_phrase, ray_session
 from facepipe.formats import (
     DETECT_PARAMS_JSON,
@@ -60,6 +60,7 @@ from facepipe.images import (
 )
 from facepipe.limits import DETECT, check_limits, usable_workers
 from facepipe.locks import locks_output
+from facepipe.owned import inside_or_none
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,24 @@ def crop_name(source: Path, face_index: int, crop_format: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")[:60] or "image"
     digest = hashlib.sha1(str(source).encode("utf-8")).hexdigest()[:10]
     return f"{stem}_{digest}_{face_index}.{crop_format}"
+
+
+_CROP_NAME = re.compile(r"[A-Za-z0-9_-]+_[0-9a-f]{10}_[0-9]+\.(jpg|png)")
+_OUTPUT_NAMES = {DETECTIONS_CSV, SOURCES_CSV, ERRORS_CSV, DETECT_PARAMS_JSON}
+
+
+def _is_output_name(name: str) -> bool:
+    """A name detect writes into its folder: its CSVs and JSON, or a crop's (``crop_name``)."""
+    return name in _OUTPUT_NAMES or _CROP_NAME.fullmatch(name) is not None
+
+
+def _is_own_crop(row: dict, params: DetectorParams) -> bool:
+    """True when a detections.csv row names the crop detect makes of that photo's face (``crop_name``): a
+    row naming any other file (by hand, ``../x`` or an absolute path) is never trusted, read or removed."""
+    try:
+        return row["crop"] == crop_name(Path(str(row["source"])), int(row["face_index"]), params.crop_format)
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 def square_crop(image: np.ndarray, box: Sequence[int], margin: float, size: int) -> np.ndarray:
@@ -259,8 +278,8 @@ def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[
     sources = sources.assign(faces=faces[sources.index].astype(int),
                              reason=sources["reason"].astype("string").fillna("").astype(str))
     detections = detections.drop_duplicates("crop", keep="last")
-    on_disk = detections["crop"].astype(str).map(lambda name: (out_dir / name).is_file()).astype(bool)
-    detections = detections[on_disk]  # a bool mask even when empty: an empty object one would select columns
+    detections = detections.loc[np.array([_is_own_crop(row, params) and (out_dir / row["crop"]).is_file()
+                                          for row in detections.to_dict("records")], dtype=bool)]
     rows_per_source = detections.groupby("source").size()
     complete = sources["faces"] == sources["source"].map(rows_per_source).fillna(0).astype(int)
     sources = sources[complete]
@@ -269,12 +288,14 @@ def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[
 
 
 def _drop_removed_sources(out_dir: Path, sources: list[dict], detections: list[dict], wanted: set[str]):
-    """Keep only the rows of photos among this run's inputs; delete the crops of those no longer there.
+    """Keep only the rows of photos among this run's inputs; delete the crops of those no longer there (each
+    a plain file of ``out_dir`` under the name detect gives it: ``_load_previous`` keeps no other row).
     Returns (sources, detections, how many photos were dropped)."""
     gone = {row["source"] for row in sources} - wanted
     for row in detections:
-        if row["source"] in gone:
-            (out_dir / str(row["crop"])).unlink(missing_ok=True)
+        crop = inside_or_none(out_dir, str(row["crop"])) if row["source"] in gone else None
+        if crop is not None and crop.parent == out_dir and crop.is_file() and not crop.is_symlink():
+            crop.unlink()
     return ([row for row in sources if row["source"] not in gone],
             [row for row in detections if row["source"] not in gone], len(gone))
 
@@ -371,7 +392,7 @@ def detect(
     check_engine(engine, ray_address)
     run = DetectRun(engine, ray_address, usable_workers(workers), max_pixels, show_progress, checkpoint_seconds)
     out_dir = Path(os.path.abspath(out_dir))
-    remove_stale_temporaries(out_dir)
+    remove_own_temporaries(out_dir, _is_output_name)
     unlisted: list[dict] = []
     images = collect_images(inputs, unlisted)
     if not images:

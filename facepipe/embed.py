@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import time
 from collections import Counter
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from facepipe import __version__
-from facepipe.common import FacepipeError, progress, worker_pool
+from facepipe.common import FacepipeError, progress, remove_own_temporaries, worker_pool
 from facepipe.crops import detect_margin
 from facepipe.engine import DEFAULT_ENGINE, RAY, check_engine, ray_nodes_phrase, ray_session
 from facepipe.formats import (
@@ -250,10 +249,9 @@ def _previous_rows(output: Path, meta: dict, force: bool) -> dict[str, np.ndarra
 
 def _remove_own_temporaries(output: Path) -> None:
     """Delete the temporary files a killed run left beside ``output`` (only ours, never others')."""
-    for path in (output, sidecar_path(output), embed_errors_path(output), embed_checkpoint_path(output)):
-        name = path.name
-        for leftover in output.parent.glob(f".{glob.escape(name)}.*.tmp*"):
-            leftover.unlink(missing_ok=True)
+    names = {path.name for path in (output, sidecar_path(output), embed_errors_path(output),
+                                    embed_checkpoint_path(output))}
+    remove_own_temporaries(output.parent, names.__contains__)
 
 
 @dataclass

@@ -89,13 +89,18 @@ def _unescape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def csv_text(frame: pd.DataFrame, float_format: str | None = None) -> str:
+    """The text ``write_csv_atomic`` writes for ``frame``."""
+    buffer = io.StringIO()
+    _escape_formulas(frame).to_csv(buffer, index=False, float_format=float_format)
+    return buffer.getvalue()
+
+
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike, float_format: str | None = None,
                      keep_if_same: bool = False) -> None:
     """Write a DataFrame as CSV (no index), atomically; formula-like text cells are escaped (see read_csv).
     With ``keep_if_same`` a file that already holds exactly this text is left untouched."""
-    buffer = io.StringIO()
-    _escape_formulas(frame).to_csv(buffer, index=False, float_format=float_format)
-    text = buffer.getvalue()
+    text = csv_text(frame, float_format)
     if keep_if_same and Path(path).is_file() and Path(path).read_bytes() == text.encode("utf-8"):
         return
     write_text_atomic(path, text)
@@ -365,17 +370,22 @@ def write_predictions(path: str | os.PathLike, frame: pd.DataFrame) -> None:
 #               WEIGHTS/cvae_log.csv      one row per epoch (CVAE_LOG_COLUMNS), losses per image
 #               WEIGHTS/alignment.csv     ALIGNMENT_COLUMNS: each crop's 5 dlib landmarks, in pixels of the crop
 #                                         file (with --align dlib5: what the crops were aligned on)
+#               WEIGHTS/cvae_outputs.json ``outputs``: each of the files above train-cvae wrote -> its sha256
+#                                         (old checkpoints and --force remove only those, unchanged)
 # generate   -> OUT/cluster_N.png (z = 0), cluster_N_mean.png (pixel mean of the crops),
-#               cluster_N_samples.png (random draws), clusters_sheet.png, fidelity.json (--evaluate)
+#               cluster_N_samples.png (random draws), clusters_sheet.png, fidelity.json (--evaluate),
+#               generate.json (written last: each output's sha256; a rerun removes only those, unchanged)
 CVAE_CHECKPOINT_FORMAT = "facepipe-cvae/1"
 CVAE_BEST_CHECKPOINT = "cvae_best.pt"
 CVAE_LOG_CSV = "cvae_log.csv"
+CVAE_RECORD_JSON = "cvae_outputs.json"
 CVAE_LOG_COLUMNS = ["epoch", *(f"{split}_{part}" for split in ("train", "val")
                                 for part in ("loss", "recon", "kl", "anchor", "identity", "draw_identity")), "seconds"]
 ALIGNMENT_CSV = "alignment.csv"
 ALIGNMENT_COLUMNS = ["name", *(f"{axis}{i}" for i in range(5) for axis in "xy")]
 GENERATED_SHEET_PNG = "clusters_sheet.png"
 FIDELITY_JSON = "fidelity.json"
+GENERATE_RECORD_JSON = "generate.json"
 
 
 def cvae_checkpoint_name(epoch: int) -> str:
@@ -410,8 +420,13 @@ def generated_face_names(cluster: int) -> dict[str, str]:
 
 # ---------------------------------------------------------------- export
 # export -> OUT/<group folder>/, OUT/unknown/, OUT/no_face/  the photos (or crops) as hard links, symlinks or copies
-#           OUT/manifest.csv  EXPORT_MANIFEST_COLUMNS: one row per file made (``file`` relative to OUT); written last
+#           OUT/manifest.csv  EXPORT_MANIFEST_COLUMNS: one row per file made (``file`` relative to OUT)
+#           OUT/manifest.csv.json  export's record (EXPORT_RECORD_FORMAT): what each file it made is (a symlink's
+#                             target, a hard link's inode, a copy's sha256) and manifest.csv's sha256; written
+#                             before export changes anything (with the files it is about to make) and last.
+#                             Export removes or replaces only files listed there that are still what it made.
 EXPORT_MANIFEST_CSV = "manifest.csv"
+EXPORT_RECORD_FORMAT = "facepipe-export/1"
 EXPORT_MANIFEST_COLUMNS = ["photo", "face", "group", "name", "distance", "file"]
 UNKNOWN_FOLDER, NO_FACE_FOLDER = "unknown", "no_face"
 

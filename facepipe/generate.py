@@ -9,14 +9,16 @@ sharpness of each face is set beside its pixel mean's and its crops' (``gradient
 from __future__ import annotations
 
 import math
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from facepipe.common import FacepipeError, progress, remove_stale_temporaries, resolve_device
+from facepipe import __version__
+from facepipe.common import FacepipeError, progress, remove_own_temporaries, resolve_device
 from facepipe.crops import CropAligner, cluster_pixel_means, load_crops, read_training_inputs
 from facepipe.cvae import crop_aligner, find_checkpoint, load_cvae
 from facepipe.cvae_settings import DEFAULT_TEMPERATURE
@@ -24,8 +26,10 @@ from facepipe.formats import (
     CENTROIDS_CSV,
     Embeddings,
     FIDELITY_JSON,
+    GENERATE_RECORD_JSON,
     GENERATED_SHEET_PNG,
     generated_face_names,
+    output_hashes,
     read_centroids,
     read_embeddings,
     write_json_atomic,
@@ -35,6 +39,7 @@ from facepipe.images import load_image_rgb, save_image_atomic
 from facepipe.limits import GENERATE, check_limits
 from facepipe.locks import locks_output
 from facepipe.models import unit_rows
+from facepipe.owned import left_alone_phrase, recorded_outputs, refuse_changed, remove_recorded
 
 SHEET_SAMPLES = 4  # random draws shown per cluster on the sheet (all of them go to cluster_N_samples.png)
 SHEET_CELL = 96  # smallest side of one face on the sheet
@@ -49,6 +54,7 @@ class GenerateSummary:
     sheet: Path
     fidelity: dict | None
     seconds: float
+    left_alone: list[Path] = field(default_factory=list)  # outputs of an earlier call the user changed since
 
     def line(self) -> str:
         text = f"generate: {len(self.clusters)} cluster face(s) + pixel means -> {self.out_dir} (sheet {self.sheet.name})"
@@ -61,7 +67,7 @@ class GenerateSummary:
                 text += f", random draws {draws['correct']}/{draws['of']}"
             sharpness = self.fidelity["sharpness"]
             text += f"; sharpness CVAE {sharpness['cvae']:.0f}, pixel mean {sharpness['pixel_mean']:.0f}"
-        return text + f" in {self.seconds:.1f}s"
+        return text + f"{left_alone_phrase(self.left_alone)} in {self.seconds:.1f}s"
 
 
 def _to_uint8(images) -> np.ndarray:
@@ -240,12 +246,12 @@ def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[i
     }
 
 
-def _remove_earlier_outputs(out_dir: Path, written: set[Path]) -> None:
-    """The folder holds what this call wrote: faces, sheet and fidelity.json of an earlier call (another
-    model, other clusters, or evaluated when this one was not) are removed, never mixed in."""
-    for path in [*out_dir.glob("cluster_*.png"), out_dir / GENERATED_SHEET_PNG, out_dir / FIDELITY_JSON]:
-        if path not in written:
-            path.unlink(missing_ok=True)
+_FACE_FILE = re.compile(r"cluster_[0-9]+(_mean|_samples)?\.png")
+
+
+def _is_output_name(name: str) -> bool:
+    """A name generate writes (``generated_face_names``, the sheet, fidelity.json, generate.json)."""
+    return name in (GENERATED_SHEET_PNG, FIDELITY_JSON, GENERATE_RECORD_JSON) or _FACE_FILE.fullmatch(name) is not None
 
 
 @locks_output(lambda args: args["out_dir"])
@@ -292,7 +298,10 @@ def generate(
     means, counts, crop_sharpness = pixel_means(inputs.names, inputs.clusters, clusters, inputs.crops_dir,
                                                 config.image_size, show_progress, aligner)
     out_dir = Path(out_dir)
-    remove_stale_temporaries(out_dir)
+    remove_own_temporaries(out_dir, _is_output_name)
+    earlier = recorded_outputs(out_dir / GENERATE_RECORD_JSON)
+    refuse_changed(out_dir, earlier, [out_dir / GENERATED_SHEET_PNG,  # the images; fidelity.json is data, redone
+                                      *(out_dir / name for c in clusters for name in generated_face_names(c).values())])
     sheet_path = out_dir / GENERATED_SHEET_PNG
     written = {sheet_path}
     for position, cluster in enumerate(progress(clusters, desc="writing faces", unit="cluster", enabled=show_progress)):
@@ -312,5 +321,9 @@ def generate(
                                      drawn, crop_sharpness)
         write_json_atomic(out_dir / FIDELITY_JSON, fidelity)
         written.add(out_dir / FIDELITY_JSON)
-    _remove_earlier_outputs(out_dir, written)
-    return GenerateSummary(list(clusters), out_dir, sheet_path, fidelity, time.perf_counter() - started)
+    # The folder holds what this call wrote: what an earlier call recorded writing (another model, other
+    # clusters, or evaluated when this one was not) is removed, unless the user changed it since.
+    _, changed = remove_recorded(out_dir, earlier, keep=written)
+    write_json_atomic(out_dir / GENERATE_RECORD_JSON, {"outputs": output_hashes(out_dir, sorted(written)),
+                                                       "checkpoint": str(checkpoint), "facepipe_version": __version__})
+    return GenerateSummary(list(clusters), out_dir, sheet_path, fidelity, time.perf_counter() - started, changed)

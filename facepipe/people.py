@@ -111,16 +111,14 @@ def read_anchors(folder: Path) -> dict[int, np.ndarray]:
     return dict(zip(frame["group"].astype(int), vectors))
 
 
-def write_anchors(folder: Path, anchors: dict[int, np.ndarray]) -> None:
-    """Write the anchors (``group, e0..``), atomically; none: the file is removed."""
-    if not anchors:
-        (folder / PEOPLE_ANCHORS_CSV).unlink(missing_ok=True)
-        return
+def write_anchors(folder: Path, anchors: dict[int, np.ndarray]) -> Path:
+    """Write the anchors (``group, e0..``; at least one), atomically; returns the file's path."""
     numbers = sorted(anchors)
     vectors = np.stack([anchors[n] for n in numbers]).astype(np.float32)
     frame = pd.DataFrame(vectors, columns=embedding_columns(vectors.shape[1]))
     frame.insert(0, "group", numbers)
     write_csv_atomic(frame, folder / PEOPLE_ANCHORS_CSV, float_format="%.9g")
+    return folder / PEOPLE_ANCHORS_CSV
 
 
 def resolve_numbers(numbers: set[int], anchors: dict[int, np.ndarray], centroids: np.ndarray,

@@ -140,7 +140,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, johns_cluste
     killed = tmp_path / "weights"
     killed.mkdir()
     shutil.copy(full / cvae_checkpoint_name(1), killed / cvae_checkpoint_name(1))  # the run died during epoch 2
-    (killed / ".cvae_epoch_2.pt.abc.tmp.pt").write_bytes(b"half a file")
+    (killed / ".cvae_epoch_2.pt.facepipe-k1lled_0.tmp.pt").write_bytes(b"half a file")  # atomic_path's, killed
     with pytest.raises(FacepipeError, match="--resume"):  # more epochs than the killed run asked for: --resume
         train_cvae(johns_clusters, weights_dir=killed, **dict(TRAINING, epochs=TRAINING["epochs"] + 1))
     # the killed command, rerun as it was, goes on from its last epoch
@@ -156,6 +156,26 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, johns_cluste
     assert again.epochs_run == 0
     rerun = train_cvae(johns_clusters, weights_dir=killed, **TRAINING)  # a finished run is skipped
     assert rerun.epochs_run == 0 and "nothing to do" in rerun.line()
+
+
+def test_force_removes_only_what_train_cvae_recorded_writing(tmp_path, trained):
+    """Issue 28: --force deletes the checkpoints, log and landmarks train-cvae recorded (cvae_outputs.json),
+    and refuses, changing nothing, while a checkpoint-named file it did not write is in the way."""
+    from facepipe.cvae.training import _checkpoints_to_continue
+    from facepipe.formats import CVAE_RECORD_JSON, LOCK_FILE
+
+    weights = tmp_path / "weights"
+    shutil.copytree(trained[0], weights)
+    (weights / cvae_checkpoint_name(9)).write_bytes(b"the user's own model")
+    (weights / "notes.txt").write_text("the user's notes")
+    before = {p.name: p.read_bytes() for p in weights.iterdir()}
+    with pytest.raises(FacepipeError, match="was not written by train-cvae"):
+        _checkpoints_to_continue(weights, TRAINING["epochs"], resume=False, force=True)
+    assert {p.name: p.read_bytes() for p in weights.iterdir()} == before
+    (weights / cvae_checkpoint_name(9)).rename(tmp_path / "moved.pt")
+    assert _checkpoints_to_continue(weights, TRAINING["epochs"], resume=False, force=True) == {}
+    assert sorted(p.name for p in weights.iterdir() if p.name != LOCK_FILE) == [CVAE_RECORD_JSON, "notes.txt"]
+    assert (tmp_path / "moved.pt").read_bytes() == b"the user's own model"
 
 
 def test_resume_refuses_changed_settings(tmp_path, johns_clusters, trained):
@@ -248,25 +268,35 @@ def test_generate_writes_faces_means_samples_and_sheet(tmp_path, trained):
     assert not (single / generated_face_names(1)["face"]).exists()
 
 
-def test_generate_removes_the_faces_of_an_earlier_model_and_its_fidelity(tmp_path, trained):
-    """Issue 18, case 6: a folder that held another model's faces (cluster 99) and its fidelity.json keeps
-    neither once generate has written this model's faces without evaluating them."""
+def test_generate_removes_the_faces_of_an_earlier_call_and_nothing_of_the_users(tmp_path, trained):
+    """Issue 18, case 6: a folder that held the faces of an earlier call (cluster 1) keeps none of them once
+    generate has written cluster 2's. Issue 28: only what that call recorded writing goes; the user's own
+    ``cluster_party.png`` and a ``cluster_99.png`` no generate wrote stay, byte for byte."""
     from click.testing import CliRunner
 
     from facepipe.cli import main
-    from facepipe.formats import FIDELITY_JSON, generated_face_names
+    from facepipe.formats import generated_face_names
 
     weights, _ = trained
     out = tmp_path / "inference_results"
     out.mkdir()
-    stale = [out / name for name in generated_face_names(99).values()] + [out / FIDELITY_JSON]
-    for path in stale:
-        path.write_bytes(b"of another model")
-    result = CliRunner().invoke(main, ["generate", str(weights), "--cluster", "2", "-o", str(out), "--no-evaluate",
-                                       "--samples", "1", "--device", "cpu", "-q"])
+    users = {out / "cluster_party.png": b"the user's party", out / "cluster_99.png": b"not generate's"}
+    for path, data in users.items():
+        path.write_bytes(data)
+    options = ["-o", str(out), "--no-evaluate", "--samples", "1", "--device", "cpu", "-q"]
+    earlier = CliRunner().invoke(main, ["generate", str(weights), "--cluster", "1", *options])
+    assert earlier.exit_code == 0, earlier.output
+    result = CliRunner().invoke(main, ["generate", str(weights), "--cluster", "2", *options])
     assert result.exit_code == 0, result.output
-    assert not [path.name for path in stale if path.exists()]
-    assert sorted(p.name for p in out.glob("cluster_*.png")) == sorted(generated_face_names(2).values())
+    assert not [name for name in generated_face_names(1).values() if (out / name).exists()]
+    assert sorted(p.name for p in out.glob("cluster_*.png")) == sorted([*generated_face_names(2).values(),
+                                                                       "cluster_99.png", "cluster_party.png"])
+    assert {path: path.read_bytes() for path in users} == users
+    face = out / generated_face_names(2)["face"]
+    face.write_bytes(b"retouched by the user")
+    refused = CliRunner().invoke(main, ["generate", str(weights), "--cluster", "2", *options])
+    assert refused.exit_code == 1 and "changed since facepipe wrote it" in refused.output
+    assert face.read_bytes() == b"retouched by the user"
 
 
 def test_generate_usage_errors(tmp_path, trained):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,13 +20,14 @@ import pandas as pd
 from facepipe.common import (
     FacepipeError,
     progress,
-    remove_stale_temporaries,
+    remove_own_temporaries,
     reproducible_torch,
     resolve_device,
     seed_everything,
 )
 from facepipe.crops import cluster_pixel_means, load_crops, read_training_inputs
 from facepipe.cvae.checkpoints import (
+    CHECKPOINT_PATTERN,
     crop_aligner,
     epoch_checkpoints,
     load_checkpoint,
@@ -46,13 +48,17 @@ from facepipe.formats import (
     CVAE_CHECKPOINT_FORMAT,
     CVAE_LOG_COLUMNS,
     CVAE_LOG_CSV,
+    CVAE_RECORD_JSON,
     cvae_checkpoint_name,
+    output_hashes,
     write_alignment,
     write_csv_atomic,
+    write_json_atomic,
 )
 from facepipe.identity import build_identity_term, clustered_embeddings_model, identity_weight_for
 from facepipe.limits import TRAIN_CVAE, check_limits, usable_workers
 from facepipe.locks import locks_output
+from facepipe.owned import holds_recorded, recorded_outputs, remove_recorded
 
 LOSS_PARTS = ("loss", "recon", "kl", "anchor", "identity", "draw_identity")
 # Settings that must match for --resume to continue a run (epochs may grow; the rest may not change).
@@ -203,16 +209,39 @@ def _refuse_non_finite(row: dict, weights_dir: Path) -> None:
         raise FacepipeError(f"training diverged in epoch {row['epoch']}: {broken[0].replace('_', ' ')} is "
                             f"{row[broken[0]]} (too high a --learning-rate, --beta or other weight, or a damaged "
                             f"checkpoint resumed){kept}")
+def _is_output_name(name: str) -> bool:
+    """A name train-cvae writes into its weights folder."""
+    return name in (CVAE_BEST_CHECKPOINT, CVAE_LOG_CSV, ALIGNMENT_CSV, CVAE_RECORD_JSON) or \
+        CHECKPOINT_PATTERN.fullmatch(name) is not None
+
+
+def _record(weights_dir: Path, written: list[Path] = (), removed: list[Path] = ()) -> dict[str, str]:
+    """Update the record of what train-cvae wrote into ``weights_dir`` (``cvae_outputs.json``): the sha256 of
+    the files ``written`` added, those ``removed`` (or gone) dropped; returns it."""
+    outputs = recorded_outputs(weights_dir / CVAE_RECORD_JSON)
+    outputs.update(output_hashes(weights_dir, written))
+    gone = {path.name for path in removed}
+    outputs = {name: digest for name, digest in outputs.items() if name not in gone and (weights_dir / name).exists()}
+    write_json_atomic(weights_dir / CVAE_RECORD_JSON, {"outputs": outputs})
+    return outputs
 
 
 def _checkpoints_to_continue(weights_dir: Path, epochs: int, resume: bool, force: bool) -> dict[int, Path]:
-    """The epoch checkpoints a run in ``weights_dir`` continues from (none after ``force``, which deletes them)."""
+    """The epoch checkpoints a run in ``weights_dir`` continues from (none after ``force``, which deletes those
+    train-cvae recorded writing, and refuses to start while others are in the way)."""
     weights_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(weights_dir)
+    remove_own_temporaries(weights_dir, _is_output_name)
     existing = epoch_checkpoints(weights_dir)
     if force:
-        for path in [*existing.values(), *(weights_dir / name for name in (CVAE_BEST_CHECKPOINT, CVAE_LOG_CSV, ALIGNMENT_CSV))]:
-            path.unlink(missing_ok=True)
+        recorded = recorded_outputs(weights_dir / CVAE_RECORD_JSON)
+        in_the_way = [path for path in [*existing.values(), *(weights_dir / name for name in
+                                                              (CVAE_BEST_CHECKPOINT, CVAE_LOG_CSV, ALIGNMENT_CSV))]
+                      if os.path.lexists(path) and not holds_recorded(path, recorded.get(path.name, ""))]
+        if in_the_way:
+            raise FacepipeError(f"{in_the_way[0]} was not written by train-cvae (or was changed since), so --force "
+                                "does not remove it: move it away, or train into another folder")
+        removed, _ = remove_recorded(weights_dir, recorded)
+        _record(weights_dir, removed=removed)
         return {}
     if existing and not resume and max(existing) < epochs and not _stopped_short_of(existing, epochs):
         raise FacepipeError(
@@ -275,6 +304,7 @@ def _training_data(inputs, config: CVAEConfig, weights_dir: Path, device: str, s
     images = torch.from_numpy(load_crops(inputs.names, inputs.crops_dir, config.image_size, show_progress, aligner))
     if aligner is not None:
         write_alignment(weights_dir / ALIGNMENT_CSV, {name: aligner.landmarks[name] for name in inputs.names})
+        _record(weights_dir, [weights_dir / ALIGNMENT_CSV])
     # The targets of the z = 0 faces: each cluster's training crops, unflipped, as (clusters, 3, S, S) in [0, 1].
     means = cluster_pixel_means(images.numpy()[train_rows], labels.numpy()[train_rows], range(config.num_classes))
     cluster_means = torch.from_numpy(means / 255.0).float().permute(0, 3, 1, 2).contiguous().to(device)
@@ -319,14 +349,19 @@ def _save_epoch(weights_dir: Path, model, optimizer, config: CVAEConfig, state: 
         "history": state.history, "best_val_loss": state.best_val, "best_epoch": state.best_epoch,
         "split": {"train": len(data.train_rows), "val": len(data.val_rows)},
     }
-    save_checkpoint(weights_dir / cvae_checkpoint_name(state.epoch), checkpoint)
+    written = [weights_dir / cvae_checkpoint_name(state.epoch), weights_dir / CVAE_LOG_CSV]
+    save_checkpoint(written[0], checkpoint)
     if improved:
         save_checkpoint(weights_dir / CVAE_BEST_CHECKPOINT, checkpoint)
+        written.append(weights_dir / CVAE_BEST_CHECKPOINT)
     write_csv_atomic(pd.DataFrame(state.history, columns=CVAE_LOG_COLUMNS), weights_dir / CVAE_LOG_CSV,
                      float_format="%.6g")
-    for old_epoch, old_path in epoch_checkpoints(weights_dir).items():
-        if old_epoch <= state.epoch - keep_last:
-            old_path.unlink(missing_ok=True)
+    outputs = _record(weights_dir, written)
+    old = {name: digest for name, digest in outputs.items() if CHECKPOINT_PATTERN.fullmatch(name)
+           and int(CHECKPOINT_PATTERN.fullmatch(name).group(1)) <= state.epoch - keep_last}
+    removed, _ = remove_recorded(weights_dir, old)  # only checkpoints this folder's runs recorded, unchanged
+    if removed:
+        _record(weights_dir, removed=removed)
 
 
 @locks_output(lambda args: args["weights_dir"])
