@@ -13,6 +13,7 @@ it stopped.
 
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
 import os
@@ -293,11 +294,12 @@ def _read_record(out_dir: Path) -> dict:
 
 
 def _write_record(out_dir: Path, files: dict[str, dict], manifest_digests: list[str], earlier: dict) -> dict:
-    """Write export's record (left untouched when it says what the ``earlier`` one said); returns it."""
+    """Write export's record (left untouched when it says what the ``earlier`` one said); returns a copy of it
+    (``files``' entries are filled in later, which must not change what this record was)."""
     record = {"format": EXPORT_RECORD_FORMAT, "files": files, "manifest_sha256": list(dict.fromkeys(manifest_digests))}
     if record != earlier:
         write_json_atomic(_record_path(out_dir), record)
-    return record
+    return copy.deepcopy(record)
 
 
 def _still_there(out_dir: Path, earlier: dict[str, dict],
