@@ -189,9 +189,7 @@ def assign(
     results_path = cluster_results_path(cluster_results)
     # every input is read and checked before anything is written: a refused assign changes nothing
     known = read_cluster_results(results_path)
-    if not sidecar_path(results_path).is_file():
-        raise FacepipeError(f"file not found: {sidecar_path(results_path)}")
-    meta = read_sidecar(results_path, CLUSTER_SIDECAR_FIELDS)
+    meta = read_sidecar(_with_sidecar(results_path), CLUSTER_SIDECAR_FIELDS)
     options = checked_fields(json_object(meta, "options", sidecar_path(results_path)), sidecar_path(results_path),
                              {"normalize": bool, "min_group_size": int})
     distance = threshold if threshold is not None else meta.get("same_person_distance")
@@ -206,7 +204,7 @@ def assign(
     names = group_names(results_path.parent)
     state = _run_state(results_path.parent)
     with folder_lock(crops_dir), folder_lock(embeddings_path.parent):
-        collection = read_embeddings(embeddings_path)
+        collection = read_embeddings(_with_sidecar(embeddings_path))
         _check_belong_together(known, results_path, collection, embeddings_path)
         photo_count = _detect_and_embed([str(p) for p in photos], crops_dir, recorded_params(crops_dir), collection,
                                         embeddings_path, weights, workers, show_progress)
@@ -237,6 +235,13 @@ def assign(
                             results=results_path, seconds=time.monotonic() - started)
     _note_in_run_state(results_path.parent, state, summary)
     return summary
+
+
+def _with_sidecar(data_file: Path) -> Path:
+    """``data_file``, once its sidecar is known to be there (it tells how the file was made)."""
+    if not sidecar_path(data_file).is_file():
+        raise FacepipeError(f"file not found: {sidecar_path(data_file)}")
+    return data_file
 
 
 def _check_belong_together(known: pd.DataFrame, results_path: Path, embeddings: Embeddings,

@@ -148,14 +148,18 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)  # vectors are float32: a larger v
 
 def _place(path: str | os.PathLike, row: int | None = None, column: str | None = None) -> str:
     """``path row N, column C`` (``row`` counted from 0 over the data rows)."""
-    where = [f"row {row + 2}"] if row is not None else []
-    return ", ".join([f"{path}{' ' + where[0] if where else ''}", *([f"column {column}"] if column else [])])
+    place = f"{path} row {row + 2}" if row is not None else str(path)
+    return f"{place}, column {column}" if column else place
 
 
 def _shown(value: Any) -> str:
+    """A CSV cell (or bound) as a message shows it: text quoted, a whole float without its ".0", at most 40 characters."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         value = int(value)
-    text = repr(value) if isinstance(value, str) else str(value)
+    return _clipped(repr(value) if isinstance(value, str) else str(value))
+
+
+def _clipped(text: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -165,18 +169,13 @@ def checked_numbers(frame: pd.DataFrame, columns: Sequence[str], path: str | os.
     number (empty only with ``missing_ok``: NaN), whole with ``whole``, from ``low`` to ``high``; the first cell
     that is not is a FacepipeError naming the file, its row and column, and why."""
     cells = frame[list(columns)]
-    empty = cells.isna().to_numpy().copy()
-    values = np.empty(cells.shape, dtype=np.float64)
-    for index, column in enumerate(columns):
-        series = cells[column]
-        if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
-            empty[:, index] |= (series.astype(str).str.strip() == "").to_numpy()
-        if pd.api.types.is_bool_dtype(series):
-            values[:, index] = np.nan  # True / False: text, not a number
-        elif pd.api.types.is_numeric_dtype(series):
-            values[:, index] = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        else:
-            values[:, index] = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    if all(pd.api.types.is_numeric_dtype(d) and not pd.api.types.is_bool_dtype(d) for d in cells.dtypes):
+        values = cells.to_numpy(dtype=np.float64, na_value=np.nan)  # the usual case, at once: no text anywhere
+        empty = np.isnan(values)
+        if _all_in_range(values, empty, whole, low, high, missing_ok):
+            return values
+    else:
+        values, empty = _cell_numbers(cells)
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(values)
         if whole:
@@ -204,6 +203,39 @@ def checked_numbers(frame: pd.DataFrame, columns: Sequence[str], path: str | os.
             why = f"{_shown(cells.iat[row, index])} is out of range (must be {span})"
         raise FacepipeError(f"{_place(path, row, columns[index])}: {why}")
     return values
+
+
+def _all_in_range(values: np.ndarray, empty: np.ndarray, whole: bool, low: float | None, high: float | None,
+                  missing_ok: bool) -> bool:
+    """True when no cell of a column block that holds only numbers (NaN where ``empty``) breaks a rule of
+    ``checked_numbers``: a few passes over a large block (embeddings) instead of a mask per rule."""
+    if not values.size or empty.all():
+        return missing_ok or not values.size
+    if not missing_ok and empty.any():
+        return False
+    least, most = np.fmin.reduce(values, axis=None), np.fmax.reduce(values, axis=None)  # NaN (empty) ignored
+    if not (math.isfinite(least) and math.isfinite(most)):
+        return False
+    if (low is not None and least < low) or (high is not None and most > high):
+        return False
+    return not whole or not np.any(np.fmod(values[~empty], 1))
+
+
+def _cell_numbers(cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The cells as float64 (NaN where not a number) and where they are empty, column by column."""
+    empty = cells.isna().to_numpy().copy()
+    values = np.empty(cells.shape, dtype=np.float64)
+    for index, column in enumerate(cells.columns):
+        series = cells[column]
+        if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
+            empty[:, index] |= (series.astype(str).str.strip() == "").to_numpy()
+        if pd.api.types.is_bool_dtype(series):
+            values[:, index] = np.nan  # True / False: text, not a number
+        elif pd.api.types.is_numeric_dtype(series):
+            values[:, index] = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            values[:, index] = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return values, empty
 
 
 def checked_whole_numbers(frame: pd.DataFrame, column: str, path: str | os.PathLike, low: int, high: int,
@@ -250,7 +282,7 @@ def checked_fields(data: dict, path: str | os.PathLike, kinds: dict[str, type | 
         kinds_of = kind if isinstance(kind, tuple) else (kind,)
         if value is not None and not any(_is_json_kind(value, k) for k in kinds_of):
             names = " or ".join(_JSON_KIND_NAMES.get(k, k.__name__) for k in kinds_of)
-            raise FacepipeError(f"{path}: {key} must be {names}, not {_shown(value)}")
+            raise FacepipeError(f"{path}: {key} must be {names}, not {_clipped(json.dumps(value, default=str))}")
     return data
 
 
@@ -269,6 +301,15 @@ _JSON_KIND_NAMES = {str: "text", int: "a whole number", float: "a finite number"
 def json_object(data: dict, key: str, path: str | os.PathLike) -> dict:
     """The JSON object ``data[key]`` (an empty one where there is none); anything else is a FacepipeError."""
     return checked_fields(data, path, {key: dict}).get(key) or {}
+
+
+def read_detections(path: str | os.PathLike) -> pd.DataFrame:
+    """A crops folder's ``detections.csv`` as embed, cluster and export read it: at least CROP_SOURCE_COLUMNS,
+    ``crop`` and ``source`` text (kept as written), neither empty, each crop once."""
+    frame = read_csv(path, CROP_SOURCE_COLUMNS, "detections CSV", text=CROP_SOURCE_COLUMNS)
+    checked_names(frame, "crop", path)
+    checked_names(frame, "source", path, unique=False)
+    return frame
 
 
 def cluster_results_path(path: str | os.PathLike) -> Path:
@@ -411,7 +452,8 @@ def read_npz(path: str | os.PathLike, keys: Sequence[str], what: str) -> dict[st
             return {key: loaded[key] for key in keys}
     except KeyError as error:
         raise FacepipeError(f"{path} is not {what}: it has no array {error}") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as error:
+        # a damaged archive: bad zip headers, a compression or zip version zipfile lacks, "encrypted"...
         raise FacepipeError(f"{path} is not {what} (arrays {', '.join(keys)}): {error}") from None
 
 
@@ -515,6 +557,7 @@ def read_probe_json(path: str | os.PathLike) -> dict:
     missing = [f for f in PROBE_REQUIRED_FIELDS if f not in data]
     if missing:
         raise FacepipeError(f"{path}: probe JSON lacks {', '.join(missing)}")
+    checked_fields(data, path, {"target": str, "embedding_model": str, "C": float})
     dim = data["embedding_dimension"]
     if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= 1 << 16:
         raise FacepipeError(f"{path}: embedding_dimension must be a whole number from 1 to 65536")
@@ -606,7 +649,7 @@ def read_fidelity(path: str | os.PathLike) -> dict:
     for index, row in enumerate(data.get("per_cluster") or []):
         where = f"{path} per_cluster[{index}]"
         if not isinstance(row, dict):
-            raise FacepipeError(f"{where} must be an object, not {_shown(row)}")
+            raise FacepipeError(f"{where} must be an object, not {_clipped(json.dumps(row, default=str))}")
         required = ["cluster", *(["pixel_mean_sharpness", "crops_sharpness"] if "cvae_sharpness" in row else [])]
         checked_fields(row, where, FIDELITY_ROW_FIELDS, required)
     return data

@@ -292,3 +292,27 @@ def test_detect_redoes_a_crop_truncated_after_it_was_written(clustering, tmp_pat
     assert _snapshot(crops) == _snapshot(clustering / "crops")
     again = detect([clustering / "photos"], crops, params, workers=1, show_progress=False)
     assert again.processed_now == 0
+
+
+@pytest.mark.fast
+def test_detections_probe_and_checkpoint_files_of_the_wrong_types_are_one_line(tmp_path):
+    import torch
+
+    from facepipe.cvae.checkpoints import load_checkpoint
+    from facepipe.formats import CVAE_CHECKPOINT_FORMAT, read_detections, read_probe_json
+
+    (tmp_path / DETECTIONS_CSV).write_text("crop,source\na.jpg,/p/1.jpg\nb.jpg,/p/1.jpg\na.jpg,/p/2.jpg\n")
+    with pytest.raises(FacepipeError, match=r"detections.csv row 4, column crop: 'a.jpg' appears again"):
+        read_detections(tmp_path / DETECTIONS_CSV)
+    (tmp_path / DETECTIONS_CSV).write_text("crop,source\na.jpg,\n")
+    with pytest.raises(FacepipeError, match=r"detections.csv row 2, column source: the cell is empty"):
+        read_detections(tmp_path / DETECTIONS_CSV)
+    probe = {"format": "facepipe-linear-probe/1", "target": ["male"], "intercept": 0.0, "threshold": 0.5, "C": 1.0,
+             "embedding_model": "m", "embedding_dimension": 1, "coefficients": [1.0], "scaler_mean": [0.0],
+             "scaler_scale": [1.0]}
+    (tmp_path / "probe.json").write_text(json.dumps(probe))
+    with pytest.raises(FacepipeError, match="probe.json: target must be text"):
+        read_probe_json(tmp_path / "probe.json")
+    torch.save({"format": CVAE_CHECKPOINT_FORMAT, "config": {}, "model": {}, "epoch": "3"}, tmp_path / "c.pt")
+    with pytest.raises(FacepipeError, match="c.pt: epoch must be a whole number"):
+        load_checkpoint(tmp_path / "c.pt")
