@@ -430,6 +430,102 @@ def limit_cases(probe: Probe, data: dict) -> None:
 
     probe.case("train-cvae beside a refused command: the same weights", {0}, "train-cvae", results, "-o", again,
                "--epochs", "2", "--image-size", "32", "--identity-weight", "0", "-q", check=same_weights)
+def snapshot(*places: Path) -> dict[Path, bytes]:
+    """Every file under ``places`` (the lock files aside) and its bytes."""
+    files = [p for place in places for p in ([place] if place.is_file() else sorted(place.rglob("*")))]
+    return {p: p.read_bytes() for p in files if p.is_file() and p.name != ".facepipe.lock"}
+
+
+def restore(before: dict[Path, bytes], *places: Path) -> None:
+    """Put ``places`` back as ``snapshot`` found them: files added since removed, changed ones rewritten."""
+    for path in snapshot(*places).keys() - before.keys():
+        path.unlink()
+    for path, data in before.items():
+        if not path.is_file() or path.read_bytes() != data:
+            path.write_bytes(data)
+
+
+def damaged_files(probe: Probe, data: dict) -> None:
+    """Hand-edited or damaged files that stages read (issue 28): each through every command that reads it; each
+    must end in one line, exit 1, and leave every file of the collection as it was (restored after each case)."""
+    w = probe.work
+    crops, features, clusters, weights = (data[k] for k in ("crops", "features", "clusters", "weights"))
+    results, centroids, groups = (clusters / n for n in ("cluster_results.csv", "centroids.csv", "groups.csv"))
+    new = w / "new_photos"
+    new.mkdir()
+    shutil.copy(sorted((LFW / "Kofi_Annan").glob("*.jpg"))[5], new)
+    watched = (crops, features, features.with_name(features.name + ".json"), clusters, weights)
+    before = snapshot(*watched)
+    readers = {"export": ["export", results, "-o", w / "x_export"],
+               "train-cvae": ["train-cvae", results, "-o", w / "x_weights", "--epochs", "1", "--image-size", "32",
+                              "--identity-weight", "0"],
+               "generate": ["generate", weights, "--all", "--clusters", results, "-o", w / "x_generated"],
+               "assign": ["assign", new, "--clusters", clusters, "--workers", "1"],
+               "cluster": ["cluster", features, "-o", w / "x_clusters"],
+               "cluster --people": ["cluster", features, "-o", clusters, "--people", w / "names.toml"],
+               "detect": ["detect", data["photos"], "-o", crops, "--min-neighbors", "5"],
+               "embed": ["embed", crops, "-o", features, "--model", "dlib-resnet128"]}
+
+    def left_as(state: dict[Path, bytes]):
+        """A check: every watched file is as in ``state`` (then the collection is restored)."""
+        def check(_):
+            now = snapshot(*watched)
+            changed = sorted(str(p.relative_to(w)) for p in now.keys() ^ state.keys() | {
+                p for p in now.keys() & state.keys() if now[p] != state[p]})
+            restore(before, *watched)
+            return f"changed {changed[:3]}" if changed else None
+        return check
+
+    def attack(label: str, path: Path, content: str | bytes, commands: list[str]) -> None:
+        for command in commands:
+            path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+            probe.case(f"{label}: {command}", {1}, *readers[command], "-q", check=left_as(snapshot(*watched)))
+
+    lines = results.read_text().splitlines()
+    name, _, distance = lines[1].split(",")
+    for cell in ("2.5", "two", "", "99999999999999999999", "-7", "5", "inf"):
+        edited = "\n".join([lines[0], f"{name},{cell},{distance}", *lines[2:]]) + "\n"
+        attack(f"cluster_results.csv with cluster {cell or '(empty)'}", results, edited,
+               ["export", "train-cvae", "generate", "assign"])
+    for label, edited in (("a face twice", "\n".join([*lines, lines[1]]) + "\n"),
+                          ("a negative distance", "\n".join([lines[0], f"{name},0,-1", *lines[2:]]) + "\n"),
+                          ("no cluster column", "\n".join(line.rsplit(",", 2)[0] for line in lines) + "\n")):
+        attack(f"cluster_results.csv with {label}", results, edited, ["export", "train-cvae", "assign"])
+    rows = centroids.read_text().splitlines()
+    for label, edited in (("text", rows[1].split(",", 1)[0] + ",x," + rows[1].split(",", 2)[2]),
+                          ("1e39", rows[1].split(",", 1)[0] + ",1e39," + rows[1].split(",", 2)[2])):
+        attack(f"centroids.csv with {label}", centroids, "\n".join([rows[0], edited, *rows[2:]]) + "\n",
+               ["export", "train-cvae", "assign"])
+    attack("groups.csv with a text group", groups, "cluster,person,faces\nzero,Ann,3\n", ["export", "assign"])
+    for label, text in (("a JSON list", "[1]"), ("a JSON string", '"x"'), ("crops_dir a number", '{"crops_dir": 5}')):
+        attack(f"cluster sidecar: {label}", results.with_name(results.name + ".json"), text,
+               ["export", "train-cvae", "assign"])
+    for label, text in (("a JSON list", "[1]"), ("a JSON string", '"x"'), ("model a list", '{"model": ["x"]}'),
+                        ("nested 100,000 deep", "[" * 100_000)):
+        attack(f"embeddings sidecar: {label}", features.with_name(features.name + ".json"), text,
+               ["cluster", "assign"])
+    for label, text in (("params a list", '{"params": [1]}'), ("size as text", '{"params": {"size": "224"}}')):
+        attack(f"detect.json: {label}", crops / "detect.json", text, ["detect", "assign"])
+    for label, names in (("scalar", np.asarray("a.jpg")), ("2-d", np.asarray([["a.jpg"], ["b.jpg"]]))):
+        np.savez(w / "names.npz", names=names, vectors=np.eye(2, dtype=np.float32))
+        probe.case(f"an embeddings .npz whose names are {label}: cluster", {1}, "cluster", w / "names.npz", "-o",
+                   w / "x_npz", "-q")
+    partial = features.with_name(features.name + ".partial.npz")
+    attack("a garbage embed progress file", partial, b"PK\x03\x04" + bytes(200), ["embed"])
+    (w / "deep.toml").write_text("merge = " + "[" * 10_000 + "]" * 10_000 + "\n")
+    probe.case("a people file nested 10,000 deep: cluster", {1}, "cluster", features, "-o", clusters, "--people",
+               w / "deep.toml", "-q", check=left_as(before))
+    (w / "names.toml").write_text('[names]\n0 = "Ann"\n')
+    attack("people_anchors.csv with text", clusters / "people_anchors.csv", "group,e0\n0,x\n", ["cluster --people"])
+    if (weights / "alignment.csv").is_file():
+        header = (weights / "alignment.csv").read_text().splitlines()[0]
+        attack("alignment.csv with a half pixel", weights / "alignment.csv",
+               header + "\n" + ",".join(["a.jpg", *["1.5"] * 10]) + "\n", ["generate"])
+    crop = crops / (crops / "detections.csv").read_text().splitlines()[1].split(",")[0]
+    whole = crop.read_bytes()
+    crop.write_bytes(whole[: len(whole) // 2])
+    probe.case("a crop truncated since detect wrote it: the rerun makes it again", {0}, *readers["detect"], "-q",
+               check=lambda _: left_as(before)(_) if crop.read_bytes() == whole else "the truncated crop was kept")
 
 
 def main() -> None:
@@ -445,6 +541,7 @@ def main() -> None:
     if not args.only_layouts_and_faults:
         run_cases(probe, data)
         limit_cases(probe, data)
+        damaged_files(probe, data)
     layout_and_fault_cases(probe, data)
     bad = [row for row in probe.rows if not row[1]]
     tracebacks = sum("traceback" in row[2] for row in bad)

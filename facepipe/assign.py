@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -26,16 +26,20 @@ from facepipe.formats import (
     CENTROIDS_CSV,
     CLUSTER_COLUMNS,
     CLUSTER_RESULTS_CSV,
-    DETECT_PARAMS_JSON,
+    CLUSTER_SIDECAR_FIELDS,
     RUN_STATE_JSON,
     UNKNOWN_CLUSTER,
+    Embeddings,
+    checked_fields,
     cluster_results_path,
     group_names,
+    json_object,
     output_hashes,
     read_centroids,
-    read_csv,
+    read_cluster_results,
     read_embeddings,
-    read_json,
+    read_run_state,
+    read_sidecar,
     recorded_path,
     sidecar_path,
     write_csv_atomic,
@@ -77,20 +81,17 @@ def _embed_settings(meta: dict, weights: str | os.PathLike | None) -> dict:
     return {k: v for k, v in settings.items() if v is not None}
 
 
-def _detect_and_embed(photos, crops_dir: Path, embeddings_path: Path, weights, workers: int,
-                      show_progress: bool) -> int:
-    """The new photos through detect and embed, into the collection's own crops folder and embeddings file, with
-    the parameters recorded there (photos already done are skipped; the collection's other photos are kept);
-    returns how many photos the inputs hold."""
-    from facepipe.detect import DetectorParams, detect
+def _detect_and_embed(photos, crops_dir: Path, params, embeddings: Embeddings, embeddings_path: Path, weights,
+                      workers: int, show_progress: bool) -> int:
+    """The new photos through detect (with the collection's ``params``) and embed, into the collection's own
+    crops folder and embeddings file (``embeddings``, as read; embedded as they were), photos already done
+    skipped and the collection's other photos kept; returns how many photos the inputs hold."""
+    from facepipe.detect import detect
     from facepipe.embed import embed
 
-    recorded = read_json(crops_dir / DETECT_PARAMS_JSON).get("params", {})
-    known = {f.name for f in fields(DetectorParams)}
-    params = DetectorParams(**{k: v for k, v in recorded.items() if k in known})
     found = detect(photos, crops_dir, params, workers=workers, keep_others=True, show_progress=show_progress)
     embed(crops_dir, embeddings_path, workers=workers, show_progress=show_progress,
-          **_embed_settings(read_json(sidecar_path(embeddings_path)), weights))
+          **_embed_settings(embeddings.meta, weights))
     return found.processed_now + found.skipped
 
 
@@ -136,12 +137,12 @@ def _distance_to_centroid(vectors: np.ndarray, groups: np.ndarray, centroids: np
     return distances
 
 
-def _write(results_path: Path, meta: dict, results: pd.DataFrame, centroid_count: int) -> None:
-    """The updated results and groups, then the sidecar (its counts and output hashes refreshed)."""
+def _write(results_path: Path, meta: dict, results: pd.DataFrame, centroid_count: int, names: dict[int, str]) -> None:
+    """The updated results and groups (their ``names``), then the sidecar (its counts and output hashes refreshed)."""
     folder = results_path.parent
     write_csv_atomic(results[CLUSTER_COLUMNS], results_path, float_format="%.6g")
     sizes = np.bincount(results.loc[results["cluster"] >= 0, "cluster"], minlength=centroid_count)
-    groups_file = write_groups(folder, sizes, group_names(folder))
+    groups_file = write_groups(folder, sizes, names)
     outputs = dict(meta.get("outputs") or {})
     outputs.update(output_hashes(folder, [results_path, groups_file]))
     unknown = int((results["cluster"] == UNKNOWN_CLUSTER).sum())
@@ -149,17 +150,24 @@ def _write(results_path: Path, meta: dict, results: pd.DataFrame, centroid_count
                                                        sizes=sizes.tolist(), unknown=unknown))
 
 
-def _note_in_run_state(folder: Path, summary: AssignSummary) -> None:
-    """In a run folder, the cluster stage's record says what assign added (the report shows it)."""
+def _run_state(folder: Path) -> dict | None:
+    """The state.json of the run folder ``folder`` (None where it is none), checked before anything is written."""
     state_file = folder / RUN_STATE_JSON
     if not state_file.is_file():
+        return None
+    state = read_run_state(state_file)
+    checked_fields(state.get("cluster", {}).get("details") or {}, state_file, {"assigned": int})
+    return state
+
+
+def _note_in_run_state(folder: Path, state: dict | None, summary: AssignSummary) -> None:
+    """In a run folder (its ``state``), the cluster stage's record says what assign added (the report shows it)."""
+    if state is None or "cluster" not in state:
         return
-    state = read_json(state_file)
-    if "cluster" in state:
-        record = state["cluster"]
-        record["summary"] = f"{record.get('summary', '')}\n{summary.line()}".strip()
-        record.setdefault("details", {})["assigned"] = record.get("details", {}).get("assigned", 0) + summary.assigned
-        write_json_atomic(state_file, state)
+    record = state["cluster"]
+    record["summary"] = f"{record.get('summary', '')}\n{summary.line()}".strip()
+    record.setdefault("details", {})["assigned"] = record.get("details", {}).get("assigned", 0) + summary.assigned
+    write_json_atomic(folder / RUN_STATE_JSON, state)
 
 
 @locks_output(lambda args: cluster_results_path(args["cluster_results"]).parent)
@@ -176,11 +184,16 @@ def assign(
     was made (``weights``: the vggface2 weights file, where the collection was embedded with one), and put each
     new face into the group it matches (``threshold``: the same-person distance, default the clustering's own),
     else unknown. Group numbers, names and centroids do not change."""
+    from facepipe.detect import recorded_params
+
     started = time.monotonic()
     check_limits(ASSIGN, workers=workers, **({} if threshold is None else {"threshold": threshold}))
     results_path = cluster_results_path(cluster_results)
-    known = read_csv(results_path, CLUSTER_COLUMNS, "cluster results CSV")
-    meta = read_json(sidecar_path(results_path))
+    # every input is read and checked before anything is written: a refused assign changes nothing
+    known = read_cluster_results(results_path)
+    meta = read_sidecar(_with_sidecar(results_path), CLUSTER_SIDECAR_FIELDS)
+    options = checked_fields(json_object(meta, "options", sidecar_path(results_path)), sidecar_path(results_path),
+                             {"normalize": bool, "min_group_size": int})
     distance = threshold if threshold is not None else meta.get("same_person_distance")
     if distance is None or not 0 < float(distance) < 4:
         raise FacepipeError(f"{results_path} records no same-person distance (k-means on an embedder without a "
@@ -189,38 +202,55 @@ def assign(
         raise FacepipeError(f"{sidecar_path(results_path)} does not name the embeddings and crops it was made from")
     embeddings_path = recorded_path(meta["embeddings"], results_path)
     crops_dir = recorded_path(meta["crops_dir"], results_path)
+    centroids = read_centroids(results_path.parent / CENTROIDS_CSV)
+    names = group_names(results_path.parent)
+    state = _run_state(results_path.parent)
     with folder_lock(crops_dir), folder_lock(embeddings_path.parent):
-        photo_count = _detect_and_embed([str(p) for p in photos], crops_dir, embeddings_path, weights, workers,
-                                        show_progress)
+        collection = read_embeddings(_with_sidecar(embeddings_path))
+        _check_belong_together(known, results_path, collection, embeddings_path)
+        photo_count = _detect_and_embed([str(p) for p in photos], crops_dir, recorded_params(crops_dir), collection,
+                                        embeddings_path, weights, workers, show_progress)
     embeddings = read_embeddings(embeddings_path)
     vectors = embeddings.vectors
-    if (meta.get("options") or {}).get("normalize", True):
+    if options.get("normalize", True):
         vectors = unit_rows(vectors)
     row_of = {name: row for row, name in enumerate(embeddings.names)}
-    known = known.assign(name=known["name"].astype(str))
-    missing = [n for n in known["name"] if n not in row_of]
-    if missing:
-        raise FacepipeError(f"{len(missing)} face(s) of {results_path} are not in {embeddings_path}, e.g. "
-                            f"{missing[0]}: the clustering and its embeddings no longer belong together")
+    _check_belong_together(known, results_path, embeddings, embeddings_path)
     clustered = set(known["name"])
     new_names = [n for n in embeddings.names if n not in clustered]
     grouped = known[known["cluster"] >= 0]
     new_vectors = vectors[[row_of[n] for n in new_names]]
     chosen = nearest_groups(new_vectors, vectors[[row_of[n] for n in grouped["name"]]], grouped["cluster"].to_numpy(),
-                            float(distance), int((meta.get("options") or {}).get("min_group_size", 2)))
-    centroids = read_centroids(results_path.parent / CENTROIDS_CSV)
+                            float(distance), int(options.get("min_group_size", 2)))
     added = pd.DataFrame({"name": new_names, "cluster": chosen,
                           "distance": _distance_to_centroid(new_vectors, chosen, centroids)})
     combined = pd.concat([known, added], ignore_index=True)
     photos = photo_ids(combined["name"].tolist(), crop_sources(combined["name"].tolist(), crops_dir))
     repeats = one_face_per_photo(combined["cluster"].to_numpy(), photos, combined["distance"].fillna(0).to_numpy())
     combined.loc[repeats & (combined.index >= len(known)), "cluster"] = UNKNOWN_CLUSTER  # the clustered stay
-    _write(results_path, meta, combined, len(centroids))
+    _write(results_path, meta, combined, len(centroids), names)
     new_rows = combined.iloc[len(known):]
     summary = AssignSummary(photos=photo_count, new_faces=len(new_rows),
                             assigned=int((new_rows["cluster"] >= 0).sum()),
                             unknown=int((new_rows["cluster"] == UNKNOWN_CLUSTER).sum()),
                             groups=int(new_rows.loc[new_rows["cluster"] >= 0, "cluster"].nunique()),
                             results=results_path, seconds=time.monotonic() - started)
-    _note_in_run_state(results_path.parent, summary)
+    _note_in_run_state(results_path.parent, state, summary)
     return summary
+
+
+def _with_sidecar(data_file: Path) -> Path:
+    """``data_file``, once its sidecar is known to be there (it tells how the file was made)."""
+    if not sidecar_path(data_file).is_file():
+        raise FacepipeError(f"file not found: {sidecar_path(data_file)}")
+    return data_file
+
+
+def _check_belong_together(known: pd.DataFrame, results_path: Path, embeddings: Embeddings,
+                           embeddings_path: Path) -> None:
+    """Every face of the clustering ``known`` has its vector in ``embeddings``, else a FacepipeError."""
+    have = set(embeddings.names)
+    missing = [n for n in known["name"] if n not in have]
+    if missing:
+        raise FacepipeError(f"{len(missing)} face(s) of {results_path} are not in {embeddings_path}, e.g. "
+                            f"{missing[0]}: the clustering and its embeddings no longer belong together")

@@ -20,11 +20,14 @@ import numpy as np
 from facepipe.common import FacepipeError, progress
 from facepipe.cvae_settings import ALIGNMENTS, DEFAULT_ALIGN_PADDING, DEFAULT_ALIGNMENT
 from facepipe.formats import (
-    CLUSTER_COLUMNS,
+    CLUSTER_SIDECAR_FIELDS,
     DETECT_PARAMS_JSON,
     UNKNOWN_CLUSTER,
-    read_csv,
+    checked_fields,
+    json_object,
+    read_cluster_results,
     read_json,
+    read_sidecar,
     recorded_path,
     sidecar_path,
 )
@@ -37,7 +40,8 @@ def detect_margin(crops_dir: str | Path) -> float | None:
     params_file = Path(crops_dir) / DETECT_PARAMS_JSON
     if not params_file.is_file():
         return None
-    margin = read_json(params_file).get("params", {}).get("margin")
+    params = json_object(read_json(params_file), "params", params_file)
+    margin = checked_fields(params, params_file, {"margin": float}).get("margin")
     return None if margin is None else float(margin)
 
 
@@ -144,27 +148,20 @@ def read_training_inputs(cluster_results: str | Path, crops_dir: str | Path | No
     """Read the grouped crops of ``cluster_results.csv`` and find its crops folder (``crops_dir``, else the
     sidecar's ``crops_dir``); crops in the unknown group (UNKNOWN_CLUSTER) are left out."""
     cluster_results = Path(cluster_results)
-    frame = read_csv(cluster_results, CLUSTER_COLUMNS, what="cluster results CSV")
+    frame = read_cluster_results(cluster_results)
     if frame.empty:
         raise FacepipeError(f"{cluster_results} lists no crops")
-    try:
-        clusters = frame["cluster"].to_numpy(dtype=np.int64)
-    except (ValueError, TypeError):
-        raise FacepipeError(f"{cluster_results}: the cluster column must hold integers") from None
-    if (clusters < UNKNOWN_CLUSTER).any():
-        raise FacepipeError(f"{cluster_results}: cluster ids must be {UNKNOWN_CLUSTER} (unknown) or 0 and up")
+    clusters = frame["cluster"].to_numpy()
     if crops_dir is None:
         meta_file = sidecar_path(cluster_results)
-        meta = read_json(meta_file) if meta_file.is_file() else {}
+        meta = read_sidecar(cluster_results, CLUSTER_SIDECAR_FIELDS)
         if not meta.get("crops_dir"):
             raise FacepipeError(f"no --crops-dir given and {meta_file} does not name the crops folder")
         crops_dir = recorded_path(meta["crops_dir"], cluster_results)
     crops_dir = Path(crops_dir)
     if not crops_dir.is_dir():
         raise FacepipeError(f"crops folder not found: {crops_dir}")
-    names = frame["name"].astype(str).tolist()
-    if len(set(names)) != len(names):
-        raise FacepipeError(f"{cluster_results}: the same crop name appears more than once")
+    names = frame["name"].tolist()
     grouped_names, grouped_clusters = grouped_crops(names, clusters)
     if not grouped_names:
         raise FacepipeError(f"{cluster_results}: all {len(names)} crops are in the unknown group "

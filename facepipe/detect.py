@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from facepipe import __version__
-from facepipe.common import FacepipeError, progress, remove_own_temporaries, worker_pool
+from facepipe.common import FacepipeError, file_sha256, progress, remove_own_temporaries, worker_pool
 from facepipe.engine import DEFAULT_ENGINE, RAY, check_engine, ray_nodes_phrase, ray_session
 from facepipe.formats import (
     DETECT_PARAMS_JSON,
@@ -29,6 +29,8 @@ from facepipe.formats import (
     ERRORS_CSV,
     SOURCE_COLUMNS,
     SOURCES_CSV,
+    checked_fields,
+    json_object,
     read_csv,
     read_json,
     write_csv_atomic,
@@ -130,6 +132,19 @@ def check_params(params: DetectorParams) -> None:
         HaarFinder(params.cascade, params.scale_factor, params.min_neighbors, params.min_size)  # loads the cascade
 
 
+def recorded_params(out_dir: str | os.PathLike) -> DetectorParams:
+    """The parameters that ``detect.json`` in ``out_dir`` records, each of its type and usable (``check_params``)."""
+    path = Path(out_dir) / DETECT_PARAMS_JSON
+    kinds = {f.name: type(f.default) for f in fields(DetectorParams)}
+    recorded = checked_fields(json_object(read_json(path), "params", path), path, kinds)
+    params = DetectorParams(**{k: v for k, v in recorded.items() if k in kinds})
+    try:
+        check_params(params)
+    except FacepipeError as error:
+        raise FacepipeError(f"{path}: {error}") from None
+    return params
+
+
 def crop_name(source: Path, face_index: int, crop_format: str) -> str:
     """A crop file name that is readable, unique per source path, and the same on every run."""
     stem = unicodedata.normalize("NFKD", source.stem).encode("ascii", "ignore").decode("ascii")
@@ -220,11 +235,11 @@ class PhotoDetector:
         self._stop_if_orphaned()
         for index, face in enumerate(faces[:1] if params.largest_only else faces):
             name = crop_name(source, index, params.crop_format)
-            save_image_atomic(self.out_dir / name, square_crop(rgb, face.box, params.margin, params.size))
+            digest = save_image_atomic(self.out_dir / name, square_crop(rgb, face.box, params.margin, params.size))
             x, y, w, h = (int(v) for v in face.box)
             rows.append(dict(crop=name, source=str(source), face_index=index, x=x, y=y, w=w, h=h,
                              source_width=width, source_height=height, detector=face.detector,
-                             score=float(face.score)))
+                             score=float(face.score), sha256=digest))
         return {"source": str(source), "status": "ok", "faces": len(rows), "reason": ""}, rows
 
 
@@ -255,12 +270,13 @@ def _process_source(source: Path) -> tuple[dict, list[dict]]:
 
 def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[list[dict], list[dict]]:
     """Rows of an earlier run into ``out_dir`` that can be kept (none with ``force``): a source counts as done
-    only with a well-formed sources.csv row and, for each face it had, one detection row whose crop is on disk.
+    only with a well-formed sources.csv row and, for each face it had, one detection row whose crop is on disk
+    with the sha256 recorded there (a crop truncated or changed since is made again).
     Anything else (rows of a run killed between its two files, a damaged sources.csv) is redone."""
     params_file = out_dir / DETECT_PARAMS_JSON
     if force or not params_file.is_file():
         return [], []
-    previous = read_json(params_file).get("params", {})
+    previous = json_object(read_json(params_file), "params", params_file)
     if previous != asdict(params):
         changed = sorted(k for k in set(previous) | set(asdict(params)) if previous.get(k) != asdict(params).get(k))
         raise FacepipeError(
@@ -278,13 +294,19 @@ def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[
     sources = sources.assign(faces=faces[sources.index].astype(int),
                              reason=sources["reason"].astype("string").fillna("").astype(str))
     detections = detections.drop_duplicates("crop", keep="last")
-    detections = detections.loc[np.array([_is_own_crop(row, params) and (out_dir / row["crop"]).is_file()
-                                          for row in detections.to_dict("records")], dtype=bool)]
+    intact = [_is_own_crop(row, params) and _crop_intact(out_dir / str(row["crop"]), row["sha256"])
+              for row in detections.to_dict("records")]
+    detections = detections[np.asarray(intact, dtype=bool)]  # a bool mask even when empty
     rows_per_source = detections.groupby("source").size()
     complete = sources["faces"] == sources["source"].map(rows_per_source).fillna(0).astype(int)
     sources = sources[complete]
     detections = detections[detections["source"].isin(set(sources["source"]))]
     return sources.to_dict("records"), detections.to_dict("records")
+
+
+def _crop_intact(path: Path, digest) -> bool:
+    """The crop ``path`` is on disk with the sha256 ``digest`` its detection row records."""
+    return isinstance(digest, str) and path.is_file() and file_sha256(path) == digest
 
 
 def _drop_removed_sources(out_dir: Path, sources: list[dict], detections: list[dict], wanted: set[str]):

@@ -18,7 +18,6 @@ from facepipe.common import FacepipeError, progress, remove_own_temporaries, wor
 from facepipe.crops import detect_margin
 from facepipe.engine import DEFAULT_ENGINE, RAY, check_engine, ray_nodes_phrase, ray_session
 from facepipe.formats import (
-    CROP_SOURCE_COLUMNS,
     DETECTIONS_CSV,
     EMBEDDINGS_CSV,
     ERROR_COLUMNS,
@@ -26,7 +25,7 @@ from facepipe.formats import (
     UnmatchedSidecarError,
     embed_checkpoint_path,
     embed_errors_path,
-    read_csv,
+    read_detections,
     read_embeddings,
     read_embeddings_checkpoint,
     sidecar_path,
@@ -91,8 +90,7 @@ def list_crops(crops: str | os.PathLike | Sequence[str | os.PathLike]) -> CropLi
     if isinstance(crops, (str, os.PathLike)) and Path(crops).is_dir():
         crops_dir = Path(os.path.abspath(crops))
         if (crops_dir / DETECTIONS_CSV).is_file():
-            detections = read_csv(crops_dir / DETECTIONS_CSV, CROP_SOURCE_COLUMNS, "detections CSV")
-            names = list(dict.fromkeys(detections["crop"].astype(str)))
+            names = read_detections(crops_dir / DETECTIONS_CSV)["crop"].tolist()
         else:
             names = [p.relative_to(crops_dir).as_posix() for p in collect_images([crops_dir])]
     else:

@@ -36,7 +36,6 @@ from facepipe.common import (
     write_text_atomic,
 )
 from facepipe.formats import (
-    CLUSTER_COLUMNS,
     CLUSTER_RESULTS_CSV,
     DETECTIONS_CSV,
     EXPORT_MANIFEST_COLUMNS,
@@ -47,11 +46,14 @@ from facepipe.formats import (
     SOURCES_CSV,
     UNKNOWN_CLUSTER,
     UNKNOWN_FOLDER,
+    CLUSTER_SIDECAR_FIELDS,
     cluster_results_path,
     csv_text,
     group_names,
+    read_cluster_results,
     read_csv,
     read_json,
+    read_sidecar,
     recorded_path,
     sidecar_path,
     write_json_atomic,
@@ -119,13 +121,13 @@ def _unique_file_names(items: pd.DataFrame) -> pd.Series:
 
 def _read_clustering(results_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     """The faces (crop, group, distance, source photo) of a clustering, its groups and the crops folder."""
-    results = read_csv(results_path, CLUSTER_COLUMNS, "cluster results CSV")
+    results = read_cluster_results(results_path)
     meta_file = sidecar_path(results_path)
-    meta = read_json(meta_file) if meta_file.is_file() else {}
+    meta = read_sidecar(results_path, CLUSTER_SIDECAR_FIELDS)
     if not meta.get("crops_dir"):
         raise FacepipeError(f"{meta_file} names no crops folder, so the faces' photos are unknown")
     crops_dir = recorded_path(meta["crops_dir"], results_path)
-    faces = results.assign(name=results["name"].astype(str))
+    faces = results
     source_of = crop_sources(faces["name"].tolist(), crops_dir)
     missing = sorted(set(faces["name"]) - set(source_of))
     if missing:

@@ -17,8 +17,12 @@ from __future__ import annotations
 import io
 import json
 import math
+import numbers
 import os
 import re
+import zipfile
+import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -36,7 +40,7 @@ EMBEDDINGS_CSV = "image_features.csv"
 CLUSTER_RESULTS_CSV = "cluster_results.csv"
 
 DETECTION_COLUMNS = ["crop", "source", "face_index", "x", "y", "w", "h", "source_width", "source_height", "detector",
-                     "score"]
+                     "score", "sha256"]  # sha256: of the crop file as written (a rerun redoes a crop changed since)
 CROP_SOURCE_COLUMNS = ["crop", "source"]  # what readers of a detections CSV need (files of older versions have them)
 SOURCE_COLUMNS = ["source", "status", "faces", "reason"]
 ERROR_COLUMNS = ["path", "reason"]
@@ -51,15 +55,21 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file, with a clear error when it is missing or broken."""
+def read_json(path: str | os.PathLike) -> dict:
+    """Read a JSON file holding an object (every JSON file facepipe writes is one), with a clear error when it
+    is missing, broken, or holds anything else."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FacepipeError(f"file not found: {path}") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise FacepipeError(f"{path} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise FacepipeError(f"{path} is not valid JSON: nested too deep") from None
+    if not isinstance(data, dict):
+        raise FacepipeError(f"{path} holds a JSON {type(data).__name__}, not an object")
+    return data
 
 
 # A text cell that a spreadsheet would run as a formula (=, +, -, @, tab, CR first) is written with a "'" before
@@ -132,6 +142,181 @@ def read_csv(path: str | os.PathLike, required: Sequence[str] = (), what: str = 
     return _unescape_formulas(frame)
 
 
+# --- checking what a stage reads -------------------------------------------------------------------
+# Every reader checks the values it hands on: a bad one is one FacepipeError naming the file and, in a CSV,
+# the row (the file's line: the header is row 1) and the column, e.g.
+# "cluster_results.csv row 7, column cluster: 2.5 is not a whole number".
+
+MAX_GROUP_NUMBER = 1_000_000  # the largest group number a clustering may hold where no centroids.csv bounds it
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # vectors are float32: a larger value would read as infinity
+
+
+def _place(path: str | os.PathLike, row: int | None = None, column: str | None = None) -> str:
+    """``path row N, column C`` (``row`` counted from 0 over the data rows)."""
+    place = f"{path} row {row + 2}" if row is not None else str(path)
+    return f"{place}, column {column}" if column else place
+
+
+def _shown(value: Any) -> str:
+    """A CSV cell (or bound) as a message shows it: text quoted, a whole float without its ".0", at most 40 characters."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)
+    return _clipped(repr(value) if isinstance(value, str) else str(value))
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def checked_numbers(frame: pd.DataFrame, columns: Sequence[str], path: str | os.PathLike, *, whole: bool = False,
+                    low: float | None = None, high: float | None = None, missing_ok: bool = False) -> np.ndarray:
+    """The ``columns`` of a CSV's ``frame`` as a float64 array (rows, columns), every cell checked to be a finite
+    number (empty only with ``missing_ok``: NaN), whole with ``whole``, from ``low`` to ``high``; the first cell
+    that is not is a FacepipeError naming the file, its row and column, and why."""
+    cells = frame[list(columns)]
+    if all(pd.api.types.is_numeric_dtype(d) and not pd.api.types.is_bool_dtype(d) for d in cells.dtypes):
+        values = cells.to_numpy(dtype=np.float64, na_value=np.nan)  # the usual case, at once: no text anywhere
+        empty = np.isnan(values)
+        if _all_in_range(values, empty, whole, low, high, missing_ok):
+            return values
+    else:
+        values, empty = _cell_numbers(cells)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values)
+        if whole:
+            bad |= values % 1 != 0
+        if low is not None:
+            bad |= values < low
+        if high is not None:
+            bad |= values > high
+    if missing_ok:
+        bad &= ~empty
+    if bad.any():
+        row, index = (int(i) for i in np.argwhere(bad)[0])
+        value = values[row, index]
+        if empty[row, index]:
+            why = "the cell is empty"
+        elif np.isnan(value):
+            why = f"{_shown(cells.iat[row, index])} is not a number"
+        elif not np.isfinite(value):
+            why = f"{_shown(cells.iat[row, index])} is not a finite number"
+        elif whole and value % 1:
+            why = f"{_shown(cells.iat[row, index])} is not a whole number"
+        else:
+            span = " ".join(f"{word} {_shown(bound)}" for word, bound in (("from", low), ("up to" if low is None else "to", high))
+                            if bound is not None)
+            why = f"{_shown(cells.iat[row, index])} is out of range (must be {span})"
+        raise FacepipeError(f"{_place(path, row, columns[index])}: {why}")
+    return values
+
+
+def _all_in_range(values: np.ndarray, empty: np.ndarray, whole: bool, low: float | None, high: float | None,
+                  missing_ok: bool) -> bool:
+    """True when no cell of a column block that holds only numbers (NaN where ``empty``) breaks a rule of
+    ``checked_numbers``: a few passes over a large block (embeddings) instead of a mask per rule."""
+    if not values.size or empty.all():
+        return missing_ok or not values.size
+    if not missing_ok and empty.any():
+        return False
+    least, most = np.fmin.reduce(values, axis=None), np.fmax.reduce(values, axis=None)  # NaN (empty) ignored
+    if not (math.isfinite(least) and math.isfinite(most)):
+        return False
+    if (low is not None and least < low) or (high is not None and most > high):
+        return False
+    return not whole or not np.any(np.fmod(values[~empty], 1))
+
+
+def _cell_numbers(cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The cells as float64 (NaN where not a number) and where they are empty, column by column."""
+    empty = cells.isna().to_numpy().copy()
+    values = np.empty(cells.shape, dtype=np.float64)
+    for index, column in enumerate(cells.columns):
+        series = cells[column]
+        if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
+            empty[:, index] |= (series.astype(str).str.strip() == "").to_numpy()
+        if pd.api.types.is_bool_dtype(series):
+            values[:, index] = np.nan  # True / False: text, not a number
+        elif pd.api.types.is_numeric_dtype(series):
+            values[:, index] = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            values[:, index] = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return values, empty
+
+
+def checked_whole_numbers(frame: pd.DataFrame, column: str, path: str | os.PathLike, low: int, high: int,
+                          unique: bool = False) -> np.ndarray:
+    """One column of whole numbers from ``low`` to ``high`` (each once with ``unique``), as int64; see
+    ``checked_numbers``."""
+    values = checked_numbers(frame, [column], path, whole=True, low=low, high=high)[:, 0].astype(np.int64)
+    if unique:
+        _check_unique(values, column, path)
+    return values
+
+
+def checked_names(frame: pd.DataFrame, column: str, path: str | os.PathLike, unique: bool = True) -> list[str]:
+    """One column of names (file names, photo paths) as text: none empty, each once (with ``unique``)."""
+    names = frame[column]
+    empty = np.flatnonzero(names.isna().to_numpy() | (names.astype(str).str.strip() == "").to_numpy())
+    if empty.size:
+        raise FacepipeError(f"{_place(path, int(empty[0]), column)}: the cell is empty")
+    names = names.astype(str).tolist()
+    if unique:
+        _check_unique(names, column, path)
+    return names
+
+
+def _check_unique(values: Sequence, column: str, path: str | os.PathLike) -> None:
+    seen: dict = {}
+    for row, value in enumerate(values):
+        if value in seen:
+            raise FacepipeError(f"{_place(path, row, column)}: {_shown(value)} appears again (first in row "
+                                f"{seen[value] + 2})")
+        seen[value] = row
+
+
+def checked_fields(data: dict, path: str | os.PathLike, kinds: dict[str, type | tuple],
+                   required: Sequence[str] = ()) -> dict:
+    """``data`` (a JSON object read from ``path``) with each field of ``kinds`` that it holds (and is not null)
+    checked to be of that type (a bool is never a number; ``float`` is a finite number, ``numbers.Real`` any,
+    NaN included), and the ``required`` fields there; returns ``data``."""
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise FacepipeError(f"{path} lacks {', '.join(missing)}")
+    for key, kind in kinds.items():
+        value = data.get(key)
+        kinds_of = kind if isinstance(kind, tuple) else (kind,)
+        if value is not None and not any(_is_json_kind(value, k) for k in kinds_of):
+            names = " or ".join(_JSON_KIND_NAMES.get(k, k.__name__) for k in kinds_of)
+            raise FacepipeError(f"{path}: {key} must be {names}, not {_clipped(json.dumps(value, default=str))}")
+    return data
+
+
+def _is_json_kind(value: Any, kind: type) -> bool:
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return _is_finite_number(value)
+    return isinstance(value, kind)
+
+
+_JSON_KIND_NAMES = {str: "text", int: "a whole number", float: "a finite number", numbers.Real: "a number",
+                    bool: "true or false", dict: "an object", list: "a list"}
+
+
+def json_object(data: dict, key: str, path: str | os.PathLike) -> dict:
+    """The JSON object ``data[key]`` (an empty one where there is none); anything else is a FacepipeError."""
+    return checked_fields(data, path, {key: dict}).get(key) or {}
+
+
+def read_detections(path: str | os.PathLike) -> pd.DataFrame:
+    """A crops folder's ``detections.csv`` as embed, cluster and export read it: at least CROP_SOURCE_COLUMNS,
+    ``crop`` and ``source`` text (kept as written), neither empty, each crop once."""
+    frame = read_csv(path, CROP_SOURCE_COLUMNS, "detections CSV", text=CROP_SOURCE_COLUMNS)
+    checked_names(frame, "crop", path)
+    checked_names(frame, "source", path, unique=False)
+    return frame
+
+
 def cluster_results_path(path: str | os.PathLike) -> Path:
     """``cluster_results.csv`` as given, or inside the cluster (or run) folder given; absolute."""
     path = Path(os.path.abspath(path))
@@ -142,6 +327,13 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     """The JSON file describing a data file: ``image_features.csv`` -> ``image_features.csv.json``."""
     path = Path(path)
     return path.with_name(path.name + ".json")
+
+
+def read_sidecar(data_file: str | os.PathLike, kinds: dict[str, type | tuple]) -> dict:
+    """The sidecar JSON object of ``data_file`` (empty where there is none), its fields ``kinds`` checked
+    (``checked_fields``)."""
+    meta_file = sidecar_path(data_file)
+    return checked_fields(read_json(meta_file), meta_file, kinds) if meta_file.is_file() else {}
 
 
 def recorded_path(value: str | os.PathLike, data_file: str | os.PathLike) -> Path:
@@ -193,6 +385,10 @@ class Embeddings:
         return int(self.vectors.shape[1])
 
 
+EMBEDDINGS_SIDECAR_FIELDS = {"model": str, "dimension": int, "count": int, "data_sha256": str, "crops_dir": str,
+                             "precision": str, "crop": str, "chip_padding": float, "face_margin": float}
+
+
 def embedding_columns(dim: int) -> list[str]:
     """``e0 .. e{dim-1}``."""
     return [f"{EMBEDDING_PREFIX}{i}" for i in range(dim)]
@@ -216,44 +412,27 @@ def write_embeddings(path: str | os.PathLike, embeddings: Embeddings) -> None:
 
 
 def read_embeddings(path: str | os.PathLike) -> Embeddings:
-    """Read embeddings written by ``write_embeddings`` (CSV or .npz), validating shape and values."""
+    """Read embeddings written by ``write_embeddings`` (CSV or .npz), validating shape and values, and that they
+    match their sidecar (a JSON object: its model, dimension, count and the data file's sha256)."""
     path = Path(path)
     if not path.is_file():
         raise FacepipeError(f"embeddings file not found: {path}")
     if path.suffix.lower() == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                names = [str(n) for n in data["names"]]
-                vectors = np.asarray(data["vectors"], dtype=np.float32)
-        except (KeyError, ValueError, OSError) as error:
-            raise FacepipeError(f"{path} is not an embeddings .npz (arrays 'names' and 'vectors'): {error}") from None
+        arrays = read_npz(path, ("names", "vectors"), "an embeddings .npz")
+        names, vectors = checked_embedding_arrays(path, arrays["names"], arrays["vectors"])
     else:
         frame = read_csv(path, required=["name"], what="embeddings CSV")
         columns = [c for c in frame.columns if c != "name"]
-        if columns != embedding_columns(len(columns)):
-            raise FacepipeError(f"{path}: expected columns name, e0..e{len(columns) - 1}")
-        names = frame["name"].astype(str).tolist()
-        try:
-            vectors = frame[columns].to_numpy(dtype=np.float32)
-        except (ValueError, TypeError) as error:
-            raise FacepipeError(f"{path}: embedding values are not all numbers: {error}") from None
-    if vectors.ndim != 2 or vectors.shape[0] != len(names):
-        raise FacepipeError(f"{path}: expected one vector per name")
-    if vectors.shape[0] == 0:
-        raise FacepipeError(f"{path} holds no embeddings")
-    bad_rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-    if bad_rows.size:
-        shown = ", ".join(names[i] for i in bad_rows[:5])
-        raise FacepipeError(
-            f"{path}: {bad_rows.size} row(s) have missing or non-finite values (ragged or damaged file?), e.g. {shown}"
-        )
-    if len(set(names)) != len(names):
-        raise FacepipeError(f"{path}: the same crop name appears more than once")
+        if not columns or columns != embedding_columns(len(columns)):
+            raise FacepipeError(f"{path}: expected columns name, e0..e{max(len(columns) - 1, 0)}")
+        names = checked_names(frame, "name", path, unique=False)
+        vectors = checked_numbers(frame, columns, path, low=-FLOAT32_MAX, high=FLOAT32_MAX, missing_ok=True)
+        names, vectors = checked_embedding_arrays(path, np.asarray(names, dtype=str), vectors)
     meta_file = sidecar_path(path)
-    meta = read_json(meta_file) if meta_file.is_file() else {}
+    meta = read_sidecar(path, EMBEDDINGS_SIDECAR_FIELDS)
     if meta.get("dimension") not in (None, vectors.shape[1]):
         raise FacepipeError(
-            f"{path}: the sidecar says {meta['model']} with dimension {meta['dimension']}, "
+            f"{path}: the sidecar says {meta.get('model')} with dimension {meta['dimension']}, "
             f"but the file holds {vectors.shape[1]}-d vectors (mixed models?)"
         )
     if meta.get("count") not in (None, vectors.shape[0]):
@@ -265,6 +444,48 @@ def read_embeddings(path: str | os.PathLike) -> Embeddings:
         raise UnmatchedSidecarError(f"{path} does not match its sidecar {meta_file.name} (changed since, or a run "
                                     "was killed between the two files): rerun embed, which redoes it")
     return Embeddings(names=names, vectors=vectors, meta=meta)
+
+
+def read_npz(path: str | os.PathLike, keys: Sequence[str], what: str) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of a ``.npz`` (no pickles); a file that is not one, lacks one, or is damaged is a
+    FacepipeError saying it is not ``what``."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not a .npz archive")
+        with loaded:
+            return {key: loaded[key] for key in keys}
+    except KeyError as error:
+        raise FacepipeError(f"{path} is not {what}: it has no array {error}") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as error:
+        # a damaged archive: bad zip headers, a compression or zip version zipfile lacks, "encrypted"...
+        raise FacepipeError(f"{path} is not {what} (arrays {', '.join(keys)}): {error}") from None
+
+
+def checked_embedding_arrays(path: str | os.PathLike, names: np.ndarray, vectors: np.ndarray
+                             ) -> tuple[list[str], np.ndarray]:
+    """``names`` (1-d text, each once) and ``vectors`` (one row of finite numbers per name, at least one) as
+    read from ``path``: (the names as a list, the vectors as float32), else a FacepipeError."""
+    if names.ndim != 1 or names.dtype.kind not in "US":
+        raise FacepipeError(f"{path}: the names must be a list of text, not a {names.ndim}-d {names.dtype} array")
+    if vectors.ndim != 2 or vectors.dtype.kind not in "fiu" or vectors.shape[0] != len(names):
+        raise FacepipeError(f"{path}: expected one vector of numbers per name ({len(names)} names, vectors of "
+                            f"shape {vectors.shape} and type {vectors.dtype})")
+    if vectors.shape[0] == 0 or vectors.shape[1] == 0:
+        raise FacepipeError(f"{path} holds no embeddings")
+    names = [str(n) for n in names]
+    with np.errstate(over="ignore"):
+        vectors = vectors.astype(np.float32)
+    bad_rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if bad_rows.size:
+        shown = ", ".join(names[i] for i in bad_rows[:5])
+        raise FacepipeError(
+            f"{path}: {bad_rows.size} row(s) have missing or non-finite values (ragged or damaged file?), e.g. {shown}"
+        )
+    if len(set(names)) != len(names):
+        repeated = next(n for n, count in Counter(names).items() if count > 1)
+        raise FacepipeError(f"{path}: the same crop name appears more than once ({repeated})")
+    return names, vectors
 
 
 # --- embed -----------------------------------------------------------------------------------------
@@ -297,13 +518,19 @@ def write_embeddings_checkpoint(path: str | os.PathLike, embeddings: Embeddings)
 
 
 def read_embeddings_checkpoint(path: str | os.PathLike) -> Embeddings:
-    """Read a file written by ``write_embeddings_checkpoint``."""
+    """Read a file written by ``write_embeddings_checkpoint``, checked as ``read_embeddings`` checks its files."""
+    advice = "; delete it or rerun with --force"
+    arrays = read_npz(path, ("names", "vectors", "meta"), "an embed progress file" + advice)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return Embeddings(names=[str(n) for n in data["names"]], vectors=np.asarray(data["vectors"], np.float32),
-                              meta=json.loads(str(data["meta"])))
-    except (KeyError, ValueError, OSError) as error:
-        raise FacepipeError(f"{path} is not an embed progress file ({error}); delete it or rerun with --force") from None
+        names, vectors = checked_embedding_arrays(path, arrays["names"], arrays["vectors"])
+        meta = json.loads(str(arrays["meta"])) if arrays["meta"].ndim == 0 else None
+    except (json.JSONDecodeError, RecursionError):
+        meta = None
+    except FacepipeError as error:
+        raise FacepipeError(f"{error}{advice}") from None
+    if not isinstance(meta, dict):
+        raise FacepipeError(f"{path}: its meta is not a JSON object{advice}")
+    return Embeddings(names=names, vectors=vectors, meta=meta)
 
 
 # --- probe -----------------------------------------------------------------------------------------
@@ -335,6 +562,7 @@ def read_probe_json(path: str | os.PathLike) -> dict:
     missing = [f for f in PROBE_REQUIRED_FIELDS if f not in data]
     if missing:
         raise FacepipeError(f"{path}: probe JSON lacks {', '.join(missing)}")
+    checked_fields(data, path, {"target": str, "embedding_model": str, "C": float})
     dim = data["embedding_dimension"]
     if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= 1 << 16:
         raise FacepipeError(f"{path}: embedding_dimension must be a whole number from 1 to 65536")
@@ -379,13 +607,20 @@ CVAE_CHECKPOINT_FORMAT = "facepipe-cvae/1"
 CVAE_BEST_CHECKPOINT = "cvae_best.pt"
 CVAE_LOG_CSV = "cvae_log.csv"
 CVAE_RECORD_JSON = "cvae_outputs.json"
+MAX_EPOCH = 1_000_000  # the largest epoch number a training log may hold
 CVAE_LOG_COLUMNS = ["epoch", *(f"{split}_{part}" for split in ("train", "val")
                                 for part in ("loss", "recon", "kl", "anchor", "identity", "draw_identity")), "seconds"]
 ALIGNMENT_CSV = "alignment.csv"
 ALIGNMENT_COLUMNS = ["name", *(f"{axis}{i}" for i in range(5) for axis in "xy")]
+MAX_PIXEL_POSITION = 1 << 20  # a landmark further than this from a crop's corner is not one of its points
 GENERATED_SHEET_PNG = "clusters_sheet.png"
 FIDELITY_JSON = "fidelity.json"
 GENERATE_RECORD_JSON = "generate.json"
+FIDELITY_KINDS = ("cvae", "pixel_mean", "random_draws")
+_NUMBER = numbers.Real  # a number, NaN included (a fidelity without crops to compare has NaN sharpness)
+FIDELITY_ROW_FIELDS = {"cluster": int, "cvae_nearest": int, "pixel_mean_nearest": int, "cvae_cosine_to_own": _NUMBER,
+                       "pixel_mean_cosine_to_own": _NUMBER, "cvae_sharpness": _NUMBER, "pixel_mean_sharpness": _NUMBER,
+                       "crops_sharpness": _NUMBER}
 
 
 def cvae_checkpoint_name(epoch: int) -> str:
@@ -403,13 +638,31 @@ def write_alignment(path: str | os.PathLike, landmarks: dict[str, np.ndarray]) -
 
 
 def read_alignment(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read ``alignment.csv`` -> crop name -> int64 landmarks (5, 2)."""
-    frame = read_csv(path, ALIGNMENT_COLUMNS, what="alignment CSV")
-    try:
-        points = frame[ALIGNMENT_COLUMNS[1:]].to_numpy(dtype=np.int64).reshape(-1, 5, 2)
-    except (ValueError, TypeError):
-        raise FacepipeError(f"{path}: the landmark columns must hold whole pixel positions") from None
-    return dict(zip(frame["name"].astype(str), points))
+    """Read ``alignment.csv`` -> crop name (each once) -> int64 landmarks (5, 2), whole pixel positions."""
+    frame = read_csv(path, ALIGNMENT_COLUMNS, what="alignment CSV", text=["name"])
+    names = checked_names(frame, "name", path)
+    points = checked_numbers(frame, ALIGNMENT_COLUMNS[1:], path, whole=True, low=-MAX_PIXEL_POSITION,
+                             high=MAX_PIXEL_POSITION)
+    return dict(zip(names, points.astype(np.int64).reshape(-1, 5, 2)))
+
+
+def read_fidelity(path: str | os.PathLike) -> dict:
+    """``fidelity.json`` (generate --evaluate), its summaries and per-cluster rows checked to be of their types."""
+    data = checked_fields(read_json(path), path, {"clusters_evaluated": int, "per_cluster": list, "sharpness": dict,
+                                                  **{kind: dict for kind in FIDELITY_KINDS}})
+    for kind in FIDELITY_KINDS:
+        if data.get(kind):
+            checked_fields(data[kind], f"{path} [{kind}]", {"correct": int, "of": int, "fraction": _NUMBER,
+                                                           "mean_cosine_to_own": _NUMBER}, ["correct", "fraction"])
+    checked_fields(json_object(data, "sharpness", path), f"{path} [sharpness]",
+                   {kind: _NUMBER for kind in ("cvae", "pixel_mean", "crops", "draws")})
+    for index, row in enumerate(data.get("per_cluster") or []):
+        where = f"{path} per_cluster[{index}]"
+        if not isinstance(row, dict):
+            raise FacepipeError(f"{where} must be an object, not {_clipped(json.dumps(row, default=str))}")
+        required = ["cluster", *(["pixel_mean_sharpness", "crops_sharpness"] if "cvae_sharpness" in row else [])]
+        checked_fields(row, where, FIDELITY_ROW_FIELDS, required)
+    return data
 
 
 def generated_face_names(cluster: int) -> dict[str, str]:
@@ -441,8 +694,16 @@ RUN_CROPS_DIR, RUN_WEIGHTS_DIR, RUN_SAMPLES_DIR, RUN_INFERENCE_DIR, RUN_PROBE_DI
 RUN_CONFIG_TOML = "config.toml"
 RUN_STATE_JSON = "state.json"
 RUN_SUMMARY_JSON = "summary.json"
+RUN_STATE_FIELDS = {"fingerprint": str, "completed": bool, "seconds": float, "summary": str, "details": dict}
 RUN_LOG = "run.log"
 RUN_REPORT_HTML = "report.html"
+
+
+def read_run_state(path: str | os.PathLike) -> dict[str, dict]:
+    """``state.json``: stage name -> its record, a JSON object whose RUN_STATE_FIELDS are checked."""
+    state = read_json(path)
+    return {stage: checked_fields(json_object(state, stage, path), f"{path} [{stage}]", RUN_STATE_FIELDS)
+            for stage in state}
 
 
 # ---------------------------------------------------------------- cluster
@@ -463,6 +724,9 @@ SILHOUETTE_PNG = "silhouette.png"
 CLUSTER_METRICS_JSON = "cluster_metrics.json"
 SAMPLES_OVERVIEW_JPG = "overview.jpg"
 UNKNOWN_GRID_JPG = "unknown.jpg"  # the faces of the unknown group (-1)
+CLUSTER_SIDECAR_FIELDS = {"embeddings": str, "crops_dir": str, "model": str, "dimension": int, "k": int,
+                          "items": int, "sizes": list, "unknown": int, "same_person_distance": float,
+                          "options": dict, "outputs": dict, "fingerprint": str}
 GROUPS_CSV = "groups.csv"  # GROUPS_COLUMNS: each group, its name (people file) and size
 GROUPS_COLUMNS = ["cluster", "person", "faces"]
 
@@ -477,12 +741,13 @@ def write_groups(folder: str | os.PathLike, sizes: Sequence[int], names: dict[in
 
 def group_names(folder: str | os.PathLike) -> dict[int, str]:
     """Group id -> name from a clustering's ``groups.csv`` (names kept as written: "NA" or "007" stay text;
-    no file, or no name: none)."""
+    no file, or no name: none); each group number a whole number, 0 and up, once."""
     path = Path(folder) / GROUPS_CSV
     if not path.is_file():
         return {}
-    frame = read_csv(path, ["cluster", "person"], "groups CSV", text=["person"])
-    return {int(c): p for c, p in zip(frame["cluster"], frame["person"]) if p}
+    frame = read_csv(path, ["cluster", "person"], "groups CSV", text=["person", "cluster"])
+    clusters = checked_whole_numbers(frame, "cluster", path, 0, MAX_GROUP_NUMBER, unique=True)
+    return {int(c): p for c, p in zip(clusters, frame["person"]) if p}
 
 
 def sample_grid(cluster: int) -> str:
@@ -499,12 +764,29 @@ def write_centroids(path: str | os.PathLike, centroids: np.ndarray) -> None:
 
 
 def read_centroids(path: str | os.PathLike) -> np.ndarray:
-    """Read ``centroids.csv`` -> float32 array (k, D); row i is cluster i."""
+    """Read ``centroids.csv`` -> float32 array (k, D); row i is cluster i; every value a finite number."""
     frame = read_csv(path, required=["cluster"], what="centroids CSV")
     columns = [c for c in frame.columns if c != "cluster"]
-    if columns != embedding_columns(len(columns)) or frame["cluster"].tolist() != list(range(len(frame))):
+    clusters = checked_whole_numbers(frame, "cluster", path, 0, MAX_GROUP_NUMBER)
+    if not columns or columns != embedding_columns(len(columns)) or clusters.tolist() != list(range(len(frame))):
         raise FacepipeError(f"{path}: expected columns cluster, e0.. and clusters numbered 0..k-1")
-    vectors = frame[columns].to_numpy(dtype=np.float32)
-    if not np.isfinite(vectors).all():
-        raise FacepipeError(f"{path}: centroids hold missing or non-finite values")
-    return vectors
+    return checked_numbers(frame, columns, path, low=-FLOAT32_MAX, high=FLOAT32_MAX).astype(np.float32)
+
+
+def read_cluster_results(path: str | os.PathLike) -> pd.DataFrame:
+    """Read ``cluster_results.csv`` (CLUSTER_COLUMNS): ``name`` text, each once; ``cluster`` a whole number,
+    UNKNOWN_CLUSTER or a group 0 and up (with a ``centroids.csv`` beside it, one of its groups); ``distance``
+    a number 0 and up, or empty (NaN). Returns those columns as str, int64 and float64."""
+    path = Path(path)
+    frame = read_csv(path, CLUSTER_COLUMNS, "cluster results CSV", text=["name"])
+    names = checked_names(frame, "name", path)
+    clusters = checked_whole_numbers(frame, "cluster", path, UNKNOWN_CLUSTER, MAX_GROUP_NUMBER)
+    distances = checked_numbers(frame, ["distance"], path, low=0, missing_ok=True)[:, 0]
+    centroids_file = path.parent / CENTROIDS_CSV
+    if centroids_file.is_file() and len(clusters):
+        groups = len(read_centroids(centroids_file))
+        beyond = np.flatnonzero(clusters >= groups)
+        if beyond.size:
+            raise FacepipeError(f"{_place(path, int(beyond[0]), 'cluster')}: group {clusters[beyond[0]]} is not "
+                                f"among the {groups} groups of {centroids_file}")
+    return pd.DataFrame({"name": names, "cluster": clusters, "distance": distances}, columns=CLUSTER_COLUMNS)

@@ -10,7 +10,14 @@ import numpy as np
 
 from facepipe.common import FacepipeError
 from facepipe.crops import grouped_crops
-from facepipe.formats import read_embeddings, read_json, recorded_path, sidecar_path
+from facepipe.formats import (
+    CLUSTER_SIDECAR_FIELDS,
+    EMBEDDINGS_SIDECAR_FIELDS,
+    read_embeddings,
+    read_sidecar,
+    recorded_path,
+    sidecar_path,
+)
 from facepipe.images import load_image_rgb
 from facepipe.limits import TRAIN_CVAE, check_limits
 from facepipe.models import DIFFERENTIABLE_MODELS, DifferentiableEmbedder, unit_rows
@@ -24,8 +31,7 @@ def clustered_embeddings_path(cluster_results: Path, embeddings: str | Path | No
     if embeddings is not None:
         return Path(embeddings)
     meta_file = sidecar_path(cluster_results)
-    meta = read_json(meta_file) if meta_file.is_file() else {}
-    named = meta.get("embeddings")
+    named = read_sidecar(cluster_results, CLUSTER_SIDECAR_FIELDS).get("embeddings")
     if not named:
         raise FacepipeError(f"{meta_file} does not name the embeddings the clusters came from; pass --embeddings")
     return recorded_path(named, cluster_results)
@@ -44,7 +50,7 @@ def at_crop_size(faces: Sequence[np.ndarray], crops_dir: Path, crop_name: str) -
 def clustered_embeddings_model(cluster_results: Path) -> str | None:
     """The model of the embeddings the clusters came from; None when the sidecars do not tell."""
     try:
-        return read_json(sidecar_path(clustered_embeddings_path(cluster_results))).get("model")
+        return read_sidecar(clustered_embeddings_path(cluster_results), EMBEDDINGS_SIDECAR_FIELDS).get("model")
     except FacepipeError:
         return None
 

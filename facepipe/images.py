@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import warnings
@@ -216,11 +217,12 @@ def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(rgb, (size, size), interpolation=interpolation)
 
 
-def save_image_atomic(path: str | os.PathLike, rgb: np.ndarray, quality: int = 95) -> None:
-    """Write an RGB uint8 array as an image (format from the extension), atomically."""
+def save_image_atomic(path: str | os.PathLike, rgb: np.ndarray, quality: int = 95) -> str:
+    """Write an RGB uint8 array as an image (format from the extension), atomically; returns the file's sha256."""
     from PIL import Image
 
     path = Path(path)
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format=Image.registered_extensions()[path.suffix.lower()], quality=quality)
     write_bytes_atomic(path, buffer.getvalue())
+    return hashlib.sha256(buffer.getvalue()).hexdigest()

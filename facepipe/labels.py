@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from facepipe.common import FacepipeError
-from facepipe.formats import CROP_SOURCE_COLUMNS, DETECTIONS_CSV, read_csv
+from facepipe.formats import DETECTIONS_CSV, read_csv, read_detections
 
 
 def _parts(path: str) -> tuple[str, ...]:
@@ -21,9 +21,9 @@ def crop_sources(names: Sequence[str], crops_dir: str | os.PathLike | None) -> d
     """Map crop names to their source images, from the ``detections.csv`` beside the crops (if any)."""
     if crops_dir is None or not (Path(crops_dir) / DETECTIONS_CSV).is_file():
         return {}
-    detections = read_csv(Path(crops_dir) / DETECTIONS_CSV, CROP_SOURCE_COLUMNS, what="detections CSV")
+    detections = read_detections(Path(crops_dir) / DETECTIONS_CSV)
     wanted = set(names)
-    return {c: s for c, s in zip(detections["crop"].astype(str), detections["source"].astype(str)) if c in wanted}
+    return {c: s for c, s in zip(detections["crop"], detections["source"]) if c in wanted}
 
 
 def photo_ids(names: Sequence[str], sources: dict[str, str]) -> np.ndarray:

@@ -31,7 +31,16 @@ import numpy as np
 import pandas as pd
 
 from facepipe.common import FacepipeError
-from facepipe.formats import UNKNOWN_CLUSTER, embedding_columns, read_csv, write_csv_atomic
+from facepipe.formats import (
+    FLOAT32_MAX,
+    MAX_GROUP_NUMBER,
+    UNKNOWN_CLUSTER,
+    checked_numbers,
+    checked_whole_numbers,
+    embedding_columns,
+    read_csv,
+    write_csv_atomic,
+)
 from facepipe.models import unit_rows
 
 PEOPLE_ANCHORS_CSV = "people_anchors.csv"
@@ -59,7 +68,8 @@ def _group_number(value, where: str) -> int:
         number = int(value)
     except (TypeError, ValueError):
         number = None
-    if number is None or isinstance(value, bool) or number < UNKNOWN_CLUSTER or str(value).strip() != str(number):
+    if number is None or isinstance(value, bool) or not UNKNOWN_CLUSTER <= number <= MAX_GROUP_NUMBER \
+            or str(value).strip() != str(number):
         raise FacepipeError(f"{where}: {value!r} is not a group number")
     return number
 
@@ -73,6 +83,8 @@ def read_people(path: str | Path) -> People:
         raise FacepipeError(f"people file not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise FacepipeError(f"{path} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise FacepipeError(f"{path} is not valid TOML: nested too deep") from None
     unknown = sorted(set(data) - {"names", "merge", "not_a_person", "move", "split"})
     if unknown:
         raise FacepipeError(f"{path}: unknown key(s) {', '.join(unknown)}; known: names, merge, not_a_person, "
@@ -107,8 +119,12 @@ def read_anchors(folder: Path) -> dict[int, np.ndarray]:
     if not path.is_file():
         return {}
     frame = read_csv(path, ["group"], "people anchors CSV")
-    vectors = frame.drop(columns=["group"]).to_numpy(dtype=np.float32)
-    return dict(zip(frame["group"].astype(int), vectors))
+    columns = [c for c in frame.columns if c != "group"]
+    if not columns or columns != embedding_columns(len(columns)):
+        raise FacepipeError(f"{path}: expected columns group, e0..e{max(len(columns) - 1, 0)}")
+    groups = checked_whole_numbers(frame, "group", path, 0, MAX_GROUP_NUMBER, unique=True)
+    vectors = checked_numbers(frame, columns, path, low=-FLOAT32_MAX, high=FLOAT32_MAX).astype(np.float32)
+    return dict(zip(groups.tolist(), vectors))
 
 
 def write_anchors(folder: Path, anchors: dict[int, np.ndarray]) -> Path:

@@ -42,8 +42,12 @@ from facepipe.formats import (
     UNKNOWN_GRID_JPG,
     generated_face_names,
     group_names,
+    MAX_EPOCH,
+    checked_numbers,
+    checked_whole_numbers,
+    read_cluster_results,
     read_csv,
-    read_json,
+    read_fidelity,
     sample_grid,
 )
 
@@ -158,8 +162,8 @@ def _faces_with_photos(out_dir: Path) -> "pd.DataFrame | None":
     results_file = out_dir / CLUSTER_RESULTS_CSV
     if not results_file.is_file():
         return None
-    results = read_csv(results_file, ["name", "cluster", "distance"], "cluster results")
-    names = results["name"].astype(str)
+    results = read_cluster_results(results_file)
+    names = results["name"]
     sources = crop_sources(names.tolist(), out_dir / RUN_CROPS_DIR)
     return results.assign(source=[sources.get(name, name) for name in names])
 
@@ -223,7 +227,8 @@ def _loss_curve(out_dir: Path) -> str:
     if log.empty:
         return ""
     width, height, pad = 520, 200, 30
-    values = log[["train_loss", "val_loss"]].to_numpy(dtype=float)
+    checked_whole_numbers(log, "epoch", log_file, 0, MAX_EPOCH)
+    values = checked_numbers(log, ["train_loss", "val_loss"], log_file, missing_ok=True)
     low, high = float(np.nanmin(values)), float(np.nanmax(values))
     span, epochs = (high - low) or 1.0, max(int(log["epoch"].max()) - int(log["epoch"].min()), 1)
 
@@ -253,7 +258,7 @@ def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
                   for name, s in stages.items()]
     cluster_details = stages.get("cluster", {})
     fidelity_file = out_dir / RUN_INFERENCE_DIR / FIDELITY_JSON
-    fidelity = read_json(fidelity_file) if fidelity_file.is_file() else None
+    fidelity = read_fidelity(fidelity_file) if fidelity_file.is_file() else None
     clustering_metrics = cluster_details.get("metrics")
 
     sections = [

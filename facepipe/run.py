@@ -35,7 +35,7 @@ from facepipe.formats import (
     RUN_STATE_JSON,
     RUN_SUMMARY_JSON,
     RUN_WEIGHTS_DIR,
-    read_json,
+    read_run_state,
     write_json_atomic,
 )
 from facepipe.identity import identity_weight_for
@@ -107,7 +107,7 @@ class _Runner:
 
     def __init__(self, out_dir: Path, from_stage: str | None):
         self.state_file = out_dir / RUN_STATE_JSON
-        self.state = read_json(self.state_file) if self.state_file.is_file() else {}
+        self.state = read_run_state(self.state_file) if self.state_file.is_file() else {}
         self.forced_from = STAGES.index(from_stage) if from_stage else None
         self.records: list[StageRecord] = []
 

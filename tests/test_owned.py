@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from facepipe.cli import main
 from facepipe.cluster import cluster
-from facepipe.common import FacepipeError, temporary_affixes
+from facepipe.common import FacepipeError, file_sha256, temporary_affixes
 from facepipe.detect import DetectorParams, crop_name, detect
 from facepipe.export import export
 from facepipe.formats import (
@@ -201,9 +201,11 @@ def test_detect_removes_only_its_own_crops_of_photos_no_longer_among_the_inputs(
     gone = [Path("/elsewhere/gone_1.jpg"), Path("/elsewhere/gone_2.jpg"), Path("/elsewhere/gone_3.jpg")]
     own_crop = crop_name(gone[2], 0, "jpg")
     save_image_atomic(out / own_crop, np.zeros((8, 8, 3), dtype=np.uint8))
+    digests = {crop: file_sha256(crop) if crop.is_file() else "0" * 64 for crop in (out / own_crop, *victims)}
     detections = pd.DataFrame([dict(dict.fromkeys(DETECTION_COLUMNS, 1), crop=crop, source=str(source), face_index=0,
-                                    detector="haar") for crop, source in
-                               [("../victim.txt", gone[0]), (str(victims[1]), gone[1]), (own_crop, gone[2])]])
+                                    detector="haar", sha256=digests[path]) for crop, source, path in
+                               [("../victim.txt", gone[0], victims[0]), (str(victims[1]), gone[1], victims[1]),
+                                (own_crop, gone[2], out / own_crop)]])
     write_csv_atomic(detections, out / DETECTIONS_CSV)
     sources = read_csv(out / SOURCES_CSV)
     sources = pd.concat([sources, pd.DataFrame({"source": [str(p) for p in gone], "status": "ok", "faces": 1,

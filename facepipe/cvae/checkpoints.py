@@ -13,7 +13,7 @@ import numpy as np
 from facepipe.common import FacepipeError, write_bytes_atomic
 from facepipe.crops import CropAligner
 from facepipe.cvae.model import CVAEConfig, build_model
-from facepipe.formats import ALIGNMENT_CSV, CVAE_BEST_CHECKPOINT, CVAE_CHECKPOINT_FORMAT, read_alignment
+from facepipe.formats import ALIGNMENT_CSV, CVAE_BEST_CHECKPOINT, CVAE_CHECKPOINT_FORMAT, checked_fields, read_alignment
 
 CHECKPOINT_PATTERN = re.compile(r"^cvae_epoch_(\d+)\.pt$")
 
@@ -80,7 +80,7 @@ def load_checkpoint(path: str | Path) -> dict:
     missing = [k for k in ("config", "model", "epoch") if k not in checkpoint]
     if missing:
         raise FacepipeError(f"{path} is an incomplete CVAE checkpoint (no {', '.join(missing)})")
-    return checkpoint
+    return checked_fields(checkpoint, path, {"config": dict, "model": dict, "epoch": int})
 
 
 def load_cvae(path: str | Path, device: str = "cpu"):

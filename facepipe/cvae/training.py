@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import numbers
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -49,6 +50,7 @@ from facepipe.formats import (
     CVAE_LOG_COLUMNS,
     CVAE_LOG_CSV,
     CVAE_RECORD_JSON,
+    checked_fields,
     cvae_checkpoint_name,
     output_hashes,
     write_alignment,
@@ -275,11 +277,17 @@ def _restore(model, optimizer, existing: dict[int, Path], config: CVAEConfig) ->
     last_path = existing[max(existing)]
     checkpoint = load_checkpoint(last_path)
     _check_resumable(checkpoint, config, last_path)
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    restore_rng_states(checkpoint["rng"])
-    return _Progress(int(checkpoint["epoch"]), list(checkpoint["history"]), float(checkpoint["best_val_loss"]),
-                     int(checkpoint["best_epoch"]))
+    checked_fields(checkpoint, last_path, {"optimizer": dict, "rng": dict, "history": list, "best_val_loss": numbers.Real,
+                                           "best_epoch": int}, ["optimizer", "rng", "history", "best_val_loss", "best_epoch"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        restore_rng_states(checkpoint["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+        raise FacepipeError(f"{last_path} cannot be resumed from (damaged?): {str(error).splitlines()[0]}; "
+                            "rerun with --force to start again") from None
+    return _Progress(checkpoint["epoch"], list(checkpoint["history"]), float(checkpoint["best_val_loss"]),
+                     checkpoint["best_epoch"])
 
 
 @dataclass
