@@ -17,7 +17,7 @@ EXACT_UP_TO = 100_000  # faces: exact neighbour search and sequential whispers; 
 LARGE_NEIGHBOURS = 32  # nearest neighbours per face in the scalable engine (memory: 12 bytes each)
 SEARCH_BATCH = 65_536  # faces searched at once (bounds the result arrays)
 FULL_WEIGHT_SHARE = 0.7  # edges shorter than this share of the rule weigh 1 (benchmarks/bench_cluster_rules.py)
-LINKS_NEEDED = 3  # neighbours within the rule a face needs in its group (all the others in a smaller group) ...
+LINKS_NEEDED = 4  # neighbours within the rule a face needs in its group (all the others in a smaller group) ...
 CLOSE_SHARE = 0.9  # ... unless one lies closer than this share of the rule
 
 

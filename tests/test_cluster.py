@@ -320,20 +320,22 @@ def graph_of(gaps: np.ndarray, threshold: float = 0.37):
 @pytest.mark.fast
 @pytest.mark.parametrize("links_to_the_group, weak", [
     ([0.36], True),  # one neighbour at the rule's edge: how strangers joined people's groups
-    ([0.36, 0.36], True),
-    ([0.36, 0.36, 0.36], False),  # three, as a person's own faces mostly have
+    ([0.36, 0.36, 0.36], True),
+    ([0.36, 0.36, 0.36, 0.36], False),  # four, as a person's own faces mostly have
     ([0.30], False),  # one, but close (under 0.9 of the rule)
 ])
-def test_a_face_needs_three_links_to_its_group_or_one_close(links_to_the_group, weak):
+def test_a_face_needs_four_links_to_its_group_or_one_close(links_to_the_group, weak):
     from facepipe.cluster_graph import unmatched_faces
 
-    gaps = np.full((6, 6), 0.2)  # five faces of one person, all close, and face 5
-    gaps[5, :] = gaps[:, 5] = 0.5
-    gaps[5, :len(links_to_the_group)] = gaps[:len(links_to_the_group), 5] = links_to_the_group
-    mask = unmatched_faces(np.zeros(6, dtype=np.int64), graph_of(gaps))
-    assert mask.tolist() == [False] * 5 + [weak]
-    pair = np.array([[0.0, 0.36], [0.36, 0.0]])  # a group of two needs only the other
-    assert not unmatched_faces(np.zeros(2, dtype=np.int64), graph_of(pair)).any()
+    gaps = np.full((7, 7), 0.2)  # six faces of one person, all close, and face 6
+    gaps[6, :] = gaps[:, 6] = 0.5
+    gaps[6, :len(links_to_the_group)] = gaps[:len(links_to_the_group), 6] = links_to_the_group
+    mask = unmatched_faces(np.zeros(7, dtype=np.int64), graph_of(gaps))
+    assert mask.tolist() == [False] * 6 + [weak]
+    trio = np.array([[0.0, 0.2, 0.36], [0.2, 0.0, 0.36], [0.36, 0.36, 0.0]])  # a group of three: the other two
+    assert not unmatched_faces(np.zeros(3, dtype=np.int64), graph_of(trio)).any()
+    trio[1, 2] = trio[2, 1] = 0.5
+    assert unmatched_faces(np.zeros(3, dtype=np.int64), graph_of(trio)).tolist() == [False, False, True]
 
 
 @pytest.mark.fast
