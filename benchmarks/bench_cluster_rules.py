@@ -1,6 +1,6 @@
 """The cluster stage's rules chosen on held-out people: folds over the people of ../shared/data.
 
-    python benchmarks/bench_cluster_rules.py [--shared ../shared] [--out benchmarks/out/people] [--folds 3]
+    python benchmarks/bench_cluster_rules.py [--shared ../shared] [--out benchmarks/out/people] [--folds 5]
 
 The photos of celeba_wild, lfw, dlib_johns and deepface_ids (103 people), lfw_singletons (150 one-off
 people) and group_photos go once through ``detect`` (stage defaults) and ``embed --model dlib-resnet128``
@@ -146,7 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "people")
-    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--folds", type=int, default=5)
     args = parser.parse_args()
     faces = prepare(args.shared, args.out)
     fold = deal_folds(faces, args.folds)
