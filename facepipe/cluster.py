@@ -507,10 +507,11 @@ def cluster(
     ``models.SAME_PERSON_DISTANCE``) are linked and Chinese whispers groups them; "kmeans": k-means with ``k``
     a number, or "auto" over ``k_range`` by ``k_rule``; "auto": k-means when ``k`` is a number, else the graph
     where a rule is known. Faces too weakly linked to their group (``cluster_graph.unmatched_faces``), groups
-    under ``min_group_size`` and second faces of a photo in a group go to the unknown group (-1). Writes ``cluster_results.csv`` (+ sidecar,
-    written last), ``centroids.csv``, ``k_selection.csv``, plots, sample grids into ``samples_dir`` ("auto":
-    ``cluster_samples/`` in ``out_dir``; None: none) and with ``labels`` ``cluster_metrics.json``; a rerun with
-    the same inputs and options is skipped unless ``force``. ``people``: a people file (``facepipe.people``).
+    under ``min_group_size`` and second faces of a photo in a group go to the unknown group (-1). Writes
+    ``cluster_results.csv`` (+ sidecar, written last), ``centroids.csv``, ``k_selection.csv``, plots, sample
+    grids into ``samples_dir`` ("auto": ``cluster_samples/`` in ``out_dir``; None: none) and with ``labels``
+    ``cluster_metrics.json``; a rerun with the same inputs and options is skipped unless ``force``.
+    ``people``: a people file (``facepipe.people``).
     """
     started = time.monotonic()
     embeddings_path = Path(os.path.abspath(embeddings_path))
@@ -763,7 +764,8 @@ def _group(vectors, method, rule_distance, ks, auto, k_rule, n_init, seed, photo
     if graph is not None:
         unmatched = unmatched_faces(raw, graph)
         rule += (f"; a face needs {LINKS_NEEDED} members of its group closer than {rule_distance:g} (all the "
-                 f"others in a smaller group), or one closer than {CLOSE_SHARE * rule_distance:.3g}, else it is unknown")
+                 f"others in a smaller group), or one closer than {CLOSE_SHARE * rule_distance:.3g}, else it is "
+                 "unknown")
     else:
         unmatched = np.zeros(len(raw), dtype=bool)
     grouping = finish_groups(vectors, raw, unmatched, photos, min_group_size)

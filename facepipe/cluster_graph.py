@@ -1,6 +1,8 @@
 """The same-person rule of the cluster stage: a graph that joins two faces when their embeddings lie closer
 than the rule's distance, Chinese whispers over it (needs no k), and the two rules every clustering obeys
-here: a face that matches no other face of its group is unknown (-1), and one photo gives a group one face.
+here: a face too weakly linked to its group (``unmatched_faces``) is unknown (-1), and one photo gives a group
+one face. The weights, the run kept and the link rule were chosen on held-out people
+(``benchmarks/bench_cluster_rules.py``).
 """
 
 from __future__ import annotations
