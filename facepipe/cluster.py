@@ -506,12 +506,11 @@ def cluster(
     ``method`` "graph": faces closer than the same-person distance ``threshold`` ("auto": the embedder's rule,
     ``models.SAME_PERSON_DISTANCE``) are linked and Chinese whispers groups them; "kmeans": k-means with ``k``
     a number, or "auto" over ``k_range`` by ``k_rule``; "auto": k-means when ``k`` is a number, else the graph
-    where a rule is known. Faces too weakly linked to their group (``cluster_graph.unmatched_faces``), groups
-    under ``min_group_size`` and second faces of a photo in a group go to the unknown group (-1). Writes
-    ``cluster_results.csv`` (+ sidecar, written last), ``centroids.csv``, ``k_selection.csv``, plots, sample
-    grids into ``samples_dir`` ("auto": ``cluster_samples/`` in ``out_dir``; None: none) and with ``labels``
-    ``cluster_metrics.json``; a rerun with the same inputs and options is skipped unless ``force``.
-    ``people``: a people file (``facepipe.people``).
+    where a rule is known. Weakly linked faces (``cluster_graph.unmatched_faces``), groups under ``min_group_size``
+    and second faces of a photo in a group go to the unknown group (-1). Writes ``cluster_results.csv`` (+ sidecar,
+    written last), ``centroids.csv``, ``k_selection.csv``, plots, sample grids into ``samples_dir`` ("auto":
+    ``cluster_samples/`` in ``out_dir``; None: none) and with ``labels`` ``cluster_metrics.json``; a rerun with the
+    same inputs and options is skipped unless ``force``. ``people``: a people file.
     """
     started = time.monotonic()
     embeddings_path = Path(os.path.abspath(embeddings_path))
