@@ -605,7 +605,8 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
 @click.option("--threshold", default="auto", show_default=True,
               type=AutoOr(limited(CLUSTER["threshold"])),
               help="Same-person distance between L2-normalised embeddings; auto: the embedder's measured rule "
-                   "(dlib-resnet128: 0.37). Faces matching no other face of their group go to unknown (-1).")
+                   "(dlib-resnet128: 0.37). A face with fewer than 4 members of its group within it (all the "
+                   "others in a smaller group) and none within 0.9 times it goes to unknown (-1).")
 @click.option("--min-group-size", default=2, show_default=True, type=limited(CLUSTER["min_group_size"]),
               help="Groups with fewer faces go to unknown (-1).")
 @click.option("--k", "k", default="auto", show_default=True, type=AutoOr(limited(CLUSTER["k"])),

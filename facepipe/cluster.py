@@ -448,7 +448,7 @@ def finish_groups(vectors: np.ndarray, labels: np.ndarray, unmatched: np.ndarray
     _, distances = _centroids(vectors, labels)
     repeats = one_face_per_photo(labels, photos, distances)
     labels[repeats] = UNKNOWN_CLUSTER
-    sizes = np.bincount(labels[labels != UNKNOWN_CLUSTER], minlength=max(1, int(labels.max()) + 1))
+    sizes = np.bincount(labels[labels != UNKNOWN_CLUSTER], minlength=max(1, int(labels.max(initial=0)) + 1))
     small = (labels != UNKNOWN_CLUSTER) & (sizes[np.maximum(labels, 0)] < min_group_size)
     labels = _by_size(np.where(small, UNKNOWN_CLUSTER, labels))
     centroids, distances = _centroids(vectors, labels)
@@ -525,11 +525,11 @@ def cluster(
     ``method`` "graph": faces closer than the same-person distance ``threshold`` ("auto": the embedder's rule,
     ``models.SAME_PERSON_DISTANCE``) are linked and Chinese whispers groups them; "kmeans": k-means with ``k``
     a number, or "auto" over ``k_range`` by ``k_rule``; "auto": k-means when ``k`` is a number, else the graph
-    where a rule is known. Faces matching no other face of their group, groups under ``min_group_size`` and
-    second faces of a photo in a group go to the unknown group (-1). Writes ``cluster_results.csv`` (+ sidecar,
+    where a rule is known. Weakly linked faces (``cluster_graph.unmatched_faces``), groups under ``min_group_size``
+    and second faces of a photo in a group go to the unknown group (-1). Writes ``cluster_results.csv`` (+ sidecar,
     written last), ``centroids.csv``, ``k_selection.csv``, plots, sample grids into ``samples_dir`` ("auto":
-    ``cluster_samples/`` in ``out_dir``; None: none) and with ``labels`` ``cluster_metrics.json``; a rerun with
-    the same inputs and options is skipped unless ``force``. ``people``: a people file (``facepipe.people``).
+    ``cluster_samples/`` in ``out_dir``; None: none) and with ``labels`` ``cluster_metrics.json``; a rerun with the
+    same inputs and options is skipped unless ``force``. ``people``: a people file.
     """
     started = time.monotonic()
     check_limits(CLUSTER, min_group_size=min_group_size, n_init=n_init, seed=seed,
@@ -814,14 +814,14 @@ def _crops_dir(crops_dir, meta: dict, embeddings_path: Path) -> Path | None:
 
 def _group(vectors, method, rule_distance, ks, auto, k_rule, n_init, seed, photos, min_group_size, show_progress):
     """Raw labels by the method, then the rules (``finish_groups``); with the k selection and the rule's text."""
-    from facepipe.cluster_graph import best_whispers, neighbour_graph, unmatched_faces
+    from facepipe.cluster_graph import CLOSE_SHARE, LINKS_NEEDED, best_whispers, neighbour_graph, unmatched_faces
 
     graph = neighbour_graph(vectors, rule_distance) if rule_distance is not None else None
     selection = None
     if method == "graph":
         raw = best_whispers(graph, seed, n_init)
         rule = (f"groups of faces closer than {rule_distance:g} (the same-person distance), by Chinese whispers "
-                f"over that neighbour graph (the most modular of {n_init} seeded runs)")
+                f"over that neighbour graph (of {n_init} seeded runs, the one that cuts the least edge weight)")
     elif auto:
         selection = select_k(vectors, ks, rule=k_rule, n_init=n_init, seed=seed, show_progress=show_progress)
         raw = (selection.fits.get(selection.k) or kmeans(vectors, selection.k, n_init=n_init, seed=seed)).labels
@@ -831,12 +831,13 @@ def _group(vectors, method, rule_distance, ks, auto, k_rule, n_init, seed, photo
         rule = f"k = {ks.start}: given"
     if graph is not None:
         unmatched = unmatched_faces(raw, graph)
-        if method == "kmeans":
-            rule += f"; a face with no member of its cluster closer than {rule_distance:g} is unknown"
+        rule += (f"; a face needs {LINKS_NEEDED} members of its group closer than {rule_distance:g} (all the "
+                 f"others in a smaller group), or one closer than {CLOSE_SHARE * rule_distance:.3g}, else it is "
+                 "unknown")
     else:
         unmatched = np.zeros(len(raw), dtype=bool)
     grouping = finish_groups(vectors, raw, unmatched, photos, min_group_size)
-    rule += (f"; unknown (-1): {grouping.unmatched} face(s) matching no other face of their group, "
+    rule += (f"; unknown (-1): {grouping.unmatched} face(s) too weakly linked to their group, "
              f"{grouping.same_photo} second face(s) of a photo already in the group, {grouping.too_small} in "
              f"groups under {min_group_size} faces")
     return grouping, selection, rule

@@ -1,6 +1,8 @@
 """The same-person rule of the cluster stage: a graph that joins two faces when their embeddings lie closer
 than the rule's distance, Chinese whispers over it (needs no k), and the two rules every clustering obeys
-here: a face that matches no other face of its group is unknown (-1), and one photo gives a group one face.
+here: a face too weakly linked to its group (``unmatched_faces``) is unknown (-1), and one photo gives a group
+one face. The weights, the run kept and the link rule were chosen on held-out people
+(``benchmarks/bench_cluster_rules.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ WHISPERS_ITERATIONS = 100
 EXACT_UP_TO = 100_000  # faces: exact neighbour search and sequential whispers; above, the scalable engine
 LARGE_NEIGHBOURS = 32  # nearest neighbours per face in the scalable engine (memory: 12 bytes each)
 SEARCH_BATCH = 65_536  # faces searched at once (bounds the result arrays)
+FULL_WEIGHT_SHARE = 0.7  # edges shorter than this share of the rule weigh 1 (benchmarks/bench_cluster_rules.py)
+LINKS_NEEDED = 4  # neighbours within the rule a face needs in its group (all the others in a smaller group) ...
+CLOSE_SHARE = 0.9  # ... unless one lies closer than this share of the rule
 
 
 @dataclass
@@ -27,6 +32,7 @@ class NeighbourGraph:
     indices: np.ndarray
     distances: np.ndarray
     threshold: float
+    full_weight_below: float = 0.0  # edges shorter than this weigh 1 (``edge_weights``)
 
     def sources(self) -> np.ndarray:
         """The face each edge starts from (``indices`` holds where it ends)."""
@@ -51,14 +57,16 @@ def neighbour_index(vectors: np.ndarray, seed: int = 0):
     return index
 
 
-def neighbour_graph(vectors: np.ndarray, threshold: float, neighbours: int | None = None) -> NeighbourGraph:
+def neighbour_graph(vectors: np.ndarray, threshold: float, neighbours: int | None = None,
+                    full_weight_share: float = FULL_WEIGHT_SHARE) -> NeighbourGraph:
     """Join each face to those of its ``neighbours`` nearest (GRAPH_NEIGHBOURS by exact search with faiss; above
-    EXACT_UP_TO faces LARGE_NEIGHBOURS by an inverted file, in batches) that lie within ``threshold``."""
+    EXACT_UP_TO faces LARGE_NEIGHBOURS by an inverted file, in batches) that lie within ``threshold``; edges
+    shorter than ``full_weight_share`` of it weigh 1 (``edge_weights``)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(vectors)
     neighbours = neighbours or (GRAPH_NEIGHBOURS if n <= EXACT_UP_TO else LARGE_NEIGHBOURS)
     index = neighbour_index(vectors)
-    parts = []
+    parts = [(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))]  # no faces: no edges
     for start in range(0, n, SEARCH_BATCH):
         squared, nearest = index.search(vectors[start:start + SEARCH_BATCH], min(n, neighbours + 1))
         rows = np.repeat(np.arange(start, start + len(nearest)), nearest.shape[1])
@@ -72,36 +80,32 @@ def neighbour_graph(vectors: np.ndarray, threshold: float, neighbours: int | Non
     pairs, first = np.unique(rows.astype(np.int64) * n + columns, return_index=True)
     rows, columns, distances = pairs // n, pairs % n, distances[first]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
-    return NeighbourGraph(indptr, columns.astype(np.int64), distances.astype(np.float32), float(threshold))
+    return NeighbourGraph(indptr, columns.astype(np.int64), distances.astype(np.float32), float(threshold),
+                          float(threshold) * full_weight_share)
 
 
 def edge_weights(graph: NeighbourGraph) -> np.ndarray:
-    """An edge weighs more the closer its faces are: 1 - distance / threshold (and a little more than 0)."""
-    return 1.0 - graph.distances.astype(np.float64) / graph.threshold + 1e-6
+    """An edge weighs 1 up to ``full_weight_below``, then less the nearer it is to the rule's edge (linearly, to
+    a little more than 0 there): one link at the edge cannot pull a face over, and a near-duplicate pair weighs
+    no more than any two close photos of a person, so that it cannot keep a label of its own inside a person."""
+    span = graph.threshold - graph.full_weight_below
+    return np.minimum(1.0, (graph.threshold - graph.distances.astype(np.float64)) / span) + 1e-6
 
 
-def modularity(graph: NeighbourGraph, labels: np.ndarray) -> float:
-    """Weighted modularity (Newman) of a partition of the graph: the share of edge weight inside groups minus
-    what random wiring with the same degrees would put there; higher is a better split of the graph."""
-    weights = edge_weights(graph)
-    rows = graph.sources()
-    total = weights.sum()
-    if total == 0:
-        return 0.0
-    count = int(labels.max()) + 1
-    inside = weights[labels[rows] == labels[graph.indices]].sum()
-    degrees = np.bincount(labels[rows], weights=weights, minlength=count)
-    return float(inside / total - np.square(degrees / total).sum())
+def weight_inside(graph: NeighbourGraph, labels: np.ndarray) -> float:
+    """The edge weight that a partition keeps inside its groups (the rest it cuts)."""
+    return float(edge_weights(graph)[labels[graph.sources()] == labels[graph.indices]].sum())
 
 
 def best_whispers(graph: NeighbourGraph, seed: int = 0, restarts: int = 10) -> np.ndarray:
-    """Chinese whispers from ``restarts`` seeded orders; the partition of highest modularity is kept (one
-    order can leave a person split in two where another joins them). Above EXACT_UP_TO faces each run is
+    """Chinese whispers from ``restarts`` seeded orders; the run that cuts the least edge weight is kept (one
+    order can leave a person split in two where another joins them; modularity, kept before, scored a
+    person alone in a small collection higher split than whole). Above EXACT_UP_TO faces each run is
     ``whispers_in_rounds``."""
     rng = np.random.default_rng(seed)
     whispers = chinese_whispers if len(graph.indptr) - 1 <= EXACT_UP_TO else whispers_in_rounds
     runs = [whispers(graph, int(s)) for s in rng.integers(2**31 - 1, size=max(1, restarts))]
-    return max(runs, key=lambda labels: modularity(graph, labels))
+    return max(runs, key=lambda labels: weight_inside(graph, labels))
 
 
 def whispers_in_rounds(graph: NeighbourGraph, seed: int = 0, iterations: int = WHISPERS_ITERATIONS) -> np.ndarray:
@@ -154,11 +158,20 @@ def chinese_whispers(graph: NeighbourGraph, seed: int = 0, iterations: int = WHI
     return labels
 
 
-def unmatched_faces(labels: np.ndarray, graph: NeighbourGraph) -> np.ndarray:
-    """Boolean mask of the faces with no neighbour of their own group within the graph's distance rule."""
+def unmatched_faces(labels: np.ndarray, graph: NeighbourGraph, links: int = LINKS_NEEDED,
+                    close_share: float = CLOSE_SHARE) -> np.ndarray:
+    """Boolean mask of the faces too weakly linked to their own group: no neighbour of the group within the
+    graph's distance rule, or fewer than ``links`` (all the others, in a smaller group) and none closer than
+    ``close_share`` of the rule. Through a neighbour or two at the rule's edge, strangers join people's
+    groups; a person's own faces mostly have more, or a close one."""
+    link_distance = graph.threshold * close_share
     rows = graph.sources()
     same_group = labels[rows] == labels[graph.indices]
-    return np.bincount(rows[same_group], minlength=len(labels)) == 0
+    count = np.bincount(rows[same_group], minlength=len(labels))
+    close = np.bincount(rows[same_group & (graph.distances < link_distance)], minlength=len(labels)) > 0
+    _, group_of, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    needed = np.minimum(links, sizes[group_of] - 1)
+    return (count == 0) | ((count < needed) & ~close)
 
 
 def one_face_per_photo(labels: np.ndarray, photos: np.ndarray, distances: np.ndarray) -> np.ndarray:

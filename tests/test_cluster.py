@@ -282,7 +282,10 @@ def test_dlib_johns_auto_k_finds_the_five_people(data_dir, tmp_path):
 
 def test_the_same_person_graph_scales_past_the_exact_engine(tmp_path):
     """Above EXACT_UP_TO faces cluster switches to faiss's inverted file and whispers in rounds (issue 17):
-    120,000 synthetic faces of seeded identities (benchmarks/bench_scale.py makes them) are grouped as well."""
+    120,000 synthetic faces of seeded identities (benchmarks/bench_scale.py makes them) are grouped as well.
+    Their pairs lie about 0.35 apart, at the rule's edge, so the link rule (4 members within the rule, or one
+    within 0.9 of it) sends more of them to unknown than real faces: recall 0.944 here, 0.948 from the exact
+    engine on 20,000 of them (0.99 with one link needed)."""
     import sys
 
     from facepipe.cluster_graph import EXACT_UP_TO
@@ -300,4 +303,119 @@ def test_the_same_person_graph_scales_past_the_exact_engine(tmp_path):
     labels = pd.read_csv(tmp_path / "out" / "cluster_results.csv")["cluster"].to_numpy()
     scores = bcubed(identities, labels)
     print(summary.line(), scores)
-    assert scores["precision"] > 0.99 and scores["recall"] > 0.97
+    assert scores["precision"] > 0.99 and scores["recall"] > 0.93
+
+
+# --------------------------------------------------------------------------- the same-person graph's rules
+
+
+def graph_of(gaps: np.ndarray, threshold: float = 0.37):
+    """The neighbour graph of a matrix of distances (every pair closer than ``threshold`` joined)."""
+    from facepipe.cluster_graph import NeighbourGraph
+
+    linked = (gaps < threshold) & ~np.eye(len(gaps), dtype=bool)
+    rows, columns = np.nonzero(linked)
+    indptr = np.concatenate([[0], np.cumsum(linked.sum(axis=1))])
+    return NeighbourGraph(indptr, columns, gaps[rows, columns].astype(np.float32), threshold,
+                          0.7 * threshold)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("links_to_the_group, weak", [
+    ([0.36], True),  # one neighbour at the rule's edge: how strangers joined people's groups
+    ([0.36, 0.36, 0.36], True),
+    ([0.36, 0.36, 0.36, 0.36], False),  # four, as a person's own faces mostly have
+    ([0.30], False),  # one, but close (under 0.9 of the rule)
+])
+def test_a_face_needs_four_links_to_its_group_or_one_close(links_to_the_group, weak):
+    from facepipe.cluster_graph import unmatched_faces
+
+    gaps = np.full((7, 7), 0.2)  # six faces of one person, all close, and face 6
+    gaps[6, :] = gaps[:, 6] = 0.5
+    gaps[6, :len(links_to_the_group)] = gaps[:len(links_to_the_group), 6] = links_to_the_group
+    mask = unmatched_faces(np.zeros(7, dtype=np.int64), graph_of(gaps))
+    assert mask.tolist() == [False] * 6 + [weak]
+    trio = np.array([[0.0, 0.2, 0.36], [0.2, 0.0, 0.36], [0.36, 0.36, 0.0]])  # a group of three: the other two
+    assert not unmatched_faces(np.zeros(3, dtype=np.int64), graph_of(trio)).any()
+    trio[1, 2] = trio[2, 1] = 0.5
+    assert unmatched_faces(np.zeros(3, dtype=np.int64), graph_of(trio)).tolist() == [False, False, True]
+
+
+@pytest.mark.fast
+def test_group_faces_of_no_faces_is_empty():
+    import facepipe
+
+    labels = facepipe.group_faces(np.zeros((0, 128), dtype=np.float32))
+    assert labels.shape == (0,) and labels.dtype == np.int64
+
+
+def faces_of(paths: list[Path], tmp_path: Path) -> np.ndarray:
+    """Each photo's largest face through detect (its defaults) and embed (dlib-resnet128), in the order of
+    ``paths`` (the embeddings as embed writes them, not normalised)."""
+    from facepipe.detect import DetectorParams, detect
+    from facepipe.embed import embed
+    from facepipe.formats import read_embeddings
+
+    (tmp_path / "photos.txt").write_text("".join(f"{path}\n" for path in paths))
+    detect([tmp_path / "photos.txt"], tmp_path / "crops", DetectorParams(largest_only=True), workers=1,
+           show_progress=False)
+    embed(tmp_path / "crops", tmp_path / "faces.csv", model="dlib-resnet128", workers=1, show_progress=False)
+    embeddings = read_embeddings(tmp_path / "faces.csv")
+    crop_of = pd.read_csv(tmp_path / "crops" / "detections.csv").set_index("source")["crop"]
+    row_of = {name: row for row, name in enumerate(embeddings.names)}
+    return embeddings.vectors[[row_of[crop_of[str(path)]] for path in paths]]
+
+
+def test_a_person_whose_photos_all_lie_within_the_rule_stays_one_group_over_seeds(data_dir, tmp_path):
+    """face_recognition's 5 photos of Obama and half-size copies of two of them: every pair of the 7 faces lies
+    within the same-person distance, so they are one group whatever the seed, as with dlib's own Chinese
+    whispers. (With edges weighted 1 - d / 0.37 each near-duplicate pair kept a label of its own, and the most
+    modular run was two groups, for every seed.)"""
+    import facepipe
+    from facepipe.models import SAME_PERSON_DISTANCE, unit_rows
+
+    images = data_dir("group_photos") / "images"
+    paths = [images / f"face_recognition_{name}.jpg"
+             for name in ("obama", "obama2", "obama3", "obama_partial_face", "obama_partial_face2")]
+    for i in (1, 3):
+        photo = Image.open(paths[i]).convert("RGB")
+        photo.resize((photo.width // 2, photo.height // 2), Image.BILINEAR).save(tmp_path / f"half_{i}.png")
+        paths.append(tmp_path / f"half_{i}.png")
+    vectors = faces_of(paths, tmp_path)
+    unit = unit_rows(vectors)
+    gaps = np.linalg.norm(unit[:, None] - unit[None], axis=2)
+    print(np.round(gaps, 3))
+    assert gaps.max() < SAME_PERSON_DISTANCE["dlib-resnet128"]
+    assert gaps[1, 5] < 0.1 and gaps[3, 6] < 0.1  # the near duplicates
+    for seed in range(5):
+        assert facepipe.group_faces(vectors, seed=seed).tolist() == [0] * 7, seed
+
+
+def test_strangers_linked_by_one_edge_of_rule_neighbour_go_to_unknown(data_dir, tmp_path):
+    """Two LFW people (10 photos each) and a one-off person (lfw_singletons) beside each whose face lies within
+    the same-person distance of one of that person's faces, at the rule's edge: the strangers are unknown, the
+    people keep their groups. (One such link was enough before: both strangers were in the people's groups.)"""
+    import facepipe
+    from facepipe.cluster_graph import CLOSE_SHARE
+    from facepipe.models import SAME_PERSON_DISTANCE, unit_rows
+
+    lfw, singletons = data_dir("lfw"), data_dir("lfw_singletons")
+    manifest = pd.read_csv(lfw / "manifest.csv")
+    people = ("Bill_McBride", "Walter_Mondale")
+    strangers = [singletons / "images" / name / f"{name}_0001.jpg" for name in ("George_Blaney", "John_Marburger")]
+    photos = [(number, lfw / relpath) for number, person in enumerate(people)
+              for relpath in sorted(manifest.loc[manifest["identity"] == person, "relpath"])]
+    identity = np.array([number for number, _ in photos])
+    vectors = faces_of([path for _, path in photos] + strangers, tmp_path)
+    unit = unit_rows(vectors)
+    rule = SAME_PERSON_DISTANCE["dlib-resnet128"]
+    for stranger, person in ((-2, 0), (-1, 1)):
+        gaps = np.linalg.norm(unit[:len(identity)][identity == person] - unit[stranger], axis=1)
+        print(people[person], np.sort(gaps)[:3].round(3))
+        assert (gaps < rule).sum() == 1 and CLOSE_SHARE * rule <= gaps.min()  # one neighbour, at the edge
+    labels = facepipe.group_faces(vectors)
+    print(labels.tolist())
+    assert labels[-2:].tolist() == [-1, -1]
+    for person in (0, 1):
+        groups = labels[:len(identity)][identity == person]
+        assert (groups == np.bincount(groups[groups >= 0]).argmax()).mean() >= 0.8
