@@ -1,5 +1,5 @@
 """Stage 1: find every face in every image (by default the Haar cascade and dlib's HOG detector on every photo,
-dlib's CNN too where they found no face or several; see ``facepipe.detectors``) and save square crops."""
+dlib's CNN too where HOG found none; see ``facepipe.detectors``) and save square crops."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The face detectors of the detect stage: OpenCV's Haar cascade, dlib's HOG and MMOD CNN detectors, and
 the combined mode (the default): Haar and dlib's HOG detector look at every photo, and dlib's CNN at the
-photos where they found no face or several (a group photo, where a turned face beside those found is the
-likeliest miss). Boxes of different detectors that overlap are one face (``merge_faces``), so a face is
-cropped once, and its ``detector`` names every detector that found it (``haar+dlib-hog``).
+photos where HOG found no face, whatever Haar found (a face HOG misses is most often turned, and then rarely
+alone in its photo with a frontal one). Boxes of different detectors that overlap are one face
+(``merge_faces``), so a face is cropped once, and its ``detector`` names every detector that found it
+(``haar+dlib-hog``). The choices were made on held-out people (``benchmarks/bench_detect_settings.py``).
 
 Every detector sees the photo scaled down so that its longer side is at most ``max_side`` (a large photo
 costs no more than a medium one, and faces in it stay far above the smallest size found); the boxes are
@@ -172,17 +173,16 @@ def merge_faces(found: Sequence[Sequence[Face]]) -> list[Face]:
 
 
 class CombinedFinder:
-    """The combined mode: Haar and HOG on every photo, their faces merged; the CNN too, merged in, where they
-    found no face or several (see the module docstring)."""
+    """The combined mode: Haar and HOG on every photo, their faces merged; the CNN too, merged in, where HOG
+    found no face (see the module docstring)."""
 
     def __init__(self, haar: FaceFinder, hog: FaceFinder, cnn: FaceFinder):
         self.haar, self.hog, self.cnn = haar, hog, cnn
 
     def find(self, rgb: np.ndarray) -> list[Face]:
-        faces = merge_faces([self.haar.find(rgb), self.hog.find(rgb)])
-        if len(faces) != 1:
-            faces = merge_faces([faces, self.cnn.find(rgb)])
-        return faces
+        hog = self.hog.find(rgb)
+        found = [self.haar.find(rgb), hog]
+        return merge_faces(found if hog else [*found, self.cnn.find(rgb)])
 
 
 def scaled_down(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:

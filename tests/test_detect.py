@@ -111,13 +111,18 @@ def test_overlapping_boxes_of_two_detectors_are_one_face_naming_both():
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("found, cnn_runs, faces", [(0, True, 2), (1, False, 1), (2, True, 3)])
-def test_the_combined_mode_asks_the_cnn_where_no_face_or_several_were_found(found, cnn_runs, faces):
-    hog = Listed(*[Face((60 * i, 0, 40, 40), HOG, 1.0) for i in range(found)])
+@pytest.mark.parametrize("haar_found, hog_found, cnn_runs", [(0, 0, True), (1, 0, True), (1, 1, False), (0, 2, False)])
+def test_the_combined_mode_asks_the_cnn_where_hog_found_no_face(haar_found, hog_found, cnn_runs):
+    haar = Listed(*[Face((2, 0, 44, 44), HAAR, 50.0)][:haar_found])
+    hog = Listed(*[Face((60 * i, 0, 40, 40), HOG, 1.0) for i in range(hog_found)])
     cnn = Listed(Face((300, 300, 50, 50), CNN, 1.1), Face((0, 2, 40, 40), CNN, 1.0))
-    combined = CombinedFinder(Listed(), hog, cnn).find(np.zeros((400, 400, 3), np.uint8))
-    assert cnn.calls == int(cnn_runs)
-    assert len(combined) == faces  # the CNN's face on a HOG face is not a second one
+    combined = CombinedFinder(haar, hog, cnn).find(np.zeros((400, 400, 3), np.uint8))
+    assert haar.calls == hog.calls == 1 and cnn.calls == int(cnn_runs)
+    faces = {face.box: face.detector for face in combined}
+    if cnn_runs:  # the CNN's face on Haar's is not a second one
+        assert faces == ({(2, 0, 44, 44): "haar+dlib-cnn"} if haar_found else {(0, 2, 40, 40): CNN}) | {(300, 300, 50, 50): CNN}
+    else:
+        assert len(faces) == max(haar_found, hog_found) and HOG in "+".join(faces.values())
 
 
 def test_a_face_at_the_photo_edge_embeds_as_dlib_embeds_it(data_dir):
