@@ -25,6 +25,9 @@ face by face: the annotated faces of group_photos/faces.csv (dlib's boxes of the
 found at IoU >= 0.3; on the collection's photos (every ``--every``-th), the faces that any of haar, dlib-hog
 and dlib-cnn finds alone (overlapping boxes counted once) found; faces on the no-face photos; photos/s, peak
 memory.
+
+``--cpu-every N`` also compares CPU-seconds in one process on every N-th labelled and one-off photo:
+facepipe's detect and embed against face_recognition's recipe (steadier than photos/s on a busy machine).
 """
 
 from __future__ import annotations
@@ -247,14 +250,51 @@ def compare_detectors(shared: Path, collection: pd.DataFrame, out: Path, every: 
               f"| {r['seconds']:.1f} | {n_photos / r['seconds']:.2f} | {r['peak_rss_mib']:.0f} |", flush=True)
 
 
+def cpu_per_photo(collection: pd.DataFrame, every: int) -> None:
+    """CPU-seconds in one process (1 thread), which other jobs on the machine change far less than the wall
+    clock: facepipe's detect (stage defaults, crops cut as detect cuts them) and dlib-resnet128 embedding
+    against face_recognition's recipe (HOG upsampled once on the full photo, landmarks, dlib's descriptor),
+    on every ``every``-th labelled and one-off photo."""
+    import cv2
+    import torch
+    from PIL import Image
+
+    from facepipe.detect import DetectorParams, face_finder, square_crop
+    from facepipe.detectors import find_faces
+    from facepipe.images import load_image_rgb
+    from facepipe.models.dlib_resnet import DlibResNet128Embedder
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    photos = collection.loc[collection["kind"] != "no-face", "path"].tolist()[::every]
+    finder, embedder = face_finder(DetectorParams()), DlibResNet128Embedder(face_margin=0.2, device="cpu")
+    started, crops = time.process_time(), []
+    for path in photos:
+        rgb = load_image_rgb(path)
+        crops += [square_crop(rgb, face.box, 0.2, 224) for face in find_faces(rgb, finder, 640)]
+    detect_cpu = time.process_time() - started
+    started = time.process_time()
+    embedder.embed(crops)
+    embed_cpu = time.process_time() - started
+    _recipe_init()
+    started = time.process_time()
+    recipe_faces = sum(len(_recipe_photo(path)) for path in photos)
+    recipe_cpu = time.process_time() - started
+    print(f"\nCPU-s in one process on {len(photos)} photos: facepipe detect {detect_cpu:.1f} ({len(crops)} faces) + "
+          f"embed {embed_cpu:.1f} = {detect_cpu + embed_cpu:.1f}; face_recognition's recipe {recipe_cpu:.1f} "
+          f"({recipe_faces} faces): facepipe {recipe_cpu / (detect_cpu + embed_cpu):.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "collection")
-    parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
+    parser.add_argument("--pipelines", nargs="*", choices=PIPELINES, default=list(PIPELINES))
     parser.add_argument("--detectors", action="store_true", help="also compare the detectors alone, face by face")
     parser.add_argument("--every", type=int, default=1,
                         help="--detectors: compare them on every N-th photo of the collection (default 1: all)")
+    parser.add_argument("--cpu-every", type=int, default=0,
+                        help="also compare the CPU-seconds per photo in one process on every N-th photo (0: not)")
     parser.add_argument("--one", choices=PIPELINES, help=argparse.SUPPRESS)
     parser.add_argument("--one-detector", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -289,6 +329,8 @@ def main() -> None:
               f"| {r['photos_per_s']:.2f} | {speed} | {r['peak_rss_mib']:.0f} |")
     if args.detectors:
         compare_detectors(args.shared, collection, args.out, args.every)
+    if args.cpu_every:
+        cpu_per_photo(collection, args.cpu_every)
 
 
 if __name__ == "__main__":
