@@ -1,9 +1,9 @@
 """The face detectors of the detect stage: OpenCV's Haar cascade, dlib's HOG and MMOD CNN detectors, and
 the combined mode (the default): Haar and dlib's HOG detector look at every photo, and dlib's CNN at the
-photos where HOG found no face, whatever Haar found (a face HOG misses is most often turned, and then rarely
-alone in its photo with a frontal one). Boxes of different detectors that overlap are one face
-(``merge_faces``), so a face is cropped once, and its ``detector`` names every detector that found it
-(``haar+dlib-hog``). The choices were made on held-out people (``benchmarks/bench_detect_settings.py``).
+photos where HOG found no face, whatever Haar found (the faces it adds, mostly turned ones, were almost all
+in such photos). Boxes of different detectors that overlap are one face (``merge_faces``), so a face is
+cropped once, and its ``detector`` names every detector that found it (``haar+dlib-hog``). The choices were
+made on held-out people (``benchmarks/bench_detect_settings.py``, results in benchmarks/README.md).
 
 Every detector sees the photo scaled down so that its longer side is at most ``max_side`` (a large photo
 costs no more than a medium one, and faces in it stay far above the smallest size found); the boxes are
