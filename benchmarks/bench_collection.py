@@ -1,6 +1,6 @@
 """A real mixed photo collection end to end: facepipe's stages with their defaults beside face_recognition's recipe.
 
-    python benchmarks/bench_collection.py [--shared ../shared] [--out benchmarks/out/collection] [--detectors]
+    python benchmarks/bench_collection.py [--shared ../shared] [--out benchmarks/out/collection] [--detectors [--every N]]
 
 The collection, built from ../shared/data: celeba_wild (300 unaligned photos of 10 people, often with
 several faces; the manifest names the main face's person), lfw_singletons (150 people with one photo
@@ -20,8 +20,14 @@ without a face, or whose face is unknown, is a group of its own); the share of o
 largest face landed in a labelled person's group (a group holding the largest face of a labelled photo);
 faces found on the no-face photos; photos/s over the whole pipeline; peak memory (RSS, all processes).
 
-``--detectors`` also runs detect alone with each detector (2 workers) over the same photos: the share of
-labelled and of one-off photos with a face found, faces on the no-face photos, photos/s.
+``--detectors`` also runs each detector alone (facepipe's, 2 workers, and face_recognition's HOG, 2 processes),
+face by face: the annotated faces of group_photos/faces.csv (dlib's boxes of the 43 faces of its 9 group photos)
+found at IoU >= 0.3; on the collection's photos (every ``--every``-th), the faces that any of haar, dlib-hog
+and dlib-cnn finds alone (overlapping boxes counted once) found; faces on the no-face photos; photos/s, peak
+memory.
+
+``--cpu-every N`` also compares CPU-seconds in one process on every N-th labelled and one-off photo:
+facepipe's detect and embed against face_recognition's recipe (steadier than photos/s on a busy machine).
 """
 
 from __future__ import annotations
@@ -183,39 +189,149 @@ def run_one(pipeline: str, collection_csv: Path, out: Path) -> None:
     print(json.dumps(figures))
 
 
-def compare_detectors(collection: pd.DataFrame, out: Path) -> None:
-    """detect alone with each detector over the collection: what it finds and what it costs."""
+def _recipe_boxes(path: str) -> tuple[str, list[list[int]]]:
+    """face_recognition.face_locations(image, 1): dlib's HOG upsampled once on the full photo, boxes (x, y, w, h)."""
+    from PIL import Image
+
+    rects = _recipe["detector"](np.asarray(Image.open(path).convert("RGB")), 1)
+    return path, [[r.left(), r.top(), r.width(), r.height()] for r in rects]
+
+
+def detect_one(detector: str, photos_file: Path, out: Path) -> None:
+    """One detector alone (2 processes) over the listed photos, in this process; prints its boxes per photo, its
+    seconds and peak memory as JSON. ``detector`` is one of facepipe's or "face_recognition" (the recipe's HOG)."""
     from facepipe.detect import DetectorParams, detect
+
+    photos = photos_file.read_text(encoding="utf-8").splitlines()
+    started = time.perf_counter()
+    if detector == "face_recognition":
+        with get_context("fork").Pool(2, initializer=_recipe_init) as pool:
+            boxes = dict(pool.imap(_recipe_boxes, photos, chunksize=4))
+    else:
+        detect([photos_file], out, DetectorParams(detector=detector), workers=2, force=True, show_progress=False)
+        detections = pd.read_csv(out / "detections.csv")
+        boxes = {path: [] for path in photos}
+        for path, rows in detections.groupby("source"):
+            boxes[path] = rows[["x", "y", "w", "h"]].to_numpy().tolist()
+    seconds = time.perf_counter() - started
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"detector": detector, "seconds": seconds, "boxes": boxes,
+                      "peak_rss_mib": max(own.ru_maxrss, children.ru_maxrss) / 1024}))
+
+
+def matched_faces(targets: list, found: list) -> int:
+    """How many of the ``targets`` boxes a box of ``found`` overlaps at IoU >= 0.3, each found box used once."""
+    from facepipe.detectors import box_iou
+
+    free, count = list(found), 0
+    for target in targets:
+        best = max(free, key=lambda box: box_iou(target, box), default=None)
+        if best is not None and box_iou(target, best) >= 0.3:
+            free.remove(best)
+            count += 1
+    return count
+
+
+def union_of_alone(results: dict[str, dict], photos: list[str]) -> dict[str, list]:
+    """Per photo, the faces that any of facepipe's detectors finds when run alone, overlapping boxes counted once."""
+    from facepipe.detectors import CNN, HAAR, HOG, Face, merge_faces
+
+    return {path: [face.box for face in merge_faces([[Face(tuple(box), name, 0.0) for box in results[name]["boxes"][path]]
+                                                     for name in (HAAR, HOG, CNN)])] for path in photos}
+
+
+def compare_detectors(shared: Path, collection: pd.DataFrame, out: Path, every: int) -> None:
+    """Each detector alone (facepipe's, its default first, and face_recognition's), face by face: the annotated
+    faces of group_photos/faces.csv found, the faces that any of facepipe's detectors finds alone found on every
+    ``every``-th photo of the collection, faces on the no-face photos, and what it costs (fresh process each)."""
     from facepipe.detectors import DETECTORS
 
-    listing = out / "photos.txt"
-    listing.write_text("\n".join(collection["path"]) + "\n", encoding="utf-8")
-    print("\n| detector | labelled photos with a face | one-off photos with a face | faces on no-face photos "
-          "| seconds | photos/s |")
-    print("|---|---|---|---|---|---|")
-    for detector in DETECTORS:
-        started = time.perf_counter()
-        detect([listing], out / f"detect-{detector}", DetectorParams(detector=detector), workers=2, force=True,
-               show_progress=False)
-        seconds = time.perf_counter() - started
-        sources = pd.read_csv(out / f"detect-{detector}" / "sources.csv").set_index("source")["faces"]
-        faces = collection.assign(faces=sources.reindex(collection["path"]).to_numpy())
-        found = faces.groupby("kind")["faces"].apply(lambda f: (f > 0).mean())
-        print(f"| {detector} | {found['labelled']:.1%} | {found['one-off']:.1%} "
-              f"| {int(faces.loc[faces['kind'] == 'no-face', 'faces'].sum())} | {seconds:.1f} "
-              f"| {len(faces) / seconds:.2f} |", flush=True)
+    annotations = pd.read_csv(shared / "data" / "group_photos" / "faces.csv")
+    annotations["path"] = [str((shared / "data" / "group_photos" / rel).resolve()) for rel in annotations["relpath"]]
+    no_face = collection.loc[collection["kind"] == "no-face", "path"].tolist()
+    sample = collection.loc[collection["kind"] != "no-face", "path"].tolist()[::every]
+    annotated = sorted(set(annotations["path"]))
+    photos_file = out / "detector-photos.txt"
+    photos_file.write_text("\n".join(annotated + no_face + sample) + "\n", encoding="utf-8")
+    results = {}
+    for detector in (*DETECTORS, "face_recognition"):
+        result = subprocess.run([sys.executable, __file__, "--out", str(out), "--one-detector", detector],
+                                capture_output=True, text=True, env=dict(os.environ))
+        if result.returncode != 0:
+            sys.exit(f"detector {detector} failed:\n{result.stderr}")
+        results[detector] = json.loads(result.stdout.strip().splitlines()[-1])
+    union = union_of_alone(results, sample)
+    in_union = sum(len(faces) for faces in union.values())
+    n_photos = len(annotated) + len(no_face) + len(sample)
+    print(f"\n{n_photos} photos: the {len(annotated)} annotated group photos ({len(annotations)} faces), the "
+          f"{len(no_face)} no-face photos, every {every}th other photo of the collection ({len(sample)}: "
+          f"{in_union} faces that haar, dlib-hog or dlib-cnn finds alone)")
+    print("\n| detector | annotated faces found | faces any detector finds alone, found | faces on no-face photos "
+          "| seconds | photos/s | peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for detector, r in results.items():
+        boxes = r["boxes"]
+        found = sum(matched_faces(rows[["left", "top", "width", "height"]].to_numpy().tolist(), boxes[path])
+                    for path, rows in annotations.groupby("path"))
+        alone = sum(matched_faces(union[path], boxes[path]) for path in sample)
+        print(f"| {detector} | {found} of {len(annotations)} ({found / len(annotations):.1%}) "
+              f"| {alone} of {in_union} ({alone / in_union:.1%}) | {sum(len(boxes[p]) for p in no_face)} "
+              f"| {r['seconds']:.1f} | {n_photos / r['seconds']:.2f} | {r['peak_rss_mib']:.0f} |", flush=True)
+
+
+def cpu_per_photo(collection: pd.DataFrame, every: int) -> None:
+    """CPU-seconds in one process (1 thread), which other jobs on the machine change far less than the wall
+    clock: facepipe's detect (stage defaults, crops cut as detect cuts them) and dlib-resnet128 embedding
+    against face_recognition's recipe (HOG upsampled once on the full photo, landmarks, dlib's descriptor),
+    on every ``every``-th labelled and one-off photo."""
+    import cv2
+    import torch
+    from PIL import Image
+
+    from facepipe.detect import DetectorParams, face_finder, square_crop
+    from facepipe.detectors import find_faces
+    from facepipe.images import load_image_rgb
+    from facepipe.models.dlib_resnet import DlibResNet128Embedder
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    photos = collection.loc[collection["kind"] != "no-face", "path"].tolist()[::every]
+    finder, embedder = face_finder(DetectorParams()), DlibResNet128Embedder(face_margin=0.2, device="cpu")
+    started, crops = time.process_time(), []
+    for path in photos:
+        rgb = load_image_rgb(path)
+        crops += [square_crop(rgb, face.box, 0.2, 224) for face in find_faces(rgb, finder, 640)]
+    detect_cpu = time.process_time() - started
+    started = time.process_time()
+    embedder.embed(crops)
+    embed_cpu = time.process_time() - started
+    _recipe_init()
+    started = time.process_time()
+    recipe_faces = sum(len(_recipe_photo(path)) for path in photos)
+    recipe_cpu = time.process_time() - started
+    print(f"\nCPU-s in one process on {len(photos)} photos: facepipe detect {detect_cpu:.1f} ({len(crops)} faces) + "
+          f"embed {embed_cpu:.1f} = {detect_cpu + embed_cpu:.1f}; face_recognition's recipe {recipe_cpu:.1f} "
+          f"({recipe_faces} faces): facepipe {recipe_cpu / (detect_cpu + embed_cpu):.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "collection")
-    parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
-    parser.add_argument("--detectors", action="store_true", help="also compare the detectors alone")
+    parser.add_argument("--pipelines", nargs="*", choices=PIPELINES, default=list(PIPELINES))
+    parser.add_argument("--detectors", action="store_true", help="also compare the detectors alone, face by face")
+    parser.add_argument("--every", type=int, default=1,
+                        help="--detectors: compare them on every N-th photo of the collection (default 1: all)")
+    parser.add_argument("--cpu-every", type=int, default=0,
+                        help="also compare the CPU-seconds per photo in one process on every N-th photo (0: not)")
     parser.add_argument("--one", choices=PIPELINES, help=argparse.SUPPRESS)
+    parser.add_argument("--one-detector", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     collection_csv = args.out / "collection.csv"
+    if args.one_detector:
+        detect_one(args.one_detector, args.out / "detector-photos.txt", args.out / f"detect-{args.one_detector}")
+        return
     if args.one:
         run_one(args.one, collection_csv, args.out / args.one)
         return
@@ -242,7 +358,9 @@ def main() -> None:
               f"| {r['photos_per_s']:.2f} | {speed} | {r['peak_rss_mib']:.0f} |")
     print_face_clustering(rows)
     if args.detectors:
-        compare_detectors(collection, args.out)
+        compare_detectors(args.shared, collection, args.out, args.every)
+    if args.cpu_every:
+        cpu_per_photo(collection, args.cpu_every)
 
 
 if __name__ == "__main__":

@@ -239,8 +239,9 @@ def main():
 @click.option("-o", "--out", "out_dir", default="temp", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the crops and the detections/sources/errors CSVs.")
 @click.option("--detector", type=click.Choice(DETECTORS), default=COMBINED, show_default=True,
-              help="haar+hog+cnn: the Haar cascade, dlib's HOG detector on the photos where Haar found no face, "
-                   "dlib's CNN where neither did; dlib-cnn: dlib's MMOD CNN alone (turned faces; slow on a CPU).")
+              help="haar+hog+cnn: the Haar cascade and dlib's HOG detector on every photo (a face both find is "
+                   "one crop), dlib's CNN where HOG found none; dlib-cnn: dlib's MMOD CNN alone (turned faces; "
+                   "slow on a CPU).")
 @click.option("--max-side", default=640, show_default=True, type=limited(DETECT["max_side"]),
               help="Photos are scaled down to this longer side for detection (crops are cut from the full photo).")
 @click.option("--cascade", default="haarcascade_frontalface_alt.xml", show_default=True,

