@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from facepipe.common import FacepipeError, progress, remove_stale_temporaries, resolve_device, seed_everything
-from facepipe.crops import cluster_pixel_means, load_crops, read_training_inputs
+from facepipe.crops import cluster_pixel_means, load_crops, masked_faces, read_training_inputs
 from facepipe.cvae.checkpoints import (
     crop_aligner,
     epoch_checkpoints,
@@ -31,6 +31,7 @@ from facepipe.cvae_settings import (
     DEFAULT_ALIGN_PADDING,
     DEFAULT_ALIGNMENT,
     DEFAULT_DRAW_IDENTITY,
+    DEFAULT_FACE_MASK,
     DEFAULT_IDENTITY_JITTER,
 )
 from facepipe.formats import (
@@ -48,9 +49,10 @@ from facepipe.locks import locks_output
 
 LOSS_PARTS = ("loss", "recon", "kl", "anchor", "identity", "draw_identity")
 # Settings that must match for --resume to continue a run (epochs may grow; the rest may not change).
-RESUME_KEYS = ("image_size", "alignment", "align_padding", "decoder_base", "latent_dim", "base_channels",
-               "max_channels", "beta", "mean_anchor", "identity_weight", "draw_identity", "identity_jitter",
-               "learning_rate", "batch_size", "val_fraction", "seed", "clusters", "data_fingerprint")
+RESUME_KEYS = ("image_size", "alignment", "align_padding", "face_mask", "decoder_base", "latent_dim",
+               "base_channels", "max_channels", "beta", "mean_anchor", "detail_weight", "identity_weight",
+               "draw_identity", "identity_jitter", "learning_rate", "batch_size", "val_fraction", "seed", "clusters",
+               "data_fingerprint")
 
 
 def split_train_validation(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +179,8 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster
                     draw_identity = draw_identity if len(draw_identity) else None
         loss, recon, kl, anchor, identity, draw_identity = cvae_loss(
             reconstruction, images, mu, logvar, present_faces[image_to_present], cluster_means[labels], identity,
-            draw_identity, config.beta, config.mean_anchor, config.identity_weight, config.draw_identity)
+            draw_identity, config.beta, config.mean_anchor, config.identity_weight, config.draw_identity,
+            config.detail_weight)
         if train:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -246,7 +249,10 @@ def _training_data(inputs, config: CVAEConfig, weights_dir: Path, device: str, s
     labels = torch.tensor([index_of[int(c)] for c in inputs.clusters], dtype=torch.long)
     train_rows, val_rows = split_train_validation(labels.numpy(), config.val_fraction, config.seed)
     aligner = crop_aligner(config, inputs.crops_dir, weights_dir)
-    images = torch.from_numpy(load_crops(inputs.names, inputs.crops_dir, config.image_size, show_progress, aligner))
+    crops = load_crops(inputs.names, inputs.crops_dir, config.image_size, show_progress, aligner)
+    if config.face_mask != "none":
+        crops = masked_faces(crops, labels.numpy(), range(config.num_classes), config.align_padding, train_rows)
+    images = torch.from_numpy(crops)
     if aligner is not None:
         write_alignment(weights_dir / ALIGNMENT_CSV, {name: aligner.landmarks[name] for name in inputs.names})
     # The targets of the z = 0 faces: each cluster's training crops, unflipped, as (clusters, 3, S, S) in [0, 1].
@@ -309,7 +315,7 @@ def train_cvae(
     weights_dir: str | Path = "weights",
     image_size: int = 64,
     align: str = DEFAULT_ALIGNMENT,
-    align_padding: float = DEFAULT_ALIGN_PADDING,
+    align_padding: float = DEFAULT_ALIGN_PADDING, face_mask: str = DEFAULT_FACE_MASK,
     latent_dim: int = 64,
     decoder_base: str = "mean",
     base_channels: int = 32,
@@ -317,8 +323,8 @@ def train_cvae(
     epochs: int = 40,
     batch_size: int = 32,
     learning_rate: float = 1e-3,
-    beta: float = 1.0,
-    mean_anchor: float = 100.0,
+    beta: float = 0.1,
+    mean_anchor: float = 1.0, detail_weight: float = 0.0,
     identity_weight: float | str = "auto",
     draw_identity: float = DEFAULT_DRAW_IDENTITY,
     identity_jitter: float = DEFAULT_IDENTITY_JITTER,
@@ -333,20 +339,20 @@ def train_cvae(
 ) -> TrainSummary:
     """Train the CVAE on the crops of ``cluster_results`` (not the unknown group); each epoch writes
     ``cvae_epoch_N.pt`` (the last ``keep_last`` kept), ``cvae_best.pt`` when the validation loss improves, and
-    ``cvae_log.csv`` into ``weights_dir``; ``resume`` continues a killed run to the same weights. ``align``
-    "dlib5" aligns the crops on their landmarks (recorded in ``alignment.csv``); ``identity_weight`` "auto" is
-    on for clusters whose embeddings allow it (``identity.identity_weight_for``)."""
+    ``cvae_log.csv`` into ``weights_dir``; ``resume`` continues a killed run to the same weights. ``align`` "dlib5"
+    aligns the crops on their landmarks (in ``alignment.csv``), ``face_mask`` "landmarks" lays them over grey
+    (``crops.masked_faces``); ``identity_weight`` "auto" is on where the embeddings allow (``identity_weight_for``)."""
     import torch
 
     started = time.perf_counter()
     if keep_last < 1:
         raise FacepipeError("--keep-last must be at least 1")
-    config = CVAEConfig(image_size=image_size, alignment=align, align_padding=float(align_padding),
+    config = CVAEConfig(image_size=image_size, alignment=align, align_padding=float(align_padding), face_mask=face_mask,
                         decoder_base=decoder_base, latent_dim=latent_dim, base_channels=base_channels,
                         max_channels=max_channels, beta=float(beta), mean_anchor=float(mean_anchor),
-                        draw_identity=float(draw_identity), identity_jitter=float(identity_jitter),
-                        learning_rate=float(learning_rate), batch_size=batch_size, epochs=epochs,
-                        val_fraction=float(val_fraction), seed=seed)
+                        detail_weight=float(detail_weight), draw_identity=float(draw_identity),
+                        identity_jitter=float(identity_jitter), learning_rate=float(learning_rate),
+                        batch_size=batch_size, epochs=epochs, val_fraction=float(val_fraction), seed=seed)
     config.check()  # every setting, before any input is read
     device = resolve_device(device)
     inputs = read_training_inputs(cluster_results, crops_dir)
