@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-KID_DEGREE = 3  # KID's polynomial kernel (x . y / d + 1) ^ 3, as in Binkowski et al. 2018
+KID_DEGREE = 3  # KID's cubic polynomial kernel (Binkowski et al. 2018), here on unit-length face descriptors
 
 
 def laplacian_sharpness(images: np.ndarray) -> np.ndarray:
@@ -50,15 +50,16 @@ def pairwise_cosine_distance(vectors: np.ndarray) -> float:
 
 def kernel_distance(generated: np.ndarray, real: np.ndarray) -> float:
     """KID: the unbiased squared maximum mean discrepancy between two sets of feature vectors (n, d) and
-    (m, d) under the cubic polynomial kernel; about 0 when both come from one distribution. NaN for sets
-    under 2."""
-    x, y = np.asarray(generated, dtype=np.float64), np.asarray(real, dtype=np.float64)
+    (m, d) under the cubic polynomial kernel (cosine + 1) ^ 3: face descriptors are compared by their
+    direction, so each is taken at unit length (where the usual x . y / d + 1 would be about 1 for any two).
+    About 0 when both come from one distribution; NaN for sets under 2."""
+    x, y = (np.asarray(v, dtype=np.float64) for v in (generated, real))
     if len(x) < 2 or len(y) < 2:
         return float("nan")
-    dim = x.shape[1]
+    x, y = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (x, y))
 
     def kernel(a, b):
-        return (a @ b.T / dim + 1.0) ** KID_DEGREE
+        return (a @ b.T + 1.0) ** KID_DEGREE
 
     kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
     n, m = len(x), len(y)

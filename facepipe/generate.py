@@ -312,7 +312,7 @@ def _realism(vectors: dict, crop_vectors: np.ndarray, model: str) -> dict:
     """KID (``kernel_distance``) between the generated faces (CVAE faces and draws together) and the clusters'
     real crops, and between the pixel means and the crops, in the embedding of ``model``, with the counts."""
     generated = np.concatenate([vectors["cvae"], *([vectors["random_draws"]] if "random_draws" in vectors else [])])
-    return {"measure": f"KID (cubic polynomial kernel, unbiased) in the {model} embedding, the one the identity "
+    return {"measure": f"KID (unbiased; kernel (cosine + 1)^3) in the {model} embedding, the one the identity "
                        "term trains on, so not independent: see benchmarks/bench_cvae.py for the judge's",
             "cvae_and_draws": kernel_distance(generated, crop_vectors), "cvae_and_draws_count": len(generated),
             "pixel_mean": kernel_distance(vectors["pixel_mean"], crop_vectors),

@@ -547,4 +547,6 @@ def test_face_measures_tell_blur_brightness_and_distribution_apart():
     assert pairwise_difference(np.stack([image, rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)]),
                                standardise=True) > 0.5
     same = [rng.normal(0, 1, (200, 16)) for _ in range(2)]
-    assert abs(kernel_distance(*same)) < 0.05 < kernel_distance(same[0] + 1.0, same[1])
+    shifted = kernel_distance(same[0] + 1.0, same[1])
+    print(f"KID, same distribution {kernel_distance(*same):.4f}, shifted {shifted:.4f}")
+    assert abs(kernel_distance(*same)) < 0.1 * shifted
