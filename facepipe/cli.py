@@ -23,8 +23,10 @@ from facepipe.cvae_settings import (
     DEFAULT_ALIGN_PADDING,
     DEFAULT_ALIGNMENT,
     DEFAULT_DRAW_IDENTITY,
+    DEFAULT_FACE_MASK,
     DEFAULT_IDENTITY_JITTER,
     DEFAULT_TEMPERATURE,
+    FACE_MASKS,
 )
 from facepipe.models import DEFAULT_MODEL, DLIB_CHIP_PADDING, DLIB_CROP_MODES, MODEL_NAMES
 
@@ -438,6 +440,9 @@ def probe_evaluate(embeddings_path, probe_path, manifest_path, out_dir, crops_di
 @click.option("--align-padding", default=DEFAULT_ALIGN_PADDING, show_default=True,
               type=limited(TRAIN_CVAE["align_padding"]),
               help="Room around the landmarks, as dlib's chip padding (0.25: brows to chin; 0.5 keeps the head).")
+@click.option("--face-mask", type=click.Choice(FACE_MASKS), default=DEFAULT_FACE_MASK, show_default=True,
+              help="landmarks: lay the aligned crops over grey through a soft mask of each group's face (dlib's 68 "
+                   "landmarks on its pixel mean: jaw, and the brows raised over the forehead); none: keep the background.")
 @click.option("--latent-dim", default=64, show_default=True, type=limited(TRAIN_CVAE["latent_dim"]), help="Size of z.")
 @renamed("--latent", "latent_dim", "--latent-dim", type=limited(TRAIN_CVAE["latent_dim"]))
 @click.option("--decoder-base", type=click.Choice(DECODER_BASES), default="mean", show_default=True,
@@ -450,11 +455,13 @@ def probe_evaluate(embeddings_path, probe_path, manifest_path, out_dir, crops_di
 @click.option("--learning-rate", default=1e-3, show_default=True, type=limited(TRAIN_CVAE["learning_rate"]),
               help="Adam's learning rate.")
 @renamed("--lr", "learning_rate", "--learning-rate", type=limited(TRAIN_CVAE["learning_rate"]))
-@click.option("--beta", default=1.0, show_default=True, type=limited(TRAIN_CVAE["beta"]),
+@click.option("--beta", default=0.1, show_default=True, type=limited(TRAIN_CVAE["beta"]),
               help="Weight of the KL term against the reconstruction error summed over pixels.")
-@click.option("--mean-anchor", default=100.0, show_default=True, type=limited(TRAIN_CVAE["mean_anchor"]),
+@click.option("--mean-anchor", default=1.0, show_default=True, type=limited(TRAIN_CVAE["mean_anchor"]),
               help="Weight of the error between each cluster's z = 0 face and its crops' pixel mean "
                    "(0: a plain CVAE, whose z = 0 face need not look like the cluster).")
+@click.option("--detail-weight", default=0.0, show_default=True, type=limited(TRAIN_CVAE["detail_weight"]),
+              help="Weight of the reconstruction error of the images' Laplacians (fine detail), beside the pixels'.")
 @click.option("--identity-weight", default="auto", show_default=True, type=AutoOr(limited(TRAIN_CVAE["identity_weight"])),
               help="Weight of 1 - cosine between the embedding of each cluster's z = 0 face and the cluster's "
                    "centroid; auto: 1000 when the clusters came from dlib-resnet128 embeddings, else 0 (off).")
@@ -481,17 +488,19 @@ def probe_evaluate(embeddings_path, probe_path, manifest_path, out_dir, crops_di
 @force_option
 @quiet_option
 @reports_errors
-def train_cvae(cluster_results, crops_dir, weights_dir, image_size, align, align_padding, latent_dim, decoder_base,
-               base_channels, epochs, batch_size, learning_rate, beta, mean_anchor, identity_weight, draw_identity,
-               identity_jitter, val_fraction, seed, keep_last, workers, resume, device, force, quiet):
+def train_cvae(cluster_results, crops_dir, weights_dir, image_size, align, align_padding, face_mask, latent_dim,
+               decoder_base, base_channels, epochs, batch_size, learning_rate, beta, mean_anchor, detail_weight,
+               identity_weight, draw_identity, identity_jitter, val_fraction, seed, keep_last, workers, resume, device,
+               force, quiet):
     """Train a conditional VAE on the crops of CLUSTER_RESULTS (cluster_results.csv from cluster; the cluster is
     the condition)."""
     from facepipe.cvae import train_cvae as run_train
 
     summary = run_train(cluster_results, crops_dir=crops_dir, weights_dir=weights_dir, image_size=image_size,
-                        align=align, align_padding=align_padding, latent_dim=latent_dim, decoder_base=decoder_base,
+                        align=align, align_padding=align_padding, face_mask=face_mask, latent_dim=latent_dim,
+                        decoder_base=decoder_base,
                         base_channels=base_channels, epochs=epochs, batch_size=batch_size,
-                        learning_rate=learning_rate, beta=beta, mean_anchor=mean_anchor,
+                        learning_rate=learning_rate, beta=beta, mean_anchor=mean_anchor, detail_weight=detail_weight,
                         identity_weight=identity_weight, draw_identity=draw_identity,
                         identity_jitter=identity_jitter, val_fraction=val_fraction, seed=seed, keep_last=keep_last,
                         workers=workers, device=device, resume=resume, force=force, show_progress=not quiet)

@@ -116,6 +116,55 @@ def load_crops(names: Sequence[str], crops_dir: str | Path, size: int, show_prog
     return images
 
 
+FACE_LANDMARKS_68 = "shape_predictor_68_face_landmarks.dat"
+MASK_WORK_SIDE = 200  # the pixel mean is enlarged to this side for dlib's 68-point predictor
+FOREHEAD_LIFT = 0.45  # the brows raised by this share of the brow-to-chin height: the mask takes in the forehead
+MASK_FEATHER = 1 / 40  # the mask's edge blurred by a Gaussian of this share of the side
+NEUTRAL_GREY = 128
+_FACE_PREDICTOR = None  # dlib's 68-point shape predictor, loaded on first use
+
+
+def face_mask(mean_face: np.ndarray, padding: float) -> np.ndarray:
+    """A soft mask (S, S) in [0, 1] of the face in a landmark-aligned pixel mean (uint8 (S, S, 3), aligned with
+    ``padding``): the convex hull of the jaw line and of the brows raised over the forehead, from dlib's 68
+    landmarks found on that mean (where the 5-point alignment put the face), its edge feathered."""
+    import cv2
+    import dlib
+
+    from facepipe.models import model_file
+
+    global _FACE_PREDICTOR
+    if _FACE_PREDICTOR is None:
+        _FACE_PREDICTOR = dlib.shape_predictor(str(model_file(FACE_LANDMARKS_68)))
+    side = mean_face.shape[0]
+    work = cv2.resize(np.ascontiguousarray(mean_face), (MASK_WORK_SIDE, MASK_WORK_SIDE), interpolation=cv2.INTER_CUBIC)
+    low, high = padding / (2 * padding + 1) * MASK_WORK_SIDE, (padding + 1) / (2 * padding + 1) * MASK_WORK_SIDE
+    grow = 0.1 * (high - low)  # the landmark template, grown a little: the face box dlib's predictor expects
+    box = dlib.rectangle(int(low - grow), int(low - grow), int(high + grow), int(high + grow))
+    points = np.array([[p.x, p.y] for p in _FACE_PREDICTOR(work, box).parts()], dtype=np.float64)
+    jaw, brows = points[:17], points[17:27]
+    forehead = brows - [0.0, FOREHEAD_LIFT * (points[8, 1] - points[27, 1])]
+    hull = cv2.convexHull((np.concatenate([jaw, forehead]) * side / MASK_WORK_SIDE).astype(np.float32))
+    mask = np.zeros((side, side), np.float32)
+    cv2.fillConvexPoly(mask, np.round(hull).astype(np.int32), 1.0, lineType=cv2.LINE_AA)
+    return cv2.GaussianBlur(mask, (0, 0), side * MASK_FEATHER)
+
+
+def masked_faces(images: np.ndarray, labels: np.ndarray, wanted: Sequence, padding: float,
+                 reference: np.ndarray | None = None) -> np.ndarray:
+    """The aligned crops (uint8 (n, S, S, 3)) of each label in ``wanted`` laid over neutral grey through their
+    label's ``face_mask``, found on the pixel mean of that label's crops (those of the rows ``reference`` only,
+    when given: train-cvae's training crops)."""
+    reference = np.arange(len(images)) if reference is None else reference
+    means = cluster_pixel_means(images[reference], labels[reference], wanted)
+    out = images.copy()
+    for label, mean in zip(wanted, means):
+        mask = face_mask((mean + 0.5).astype(np.uint8), padding)[None, :, :, None]
+        rows = labels == label
+        out[rows] = (mask * images[rows] + (1.0 - mask) * NEUTRAL_GREY + 0.5).astype(np.uint8)
+    return out
+
+
 def cluster_pixel_means(images: np.ndarray, labels: np.ndarray, wanted: Sequence) -> np.ndarray:
     """Pixel-wise mean of the crops (n, S, S, 3) of each label in ``wanted`` -> float64 (len(wanted), S, S, 3)."""
     return np.stack([images[labels == label].astype(np.float64).mean(axis=0) for label in wanted])

@@ -5,6 +5,8 @@ ALIGNMENTS = ("dlib5", "none")
 DEFAULT_ALIGNMENT = "dlib5"
 DEFAULT_ALIGN_PADDING = 0.5  # dlib's 0.25 shows brows to chin; 0.5 keeps the hair and the chin's outline
 MAX_ALIGN_PADDING = 2.0
+FACE_MASKS = ("landmarks", "none")  # landmarks: the crops over neutral grey through a mask of the face (crops.face_mask)
+DEFAULT_FACE_MASK = "landmarks"
 DECODER_BASES = ("mean", "none")  # mean: the decoder adds its output to the logits of the cluster's pixel mean
 DEFAULT_DRAW_IDENTITY = 1.0  # the identity term on random draws, relative to its weight on the z = 0 faces
 MAX_DRAW_IDENTITY = 100.0

@@ -2,8 +2,9 @@
 (aligned as the CVAE's training crops were), and random draws of the cluster's faces.
 
 With ``evaluate=True`` the aggregated faces and the draws are embedded with the model that made the clusters
-and scored by identity fidelity (is the face nearest, by cosine, to its own cluster's centroid?), and the
-sharpness of each face is set beside its pixel mean's and its crops' (``gradient_energy``).
+and scored by identity fidelity (is the face nearest, by cosine, to its own cluster's centroid?); their
+sharpness, the spread of the draws and a kernel distance to the crops are set beside the crops' own
+(``face_measures``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,16 @@ import numpy as np
 
 from facepipe import __version__
 from facepipe.common import FacepipeError, progress, remove_own_temporaries, resolve_device
-from facepipe.crops import CropAligner, cluster_pixel_means, load_crops, read_training_inputs
+from facepipe.crops import CropAligner, cluster_pixel_means, load_crops, masked_faces, read_training_inputs
 from facepipe.cvae import crop_aligner, find_checkpoint, load_cvae
 from facepipe.cvae_settings import DEFAULT_TEMPERATURE
+from facepipe.face_measures import (
+    kernel_distance,
+    laplacian_sharpness,
+    pairwise_cosine_distance,
+    pairwise_difference,
+    relative,
+)
 from facepipe.formats import (
     CENTROIDS_CSV,
     Embeddings,
@@ -65,9 +73,23 @@ class GenerateSummary:
             draws = self.fidelity.get("random_draws")
             if draws:
                 text += f", random draws {draws['correct']}/{draws['of']}"
-            sharpness = self.fidelity["sharpness"]
-            text += f"; sharpness CVAE {sharpness['cvae']:.0f}, pixel mean {sharpness['pixel_mean']:.0f}"
+            text += _measures_text(self.fidelity)
         return text + f"{left_alone_phrase(self.left_alone)} in {self.seconds:.1f}s"
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _measures_text(fidelity: dict) -> str:
+    """``; sharpness / crops' CVAE a, pixel mean b; draw diversity / crops' c (standardised d)`` from fidelity.json."""
+    sharpness, diversity = fidelity["sharpness"], fidelity["draw_diversity"]
+    text = (f"; sharpness / crops' CVAE {_ratio(sharpness['cvae_relative'])}, "
+            f"pixel mean {_ratio(sharpness['pixel_mean_relative'])}")
+    if fidelity.get("random_draws"):
+        text += (f"; draw diversity / crops' {_ratio(diversity['pixel_difference_relative'])} "
+                 f"(standardised {_ratio(diversity['standardised_difference_relative'])})")
+    return text
 
 
 def _to_uint8(images) -> np.ndarray:
@@ -100,17 +122,19 @@ def decode_faces(model, config, clusters: Sequence[int], samples: int = 0, seed:
 
 
 def pixel_means(names: Sequence[str], cluster_of: np.ndarray, clusters: Sequence[int], crops_dir: Path, size: int,
-                show_progress: bool = True, aligner: CropAligner | None = None) -> tuple[np.ndarray, list[int], list[float]]:
-    """The pixel-wise mean of each cluster's crops at ``size`` (aligned by ``aligner``, if given) -> uint8
-    (n, size, size, 3), the crop counts, and the mean sharpness of the crops (``gradient_energy``)."""
+                show_progress: bool = True, aligner: CropAligner | None = None,
+                face_mask: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The pixel-wise mean of each cluster's crops at ``size`` (aligned by ``aligner``, if given, and over grey
+    through each cluster's face mask with ``face_mask``: ``crops.masked_faces``) -> uint8 (n, size, size, 3), and
+    each cluster's crops as they were averaged (uint8 (count, size, size, 3))."""
     wanted = np.isin(cluster_of, list(clusters))
     chosen = [name for name, keep in zip(names, wanted) if keep]
     images = load_crops(chosen, crops_dir, size, show_progress, aligner)
     chosen_clusters = cluster_of[wanted]
-    counts = [int((chosen_clusters == cluster).sum()) for cluster in clusters]
-    sharpness = gradient_energy(images)
-    crop_sharpness = [float(sharpness[chosen_clusters == cluster].mean()) for cluster in clusters]
-    return (cluster_pixel_means(images, chosen_clusters, clusters) + 0.5).astype(np.uint8), counts, crop_sharpness
+    if face_mask:
+        images = masked_faces(images, chosen_clusters, clusters, aligner.padding)
+    means = (cluster_pixel_means(images, chosen_clusters, clusters) + 0.5).astype(np.uint8)
+    return means, [images[chosen_clusters == cluster] for cluster in clusters]
 
 
 def contact_sheet(clusters: Sequence[int], counts: Sequence[int], means: np.ndarray, faces: np.ndarray,
@@ -172,14 +196,6 @@ def identity_fidelity(vectors: np.ndarray, own: Sequence[int], centroid_ids: Seq
     }
 
 
-def gradient_energy(images: np.ndarray) -> np.ndarray:
-    """Sharpness of uint8 RGB images (n, S, S, 3): the mean over pixels of the squared grey-level gradient
-    (central differences, grey levels 0..255) -> (n,). A blurred or ghosted face scores lower."""
-    grey = images.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    rows, columns = np.gradient(grey, axis=(1, 2))
-    return (rows**2 + columns**2).mean(axis=(1, 2))
-
-
 def _kind_scores(vectors: np.ndarray, owners: Sequence[int], centroid_ids, centroids) -> dict:
     scores = identity_fidelity(vectors, owners, centroid_ids, centroids)
     return {"correct": scores["correct"], "of": len(owners), "fraction": scores["fraction"],
@@ -188,10 +204,11 @@ def _kind_scores(vectors: np.ndarray, owners: Sequence[int], centroid_ids, centr
 
 def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[int], inputs, embeddings_path: Path,
                       device: str = "cpu", aligner: CropAligner | None = None, drawn: Sequence[np.ndarray] = (),
-                      crop_sharpness: Sequence[float] | None = None) -> dict:
+                      crops: Sequence[np.ndarray] | None = None) -> dict:
     """Embed the CVAE faces, the pixel means and the random draws (``drawn``, per cluster) like the crops were
-    embedded, score each (see identity_fidelity), and set their sharpness beside the crops' (``crop_sharpness``,
-    per cluster, from ``pixel_means``; None leaves them out).
+    embedded, score each (see identity_fidelity), and set them beside each cluster's crops (``crops``, per
+    cluster, at the CVAE's size, from ``pixel_means``; None leaves those measures out): sharpness, the spread of
+    the draws, and a kernel distance to the crops in the embedding (``face_measures``).
 
     Faces are resized to the crops' own size first (``at_crop_size``). Landmark-aligned faces (``aligner``) are
     scored against centroids of the crops aligned the same way, unaligned ones against the cluster stage's.
@@ -203,32 +220,43 @@ def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[i
     if aligner is None:
         centroid_ids, centroids, centroid_source = saved_or_recomputed_centroids(inputs, embeddings)
         embedder = load_embedder_like(embeddings, embeddings_path, device=device)
+        row_of = {name: row for row, name in enumerate(embeddings.names)}
+        crop_vectors = embeddings.vectors[[row_of[name] for name in inputs.names]]
     else:
         embedder = load_embedder_like(embeddings, embeddings_path, device=device, face_margin=aligner.padding)
         aligned = load_crops(inputs.names, inputs.crops_dir, side, False, aligner)
-        centroid_ids, centroids = cluster_centroids(Embeddings(inputs.names, embedder.embed(list(aligned))),
-                                                    inputs.names, inputs.clusters)
+        crop_vectors = embedder.embed(list(aligned))
+        centroid_ids, centroids = cluster_centroids(Embeddings(inputs.names, crop_vectors), inputs.names,
+                                                    inputs.clusters)
         centroid_source = (f"the crops aligned as the CVAE's (padding {aligner.padding:g}), embedded again: mean of "
                            "each cluster's L2-normalised embeddings, normalised; nearest = highest cosine")
 
-    def scores(images, owners):
-        return _kind_scores(embedder.embed(at_crop_size(images, inputs.crops_dir, inputs.names[0])), owners,
-                            centroid_ids, centroids)
+    def embedded(images):
+        return embedder.embed(at_crop_size(images, inputs.crops_dir, inputs.names[0]))
 
-    cvae, mean = scores(faces, clusters), scores(means, clusters)
+    vectors = {"cvae": embedded(faces), "pixel_mean": embedded(means)}
+    cvae, mean = (_kind_scores(vectors[kind], clusters, centroid_ids, centroids) for kind in ("cvae", "pixel_mean"))
     draw_owners = [c for c, tiles in zip(clusters, drawn) for _ in range(len(tiles))]
-    draws = scores([tile for tiles in drawn for tile in tiles], draw_owners) if draw_owners else None
-    crop_sharpness = [math.nan] * len(clusters) if crop_sharpness is None else list(crop_sharpness)
-    face_sharpness, mean_sharpness = gradient_energy(faces), gradient_energy(means)
+    draws = None
+    if draw_owners:
+        vectors["random_draws"] = embedded([tile for tiles in drawn for tile in tiles])
+        draws = _kind_scores(vectors["random_draws"], draw_owners, centroid_ids, centroids)
+    crops = [np.empty((0, *faces.shape[1:]), np.uint8)] * len(clusters) if crops is None else list(crops)
+    sharpness = _sharpness(faces, means, drawn, crops)
+    sharpness_of = {kind: sharpness.pop(f"{kind}_per_cluster") for kind in ("cvae", "pixel_mean", "crops")}
     per_cluster = [
         {"cluster": int(c), "cvae_nearest": cvae["nearest"][i], "cvae_cosine_to_own": cvae["cosine_to_own"][i],
          "pixel_mean_nearest": mean["nearest"][i], "pixel_mean_cosine_to_own": mean["cosine_to_own"][i],
-         "cvae_sharpness": float(face_sharpness[i]), "pixel_mean_sharpness": float(mean_sharpness[i]),
-         "crops_sharpness": crop_sharpness[i]}
+         **{f"{kind}_sharpness": values[i] for kind, values in sharpness_of.items()}}
         for i, c in enumerate(clusters)
     ]
+    crop_rows = {cluster: np.flatnonzero(inputs.clusters == cluster) for cluster in clusters}
+    diversity = _draw_diversity(drawn, crops, vectors.get("random_draws"), draw_owners, clusters, crop_vectors,
+                                crop_rows)
+    for row, spread in zip(per_cluster, diversity.pop("per_cluster")):
+        row.update(spread)
     summary = ("correct", "of", "fraction", "mean_cosine_to_own")
-    return {
+    return _finite_or_none({
         "model": embeddings.model,
         "embeddings": str(Path(embeddings_path).resolve()),
         "centroids": centroid_source,
@@ -237,13 +265,76 @@ def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[i
         "cvae": {k: cvae[k] for k in summary},
         "pixel_mean": {k: mean[k] for k in summary},
         "random_draws": None if draws is None else {k: draws[k] for k in summary},
-        "sharpness": {"measure": "mean squared grey-level gradient (0..255 levels) at the CVAE's image size",
-                      "cvae": float(face_sharpness.mean()), "pixel_mean": float(mean_sharpness.mean()),
-                      "crops": float(np.mean(crop_sharpness)) if crop_sharpness else math.nan,
-                      "draws": float(gradient_energy(np.stack([t for tiles in drawn for t in tiles])).mean())
-                      if draw_owners else None},
+        "sharpness": sharpness,
+        "draw_diversity": diversity,
+        "realism": _realism(vectors, crop_vectors[np.concatenate(list(crop_rows.values()))], embeddings.model),
         "per_cluster": per_cluster,
-    }
+    })
+
+
+def _sharpness(faces: np.ndarray, means: np.ndarray, drawn: Sequence[np.ndarray], crops: Sequence[np.ndarray]) -> dict:
+    """Sharpness (``laplacian_sharpness``) of the faces, pixel means and draws, and each relative to the median of
+    its cluster's crops at the same size."""
+    crop_medians = [float(np.median(laplacian_sharpness(c))) if len(c) else math.nan for c in crops]
+    face_values, mean_values = laplacian_sharpness(faces), laplacian_sharpness(means)
+    draw_values = [float(np.mean(laplacian_sharpness(d))) if len(d) else math.nan for d in drawn] or \
+        [math.nan] * len(faces)
+    return {"measure": "variance of the Laplacian of the grey levels (0..255) at the CVAE's image size; relative: "
+                       "to the median of the cluster's crops (aligned as trained) at that size, mean over clusters",
+            "cvae": float(face_values.mean()), "pixel_mean": float(mean_values.mean()),
+            "crops": float(np.nanmean(crop_medians)) if np.isfinite(crop_medians).any() else math.nan,
+            "draws": float(np.nanmean(draw_values)) if np.isfinite(draw_values).any() else None,
+            "cvae_relative": relative(face_values, crop_medians),
+            "pixel_mean_relative": relative(mean_values, crop_medians),
+            "draws_relative": relative(draw_values, crop_medians),
+            "cvae_per_cluster": face_values.tolist(), "pixel_mean_per_cluster": mean_values.tolist(),
+            "crops_per_cluster": crop_medians}
+
+
+def _draw_diversity(drawn, crops, draw_vectors, draw_owners, clusters, crop_vectors, crop_rows) -> dict:
+    """How much each cluster's draws differ from each other, beside how much its crops do: in pixels, in pixels
+    after each face's brightness and contrast are taken out (``standardised``), and in the embedding."""
+    owners = np.asarray(draw_owners)
+    rows = []
+    for cluster, tiles, real in zip(clusters, drawn, crops):
+        rows.append({
+            "draws_pixel_difference": pairwise_difference(tiles), "crops_pixel_difference": pairwise_difference(real),
+            "draws_standardised_difference": pairwise_difference(tiles, standardise=True),
+            "crops_standardised_difference": pairwise_difference(real, standardise=True),
+            "draws_embedding_distance": pairwise_cosine_distance(draw_vectors[owners == cluster])
+            if draw_vectors is not None else math.nan,
+            "crops_embedding_distance": pairwise_cosine_distance(crop_vectors[crop_rows[cluster]])})
+    result = {"measure": "mean over pairs of a cluster's draws (and of its crops) of the mean absolute pixel difference "
+                         "(levels 0..1); standardised: each face first brought to mean 0 and deviation 1, so that "
+                         "brightness and contrast do not count; embedding: 1 - cosine of their embeddings; relative: "
+                         "draws / crops, mean over clusters"}
+    for measure in ("pixel_difference", "standardised_difference", "embedding_distance"):
+        result[f"{measure}_relative"] = relative([r[f"draws_{measure}"] for r in rows],
+                                                 [r[f"crops_{measure}"] for r in rows])
+    result["per_cluster"] = rows
+    return result
+
+
+def _realism(vectors: dict, crop_vectors: np.ndarray, model: str) -> dict:
+    """KID (``kernel_distance``) between the generated faces (CVAE faces and draws together) and the clusters'
+    real crops, and between the pixel means and the crops, in the embedding of ``model``, with the counts."""
+    generated = np.concatenate([vectors["cvae"], *([vectors["random_draws"]] if "random_draws" in vectors else [])])
+    return {"measure": f"KID (unbiased; kernel (cosine + 1)^3) in the {model} embedding, the one the identity "
+                       "term trains on, so not independent: see benchmarks/bench_cvae.py for the judge's",
+            "cvae_and_draws": kernel_distance(generated, crop_vectors), "cvae_and_draws_count": len(generated),
+            "pixel_mean": kernel_distance(vectors["pixel_mean"], crop_vectors),
+            "pixel_mean_count": len(vectors["pixel_mean"]), "crops_count": len(crop_vectors)}
+
+
+def _finite_or_none(value):
+    """The report with every NaN or infinity as None (null in JSON)."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 _FACE_FILE = re.compile(r"cluster_[0-9]+(_mean|_samples)?\.png")
@@ -295,8 +386,8 @@ def generate(
     faces, drawn = decode_faces(model, config, clusters, samples, seed, device, temperature)
     same_crops = inputs.crops_dir == Path(config.crops_dir)  # the run's recorded landmarks name its own crops
     aligner = crop_aligner(config, inputs.crops_dir, checkpoint.parent if same_crops else None)
-    means, counts, crop_sharpness = pixel_means(inputs.names, inputs.clusters, clusters, inputs.crops_dir,
-                                                config.image_size, show_progress, aligner)
+    means, crops = pixel_means(inputs.names, inputs.clusters, clusters, inputs.crops_dir, config.image_size,
+                               show_progress, aligner, config.face_mask != "none")
     out_dir = Path(out_dir)
     remove_own_temporaries(out_dir, _is_output_name)
     earlier = recorded_outputs(out_dir / GENERATE_RECORD_JSON)
@@ -312,13 +403,13 @@ def generate(
         if samples:
             save_image_atomic(out_dir / files["samples"], np.concatenate(list(drawn[position]), axis=1))
             written.add(out_dir / files["samples"])
-    save_image_atomic(sheet_path, contact_sheet(clusters, counts, means, faces, drawn))
+    save_image_atomic(sheet_path, contact_sheet(clusters, [len(c) for c in crops], means, faces, drawn))
 
     fidelity = None
     if evaluate:
         fidelity = evaluate_fidelity(faces, means, clusters, inputs,
                                      clustered_embeddings_path(inputs.cluster_results, embeddings), device, aligner,
-                                     drawn, crop_sharpness)
+                                     drawn, crops)
         write_json_atomic(out_dir / FIDELITY_JSON, fidelity)
         written.add(out_dir / FIDELITY_JSON)
     # The folder holds what this call wrote: what an earlier call recorded writing (another model, other

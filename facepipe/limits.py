@@ -146,6 +146,7 @@ TRAIN_CVAE = {
     "learning_rate": Limit(0, 1, whole=False, low_open=True),
     "beta": Limit(0, 10_000, whole=False),
     "mean_anchor": Limit(0, 1e6, whole=False),
+    "detail_weight": Limit(0, 1e6, whole=False),
     "identity_weight": Limit(0, 1e6, whole=False),
     "draw_identity": Limit(0, MAX_DRAW_IDENTITY, whole=False),
     "identity_jitter": Limit(0, MAX_IDENTITY_JITTER, whole=False),

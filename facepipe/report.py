@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import mimetypes
 from pathlib import Path
 
@@ -89,8 +90,11 @@ def _table(rows: list[tuple], header: tuple) -> str:
 
 
 def _number(value) -> str:
+    """A cell: floats to 3 decimals (3 significant digits below 0.01), None as a dash."""
+    if value is None:
+        return "-"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.3g}" if 0 < abs(value) < 0.01 else f"{value:.3f}"
     return html.escape(str(value))
 
 
@@ -108,13 +112,18 @@ def _group_card(anchor: str, title: str, text: str, faces: str, grid: Path, deta
 
 
 def _sharpness_text(fidelity: dict | None, cluster: int) -> str:
-    """``; sharpness CVAE a, pixel mean b, crops c`` from fidelity.json's row of ``cluster``, or nothing."""
+    """``; sharpness CVAE a, pixel mean b, crops c; the draws differ d as much as the crops`` from fidelity.json's
+    row of ``cluster``, or nothing."""
     rows = [row for row in (fidelity or {}).get("per_cluster", []) if row["cluster"] == cluster]
     if not rows or "cvae_sharpness" not in rows[0]:
         return ""
     row = rows[0]
-    return (f"; sharpness CVAE {row['cvae_sharpness']:.0f}, pixel mean {row['pixel_mean_sharpness']:.0f}, "
-            f"crops {row['crops_sharpness']:.0f}")
+    text = (f"; sharpness CVAE {row['cvae_sharpness']:.0f}, pixel mean {row['pixel_mean_sharpness']:.0f}, "
+            f"crops {row['crops_sharpness'] or math.nan:.0f}")
+    draws, crops = row.get("draws_standardised_difference"), row.get("crops_standardised_difference")
+    if draws is not None and crops:
+        text += f"; the draws differ {draws / crops:.2f} as much as its crops (brightness and contrast aside)"
+    return text
 
 
 FARTHEST_SHOWN = 4  # faces farthest from their group's centroid, shown per group: where mistakes show
@@ -251,6 +260,37 @@ def _loss_curve(out_dir: Path) -> str:
             f'<text x="{pad}" y="{height - pad + 14}" font-size="12">{low:.0f}</text></svg>')
 
 
+def _fidelity_table(fidelity: dict, kinds: list[tuple[str, str]]) -> str:
+    """fidelity.json as a table: per kind of face, identity, sharpness (and relative to the crops'), then how much
+    the draws differ beside the crops and the kernel distance to the crops."""
+    sharpness = fidelity.get("sharpness") or {}
+    diversity = fidelity.get("draw_diversity") or {}
+    realism = fidelity.get("realism") or {}
+    sharp_key = {"random_draws": "draws"}
+    text = ("<p>Share of faces that, embedded with the clustering model, are nearest (cosine) their own cluster's "
+            "centroid, and their mean cosine to it; sharpness is the variance of the Laplacian (a blurred or ghosted "
+            "face scores lower), also relative to the median of the cluster's crops at the same size.</p>"
+            + _table([(caption, f"{fidelity[kind]['correct']} / {fidelity[kind].get('of', fidelity['clusters_evaluated'])}",
+                       _number(fidelity[kind]["fraction"]), _number(fidelity[kind].get("mean_cosine_to_own", "")),
+                       _number(sharpness.get(sharp_key.get(kind, kind), "")),
+                       _number(sharpness.get(f"{sharp_key.get(kind, kind)}_relative", "")))
+                      for kind, caption in kinds],
+                     ("faces", "nearest own centroid", "fidelity", "mean cosine", "sharpness", "sharpness / crops'")))
+    if "crops" in sharpness and sharpness["crops"] is not None:
+        text += f"<p>Sharpness of the crops (median per cluster, mean): {sharpness['crops']:.0f}.</p>"
+    if fidelity.get("random_draws") and diversity:
+        text += ("<p>How much the random draws of a cluster differ from each other, as a share of how much its "
+                 "crops do: in pixels " + _number(diversity.get("pixel_difference_relative")) + ", brightness and "
+                 "contrast aside " + _number(diversity.get("standardised_difference_relative")) + ", in the "
+                 "embedding " + _number(diversity.get("embedding_distance_relative")) + ".</p>")
+    if realism:
+        text += (f"<p>Kernel distance (KID) to the {realism.get('crops_count')} crops in the embedding: CVAE faces "
+                 f"and draws ({realism.get('cvae_and_draws_count')}) {_number(realism.get('cvae_and_draws'))}, pixel "
+                 f"means ({realism.get('pixel_mean_count')}) {_number(realism.get('pixel_mean'))}; a figure, noisy on "
+                 "few images.</p>")
+    return text
+
+
 def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
     """Write ``report.html`` into the run folder from its outputs and the run summary."""
     stages = summary["stages"]
@@ -286,18 +326,7 @@ def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
     if fidelity:
         kinds = [(kind, caption) for kind, caption in (("cvae", "CVAE face (z = 0)"), ("pixel_mean", "pixel mean"),
                                                         ("random_draws", "random draws")) if fidelity.get(kind)]
-        sharpness = fidelity.get("sharpness") or {}
-        sections.append("<p>Share of faces that, embedded with the clustering model, are nearest (cosine) their own "
-                        "cluster's centroid, and their mean cosine to it; sharpness is the mean squared grey-level "
-                        "gradient (a blurred or ghosted face scores lower; the crops for comparison).</p>"
-                        + _table([(caption, f"{fidelity[kind]['correct']} / "
-                                   f"{fidelity[kind].get('of', fidelity['clusters_evaluated'])}",
-                                   _number(fidelity[kind]["fraction"]),
-                                   _number(fidelity[kind].get("mean_cosine_to_own", "")),
-                                   _number(sharpness.get({"random_draws": "draws"}.get(kind, kind), "")))
-                                  for kind, caption in kinds],
-                                 ("faces", "nearest own centroid", "fidelity", "mean cosine", "sharpness"))
-                        + (f"<p>Sharpness of the crops: {sharpness['crops']:.0f}.</p>" if "crops" in sharpness else ""))
+        sections.append(_fidelity_table(fidelity, kinds))
     else:
         sections.append('<p class="muted">Not evaluated.</p>')
     sections.append('<h2 id="probe">Probe</h2>')

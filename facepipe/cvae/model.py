@@ -20,7 +20,9 @@ from facepipe.cvae_settings import (
     DEFAULT_ALIGN_PADDING,
     DEFAULT_ALIGNMENT,
     DEFAULT_DRAW_IDENTITY,
+    DEFAULT_FACE_MASK,
     DEFAULT_IDENTITY_JITTER,
+    FACE_MASKS,
     MIN_IMAGE_SIZE,
 )
 from facepipe.limits import TRAIN_CVAE
@@ -28,10 +30,11 @@ from facepipe.limits import TRAIN_CVAE
 # The settings of a checkpoint's config that have a range (the seed, the workers and keep_last are the
 # training run's, checked by train_cvae itself).
 CHECKED_SETTINGS = ("image_size", "latent_dim", "base_channels", "max_channels", "batch_size", "epochs", "beta",
-                    "mean_anchor", "identity_weight", "learning_rate", "draw_identity", "identity_jitter",
-                    "align_padding", "val_fraction")
-# What the settings added over time meant before they existed: unaligned crops, a plain decoder, terms off.
-BEFORE_THEY_EXISTED = {"alignment": "none", "decoder_base": "none", "mean_anchor": 0.0, "identity_weight": 0.0,
+                    "mean_anchor", "detail_weight", "identity_weight", "learning_rate", "draw_identity",
+                    "identity_jitter", "align_padding", "val_fraction")
+# What the settings added over time meant before they existed: unaligned, unmasked crops, a plain decoder, terms off.
+BEFORE_THEY_EXISTED = {"alignment": "none", "face_mask": "none", "decoder_base": "none", "mean_anchor": 0.0,
+                       "detail_weight": 0.0, "identity_weight": 0.0,
                        "draw_identity": 0.0, "identity_jitter": 0.0}
 
 
@@ -44,13 +47,15 @@ class CVAEConfig:
     image_size: int = 64
     alignment: str = DEFAULT_ALIGNMENT  # how the crops were aligned: cvae_settings.ALIGNMENTS
     align_padding: float = DEFAULT_ALIGN_PADDING
+    face_mask: str = DEFAULT_FACE_MASK  # cvae_settings.FACE_MASKS: "landmarks" lays the aligned crops over grey
     latent_dim: int = 64
     base_channels: int = 32
     max_channels: int = 256
     clusters: list[int] = field(default_factory=list)  # condition index i <-> cluster id clusters[i]
     decoder_base: str = "mean"  # cvae_settings.DECODER_BASES: "mean" adds the decoder's output to the cluster's pixel mean
-    beta: float = 1.0
-    mean_anchor: float = 100.0
+    beta: float = 0.1
+    mean_anchor: float = 1.0
+    detail_weight: float = 0.0  # the reconstruction error of the images' Laplacians (fine detail), beside the pixels'
     identity_weight: float = 0.0  # the number train_cvae resolved its "auto" to
     draw_identity: float = DEFAULT_DRAW_IDENTITY
     identity_jitter: float = DEFAULT_IDENTITY_JITTER
@@ -93,10 +98,13 @@ class CVAEConfig:
         encoder_sizes(self.image_size)  # and divisible by 4
         if not isinstance(self.clusters, list) or not all(isinstance(c, int) for c in self.clusters):
             raise FacepipeError("CVAE setting clusters must be a list of cluster ids")
-        for name, choices in (("alignment", ALIGNMENTS), ("decoder_base", DECODER_BASES)):
+        for name, choices in (("alignment", ALIGNMENTS), ("face_mask", FACE_MASKS), ("decoder_base", DECODER_BASES)):
             if getattr(self, name) not in choices:
                 raise FacepipeError(f"CVAE setting {_option(name)} = {getattr(self, name)!r}: use "
                                     f"{' or '.join(choices)}")
+        if self.face_mask != "none" and self.alignment == "none":
+            raise FacepipeError(f"CVAE setting {_option('face_mask')} = {self.face_mask!r} needs aligned crops: "
+                                f"use {_option('alignment')} dlib5 or {_option('face_mask')} none")
 
 
 def _option(name: str) -> str:
@@ -207,17 +215,28 @@ def squared_error(images, targets):
     return (images.float() - targets.float()).pow(2).flatten(1).sum(dim=1).mean()
 
 
+def laplacians(images):
+    """The 3x3 Laplacian of each channel of images (N, C, S, S): their fine detail (edges, texture)."""
+    import torch
+
+    kernel = images.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).expand(images.shape[1], 1, 3, 3)
+    return torch.nn.functional.conv2d(images, kernel, padding=1, groups=images.shape[1])
+
+
 def cvae_loss(reconstruction, target, mu, logvar, centre_faces, cluster_means, identity, draw_identity, beta: float,
-              mean_anchor: float, identity_weight: float, draw_weight: float):
+              mean_anchor: float, identity_weight: float, draw_weight: float, detail_weight: float = 0.0):
     """Per-image means of: total = recon + beta * KL + mean_anchor * anchor
     + identity_weight * (identity + draw_weight * draw_identity).
 
-    recon is the squared error summed over pixels, KL is summed over z, anchor is the squared error between
+    recon is the squared error summed over pixels, plus ``detail_weight`` times that of the images' Laplacians
+    (``laplacians``: a blurred reconstruction misses them), KL is summed over z, anchor is the squared error between
     each image's cluster decoded at z = 0 (``centre_faces``) and that cluster's pixel mean (``cluster_means``),
     ``identity`` (per image, or None when not measured) is 1 - cosine between the embedding of that face
     and the cluster's centroid, and ``draw_identity`` (or None) the same for faces decoded from z ~ N(0, I).
     """
     recon = squared_error(reconstruction, target)
+    if detail_weight > 0:
+        recon = recon + detail_weight * squared_error(laplacians(reconstruction.float()), laplacians(target.float()))
     kl = (-0.5 * (1.0 + logvar.float() - mu.float().pow(2) - logvar.float().exp()).sum(dim=1)).mean()
     anchor = squared_error(centre_faces, cluster_means)
     total = recon + beta * kl + mean_anchor * anchor

@@ -26,7 +26,7 @@ from facepipe.common import (
     resolve_device,
     seed_everything,
 )
-from facepipe.crops import cluster_pixel_means, load_crops, read_training_inputs
+from facepipe.crops import cluster_pixel_means, load_crops, masked_faces, read_training_inputs
 from facepipe.cvae.checkpoints import (
     CHECKPOINT_PATTERN,
     crop_aligner,
@@ -41,6 +41,7 @@ from facepipe.cvae_settings import (
     DEFAULT_ALIGN_PADDING,
     DEFAULT_ALIGNMENT,
     DEFAULT_DRAW_IDENTITY,
+    DEFAULT_FACE_MASK,
     DEFAULT_IDENTITY_JITTER,
 )
 from facepipe.formats import (
@@ -64,9 +65,10 @@ from facepipe.owned import holds_recorded, recorded_outputs, remove_recorded
 
 LOSS_PARTS = ("loss", "recon", "kl", "anchor", "identity", "draw_identity")
 # Settings that must match for --resume to continue a run (epochs may grow; the rest may not change).
-RESUME_KEYS = ("image_size", "alignment", "align_padding", "decoder_base", "latent_dim", "base_channels",
-               "max_channels", "beta", "mean_anchor", "identity_weight", "draw_identity", "identity_jitter",
-               "learning_rate", "batch_size", "val_fraction", "seed", "clusters", "data_fingerprint")
+RESUME_KEYS = ("image_size", "alignment", "align_padding", "face_mask", "decoder_base", "latent_dim",
+               "base_channels", "max_channels", "beta", "mean_anchor", "detail_weight", "identity_weight",
+               "draw_identity", "identity_jitter", "learning_rate", "batch_size", "val_fraction", "seed", "clusters",
+               "data_fingerprint")
 
 
 def split_train_validation(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +195,8 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster
                     draw_identity = draw_identity if len(draw_identity) else None
         loss, recon, kl, anchor, identity, draw_identity = cvae_loss(
             reconstruction, images, mu, logvar, present_faces[image_to_present], cluster_means[labels], identity,
-            draw_identity, config.beta, config.mean_anchor, config.identity_weight, config.draw_identity)
+            draw_identity, config.beta, config.mean_anchor, config.identity_weight, config.draw_identity,
+            config.detail_weight)
         if train:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -309,7 +312,10 @@ def _training_data(inputs, config: CVAEConfig, weights_dir: Path, device: str, s
     labels = torch.tensor([index_of[int(c)] for c in inputs.clusters], dtype=torch.long)
     train_rows, val_rows = split_train_validation(labels.numpy(), config.val_fraction, config.seed)
     aligner = crop_aligner(config, inputs.crops_dir, weights_dir)
-    images = torch.from_numpy(load_crops(inputs.names, inputs.crops_dir, config.image_size, show_progress, aligner))
+    crops = load_crops(inputs.names, inputs.crops_dir, config.image_size, show_progress, aligner)
+    if config.face_mask != "none":
+        crops = masked_faces(crops, labels.numpy(), range(config.num_classes), config.align_padding, train_rows)
+    images = torch.from_numpy(crops)
     if aligner is not None:
         write_alignment(weights_dir / ALIGNMENT_CSV, {name: aligner.landmarks[name] for name in inputs.names})
         _record(weights_dir, [weights_dir / ALIGNMENT_CSV])
@@ -380,7 +386,7 @@ def train_cvae(
     weights_dir: str | Path = "weights",
     image_size: int = 64,
     align: str = DEFAULT_ALIGNMENT,
-    align_padding: float = DEFAULT_ALIGN_PADDING,
+    align_padding: float = DEFAULT_ALIGN_PADDING, face_mask: str = DEFAULT_FACE_MASK,
     latent_dim: int = 64,
     decoder_base: str = "mean",
     base_channels: int = 32,
@@ -388,8 +394,8 @@ def train_cvae(
     epochs: int = 40,
     batch_size: int = 32,
     learning_rate: float = 1e-3,
-    beta: float = 1.0,
-    mean_anchor: float = 100.0,
+    beta: float = 0.1,
+    mean_anchor: float = 1.0, detail_weight: float = 0.0,
     identity_weight: float | str = "auto",
     draw_identity: float = DEFAULT_DRAW_IDENTITY,
     identity_jitter: float = DEFAULT_IDENTITY_JITTER,
@@ -405,18 +411,18 @@ def train_cvae(
     """Train the CVAE on the crops of ``cluster_results`` (not the unknown group); each epoch writes
     ``cvae_epoch_N.pt`` (the last ``keep_last`` kept), ``cvae_best.pt`` when the validation loss improves, and
     ``cvae_log.csv`` into ``weights_dir``; a killed (or full-disk) run, called again as it was, continues to the
-    same weights, and ``resume`` continues a finished run to more ``epochs``. ``align`` "dlib5" aligns the crops
-    on their landmarks; ``identity_weight`` "auto": see ``identity.identity_weight_for``."""
+    same weights, and ``resume`` continues a finished run to more ``epochs``. ``align``, ``face_mask``: see
+    ``CVAEConfig``; ``identity_weight`` "auto": see ``identity.identity_weight_for``."""
     import torch
 
     started = time.perf_counter()
     check_limits(TRAIN_CVAE, seed=seed, keep_last=keep_last, workers=workers)
-    config = CVAEConfig(image_size=image_size, alignment=align, align_padding=float(align_padding),
+    config = CVAEConfig(image_size=image_size, alignment=align, align_padding=float(align_padding), face_mask=face_mask,
                         decoder_base=decoder_base, latent_dim=latent_dim, base_channels=base_channels,
                         max_channels=max_channels, beta=float(beta), mean_anchor=float(mean_anchor),
-                        draw_identity=float(draw_identity), identity_jitter=float(identity_jitter),
-                        learning_rate=float(learning_rate), batch_size=batch_size, epochs=epochs,
-                        val_fraction=float(val_fraction), seed=seed)
+                        detail_weight=float(detail_weight), draw_identity=float(draw_identity),
+                        identity_jitter=float(identity_jitter), learning_rate=float(learning_rate),
+                        batch_size=batch_size, epochs=epochs, val_fraction=float(val_fraction), seed=seed)
     config.check()  # every setting, before any input is read
     device = resolve_device(device)
     inputs = read_training_inputs(cluster_results, crops_dir)
