@@ -162,6 +162,14 @@ def differences(before: dict, after: dict, new_counts: bool) -> list[str]:
     return lost + changed + new
 
 
+def exception_name(stderr: str) -> str:
+    """The exception that ended the last traceback on stderr (e.g. KeyError, cv2.error)."""
+    lines = stderr.splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("Traceback"))
+    ends = [line for line in lines[start + 1:] if line and not line.startswith((" ", "\t"))]
+    return ends[0].split(":")[0][:60] if ends else "Traceback"
+
+
 def error_lines_problem(outcome: Outcome) -> str | None:
     """A failed command says what is wrong in one `error:` line (indented lines may list details); a finished
     one prints none."""
@@ -237,8 +245,7 @@ class Scenario:
         outcome = facepipe(*args, plain_user=plain_user, cwd=cwd, timeout=timeout, interrupt=interrupt)
         problems = []
         if "Traceback" in outcome.stderr:
-            kind = re.findall(r"^(\w+(?:\.\w+)*(?:Error|Exception|Interrupt)\w*)", outcome.stderr, re.M)
-            problems.append(("traceback", kind[-1] if kind else "Traceback"))
+            problems.append(("traceback", exception_name(outcome.stderr)))
         if outcome.returncode is None:
             problems.append(("hang", f"still running after {timeout} s"))
         elif outcome.returncode not in expected:
@@ -1264,10 +1271,12 @@ def people_files(s: Scenario) -> None:
 @scenario("config", "run configs: keys, sections, TOML, k-range, values, --set")
 def run_configs(s: Scenario) -> None:
     b = s.base
-    out = s.dir / "r"
+    counter = iter(range(10**6))
 
-    def nothing_ran(_):
-        return "a stage ran" if (out / "temp").exists() or (out / "state.json").exists() else None
+    def fresh():
+        """A run folder of its own per case, and the check that no stage ran into it."""
+        out = s.dir / f"r{next(counter)}"
+        return out, lambda _: "a stage ran" if (out / "temp").exists() or (out / "state.json").exists() else None
 
     structure = {f"an unknown key in [{section}]": tiny_config(**{section: {"colour": "3"}})
                  for section in ("run", "detect", "embed", "cluster", "train_cvae", "generate", "probe")}
@@ -1305,6 +1314,7 @@ def run_configs(s: Scenario) -> None:
     for i, (name, text) in enumerate(structure.items()):
         config = s.dir / f"c{i}.toml"
         config.write_bytes(text.encode("latin-1") if name == "a UTF-16 file" else text.encode())
+        out, nothing_ran = fresh()
         s.case(f"run config: {name}", {2}, "run", b["photos"], "--out", out, "--config", config, "-q", check=nothing_ran,
                timeout=300)
     capped = {"detect.workers 100000": ("detect", "workers", "100000"), "cluster.seed -1": ("cluster", "seed", "-1")}
@@ -1318,15 +1328,19 @@ def run_configs(s: Scenario) -> None:
             "detect.largest_only=maybe": {2}, "run.labels=nope.csv": {2}, "train_cvae.epochs=-1": {2},
             "unknown.x=1": {2}, "cluster.colour=3": {2}, "generate.samples=10000000": {2}}
     for setting, expected in sets.items():
+        out, nothing_ran = fresh()
         s.case(f"run --set {setting}", expected, "run", b["photos"], "--out", out, "--config", b["config"], "--set",
                setting, "-q", check=nothing_ran)
     s.case("run --set cluster.k=Auto (as --k Auto)", {0, 2}, "run", b["photos"], "--out", s.dir / "r_auto", "--config",
            b["config"], "--set", "cluster.k=Auto", "-q", timeout=400)
     (s.dir / "folder.toml").mkdir()
+    out, nothing_ran = fresh()
     s.case("run --config: a folder", {1, 2}, "run", b["photos"], "--out", out, "--config", s.dir / "folder.toml", "-q",
            check=nothing_ran)
+    out, nothing_ran = fresh()
     s.case("run --config: a missing file", {1, 2}, "run", b["photos"], "--out", out, "--config", s.dir / "nope.toml",
            "-q", check=nothing_ran)
+    out, nothing_ran = fresh()
     s.case("run --k 2.5", {2}, "run", b["photos"], "--out", out, "--config", b["config"], "--k", "2.5", "-q",
            check=nothing_ran)
 
@@ -1471,7 +1485,7 @@ def layouts(s: Scenario) -> None:
     s.own(spaced)
     s.case("detect: input and output folders with spaces and unicode", {0}, "detect", spaced, "-o", spaced.parent / "out 成龙",
            *DETECT)
-    s.case("detect: relative paths with .. from another working folder", {0}, "detect", "../photos", "-o", "../rel_out",
+    s.case("detect: relative paths with .. from another working folder", {0}, "detect", "../my photos 成龙", "-o", "../rel_out",
            *DETECT, cwd=s.dir / "sentinel")
 
 
@@ -1492,7 +1506,7 @@ def interrupts(s: Scenario) -> None:
                .read_bytes() else "detections differ from an uninterrupted run")
     out = s.dir / "int_mid"
     s.case("detect: Ctrl-C mid-run", {130}, "detect", b["many"], "-o", out, "--detector", "haar", "-q",
-           interrupt=(exists(out / "sources.csv"), signal.SIGINT, 0.5))
+           interrupt=(lock_taken(out), signal.SIGINT, 3.0))
     s.case("detect after a mid-run Ctrl-C: a plain rerun", {0}, "detect", b["many"], "-o", out, "--detector", "haar", "-q",
            timeout=600, check=lambda _: None if (out / "detections.csv").read_bytes()
            == (reference / "detections.csv").read_bytes() else "detections differ from an uninterrupted run")
