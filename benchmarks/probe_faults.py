@@ -22,7 +22,7 @@ same `--work`. Cases are grouped in scenarios (a scenario's cases run in order: 
 `--only` picks scenarios by a regex on "class/scenario", `--jobs N` runs N scenarios at a time. The read-only
 and permission cases drop root's override (util-linux setpriv); the full-disk cases mount small tmpfs folders
 (root; skipped without). Prints one line per case and the totals by outcome and by class, writes
-`--work/probe_faults.json`, exits 1 if any case fails.
+`--work/probe_faults.json` (`probe_faults_<only>.json` for a subset), exits 1 if any case fails.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def error_lines_problem(outcome: Outcome) -> str | None:
     errors = [i for i, line in enumerate(lines) if re.match(r"(error|Error)\b", line)]
     if outcome.returncode in (EXIT_ERROR, EXIT_USAGE):
         if len(errors) != 1:
-            return f"{len(errors)} error lines"
+            return f"{len(errors)} error lines (the last line: {(lines or [''])[-1][:60]!r})"
         trailing = [line for line in lines[errors[0] + 1:] if line.strip() and not line.startswith((" ", "\t"))]
         return f"more after the error line: {trailing[0][:60]!r}" if trailing else None
     return f"an error line on exit {outcome.returncode}" if errors and outcome.returncode == 0 else None
@@ -795,7 +795,8 @@ def special_files(s: Scenario) -> None:
            check=lambda _: None if len([r for r in csv_rows(s.dir / "d_tree" / "sources.csv")[1:] if r[1] == "ok"]) <= 2
            else "a photo was read more than once through a link")
     for name in ("fifo.jpg", "loop_a.jpg", "self.jpg", "dangling.jpg", "zero_device.jpg", "folder.jpg"):
-        s.case(f"detect: {name} given by name", {0, 1, 3} if name == "folder.jpg" else {1, 3}, "detect", tree / name, "-o", s.dir / f"d_{name}", *DETECT,
+        expected = {0, 1, 3} if name == "folder.jpg" else {1, 3}
+        s.case(f"detect: {name} given by name", expected, "detect", tree / name, "-o", s.dir / f"d_{name}", *DETECT,
                timeout=120)
     fifo_list = s.dir / "list_fifo.txt"
     os.mkfifo(fifo_list)
@@ -853,7 +854,8 @@ def permissions(s: Scenario) -> None:
            unreadable["tiny.toml"], "-q", plain_user=True)
     clusters = copy_clusters(s)
     (clusters / "cluster_results.csv").chmod(0)
-    s.case("export: an unreadable cluster_results.csv", {1, 2}, "export", clusters, "-o", s.dir / "x", "-q", plain_user=True)
+    s.case("export: an unreadable cluster_results.csv", {1, 2}, "export", clusters, "-o", s.dir / "x", "-q",
+           plain_user=True)
     s.case("train-cvae: an unreadable cluster_results.csv", {1, 2}, "train-cvae", clusters / "cluster_results.csv", "-o",
            s.dir / "t", *TRAIN, plain_user=True)
     crops = s.dir / "crops"
@@ -1796,7 +1798,8 @@ def summarise(rows: list[dict]) -> dict:
     bad = [row for row in rows if row["problems"]]
     by_outcome = {outcome: sum(any(k == outcome for k, _ in row["problems"]) for row in rows) for outcome in OUTCOMES}
     classes = sorted({row["class"] for row in rows})
-    by_class = {c: {"cases": sum(r["class"] == c for r in rows), "failed": sum(r["class"] == c for r in bad)} for c in classes}
+    by_class = {c: {"cases": sum(r["class"] == c for r in rows), "failed": sum(r["class"] == c for r in bad)}
+                for c in classes}
     return dict(cases=len(rows), as_expected=len(rows) - len(bad), by_outcome=by_outcome, by_class=by_class)
 
 
@@ -1832,7 +1835,8 @@ def main() -> None:
     outcomes = ", ".join(f"{v} {k}" for k, v in totals["by_outcome"].items())
     print(f"{totals['cases']} cases in {time.monotonic() - start:.0f} s: {totals['as_expected']} as expected; {outcomes}")
     print("by class: " + ", ".join(f"{c} {v['cases'] - v['failed']}/{v['cases']}" for c, v in totals["by_class"].items()))
-    results = work / ("probe_faults.json" if not args.only else f"probe_faults_{re.sub(r'[^A-Za-z0-9]+', '_', args.only)}.json")
+    suffix = f"_{re.sub(r'[^A-Za-z0-9]+', '_', args.only)}" if args.only else ""
+    results = work / f"probe_faults{suffix}.json"
     results.write_text(json.dumps(dict(totals, rows=probe.rows), indent=1, default=str))
     print(f"results: {results}")
     sys.exit(1 if totals["as_expected"] < totals["cases"] else 0)
