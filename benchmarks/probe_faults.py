@@ -1624,13 +1624,18 @@ def determinism(s: Scenario) -> None:
     s.case("a train-cvae refused on a busy weights folder", {1}, "train-cvae", results, "-o", s.dir / "w_busy", *train)
     trainer.wait(timeout=600)
 
-    def same_weights(_):
-        one = torch.load(s.dir / "w_plain" / "cvae_best.pt", weights_only=True)["model"]
-        two = torch.load(s.dir / "w_busy" / "cvae_best.pt", weights_only=True)["model"]
-        differ = [k for k in one if not torch.equal(one[k], two[k])]
-        return f"{len(differ)} tensors differ" if differ else None
+    def same_weights(first: str, second: str):
+        def check(_):
+            one = torch.load(s.dir / first / "cvae_best.pt", weights_only=True)["model"]
+            two = torch.load(s.dir / second / "cvae_best.pt", weights_only=True)["model"]
+            differ = [k for k in one if not torch.equal(one[k], two[k])]
+            return f"{len(differ)} of {len(one)} tensors differ from {first}'s" if differ else None
+        return check
+    s.case("a second plain training (the control): the same CVAE", {0}, "train-cvae", results, "-o",
+           s.dir / "w_plain2", *train, timeout=600, check=same_weights("w_plain", "w_plain2"))
     s.case("generate from the training a refused command met: the same CVAE as without", {0}, "generate",
-           s.dir / "w_busy", "--all", "-o", s.dir / "g_busy", "--no-evaluate", "-q", check=same_weights)
+           s.dir / "w_busy", "--all", "-o", s.dir / "g_busy", "--no-evaluate", "-q",
+           check=same_weights("w_plain", "w_busy"))
 
 
 # ------------------------------------------------------------------ safety
