@@ -1038,7 +1038,8 @@ def edited_embeddings(s: Scenario) -> None:
                     "a BOM": "\ufeff" + text}
     for i, (name, content) in enumerate(csv_variants.items()):
         path = embeddings_copy(s, f"csv{i}", content.encode())
-        s.case(f"cluster: embeddings CSV with {name}", {1}, "cluster", path, "-o", s.dir / f"c{i}", "--k", "3", "-q")
+        expected = {0, 1} if name == "a BOM" else {1}  # a spreadsheet's BOM may be read through
+        s.case(f"cluster: embeddings CSV with {name}", expected, "cluster", path, "-o", s.dir / f"c{i}", "--k", "3", "-q")
     for name, lines_ in (("every vector x 1e30", scaled), ("every vector x 1e-30", tiny)):
         path = embeddings_copy(s, name[-4:], ("\n".join(lines_) + "\n").encode())
         out = s.dir / f"c_{name[-4:]}"
