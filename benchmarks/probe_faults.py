@@ -28,7 +28,6 @@ and permission cases drop root's override (util-linux setpriv); the full-disk ca
 from __future__ import annotations
 
 import argparse
-import errno
 import hashlib
 import json
 import os
@@ -73,7 +72,7 @@ def tiny_config(**changes: dict) -> str:
     return "".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()) for name, values in sections.items())
 
 
-EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 1, 2, 3
 
 
 def args_text(args) -> list:
