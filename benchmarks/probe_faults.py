@@ -3,14 +3,15 @@ command line (issue 18's probe, extended for issue 28 to 300+ cases).
 
     python benchmarks/probe_faults.py [--work DIR] [--only REGEX] [--jobs N] [--list]
 
-Each case is one `facepipe` command in a child process (its own process group) with a timeout (a command
-still running then is a hang), the exit codes the README allows for it (0 done, 1 error, 2 bad usage or a bad
+Each case is one `facepipe` command in a child process (its own process group) with a timeout (150 s unless
+the case says otherwise, 45 s for `--workers 100000`; a command still running then is a hang), the exit codes the README allows for it (0 done, 1 error, 2 bad usage or a bad
 config value, 3 done with unreadable inputs, 130 interrupted) and these checks:
 - no "Traceback" on stderr, and a failed command's error is one line (one `error:` line; only indented detail
   lines may follow it);
 - user files: every file the case planted in and around the output folder (its own photos, manifest.csv,
   notes, a group folder's copies...) is snapshotted (sha256 + mtime, links not followed) before the run and
-  must be there unchanged after it;
+  must be there unchanged after it; a refused command changes nothing (an assign case's collection is
+  compared too when the command fails);
 - writes outside: the case's `sentinel/` folder (a sibling of its output folder), any folder the case names
   as outside, and the shared base state (photos, crops, embeddings, clusterings, weights the cases read) must
   have no new, changed or removed entry (`.facepipe.lock` files aside);
