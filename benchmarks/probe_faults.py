@@ -1626,7 +1626,7 @@ def determinism(s: Scenario) -> None:
     while not (s.dir / "w_busy" / "cvae_epoch_1.pt").exists() and trainer.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     s.case("a train-cvae refused on a busy weights folder", {1}, "train-cvae", results, "-o", s.dir / "w_busy", *train)
-    while trainer.poll() is None:  # more refused commands, at other moments of the training (it differed 1 run in 2)
+    while trainer.poll() is None:  # more refused commands, at other moments of the training (it differed once)
         facepipe("train-cvae", results, "-o", s.dir / "w_busy", *train, timeout=120)
     trainer.wait(timeout=600)
 
