@@ -1821,6 +1821,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="scenarios run at a time")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     args = parser.parse_args()
+    # Started in the background by a shell, this process ignores SIGINT, and so would every command it starts:
+    # a handler of Python's own is reset to the default on exec, so the commands see a Ctrl-C as a terminal's.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     chosen = [(c, n, f) for c, n, f in SCENARIOS if not args.only or re.search(args.only, f"{c}/{n}")]
     if args.list:
         print("\n".join(f"{c}/{n}" for c, n, _ in chosen))

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
+
+# A test run started in the background by a shell (as a CI job may be) ignores SIGINT, and so would every
+# command a test starts; a Python handler is reset to the default on exec, so the Ctrl-C tests see one as a
+# terminal sends it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEPIPE_SHARED", REPO.parent / "shared"))
