@@ -153,11 +153,15 @@ def worker_context():
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
         from multiprocessing import forkserver
 
-        ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec: the server ignores it
+        # Ignored, and so inherited through exec: the server ignores it. Blocked as well, so that a Ctrl-C in
+        # this moment waits (Linux never discards a blocked signal) for the handler restored below.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             forkserver.ensure_running()  # no-op once running
         finally:
             signal.signal(signal.SIGINT, ctrl_c)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return get_context("forkserver")
 
 

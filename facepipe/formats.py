@@ -462,16 +462,16 @@ def read_npz(path: str | os.PathLike, keys: Sequence[str], what: str) -> dict[st
         raise FacepipeError(f"{path} is not {what} (arrays {', '.join(keys)}): {error}") from None
 
 
-def checked_embedding_arrays(path: str | os.PathLike, names: np.ndarray, vectors: np.ndarray
-                             ) -> tuple[list[str], np.ndarray]:
-    """``names`` (1-d text, each once) and ``vectors`` (one row of finite numbers per name, at least one) as
-    read from ``path``: (the names as a list, the vectors as float32), else a FacepipeError."""
-    if names.ndim != 1 or names.dtype.kind not in "US":
+def checked_embedding_arrays(path: str | os.PathLike, names: np.ndarray, vectors: np.ndarray,
+                             allow_empty: bool = False) -> tuple[list[str], np.ndarray]:
+    """``names`` (1-d text, each once) and ``vectors`` (one row of finite numbers per name, at least one unless
+    ``allow_empty``) as read from ``path``: (the names as a list, the vectors as float32), else a FacepipeError."""
+    if names.ndim != 1 or (names.dtype.kind not in "US" and not (allow_empty and names.size == 0)):
         raise FacepipeError(f"{path}: the names must be a list of text, not a {names.ndim}-d {names.dtype} array")
     if vectors.ndim != 2 or vectors.dtype.kind not in "fiu" or vectors.shape[0] != len(names):
         raise FacepipeError(f"{path}: expected one vector of numbers per name ({len(names)} names, vectors of "
                             f"shape {vectors.shape} and type {vectors.dtype})")
-    if vectors.shape[0] == 0 or vectors.shape[1] == 0:
+    if (vectors.shape[0] == 0 and not allow_empty) or vectors.shape[1] == 0:
         raise FacepipeError(f"{path} holds no embeddings")
     names = [str(n) for n in names]
     with np.errstate(over="ignore"):
@@ -522,7 +522,7 @@ def read_embeddings_checkpoint(path: str | os.PathLike) -> Embeddings:
     advice = "; delete it or rerun with --force"
     arrays = read_npz(path, ("names", "vectors", "meta"), "an embed progress file" + advice)
     try:
-        names, vectors = checked_embedding_arrays(path, arrays["names"], arrays["vectors"])
+        names, vectors = checked_embedding_arrays(path, arrays["names"], arrays["vectors"], allow_empty=True)
         meta = json.loads(str(arrays["meta"])) if arrays["meta"].ndim == 0 else None
     except (json.JSONDecodeError, RecursionError):
         meta = None

@@ -316,3 +316,15 @@ def test_detections_probe_and_checkpoint_files_of_the_wrong_types_are_one_line(t
     torch.save({"format": CVAE_CHECKPOINT_FORMAT, "config": {}, "model": {}, "epoch": "3"}, tmp_path / "c.pt")
     with pytest.raises(FacepipeError, match="c.pt: epoch must be a whole number"):
         load_checkpoint(tmp_path / "c.pt")
+
+
+@pytest.mark.fast
+def test_an_embed_progress_file_with_nothing_done_yet_reads_as_empty(tmp_path):
+    """A Ctrl-C before the first batch leaves a progress file with no embedding: the plain rerun starts from it
+    (it is not a damaged file)."""
+    from facepipe.formats import Embeddings, read_embeddings_checkpoint, write_embeddings_checkpoint
+
+    path = tmp_path / "f.csv.partial.npz"
+    write_embeddings_checkpoint(path, Embeddings([], np.zeros((0, 128), np.float32), {"model": "dlib-resnet128"}))
+    progress = read_embeddings_checkpoint(path)
+    assert progress.names == [] and progress.vectors.shape == (0, 128) and progress.meta["model"] == "dlib-resnet128"
