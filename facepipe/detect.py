@@ -434,6 +434,7 @@ def detect(
     todo = [p for p in images if str(p) not in done]
     if todo:
         _detect_todo(todo, params, out_dir, sources, detections, run)
+        remove_own_temporaries(out_dir, _is_output_name)  # of a worker that died while writing a crop
     _write_outputs(out_dir, params, sources, detections)
     return DetectSummary(
         images=len(sources),

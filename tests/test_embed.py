@@ -144,7 +144,7 @@ def test_larger_chip_padding_is_another_view_and_is_recorded(data_dir, tmp_path)
     assert (similarity < 0.999).all() and (similarity > 0.5).all()
     with pytest.raises(FacepipeError, match="settings"):
         embed(images, wide, model="dlib-resnet128", show_progress=False)
-    with pytest.raises(FacepipeError, match="between 0 and 2"):
+    with pytest.raises(FacepipeError, match="from 0 to 2"):
         embed(images, tmp_path / "x.npz", model="dlib-resnet128", dlib_padding=3.0, show_progress=False)
     with pytest.raises(FacepipeError, match="aligned crop only"):
         embed(images, tmp_path / "y.npz", model="dlib-resnet128", dlib_crop="whole", dlib_padding=0.5,

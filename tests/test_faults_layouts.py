@@ -229,7 +229,7 @@ def test_a_malformed_set_override_exits_2(tmp_path):
 # --- 4. faults: a full disk --------------------------------------------------------------------------------------
 
 SMALL_MODEL = {"image_size": 32, "latent_dim": 16, "base_channels": 16, "epochs": 3, "identity_weight": 0.0,
-               "align": "none"}  # checkpoints of about 1.7 MB
+               "align": "none", "face_mask": "none"}  # checkpoints of about 1.7 MB
 
 
 @contextlib.contextmanager

@@ -136,7 +136,7 @@ def test_no_group_left_is_a_clear_error(trained_with_unknown, tmp_path):
                  device="cpu", show_progress=False)
     assert not (tmp_path / "weights").exists()
     below = write_cluster_results(tmp_path / "below", {**PHOTO_CLUSTERS, "Venus_Williams/x.jpg": -2})
-    with pytest.raises(FacepipeError, match=r"must be -1 \(unknown\) or 0 and up"):
+    with pytest.raises(FacepipeError, match=r"-2 is out of range \(must be from -1"):
         read_training_inputs(below)
 
 
