@@ -182,6 +182,11 @@ def worker_pool(processes: int, initializer, initargs: tuple):
         pool.terminate()
 
 
+def is_auto(value) -> bool:
+    """True for the word "auto" of an option or config value, in any case and with spaces around it."""
+    return isinstance(value, str) and value.strip().lower() == "auto"
+
+
 def resolve_device(device: str = "auto") -> str:
     """Map ``auto|cpu|cuda`` (or ``cuda:N``) to a torch device string, with a clear error if CUDA is absent."""
     import torch

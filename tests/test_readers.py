@@ -167,13 +167,26 @@ def test_centroids_and_people_anchors_with_text_are_one_line(tmp_path):
         read_centroids(tmp_path / CENTROIDS_CSV)
     (tmp_path / "people_anchors.csv").write_text("group,e0,e1\n0,0.6,0.8\n3,0.1,abc\n")
     with pytest.raises(FacepipeError, match=r"people_anchors.csv row 3, column e1: 'abc' is not a number"):
-        read_anchors(tmp_path)
+        read_anchors(tmp_path, 2)
     (tmp_path / "people_anchors.csv").write_text("group,e0,e1\n0,0.6,0.8\n0.5,0.1,0.2\n")
     with pytest.raises(FacepipeError, match=r"row 3, column group: 0.5 is not a whole number"):
-        read_anchors(tmp_path)
+        read_anchors(tmp_path, 2)
     (tmp_path / "people_anchors.csv").write_text("group,e0,e1\n2,0.6,0.8\n2,0.1,0.2\n")
     with pytest.raises(FacepipeError, match=r"row 3, column group: 2 appears again"):
-        read_anchors(tmp_path)
+        read_anchors(tmp_path, 2)
+    (tmp_path / "people_anchors.csv").write_text("group,e0\n0,0.6\n2,0.1\n")  # a column fewer
+    with pytest.raises(FacepipeError, match=r"people_anchors.csv holds 1-d anchors but the embeddings are 2-d"):
+        read_anchors(tmp_path, 2)
+
+
+@pytest.mark.fast
+def test_a_people_file_split_with_an_unknown_key_is_refused(tmp_path):
+    people = tmp_path / "people.toml"
+    people.write_text('[[split]]\nfaces = ["a.jpg"]\nnmae = "x"\n')
+    with pytest.raises(FacepipeError, match=r"\[\[split\]\] has unknown key\(s\) nmae; known: faces, name"):
+        read_people(people)
+    people.write_text('[[split]]\nfaces = ["a.jpg"]\nname = "x"\n')
+    assert read_people(people).splits == [(["a.jpg"], "x")]
 
 
 @pytest.mark.fast
