@@ -1099,7 +1099,7 @@ def edited_embeddings(s: Scenario) -> None:
     for name in ("2-d names", "text vectors", "names a scalar"):
         path = s.dir / f"npz{list(npz_variants).index(name)}.npz"
         s.case(f"probe predict: .npz with {name}", {1}, "probe", "predict", path, "--probe", probe_json, "-o",
-               s.dir / "pred.csv", "-q")
+               s.dir / "pred.csv")  # no -q: probe predict shows no progress, so it has no such option
     coll = collection(s, "coll_side")
     Path(f"{coll / 'f.csv'}.json").write_text("[1, 2]")
     s.case("assign: the collection's embeddings sidecar a JSON list", {1}, "assign", b["more"], "--clusters",

@@ -18,6 +18,7 @@ from facepipe.formats import (
     CLUSTER_RESULTS_CSV,
     DETECTIONS_CSV,
     LOCK_FILE,
+    MAX_GROUP_NUMBER,
     Embeddings,
     embed_checkpoint_path,
     group_names,
@@ -329,3 +330,13 @@ def test_detections_probe_and_checkpoint_files_of_the_wrong_types_are_one_line(t
     torch.save({"format": CVAE_CHECKPOINT_FORMAT, "config": {}, "model": {}, "epoch": "3"}, tmp_path / "c.pt")
     with pytest.raises(FacepipeError, match="c.pt: epoch must be a whole number"):
         load_checkpoint(tmp_path / "c.pt")
+
+
+@pytest.mark.fast
+def test_a_checkpoint_with_a_huge_cluster_id_is_one_line():
+    from facepipe.cvae import CVAEConfig
+
+    for clusters in ([2**70, 1, 2], [True, 1], [0, MAX_GROUP_NUMBER + 1]):
+        with pytest.raises(FacepipeError, match="clusters must be a list of cluster ids"):
+            CVAEConfig(image_size=32, clusters=clusters).check()
+    CVAEConfig(image_size=32, clusters=[0, 4, MAX_GROUP_NUMBER]).check()
