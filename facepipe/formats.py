@@ -776,9 +776,14 @@ def read_centroids(path: str | os.PathLike) -> np.ndarray:
 def read_cluster_results(path: str | os.PathLike) -> pd.DataFrame:
     """Read ``cluster_results.csv`` (CLUSTER_COLUMNS): ``name`` text, each once; ``cluster`` a whole number,
     UNKNOWN_CLUSTER or a group 0 and up (with a ``centroids.csv`` beside it, one of its groups); ``distance``
-    a number 0 and up, or empty (NaN). Returns those columns as str, int64 and float64."""
+    a number 0 and up, or empty (NaN); no rows only where its sidecar (if any) counts no items. Returns those
+    columns as str, int64 and float64."""
     path = Path(path)
     frame = read_csv(path, CLUSTER_COLUMNS, "cluster results CSV", text=["name"])
+    items = read_sidecar(path, {"items": int}).get("items")
+    if frame.empty and items:
+        raise FacepipeError(f"{path} has no rows but its sidecar {sidecar_path(path).name} counts {items} faces: "
+                            "the file is damaged (rerun cluster)")
     names = checked_names(frame, "name", path)
     clusters = checked_whole_numbers(frame, "cluster", path, UNKNOWN_CLUSTER, MAX_GROUP_NUMBER)
     distances = checked_numbers(frame, ["distance"], path, low=0, missing_ok=True)[:, 0]

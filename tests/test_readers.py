@@ -340,3 +340,16 @@ def test_a_checkpoint_with_a_huge_cluster_id_is_one_line():
         with pytest.raises(FacepipeError, match="clusters must be a list of cluster ids"):
             CVAEConfig(image_size=32, clusters=clusters).check()
     CVAEConfig(image_size=32, clusters=[0, 4, MAX_GROUP_NUMBER]).check()
+
+
+@pytest.mark.fast
+def test_a_header_only_cluster_results_is_damaged_where_its_sidecar_counts_faces(tmp_path):
+    path = _results(tmp_path, "0")
+    path.write_text("name,cluster,distance\n")
+    sidecar_path(path).write_text(json.dumps({"crops_dir": "crops", "items": 3}))
+    with pytest.raises(FacepipeError, match=r"cluster_results.csv has no rows but its sidecar .* counts 3 faces"):
+        read_cluster_results(path)
+    result = CliRunner().invoke(main, ["export", str(tmp_path), "-o", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "no rows" in result.output and not (tmp_path / "x").exists()
+    sidecar_path(path).write_text(json.dumps({"crops_dir": "crops", "items": 0}))
+    assert read_cluster_results(path).empty
