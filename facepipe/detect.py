@@ -24,6 +24,7 @@ from facepipe.engine import DEFAULT_ENGINE, RAY, check_engine, ray_nodes_phrase,
 from facepipe.formats import (
     DETECT_PARAMS_JSON,
     DETECTION_COLUMNS,
+    DETECTION_NUMBER_RULES,
     DETECTIONS_CSV,
     ERROR_COLUMNS,
     ERRORS_CSV,
@@ -33,6 +34,7 @@ from facepipe.formats import (
     json_object,
     read_csv,
     read_json,
+    well_formed_rows,
     write_csv_atomic,
     write_json_atomic,
 )
@@ -297,7 +299,10 @@ def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[
     sources = sources[well_formed & sources["source"].notna()].drop_duplicates("source", keep="last")
     sources = sources.assign(faces=faces[sources.index].astype(int),
                              reason=sources["reason"].astype("string").fillna("").astype(str))
-    detections = detections.drop_duplicates("crop", keep="last")
+    detections = detections[well_formed_rows(detections, DETECTION_NUMBER_RULES)].drop_duplicates("crop", keep="last")
+    detections = detections.assign(**{  # the kept numbers as a fresh run writes them (a bad cell made them text)
+        column: pd.to_numeric(detections[column]).astype(np.int64 if rule.get("whole") else np.float64)
+        for column, rule in DETECTION_NUMBER_RULES.items()})
     intact = [_is_own_crop(row, params) and _crop_intact(out_dir / str(row["crop"]), row["sha256"])
               for row in detections.to_dict("records")]
     detections = detections[np.asarray(intact, dtype=bool)]  # a bool mask even when empty

@@ -181,16 +181,7 @@ def checked_numbers(frame: pd.DataFrame, columns: Sequence[str], path: str | os.
             return values
     else:
         values, empty = _cell_numbers(cells)
-    with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(values)
-        if whole:
-            bad |= values % 1 != 0
-        if low is not None:
-            bad |= values < low
-        if high is not None:
-            bad |= values > high
-    if missing_ok:
-        bad &= ~empty
+    bad = _bad_cells(values, empty, whole, low, high, missing_ok)
     if bad.any():
         row, index = (int(i) for i in np.argwhere(bad)[0])
         value = values[row, index]
@@ -208,6 +199,32 @@ def checked_numbers(frame: pd.DataFrame, columns: Sequence[str], path: str | os.
             why = f"{_shown(cells.iat[row, index])} is out of range (must be {span})"
         raise FacepipeError(f"{_place(path, row, columns[index])}: {why}")
     return values
+
+
+def _bad_cells(values: np.ndarray, empty: np.ndarray, whole: bool, low: float | None, high: float | None,
+               missing_ok: bool) -> np.ndarray:
+    """Where a cell breaks a rule of ``checked_numbers`` (values NaN where not a number, ``empty`` where empty)."""
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values)
+        if whole:
+            bad |= values % 1 != 0
+        if low is not None:
+            bad |= values < low
+        if high is not None:
+            bad |= values > high
+    return bad & ~empty if missing_ok else bad
+
+
+def well_formed_rows(frame: pd.DataFrame, rules: dict[str, dict]) -> np.ndarray:
+    """A bool per row of ``frame``: True where every column of ``rules`` (column -> ``checked_numbers``
+    keywords) that the frame has passes its rule (for a reader that redoes a bad row instead of refusing)."""
+    good = np.ones(len(frame), dtype=bool)
+    for column, rule in rules.items():
+        if column in frame.columns:
+            values, empty = _cell_numbers(frame[[column]])
+            good &= ~_bad_cells(values, empty, rule.get("whole", False), rule.get("low"), rule.get("high"),
+                                rule.get("missing_ok", False))[:, 0]
+    return good
 
 
 def _all_in_range(values: np.ndarray, empty: np.ndarray, whole: bool, low: float | None, high: float | None,
@@ -308,12 +325,31 @@ def json_object(data: dict, key: str, path: str | os.PathLike) -> dict:
     return checked_fields(data, path, {key: dict}).get(key) or {}
 
 
+# The numbers of a detections.csv row (``checked_numbers`` keywords): a row breaking one is damaged.
+DETECTION_NUMBER_RULES = {"face_index": dict(whole=True, low=0), "x": dict(whole=True), "y": dict(whole=True),
+                          "w": dict(whole=True, low=0), "h": dict(whole=True, low=0),
+                          "source_width": dict(whole=True, low=0), "source_height": dict(whole=True, low=0),
+                          "score": dict(missing_ok=True)}
+
+
 def read_detections(path: str | os.PathLike) -> pd.DataFrame:
     """A crops folder's ``detections.csv`` as embed, cluster and export read it: at least CROP_SOURCE_COLUMNS,
-    ``crop`` and ``source`` text (kept as written), neither empty, each crop once."""
+    ``crop`` and ``source`` text (kept as written), neither empty, each crop once, a crop named inside the
+    folder (relative, no ``..``); the numbers of DETECTION_NUMBER_RULES it has, checked. A bad row is a
+    FacepipeError that says a detect rerun redoes that photo."""
     frame = read_csv(path, CROP_SOURCE_COLUMNS, "detections CSV", text=CROP_SOURCE_COLUMNS)
-    checked_names(frame, "crop", path)
-    checked_names(frame, "source", path, unique=False)
+    redo = "; a detect rerun into that folder redoes the photo"
+    try:
+        crops = checked_names(frame, "crop", path)
+        checked_names(frame, "source", path, unique=False)
+        for row, crop in enumerate(crops):
+            if Path(crop).is_absolute() or ".." in Path(crop).parts:
+                raise FacepipeError(f"{_place(path, row, 'crop')}: {_shown(crop)} is not a crop of this folder")
+        for column, rule in DETECTION_NUMBER_RULES.items():
+            if column in frame.columns:
+                checked_numbers(frame, [column], path, **rule)
+    except FacepipeError as error:
+        raise FacepipeError(f"{error}{redo}") from None
     return frame
 
 

@@ -5,6 +5,7 @@ refused command changes nothing; detect redoes a crop changed since it wrote it.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -308,6 +309,26 @@ def test_detect_redoes_a_crop_truncated_after_it_was_written(clustering, tmp_pat
     assert again.processed_now == 0
 
 
+@pytest.mark.parametrize("column, cell", [("x", "nan"), ("face_index", "first")])
+def test_detect_redoes_a_photo_whose_detection_row_is_damaged_and_embed_refuses_it(clustering, tmp_path, column,
+                                                                                    cell):
+    from facepipe.detect import DetectorParams, detect
+    from facepipe.formats import DETECTION_COLUMNS
+
+    crops = tmp_path / "crops"
+    shutil.copytree(clustering / "crops", crops)
+    rows = [line.split(",") for line in (crops / DETECTIONS_CSV).read_text().splitlines()]
+    rows[1][DETECTION_COLUMNS.index(column)] = cell
+    (crops / DETECTIONS_CSV).write_text("".join(",".join(row) + "\n" for row in rows))
+    result = CliRunner().invoke(main, ["embed", str(crops), "-o", str(tmp_path / "f.csv"), "--model", "dlib-resnet128",
+                                       "--workers", "1", "-q"])
+    assert result.exit_code == 1 and f"row 2, column {column}" in result.output, result.output
+    assert "detect rerun" in result.output and not (tmp_path / "f.csv").exists()
+    summary = detect([clustering / "photos"], crops, DetectorParams(min_neighbors=5), workers=1, show_progress=False)
+    assert summary.processed_now == 1
+    assert (crops / DETECTIONS_CSV).read_bytes() == (clustering / "crops" / DETECTIONS_CSV).read_bytes()
+
+
 @pytest.mark.fast
 def test_detections_probe_and_checkpoint_files_of_the_wrong_types_are_one_line(tmp_path):
     import torch
@@ -321,6 +342,17 @@ def test_detections_probe_and_checkpoint_files_of_the_wrong_types_are_one_line(t
     (tmp_path / DETECTIONS_CSV).write_text("crop,source\na.jpg,\n")
     with pytest.raises(FacepipeError, match=r"detections.csv row 2, column source: the cell is empty"):
         read_detections(tmp_path / DETECTIONS_CSV)
+    for text, message in (("crop,source\n/elsewhere/holiday.jpg,/p/1.jpg\n", "row 2, column crop: '/elsewhere/"),
+                          ("crop,source\nsub/../../x.jpg,/p/1.jpg\n", "row 2, column crop: 'sub/../../x.jpg' is not"),
+                          ("crop,source,face_index\na.jpg,/p/1.jpg,0\nb.jpg,/p/1.jpg,first\n",
+                           "row 3, column face_index: 'first' is not a number"),
+                          ("crop,source,x,w\na.jpg,/p/1.jpg,nan,3\n", "row 2, column x: 'nan' is not a number"),
+                          ("crop,source,w\na.jpg,/p/1.jpg,-3\n", "row 2, column w: -3 is out of range")):
+        (tmp_path / DETECTIONS_CSV).write_text(text)
+        with pytest.raises(FacepipeError, match=re.escape(message) + ".*a detect rerun into that folder redoes"):
+            read_detections(tmp_path / DETECTIONS_CSV)
+    (tmp_path / DETECTIONS_CSV).write_text("crop,source,face_index,x,score\nsub/a.jpg,/p/1.jpg,0,-4,\n")
+    assert read_detections(tmp_path / DETECTIONS_CSV)["crop"].tolist() == ["sub/a.jpg"]
     probe = {"format": "facepipe-linear-probe/1", "target": ["male"], "intercept": 0.0, "threshold": 0.5, "C": 1.0,
              "embedding_model": "m", "embedding_dimension": 1, "coefficients": [1.0], "scaler_mean": [0.0],
              "scaler_scale": [1.0]}
