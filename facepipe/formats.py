@@ -566,6 +566,10 @@ def read_embeddings_checkpoint(path: str | os.PathLike) -> Embeddings:
         raise FacepipeError(f"{error}{advice}") from None
     if not isinstance(meta, dict):
         raise FacepipeError(f"{path}: its meta is not a JSON object{advice}")
+    checked_fields(meta, path, EMBEDDINGS_SIDECAR_FIELDS)
+    if meta.get("dimension") not in (None, vectors.shape[1]):
+        raise FacepipeError(f"{path}: its meta says dimension {meta['dimension']} but it holds {vectors.shape[1]}-d "
+                            f"vectors (damaged){advice}")
     return Embeddings(names=names, vectors=vectors, meta=meta)
 
 

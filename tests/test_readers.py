@@ -157,6 +157,9 @@ def test_an_embed_progress_file_with_bad_arrays_or_meta_is_one_line(tmp_path):
     np.savez(path, names=np.asarray(["a.jpg", "b.jpg"]), vectors=np.full((2, 2), np.nan), meta=np.asarray("{}"))
     with pytest.raises(FacepipeError, match="non-finite values.*--force"):
         read_embeddings_checkpoint(path)
+    np.savez(path, names=np.asarray(["a.jpg", "b.jpg"]), vectors=np.ones((2, 5)), meta=np.asarray('{"dimension": 128}'))
+    with pytest.raises(FacepipeError, match="meta says dimension 128 but it holds 5-d vectors.*--force"):
+        read_embeddings_checkpoint(path)
 
 
 @pytest.mark.fast
