@@ -272,8 +272,10 @@ def _snapshot(folder):
             if p.is_file() and p.name != LOCK_FILE}
 
 
-@pytest.mark.parametrize("damage", ["float", "beyond", "groups"])
-def test_an_assign_refused_on_a_bad_clustering_changes_nothing(clustering, tmp_path, damage):
+@pytest.mark.parametrize("damage, message", [("float", "column cluster"), ("beyond", "column cluster"),
+                                             ("groups", "column cluster"),
+                                             ("centroids", "holds 127-d centroids but")])
+def test_an_assign_refused_on_a_bad_clustering_changes_nothing(clustering, tmp_path, damage, message):
     """assign used to detect and embed the new photos into the collection before it read the clustering."""
     work = tmp_path / "work"
     shutil.copytree(clustering, work, symlinks=True)
@@ -282,6 +284,9 @@ def test_an_assign_refused_on_a_bad_clustering_changes_nothing(clustering, tmp_p
     name, _, distance = lines[1].split(",")
     if damage == "groups":
         (work / "clusters" / "groups.csv").write_text("cluster,person,faces\nzero,Ann,1\n")
+    elif damage == "centroids":  # a column fewer
+        centroids = work / "clusters" / CENTROIDS_CSV
+        centroids.write_text("".join(line.rsplit(",", 1)[0] + "\n" for line in centroids.read_text().splitlines()))
     else:
         lines[1] = f"{name},{'0.5' if damage == 'float' else '7'},{distance}"
         results.write_text("\n".join(lines) + "\n")
@@ -289,8 +294,19 @@ def test_an_assign_refused_on_a_bad_clustering_changes_nothing(clustering, tmp_p
     result = CliRunner().invoke(main, ["assign", str(work / "new"), "--clusters", str(work / "clusters"), "-q",
                                        "--workers", "1"])
     assert result.exit_code == 1, result.output
-    assert ("column cluster" in result.output) and "Traceback" not in result.output, result.output
+    assert (message in result.output) and "Traceback" not in result.output, result.output
     assert _snapshot(work) == before  # no crop, row or vector of the new photos was added
+
+
+@pytest.mark.fast
+def test_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    from facepipe.common import check_writable
+
+    check_writable(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the probe leaves nothing behind
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FacepipeError, match=r"cannot write into .*file: .*nothing was changed"):
+        check_writable(tmp_path / "file")
 
 
 def test_detect_redoes_a_crop_truncated_after_it_was_written(clustering, tmp_path):
