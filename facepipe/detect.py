@@ -313,6 +313,17 @@ def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[
     return sources.to_dict("records"), detections.to_dict("records")
 
 
+def _refuse_foreign_tables(out_dir: Path) -> None:
+    """Refuse a folder holding a detections.csv, sources.csv or errors.csv but no detect.json: detect writes
+    detect.json before them, so they are not facepipe's (they would be overwritten), --force or not."""
+    if (out_dir / DETECT_PARAMS_JSON).exists():
+        return
+    for name in (DETECTIONS_CSV, SOURCES_CSV, ERRORS_CSV):
+        if os.path.lexists(out_dir / name):
+            raise FacepipeError(f"{out_dir} holds a {name} that facepipe did not write (there is no "
+                                f"{DETECT_PARAMS_JSON}): move it away or choose another output folder")
+
+
 def _crop_intact(path: Path, digest) -> bool:
     """The crop ``path`` is on disk with the sha256 ``digest`` its detection row records."""
     return isinstance(digest, str) and path.is_file() and file_sha256(path) == digest
@@ -423,6 +434,7 @@ def detect(
     check_engine(engine, ray_address)
     run = DetectRun(engine, ray_address, usable_workers(workers), max_pixels, show_progress, checkpoint_seconds)
     out_dir = Path(os.path.abspath(out_dir))
+    _refuse_foreign_tables(out_dir)
     remove_own_temporaries(out_dir, _is_output_name)
     unlisted: list[dict] = []
     images = collect_images(inputs, unlisted)
