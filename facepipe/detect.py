@@ -57,6 +57,7 @@ from facepipe.detectors import (
 )
 from facepipe.images import (
     DEFAULT_MAX_PIXELS,
+    NOT_UTF8_REASON,
     ImageReadError,
     collect_images,
     load_image_rgb,
@@ -438,7 +439,7 @@ def detect(
     remove_own_temporaries(out_dir, _is_output_name)
     unlisted: list[dict] = []
     images = collect_images(inputs, unlisted)
-    if not images:
+    if not images and not (unlisted and all(row["reason"] == NOT_UTF8_REASON for row in unlisted)):
         found = f" ({unlisted[0]['path']}: {unlisted[0]['reason']})" if unlisted else ""
         raise FacepipeError(f"no images found in the given inputs{found}")
 

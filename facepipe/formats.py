@@ -14,6 +14,7 @@ cluster  -> cluster_results.csv  ``name, cluster, distance`` (CLUSTER_COLUMNS)
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -100,9 +101,12 @@ def _unescape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def csv_text(frame: pd.DataFrame, float_format: str | None = None) -> str:
-    """The text ``write_csv_atomic`` writes for ``frame``."""
+    """The text ``write_csv_atomic`` writes for ``frame``: where a text cell holds a carriage return (which
+    the csv module does not quote, and a reader takes for a line end) every text cell is quoted."""
     buffer = io.StringIO()
-    _escape_formulas(frame).to_csv(buffer, index=False, float_format=float_format)
+    has_cr = any(frame[c].astype(str).str.contains("\r", regex=False).any() for c in _text_columns(frame))
+    _escape_formulas(frame).to_csv(buffer, index=False, float_format=float_format,
+                                   quoting=csv.QUOTE_NONNUMERIC if has_cr else csv.QUOTE_MINIMAL)
     return buffer.getvalue()
 
 
