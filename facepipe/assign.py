@@ -21,7 +21,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from facepipe.common import FacepipeError
+from facepipe.common import FacepipeError, check_writable
 from facepipe.formats import (
     CENTROIDS_CSV,
     CLUSTER_COLUMNS,
@@ -205,9 +205,15 @@ def assign(
     centroids = read_centroids(results_path.parent / CENTROIDS_CSV)
     names = group_names(results_path.parent)
     state = _run_state(results_path.parent)
+    for folder in (results_path.parent, crops_dir, embeddings_path.parent):  # all three are written
+        check_writable(folder)
     with folder_lock(crops_dir), folder_lock(embeddings_path.parent):
         collection = read_embeddings(_with_sidecar(embeddings_path))
         _check_belong_together(known, results_path, collection, embeddings_path)
+        if centroids.shape[1] != collection.dim:
+            raise FacepipeError(f"{results_path.parent / CENTROIDS_CSV} holds {centroids.shape[1]}-d centroids but "
+                                f"{embeddings_path} {collection.dim}-d embeddings: the clustering and its embeddings "
+                                "no longer belong together")
         photo_count = _detect_and_embed([str(p) for p in photos], crops_dir, recorded_params(crops_dir), collection,
                                         embeddings_path, weights, workers, show_progress)
     embeddings = read_embeddings(embeddings_path)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from facepipe import __version__
-from facepipe.common import FacepipeError, describe_os_error
+from facepipe.common import FacepipeError, describe_os_error, is_auto
 from facepipe.config import ConfigError
 from facepipe.detectors import DETECTORS, COMBINED
 from facepipe.engine import DEFAULT_ENGINE, ENGINES
@@ -87,7 +87,7 @@ class AutoOr(click.ParamType):
         self.name = f"auto|{inner.name}"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, str) and value.strip().lower() == "auto":
+        if is_auto(value):
             return "auto"
         return self.inner.convert(value, param, ctx)
 
@@ -135,7 +135,7 @@ RUN_SECTION_OPTIONS = ("engine", "ray_address")  # [run] options checked as `run
 def _value_problem(param: click.Parameter, value) -> str | None:
     """Why a run-config value would not pass the command-line option ``param`` (None: it would)."""
     kind = param.type
-    if isinstance(kind, AutoOr) and isinstance(value, str) and value.strip().lower() == "auto":
+    if isinstance(kind, AutoOr) and is_auto(value):
         return None
     kind = kind.inner if isinstance(kind, AutoOr) else kind
     if getattr(param, "is_flag", False) or isinstance(kind, click.types.BoolParamType):

@@ -25,7 +25,7 @@ import pandas as pd
 
 from facepipe import __version__
 from facepipe.cluster_metrics import clustering_metrics
-from facepipe.common import FacepipeError, atomic_path, file_sha256, progress
+from facepipe.common import FacepipeError, atomic_path, file_sha256, is_auto, progress
 from facepipe.formats import (
     CENTROIDS_CSV,
     CLUSTER_COLUMNS,
@@ -402,7 +402,7 @@ def same_person_distance(threshold: float | str | None, model: str | None, norma
     rule (``SAME_PERSON_DISTANCE``, for L2-normalised embeddings), None where no rule is known."""
     from facepipe.models import SAME_PERSON_DISTANCE
 
-    if threshold is None or (isinstance(threshold, str) and threshold.strip().lower() == "auto"):
+    if threshold is None or is_auto(threshold):
         return SAME_PERSON_DISTANCE.get(model) if normalize else None
     try:
         value = float(threshold)
@@ -604,7 +604,7 @@ def _with_people(grouping: Grouping, vectors: np.ndarray, names: list[str], phot
         return grouping, {}, None
     people = read_people(people_file)
     dim = grouping.centroids.shape[1]
-    anchors = {n: a for n, a in read_anchors(out_dir).items() if a.shape == (dim,)}  # of another model: new
+    anchors = read_anchors(out_dir, dim)
     earlier = read_centroids(out_dir / CENTROIDS_CSV) if (out_dir / CENTROIDS_CSV).is_file() else grouping.centroids
     earlier = earlier if earlier.shape[1] == dim else grouping.centroids
     anchors.update({n: earlier[n] for n in people.group_numbers() - set(anchors) if 0 <= n < len(earlier)})
@@ -777,7 +777,7 @@ def _write_results(out_dir: Path, names: list[str], grouping: Grouping, table: p
 
 
 def _is_auto(k) -> bool:
-    return k is None or (isinstance(k, str) and k.strip().lower() == "auto")
+    return k is None or is_auto(k)
 
 
 def _check_k(k, k_range, k_rule: str, n: int, embeddings_path: Path) -> range:

@@ -134,6 +134,17 @@ def describe_os_error(error: OSError) -> str:
             "fix this and rerun the same command to go on from what is done")
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """Refuse, before any work, a folder a command will write into but may not (read-only, permissions): a
+    nameless temporary file is made and dropped there, so nothing is left behind."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise FacepipeError(f"cannot write into {folder}: {OS_ERROR_REASONS.get(error.errno, error.strerror)}; "
+                            "nothing was changed") from None
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in 1 MiB pieces."""
     digest = hashlib.sha256()
@@ -184,6 +195,11 @@ def worker_pool(processes: int, initializer, initargs: tuple):
         yield pool
     finally:
         pool.terminate()
+
+
+def is_auto(value) -> bool:
+    """True for the word "auto" of an option or config value, in any case and with spaces around it."""
+    return isinstance(value, str) and value.strip().lower() == "auto"
 
 
 def resolve_device(device: str = "auto") -> str:

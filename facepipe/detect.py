@@ -24,6 +24,7 @@ from facepipe.engine import DEFAULT_ENGINE, RAY, check_engine, ray_nodes_phrase,
 from facepipe.formats import (
     DETECT_PARAMS_JSON,
     DETECTION_COLUMNS,
+    DETECTION_NUMBER_RULES,
     DETECTIONS_CSV,
     ERROR_COLUMNS,
     ERRORS_CSV,
@@ -33,6 +34,7 @@ from facepipe.formats import (
     json_object,
     read_csv,
     read_json,
+    well_formed_rows,
     write_csv_atomic,
     write_json_atomic,
 )
@@ -55,6 +57,7 @@ from facepipe.detectors import (
 )
 from facepipe.images import (
     DEFAULT_MAX_PIXELS,
+    NOT_UTF8_REASON,
     ImageReadError,
     collect_images,
     load_image_rgb,
@@ -297,7 +300,10 @@ def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[
     sources = sources[well_formed & sources["source"].notna()].drop_duplicates("source", keep="last")
     sources = sources.assign(faces=faces[sources.index].astype(int),
                              reason=sources["reason"].astype("string").fillna("").astype(str))
-    detections = detections.drop_duplicates("crop", keep="last")
+    detections = detections[well_formed_rows(detections, DETECTION_NUMBER_RULES)].drop_duplicates("crop", keep="last")
+    detections = detections.assign(**{  # the kept numbers as a fresh run writes them (a bad cell made them text)
+        column: pd.to_numeric(detections[column]).astype(np.int64 if rule.get("whole") else np.float64)
+        for column, rule in DETECTION_NUMBER_RULES.items()})
     intact = [_is_own_crop(row, params) and _crop_intact(out_dir / str(row["crop"]), row["sha256"])
               for row in detections.to_dict("records")]
     detections = detections[np.asarray(intact, dtype=bool)]  # a bool mask even when empty
@@ -306,6 +312,17 @@ def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[
     sources = sources[complete]
     detections = detections[detections["source"].isin(set(sources["source"]))]
     return sources.to_dict("records"), detections.to_dict("records")
+
+
+def _refuse_foreign_tables(out_dir: Path) -> None:
+    """Refuse a folder holding a detections.csv, sources.csv or errors.csv but no detect.json: detect writes
+    detect.json before them, so they are not facepipe's (they would be overwritten), --force or not."""
+    if (out_dir / DETECT_PARAMS_JSON).exists():
+        return
+    for name in (DETECTIONS_CSV, SOURCES_CSV, ERRORS_CSV):
+        if os.path.lexists(out_dir / name):
+            raise FacepipeError(f"{out_dir} holds a {name} that facepipe did not write (there is no "
+                                f"{DETECT_PARAMS_JSON}): move it away or choose another output folder")
 
 
 def _crop_intact(path: Path, digest) -> bool:
@@ -418,10 +435,11 @@ def detect(
     check_engine(engine, ray_address)
     run = DetectRun(engine, ray_address, usable_workers(workers), max_pixels, show_progress, checkpoint_seconds)
     out_dir = Path(os.path.abspath(out_dir))
+    _refuse_foreign_tables(out_dir)
     remove_own_temporaries(out_dir, _is_output_name)
     unlisted: list[dict] = []
     images = collect_images(inputs, unlisted)
-    if not images:
+    if not images and not (unlisted and all(row["reason"] == NOT_UTF8_REASON for row in unlisted)):
         found = f" ({unlisted[0]['path']}: {unlisted[0]['reason']})" if unlisted else ""
         raise FacepipeError(f"no images found in the given inputs{found}")
 

@@ -14,6 +14,7 @@ cluster  -> cluster_results.csv  ``name, cluster, distance`` (CLUSTER_COLUMNS)
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -100,9 +101,12 @@ def _unescape_formulas(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def csv_text(frame: pd.DataFrame, float_format: str | None = None) -> str:
-    """The text ``write_csv_atomic`` writes for ``frame``."""
+    """The text ``write_csv_atomic`` writes for ``frame``: where a text cell holds a carriage return (which
+    the csv module does not quote, and a reader takes for a line end) every text cell is quoted."""
     buffer = io.StringIO()
-    _escape_formulas(frame).to_csv(buffer, index=False, float_format=float_format)
+    has_cr = any(frame[c].astype(str).str.contains("\r", regex=False).any() for c in _text_columns(frame))
+    _escape_formulas(frame).to_csv(buffer, index=False, float_format=float_format,
+                                   quoting=csv.QUOTE_NONNUMERIC if has_cr else csv.QUOTE_MINIMAL)
     return buffer.getvalue()
 
 
@@ -181,16 +185,7 @@ def checked_numbers(frame: pd.DataFrame, columns: Sequence[str], path: str | os.
             return values
     else:
         values, empty = _cell_numbers(cells)
-    with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(values)
-        if whole:
-            bad |= values % 1 != 0
-        if low is not None:
-            bad |= values < low
-        if high is not None:
-            bad |= values > high
-    if missing_ok:
-        bad &= ~empty
+    bad = _bad_cells(values, empty, whole, low, high, missing_ok)
     if bad.any():
         row, index = (int(i) for i in np.argwhere(bad)[0])
         value = values[row, index]
@@ -208,6 +203,32 @@ def checked_numbers(frame: pd.DataFrame, columns: Sequence[str], path: str | os.
             why = f"{_shown(cells.iat[row, index])} is out of range (must be {span})"
         raise FacepipeError(f"{_place(path, row, columns[index])}: {why}")
     return values
+
+
+def _bad_cells(values: np.ndarray, empty: np.ndarray, whole: bool, low: float | None, high: float | None,
+               missing_ok: bool) -> np.ndarray:
+    """Where a cell breaks a rule of ``checked_numbers`` (values NaN where not a number, ``empty`` where empty)."""
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values)
+        if whole:
+            bad |= values % 1 != 0
+        if low is not None:
+            bad |= values < low
+        if high is not None:
+            bad |= values > high
+    return bad & ~empty if missing_ok else bad
+
+
+def well_formed_rows(frame: pd.DataFrame, rules: dict[str, dict]) -> np.ndarray:
+    """A bool per row of ``frame``: True where every column of ``rules`` (column -> ``checked_numbers``
+    keywords) that the frame has passes its rule (for a reader that redoes a bad row instead of refusing)."""
+    good = np.ones(len(frame), dtype=bool)
+    for column, rule in rules.items():
+        if column in frame.columns:
+            values, empty = _cell_numbers(frame[[column]])
+            good &= ~_bad_cells(values, empty, rule.get("whole", False), rule.get("low"), rule.get("high"),
+                                rule.get("missing_ok", False))[:, 0]
+    return good
 
 
 def _all_in_range(values: np.ndarray, empty: np.ndarray, whole: bool, low: float | None, high: float | None,
@@ -308,12 +329,31 @@ def json_object(data: dict, key: str, path: str | os.PathLike) -> dict:
     return checked_fields(data, path, {key: dict}).get(key) or {}
 
 
+# The numbers of a detections.csv row (``checked_numbers`` keywords): a row breaking one is damaged.
+DETECTION_NUMBER_RULES = {"face_index": dict(whole=True, low=0), "x": dict(whole=True), "y": dict(whole=True),
+                          "w": dict(whole=True, low=0), "h": dict(whole=True, low=0),
+                          "source_width": dict(whole=True, low=0), "source_height": dict(whole=True, low=0),
+                          "score": dict(missing_ok=True)}
+
+
 def read_detections(path: str | os.PathLike) -> pd.DataFrame:
     """A crops folder's ``detections.csv`` as embed, cluster and export read it: at least CROP_SOURCE_COLUMNS,
-    ``crop`` and ``source`` text (kept as written), neither empty, each crop once."""
+    ``crop`` and ``source`` text (kept as written), neither empty, each crop once, a crop named inside the
+    folder (relative, no ``..``); the numbers of DETECTION_NUMBER_RULES it has, checked. A bad row is a
+    FacepipeError that says a detect rerun redoes that photo."""
     frame = read_csv(path, CROP_SOURCE_COLUMNS, "detections CSV", text=CROP_SOURCE_COLUMNS)
-    checked_names(frame, "crop", path)
-    checked_names(frame, "source", path, unique=False)
+    redo = "; a detect rerun into that folder redoes the photo"
+    try:
+        crops = checked_names(frame, "crop", path)
+        checked_names(frame, "source", path, unique=False)
+        for row, crop in enumerate(crops):
+            if Path(crop).is_absolute() or ".." in Path(crop).parts:
+                raise FacepipeError(f"{_place(path, row, 'crop')}: {_shown(crop)} is not a crop of this folder")
+        for column, rule in DETECTION_NUMBER_RULES.items():
+            if column in frame.columns:
+                checked_numbers(frame, [column], path, **rule)
+    except FacepipeError as error:
+        raise FacepipeError(f"{error}{redo}") from None
     return frame
 
 
@@ -530,6 +570,10 @@ def read_embeddings_checkpoint(path: str | os.PathLike) -> Embeddings:
         raise FacepipeError(f"{error}{advice}") from None
     if not isinstance(meta, dict):
         raise FacepipeError(f"{path}: its meta is not a JSON object{advice}")
+    checked_fields(meta, path, EMBEDDINGS_SIDECAR_FIELDS)
+    if meta.get("dimension") not in (None, vectors.shape[1]):
+        raise FacepipeError(f"{path}: its meta says dimension {meta['dimension']} but it holds {vectors.shape[1]}-d "
+                            f"vectors (damaged){advice}")
     return Embeddings(names=names, vectors=vectors, meta=meta)
 
 
@@ -776,9 +820,14 @@ def read_centroids(path: str | os.PathLike) -> np.ndarray:
 def read_cluster_results(path: str | os.PathLike) -> pd.DataFrame:
     """Read ``cluster_results.csv`` (CLUSTER_COLUMNS): ``name`` text, each once; ``cluster`` a whole number,
     UNKNOWN_CLUSTER or a group 0 and up (with a ``centroids.csv`` beside it, one of its groups); ``distance``
-    a number 0 and up, or empty (NaN). Returns those columns as str, int64 and float64."""
+    a number 0 and up, or empty (NaN); no rows only where its sidecar (if any) counts no items. Returns those
+    columns as str, int64 and float64."""
     path = Path(path)
     frame = read_csv(path, CLUSTER_COLUMNS, "cluster results CSV", text=["name"])
+    items = read_sidecar(path, {"items": int}).get("items")
+    if frame.empty and items:
+        raise FacepipeError(f"{path} has no rows but its sidecar {sidecar_path(path).name} counts {items} faces: "
+                            "the file is damaged (rerun cluster)")
     names = checked_names(frame, "name", path)
     clusters = checked_whole_numbers(frame, "cluster", path, UNKNOWN_CLUSTER, MAX_GROUP_NUMBER)
     distances = checked_numbers(frame, ["distance"], path, low=0, missing_ok=True)[:, 0]

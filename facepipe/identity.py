@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from facepipe.common import FacepipeError
+from facepipe.common import FacepipeError, is_auto
 from facepipe.crops import grouped_crops
 from facepipe.formats import (
     CLUSTER_SIDECAR_FIELDS,
@@ -59,7 +59,7 @@ def identity_weight_for(weight: float | str, model: str | None) -> float:
     """The identity term's weight for clusters from ``model`` embeddings (None: not known): ``"auto"`` is
     DEFAULT_IDENTITY_WEIGHT for one of DIFFERENTIABLE_MODELS, else 0; a number is checked (``limits.TRAIN_CVAE``;
     above 0 only for DIFFERENTIABLE_MODELS) and returned."""
-    if weight == "auto":
+    if is_auto(weight):
         return DEFAULT_IDENTITY_WEIGHT if model in DIFFERENTIABLE_MODELS else 0.0
     try:
         value = float(weight)

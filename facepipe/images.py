@@ -53,6 +53,9 @@ def _read_path_list(list_file: Path) -> list[Path]:
     return paths
 
 
+NOT_UTF8_REASON = "the file name is not valid UTF-8 (a CSV cannot name it); rename it, e.g. convmv -f latin1 -t utf8"
+
+
 def printable_path(path: str | os.PathLike) -> str:
     """``path`` as valid UTF-8 text: bytes of a file name that are not UTF-8 shown as ``\\xe9`` escapes."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
@@ -62,7 +65,7 @@ def _not_utf8(path: Path, problems: list[dict] | None) -> bool:
     """True (and ``path`` recorded in ``problems``, or refused) when its name is not UTF-8: no CSV could name it."""
     if printable_path(path) == str(path):
         return False
-    reason = "the file name is not valid UTF-8 (a CSV cannot name it); rename it, e.g. convmv -f latin1 -t utf8"
+    reason = NOT_UTF8_REASON
     if problems is None:
         raise FacepipeError(f"{printable_path(path)}: {reason}")
     problems.append({"path": printable_path(path), "reason": reason})

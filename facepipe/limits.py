@@ -13,7 +13,7 @@ import numbers
 import os
 from dataclasses import dataclass
 
-from facepipe.common import FacepipeError
+from facepipe.common import FacepipeError, is_auto
 from facepipe.cvae_settings import (
     MAX_ALIGN_PADDING,
     MAX_BASE_CHANNELS,
@@ -71,7 +71,7 @@ def check_limits(table: dict[str, Limit], **values) -> None:
     """Refuse the first of ``values`` outside its range in ``table``, naming the option; "auto" passes (the
     stage resolves it)."""
     for name, value in values.items():
-        if value == "auto" or table[name].admits(value):
+        if is_auto(value) or table[name].admits(value):
             continue
         raise FacepipeError(f"{option_name(name)} {value!r} is out of range: it must be {table[name].describe()}")
 
@@ -81,7 +81,7 @@ def config_limit_problems(config: dict) -> list[str]:
     problems = []
     for section, table in CONFIG_SECTIONS.items():
         for key, value in config.get(section, {}).items():
-            if key in table and key != "k_range" and value != "auto" and not table[key].admits(value):
+            if key in table and key != "k_range" and not is_auto(value) and not table[key].admits(value):
                 problems.append(f"[{section}] {key} = {value!r} is out of range: it must be {table[key].describe()}")
     return problems
 

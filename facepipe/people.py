@@ -109,12 +109,17 @@ def read_people(path: str | Path) -> People:
         faces = split.get("faces") if isinstance(split, dict) else None
         if not isinstance(faces, list) or not faces or not all(isinstance(f, str) for f in faces):
             raise FacepipeError(f"{path}: each [[split]] needs faces = [crop names]")
+        unknown = sorted(set(split) - {"faces", "name"})
+        if unknown:
+            raise FacepipeError(f"{path}: [[split]] has unknown key(s) {', '.join(unknown)}; known: faces, name")
         people.splits.append((faces, str(split.get("name", "")).strip()))
     return people
 
 
-def read_anchors(folder: Path) -> dict[int, np.ndarray]:
-    """Group number -> its anchor centroid, from an earlier run into ``folder`` (none if there was none)."""
+def read_anchors(folder: Path, dim: int) -> dict[int, np.ndarray]:
+    """Group number -> its anchor centroid, from an earlier run into ``folder`` (none if there was none); the
+    anchors must be ``dim``-d, as the embeddings clustered now (others are a damaged file or another model's:
+    refused, as renumbering silently would put the people file's names on other groups)."""
     path = folder / PEOPLE_ANCHORS_CSV
     if not path.is_file():
         return {}
@@ -122,6 +127,9 @@ def read_anchors(folder: Path) -> dict[int, np.ndarray]:
     columns = [c for c in frame.columns if c != "group"]
     if not columns or columns != embedding_columns(len(columns)):
         raise FacepipeError(f"{path}: expected columns group, e0..e{max(len(columns) - 1, 0)}")
+    if len(columns) != dim:
+        raise FacepipeError(f"{path} holds {len(columns)}-d anchors but the embeddings are {dim}-d (damaged, or "
+                            "from another model): remove it to anchor the people file's group numbers anew")
     groups = checked_whole_numbers(frame, "group", path, 0, MAX_GROUP_NUMBER, unique=True)
     vectors = checked_numbers(frame, columns, path, low=-FLOAT32_MAX, high=FLOAT32_MAX).astype(np.float32)
     return dict(zip(groups.tolist(), vectors))

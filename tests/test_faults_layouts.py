@@ -186,6 +186,32 @@ def test_a_file_name_that_is_not_utf8_is_listed_in_errors_csv(tmp_path, photos):
 
 
 @pytest.mark.fast
+@pytest.mark.parametrize("given", ["folder", "file"])
+def test_a_lone_photo_whose_name_is_not_utf8_is_listed_and_exits_3(tmp_path, given):
+    """Not 'no images found' (exit 1) while a photo was given: it is listed in errors.csv, the run exits 3."""
+    noise_photo(tmp_path / NOT_UTF8)
+    result = detect_cli(str(tmp_path / NOT_UTF8) if given == "file" else str(tmp_path), "-o", str(tmp_path / "crops"))
+    assert result.exit_code == 3, result.output
+    assert read_csv(tmp_path / "crops" / ERRORS_CSV)["path"].tolist() == [str(tmp_path / "caf\\xe9.jpg")]
+    assert read_csv(tmp_path / "crops" / SOURCES_CSV)["status"].tolist() == ["error"]
+
+
+@pytest.mark.fast
+def test_a_photo_name_with_a_tab_and_a_carriage_return_reads_back_as_one_row(tmp_path):
+    """The csv module quotes a newline but not a lone CR, which readers take for a line end: such a file is
+    written with its text cells quoted."""
+    name = "tab\tcr\r.jpg"
+    (tmp_path / "in").mkdir()
+    noise_photo(tmp_path / "in" / name)
+    for _ in range(2):  # the rerun reads the files back and keeps the photo
+        result = detect_cli(str(tmp_path / "in"), "-o", str(tmp_path / "crops"))
+        assert result.exit_code == 0, result.output
+    sources = read_csv(tmp_path / "crops" / SOURCES_CSV, text=["source"])
+    assert sources["source"].tolist() == [str(tmp_path / "in" / name)] and sources["status"].tolist() == ["ok"]
+    assert "(0 processed now, 1 already done)" in result.output, result.output
+
+
+@pytest.mark.fast
 def test_collect_images_lists_or_refuses_a_name_that_is_not_utf8(tmp_path):
     from facepipe.common import FacepipeError
     from facepipe.images import collect_images

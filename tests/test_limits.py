@@ -202,3 +202,17 @@ def test_embeddings_scaled_by_1e30_group_as_the_unscaled_ones(tmp_path, johns_dl
     with pytest.raises(FacepipeError, match="too large to compare without normalisation"):
         cluster(tmp_path / "scaled_1e+30.npz", tmp_path / "raw", normalize=False, threshold=0.5, samples_dir=None,
                 show_progress=False)
+
+
+@pytest.mark.fast
+def test_auto_in_any_case_is_the_word_auto_everywhere():
+    """``Auto`` / `` AUTO `` in a run config or an option is "auto", as one helper decides (common.is_auto)."""
+    from facepipe.cluster import same_person_distance
+    from facepipe.identity import identity_weight_for
+    from facepipe.limits import config_limit_problems
+
+    config = load_config(None, ["cluster.k=Auto", "train_cvae.identity_weight=AUTO"])
+    assert run_config_problems(config) == [] and config_limit_problems(config) == []
+    assert identity_weight_for(" AUTO ", None) == identity_weight_for("auto", None) == 0.0
+    assert same_person_distance("Auto", "dlib-resnet128", True) == same_person_distance("auto", "dlib-resnet128", True)
+    assert run_config_problems(load_config(None, ["cluster.k=automatic"]))

@@ -254,3 +254,18 @@ def test_cluster_removes_only_the_sample_grids_it_recorded(tmp_path):
     assert two.k == 2 and not (samples / "cluster_2.jpg").exists()  # recorded by the run before: removed
     assert (samples / "cluster_wedding.jpg").read_bytes() == b"the user's wedding"
     assert (samples / "cluster_7.jpg").read_bytes() == b"a grid of the user's own"
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("table", [DETECTIONS_CSV, SOURCES_CSV])
+def test_detect_refuses_a_folder_holding_the_users_own_detection_tables(tmp_path, table):
+    """A table with no detect.json beside it is not facepipe's: detect writes detect.json before them."""
+    mine = tmp_path / "my_crops"
+    mine.mkdir()
+    (mine / table).write_text("my,own,table\n")
+    (tmp_path / "photo.jpg").write_bytes(b"not looked at")
+    for extra in ([], ["--force"]):
+        result = CliRunner().invoke(main, ["detect", str(tmp_path / "photo.jpg"), "-o", str(mine), "-q", *extra])
+        assert result.exit_code == 1 and f"holds a {table} that facepipe did not write" in result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in mine.iterdir() if p.name != LOCK_FILE) == [table] and (mine / table).read_text() == "my,own,table\n"

@@ -5,6 +5,7 @@ refused command changes nothing; detect redoes a crop changed since it wrote it.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -18,6 +19,7 @@ from facepipe.formats import (
     CLUSTER_RESULTS_CSV,
     DETECTIONS_CSV,
     LOCK_FILE,
+    MAX_GROUP_NUMBER,
     Embeddings,
     embed_checkpoint_path,
     group_names,
@@ -155,6 +157,9 @@ def test_an_embed_progress_file_with_bad_arrays_or_meta_is_one_line(tmp_path):
     np.savez(path, names=np.asarray(["a.jpg", "b.jpg"]), vectors=np.full((2, 2), np.nan), meta=np.asarray("{}"))
     with pytest.raises(FacepipeError, match="non-finite values.*--force"):
         read_embeddings_checkpoint(path)
+    np.savez(path, names=np.asarray(["a.jpg", "b.jpg"]), vectors=np.ones((2, 5)), meta=np.asarray('{"dimension": 128}'))
+    with pytest.raises(FacepipeError, match="meta says dimension 128 but it holds 5-d vectors.*--force"):
+        read_embeddings_checkpoint(path)
 
 
 @pytest.mark.fast
@@ -167,13 +172,26 @@ def test_centroids_and_people_anchors_with_text_are_one_line(tmp_path):
         read_centroids(tmp_path / CENTROIDS_CSV)
     (tmp_path / "people_anchors.csv").write_text("group,e0,e1\n0,0.6,0.8\n3,0.1,abc\n")
     with pytest.raises(FacepipeError, match=r"people_anchors.csv row 3, column e1: 'abc' is not a number"):
-        read_anchors(tmp_path)
+        read_anchors(tmp_path, 2)
     (tmp_path / "people_anchors.csv").write_text("group,e0,e1\n0,0.6,0.8\n0.5,0.1,0.2\n")
     with pytest.raises(FacepipeError, match=r"row 3, column group: 0.5 is not a whole number"):
-        read_anchors(tmp_path)
+        read_anchors(tmp_path, 2)
     (tmp_path / "people_anchors.csv").write_text("group,e0,e1\n2,0.6,0.8\n2,0.1,0.2\n")
     with pytest.raises(FacepipeError, match=r"row 3, column group: 2 appears again"):
-        read_anchors(tmp_path)
+        read_anchors(tmp_path, 2)
+    (tmp_path / "people_anchors.csv").write_text("group,e0\n0,0.6\n2,0.1\n")  # a column fewer
+    with pytest.raises(FacepipeError, match=r"people_anchors.csv holds 1-d anchors but the embeddings are 2-d"):
+        read_anchors(tmp_path, 2)
+
+
+@pytest.mark.fast
+def test_a_people_file_split_with_an_unknown_key_is_refused(tmp_path):
+    people = tmp_path / "people.toml"
+    people.write_text('[[split]]\nfaces = ["a.jpg"]\nnmae = "x"\n')
+    with pytest.raises(FacepipeError, match=r"\[\[split\]\] has unknown key\(s\) nmae; known: faces, name"):
+        read_people(people)
+    people.write_text('[[split]]\nfaces = ["a.jpg"]\nname = "x"\n')
+    assert read_people(people).splits == [(["a.jpg"], "x")]
 
 
 @pytest.mark.fast
@@ -254,8 +272,10 @@ def _snapshot(folder):
             if p.is_file() and p.name != LOCK_FILE}
 
 
-@pytest.mark.parametrize("damage", ["float", "beyond", "groups"])
-def test_an_assign_refused_on_a_bad_clustering_changes_nothing(clustering, tmp_path, damage):
+@pytest.mark.parametrize("damage, message", [("float", "column cluster"), ("beyond", "column cluster"),
+                                             ("groups", "column cluster"),
+                                             ("centroids", "holds 127-d centroids but")])
+def test_an_assign_refused_on_a_bad_clustering_changes_nothing(clustering, tmp_path, damage, message):
     """assign used to detect and embed the new photos into the collection before it read the clustering."""
     work = tmp_path / "work"
     shutil.copytree(clustering, work, symlinks=True)
@@ -264,6 +284,9 @@ def test_an_assign_refused_on_a_bad_clustering_changes_nothing(clustering, tmp_p
     name, _, distance = lines[1].split(",")
     if damage == "groups":
         (work / "clusters" / "groups.csv").write_text("cluster,person,faces\nzero,Ann,1\n")
+    elif damage == "centroids":  # a column fewer
+        centroids = work / "clusters" / CENTROIDS_CSV
+        centroids.write_text("".join(line.rsplit(",", 1)[0] + "\n" for line in centroids.read_text().splitlines()))
     else:
         lines[1] = f"{name},{'0.5' if damage == 'float' else '7'},{distance}"
         results.write_text("\n".join(lines) + "\n")
@@ -271,8 +294,19 @@ def test_an_assign_refused_on_a_bad_clustering_changes_nothing(clustering, tmp_p
     result = CliRunner().invoke(main, ["assign", str(work / "new"), "--clusters", str(work / "clusters"), "-q",
                                        "--workers", "1"])
     assert result.exit_code == 1, result.output
-    assert ("column cluster" in result.output) and "Traceback" not in result.output, result.output
+    assert (message in result.output) and "Traceback" not in result.output, result.output
     assert _snapshot(work) == before  # no crop, row or vector of the new photos was added
+
+
+@pytest.mark.fast
+def test_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    from facepipe.common import check_writable
+
+    check_writable(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the probe leaves nothing behind
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FacepipeError, match=r"cannot write into .*file: .*nothing was changed"):
+        check_writable(tmp_path / "file")
 
 
 def test_detect_redoes_a_crop_truncated_after_it_was_written(clustering, tmp_path):
@@ -294,6 +328,26 @@ def test_detect_redoes_a_crop_truncated_after_it_was_written(clustering, tmp_pat
     assert again.processed_now == 0
 
 
+@pytest.mark.parametrize("column, cell", [("x", "nan"), ("face_index", "first")])
+def test_detect_redoes_a_photo_whose_detection_row_is_damaged_and_embed_refuses_it(clustering, tmp_path, column,
+                                                                                    cell):
+    from facepipe.detect import DetectorParams, detect
+    from facepipe.formats import DETECTION_COLUMNS
+
+    crops = tmp_path / "crops"
+    shutil.copytree(clustering / "crops", crops)
+    rows = [line.split(",") for line in (crops / DETECTIONS_CSV).read_text().splitlines()]
+    rows[1][DETECTION_COLUMNS.index(column)] = cell
+    (crops / DETECTIONS_CSV).write_text("".join(",".join(row) + "\n" for row in rows))
+    result = CliRunner().invoke(main, ["embed", str(crops), "-o", str(tmp_path / "f.csv"), "--model", "dlib-resnet128",
+                                       "--workers", "1", "-q"])
+    assert result.exit_code == 1 and f"row 2, column {column}" in result.output, result.output
+    assert "detect rerun" in result.output and not (tmp_path / "f.csv").exists()
+    summary = detect([clustering / "photos"], crops, DetectorParams(min_neighbors=5), workers=1, show_progress=False)
+    assert summary.processed_now == 1
+    assert (crops / DETECTIONS_CSV).read_bytes() == (clustering / "crops" / DETECTIONS_CSV).read_bytes()
+
+
 @pytest.mark.fast
 def test_detections_probe_and_checkpoint_files_of_the_wrong_types_are_one_line(tmp_path):
     import torch
@@ -307,6 +361,17 @@ def test_detections_probe_and_checkpoint_files_of_the_wrong_types_are_one_line(t
     (tmp_path / DETECTIONS_CSV).write_text("crop,source\na.jpg,\n")
     with pytest.raises(FacepipeError, match=r"detections.csv row 2, column source: the cell is empty"):
         read_detections(tmp_path / DETECTIONS_CSV)
+    for text, message in (("crop,source\n/elsewhere/holiday.jpg,/p/1.jpg\n", "row 2, column crop: '/elsewhere/"),
+                          ("crop,source\nsub/../../x.jpg,/p/1.jpg\n", "row 2, column crop: 'sub/../../x.jpg' is not"),
+                          ("crop,source,face_index\na.jpg,/p/1.jpg,0\nb.jpg,/p/1.jpg,first\n",
+                           "row 3, column face_index: 'first' is not a number"),
+                          ("crop,source,x,w\na.jpg,/p/1.jpg,nan,3\n", "row 2, column x: 'nan' is not a number"),
+                          ("crop,source,w\na.jpg,/p/1.jpg,-3\n", "row 2, column w: -3 is out of range")):
+        (tmp_path / DETECTIONS_CSV).write_text(text)
+        with pytest.raises(FacepipeError, match=re.escape(message) + ".*a detect rerun into that folder redoes"):
+            read_detections(tmp_path / DETECTIONS_CSV)
+    (tmp_path / DETECTIONS_CSV).write_text("crop,source,face_index,x,score\nsub/a.jpg,/p/1.jpg,0,-4,\n")
+    assert read_detections(tmp_path / DETECTIONS_CSV)["crop"].tolist() == ["sub/a.jpg"]
     probe = {"format": "facepipe-linear-probe/1", "target": ["male"], "intercept": 0.0, "threshold": 0.5, "C": 1.0,
              "embedding_model": "m", "embedding_dimension": 1, "coefficients": [1.0], "scaler_mean": [0.0],
              "scaler_scale": [1.0]}
@@ -328,3 +393,26 @@ def test_an_embed_progress_file_with_nothing_done_yet_reads_as_empty(tmp_path):
     write_embeddings_checkpoint(path, Embeddings([], np.zeros((0, 128), np.float32), {"model": "dlib-resnet128"}))
     progress = read_embeddings_checkpoint(path)
     assert progress.names == [] and progress.vectors.shape == (0, 128) and progress.meta["model"] == "dlib-resnet128"
+
+
+@pytest.mark.fast
+def test_a_checkpoint_with_a_huge_cluster_id_is_one_line():
+    from facepipe.cvae import CVAEConfig
+
+    for clusters in ([2**70, 1, 2], [True, 1], [0, MAX_GROUP_NUMBER + 1]):
+        with pytest.raises(FacepipeError, match="clusters must be a list of cluster ids"):
+            CVAEConfig(image_size=32, clusters=clusters).check()
+    CVAEConfig(image_size=32, clusters=[0, 4, MAX_GROUP_NUMBER]).check()
+
+
+@pytest.mark.fast
+def test_a_header_only_cluster_results_is_damaged_where_its_sidecar_counts_faces(tmp_path):
+    path = _results(tmp_path, "0")
+    path.write_text("name,cluster,distance\n")
+    sidecar_path(path).write_text(json.dumps({"crops_dir": "crops", "items": 3}))
+    with pytest.raises(FacepipeError, match=r"cluster_results.csv has no rows but its sidecar .* counts 3 faces"):
+        read_cluster_results(path)
+    result = CliRunner().invoke(main, ["export", str(tmp_path), "-o", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "no rows" in result.output and not (tmp_path / "x").exists()
+    sidecar_path(path).write_text(json.dumps({"crops_dir": "crops", "items": 0}))
+    assert read_cluster_results(path).empty

@@ -25,6 +25,7 @@ from facepipe.cvae_settings import (
     FACE_MASKS,
     MIN_IMAGE_SIZE,
 )
+from facepipe.formats import MAX_GROUP_NUMBER, UNKNOWN_CLUSTER
 from facepipe.limits import TRAIN_CVAE
 
 # The settings of a checkpoint's config that have a range (the seed, the workers and keep_last are the
@@ -96,8 +97,11 @@ class CVAEConfig:
             if not TRAIN_CVAE[name].admits(value):
                 raise FacepipeError(f"CVAE setting {_option(name)} = {value!r} must be {TRAIN_CVAE[name].describe()}")
         encoder_sizes(self.image_size)  # and divisible by 4
-        if not isinstance(self.clusters, list) or not all(isinstance(c, int) for c in self.clusters):
-            raise FacepipeError("CVAE setting clusters must be a list of cluster ids")
+        if not isinstance(self.clusters, list) or not all(
+                isinstance(c, int) and not isinstance(c, bool) and UNKNOWN_CLUSTER <= c <= MAX_GROUP_NUMBER
+                for c in self.clusters):
+            raise FacepipeError(f"CVAE setting clusters must be a list of cluster ids (whole numbers from "
+                                f"{UNKNOWN_CLUSTER} to {MAX_GROUP_NUMBER})")
         for name, choices in (("alignment", ALIGNMENTS), ("face_mask", FACE_MASKS), ("decoder_base", DECODER_BASES)):
             if getattr(self, name) not in choices:
                 raise FacepipeError(f"CVAE setting {_option(name)} = {getattr(self, name)!r}: use "
