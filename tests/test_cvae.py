@@ -602,6 +602,46 @@ def test_a_command_refused_during_training_changes_no_weight(tmp_path, johns_clu
     assert CVAEConfig.from_dict({k: v for k, v in config.items() if k != "face_mask"}).face_mask == "none"
 
 
+def test_a_training_beside_busy_cpus_ends_with_the_same_weights(tmp_path, johns_clusters, trained):
+    """Same inputs, same bytes under load (issue 28): an epoch trained while processes keep every CPU busy
+    ends with the weights of the epoch trained without them."""
+    import subprocess
+    import sys
+
+    from facepipe.limits import usable_cpus
+
+    full, _ = trained
+    busy = tmp_path / "weights"
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(usable_cpus() + 1)]
+    try:
+        train_cvae(johns_clusters, weights_dir=busy, **dict(TRAINING, epochs=1))
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    expected = load_checkpoint(full / cvae_checkpoint_name(1))["model"]
+    for key, tensor in load_checkpoint(busy / cvae_checkpoint_name(1))["model"].items():
+        assert torch.equal(tensor, expected[key]), key
+
+
+@pytest.mark.fast
+def test_reproducible_torch_trains_on_every_usable_cpu_and_restores_the_thread_count():
+    """Inside the block the thread count is the CPUs this process may use, whatever it was set to before (a
+    count that load or a caller changed would sum gradients in another order); after it, the caller's again."""
+    from facepipe.common import reproducible_torch
+    from facepipe.limits import usable_cpus
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, usable_cpus() - 1) if usable_cpus() > 1 else 2)
+    caller = torch.get_num_threads()
+    try:
+        with reproducible_torch():
+            assert torch.get_num_threads() == usable_cpus()
+        assert torch.get_num_threads() == caller
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_the_face_is_sharper_than_the_pixel_mean_and_the_draws_differ_as_the_person(tmp_path, johns_clusters,
                                                                                    johns_embeddings):
     """train-cvae's defaults on real crops (64 px; fewer epochs and a smaller batch than the defaults): the CVAE
