@@ -528,6 +528,9 @@ def test_checkpoints_of_older_versions_still_load_as_unaligned_plain_decoders(tr
                             "identity_jitter")}
     restored = CVAEConfig.from_dict(older)
     assert restored.alignment == "none" and restored.decoder_base == "none" and restored.draw_identity == 0.0
+    assert restored.face_mask == "none" and restored.detail_weight == 0.0
+    # one written before --face-mask but with aligned crops is an aligned, unmasked model
+    assert CVAEConfig.from_dict({k: v for k, v in config.items() if k != "face_mask"}).face_mask == "none"
 
 
 def test_a_loss_that_goes_nan_stops_training_with_one_line_and_no_checkpoint(tmp_path, johns_clusters, trained):
@@ -597,9 +600,6 @@ def test_a_command_refused_during_training_changes_no_weight(tmp_path, johns_clu
         expected = load_checkpoint(full / cvae_checkpoint_name(epoch))["model"]
         trained_again = load_checkpoint(again / cvae_checkpoint_name(epoch))["model"]
         assert all(torch.equal(trained_again[key], tensor) for key, tensor in expected.items()), epoch
-    assert restored.face_mask == "none" and restored.detail_weight == 0.0
-    # one written before --face-mask but with aligned crops is an aligned, unmasked model
-    assert CVAEConfig.from_dict({k: v for k, v in config.items() if k != "face_mask"}).face_mask == "none"
 
 
 def test_a_training_beside_busy_cpus_ends_with_the_same_weights(tmp_path, johns_clusters, trained):
