@@ -228,24 +228,48 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _fixed_thread_runtimes(threads: int) -> None:
+    """Turn off OpenMP's and MKL's dynamic adjustment of the thread count (each may run a parallel region or a
+    matrix product on fewer threads than asked for, which then sums its partial results in another order) and
+    ask both for ``threads``."""
+    import ctypes
+
+    import torch
+
+    torch.set_num_threads(threads)  # ATen's, OpenMP's and MKL's thread count
+    library = Path(torch.__file__).parent / "lib"
+    for name, switch in (("libgomp.so.1", "omp_set_dynamic"), ("libtorch_cpu.so", "MKL_Set_Dynamic")):
+        try:
+            getattr(ctypes.CDLL(str(library / name)), switch)(0)
+        except (OSError, AttributeError):  # another build of PyTorch (no bundled libgomp, no MKL): nothing to turn off
+            pass
+
+
 @contextlib.contextmanager
 def reproducible_torch() -> Iterator[None]:
-    """PyTorch's deterministic kernels (its own, oneDNN's and cuDNN's) inside the block, its settings restored
-    after it: some default kernels sum in an order that depends on how their threads happened to run (on a
-    GPU, atomic adds), so another process starting beside a training could change the weights it ends with."""
+    """PyTorch's deterministic kernels (its own, oneDNN's and cuDNN's) on a fixed number of threads (the CPUs
+    this process may use, not a number the machine's load could lower) inside the block, its settings restored
+    after it (OpenMP's and MKL's dynamic thread adjustment stays off): some default kernels sum in an order that
+    depends on how many threads ran them or how their threads happened to run (on a GPU, atomic adds), so
+    another process starting beside a training could change the weights it ends with."""
     import torch
+
+    from facepipe.limits import usable_cpus
 
     flags = torch.backends.mkldnn, torch.backends.cudnn
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               flags[0].deterministic, flags[1].deterministic, flags[1].benchmark)
+    threads = torch.get_num_threads()
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic workspace
     torch.use_deterministic_algorithms(True, warn_only=True)  # warn_only: ops with no such kernel still run
     flags[0].deterministic, flags[1].deterministic, flags[1].benchmark = True, True, False
+    _fixed_thread_runtimes(usable_cpus())
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation")
             yield
     finally:
+        torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         flags[0].deterministic, flags[1].deterministic, flags[1].benchmark = before[2:]
 

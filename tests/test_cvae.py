@@ -382,17 +382,12 @@ def test_identity_term_pulls_the_centre_faces_towards_their_centroids(tmp_path, 
              + weight * (log["train_identity"] + draw_share * log["train_draw_identity"]))
     assert (log["train_loss"] - parts).abs().max() < 1e-3 * log["train_loss"].max()
     assert log["train_identity"].iloc[-1] < log["train_identity"].iloc[0]
-    # The term is deterministic: a resumed run still ends bit for bit the same, at one thread. With two threads on
-    # a loaded machine the ResNet's backward pass sums its partial gradients in a varying order (last bits differ).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
-        train_cvae(johns_clusters, weights_dir=uninterrupted, **dict(TRAINING, identity_weight=weight))
-        train_cvae(johns_clusters, weights_dir=resumed, **dict(TRAINING, identity_weight=weight, epochs=1))
-        train_cvae(johns_clusters, weights_dir=resumed, resume=True, **dict(TRAINING, identity_weight=weight))
-    finally:
-        torch.set_num_threads(threads)
+    # The term is deterministic: a resumed run still ends bit for bit the same (training runs on a fixed thread
+    # count with dynamic thread adjustment off, so a loaded machine does not change the ResNet's gradient sums).
+    uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    train_cvae(johns_clusters, weights_dir=uninterrupted, **dict(TRAINING, identity_weight=weight))
+    train_cvae(johns_clusters, weights_dir=resumed, **dict(TRAINING, identity_weight=weight, epochs=1))
+    train_cvae(johns_clusters, weights_dir=resumed, resume=True, **dict(TRAINING, identity_weight=weight))
     expected = load_checkpoint(uninterrupted / cvae_checkpoint_name(3))["model"]
     for key, tensor in load_checkpoint(resumed / cvae_checkpoint_name(3))["model"].items():
         assert torch.equal(tensor, expected[key]), key
@@ -600,6 +595,46 @@ def test_a_command_refused_during_training_changes_no_weight(tmp_path, johns_clu
         expected = load_checkpoint(full / cvae_checkpoint_name(epoch))["model"]
         trained_again = load_checkpoint(again / cvae_checkpoint_name(epoch))["model"]
         assert all(torch.equal(trained_again[key], tensor) for key, tensor in expected.items()), epoch
+
+
+def test_a_training_beside_busy_cpus_ends_with_the_same_weights(tmp_path, johns_clusters, trained):
+    """Same inputs, same bytes under load (issue 28): an epoch trained while processes keep every CPU busy
+    ends with the weights of the epoch trained without them."""
+    import subprocess
+    import sys
+
+    from facepipe.limits import usable_cpus
+
+    full, _ = trained
+    busy = tmp_path / "weights"
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(usable_cpus() + 1)]
+    try:
+        train_cvae(johns_clusters, weights_dir=busy, **dict(TRAINING, epochs=1))
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    expected = load_checkpoint(full / cvae_checkpoint_name(1))["model"]
+    for key, tensor in load_checkpoint(busy / cvae_checkpoint_name(1))["model"].items():
+        assert torch.equal(tensor, expected[key]), key
+
+
+@pytest.mark.fast
+def test_reproducible_torch_trains_on_every_usable_cpu_and_restores_the_thread_count():
+    """Inside the block the thread count is the CPUs this process may use, whatever it was set to before (a
+    count that load or a caller changed would sum gradients in another order); after it, the caller's again."""
+    from facepipe.common import reproducible_torch
+    from facepipe.limits import usable_cpus
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, usable_cpus() - 1) if usable_cpus() > 1 else 2)
+    caller = torch.get_num_threads()
+    try:
+        with reproducible_torch():
+            assert torch.get_num_threads() == usable_cpus()
+        assert torch.get_num_threads() == caller
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_the_face_is_sharper_than_the_pixel_mean_and_the_draws_differ_as_the_person(tmp_path, johns_clusters,
