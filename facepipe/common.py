@@ -154,6 +154,14 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the system has one, else all of them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def worker_context():
     """The multiprocessing context of facepipe's worker pools: forkserver on POSIX, not fork (a worker forked
     from a process whose thread pools already ran, dlib's CNN or OpenCV's, hangs on them), else spawn. The fork
@@ -254,7 +262,6 @@ def reproducible_torch() -> Iterator[None]:
     another process starting beside a training could change the weights it ends with."""
     import torch
 
-    from facepipe.limits import usable_cpus
 
     flags = torch.backends.mkldnn, torch.backends.cudnn
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),

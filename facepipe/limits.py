@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from dataclasses import dataclass
 
-from facepipe.common import FacepipeError, is_auto
+from facepipe.common import FacepipeError, is_auto, usable_cpus
 from facepipe.cvae_settings import (
     MAX_ALIGN_PADDING,
     MAX_BASE_CHANNELS,
@@ -84,14 +83,6 @@ def config_limit_problems(config: dict) -> list[str]:
             if key in table and key != "k_range" and not is_auto(value) and not table[key].admits(value):
                 problems.append(f"[{section}] {key} = {value!r} is out of range: it must be {table[key].describe()}")
     return problems
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the system has one, else all of them)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def usable_workers(requested: int) -> int:

@@ -603,7 +603,7 @@ def test_a_training_beside_busy_cpus_ends_with_the_same_weights(tmp_path, johns_
     import subprocess
     import sys
 
-    from facepipe.limits import usable_cpus
+    from facepipe.common import usable_cpus
 
     full, _ = trained
     busy = tmp_path / "weights"
@@ -624,7 +624,7 @@ def test_reproducible_torch_trains_on_every_usable_cpu_and_restores_the_thread_c
     """Inside the block the thread count is the CPUs this process may use, whatever it was set to before (a
     count that load or a caller changed would sum gradients in another order); after it, the caller's again."""
     from facepipe.common import reproducible_torch
-    from facepipe.limits import usable_cpus
+    from facepipe.common import usable_cpus
 
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, usable_cpus() - 1) if usable_cpus() > 1 else 2)

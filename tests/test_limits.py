@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from facepipe.cli import AutoOr, main, run_config_problems
 from facepipe.common import FacepipeError
 from facepipe.config import load_config
-from facepipe.limits import usable_cpus, usable_workers
+from facepipe.common import usable_cpus
+from facepipe.limits import usable_workers
 
 PROBE_TRAIN = ["probe", "train", "e.csv", "--labels", "m.csv", "--target", "bald"]
 
