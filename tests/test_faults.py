@@ -31,6 +31,7 @@ from facepipe.formats import (
     read_probe_json,
 )
 from facepipe.locks import FolderInUseError, folder_lock
+from helpers import copy_lfw_photos
 
 REPO = Path(__file__).resolve().parents[1]
 PEOPLE = ["Kofi_Annan", "Jackie_Chan", "Hans_Blix"]
@@ -57,11 +58,7 @@ def assert_one_line_error(result, *fragments: str, code: int = 1) -> None:
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, data_dir):
     """Four LFW photos each of three people, copied so that tests may remove some."""
-    folder = tmp_path_factory.mktemp("photos")
-    for person in PEOPLE:
-        for source in sorted((data_dir("lfw") / "images" / person).glob("*.jpg"))[:4]:
-            shutil.copy(source, folder / source.name)
-    return folder
+    return copy_lfw_photos(data_dir("lfw"), tmp_path_factory.mktemp("photos"), PEOPLE, 4)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from PIL import Image
 from facepipe.cli import main
 from facepipe.formats import DETECTIONS_CSV, ERRORS_CSV, SOURCES_CSV, read_csv
 from test_faults import facepipe
+from helpers import copy_lfw_photos
 
 PEOPLE = ["Kofi_Annan", "Jackie_Chan"]
 NOT_UTF8 = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 file name, as Linux hands it to Python
@@ -31,11 +32,7 @@ NOT_UTF8 = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 file name, as Linux hands it
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, data_dir):
     """Three LFW photos each of two people (one face each), copied so that tests may add to the folder."""
-    folder = tmp_path_factory.mktemp("photos")
-    for person in PEOPLE:
-        for source in sorted((data_dir("lfw") / "images" / person).glob("*.jpg"))[:3]:
-            shutil.copy(source, folder / source.name)
-    return folder
+    return copy_lfw_photos(data_dir("lfw"), tmp_path_factory.mktemp("photos"), PEOPLE, 3)
 
 
 def detect_cli(*args: str):
