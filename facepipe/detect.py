@@ -295,10 +295,10 @@ def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[
         detections = read_csv(out_dir / DETECTIONS_CSV, DETECTION_COLUMNS, "detections CSV")
     except FacepipeError:  # missing or damaged: those photos are simply detected again
         return [], []
-    faces = pd.to_numeric(sources["faces"], errors="coerce")
-    well_formed = sources["status"].isin(["ok", "error"]) & faces.notna() & (faces >= 0) & (faces % 1 == 0)
-    sources = sources[well_formed & sources["source"].notna()].drop_duplicates("source", keep="last")
-    sources = sources.assign(faces=faces[sources.index].astype(int),
+    well_formed = well_formed_rows(sources, {"faces": {"whole": True, "low": 0}}) & \
+        sources["status"].isin(["ok", "error"]).to_numpy() & sources["source"].notna().to_numpy()
+    sources = sources[well_formed].drop_duplicates("source", keep="last")
+    sources = sources.assign(faces=pd.to_numeric(sources["faces"]).astype(int),
                              reason=sources["reason"].astype("string").fillna("").astype(str))
     detections = detections[well_formed_rows(detections, DETECTION_NUMBER_RULES)].drop_duplicates("crop", keep="last")
     detections = detections.assign(**{  # the kept numbers as a fresh run writes them (a bad cell made them text)
