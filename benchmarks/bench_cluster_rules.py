@@ -8,7 +8,7 @@ people) and group_photos go once through ``detect`` (stage defaults) and ``embed
 faces stay in the collection, unlabelled. The people are dealt into ``--folds`` folds (each set shuffled and
 dealt round-robin, seeded), the one-off people and group_photos likewise, and each fold is clustered as a
 collection of its own with every setting of the grid: the same-person distance, and the face link rule
-(``facepipe.cluster_graph``: ``full_weight_share``, below which share of the distance an edge weighs 1;
+(``facepipe.grouping``: ``full_weight_share``, below which share of the distance an edge weighs 1;
 ``links``, the neighbours within the distance a face needs in its group; ``close_share``, below which share
 of the distance one neighbour is enough).
 
@@ -100,8 +100,8 @@ def score(faces: pd.DataFrame, labels: np.ndarray) -> dict:
 def group(faces: pd.DataFrame, distance: float, full_weight_share: float, links: int,
           close_share: float) -> np.ndarray:
     """The cluster stage's grouping of these faces (its defaults but for the settings given)."""
-    from facepipe.cluster import finish_groups
-    from facepipe.cluster_graph import best_whispers, neighbour_graph, unmatched_faces
+    from facepipe.grouping import finish_groups
+    from facepipe.grouping import best_whispers, neighbour_graph, unmatched_faces
 
     vectors = np.stack(faces["vector"].to_numpy())
     photos = np.unique(faces["source"].to_numpy(), return_inverse=True)[1]

@@ -265,7 +265,7 @@ def fidelity_in_other_views(results: Path, weights: Path, faces_dir: Path, seed:
     from PIL import Image
 
     from facepipe.cvae import split_train_validation
-    from facepipe.embed import load_embedder
+    from facepipe.models.registry import load_embedder
     from facepipe.formats import generated_face_names
     from facepipe.generate import identity_fidelity
     from facepipe.identity import at_crop_size

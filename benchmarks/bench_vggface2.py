@@ -57,7 +57,7 @@ def report(seconds, first):
 
 TORCH_CHILD = LOAD_CROPS + """
 from facepipe.models.vggface2 import VGGFace2ResNet50Embedder
-from facepipe.weights import ensure_vggface2_weights
+from facepipe.models.weights import ensure_vggface2_weights
 weights = ensure_vggface2_weights(weights=fixture / "vggface_resnet50_notop_random.h5", download=False)
 embedder = VGGFace2ResNet50Embedder(weights, device="cpu", precision=sys.argv[5], batch_size=batch_size)
 embedder.embed(crops[:batch_size])

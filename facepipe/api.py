@@ -43,7 +43,7 @@ def embed_faces(crops: Sequence[np.ndarray], model: str = DLIB_RESNET128, device
                 face_margin: float | None = 0.2) -> np.ndarray:
     """Face crops (H, W, 3 uint8; from ``find_faces``, whose margin ``face_margin`` is) -> float32 (n, dim)
     embeddings of ``model`` (models.MODEL_NAMES), as embed computes them."""
-    from facepipe.embed import load_embedder
+    from facepipe.models.registry import load_embedder
 
     return load_embedder(model, device=device, face_margin=face_margin, show_progress=False).embed(list(crops))
 
@@ -53,8 +53,7 @@ def group_faces(vectors: np.ndarray, model: str = DLIB_RESNET128, threshold: flo
     """Group embeddings (n, dim) of ``model`` as ``cluster --method graph`` does: faces closer than the
     same-person distance (``threshold``; "auto": the model's measured rule) are linked, Chinese whispers picks
     the groups -> int64 (n,) group ids, 0 the largest, -1 for faces that match no group."""
-    from facepipe.cluster import finish_groups, same_person_distance
-    from facepipe.cluster_graph import best_whispers, neighbour_graph, unmatched_faces
+    from facepipe.grouping import best_whispers, finish_groups, neighbour_graph, same_person_distance, unmatched_faces
     from facepipe.common import FacepipeError
 
     vectors = np.asarray(vectors, dtype=np.float32)

@@ -27,7 +27,6 @@ from facepipe.formats import (
     CLUSTER_COLUMNS,
     CLUSTER_RESULTS_CSV,
     CLUSTER_SIDECAR_FIELDS,
-    RUN_STATE_JSON,
     UNKNOWN_CLUSTER,
     Embeddings,
     checked_fields,
@@ -38,7 +37,6 @@ from facepipe.formats import (
     read_centroids,
     read_cluster_results,
     read_embeddings,
-    read_run_state,
     read_sidecar,
     recorded_path,
     sidecar_path,
@@ -46,11 +44,12 @@ from facepipe.formats import (
     write_groups,
     write_json_atomic,
 )
-from facepipe.cluster_graph import one_face_per_photo
+from facepipe.grouping import distances_to_centroids, one_face_per_photo
 from facepipe.labels import crop_sources, photo_ids
-from facepipe.limits import ASSIGN, check_limits
 from facepipe.locks import folder_lock, locks_output
 from facepipe.models import unit_rows
+from facepipe.run import note_assigned, run_state
+from facepipe.settings import AssignSettings
 
 NEIGHBOURS = 32  # nearest grouped faces looked at for each new face
 
@@ -72,15 +71,6 @@ class AssignSummary:
                 f"existing groups, {self.unknown} unknown -> {self.results} in {self.seconds:.1f}s")
 
 
-def _embed_settings(meta: dict, weights: str | os.PathLike | None) -> dict:
-    """The embed options that reproduce the embeddings a sidecar describes (the weights file only by name
-    there: a collection embedded with ``--weights`` needs it again)."""
-    settings = {"model": meta.get("model"), "precision": meta.get("precision", "fp32"), "weights": weights}
-    if "crop" in meta:
-        settings.update(dlib_crop=meta["crop"], dlib_padding=meta.get("chip_padding"))
-    return {k: v for k, v in settings.items() if v is not None}
-
-
 def _detect_and_embed(photos, crops_dir: Path, params, embeddings: Embeddings, embeddings_path: Path, weights,
                       workers: int, show_progress: bool) -> int:
     """The new photos through detect (with the collection's ``params``) and embed, into the collection's own
@@ -88,10 +78,11 @@ def _detect_and_embed(photos, crops_dir: Path, params, embeddings: Embeddings, e
     skipped and the collection's other photos kept; returns how many photos the inputs hold."""
     from facepipe.detect import detect
     from facepipe.embed import embed
+    from facepipe.models.registry import embedder_settings
 
     found = detect(photos, crops_dir, params, workers=workers, keep_others=True, show_progress=show_progress)
-    embed(crops_dir, embeddings_path, workers=workers, show_progress=show_progress,
-          **_embed_settings(embeddings.meta, weights))
+    embed(crops_dir, embeddings_path, workers=workers, weights=weights, show_progress=show_progress,
+          **embedder_settings(embeddings.meta))
     return found.processed_now + found.skipped
 
 
@@ -123,20 +114,6 @@ def nearest_groups(new: np.ndarray, grouped: np.ndarray, groups: np.ndarray, dis
     return chosen
 
 
-def _distance_to_centroid(vectors: np.ndarray, groups: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Each face's distance to its group's centroid; for an unknown face, to the nearest centroid (as cluster
-    records them)."""
-    from facepipe.cluster_graph import neighbour_index
-
-    distances = np.full(len(vectors), np.nan)
-    grouped = groups >= 0
-    distances[grouped] = np.linalg.norm(vectors[grouped] - centroids[groups[grouped]], axis=1)
-    if (~grouped).any() and len(centroids):
-        squared, _ = neighbour_index(centroids).search(np.ascontiguousarray(vectors[~grouped], dtype=np.float32), 1)
-        distances[~grouped] = np.sqrt(np.maximum(squared[:, 0], 0.0))
-    return distances
-
-
 def _write(results_path: Path, meta: dict, results: pd.DataFrame, centroid_count: int, names: dict[int, str]) -> None:
     """The updated results and groups (their ``names``), then the sidecar (its counts and output hashes refreshed)."""
     folder = results_path.parent
@@ -150,34 +127,14 @@ def _write(results_path: Path, meta: dict, results: pd.DataFrame, centroid_count
                                                        sizes=sizes.tolist(), unknown=unknown))
 
 
-def _run_state(folder: Path) -> dict | None:
-    """The state.json of the run folder ``folder`` (None where it is none), checked before anything is written."""
-    state_file = folder / RUN_STATE_JSON
-    if not state_file.is_file():
-        return None
-    state = read_run_state(state_file)
-    checked_fields(state.get("cluster", {}).get("details") or {}, state_file, {"assigned": int})
-    return state
-
-
-def _note_in_run_state(folder: Path, state: dict | None, summary: AssignSummary) -> None:
-    """In a run folder (its ``state``), the cluster stage's record says what assign added (the report shows it)."""
-    if state is None or "cluster" not in state:
-        return
-    record = state["cluster"]
-    record["summary"] = f"{record.get('summary', '')}\n{summary.line()}".strip()
-    record.setdefault("details", {})["assigned"] = record.get("details", {}).get("assigned", 0) + summary.assigned
-    write_json_atomic(folder / RUN_STATE_JSON, state)
-
-
 @locks_output(lambda args: cluster_results_path(args["cluster_results"]).parent)
 def assign(
     photos: Iterable[str | os.PathLike],
     cluster_results: str | os.PathLike = CLUSTER_RESULTS_CSV,
     *,
-    threshold: float | None = None,
+    threshold: float | None = AssignSettings.threshold,
     weights: str | os.PathLike | None = None,
-    workers: int = 2,
+    workers: int = AssignSettings.workers,
     show_progress: bool = True,
 ) -> AssignSummary:
     """Detect and embed ``photos`` as the clustering ``cluster_results`` (its CSV, or the folder holding it)
@@ -187,7 +144,7 @@ def assign(
     from facepipe.detect import recorded_params
 
     started = time.monotonic()
-    check_limits(ASSIGN, workers=workers, **({} if threshold is None else {"threshold": threshold}))
+    AssignSettings(threshold=threshold, workers=workers)  # checks them
     results_path = cluster_results_path(cluster_results)
     # every input is read and checked before anything is written: a refused assign changes nothing
     known = read_cluster_results(results_path)
@@ -204,7 +161,7 @@ def assign(
     crops_dir = recorded_path(meta["crops_dir"], results_path)
     centroids = read_centroids(results_path.parent / CENTROIDS_CSV)
     names = group_names(results_path.parent)
-    state = _run_state(results_path.parent)
+    state = run_state(results_path.parent)
     for folder in (results_path.parent, crops_dir, embeddings_path.parent):  # all three are written
         check_writable(folder)
     with folder_lock(crops_dir), folder_lock(embeddings_path.parent):
@@ -229,7 +186,7 @@ def assign(
     chosen = nearest_groups(new_vectors, vectors[[row_of[n] for n in grouped["name"]]], grouped["cluster"].to_numpy(),
                             float(distance), int(options.get("min_group_size", 2)))
     added = pd.DataFrame({"name": new_names, "cluster": chosen,
-                          "distance": _distance_to_centroid(new_vectors, chosen, centroids)})
+                          "distance": distances_to_centroids(new_vectors, chosen, centroids)})
     combined = pd.concat([known, added], ignore_index=True)
     photos = photo_ids(combined["name"].tolist(), crop_sources(combined["name"].tolist(), crops_dir))
     repeats = one_face_per_photo(combined["cluster"].to_numpy(), photos, combined["distance"].fillna(0).to_numpy())
@@ -241,7 +198,7 @@ def assign(
                             unknown=int((new_rows["cluster"] == UNKNOWN_CLUSTER).sum()),
                             groups=int(new_rows.loc[new_rows["cluster"] >= 0, "cluster"].nunique()),
                             results=results_path, seconds=time.monotonic() - started)
-    _note_in_run_state(results_path.parent, state, summary)
+    note_assigned(results_path.parent, state, summary.line(), summary.assigned)
     return summary
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from facepipe.common import FacepipeError, write_text_atomic
+from facepipe.settings import CONFIG_TABLES, config_problems, config_specs
 
 
 class ConfigError(FacepipeError):
@@ -80,6 +81,22 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
         _check_keys({section: {option: None}}, defaults, "--set")
         config[section][option] = parse_value(value.strip())
     return config
+
+
+def checked_config(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``config`` with each value as its setting takes it ("Auto" as "auto"), or a ``ConfigError`` listing
+    every value its setting does not take (``settings.config_problems``): all found before any stage runs."""
+    problems = config_problems(config)
+    if problems:
+        raise ConfigError(f"the run config has {len(problems)} bad value(s); nothing was run:\n  "
+                          + "\n  ".join(problems))
+    checked = copy.deepcopy(config)
+    for section, values in checked.items():
+        specs = config_specs(section) if section in CONFIG_TABLES else {}
+        for key, value in values.items():
+            if key in specs and specs[key].takes_auto:
+                values[key] = specs[key].normalised(value)
+    return checked
 
 
 def _toml_value(value: Any) -> str:

@@ -4,7 +4,7 @@ aligned on dlib's 5 landmarks (``--align dlib5``) so that the eyes and mouth of 
 on the same pixels and their mean is sharp.
 
 The alignment is dlib's ``get_face_chip`` (the one embed's dlib-resnet128 uses) with a larger padding,
-DEFAULT_ALIGN_PADDING, that keeps the whole head; beyond the crop's edge its border pixels are repeated.
+the default ``align_padding``, that keeps the whole head; beyond the crop's edge its border pixels are repeated.
 Each crop's landmarks are recorded (``alignment.csv``), so a rerun and generate align it the same way.
 """
 
@@ -18,7 +18,6 @@ from typing import Sequence
 import numpy as np
 
 from facepipe.common import FacepipeError, progress
-from facepipe.cvae_settings import ALIGNMENTS, DEFAULT_ALIGN_PADDING, DEFAULT_ALIGNMENT
 from facepipe.formats import (
     CLUSTER_SIDECAR_FIELDS,
     DETECT_PARAMS_JSON,
@@ -27,12 +26,10 @@ from facepipe.formats import (
     json_object,
     read_cluster_results,
     read_json,
-    read_sidecar,
-    recorded_path,
-    sidecar_path,
+    path_in_sidecar,
 )
 from facepipe.images import ImageReadError, load_image_rgb, resize_square
-from facepipe.limits import TRAIN_CVAE, check_limits
+from facepipe.settings import TrainSettings, check_settings
 
 
 def detect_margin(crops_dir: str | Path) -> float | None:
@@ -47,9 +44,7 @@ def detect_margin(crops_dir: str | Path) -> float | None:
 
 def check_alignment(alignment: str, padding: float) -> None:
     """A clear error for an unknown alignment or a padding out of range."""
-    if alignment not in ALIGNMENTS:
-        raise FacepipeError(f"unknown alignment {alignment!r}: use {' or '.join(ALIGNMENTS)}")
-    check_limits(TRAIN_CVAE, align_padding=padding)
+    check_settings(TrainSettings, align=alignment, align_padding=padding)
 
 
 def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int, padding: float) -> np.ndarray:
@@ -76,9 +71,9 @@ class CropAligner:
     that detect's margin tells) or taking them from ``known`` (a read ``alignment.csv``); ``landmarks`` holds
     every crop's landmarks for ``formats.write_alignment``."""
 
-    def __init__(self, crops_dir: str | Path, padding: float = DEFAULT_ALIGN_PADDING,
+    def __init__(self, crops_dir: str | Path, padding: float = TrainSettings.align_padding,
                  known: dict[str, np.ndarray] | None = None):
-        check_alignment(DEFAULT_ALIGNMENT, padding)
+        check_alignment(TrainSettings.align, padding)
         self.padding = float(padding)
         self.landmarks = dict(known or {})
         self._margin = detect_margin(crops_dir)
@@ -202,11 +197,8 @@ def read_training_inputs(cluster_results: str | Path, crops_dir: str | Path | No
         raise FacepipeError(f"{cluster_results} lists no crops")
     clusters = frame["cluster"].to_numpy()
     if crops_dir is None:
-        meta_file = sidecar_path(cluster_results)
-        meta = read_sidecar(cluster_results, CLUSTER_SIDECAR_FIELDS)
-        if not meta.get("crops_dir"):
-            raise FacepipeError(f"no --crops-dir given and {meta_file} does not name the crops folder")
-        crops_dir = recorded_path(meta["crops_dir"], cluster_results)
+        crops_dir = path_in_sidecar(cluster_results, "crops_dir", CLUSTER_SIDECAR_FIELDS,
+                                    "no --crops-dir given and {sidecar} does not name the crops folder")
     crops_dir = Path(crops_dir)
     if not crops_dir.is_dir():
         raise FacepipeError(f"crops folder not found: {crops_dir}")

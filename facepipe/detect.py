@@ -42,7 +42,6 @@ from facepipe.detectors import (
     CNN,
     COMBINED_CNN_UPSAMPLE,
     COMBINED_HAAR_MAX_SIDE,
-    DETECTORS,
     HAAR,
     COMBINED,
     HOG,
@@ -56,7 +55,6 @@ from facepipe.detectors import (
     too_small_to_search,
 )
 from facepipe.images import (
-    DEFAULT_MAX_PIXELS,
     NOT_UTF8_REASON,
     ImageReadError,
     collect_images,
@@ -65,28 +63,10 @@ from facepipe.images import (
     resize_square,
     save_image_atomic,
 )
-from facepipe.limits import DETECT, check_limits, usable_workers
+from facepipe.limits import usable_workers
 from facepipe.locks import locks_output
 from facepipe.owned import inside_or_none
-
-
-@dataclass(frozen=True)
-class DetectorParams:
-    """Everything that decides which crops an image gives; stored in ``detect.json``."""
-
-    detector: str = COMBINED
-    max_side: int = 640
-    cascade: str = "haarcascade_frontalface_alt.xml"
-    scale_factor: float = 1.1
-    min_neighbors: int = 45
-    min_size: int = 30
-    dlib_upsample: int = 1
-    dlib_threshold: float = 0.0
-    cnn_max_side: int = 512
-    margin: float = 0.2
-    size: int = 224
-    largest_only: bool = False
-    crop_format: str = "jpg"
+from facepipe.settings import DetectorParams, DetectWork
 
 
 @dataclass
@@ -96,8 +76,8 @@ class DetectRun:
 
     engine: str = DEFAULT_ENGINE
     ray_address: str | None = None
-    workers: int = 2
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    workers: int = DetectWork.workers
+    max_pixels: int = DetectWork.max_pixels
     show_progress: bool = True
     checkpoint_seconds: float = 10.0
     nodes: Counter = field(default_factory=Counter)
@@ -127,12 +107,8 @@ class DetectSummary:
 
 
 def check_params(params: DetectorParams) -> None:
-    """Refuse settings no detector can use, before anything is read or written."""
-    if params.detector not in DETECTORS:
-        raise FacepipeError(f"unknown detector {params.detector!r}: use {', '.join(DETECTORS)}")
-    if params.crop_format not in ("jpg", "png"):
-        raise FacepipeError("crop format must be jpg or png")
-    check_limits(DETECT, **{f.name: getattr(params, f.name) for f in fields(params) if f.name in DETECT})
+    """Refuse a cascade that cannot be loaded, before anything is read or written (the spec checked the
+    other settings when ``params`` was built)."""
     if params.detector in (HAAR, COMBINED):
         HaarFinder(params.cascade, params.scale_factor, params.min_neighbors, params.min_size)  # loads the cascade
 
@@ -142,8 +118,8 @@ def recorded_params(out_dir: str | os.PathLike) -> DetectorParams:
     path = Path(out_dir) / DETECT_PARAMS_JSON
     kinds = {f.name: type(f.default) for f in fields(DetectorParams)}
     recorded = checked_fields(json_object(read_json(path), "params", path), path, kinds)
-    params = DetectorParams(**{k: v for k, v in recorded.items() if k in kinds})
     try:
+        params = DetectorParams(**{k: v for k, v in recorded.items() if k in kinds})
         check_params(params)
     except FacepipeError as error:
         raise FacepipeError(f"{path}: {error}") from None
@@ -407,8 +383,8 @@ def detect(
     out_dir: str | os.PathLike = "temp",
     params: DetectorParams | None = None,
     *,
-    workers: int = 2,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int = DetectWork.workers,
+    max_pixels: int = DetectWork.max_pixels,
     engine: str = DEFAULT_ENGINE,
     ray_address: str | None = None,
     keep_others: bool = False,
@@ -431,7 +407,7 @@ def detect(
     started = time.monotonic()
     params = params or DetectorParams()
     check_params(params)
-    check_limits(DETECT, workers=workers, max_pixels=max_pixels)
+    DetectWork(workers=workers, max_pixels=max_pixels)  # checks them
     check_engine(engine, ray_address)
     run = DetectRun(engine, ray_address, usable_workers(workers), max_pixels, show_progress, checkpoint_seconds)
     out_dir = Path(os.path.abspath(out_dir))

@@ -34,18 +34,12 @@ from facepipe.formats import (
     write_embeddings_checkpoint,
 )
 from facepipe.images import ImageReadError, collect_images, load_image_rgb
-from facepipe.models import (
-    DEFAULT_MODEL,
-    DLIB_CHIP_PADDING,
-    DLIB_RESNET128,
-    MODEL_NAMES,
-    VGGFACE2_RESNET50,
-    Embedder,
-)
-from facepipe.limits import EMBED, check_limits, usable_workers
+from facepipe.limits import usable_workers
 from facepipe.locks import locks_output
+from facepipe.models import Embedder
+from facepipe.models.registry import load_embedder
+from facepipe.settings import EmbedSettings
 
-PRECISIONS = ("fp32", "bf16")
 # Sidecar fields that must agree before an existing output's rows are reused.
 IDENTITY_FIELDS = ("model", "dimension", "preprocessing", "weights_sha256", "precision", "crops_dir")
 
@@ -103,76 +97,6 @@ def list_crops(crops: str | os.PathLike | Sequence[str | os.PathLike]) -> CropLi
     if not names:
         raise FacepipeError(f"no crop images found in {crops_dir}")
     return CropList(crops_dir=crops_dir, names=names, margin=detect_margin(crops_dir))
-
-
-def native_bf16(device: str = "auto") -> bool:
-    """True where bfloat16 is computed natively: a CUDA device that supports it, or a CPU with AMX-BF16 or
-    AVX-512 BF16 (Linux's /proc/cpuinfo flags); bf16 ran vggface2-resnet50 at 33 crops/s against fp32's 21 on
-    such an AMD CPU, 112 against 39 on an AMX Xeon, at a cosine to fp32 of 0.999994 (benchmarks/README.md)."""
-    import torch
-
-    from facepipe.common import resolve_device
-
-    if resolve_device(device).startswith("cuda"):
-        return bool(torch.cuda.is_bf16_supported())
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def load_embedder(
-    model: str = DEFAULT_MODEL,
-    *,
-    weights: str | os.PathLike | None = None,
-    batch_size: int = 32,
-    device: str = "auto",
-    precision: str = "fp32",
-    face_margin: float | None = None,
-    dlib_crop: str = "aligned",
-    dlib_padding: float = DLIB_CHIP_PADDING,
-    show_progress: bool = True,
-) -> Embedder:
-    """Build the named model. ``face_margin`` tells dlib where the face is in a detect crop (see dlib_resnet).
-    ``precision`` "auto": bf16 for vggface2-resnet50 where the hardware computes it natively, else fp32."""
-    if precision not in (*PRECISIONS, "auto"):
-        raise FacepipeError(f"unknown precision {precision!r}: use fp32, bf16 or auto")
-    if precision == "auto":
-        precision = "bf16" if model == VGGFACE2_RESNET50 and native_bf16(device) else "fp32"
-    if model == DLIB_RESNET128:
-        from facepipe.models.dlib_resnet import DlibResNet128Embedder
-
-        if precision != "fp32":
-            raise FacepipeError("dlib-resnet128 runs in fp32 only; drop --precision bf16")
-        return DlibResNet128Embedder(face_margin=face_margin, device=device, batch_size=batch_size, crop=dlib_crop,
-                                     padding=dlib_padding)
-    if model == VGGFACE2_RESNET50:
-        if dlib_crop != "aligned" or dlib_padding != DLIB_CHIP_PADDING:
-            raise FacepipeError("--dlib-crop and --dlib-padding apply to dlib-resnet128 only")
-        try:
-            from facepipe.models.vggface2 import VGGFace2ResNet50Embedder
-            from facepipe.weights import ensure_vggface2_weights
-        except ImportError as error:
-            raise FacepipeError(f"vggface2-resnet50 is not available in this installation ({error})") from None
-        weights_path = ensure_vggface2_weights(weights, show_progress=show_progress)
-        return VGGFace2ResNet50Embedder(weights_path, device=device, precision=precision, batch_size=batch_size)
-    raise FacepipeError(f"unknown model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
-
-
-def load_embedder_like(embeddings: Embeddings, source: str | os.PathLike, device: str = "auto",
-                       face_margin: float | None = None) -> Embedder:
-    """The embedder that made ``embeddings`` (read from ``source``), set up as its sidecar says (model, face
-    margin, dlib crop and padding), so that new faces are embedded the way the crops were; ``face_margin``
-    replaces the recorded margin, for faces framed otherwise than the crops (e.g. landmark-aligned ones)."""
-    meta = embeddings.meta
-    if not embeddings.model:
-        raise FacepipeError(f"{sidecar_path(source)} does not say which model made the embeddings")
-    padding = meta.get("chip_padding")
-    face_margin = meta.get("face_margin") if face_margin is None else face_margin
-    return load_embedder(embeddings.model, device=device, face_margin=face_margin,
-                         dlib_crop=meta.get("crop") or "aligned",
-                         dlib_padding=DLIB_CHIP_PADDING if padding is None else float(padding), show_progress=False)
 
 
 def _decode(path: Path) -> tuple[np.ndarray | None, str]:
@@ -351,17 +275,17 @@ def embed(
     crops: str | os.PathLike | Sequence[str | os.PathLike],
     output: str | os.PathLike = EMBEDDINGS_CSV,
     *,
-    model: str = DEFAULT_MODEL,
-    weights: str | os.PathLike | None = None,
-    batch_size: int = 32,
-    device: str = "auto",
-    precision: str = "fp32",
-    workers: int = 2,
+    model: str = EmbedSettings.model,
+    weights: str | os.PathLike | None = EmbedSettings.weights,
+    batch_size: int = EmbedSettings.batch_size,
+    device: str = EmbedSettings.device,
+    precision: str = EmbedSettings.precision,
+    workers: int = EmbedSettings.workers,
     engine: str = DEFAULT_ENGINE,
     ray_address: str | None = None,
     force: bool = False,
-    dlib_crop: str = "aligned",
-    dlib_padding: float = DLIB_CHIP_PADDING,
+    dlib_crop: str = EmbedSettings.dlib_crop,
+    dlib_padding: float = EmbedSettings.dlib_padding,
     show_progress: bool = True,
     checkpoint_seconds: float = 30.0,
 ) -> EmbedSummary:
@@ -374,7 +298,9 @@ def embed(
     each loading the model once, into the same files (see ``facepipe.engine``).
     """
     started = time.monotonic()
-    check_limits(EMBED, batch_size=batch_size, workers=workers, dlib_padding=dlib_padding)
+    checked = EmbedSettings(model=model, weights=weights, batch_size=batch_size, device=device, precision=precision,
+                            workers=workers, dlib_crop=dlib_crop, dlib_padding=dlib_padding)
+    model, device, precision = checked.model, checked.device, checked.precision
     check_engine(engine, ray_address)
     crop_list = list_crops(crops)
     output = Path(os.path.abspath(output))

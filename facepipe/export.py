@@ -53,15 +53,14 @@ from facepipe.formats import (
     read_cluster_results,
     read_csv,
     read_json,
-    read_sidecar,
-    recorded_path,
+    path_in_sidecar,
     sidecar_path,
     write_json_atomic,
 )
-from facepipe.export_settings import EXPORT_MODES
 from facepipe.labels import crop_sources
 from facepipe.locks import locks_output
 from facepipe.owned import holds_recorded, inside, inside_or_none, left_alone_phrase
+from facepipe.settings import ExportSettings
 
 
 @dataclass
@@ -122,11 +121,8 @@ def _unique_file_names(items: pd.DataFrame) -> pd.Series:
 def _read_clustering(results_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     """The faces (crop, group, distance, source photo) of a clustering, its groups and the crops folder."""
     results = read_cluster_results(results_path)
-    meta_file = sidecar_path(results_path)
-    meta = read_sidecar(results_path, CLUSTER_SIDECAR_FIELDS)
-    if not meta.get("crops_dir"):
-        raise FacepipeError(f"{meta_file} names no crops folder, so the faces' photos are unknown")
-    crops_dir = recorded_path(meta["crops_dir"], results_path)
+    crops_dir = path_in_sidecar(results_path, "crops_dir", CLUSTER_SIDECAR_FIELDS,
+                                "{sidecar} names no crops folder, so the faces' photos are unknown")
     faces = results
     source_of = crop_sources(faces["name"].tolist(), crops_dir)
     missing = sorted(set(faces["name"]) - set(source_of))
@@ -333,8 +329,8 @@ def export(
     cluster_results: str | os.PathLike = CLUSTER_RESULTS_CSV,
     out_dir: str | os.PathLike = "people",
     *,
-    mode: str = "hardlink",
-    crops: bool = False,
+    mode: str = ExportSettings.mode,
+    crops: bool = ExportSettings.crops,
     show_progress: bool = True,
 ) -> ExportSummary:
     """Export a clustering (``cluster_results.csv``, or the folder holding it) into ``out_dir``: a folder per
@@ -342,8 +338,7 @@ def export(
     ``mode`` hard link, symlink or copy, and ``manifest.csv`` (EXPORT_MANIFEST_COLUMNS). A photo with several
     people is in each of their folders. A hard link across file systems becomes a copy."""
     started = time.monotonic()
-    if mode not in EXPORT_MODES:
-        raise FacepipeError(f"unknown export mode {mode!r}: use {', '.join(EXPORT_MODES)}")
+    ExportSettings(mode=mode, crops=crops)  # checks them
     results_path = cluster_results_path(cluster_results)
     out_dir = Path(os.path.abspath(out_dir))
     faces, groups, crops_dir = _read_clustering(results_path)

@@ -387,6 +387,15 @@ def recorded_path(value: str | os.PathLike, data_file: str | os.PathLike) -> Pat
     return path if not beside.exists() and path.exists() else beside
 
 
+def path_in_sidecar(data_file: str | os.PathLike, key: str, kinds: dict[str, type | tuple], refusal: str) -> Path:
+    """The path the sidecar of ``data_file`` records as ``key`` (``read_sidecar``, ``recorded_path``); where it
+    records none, a FacepipeError ``refusal`` ("{sidecar}" in it: the sidecar's path)."""
+    value = read_sidecar(data_file, kinds).get(key)
+    if not value:
+        raise FacepipeError(refusal.format(sidecar=sidecar_path(data_file)))
+    return recorded_path(value, data_file)
+
+
 def output_hashes(folder: str | os.PathLike, paths: Iterable[str | os.PathLike]) -> dict[str, str]:
     """Each output file (as a path relative to ``folder``, where the sidecar that commits them lies) -> its
     sha256: what a stage's sidecar records, written last, so that a rerun trusts only outputs that match it."""
@@ -761,6 +770,7 @@ def read_run_state(path: str | os.PathLike) -> dict[str, dict]:
 #            OUT/cluster_metrics.json      with --labels: NMI, ARI, BCubed and pairwise precision/recall/F
 #            SAMPLES/cluster_N.jpg, SAMPLES/overview.jpg  crops nearest each centroid
 CENTROIDS_CSV = "centroids.csv"
+PEOPLE_ANCHORS_CSV = "people_anchors.csv"  # the centroid each group number of a people file was first met on
 K_SELECTION_CSV = "k_selection.csv"
 K_SELECTION_COLUMNS = ["k", "inertia", "silhouette"]
 ELBOW_PNG = "elbow.png"

@@ -22,7 +22,6 @@ from facepipe import __version__
 from facepipe.common import FacepipeError, progress, remove_own_temporaries, resolve_device
 from facepipe.crops import CropAligner, cluster_pixel_means, load_crops, masked_faces, read_training_inputs
 from facepipe.cvae import crop_aligner, find_checkpoint, load_cvae
-from facepipe.cvae_settings import DEFAULT_TEMPERATURE
 from facepipe.face_measures import (
     kernel_distance,
     laplacian_sharpness,
@@ -44,10 +43,10 @@ from facepipe.formats import (
 )
 from facepipe.identity import at_crop_size, cluster_centroids, clustered_embeddings_path
 from facepipe.images import load_image_rgb, save_image_atomic
-from facepipe.limits import GENERATE, check_limits
 from facepipe.locks import locks_output
 from facepipe.models import unit_rows
 from facepipe.owned import left_alone_phrase, recorded_outputs, refuse_changed, remove_recorded
+from facepipe.settings import GenerateSettings
 
 SHEET_SAMPLES = 4  # random draws shown per cluster on the sheet (all of them go to cluster_N_samples.png)
 SHEET_CELL = 96  # smallest side of one face on the sheet
@@ -213,17 +212,17 @@ def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[i
     Faces are resized to the crops' own size first (``at_crop_size``). Landmark-aligned faces (``aligner``) are
     scored against centroids of the crops aligned the same way, unaligned ones against the cluster stage's.
     """
-    from facepipe.embed import load_embedder_like
+    from facepipe.models.registry import embedder_like
 
     embeddings = read_embeddings(embeddings_path)
     side = load_image_rgb(inputs.crops_dir / inputs.names[0]).shape[0]
     if aligner is None:
         centroid_ids, centroids, centroid_source = saved_or_recomputed_centroids(inputs, embeddings)
-        embedder = load_embedder_like(embeddings, embeddings_path, device=device)
+        embedder = embedder_like(embeddings, embeddings_path, device=device)
         row_of = {name: row for row, name in enumerate(embeddings.names)}
         crop_vectors = embeddings.vectors[[row_of[name] for name in inputs.names]]
     else:
-        embedder = load_embedder_like(embeddings, embeddings_path, device=device, face_margin=aligner.padding)
+        embedder = embedder_like(embeddings, embeddings_path, device=device, face_margin=aligner.padding)
         aligned = load_crops(inputs.names, inputs.crops_dir, side, False, aligner)
         crop_vectors = embedder.embed(list(aligned))
         centroid_ids, centroids = cluster_centroids(Embeddings(inputs.names, crop_vectors), inputs.names,
@@ -351,14 +350,14 @@ def generate(
     *,
     out_dir: str | Path = "inference_results",
     clusters: Sequence[int] | None = None,
-    samples: int = 4,
-    temperature: float = DEFAULT_TEMPERATURE,
-    seed: int = 0,
+    samples: int = GenerateSettings.samples,
+    temperature: float = GenerateSettings.temperature,
+    seed: int = GenerateSettings.seed,
     cluster_results: str | Path | None = None,
     crops_dir: str | Path | None = None,
-    evaluate: bool = True,
+    evaluate: bool = GenerateSettings.evaluate,
     embeddings: str | Path | None = None,
-    device: str = "auto",
+    device: str = GenerateSettings.device,
     show_progress: bool = True,
 ) -> GenerateSummary:
     """Write each cluster's CVAE face (z = 0), its pixel-mean face, optional random draws (z drawn at
@@ -369,8 +368,8 @@ def generate(
     (cluster -1) gets no face: the model is not trained on it (``read_training_inputs``).
     """
     started = time.perf_counter()
+    GenerateSettings(samples=samples, temperature=temperature, seed=seed, evaluate=evaluate, device=device)  # checks
     device = resolve_device(device)
-    check_limits(GENERATE, samples=samples, temperature=temperature, seed=seed)
     checkpoint = find_checkpoint(checkpoint)
     model, config, _ = load_cvae(checkpoint, device)
     if clusters is None:

@@ -15,12 +15,11 @@ from facepipe.formats import (
     EMBEDDINGS_SIDECAR_FIELDS,
     read_embeddings,
     read_sidecar,
-    recorded_path,
-    sidecar_path,
+    path_in_sidecar,
 )
 from facepipe.images import load_image_rgb
-from facepipe.limits import TRAIN_CVAE, check_limits
 from facepipe.models import DIFFERENTIABLE_MODELS, DifferentiableEmbedder, unit_rows
+from facepipe.settings import TrainSettings, check_settings
 
 DEFAULT_IDENTITY_WEIGHT = 1000.0  # what identity_weight "auto" means for clusters from one of DIFFERENTIABLE_MODELS
 JITTER_DEGREES, JITTER_SCALE, JITTER_SHIFT = 6.0, 0.06, 0.04  # the identity term's random views (strength 1)
@@ -30,11 +29,8 @@ def clustered_embeddings_path(cluster_results: Path, embeddings: str | Path | No
     """``embeddings`` if given, else the embeddings file the clusters came from (named by their sidecar)."""
     if embeddings is not None:
         return Path(embeddings)
-    meta_file = sidecar_path(cluster_results)
-    named = read_sidecar(cluster_results, CLUSTER_SIDECAR_FIELDS).get("embeddings")
-    if not named:
-        raise FacepipeError(f"{meta_file} does not name the embeddings the clusters came from; pass --embeddings")
-    return recorded_path(named, cluster_results)
+    return path_in_sidecar(cluster_results, "embeddings", CLUSTER_SIDECAR_FIELDS,
+                           "{sidecar} does not name the embeddings the clusters came from; pass --embeddings")
 
 
 def at_crop_size(faces: Sequence[np.ndarray], crops_dir: Path, crop_name: str) -> list[np.ndarray]:
@@ -57,15 +53,12 @@ def clustered_embeddings_model(cluster_results: Path) -> str | None:
 
 def identity_weight_for(weight: float | str, model: str | None) -> float:
     """The identity term's weight for clusters from ``model`` embeddings (None: not known): ``"auto"`` is
-    DEFAULT_IDENTITY_WEIGHT for one of DIFFERENTIABLE_MODELS, else 0; a number is checked (``limits.TRAIN_CVAE``;
+    DEFAULT_IDENTITY_WEIGHT for one of DIFFERENTIABLE_MODELS, else 0; a number is checked (``settings.TrainSettings``;
     above 0 only for DIFFERENTIABLE_MODELS) and returned."""
     if is_auto(weight):
         return DEFAULT_IDENTITY_WEIGHT if model in DIFFERENTIABLE_MODELS else 0.0
-    try:
-        value = float(weight)
-    except (TypeError, ValueError):
-        raise FacepipeError(f"--identity-weight must be a number (at least 0) or auto, not {weight!r}") from None
-    check_limits(TRAIN_CVAE, identity_weight=value)
+    check_settings(TrainSettings, identity_weight=weight)
+    value = float(weight)
     if value > 0 and model not in DIFFERENTIABLE_MODELS:
         source = f"came from {model} embeddings" if model else "name no embeddings (with their model) in their sidecar"
         raise FacepipeError(f"the identity term needs {' or '.join(DIFFERENTIABLE_MODELS)} embeddings, and the clusters "
@@ -152,7 +145,7 @@ def build_identity_term(cluster_results: Path, crops_dir: Path, names: Sequence[
     crops, None for unaligned ones; ``jitter`` the strength of the random views in training."""
     import torch
 
-    from facepipe.embed import load_embedder_like
+    from facepipe.models.registry import embedder_like
     from facepipe.models.dlib_resnet import CHIP_SIZE
 
     embeddings_path = clustered_embeddings_path(cluster_results)
@@ -160,7 +153,7 @@ def build_identity_term(cluster_results: Path, crops_dir: Path, names: Sequence[
     ids, centroids = cluster_centroids(embeddings, names, conditions)
     if ids != list(range(len(means))):
         raise FacepipeError("every cluster needs at least one training crop for the identity term")
-    embedder = load_embedder_like(embeddings, embeddings_path, device)
+    embedder = embedder_like(embeddings, embeddings_path, device)
     if not isinstance(embedder, DifferentiableEmbedder):
         raise FacepipeError(f"{embedder.name} cannot be run differentiably: the identity term needs one of "
                             f"{', '.join(DIFFERENTIABLE_MODELS)}")

@@ -34,6 +34,7 @@ from facepipe.common import FacepipeError
 from facepipe.formats import (
     FLOAT32_MAX,
     MAX_GROUP_NUMBER,
+    PEOPLE_ANCHORS_CSV,
     UNKNOWN_CLUSTER,
     checked_numbers,
     checked_whole_numbers,
@@ -43,7 +44,6 @@ from facepipe.formats import (
 )
 from facepipe.models import unit_rows
 
-PEOPLE_ANCHORS_CSV = "people_anchors.csv"
 ANCHOR_DISTANCE = 0.6  # where the embedder has no same-person rule: L2 distance of unit centroids (cosine 0.82)
 
 

@@ -39,11 +39,9 @@ from facepipe.probe_metrics import (
     plot_confusion_matrix,
     plot_pr_curve,
 )
-from facepipe.limits import PROBE, check_limits
+from facepipe.settings import DEFAULT_CS, ProbeSettings, check_settings
 from facepipe.locks import locks_output
 
-DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
-DEFAULT_FOLDS = 5
 EXAMPLES_SHOWN = 5
 
 
@@ -284,7 +282,7 @@ def train_probe(
     target: str,
     embedding_model: str | None,
     Cs: Sequence[float] = DEFAULT_CS,
-    folds: int = DEFAULT_FOLDS,
+    folds: int = ProbeSettings.folds,
     seed: int = 0,
     show_progress: bool = False,
 ) -> LinearProbe:
@@ -423,10 +421,10 @@ def train(
     *,
     group_column: str | None = "identity",
     crops_dir: str | os.PathLike | None = None,
-    holdout: float = 0.0,
-    folds: int = DEFAULT_FOLDS,
-    Cs: Sequence[float] = DEFAULT_CS,
-    seed: int = 0,
+    holdout: float = ProbeSettings.spec()["holdout"].command_default,
+    folds: int = ProbeSettings.folds,
+    Cs: Sequence[float] = ProbeSettings.cs,
+    seed: int = ProbeSettings.seed,
     force: bool = False,
     show_progress: bool = True,
 ) -> ProbeTrainSummary:
@@ -437,9 +435,7 @@ def train(
     baselines and plots go into the probe JSON and ``<out stem>_holdout/``. A rerun with the same
     inputs and options skips; different ones on an existing ``out`` are refused unless ``force``.
     """
-    check_limits(PROBE, holdout=holdout, folds=folds, seed=seed)
-    for C in Cs:
-        check_limits(PROBE, cs=C)
+    check_settings(ProbeSettings, holdout=holdout, folds=folds, seed=seed, cs=Cs)
     out = Path(out)
     options = {"target": target, "group_column": group_column, "holdout": holdout, "folds": folds,
                "Cs": [float(c) for c in Cs], "seed": seed, "crops_dir": None if crops_dir is None else str(crops_dir)}

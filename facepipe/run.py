@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 from facepipe import __version__
 from facepipe.common import FacepipeError
-from facepipe.config import load_config, save_config
+from facepipe.config import checked_config, load_config, save_config
 from facepipe.engine import RAY, check_engine, ray_session
 from facepipe.formats import (
     CLUSTER_RESULTS_CSV,
@@ -35,15 +35,14 @@ from facepipe.formats import (
     RUN_STATE_JSON,
     RUN_SUMMARY_JSON,
     RUN_WEIGHTS_DIR,
+    checked_fields,
     read_run_state,
     write_json_atomic,
 )
 from facepipe.identity import identity_weight_for
 from facepipe.images import collect_images, output_outside_inputs
-from facepipe.limits import config_limit_problems
 from facepipe.locks import locks_output
-
-STAGES = ("detect", "embed", "cluster", "train_cvae", "generate", "probe")
+from facepipe.settings import STAGES, ClusterSettings, DetectorParams, DetectWork, TrainSettings
 
 log = logging.getLogger("facepipe.run")
 
@@ -137,6 +136,27 @@ class _Runner:
         return fingerprint
 
 
+def run_state(folder: Path) -> dict | None:
+    """The state.json of the run folder ``folder`` (None where it is none), checked before anything is written."""
+    state_file = folder / RUN_STATE_JSON
+    if not state_file.is_file():
+        return None
+    state = read_run_state(state_file)
+    checked_fields(state.get("cluster", {}).get("details") or {}, state_file, {"assigned": int})
+    return state
+
+
+def note_assigned(folder: Path, state: dict | None, line: str, assigned: int) -> None:
+    """In a run folder (its ``state``), the cluster stage's record says what assign added (its summary ``line``,
+    and the faces it ``assigned``), which the report shows."""
+    if state is None or "cluster" not in state:
+        return
+    record = state["cluster"]
+    record["summary"] = f"{record.get('summary', '')}\n{line}".strip()
+    record.setdefault("details", {})["assigned"] = record.get("details", {}).get("assigned", 0) + assigned
+    write_json_atomic(folder / RUN_STATE_JSON, state)
+
+
 class _RunLogHandler(logging.FileHandler):
     """``run.log``: a line that cannot be written (a full disk) is left out, not printed as a traceback; the error
     that stops the run is reported on stderr anyway."""
@@ -200,12 +220,12 @@ class _RunFolder:
         return self.out / CLUSTER_RESULTS_CSV
 
     def detect(self, force: bool) -> tuple[str, dict]:
-        from facepipe.detect import DetectorParams, detect
+        from facepipe.detect import detect
 
-        options = dict(self.config["detect"])
-        workers, max_pixels = options.pop("workers"), options.pop("max_pixels")
-        summary = detect(self.inputs, self.crops, DetectorParams(**options), workers=workers, max_pixels=max_pixels,
-                         force=force, show_progress=self.show_progress, **self.engine_options())
+        work = DetectWork.from_config(self.config["detect"])
+        summary = detect(self.inputs, self.crops, DetectorParams.from_config(self.config["detect"]),
+                         workers=work.workers, max_pixels=work.max_pixels, force=force,
+                         show_progress=self.show_progress, **self.engine_options())
         self.partial = self.partial or summary.errors > 0
         return summary.line(), {"images": summary.images, "faces": summary.faces, "errors": summary.errors}
 
@@ -222,16 +242,17 @@ class _RunFolder:
     def cluster(self, force: bool) -> tuple[str, dict]:
         from facepipe.cluster import cluster
 
-        summary = cluster(self.features, self.out, samples_dir=self.out / RUN_SAMPLES_DIR, labels=self.labels,
-                          force=force, show_progress=self.show_progress, **self.config["cluster"])
+        summary = cluster(self.features, self.out, ClusterSettings.from_config(self.config["cluster"]),
+                          samples_dir=self.out / RUN_SAMPLES_DIR, labels=self.labels, force=force,
+                          show_progress=self.show_progress)
         return summary.line(), summary.details()
 
     def train_cvae(self, force: bool) -> tuple[str, dict]:
         from facepipe.cvae import train_cvae
 
-        summary = train_cvae(self.results, crops_dir=self.crops, weights_dir=self.out / RUN_WEIGHTS_DIR,
-                             resume=not force, force=force, show_progress=self.show_progress,
-                             **self.config["train_cvae"])
+        summary = train_cvae(self.results, TrainSettings.from_config(self.config["train_cvae"]), crops_dir=self.crops,
+                             weights_dir=self.out / RUN_WEIGHTS_DIR, resume=not force, force=force,
+                             show_progress=self.show_progress)
         return summary.line(), {"epochs": summary.last_epoch, "best_epoch": summary.best_epoch,
                                 "best_val_loss": summary.best_val_loss, "device": summary.device,
                                 "train_crops": summary.train_count, "val_crops": summary.val_count}
@@ -267,11 +288,8 @@ def _run_stages(runner: "_Runner", folder: _RunFolder, images: list[Path]) -> No
 
 
 def _checked_inputs(inputs: Iterable[str | os.PathLike], config: dict) -> tuple[list[str], list[Path], str | None]:
-    """The inputs made absolute, the photos they hold and the label manifest, and the config's numbers in their
-    ranges: refused before any work."""
-    problems = config_limit_problems(config)
-    if problems:
-        raise FacepipeError(f"{problems[0]}; nothing was run")
+    """The inputs made absolute, the photos they hold and the label manifest (the config is checked already):
+    refused before any work."""
     identity_weight_for(config["train_cvae"]["identity_weight"], config["embed"]["model"])
     check_engine(config["run"]["engine"], _blank_to_none(config["run"]["ray_address"]))
     inputs = [str(Path(os.path.abspath(i))) for i in inputs]
@@ -297,13 +315,14 @@ def run(
 ) -> RunSummary:
     """Run detect -> embed -> cluster -> train-cvae -> generate (-> probe with labels) into ``out_dir``.
 
-    ``config`` is a dict as returned by ``facepipe.config.load_config`` (defaults when ``None``).
+    ``config`` is a dict as returned by ``facepipe.config.load_config`` (defaults when ``None``); every value
+    is checked (``config.checked_config``: a ``ConfigError`` lists those refused) before any stage runs.
     ``from_stage`` forces that stage and every later one to be redone.
     """
     from facepipe.report import write_report
 
     started = time.perf_counter()
-    config = config if config is not None else load_config()
+    config = checked_config(config if config is not None else load_config())
     if from_stage is not None and from_stage not in STAGES:
         raise FacepipeError(f"--from must be one of {', '.join(STAGES)}")
     inputs, images, labels = _checked_inputs(inputs, config)

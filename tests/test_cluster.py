@@ -288,7 +288,7 @@ def test_the_same_person_graph_scales_past_the_exact_engine(tmp_path):
     engine on 20,000 of them (0.99 with one link needed)."""
     import sys
 
-    from facepipe.cluster_graph import EXACT_UP_TO
+    from facepipe.grouping import EXACT_UP_TO
     from facepipe.cluster_metrics import bcubed
     from facepipe.formats import Embeddings, write_embeddings
 
@@ -311,7 +311,7 @@ def test_the_same_person_graph_scales_past_the_exact_engine(tmp_path):
 
 def graph_of(gaps: np.ndarray, threshold: float = 0.37):
     """The neighbour graph of a matrix of distances (every pair closer than ``threshold`` joined)."""
-    from facepipe.cluster_graph import NeighbourGraph
+    from facepipe.grouping import NeighbourGraph
 
     linked = (gaps < threshold) & ~np.eye(len(gaps), dtype=bool)
     rows, columns = np.nonzero(linked)
@@ -328,7 +328,7 @@ def graph_of(gaps: np.ndarray, threshold: float = 0.37):
     ([0.30], False),  # one, but close (under 0.9 of the rule)
 ])
 def test_a_face_needs_four_links_to_its_group_or_one_close(links_to_the_group, weak):
-    from facepipe.cluster_graph import unmatched_faces
+    from facepipe.grouping import unmatched_faces
 
     gaps = np.full((7, 7), 0.2)  # six faces of one person, all close, and face 6
     gaps[6, :] = gaps[:, 6] = 0.5
@@ -396,7 +396,7 @@ def test_strangers_linked_by_one_edge_of_rule_neighbour_go_to_unknown(data_dir, 
     the same-person distance of one of that person's faces, at the rule's edge: the strangers are unknown, the
     people keep their groups. (One such link was enough before: both strangers were in the people's groups.)"""
     import facepipe
-    from facepipe.cluster_graph import CLOSE_SHARE
+    from facepipe.grouping import CLOSE_SHARE
     from facepipe.models import SAME_PERSON_DISTANCE, unit_rows
 
     lfw, singletons = data_dir("lfw"), data_dir("lfw_singletons")

@@ -16,7 +16,7 @@ from PIL import Image
 from facepipe.common import FacepipeError
 from facepipe.formats import embedding_columns
 from facepipe.models.vggface2 import VGGFace2ResNet50Embedder
-from facepipe.weights import VGGFACE2_RESNET50_FILE, ensure_vggface2_weights
+from facepipe.models.weights import VGGFACE2_RESNET50_FILE, ensure_vggface2_weights
 from helpers import cosines
 
 FIXTURE = "vggface_resnet50"
@@ -191,7 +191,7 @@ def test_missing_explicit_weights_is_an_error(weights_dir):
 def test_precision_auto_takes_bf16_only_where_the_hardware_has_it(fixture, fp32_embedder, fp32_embeddings):
     """--precision auto (issue 17): bf16 where the CPU computes it natively (AMX / AVX-512 BF16), then within the
     drift measured for bf16; fp32 elsewhere, and always for dlib-resnet128."""
-    from facepipe.embed import load_embedder, native_bf16
+    from facepipe.models.registry import load_embedder, native_bf16
 
     auto = load_embedder("vggface2-resnet50", weights=fp32_embedder.weights_path, device="cpu", precision="auto",
                          batch_size=16, show_progress=False)

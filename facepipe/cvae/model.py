@@ -14,19 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 from facepipe import __version__
 from facepipe.common import FacepipeError
-from facepipe.cvae_settings import (
-    ALIGNMENTS,
-    DECODER_BASES,
-    DEFAULT_ALIGN_PADDING,
-    DEFAULT_ALIGNMENT,
-    DEFAULT_DRAW_IDENTITY,
-    DEFAULT_FACE_MASK,
-    DEFAULT_IDENTITY_JITTER,
-    FACE_MASKS,
-    MIN_IMAGE_SIZE,
-)
 from facepipe.formats import MAX_GROUP_NUMBER, UNKNOWN_CLUSTER
-from facepipe.limits import TRAIN_CVAE
+from facepipe.settings import ALIGNMENTS, DECODER_BASES, FACE_MASKS, MIN_IMAGE_SIZE, TrainSettings
 
 # The settings of a checkpoint's config that have a range (the seed, the workers and keep_last are the
 # training run's, checked by train_cvae itself).
@@ -42,29 +31,29 @@ BEFORE_THEY_EXISTED = {"alignment": "none", "face_mask": "none", "decoder_base":
 @dataclass
 class CVAEConfig:
     """Everything that defines a CVAE and its training run; stored as a plain dict in each checkpoint. The
-    defaults are train_cvae's (tests/test_design.py checks it); a key missing from an older checkpoint means
-    what that version did (BEFORE_THEY_EXISTED)."""
+    defaults are train-cvae's (``settings.TrainSettings``); a key missing from an older checkpoint means what
+    that version did (BEFORE_THEY_EXISTED)."""
 
-    image_size: int = 64
-    alignment: str = DEFAULT_ALIGNMENT  # how the crops were aligned: cvae_settings.ALIGNMENTS
-    align_padding: float = DEFAULT_ALIGN_PADDING
-    face_mask: str = DEFAULT_FACE_MASK  # cvae_settings.FACE_MASKS: "landmarks" lays the aligned crops over grey
-    latent_dim: int = 64
-    base_channels: int = 32
-    max_channels: int = 256
+    image_size: int = TrainSettings.image_size
+    alignment: str = TrainSettings.align  # how the crops were aligned: settings.ALIGNMENTS
+    align_padding: float = TrainSettings.align_padding
+    face_mask: str = TrainSettings.face_mask  # settings.FACE_MASKS: "landmarks" lays the aligned crops over grey
+    latent_dim: int = TrainSettings.latent_dim
+    base_channels: int = TrainSettings.base_channels
+    max_channels: int = TrainSettings.max_channels
     clusters: list[int] = field(default_factory=list)  # condition index i <-> cluster id clusters[i]
-    decoder_base: str = "mean"  # cvae_settings.DECODER_BASES: "mean" adds the decoder's output to the cluster's pixel mean
-    beta: float = 0.1
-    mean_anchor: float = 1.0
-    detail_weight: float = 0.0  # the reconstruction error of the images' Laplacians (fine detail), beside the pixels'
+    decoder_base: str = TrainSettings.decoder_base  # settings.DECODER_BASES: "mean" adds to the cluster's pixel mean
+    beta: float = TrainSettings.beta
+    mean_anchor: float = TrainSettings.mean_anchor
+    detail_weight: float = TrainSettings.detail_weight  # the error of the images' Laplacians, beside the pixels'
     identity_weight: float = 0.0  # the number train_cvae resolved its "auto" to
-    draw_identity: float = DEFAULT_DRAW_IDENTITY
-    identity_jitter: float = DEFAULT_IDENTITY_JITTER
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    epochs: int = 40
-    val_fraction: float = 0.1
-    seed: int = 0
+    draw_identity: float = TrainSettings.draw_identity
+    identity_jitter: float = TrainSettings.identity_jitter
+    learning_rate: float = TrainSettings.learning_rate
+    batch_size: int = TrainSettings.batch_size
+    epochs: int = TrainSettings.epochs
+    val_fraction: float = TrainSettings.val_fraction
+    seed: int = TrainSettings.seed
     cluster_results: str = ""
     crops_dir: str = ""
     data_fingerprint: str = ""
@@ -91,11 +80,12 @@ class CVAEConfig:
         """Refuse sizes no model should be built with (a foreign or damaged checkpoint could ask for terabytes),
         non-finite, negative or out-of-range weights (which would train NaN) and unknown choices: the one check
         of the settings, for train-cvae's arguments and for every checkpoint loaded, against the limits of
-        ``limits.TRAIN_CVAE``."""
+        ``settings.TrainSettings``."""
+        limits = TrainSettings.spec()
         for name in CHECKED_SETTINGS:
             value = getattr(self, name)
-            if not TRAIN_CVAE[name].admits(value):
-                raise FacepipeError(f"CVAE setting {_option(name)} = {value!r} must be {TRAIN_CVAE[name].describe()}")
+            if not limits[name].limit.admits(value):
+                raise FacepipeError(f"CVAE setting {_option(name)} = {value!r} must be {limits[name].limit.describe()}")
         encoder_sizes(self.image_size)  # and divisible by 4
         if not isinstance(self.clusters, list) or not all(
                 isinstance(c, int) and not isinstance(c, bool) and UNKNOWN_CLUSTER <= c <= MAX_GROUP_NUMBER

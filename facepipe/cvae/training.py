@@ -37,13 +37,6 @@ from facepipe.cvae.checkpoints import (
     save_checkpoint,
 )
 from facepipe.cvae.model import CVAEConfig, build_model, cvae_loss
-from facepipe.cvae_settings import (
-    DEFAULT_ALIGN_PADDING,
-    DEFAULT_ALIGNMENT,
-    DEFAULT_DRAW_IDENTITY,
-    DEFAULT_FACE_MASK,
-    DEFAULT_IDENTITY_JITTER,
-)
 from facepipe.formats import (
     ALIGNMENT_CSV,
     CVAE_BEST_CHECKPOINT,
@@ -59,9 +52,10 @@ from facepipe.formats import (
     write_json_atomic,
 )
 from facepipe.identity import build_identity_term, clustered_embeddings_model, identity_weight_for
-from facepipe.limits import TRAIN_CVAE, check_limits, usable_workers
+from facepipe.limits import usable_workers
 from facepipe.locks import locks_output
 from facepipe.owned import holds_recorded, recorded_outputs, remove_recorded
+from facepipe.settings import TrainSettings
 
 LOSS_PARTS = ("loss", "recon", "kl", "anchor", "identity", "draw_identity")
 # Settings that must match for --resume to continue a run (epochs may grow; the rest may not change).
@@ -378,32 +372,21 @@ def _save_epoch(weights_dir: Path, model, optimizer, config: CVAEConfig, state: 
         _record(weights_dir, removed=removed)
 
 
+def _model_config(settings: TrainSettings) -> CVAEConfig:
+    """The checkpoint's record of ``settings`` (the data's fields are filled in once it is read)."""
+    copied = ("image_size", "align_padding", "face_mask", "decoder_base", "latent_dim", "base_channels", "max_channels",
+              "beta", "mean_anchor", "detail_weight", "draw_identity", "identity_jitter", "learning_rate",
+              "batch_size", "epochs", "val_fraction", "seed")
+    return CVAEConfig(alignment=settings.align, **{name: getattr(settings, name) for name in copied})
+
+
 @locks_output(lambda args: args["weights_dir"])
 def train_cvae(
     cluster_results: str | Path,
+    settings: TrainSettings | None = None,
     *,
     crops_dir: str | Path | None = None,
     weights_dir: str | Path = "weights",
-    image_size: int = 64,
-    align: str = DEFAULT_ALIGNMENT,
-    align_padding: float = DEFAULT_ALIGN_PADDING, face_mask: str = DEFAULT_FACE_MASK,
-    latent_dim: int = 64,
-    decoder_base: str = "mean",
-    base_channels: int = 32,
-    max_channels: int = 256,
-    epochs: int = 40,
-    batch_size: int = 32,
-    learning_rate: float = 1e-3,
-    beta: float = 0.1,
-    mean_anchor: float = 1.0, detail_weight: float = 0.0,
-    identity_weight: float | str = "auto",
-    draw_identity: float = DEFAULT_DRAW_IDENTITY,
-    identity_jitter: float = DEFAULT_IDENTITY_JITTER,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    keep_last: int = 2,
-    workers: int = 0,
-    device: str = "auto",
     resume: bool = False,
     force: bool = False,
     show_progress: bool = True,
@@ -411,22 +394,19 @@ def train_cvae(
     """Train the CVAE on the crops of ``cluster_results`` (not the unknown group); each epoch writes
     ``cvae_epoch_N.pt`` (the last ``keep_last`` kept), ``cvae_best.pt`` when the validation loss improves, and
     ``cvae_log.csv`` into ``weights_dir``; a killed (or full-disk) run, called again as it was, continues to the
-    same weights, and ``resume`` continues a finished run to more ``epochs``. ``align``, ``face_mask``: see
-    ``CVAEConfig``; ``identity_weight`` "auto": see ``identity.identity_weight_for``."""
+    same weights, and ``resume`` continues a finished run to more ``epochs``. ``settings``: train-cvae's
+    (``settings.TrainSettings``, its defaults when None); ``align``, ``face_mask``: see ``CVAEConfig``;
+    ``identity_weight`` "auto": see ``identity.identity_weight_for``."""
     import torch
 
     started = time.perf_counter()
-    check_limits(TRAIN_CVAE, seed=seed, keep_last=keep_last, workers=workers)
-    config = CVAEConfig(image_size=image_size, alignment=align, align_padding=float(align_padding), face_mask=face_mask,
-                        decoder_base=decoder_base, latent_dim=latent_dim, base_channels=base_channels,
-                        max_channels=max_channels, beta=float(beta), mean_anchor=float(mean_anchor),
-                        detail_weight=float(detail_weight), draw_identity=float(draw_identity),
-                        identity_jitter=float(identity_jitter), learning_rate=float(learning_rate),
-                        batch_size=batch_size, epochs=epochs, val_fraction=float(val_fraction), seed=seed)
+    settings = settings or TrainSettings()
+    config = _model_config(settings)
     config.check()  # every setting, before any input is read
-    device = resolve_device(device)
+    device = resolve_device(settings.device)
+    epochs, seed, keep_last, workers = settings.epochs, settings.seed, settings.keep_last, settings.workers
     inputs = read_training_inputs(cluster_results, crops_dir)
-    identity_weight = identity_weight_for(identity_weight, clustered_embeddings_model(inputs.cluster_results))
+    identity_weight = identity_weight_for(settings.identity_weight, clustered_embeddings_model(inputs.cluster_results))
     config = replace(config, clusters=sorted(int(c) for c in np.unique(inputs.clusters)),
                      identity_weight=float(identity_weight), cluster_results=str(inputs.cluster_results),
                      crops_dir=str(inputs.crops_dir), data_fingerprint=inputs.fingerprint())
@@ -437,7 +417,7 @@ def train_cvae(
     model = build_model(config).to(device)
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     state = _restore(model, optimizer, existing, config)
     first_epoch = state.epoch + 1
     if state.epoch >= epochs:

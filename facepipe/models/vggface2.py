@@ -240,7 +240,7 @@ CPU_CHUNK = 8
 class VGGFace2ResNet50Embedder:
     """The ``Embedder`` for ``vggface2-resnet50``: uint8 RGB crops of any size -> float32 (n, 2048).
 
-    ``weights_path`` is the HDF5 file (find or fetch it with ``facepipe.weights.ensure_vggface2_weights``).
+    ``weights_path`` is the HDF5 file (find or fetch it with ``facepipe.models.weights.ensure_vggface2_weights``).
     ``precision="bf16"`` holds the (BN-folded) weights in bfloat16 and runs the convolutions in bfloat16
     (CPU or CUDA): the same casts autocast would make, without re-casting the weights on every call
     (measured faster on CPU); preprocessing, pooling and outputs stay float32. On CPU the network runs as
