@@ -28,9 +28,10 @@ CHILD_FACEPIPE = """
 import json, resource, sys, time
 from facepipe.cluster import cluster
 from facepipe.formats import read_json
+from facepipe.settings import ClusterSettings
 start = time.perf_counter()
-summary = cluster(sys.argv[1], sys.argv[2], k=int(sys.argv[3]), n_init=int(sys.argv[4]), samples_dir=None,
-                  show_progress=False)
+summary = cluster(sys.argv[1], sys.argv[2], ClusterSettings(k=int(sys.argv[3]), n_init=int(sys.argv[4])),
+                  samples_dir=None, show_progress=False)
 seconds = time.perf_counter() - start
 meta = read_json(sys.argv[2] + "/cluster_results.csv.json")
 print(json.dumps({"seconds": seconds, "inertia": meta["inertia"], "clusters": summary.k,

@@ -68,6 +68,7 @@ def build_collection(shared: Path) -> pd.DataFrame:
 def run_facepipe(photos: list[str], out: Path, old_defaults: bool) -> pd.DataFrame:
     """detect -> embed (dlib-resnet128) -> cluster with the stage defaults; one row per face: path, area, group."""
     from facepipe.cluster import cluster
+    from facepipe.settings import ClusterSettings
     from facepipe.detect import DetectorParams, detect
     from facepipe.embed import embed
 
@@ -76,8 +77,7 @@ def run_facepipe(photos: list[str], out: Path, old_defaults: bool) -> pd.DataFra
     params = DetectorParams(detector="haar") if old_defaults else DetectorParams()
     detect([listing], out / "crops", params, workers=2, force=True, show_progress=False)
     embed(out / "crops", out / "features.csv", model="dlib-resnet128", force=True, show_progress=False)
-    cluster(out / "features.csv", out, method="kmeans" if old_defaults else "auto", samples_dir=None, force=True,
-            show_progress=False)
+    cluster(out / "features.csv", out, ClusterSettings(method="kmeans" if old_defaults else "auto"), samples_dir=None, force=True, show_progress=False)
     detections = pd.read_csv(out / "crops" / "detections.csv")
     groups = pd.read_csv(out / "cluster_results.csv").set_index("name")["cluster"]
     return pd.DataFrame({"path": detections["source"], "area": detections["w"] * detections["h"],

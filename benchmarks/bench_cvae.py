@@ -82,9 +82,9 @@ def prepare(data: str, work: Path, people: int = 0) -> Path:
 def train_child(results: str, weights: str, image_size: int, epochs: int, identity_weight: float) -> None:
     """Runs in a child process so that its peak RSS is the training's own."""
     from facepipe.cvae import train_cvae
+    from facepipe.settings import TrainSettings
 
-    summary = train_cvae(results, weights_dir=weights, image_size=image_size, epochs=epochs, device="cpu",
-                         identity_weight=identity_weight, force=True, show_progress=False)
+    summary = train_cvae(results, TrainSettings(image_size=image_size, epochs=epochs, device="cpu", identity_weight=identity_weight), weights_dir=weights, force=True, show_progress=False)
     log = pd.read_csv(Path(weights) / "cvae_log.csv")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"crops": summary.train_count + summary.val_count, "train": summary.train_count,
@@ -110,6 +110,7 @@ def timing(args) -> None:
 
 def fidelity(args) -> None:
     from facepipe.cvae import train_cvae
+    from facepipe.settings import TrainSettings
     from facepipe.generate import generate
 
     results = prepare(args.data, args.work, args.people)
@@ -118,14 +119,7 @@ def fidelity(args) -> None:
                            f"_lr{args.lr:g}_anchor{args.mean_anchor:g}_identity{args.identity_weight:g}"
                            f"_draws{args.draw_identity:g}_jitter{args.jitter:g}_base{args.decoder_base}_e{args.epochs}")
     started = time.perf_counter()
-    summary = train_cvae(results, weights_dir=weights, image_size=args.image_size, epochs=args.epochs,
-                         align=args.align, align_padding=args.align_padding, face_mask=args.face_mask,
-                         draw_identity=args.draw_identity,
-                         identity_jitter=args.jitter, decoder_base=args.decoder_base,
-                         batch_size=args.batch_size, beta=args.beta, mean_anchor=args.mean_anchor,
-                         detail_weight=args.detail_weight,
-                         identity_weight=args.identity_weight, learning_rate=args.lr,
-                         seed=args.seed, resume=True)
+    summary = train_cvae(results, TrainSettings(image_size=args.image_size, epochs=args.epochs, align=args.align, align_padding=args.align_padding, face_mask=args.face_mask, draw_identity=args.draw_identity, identity_jitter=args.jitter, decoder_base=args.decoder_base, batch_size=args.batch_size, beta=args.beta, mean_anchor=args.mean_anchor, detail_weight=args.detail_weight, identity_weight=args.identity_weight, learning_rate=args.lr, seed=args.seed), weights_dir=weights, resume=True)
     print(summary.line(), f"(wall {time.perf_counter() - started:.0f}s)")
     faces_dir = args.work / f"inference_{weights.name}"
     report = generate(weights, out_dir=faces_dir, samples=4, temperature=args.temperature, evaluate=True)

@@ -194,9 +194,10 @@ def synthetic_faces(count: int, dim: int = 128, seed: int = 0) -> tuple[np.ndarr
 
 def child(path: str, out: str, n_init: int) -> None:
     from facepipe.cluster import cluster
+    from facepipe.settings import ClusterSettings
 
     started = time.perf_counter()
-    summary = cluster(path, out, method="graph", n_init=n_init, samples_dir=None, show_progress=False)
+    summary = cluster(path, out, ClusterSettings(method="graph", n_init=n_init), samples_dir=None, show_progress=False)
     print(json.dumps({"seconds": time.perf_counter() - started, "groups": summary.k, "unknown": summary.unknown,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 

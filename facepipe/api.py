@@ -24,6 +24,7 @@ import numpy as np
 
 from facepipe.detectors import COMBINED
 from facepipe.models import DLIB_RESNET128, unit_rows
+from facepipe.settings import ClusterSettings, GenerateSettings
 
 
 def find_faces(rgb: np.ndarray, detector: str = COMBINED, **settings) -> list[np.ndarray]:
@@ -48,14 +49,17 @@ def embed_faces(crops: Sequence[np.ndarray], model: str = DLIB_RESNET128, device
     return load_embedder(model, device=device, face_margin=face_margin, show_progress=False).embed(list(crops))
 
 
-def group_faces(vectors: np.ndarray, model: str = DLIB_RESNET128, threshold: float | str = "auto",
-                min_group_size: int = 2, seed: int = 0, restarts: int = 10) -> np.ndarray:
+def group_faces(vectors: np.ndarray, model: str = DLIB_RESNET128, threshold: float | str = ClusterSettings.threshold,
+                min_group_size: int = ClusterSettings.min_group_size, seed: int = ClusterSettings.seed,
+                restarts: int = ClusterSettings.n_init) -> np.ndarray:
     """Group embeddings (n, dim) of ``model`` as ``cluster --method graph`` does: faces closer than the
     same-person distance (``threshold``; "auto": the model's measured rule) are linked, Chinese whispers picks
-    the groups -> int64 (n,) group ids, 0 the largest, -1 for faces that match no group."""
+    the groups -> int64 (n,) group ids, 0 the largest, -1 for faces that match no group. The settings are
+    checked as cluster's (``settings.ClusterSettings``)."""
     from facepipe.grouping import best_whispers, finish_groups, neighbour_graph, same_person_distance, unmatched_faces
     from facepipe.common import FacepipeError
 
+    ClusterSettings(threshold=threshold, min_group_size=min_group_size, seed=seed, n_init=restarts)  # checks them
     vectors = np.asarray(vectors, dtype=np.float32)
     vectors = unit_rows(vectors)
     distance = same_person_distance(threshold, model, True)
@@ -68,7 +72,8 @@ def group_faces(vectors: np.ndarray, model: str = DLIB_RESNET128, threshold: flo
 
 
 def decode(checkpoint: str | Path = "weights", clusters: Sequence[int] | None = None, samples: int = 0,
-           temperature: float = 1.0, seed: int = 0, device: str = "auto") -> tuple[np.ndarray, list[np.ndarray]]:
+           temperature: float = GenerateSettings.temperature, seed: int = GenerateSettings.seed,
+           device: str = GenerateSettings.device) -> tuple[np.ndarray, list[np.ndarray]]:
     """A trained CVAE's face of each cluster (z = 0) -> uint8 (n, S, S, 3), and ``samples`` random draws per
     cluster (z ~ N(0, temperature^2 I)), as generate decodes them; ``checkpoint`` is a file or a weights folder."""
     from facepipe.common import resolve_device

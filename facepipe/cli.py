@@ -13,7 +13,6 @@ from facepipe.common import FacepipeError, describe_os_error, is_auto
 from facepipe.config import ConfigError
 from facepipe.limits import Limit
 from facepipe.settings import (
-    DEVICES,
     GENERATE_CLUSTER,
     AssignSettings,
     ClusterSettings,
@@ -372,7 +371,8 @@ def generate(cluster_ids, all_clusters, checkpoint, out_dir, cluster_results, cr
 @setting_option(ClusterSettings, "k", default=None, show_default=False,
                 help="Same as --set cluster.k=... (a number or auto).")
 @setting_option(RunSettings, "labels")
-@click.option("--device", type=click.Choice(DEVICES), help="Device for embed, train-cvae and generate.")
+@setting_option(EmbedSettings, "device", default=None, show_default=False,
+                help="Device for embed, train-cvae and generate.")
 @setting_option(RunSettings, "engine", default=None, show_default=False,
                 help="Same as --set run.engine=... (detect and embed: local or ray).")
 @setting_option(RunSettings, "ray_address", help="Same as --set run.ray_address=... (the Ray cluster to join).")

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from facepipe.settings import ClusterSettings
 from facepipe.cli import main
 from facepipe.cluster import cluster, parse_k_range
 from facepipe.cluster_metrics import ari, bcubed, clustering_metrics, nmi, pairwise
@@ -121,8 +122,7 @@ def test_auto_k_finds_separated_groups_and_writes_every_output(tmp_path):
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame({"name": names, "identity": [f"person{t}" for t in truth]}).to_csv(manifest, index=False)
     out, samples = tmp_path / "out", tmp_path / "samples"
-    summary = cluster(tmp_path / "emb.csv", out, k="auto", k_range="2:12", samples_dir=samples, labels=manifest,
-                      show_progress=False)
+    summary = cluster(tmp_path / "emb.csv", out, ClusterSettings(k="auto", k_range="2:12"), samples_dir=samples, labels=manifest, show_progress=False)
     assert summary.k == 6 and "silhouette" in summary.k_rule
     assert summary.metrics["bcubed_f"] == pytest.approx(1.0) and summary.metrics["nmi"] == pytest.approx(1.0)
     results = pd.read_csv(out / CLUSTER_RESULTS_CSV)
@@ -149,13 +149,13 @@ def test_auto_k_finds_separated_groups_and_writes_every_output(tmp_path):
 def test_rerun_is_skipped_unless_options_change_or_force(tmp_path):
     blobs(tmp_path / "emb.npz")
     out = tmp_path / "out"
-    first = cluster(tmp_path / "emb.npz", out, k=4, samples_dir=None, show_progress=False)
+    first = cluster(tmp_path / "emb.npz", out, ClusterSettings(k=4), samples_dir=None, show_progress=False)
     stamp = (out / CLUSTER_RESULTS_CSV).stat().st_mtime_ns
-    again = cluster(tmp_path / "emb.npz", out, k=4, samples_dir=None, show_progress=False)
+    again = cluster(tmp_path / "emb.npz", out, ClusterSettings(k=4), samples_dir=None, show_progress=False)
     assert again.skipped and not first.skipped and again.k == first.k == 4
     assert (out / CLUSTER_RESULTS_CSV).stat().st_mtime_ns == stamp
-    assert not cluster(tmp_path / "emb.npz", out, k=4, samples_dir=None, force=True, show_progress=False).skipped
-    changed = cluster(tmp_path / "emb.npz", out, k=6, samples_dir=None, show_progress=False)
+    assert not cluster(tmp_path / "emb.npz", out, ClusterSettings(k=4), samples_dir=None, force=True, show_progress=False).skipped
+    changed = cluster(tmp_path / "emb.npz", out, ClusterSettings(k=6), samples_dir=None, show_progress=False)
     assert not changed.skipped and pd.read_csv(out / CLUSTER_RESULTS_CSV)["cluster"].nunique() == 6
     assert not (out / ELBOW_PNG).exists()  # k was given: no k-selection plots
 
@@ -163,7 +163,7 @@ def test_rerun_is_skipped_unless_options_change_or_force(tmp_path):
 def test_same_seed_same_clusters(tmp_path):
     blobs(tmp_path / "emb.csv", groups=10, per_group=12, seed=3)
     for run in ("a", "b"):
-        cluster(tmp_path / "emb.csv", tmp_path / run, k=7, samples_dir=None, show_progress=False)
+        cluster(tmp_path / "emb.csv", tmp_path / run, ClusterSettings(k=7), samples_dir=None, show_progress=False)
     assert (tmp_path / "a" / CLUSTER_RESULTS_CSV).read_bytes() == (tmp_path / "b" / CLUSTER_RESULTS_CSV).read_bytes()
 
 
@@ -199,7 +199,7 @@ def _write(path, text):
 def test_bad_input_is_refused_and_nothing_is_written(tmp_path, case, message):
     good = "name,e0,e1\na.jpg,0.1,0.2\nb.jpg,0.3,0.1\nc.jpg,0.5,0.9\n"
     path = tmp_path / "emb.csv"
-    options = {"k": 2}
+    options, labels = {"k": 2}, None
     if case == "nan":
         _write(path, "name,e0,e1\na.jpg,0.1,\nb.jpg,0.3,0.1\nc.jpg,0.5,0.9\n")
     elif case == "short_row":
@@ -221,10 +221,12 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path, case, message):
         options = {"k": "auto", "k_range": "9:2"}
     elif case == "missing_labels":
         _write(path, good)
-        options = {"k": 2, "labels": tmp_path / "nope.csv"}
+        options = {"k": 2}
+        labels = tmp_path / "nope.csv"
     out, samples = tmp_path / "out", tmp_path / "samples"
     with pytest.raises(FacepipeError, match=message):
-        cluster(path, out, samples_dir=samples, crops_dir=tmp_path, show_progress=False, **options)
+        cluster(path, out, ClusterSettings(**options), samples_dir=samples, crops_dir=tmp_path, labels=labels,
+                show_progress=False)
     assert not out.exists() and not samples.exists()
 
 
@@ -247,8 +249,7 @@ def test_lfw_true_k_and_auto_k(lfw_dlib_embeddings, data_dir, tmp_path):
 
     names = pd.read_csv(lfw_dlib_embeddings, usecols=["name"])["name"].tolist()
     people = attach_labels(names, manifest, crops_dir)["identity"].nunique()  # people with at least one crop
-    true_k = cluster(lfw_dlib_embeddings, tmp_path / "true_k", k=people, labels=manifest,
-                     samples_dir=tmp_path / "samples", show_progress=False)
+    true_k = cluster(lfw_dlib_embeddings, tmp_path / "true_k", ClusterSettings(k=people), labels=manifest, samples_dir=tmp_path / "samples", show_progress=False)
     print(f"LFW true k = {people}: {json.dumps({k: round(v, 4) for k, v in true_k.metrics.items() if isinstance(v, float)})}")
     assert true_k.metrics["bcubed_f"] >= 0.95
     assert true_k.metrics["unlabelled"] == 0
@@ -260,8 +261,7 @@ def test_lfw_true_k_and_auto_k(lfw_dlib_embeddings, data_dir, tmp_path):
     assert read_json(sidecar_path(tmp_path / "graph" / "cluster_results.csv"))["method"] == "graph"
     assert graph.metrics["bcubed_f"] >= true_k.metrics["bcubed_f"]  # no k given, and no worse than the true k
 
-    auto = cluster(lfw_dlib_embeddings, tmp_path / "auto", method="kmeans", k="auto", k_range="10:150:10",
-                   labels=manifest, samples_dir=None, show_progress=False)
+    auto = cluster(lfw_dlib_embeddings, tmp_path / "auto", ClusterSettings(method="kmeans", k="auto", k_range="10:150:10"), labels=manifest, samples_dir=None, show_progress=False)
     print(f"LFW --k auto over 10:150:10: {auto.k_rule}; BCubed F {auto.metrics['bcubed_f']:.4f}, NMI {auto.metrics['nmi']:.4f}")
     assert abs(auto.k - people) <= 0.25 * people
 
@@ -271,9 +271,7 @@ def test_dlib_johns_auto_k_finds_the_five_people(data_dir, tmp_path):
 
     images = data_dir("dlib_johns") / "images"
     embed(images, tmp_path / "johns.csv", model="dlib-resnet128", workers=1, show_progress=False)
-    summary = cluster(tmp_path / "johns.csv", tmp_path / "out", method="kmeans", k="auto", k_range="2:40",
-                      labels=data_dir("dlib_johns") / "manifest.csv", samples_dir=tmp_path / "samples",
-                      show_progress=False)
+    summary = cluster(tmp_path / "johns.csv", tmp_path / "out", ClusterSettings(method="kmeans", k="auto", k_range="2:40"), labels=data_dir("dlib_johns") / "manifest.csv", samples_dir=tmp_path / "samples", show_progress=False)
     print(f"dlib_johns: {summary.k_rule}")
     assert summary.k == 5
     assert summary.metrics["bcubed_precision"] == pytest.approx(1.0)  # every cluster is one person
@@ -299,7 +297,7 @@ def test_the_same_person_graph_scales_past_the_exact_engine(tmp_path):
     assert len(faces) > EXACT_UP_TO
     write_embeddings(tmp_path / "faces.npz", Embeddings([f"f{i}.jpg" for i in range(len(faces))], faces,
                                                         {"model": "dlib-resnet128"}))
-    summary = cluster(tmp_path / "faces.npz", tmp_path / "out", n_init=1, samples_dir=None, show_progress=False)
+    summary = cluster(tmp_path / "faces.npz", tmp_path / "out", ClusterSettings(n_init=1), samples_dir=None, show_progress=False)
     labels = pd.read_csv(tmp_path / "out" / "cluster_results.csv")["cluster"].to_numpy()
     scores = bcubed(identities, labels)
     print(summary.line(), scores)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from facepipe.settings import ClusterSettings
 from facepipe.cli import main
 from facepipe.cluster import cluster
 from facepipe.common import FacepipeError
@@ -112,8 +113,7 @@ def test_two_faces_of_one_photo_never_share_a_group(tmp_path):
     pd.DataFrame({"crop": names, "source": sources}).to_csv(crops / DETECTIONS_CSV, index=False)
     write_embeddings(tmp_path / "emb.csv", Embeddings(names, vectors.astype(np.float32),
                                                       {"model": "toy", "crops_dir": str(crops)}))
-    summary = cluster(tmp_path / "emb.csv", tmp_path / "out", method="graph", threshold=0.5, samples_dir=None,
-                      show_progress=False)
+    summary = cluster(tmp_path / "emb.csv", tmp_path / "out", ClusterSettings(method="graph", threshold=0.5), samples_dir=None, show_progress=False)
     results = pd.read_csv(tmp_path / "out" / CLUSTER_RESULTS_CSV)
     assert results["cluster"].tolist()[:4] == [0] * 4
     assert sorted(results["cluster"].tolist()[4:]) == [-1, 0]
@@ -156,5 +156,5 @@ def test_graph_needs_a_rule_the_embedder_does_not_have(tmp_path):
     vectors = np.random.default_rng(0).standard_normal((10, 8)).astype(np.float32)
     write_embeddings(tmp_path / "emb.csv", Embeddings([f"f{i}" for i in range(10)], vectors, {"model": "toy"}))
     with pytest.raises(FacepipeError, match="no same-person distance is known for toy"):
-        cluster(tmp_path / "emb.csv", tmp_path / "out", method="graph", samples_dir=None, show_progress=False)
+        cluster(tmp_path / "emb.csv", tmp_path / "out", ClusterSettings(method="graph"), samples_dir=None, show_progress=False)
     assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from facepipe.settings import TrainSettings
 from facepipe.common import FacepipeError
 from facepipe.cvae import (
     CVAEConfig,
@@ -22,8 +23,7 @@ from facepipe.cvae import (
 from facepipe.crops import read_training_inputs
 from facepipe.formats import CVAE_BEST_CHECKPOINT, CVAE_LOG_COLUMNS, CVAE_LOG_CSV, cvae_checkpoint_name, write_json_atomic
 
-TRAINING = dict(image_size=32, latent_dim=16, base_channels=16, batch_size=8, epochs=3, seed=3, identity_weight=0.0,
-                show_progress=False)
+TRAINING = dict(image_size=32, latent_dim=16, base_channels=16, batch_size=8, epochs=3, seed=3, identity_weight=0.0)
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +52,7 @@ def johns_clusters(tmp_path_factory, data_dir):
 def trained(tmp_path_factory, johns_clusters):
     """A short uninterrupted run; every epoch checkpoint kept."""
     weights = tmp_path_factory.mktemp("weights_full")
-    summary = train_cvae(johns_clusters, weights_dir=weights, keep_last=TRAINING["epochs"], **TRAINING)
+    summary = train_cvae(johns_clusters, TrainSettings(keep_last=TRAINING["epochs"], **TRAINING), weights_dir=weights, show_progress=False)
     return weights, summary
 
 
@@ -114,16 +114,16 @@ def test_mean_anchor_pulls_the_centre_face_to_the_cluster_pixel_mean(tmp_path, j
     """With a plain decoder (one that does not start from the pixel mean), the anchor pulls the z = 0 face there
     (at 100, the default before issue 29: the default 1 pulls less hard, so the face can be sharper)."""
     plain = dict(TRAINING, decoder_base="none")
-    weights = train_cvae(johns_clusters, weights_dir=tmp_path / "anchored", **dict(plain, mean_anchor=100.0)).weights_dir
+    weights = train_cvae(johns_clusters, TrainSettings(**dict(plain, mean_anchor=100.0)), weights_dir=tmp_path / "anchored", show_progress=False).weights_dir
     anchored = pd.read_csv(weights / CVAE_LOG_CSV)
-    free = train_cvae(johns_clusters, weights_dir=tmp_path / "free", **dict(plain, mean_anchor=0.0))
+    free = train_cvae(johns_clusters, TrainSettings(**dict(plain, mean_anchor=0.0)), weights_dir=tmp_path / "free", show_progress=False)
     unanchored = pd.read_csv(free.weights_dir / CVAE_LOG_CSV)
     assert load_checkpoint(weights / cvae_checkpoint_name(3))["config"]["mean_anchor"] > 0
     # 15 steps at 32 px: anchored 47 vs 64 summed squared error; the anchored run's falls every epoch
     assert anchored["val_anchor"].iloc[-1] < 0.85 * unanchored["val_anchor"].iloc[-1]
     assert anchored["train_anchor"].is_monotonic_decreasing
     with pytest.raises(FacepipeError, match="mean-anchor"):
-        train_cvae(johns_clusters, weights_dir=tmp_path / "bad", **dict(TRAINING, mean_anchor=-1.0))
+        train_cvae(johns_clusters, TrainSettings(**dict(TRAINING, mean_anchor=-1.0)), weights_dir=tmp_path / "bad", show_progress=False)
 
 
 def test_checkpoint_holds_only_plain_data(trained):
@@ -143,9 +143,9 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, johns_cluste
     shutil.copy(full / cvae_checkpoint_name(1), killed / cvae_checkpoint_name(1))  # the run died during epoch 2
     (killed / ".cvae_epoch_2.pt.facepipe-k1lled_0.tmp.pt").write_bytes(b"half a file")  # atomic_path's, killed
     with pytest.raises(FacepipeError, match="--resume"):  # more epochs than the killed run asked for: --resume
-        train_cvae(johns_clusters, weights_dir=killed, **dict(TRAINING, epochs=TRAINING["epochs"] + 1))
+        train_cvae(johns_clusters, TrainSettings(**dict(TRAINING, epochs=TRAINING["epochs"] + 1)), weights_dir=killed, show_progress=False)
     # the killed command, rerun as it was, goes on from its last epoch
-    summary = train_cvae(johns_clusters, weights_dir=killed, keep_last=TRAINING["epochs"], **TRAINING)
+    summary = train_cvae(johns_clusters, TrainSettings(keep_last=TRAINING["epochs"], **TRAINING), weights_dir=killed, show_progress=False)
     assert summary.epochs_run == 2
     resumed, expected = load_checkpoint(killed / cvae_checkpoint_name(3)), load_checkpoint(full / cvae_checkpoint_name(3))
     for key, tensor in expected["model"].items():
@@ -153,9 +153,9 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, johns_cluste
     columns = [c for c in CVAE_LOG_COLUMNS if c != "seconds"]
     pd.testing.assert_frame_equal(pd.read_csv(killed / CVAE_LOG_CSV)[columns], pd.read_csv(full / CVAE_LOG_CSV)[columns])
     assert not list(killed.glob(".*.tmp*"))
-    again = train_cvae(johns_clusters, weights_dir=killed, resume=True, **TRAINING)
+    again = train_cvae(johns_clusters, TrainSettings(**TRAINING), weights_dir=killed, resume=True, show_progress=False)
     assert again.epochs_run == 0
-    rerun = train_cvae(johns_clusters, weights_dir=killed, **TRAINING)  # a finished run is skipped
+    rerun = train_cvae(johns_clusters, TrainSettings(**TRAINING), weights_dir=killed, show_progress=False)  # a finished run is skipped
     assert rerun.epochs_run == 0 and "nothing to do" in rerun.line()
 
 
@@ -185,7 +185,7 @@ def test_resume_refuses_changed_settings(tmp_path, johns_clusters, trained):
     weights.mkdir()
     shutil.copy(full / cvae_checkpoint_name(1), weights / cvae_checkpoint_name(1))
     with pytest.raises(FacepipeError, match="beta"):
-        train_cvae(johns_clusters, weights_dir=weights, resume=True, **dict(TRAINING, beta=4.0))
+        train_cvae(johns_clusters, TrainSettings(**dict(TRAINING, beta=4.0)), weights_dir=weights, resume=True, show_progress=False)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, johns_clusters, trained):
@@ -197,7 +197,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, johns_clusters, trained):
     with pytest.raises(FacepipeError, match="corrupt"):
         load_checkpoint(weights / cvae_checkpoint_name(1))
     with pytest.raises(FacepipeError, match="corrupt"):
-        train_cvae(johns_clusters, weights_dir=weights, resume=True, **TRAINING)
+        train_cvae(johns_clusters, TrainSettings(**TRAINING), weights_dir=weights, resume=True, show_progress=False)
     (weights / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 100)
     with pytest.raises(FacepipeError, match="not a readable CVAE checkpoint"):
         load_cvae(weights / "garbage.pt")
@@ -213,11 +213,11 @@ def test_missing_crops_and_bad_inputs_are_clear_errors(tmp_path, johns_clusters)
     frame.assign(name=frame["name"].str.replace(".jpg", "_gone.jpg")).to_csv(broken, index=False)
     crops_dir = read_training_inputs(johns_clusters).crops_dir
     with pytest.raises(FacepipeError, match="could not be read"):
-        train_cvae(broken, crops_dir=crops_dir, weights_dir=tmp_path / "w", **TRAINING)
+        train_cvae(broken, TrainSettings(**TRAINING), crops_dir=crops_dir, weights_dir=tmp_path / "w", show_progress=False)
     with pytest.raises(FacepipeError, match="names the crops folder|does not name"):
         read_training_inputs(broken)
     with pytest.raises(FacepipeError, match="divisible by 4"):
-        train_cvae(johns_clusters, weights_dir=tmp_path / "w", **dict(TRAINING, image_size=30))
+        train_cvae(johns_clusters, TrainSettings(**dict(TRAINING, image_size=30)), weights_dir=tmp_path / "w", show_progress=False)
 
 
 # ---------------------------------------------------------------- generate
@@ -373,7 +373,7 @@ def test_identity_term_pulls_the_centre_faces_towards_their_centroids(tmp_path, 
     plain, _ = trained
     assert pd.read_csv(plain / CVAE_LOG_CSV)["train_identity"].isna().all()
     weight = 1000.0
-    run = train_cvae(johns_clusters, weights_dir=tmp_path / "identity", **dict(TRAINING, identity_weight=weight))
+    run = train_cvae(johns_clusters, TrainSettings(**dict(TRAINING, identity_weight=weight)), weights_dir=tmp_path / "identity", show_progress=False)
     log = pd.read_csv(run.weights_dir / CVAE_LOG_CSV)
     config = load_checkpoint(run.weights_dir / CVAE_BEST_CHECKPOINT)["config"]
     anchor_weight, draw_share = config["mean_anchor"], config["draw_identity"]
@@ -385,9 +385,9 @@ def test_identity_term_pulls_the_centre_faces_towards_their_centroids(tmp_path, 
     # The term is deterministic: a resumed run still ends bit for bit the same (training runs on a fixed thread
     # count with dynamic thread adjustment off, so a loaded machine does not change the ResNet's gradient sums).
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
-    train_cvae(johns_clusters, weights_dir=uninterrupted, **dict(TRAINING, identity_weight=weight))
-    train_cvae(johns_clusters, weights_dir=resumed, **dict(TRAINING, identity_weight=weight, epochs=1))
-    train_cvae(johns_clusters, weights_dir=resumed, resume=True, **dict(TRAINING, identity_weight=weight))
+    train_cvae(johns_clusters, TrainSettings(**dict(TRAINING, identity_weight=weight)), weights_dir=uninterrupted, show_progress=False)
+    train_cvae(johns_clusters, TrainSettings(**dict(TRAINING, identity_weight=weight, epochs=1)), weights_dir=resumed, show_progress=False)
+    train_cvae(johns_clusters, TrainSettings(**dict(TRAINING, identity_weight=weight)), weights_dir=resumed, resume=True, show_progress=False)
     expected = load_checkpoint(uninterrupted / cvae_checkpoint_name(3))["model"]
     for key, tensor in load_checkpoint(resumed / cvae_checkpoint_name(3))["model"].items():
         assert torch.equal(tensor, expected[key]), key
@@ -405,22 +405,22 @@ def test_identity_term_pulls_the_centre_faces_towards_their_centroids(tmp_path, 
     write_json_atomic(sidecar_path(results), {"crops_dir": str(read_training_inputs(johns_clusters).crops_dir)})
     refused = tmp_path / "refused"
     with pytest.raises(FacepipeError, match="name no embeddings"):
-        train_cvae(results, weights_dir=refused, **dict(TRAINING, identity_weight=1.0))
+        train_cvae(results, TrainSettings(**dict(TRAINING, identity_weight=1.0)), weights_dir=refused, show_progress=False)
     embeddings = read_embeddings(johns_embeddings)
     write_embeddings(other / "features.csv", Embeddings(embeddings.names, embeddings.vectors,
                                                         dict(embeddings.meta, model="vggface2-resnet50")))
     write_json_atomic(sidecar_path(results), {"crops_dir": str(read_training_inputs(johns_clusters).crops_dir),
                                               "embeddings": "features.csv"})
     with pytest.raises(FacepipeError, match="needs dlib-resnet128 embeddings.*vggface2-resnet50"):
-        train_cvae(results, weights_dir=refused, **dict(TRAINING, identity_weight=1.0))
+        train_cvae(results, TrainSettings(**dict(TRAINING, identity_weight=1.0)), weights_dir=refused, show_progress=False)
     assert not refused.exists()  # refused before anything is written
     for bad in (-1.0, "strong"):
         with pytest.raises(FacepipeError, match="identity-weight"):
-            train_cvae(johns_clusters, weights_dir=refused, **dict(TRAINING, identity_weight=bad))
+            train_cvae(johns_clusters, TrainSettings(**dict(TRAINING, identity_weight=bad)), weights_dir=refused, show_progress=False)
     # "auto" (the default): on for dlib-resnet128 clusters, off for others, as the checkpoint records
     assert identity_weight_for("auto", clustered_embeddings_model(johns_clusters)) == DEFAULT_IDENTITY_WEIGHT
     assert identity_weight_for("auto", clustered_embeddings_model(results)) == 0.0
-    auto = train_cvae(results, weights_dir=tmp_path / "auto", **dict(TRAINING, epochs=1, identity_weight="auto"))
+    auto = train_cvae(results, TrainSettings(**dict(TRAINING, epochs=1, identity_weight="auto")), weights_dir=tmp_path / "auto", show_progress=False)
     assert load_checkpoint(auto.weights_dir / CVAE_BEST_CHECKPOINT)["config"]["identity_weight"] == 0.0
 
 
@@ -501,9 +501,8 @@ def test_identity_on_random_draws_makes_them_the_person(tmp_path, johns_clusters
 
     cosine = {}
     for share in (0.0, 1.0):
-        run = train_cvae(johns_clusters, weights_dir=tmp_path / f"draws_{share:g}",
-                         **dict(TRAINING, image_size=64, epochs=20, identity_weight=1000.0, draw_identity=share,
-                                decoder_base="none", beta=1.0, mean_anchor=100.0, face_mask="none"))
+        run = train_cvae(johns_clusters, TrainSettings(**dict(TRAINING, image_size=64, epochs=20, identity_weight=1000.0, draw_identity=share,
+                                decoder_base="none", beta=1.0, mean_anchor=100.0, face_mask="none")), weights_dir=tmp_path / f"draws_{share:g}", show_progress=False)
         report = generate(run.weights_dir, out_dir=tmp_path / f"faces_{share:g}", samples=4, evaluate=True,
                           device="cpu", show_progress=False).fidelity
         assert report["random_draws"]["of"] == 20
@@ -586,7 +585,7 @@ def test_a_command_refused_during_training_changes_no_weight(tmp_path, johns_clu
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "ready"
-        train_cvae(johns_clusters, weights_dir=again, keep_last=TRAINING["epochs"], **TRAINING)
+        train_cvae(johns_clusters, TrainSettings(keep_last=TRAINING["epochs"], **TRAINING), weights_dir=again, show_progress=False)
         _, refused = child.communicate(timeout=120)
     finally:
         child.kill()
@@ -609,7 +608,7 @@ def test_a_training_beside_busy_cpus_ends_with_the_same_weights(tmp_path, johns_
     busy = tmp_path / "weights"
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(usable_cpus() + 1)]
     try:
-        train_cvae(johns_clusters, weights_dir=busy, **dict(TRAINING, epochs=1))
+        train_cvae(johns_clusters, TrainSettings(**dict(TRAINING, epochs=1)), weights_dir=busy, show_progress=False)
     finally:
         for hog in hogs:
             hog.kill()
@@ -648,8 +647,7 @@ def test_the_face_is_sharper_than_the_pixel_mean_and_the_draws_differ_as_the_per
     from facepipe.formats import GENERATED_SHEET_PNG
     from facepipe.generate import generate
 
-    run = train_cvae(johns_clusters, weights_dir=tmp_path / "weights", image_size=64, epochs=30, batch_size=8,
-                     show_progress=False)
+    run = train_cvae(johns_clusters, TrainSettings(image_size=64, epochs=30, batch_size=8), weights_dir=tmp_path / "weights", show_progress=False)
     report = generate(run.weights_dir, out_dir=tmp_path / "faces", samples=4, device="cpu", show_progress=False)
     fidelity = report.fidelity
     print(report.line())

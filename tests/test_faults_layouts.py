@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from facepipe.settings import ClusterSettings
 from facepipe.cli import main
 from facepipe.formats import DETECTIONS_CSV, ERRORS_CSV, SOURCES_CSV, read_csv
 from test_faults import facepipe
@@ -284,7 +285,7 @@ def clustered(tmp_path_factory, photos):
     work = tmp_path_factory.mktemp("clustered")
     detect([photos], work / "crops", DetectorParams(min_neighbors=5), workers=1, show_progress=False)
     embed(work / "crops", work / "f.csv", model="dlib-resnet128", workers=1, show_progress=False)
-    cluster(work / "f.csv", work / "clusters", k=2, samples_dir=None, show_progress=False)
+    cluster(work / "f.csv", work / "clusters", ClusterSettings(k=2), samples_dir=None, show_progress=False)
     return work / "clusters" / "cluster_results.csv"
 
 

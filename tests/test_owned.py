@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from facepipe.settings import ClusterSettings
 from facepipe.cli import main
 from facepipe.cluster import cluster
 from facepipe.common import FacepipeError, file_sha256, temporary_affixes
@@ -242,15 +243,15 @@ def test_cluster_removes_only_the_sample_grids_it_recorded(tmp_path):
     samples.mkdir()
     (samples / "cluster_wedding.jpg").write_bytes(b"the user's wedding")
     (samples / "cluster_7.jpg").write_bytes(b"a grid of the user's own")
-    three = cluster(synthetic_embeddings(tmp_path, 3), out, k=3, samples_dir=samples, show_progress=False)
+    three = cluster(synthetic_embeddings(tmp_path, 3), out, ClusterSettings(k=3), samples_dir=samples, show_progress=False)
     assert three.k == 3 and (samples / "cluster_2.jpg").is_file()
     (samples / "cluster_1.jpg").write_bytes(b"edited by the user")
     two_groups = synthetic_embeddings(tmp_path, 2)
     with pytest.raises(FacepipeError, match="changed since facepipe wrote it"):
-        cluster(two_groups, out, k=2, samples_dir=samples, show_progress=False)
+        cluster(two_groups, out, ClusterSettings(k=2), samples_dir=samples, show_progress=False)
     assert (samples / "cluster_1.jpg").read_bytes() == b"edited by the user" and (samples / "cluster_2.jpg").is_file()
     (samples / "cluster_1.jpg").rename(tmp_path / "kept.jpg")
-    two = cluster(two_groups, out, k=2, samples_dir=samples, show_progress=False)
+    two = cluster(two_groups, out, ClusterSettings(k=2), samples_dir=samples, show_progress=False)
     assert two.k == 2 and not (samples / "cluster_2.jpg").exists()  # recorded by the run before: removed
     assert (samples / "cluster_wedding.jpg").read_bytes() == b"the user's wedding"
     assert (samples / "cluster_7.jpg").read_bytes() == b"a grid of the user's own"

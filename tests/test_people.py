@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from facepipe.settings import ClusterSettings
 from facepipe.cluster import cluster
 from facepipe.common import FacepipeError
 from facepipe.detect import DetectorParams, detect
@@ -166,7 +167,7 @@ def clustered(work: Path, batches: list[str], people: Path | None = None) -> pd.
     params = DetectorParams(detector="haar", min_neighbors=5, largest_only=True)
     detect([work / b for b in batches], work / "crops", params, workers=1, show_progress=False)
     embed(work / "crops", work / "f.csv", model="dlib-resnet128", workers=1, show_progress=False)
-    summary = cluster(work / "f.csv", work / "clusters", people=people, samples_dir=None, show_progress=False)
+    summary = cluster(work / "f.csv", work / "clusters", ClusterSettings(people=people), samples_dir=None, show_progress=False)
     print(summary.line())
     faces = faces_table(work / "clusters", work / "crops")
     return faces.assign(person=faces["source"].map(lambda s: Path(s).parent.name))
@@ -232,8 +233,7 @@ def test_people_file_errors_are_one_line(lfw_six, tmp_path):
                           ("move = [1]\n", "must be a table")):
         (tmp_path / "p.toml").write_text(text)
         with pytest.raises(FacepipeError, match=message):
-            cluster(lfw_six / "f.csv", lfw_six / "clusters", people=tmp_path / "p.toml", samples_dir=None,
-                    show_progress=False)
+            cluster(lfw_six / "f.csv", lfw_six / "clusters", ClusterSettings(people=tmp_path / "p.toml"), samples_dir=None, show_progress=False)
 
 
 def test_assign_puts_the_other_half_of_lfw_in_its_people_and_strangers_in_unknown(data_dir, tmp_path):
@@ -262,7 +262,7 @@ def test_assign_puts_the_other_half_of_lfw_in_its_people_and_strangers_in_unknow
     for person, group in group_of.items():
         named.setdefault(group, person)  # a group two people share keeps one name
     (tmp_path / "people.toml").write_text("[names]\n" + "".join(f'{g} = "{p}"\n' for g, p in named.items()))
-    cluster(features, clusters, people=tmp_path / "people.toml", samples_dir=None, show_progress=False)
+    cluster(features, clusters, ClusterSettings(people=tmp_path / "people.toml"), samples_dir=None, show_progress=False)
     before = read_csv(clusters / CLUSTER_RESULTS_CSV)
     names_before = read_csv(clusters / GROUPS_CSV)[["cluster", "person"]]
     centroids_before = (clusters / "centroids.csv").read_bytes()

@@ -195,9 +195,9 @@ def test_a_ray_address_where_nothing_answers_is_refused_at_once(tmp_path, data_d
 
 @pytest.mark.fast
 def test_the_run_config_refuses_an_unknown_engine():
-    from facepipe.cli import run_config_problems
+    from facepipe.settings import config_problems
     from facepipe.config import default_config
 
     config = default_config()
     config["run"]["engine"] = "spark"
-    assert any("[run] engine" in problem for problem in run_config_problems(config))
+    assert any("[run] engine" in problem for problem in config_problems(config))

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from facepipe.settings import TrainSettings
 from facepipe.cluster_metrics import clustering_metrics
 from facepipe.common import FacepipeError
 from facepipe.config import load_config
@@ -97,7 +98,7 @@ def trained_with_unknown(tmp_path_factory):
     """A 2-epoch CVAE on cluster results with unknown rows, one of them naming a crop that does not exist."""
     folder = tmp_path_factory.mktemp("unknown")
     results = write_cluster_results(folder, {**PHOTO_CLUSTERS, "nobody/missing.jpg": UNKNOWN_CLUSTER})
-    return train_cvae(results, weights_dir=folder / "weights", **dict(TRAINING, epochs=2))
+    return train_cvae(results, TrainSettings(**dict(TRAINING, epochs=2)), weights_dir=folder / "weights", show_progress=False)
 
 
 def test_train_cvae_leaves_the_unknown_group_out(trained_with_unknown, tmp_path):
@@ -110,8 +111,8 @@ def test_train_cvae_leaves_the_unknown_group_out(trained_with_unknown, tmp_path)
 
     more_unknown = write_cluster_results(tmp_path / "more", {**PHOTO_CLUSTERS, "Venus_Williams/x.jpg": -1})
     resumed = tmp_path / "resumed"
-    train_cvae(more_unknown, weights_dir=resumed, **dict(TRAINING, epochs=1))
-    again = train_cvae(grouped_only, weights_dir=resumed, resume=True, **dict(TRAINING, epochs=2))
+    train_cvae(more_unknown, TrainSettings(**dict(TRAINING, epochs=1)), weights_dir=resumed, show_progress=False)
+    again = train_cvae(grouped_only, TrainSettings(**dict(TRAINING, epochs=2)), weights_dir=resumed, resume=True, show_progress=False)
     assert again.epochs_run == 1  # the same training data: unknown rows do not change the fingerprint
 
 
@@ -130,7 +131,7 @@ def test_no_group_left_is_a_clear_error(trained_with_unknown, tmp_path):
     all_unknown = write_cluster_results(tmp_path, dict.fromkeys(PHOTO_CLUSTERS, UNKNOWN_CLUSTER))
     message = rf"all {len(PHOTO_CLUSTERS)} crops are in the unknown group \(cluster -1\)"
     with pytest.raises(FacepipeError, match=message):
-        train_cvae(all_unknown, weights_dir=tmp_path / "weights", **TRAINING)
+        train_cvae(all_unknown, TrainSettings(**TRAINING), weights_dir=tmp_path / "weights", show_progress=False)
     with pytest.raises(FacepipeError, match=message):
         generate(trained_with_unknown.weights_dir, out_dir=tmp_path / "faces", cluster_results=all_unknown,
                  device="cpu", show_progress=False)
