@@ -171,10 +171,11 @@ class Settings:
 
     def __post_init__(self):
         for name, spec in self.spec().items():
-            value = spec.normalised(getattr(self, name))
+            given = getattr(self, name)
+            value = spec.normalised(given)
             problem = spec.problem(value)
             if problem:
-                raise FacepipeError(f"{option_name(name)} {value!r} {problem}")
+                raise FacepipeError(f"{option_name(name)} {given!r} {problem}")
             object.__setattr__(self, name, value)
 
     @classmethod
