@@ -73,7 +73,7 @@ class FiniteFloatRange(click.FloatRange):
 
 
 def limited(limit: Limit) -> click.ParamType:
-    """The click type of an option whose range is ``limit`` (from the stage's table in ``facepipe.limits``)."""
+    """The click type of an option whose range is ``limit`` (its setting's, in ``facepipe.settings``)."""
     bounds = dict(min=limit.low, max=limit.high, min_open=limit.low_open, max_open=limit.high_open)
     return click.IntRange(**bounds) if limit.whole else FiniteFloatRange(**bounds)
 

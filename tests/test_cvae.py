@@ -441,7 +441,7 @@ def test_aligned_crops_line_up_their_landmarks_and_sharpen_the_mean(johns_cluste
     landmarks each crop was aligned on are recorded in alignment.csv, and aligning from them gives the same faces."""
     import numpy as np
 
-    from facepipe.crops import DEFAULT_ALIGN_PADDING, CropAligner, load_crops
+    from facepipe.crops import CropAligner, load_crops
     from facepipe.formats import ALIGNMENT_CSV, read_alignment
     from facepipe.face_measures import laplacian_sharpness
     from facepipe.images import load_image_rgb
@@ -452,7 +452,7 @@ def test_aligned_crops_line_up_their_landmarks_and_sharpen_the_mean(johns_cluste
         import dlib
 
         shape = dlib.full_object_detection(dlib.rectangle(0, 0, 1, 1), [dlib.point(int(x), int(y)) for x, y in points])
-        affine = np.vstack([chip_to_image(shape, size, DEFAULT_ALIGN_PADDING), [0, 0, 1]])
+        affine = np.vstack([chip_to_image(shape, size, TrainSettings.align_padding), [0, 0, 1]])
         return (np.linalg.inv(affine) @ np.vstack([points.T, np.ones(len(points))]))[:2].T
 
     inputs = read_training_inputs(johns_clusters)
@@ -476,7 +476,7 @@ def test_aligned_crops_line_up_their_landmarks_and_sharpen_the_mean(johns_cluste
     assert spread["aligned"] < 0.5 * spread["whole"]
     assert sharpness["aligned"] > sharpness["whole"]
     # the aligned faces show their own landmarks there too (dlib finds them again, within a pixel or two)
-    finder = CropLandmarks(DEFAULT_ALIGN_PADDING)
+    finder = CropLandmarks(TrainSettings.align_padding)
     found = np.stack([[(p.x, p.y) for p in finder(face).parts()] for face in aligned[:10]])
     assert np.abs(found - where["aligned"][:10]).mean() < 2.0
 
