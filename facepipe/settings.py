@@ -23,10 +23,16 @@ from facepipe.detectors import COMBINED, DETECTORS
 from facepipe.engine import DEFAULT_ENGINE, ENGINES
 from facepipe.images import DEFAULT_MAX_PIXELS
 from facepipe.limits import MAX_K, SAME_PERSON_THRESHOLD, SEED, WORKERS, Limit, option_name
-from facepipe.models import DEFAULT_MODEL, DLIB_CHIP_PADDING, DLIB_CROP_MODES, DLIB_MAX_CHIP_PADDING, MODEL_NAMES
+from facepipe.models import (
+    DEFAULT_MODEL,
+    DLIB_CHIP_PADDING,
+    DLIB_CROP_MODES,
+    DLIB_MAX_CHIP_PADDING,
+    MODEL_NAMES,
+    PRECISIONS,
+)
 
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
-PRECISIONS = ("fp32", "bf16")  # what an embedder runs in; "auto" picks one (embed)
 CROP_FORMATS = ("jpg", "png")
 CLUSTER_METHODS = ("auto", "graph", "kmeans")
 K_RULES = ("silhouette", "elbow")

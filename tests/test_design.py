@@ -60,7 +60,7 @@ COMMAND_SETTINGS = {"detect": ("DetectorParams", "DetectWork"), "embed": ("Embed
 STAGE_FUNCTIONS = [("detect", "detect", "DetectWork"), ("embed", "embed", "EmbedSettings"),
                    ("generate", "generate", "GenerateSettings"), ("probe", "train", "ProbeSettings"),
                    ("export", "export", "ExportSettings"), ("assign", "assign", "AssignSettings"),
-                   ("api", "group_faces", "ClusterSettings")]
+                   ("api", "group_faces", "ClusterSettings"), ("models/registry", "load_embedder", "EmbedSettings")]
 
 
 def test_the_default_run_config_is_the_spec():

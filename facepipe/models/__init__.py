@@ -19,6 +19,7 @@ DLIB_RESNET128 = "dlib-resnet128"
 MODEL_NAMES = (VGGFACE2_RESNET50, DLIB_RESNET128)
 DEFAULT_MODEL = VGGFACE2_RESNET50
 DIFFERENTIABLE_MODELS = (DLIB_RESNET128,)
+PRECISIONS = ("fp32", "bf16")  # what an embedder may run in (each model its own of them: models.registry)
 
 # dlib-resnet128's crops: its landmark-aligned chip, or the whole crop squared; the aligned chip's padding
 # around the landmarks (dlib's own 0.25: the face from brows to chin) and the most it may take.

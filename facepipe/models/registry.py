@@ -13,9 +13,8 @@ from typing import Callable
 
 from facepipe.common import FacepipeError
 from facepipe.formats import Embeddings, sidecar_path
-from facepipe.models import DLIB_CHIP_PADDING, DLIB_RESNET128, MODEL_NAMES, VGGFACE2_RESNET50, Embedder
-
-PRECISIONS = ("fp32", "bf16")
+from facepipe.models import DLIB_RESNET128, MODEL_NAMES, PRECISIONS, VGGFACE2_RESNET50, Embedder
+from facepipe.settings import EmbedSettings
 
 
 @dataclass(frozen=True)
@@ -73,15 +72,15 @@ def native_bf16(device: str = "auto") -> bool:
 
 
 def load_embedder(
-    model: str = VGGFACE2_RESNET50,
+    model: str = EmbedSettings.model,
     *,
-    weights: str | os.PathLike | None = None,
-    batch_size: int = 32,
-    device: str = "auto",
-    precision: str = "fp32",
+    weights: str | os.PathLike | None = EmbedSettings.weights,
+    batch_size: int = EmbedSettings.batch_size,
+    device: str = EmbedSettings.device,
+    precision: str = EmbedSettings.precision,
     face_margin: float | None = None,
-    dlib_crop: str = "aligned",
-    dlib_padding: float = DLIB_CHIP_PADDING,
+    dlib_crop: str = EmbedSettings.dlib_crop,
+    dlib_padding: float = EmbedSettings.dlib_padding,
     show_progress: bool = True,
 ) -> Embedder:
     """Build the named model (``EMBEDDERS``). ``face_margin`` tells dlib where the face is in a detect crop (see
@@ -98,7 +97,7 @@ def load_embedder(
     if entry.dlib_options:
         return entry.embedder_class()(face_margin=face_margin, device=device, batch_size=batch_size, crop=dlib_crop,
                                       padding=dlib_padding)
-    if dlib_crop != "aligned" or dlib_padding != DLIB_CHIP_PADDING:
+    if dlib_crop != EmbedSettings.dlib_crop or dlib_padding != EmbedSettings.dlib_padding:
         raise FacepipeError("--dlib-crop and --dlib-padding apply to dlib-resnet128 only")
     kind = entry.embedder_class()
     return kind(entry.weights(weights, show_progress), device=device, precision=precision, batch_size=batch_size)
@@ -109,8 +108,8 @@ def embedder_settings(meta: dict) -> dict:
     faces are embedded the way the crops were."""
     padding = meta.get("chip_padding")
     return {"model": meta.get("model"), "precision": meta.get("precision") or "fp32",
-            "dlib_crop": meta.get("crop") or "aligned",
-            "dlib_padding": DLIB_CHIP_PADDING if padding is None else float(padding)}
+            "dlib_crop": meta.get("crop") or EmbedSettings.dlib_crop,
+            "dlib_padding": EmbedSettings.dlib_padding if padding is None else float(padding)}
 
 
 def embedder_like(embeddings: Embeddings, source: str | os.PathLike, device: str = "auto",

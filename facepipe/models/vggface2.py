@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facepipe.common import FacepipeError, file_sha256, resolve_device
-from facepipe.models import VGGFACE2_RESNET50
+from facepipe.models import PRECISIONS, VGGFACE2_RESNET50
 
 INPUT_SIZE = 224
 EMBEDDING_DIM = 2048
@@ -41,8 +41,6 @@ PREPROCESSING = (
     "RGB 0..255 float32 -> BGR, subtract (91.4953, 103.8827, 131.0912) from (B, G, R) "
     "(keras_vggface.utils.preprocess_input version=2)"
 )
-PRECISIONS = ("fp32", "bf16")
-
 # (stage, number of blocks, filters (reduce, 3x3, increase), stride of the first block)
 STAGES = (
     (2, 3, (64, 64, 256), 1),
