@@ -257,8 +257,8 @@ def test_generate_writes_faces_means_samples_and_sheet(tmp_path, trained):
     assert Image.open(out / GENERATED_SHEET_PNG).size[0] > 5 * 32
 
     single = tmp_path / "one"
-    # --checkpoint: the spelling before the naming rule (inputs as arguments), still understood with a warning
-    result = CliRunner().invoke(main, ["generate", "--cluster", "2", "--checkpoint", str(weights), "-o", str(single),
+    # the checkpoint is the argument (the naming rule: inputs are arguments)
+    result = CliRunner().invoke(main, ["generate", "--cluster", "2", str(weights), "-o", str(single),
                                        "--no-evaluate",
                                        "--samples", "3", "--device", "cpu", "-q"])
     assert result.exit_code == 0, result.output

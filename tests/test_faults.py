@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from facepipe.cli import main
+from facepipe.settings import ClusterSettings
 from facepipe.common import FacepipeError
 from facepipe.formats import (
     CLUSTER_RESULTS_CSV,
@@ -149,7 +150,7 @@ def test_a_cluster_killed_before_its_sidecar_is_never_taken_as_done(tmp_path, de
 
     _, embeddings = detected
     out = tmp_path / "clusters"
-    cluster_module.cluster(embeddings, out, k=2, samples_dir=None, show_progress=False)
+    cluster_module.cluster(embeddings, out, ClusterSettings(k=2), samples_dir=None, show_progress=False)
     of_k2 = (out / CLUSTER_RESULTS_CSV).read_bytes()
     real_write = cluster_module.write_json_atomic
 
@@ -160,17 +161,17 @@ def test_a_cluster_killed_before_its_sidecar_is_never_taken_as_done(tmp_path, de
 
     monkeypatch.setattr(cluster_module, "write_json_atomic", killed_at_the_sidecar)
     with pytest.raises(KeyboardInterrupt):
-        cluster_module.cluster(embeddings, out, k=5, samples_dir=None, show_progress=False)
+        cluster_module.cluster(embeddings, out, ClusterSettings(k=5), samples_dir=None, show_progress=False)
     monkeypatch.setattr(cluster_module, "write_json_atomic", real_write)
     assert (out / CLUSTER_RESULTS_CSV).read_bytes() != of_k2  # the killed run's file
-    summary = cluster_module.cluster(embeddings, out, k=2, samples_dir=None, show_progress=False)
+    summary = cluster_module.cluster(embeddings, out, ClusterSettings(k=2), samples_dir=None, show_progress=False)
     assert not summary.skipped
     assert (out / CLUSTER_RESULTS_CSV).read_bytes() == of_k2
     assert len(read_csv(out / "centroids.csv")) == 2
     # an output changed after the run (by hand, another tool) no longer matches the sidecar's hash: redone
     (out / "centroids.csv").write_text("cluster,e0\n0,1\n")
-    assert not cluster_module.cluster(embeddings, out, k=2, samples_dir=None, show_progress=False).skipped
-    assert cluster_module.cluster(embeddings, out, k=2, samples_dir=None, show_progress=False).skipped
+    assert not cluster_module.cluster(embeddings, out, ClusterSettings(k=2), samples_dir=None, show_progress=False).skipped
+    assert cluster_module.cluster(embeddings, out, ClusterSettings(k=2), samples_dir=None, show_progress=False).skipped
 
 
 @pytest.mark.parametrize("damage", ["truncated", "older"])

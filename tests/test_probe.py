@@ -158,7 +158,7 @@ def test_other_model_or_dimension_is_refused(tmp_path):
     with pytest.raises(FacepipeError, match="dimension 20"):
         evaluate(tmp_path / "probe.json", other_dim, manifest_path, tmp_path / "eval")
     result = CliRunner().invoke(main, ["probe", "predict", "--probe", str(tmp_path / "probe.json"),
-                                       "--embeddings", str(other_model), "--out", str(tmp_path / "p.csv")])
+                                       str(other_model), "--out", str(tmp_path / "p.csv")])
     assert result.exit_code == 1 and "other-net" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "p.csv").exists()
 
