@@ -16,7 +16,7 @@ from facepipe.detectors import DETECTORS, COMBINED
 from facepipe.engine import DEFAULT_ENGINE, ENGINES
 from facepipe.export_settings import EXPORT_MODES
 from facepipe.images import DEFAULT_MAX_PIXELS
-from facepipe.limits import ASSIGN, CLUSTER, DETECT, EMBED, GENERATE, PROBE, TRAIN_CVAE, Limit
+from facepipe.limits import ASSIGN, CLUSTER, DETECT, EMBED, GENERATE, PROBE, REVIEW, SUGGEST, TRAIN_CVAE, Limit
 from facepipe.cvae_settings import (
     ALIGNMENTS,
     DECODER_BASES,
@@ -692,3 +692,24 @@ def assign_command(inputs, cluster_results, threshold, weights, workers, quiet):
 
     click.echo(assign(inputs, cluster_results, threshold=threshold, weights=weights, workers=workers,
                       show_progress=not quiet).line())
+
+
+# issue 27: from groups to named people (suggest, review)
+@main.command("suggest")
+@click.argument("clusters", required=False, default=".", type=click.Path())
+@click.option("-o", "--out", default="suggestions.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="The suggestions CSV (kind, rank, group, other, face, distance).")
+@click.option("--people", default=None, type=click.Path(dir_okay=False),
+              help="People file whose turned-down suggestions are left out (default: people.toml in the folder).")
+@click.option("--outlier-distance", default=None, type=limited(SUGGEST["outlier_distance"]),
+              help="Offer faces this far from their group's centroid (default: 0.75 x the same-person distance).")
+@reports_errors
+def suggest_command(clusters, out, people, outlier_distance):
+    """Rank likely merges between groups, the nearest group of each unknown face and the faces far from their
+    group, for the clustering CLUSTERS (a cluster or run folder, or its cluster_results.csv)."""
+    from facepipe.suggest import suggest
+
+    frame = suggest(clusters, out, people=people, outlier_distance=outlier_distance)
+    counts = frame["kind"].value_counts()
+    click.echo(f"suggest: {counts.get('merge', 0)} merges, {counts.get('unknown', 0)} unknown faces, "
+               f"{counts.get('outlier', 0)} outliers -> {Path(out).resolve()}")

@@ -771,6 +771,11 @@ UNKNOWN_GRID_JPG = "unknown.jpg"  # the faces of the unknown group (-1)
 CLUSTER_SIDECAR_FIELDS = {"embeddings": str, "crops_dir": str, "model": str, "dimension": int, "k": int,
                           "items": int, "sizes": list, "unknown": int, "same_person_distance": float,
                           "options": dict, "outputs": dict, "fingerprint": str}
+SUGGESTIONS_CSV = "suggestions.csv"  # facepipe suggest: SUGGESTION_COLUMNS, one suggestion a row, by kind and rank
+SUGGESTION_COLUMNS = ["kind", "rank", "group", "other", "face", "distance"]
+SUGGESTION_KINDS = ("merge", "unknown", "outlier")  # merge: group and other are one person? unknown: is face
+# (unknown now) group's person? outlier: is face, far from its group's centroid, someone else? (other, face: empty
+# where they do not apply; distance: between the centroids, or from the face to the group's centroid)
 GROUPS_CSV = "groups.csv"  # GROUPS_COLUMNS: each group, its name (people file) and size
 GROUPS_COLUMNS = ["cluster", "person", "faces"]
 
