@@ -713,3 +713,18 @@ def suggest_command(clusters, out, people, outlier_distance):
     counts = frame["kind"].value_counts()
     click.echo(f"suggest: {counts.get('merge', 0)} merges, {counts.get('unknown', 0)} unknown faces, "
                f"{counts.get('outlier', 0)} outliers -> {Path(out).resolve()}")
+
+
+@main.command("review")
+@click.argument("folder", required=False, default=".", type=click.Path())
+@click.option("--port", default=0, show_default=True, type=limited(REVIEW["port"]),
+              help="Port on 127.0.0.1 (0: a free one).")
+@click.option("--no-browser", is_flag=True, help="Print the page's address only; do not open a browser.")
+@reports_errors
+def review_command(folder, port, no_browser):
+    """Name, merge, split and correct the groups of FOLDER (a run or cluster folder) on a local web page, and
+    answer the suggestions; every edit goes to the folder's people file. Stop with Ctrl-C."""
+    from facepipe.review import review
+
+    review(folder, port=port, open_browser=not no_browser,
+           announce=lambda url: click.echo(f"review: {url}  (Ctrl-C to stop)"))

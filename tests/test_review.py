@@ -85,3 +85,67 @@ def test_suggest_cli_writes_its_csv_and_never_overwrites_another_file(folder, tm
     assert mine.read_text() == "my,own\n1,2\n"
     with pytest.raises(FacepipeError, match="out of range"):
         suggest(folder, outlier_distance=-1.0)
+
+
+@pytest.fixture
+def client(folder):
+    """A TestClient of a review session on ``folder`` (its lock held), as the browser reaches it, and the session."""
+    from starlette.testclient import TestClient
+
+    from facepipe.review import review_session
+    from facepipe.review_page import review_app
+
+    with review_session(folder) as (session, _, _):
+        with TestClient(review_app(session), base_url="http://127.0.0.1:8123") as test_client:
+            yield test_client, session
+
+
+def test_review_refuses_requests_without_the_token_from_another_host_or_naming_a_path(client):
+    http, session = client
+    token = {"token": session.token}
+    assert http.get("/", params=token).status_code == 200
+    assert http.get("/").status_code == 403 and http.get("/", params={"token": "x" * 32}).status_code == 403
+    assert http.get("/", params=token, headers={"Host": "evil.example:8123"}).status_code == 400  # DNS rebinding
+    assert http.get("/face/0", params=token).status_code == 200
+    assert http.get("/face/0").status_code == 403
+    results = pd.read_csv(session.folder / CLUSTER_RESULTS_CSV)
+    assert http.get(f"/face/{len(results)}", params=token).status_code == 404  # a crop not in the clustering
+    for path in ("/face/../../etc/passwd", "/face/%2e%2e%2fimage_features.csv", "/face//etc/passwd",
+                 "/face/-1", "/aggregate/0", "/../image_features.csv", f"/{session.folder}/image_features.csv",
+                 "/face/" + results["name"].iloc[0]):
+        answer = http.get(path, params=token)
+        assert answer.status_code == 404 and b"e0" not in answer.content, path
+    edit = {"action": "name", "group": 0, "name": "Someone"}
+    assert http.post("/edit", json=edit).status_code == 403  # no token
+    assert http.post("/edit", params=token, json=edit).status_code == 403  # in the URL is not enough for a POST
+    assert http.get("/edit", params=token).status_code == 405  # state changes only by POST
+    assert not (session.folder / PEOPLE_TOML).exists()
+    header = {"X-Facepipe-Token": session.token}
+    for bad in ({"action": "name", "group": 999, "name": "x"}, {"action": "move", "faces": ["../x"], "group": 0},
+                {"action": "split", "faces": []}, {"action": "delete"}, [1, 2]):
+        answer = http.post("/edit", headers=header, json=bad)
+        assert answer.status_code == 400 and answer.json()["error"], bad
+    assert http.post("/edit", headers=header, json=edit).status_code == 200
+    assert read_people(session.folder / PEOPLE_TOML).names == {0: "Someone"}
+    assert http.post("/undo", headers=header).status_code == 200 and not (session.folder / PEOPLE_TOML).exists()
+
+
+def test_a_second_review_or_a_cluster_run_on_the_folder_is_stopped_by_the_lock(folder):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "facepipe"]
+    first = subprocess.Popen([*command, "review", str(folder), "--no-browser"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert "review: http://127.0.0.1:" in first.stdout.readline()
+        for second in (["review", str(folder), "--no-browser"],
+                       ["cluster", str(folder / "image_features.csv"), "-o", str(folder), "--force"]):
+            done = subprocess.run([*command, *second], capture_output=True, text=True, env=env, timeout=120)
+            assert done.returncode == 1 and "in use by another facepipe command" in done.stderr + done.stdout
+            assert "Traceback" not in done.stderr
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
