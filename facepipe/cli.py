@@ -724,7 +724,7 @@ def suggest_command(clusters, out, people, outlier_distance):
 def review_command(folder, port, no_browser):
     """Name, merge, split and correct the groups of FOLDER (a run or cluster folder) on a local web page, and
     answer the suggestions; every edit goes to the folder's people file. Stop with Ctrl-C."""
-    from facepipe.review import review
+    from facepipe.review_page import review
 
     review(folder, port=port, open_browser=not no_browser,
            announce=lambda url: click.echo(f"review: {url}  (Ctrl-C to stop)"))

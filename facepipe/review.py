@@ -266,24 +266,3 @@ def review_session(folder: str | os.PathLike, port: int = 0) -> Iterator[tuple[R
             raise FacepipeError(f"cannot listen on {HOST}:{port}: {error.strerror or error}") from None
         with listener:
             yield session, listener, f"http://{HOST}:{listener.getsockname()[1]}/?token={session.token}"
-
-
-def server_for(session: ReviewSession):
-    """The uvicorn server of ``session``'s page (run it with ``.run(sockets=[listener])``)."""
-    import uvicorn
-
-    from facepipe.review_page import review_app
-
-    return uvicorn.Server(uvicorn.Config(review_app(session), log_level="warning", access_log=False))
-
-
-def review(folder: str | os.PathLike, *, port: int = 0, open_browser: bool = True, announce=print) -> None:
-    """Serve the review page of the clustering in ``folder`` (a cluster or run folder, or its
-    cluster_results.csv) until interrupted; ``announce`` is given the page's URL."""
-    with review_session(folder, port) as (session, listener, url):
-        announce(url)
-        if open_browser:
-            import webbrowser
-
-            webbrowser.open(url)
-        server_for(session).run(sockets=[listener])

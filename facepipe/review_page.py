@@ -1,9 +1,11 @@
-"""The review page (``facepipe.review``): the Starlette app, its token and Host checks, and the HTML it serves."""
+"""The review page (``facepipe.review``): the Starlette app, its token and Host checks, the HTML it serves, and
+the server."""
 
 from __future__ import annotations
 
 import html
 import json
+import os
 import secrets
 
 from facepipe.common import FacepipeError
@@ -15,6 +17,7 @@ from facepipe.review import (
     aggregate_file,
     apply_edit,
     face_file,
+    review_session,
     undo,
 )
 from facepipe.suggest import suggestions
@@ -32,7 +35,7 @@ main{display:flex;gap:12px;padding:12px}#groups{flex:3}#queue{flex:1;min-width:2
 .faces{display:flex;flex-wrap:wrap;gap:4px}.face{width:72px;height:72px;object-fit:cover;border:3px solid transparent;
 cursor:pointer}.face.selected{border-color:#e60}.aggregate{width:96px;height:96px;float:right}
 #queue li{background:#fff;border:1px solid #ccc;margin-bottom:6px;padding:6px;list-style:none}
-#queue li.current{outline:3px solid #06c}#queue ol{padding:0}kbd{background:#eee;padding:0 3px;border-radius:3px}
+.hint{width:48px;height:48px;object-fit:cover;float:left;margin-right:6px}#queue li.current{outline:3px solid #06c}#queue ol{padding:0}kbd{background:#eee;padding:0 3px;border-radius:3px}
 """
 
 SCRIPT = """
@@ -116,19 +119,22 @@ def _suggestion_text(row, names: dict[int, str]) -> str:
     if row["kind"] == "merge":
         return f"Are {group(row['group'])} and {group(row['other'])} one person?"
     if row["kind"] == "unknown":
-        return f"Is the unknown face {row['face']} {group(row['group'])}?"
-    return f"Is {row['face']} someone else than {group(row['group'])}?"
+        return f"Is this unknown face {group(row['group'])}?"
+    return f"Is this face of {group(row['group'])} someone else?"
 
 
 def _queue(session: ReviewSession, names: dict[int, str]) -> str:
     """The suggestions, SUGGESTIONS_SHOWN of each kind, each with accept and reject."""
     frame = suggestions(session.clustering, session.people())
+    row_of = {name: row for row, name in enumerate(session.clustering.results["name"])}
     items = []
     for _, row in frame.groupby("kind", sort=False).head(SUGGESTIONS_SHOWN).iterrows():
         data = {"kind": row["kind"], "group": int(row["group"]),
                 "other": None if row["kind"] != "merge" else int(row["other"]),
                 "face": None if row["kind"] == "merge" else row["face"]}
-        items.append(f'<li data-suggestion="{html.escape(json.dumps(data))}" class="{row["kind"]}">'
+        hint = "" if row["kind"] == "merge" else (
+            f'<img class="hint" alt="{html.escape(row["face"])}" src="{_url(session, f"/face/{row_of[row.face]}")}">')
+        items.append(f'<li data-suggestion="{html.escape(json.dumps(data))}" class="{row["kind"]}">{hint}'
                      f'{html.escape(_suggestion_text(row, names))} <small>distance {row["distance"]:.3f}</small><br>'
                      '<button class="accept">Accept <kbd>a</kbd></button> '
                      '<button class="reject">Reject <kbd>r</kbd></button></li>')
@@ -151,7 +157,7 @@ def page(session: ReviewSession) -> str:
                f'<button id="undo">Undo <kbd>u</kbd></button><span id="message"></span>'
                '<br><small>Click faces to select them; <kbd>j</kbd>/<kbd>k</kbd>: next/previous suggestion; '
                '<kbd>Esc</kbd>: clear the selection.</small>')
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>facepipe review</title>'
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>facepipe review</title><link rel="icon" href="data:,">'
             f'<style>{STYLE}</style></head><body data-token="{html.escape(session.token)}" '
             f'data-edits="{len(session.earlier)}"><header><b>facepipe review</b> {html.escape(str(session.folder))}'
             f'<br>{toolbar}</header><main><div id="groups">{"".join(cards)}</div>{_queue(session, names)}</main>'
@@ -204,3 +210,22 @@ def review_app(session: ReviewSession):
               Route("/edit", checked(changes(lambda body: apply_edit(body, session))), methods=["POST"]),
               Route("/undo", checked(changes(lambda body: undo(session))), methods=["POST"])]
     return Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS)])
+
+
+def server_for(session: ReviewSession):
+    """The uvicorn server of ``session``'s page (run it with ``.run(sockets=[listener])``)."""
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(review_app(session), log_level="warning", access_log=False))
+
+
+def review(folder: str | os.PathLike, *, port: int = 0, open_browser: bool = True, announce=print) -> None:
+    """Serve the review page of the clustering in ``folder`` (a cluster or run folder, or its
+    cluster_results.csv) until interrupted; ``announce`` is given the page's URL."""
+    with review_session(folder, port) as (session, listener, url):
+        announce(url)
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+        server_for(session).run(sockets=[listener])

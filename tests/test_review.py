@@ -149,3 +149,108 @@ def test_a_second_review_or_a_cluster_run_on_the_folder_is_stopped_by_the_lock(f
     finally:
         first.terminate()
         first.wait(timeout=30)
+
+
+def _face_names(browser, group: int) -> list[str]:
+    return browser.execute_script(
+        f"return Array.from(document.querySelectorAll('#group-{group} .face')).map(f => f.alt)")
+
+
+def test_review_in_a_real_browser_names_merges_splits_and_answers_suggestions(folder, tmp_path):
+    """Chromium on the page: name a group, merge two, split one, accept a suggestion and reject the next;
+    then export and the report show the names, and a rerun of cluster keeps every edit."""
+    import threading
+
+    from helpers import headless_chromium
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from facepipe.config import load_config
+    from facepipe.export import export
+    from facepipe.report import write_report
+    from facepipe.review import review_session
+    from facepipe.review_page import server_for
+
+    with review_session(folder) as (session, listener, url):
+        server = server_for(session)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+        thread.start()
+        browser = headless_chromium("1400,1800")
+        try:
+            browser.get(url)
+
+            def edits(count: int) -> None:
+                WebDriverWait(browser, 120).until(
+                    lambda b: b.execute_script("return document.body.dataset.edits") == str(count))
+
+            groups = [int(g) for g in browser.execute_script(
+                "return Array.from(document.querySelectorAll('.group')).map(g => g.dataset.group)") if int(g) >= 0]
+            assert len(groups) >= 4, groups
+            named, merged = groups[0], groups[1:3]
+            named_faces, merged_faces = _face_names(browser, named), _face_names(browser, merged[0]) + _face_names(
+                browser, merged[1])
+            box = browser.find_element(By.CSS_SELECTOR, f"#group-{named} input[name=name]")
+            box.clear()
+            box.send_keys("Ada Lovelace", Keys.ENTER)
+            edits(1)
+            for group in merged:
+                browser.find_element(By.CSS_SELECTOR, f"#group-{group} .choose").click()
+            browser.find_element(By.TAG_NAME, "body").send_keys("m")  # the shortcut
+            edits(2)
+            kept = min(merged)
+            split_group = next(g for g in groups if g not in (named, kept) and len(_face_names(browser, g)) >= 3)
+            faces = browser.find_elements(By.CSS_SELECTOR, f"#group-{split_group} .face")[:2]
+            split_faces = [face.get_attribute("alt") for face in faces]
+            for face in faces:
+                face.click()
+            browser.find_element(By.ID, "split").click()
+            edits(3)
+            accepted = browser.execute_script("return JSON.parse(document.querySelector('#queue li').dataset.suggestion)")
+            browser.find_element(By.TAG_NAME, "body").send_keys("a")
+            edits(4)
+            rejected = browser.execute_script("return JSON.parse(document.querySelector('#queue li').dataset.suggestion)")
+            browser.find_element(By.CSS_SELECTOR, "#queue li .reject").click()
+            edits(5)
+            errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+            browser.save_screenshot(str(tmp_path / "review.png"))
+        finally:
+            browser.quit()
+            server.should_exit = True
+            thread.join(timeout=30)
+    assert not errors, errors
+
+    people = read_people(folder / PEOPLE_TOML)
+    assert people.names[named] == "Ada Lovelace" and sorted(merged) in people.merges
+    assert (split_faces, "") in people.splits
+    if accepted["kind"] == "merge":
+        assert any({accepted["group"], accepted["other"]} <= set(m) for m in people.merges)
+    else:
+        assert people.moves[accepted["face"]] == (accepted["group"] if accepted["kind"] == "unknown" else -1)
+    if rejected["kind"] == "merge":
+        assert (rejected["group"], rejected["other"]) in people.rejected_merges
+    else:
+        assert (rejected["face"], rejected["group"]) in people.rejected_faces
+
+    def check_clustering() -> dict[int, str]:
+        results = pd.read_csv(folder / CLUSTER_RESULTS_CSV).set_index("name")["cluster"]
+        names = dict(pd.read_csv(folder / "groups.csv", keep_default_na=False)[["cluster", "person"]].values)
+        assert {names[results[face]] for face in named_faces} == {"Ada Lovelace"}
+        assert results[merged_faces].nunique() == 1 and results[split_faces].nunique() == 1
+        assert results[split_faces[0]] not in set(results[merged_faces]) | {results[named_faces[0]], -1}
+        return names
+
+    check_clustering()
+    exported = tmp_path / "export"
+    export(folder, exported, show_progress=False)
+    assert (exported / "Ada Lovelace").is_dir() and any((exported / "Ada Lovelace").iterdir())
+    page = write_report(folder, {"stages": {}, "facepipe_version": "test", "seconds": 0.0}, load_config())
+    assert f"Cluster {named}: Ada Lovelace</h3>" in page.read_text(encoding="utf-8")
+    cluster(folder / "image_features.csv", folder, samples_dir=folder / "cluster_samples", force=True,
+            show_progress=False)  # a rerun: people.toml in the folder is followed without being named
+    check_clustering()
+    offered = suggest(folder)
+    if rejected["kind"] == "merge":
+        assert not ((offered["group"] == rejected["group"]) & (offered["other"] == rejected["other"])).any()
+    else:
+        assert not ((offered["face"] == rejected["face"]) & (offered["group"] == rejected["group"])).any()
