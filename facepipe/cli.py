@@ -14,7 +14,7 @@ from facepipe.common import FacepipeError, describe_os_error, is_auto
 from facepipe.config import ConfigError
 from facepipe.detectors import DETECTORS, COMBINED
 from facepipe.engine import DEFAULT_ENGINE, ENGINES
-from facepipe.export_settings import EXPORT_MODES
+from facepipe.export_settings import EXPORT_MODES, XMP_NAMINGS
 from facepipe.images import DEFAULT_MAX_PIXELS
 from facepipe.limits import ASSIGN, CLUSTER, DETECT, EMBED, GENERATE, PROBE, REVIEW, SUGGEST, TRAIN_CVAE, Limit
 from facepipe.cvae_settings import (
@@ -663,14 +663,18 @@ def cluster_command(embeddings, out_dir, method, threshold, min_group_size, k, k
               help="How each photo enters its folders: hardlink (no extra space; a copy across file systems), "
                    "symlink, or copy.")
 @click.option("--crops", is_flag=True, help="Export the face crops instead of the source photos.")
+@click.option("--xmp", "xmp", flag_value="photo.jpg.xmp", default=None,
+              help="Also tag each named face in its photo's XMP sidecar (MWG regions), photo.jpg.xmp beside it.")
+@click.option("--xmp-name", "xmp", type=click.Choice(XMP_NAMINGS),
+              help="--xmp with this sidecar naming: photo.jpg.xmp (darktable, digiKam) or photo.xmp (Lightroom).")
 @quiet_option
 @reports_errors
-def export_command(cluster_results, out_dir, mode, crops, quiet):
+def export_command(cluster_results, out_dir, mode, crops, xmp, quiet):
     """Write the groups of CLUSTER_RESULTS (cluster_results.csv, or a cluster or run folder) as folders of
     photos; a rerun updates them without duplicating or losing files."""
     from facepipe.export import export
 
-    click.echo(export(cluster_results, out_dir, mode=mode, crops=crops, show_progress=not quiet).line())
+    click.echo(export(cluster_results, out_dir, mode=mode, crops=crops, xmp=xmp, show_progress=not quiet).line())
 
 
 @main.command("assign")
@@ -728,3 +732,20 @@ def review_command(folder, port, no_browser):
 
     review(folder, port=port, open_browser=not no_browser,
            announce=lambda url: click.echo(f"review: {url}  (Ctrl-C to stop)"))
+
+
+@main.command("read-tags")
+@click.argument("clusters", required=False, default=".", type=click.Path())
+@click.option("-o", "--out", default="face_tags.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="The faces the photos' tags name, as a label manifest (name, identity) for --labels.")
+@click.option("--people", "to_people", is_flag=True,
+              help="Also name each group by its tagged faces in the folder's people file (names there are kept).")
+@reports_errors
+def read_tags_command(clusters, out, to_people):
+    """Read the face names other tools wrote into the photos of CLUSTERS (MWG or Microsoft regions, in the
+    photos or their XMP sidecars) as labels of the faces they cover."""
+    from facepipe.xmp import read_face_tags
+
+    tags, names = read_face_tags(clusters, out, to_people)
+    click.echo(f"read-tags: {len(tags)} face(s) named by their photos' tags, {len(names)} group(s) -> "
+               f"{Path(out).resolve()}")

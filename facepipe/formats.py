@@ -120,6 +120,21 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike, float_format:
     write_text_atomic(path, text)
 
 
+def own_csv_output(path: str | os.PathLike, columns: Sequence[str], what: str) -> Path:
+    """``path`` (absolute) for a CSV of ``columns``, unless a folder or a file other than such a CSV (an earlier
+    output) is there: facepipe never overwrites it."""
+    path = Path(os.path.abspath(path))
+    if path.is_dir():
+        raise FacepipeError(f"{path} is a folder: give a file name for the {what} CSV")
+    if path.exists():
+        with open(path, encoding="utf-8", errors="replace") as existing:
+            header = existing.readline().strip()
+        if header != ",".join(columns):
+            raise FacepipeError(f"{path} exists and is not a {what} CSV: facepipe does not overwrite it; choose "
+                                "another file name")
+    return path
+
+
 def write_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """Write arrays into an uncompressed ``.npz``, atomically."""
     buffer = io.BytesIO()

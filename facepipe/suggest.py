@@ -25,6 +25,7 @@ from facepipe.formats import (
     checked_fields,
     cluster_results_path,
     json_object,
+    own_csv_output,
     read_centroids,
     read_cluster_results,
     read_embeddings,
@@ -166,18 +167,6 @@ def suggest(clusters: str | os.PathLike, out: str | os.PathLike | None = None, *
     people_file = people_file_of(clustering.folder, people)
     frame = suggestions(clustering, read_people(people_file) if people_file else People(), outlier_distance)
     if out is not None:
-        write_csv_atomic(frame, _writable_output(Path(os.path.abspath(out))), float_format="%.6g")
+        write_csv_atomic(frame, own_csv_output(out, SUGGESTION_COLUMNS, "suggestions"), float_format="%.6g")
     return frame
 
-
-def _writable_output(path: Path) -> Path:
-    """``path``, unless a file other than an earlier suggestions CSV is there (never overwritten)."""
-    if path.is_dir():
-        raise FacepipeError(f"{path} is a folder: give a file name for the suggestions (e.g. suggestions.csv)")
-    if path.exists():
-        with open(path, encoding="utf-8", errors="replace") as existing:
-            header = existing.readline().strip()
-        if header != ",".join(SUGGESTION_COLUMNS):
-            raise FacepipeError(f"{path} exists and is not a suggestions CSV: facepipe does not overwrite it; "
-                                "choose another file name")
-    return path
