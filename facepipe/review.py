@@ -33,6 +33,7 @@ from facepipe.formats import (
     UNKNOWN_CLUSTER,
     cluster_results_path,
     generated_face_names,
+    group_names,
     read_json,
     recorded_path,
 )
@@ -91,10 +92,13 @@ def _faces(rows, clustering: Clustering) -> list[str]:
     return [names[r] for r in dict.fromkeys(rows)]
 
 
-def _stands_for_another(people: People, group: int) -> bool:
-    """Whether the people file uses ``group``'s number for a group merged away or not a person: the group shown
-    with that number now is another one, and edits of it go by its faces."""
-    return group in people.not_a_person or any(group in merge[1:] for merge in people.merges)
+def _by_faces(people: People, clustering: Clustering, group: int) -> bool:
+    """Whether edits of ``group`` go by its faces, not its number: where the people file uses that number for
+    a group merged away or not a person (the group shown with it now is another), or the group is one a
+    ``[[split]]`` made (a number stands for a group of the clustering before the corrections)."""
+    split_faces = {face for faces, _ in people.splits for face in faces}
+    return (group in people.not_a_person or any(group in merge[1:] for merge in people.merges)
+            or set(_members(clustering, group)) <= split_faces)
 
 
 def _members(clustering: Clustering, group: int) -> list[str]:
@@ -102,18 +106,25 @@ def _members(clustering: Clustering, group: int) -> list[str]:
 
 
 def _move(people: People, faces: list[str], group: int) -> None:
+    """Move ``faces`` into ``group`` (-1: unknown); they leave the ``[[split]]`` groups (splits come after moves)."""
+    moved = set(faces)
+    remaining = [([face for face in split if face not in moved], name) for split, name in people.splits]
+    people.splits = [(split, name) for split, name in remaining if split]
     people.moves.update({face: group for face in faces})
 
 
 def _merge(people: People, clustering: Clustering, groups: list[int]) -> None:
-    """Merge ``groups`` (by number; a group whose number stands for another joins by its faces)."""
-    kept = [g for g in groups if not _stands_for_another(people, g)]
-    if not kept:
-        raise FacepipeError("these groups' numbers were merged away before: undo that, or move their faces")
+    """Merge ``groups``: by number where they go by number; a group that goes by its faces joins by a move (or,
+    where none goes by number, all become one ``[[split]]`` named as the first)."""
+    kept = [g for g in groups if not _by_faces(people, clustering, g)]
     if len(kept) > 1:
         people.merges.append(sorted(kept))
-    for other in set(groups) - set(kept):
-        _move(people, _members(clustering, other), min(kept))
+    joining = [face for g in groups if g not in kept for face in _members(clustering, g)]
+    if kept:
+        _move(people, joining, min(kept))
+    else:
+        names = group_names(clustering.folder)
+        people.splits.append((joining, names.get(groups[0], "")))
 
 
 def _offered(edit: dict, session: ReviewSession, people: People) -> dict:
@@ -137,7 +148,7 @@ def edited(edit: dict, session: ReviewSession) -> People:
     action = edit.get("action")
     if action in ("name", "not_a_person"):
         group = _group(edit.get("group"), clustering)
-        by_faces = _stands_for_another(people, group)
+        by_faces = _by_faces(people, clustering, group)
         if action == "not_a_person":
             return _with(people, lambda p: _move(p, _members(clustering, group), UNKNOWN_CLUSTER) if by_faces
                          else p.not_a_person.append(group))
