@@ -205,7 +205,8 @@ def _recluster(session: ReviewSession) -> None:
     options = dict(meta["options"])
     k_range = options.get("k_range") or (2, 40)
     labels = (meta.get("metrics") or {}).get("labels")
-    cluster(recorded_path(meta["embeddings"], session.clustering.results_path), folder, method=options["method"], threshold=options.get("threshold") or "auto",
+    embeddings = recorded_path(meta["embeddings"], session.clustering.results_path)
+    cluster(embeddings, folder, method=options["method"], threshold=options.get("threshold") or "auto",
             min_group_size=options["min_group_size"], k=options.get("k") or "auto", k_range=tuple(k_range),
             k_rule=options.get("k_rule") or "silhouette", normalize=options["normalize"], seed=options["seed"],
             n_init=options["n_init"], samples_dir=options.get("samples_dir"),

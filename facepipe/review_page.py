@@ -35,7 +35,8 @@ main{display:flex;gap:12px;padding:12px}#groups{flex:3}#queue{flex:1;min-width:2
 .faces{display:flex;flex-wrap:wrap;gap:4px}.face{width:72px;height:72px;object-fit:cover;border:3px solid transparent;
 cursor:pointer}.face.selected{border-color:#e60}.aggregate{width:96px;height:96px;float:right}
 #queue li{background:#fff;border:1px solid #ccc;margin-bottom:6px;padding:6px;list-style:none}
-.hint{width:48px;height:48px;object-fit:cover;float:left;margin-right:6px}#queue li.current{outline:3px solid #06c}#queue ol{padding:0}kbd{background:#eee;padding:0 3px;border-radius:3px}
+.hint{width:48px;height:48px;object-fit:cover;float:left;margin-right:6px}#queue li.current{outline:3px solid #06c}
+#queue ol{padding:0}kbd{background:#eee;padding:0 3px;border-radius:3px}
 """
 
 SCRIPT = """
@@ -81,7 +82,8 @@ document.addEventListener('keydown', event => {
   const keys = {j: () => show(current + 1), k: () => show(current - 1), m: merge, s: split, v: move,
     u: () => post('/undo'), a: () => items.length && answer(items[current], 'accept'),
     r: () => items.length && answer(items[current], 'reject'),
-    Escape: () => document.querySelectorAll('.selected,.chosen').forEach(x => x.classList.remove('selected', 'chosen'))};
+    Escape: () => document.querySelectorAll('.selected,.chosen').forEach(
+      x => x.classList.remove('selected', 'chosen'))};
   if (keys[event.key]) { event.preventDefault(); keys[event.key](); }
 });
 """
@@ -154,10 +156,11 @@ def page(session: ReviewSession) -> str:
     toolbar = ('<button id="merge">Merge chosen groups <kbd>m</kbd></button>'
                '<button id="split">Split off selected faces <kbd>s</kbd></button>'
                f'<button id="move">Move selected faces <kbd>v</kbd> to</button><select id="move-to">{options}</select>'
-               f'<button id="undo">Undo <kbd>u</kbd></button><span id="message"></span>'
+               '<button id="undo">Undo <kbd>u</kbd></button><span id="message"></span>'
                '<br><small>Click faces to select them; <kbd>j</kbd>/<kbd>k</kbd>: next/previous suggestion; '
                '<kbd>Esc</kbd>: clear the selection.</small>')
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>facepipe review</title><link rel="icon" href="data:,">'
+    return ('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>facepipe review</title>'
+            '<link rel="icon" href="data:,">'
             f'<style>{STYLE}</style></head><body data-token="{html.escape(session.token)}" '
             f'data-edits="{len(session.earlier)}"><header><b>facepipe review</b> {html.escape(str(session.folder))}'
             f'<br>{toolbar}</header><main><div id="groups">{"".join(cards)}</div>{_queue(session, names)}</main>'

@@ -191,7 +191,8 @@ def write_face_tags(faces: pd.DataFrame, crops_dir: Path, record_folder: Path,
         with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8", delete=False) as data:
             json.dump(entries, data, ensure_ascii=False)
         try:
-            _exiftool(["-q", "-struct", f"-json={data.name}", "-overwrite_original", *(e["SourceFile"] for e in entries)])
+            _exiftool(["-q", "-struct", f"-json={data.name}", "-overwrite_original",
+                       *(entry["SourceFile"] for entry in entries)])
         finally:
             os.unlink(data.name)
     write_json_atomic(record_path, {"format": "facepipe-xmp/1", "naming": naming, "sidecars": record})
