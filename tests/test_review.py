@@ -299,3 +299,17 @@ def test_edits_of_a_number_merged_away_go_by_faces_and_a_run_folder_report_follo
         assert http.post("/undo", headers=header).status_code == 200
     assert http.post("/undo", headers=header).json()["error"] == "nothing to undo"
     assert (pd.read_csv(folder / CLUSTER_RESULTS_CSV).set_index("name")["cluster"] == before).all()
+
+
+def test_people_file_rejected_entries_round_trip_and_bad_ones_are_one_line(tmp_path):
+    people = People(names={0: "Ann \"A\" Lee", 3: "成龙"}, merges=[[0, 7]], not_a_person=[9],
+                    moves={"a b.jpg": -1}, splits=[(["x.jpg", "y.jpg"], "Hans"), (["z.jpg"], "")],
+                    rejected_merges={(2, 5)}, rejected_faces={("t.jpg", 4)})
+    write_people(tmp_path / "p.toml", people)
+    assert read_people(tmp_path / "p.toml") == people
+    for text in ("[[rejected]]\ngroups = [1]\n", "[[rejected]]\nface = \"x.jpg\"\n", "[[rejected]]\ngroups = [1, 2]\n"
+                 "face = \"x.jpg\"\n", "rejected = 3\n", "[[rejected]]\nface = 3\ngroup = 1\n"):
+        (tmp_path / "bad.toml").write_text(text)
+        with pytest.raises(FacepipeError) as error:
+            read_people(tmp_path / "bad.toml")
+        assert "\n" not in str(error.value) and "bad.toml" in str(error.value)
