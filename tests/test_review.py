@@ -115,6 +115,12 @@ def test_review_refuses_requests_without_the_token_from_another_host_or_naming_a
                  "/face/" + results["name"].iloc[0]):
         answer = http.get(path, params=token)
         assert answer.status_code == 404 and b"e0" not in answer.content, path
+    generated = session.folder / "inference_results"  # generate's CVAE faces, where it ran
+    generated.mkdir()
+    shutil.copy(SAMPLES / "images" / "Kofi_Annan" / "Kofi_Annan_0001.jpg", generated / "cluster_0.png")
+    assert http.get("/aggregate/0", params=token).content == (generated / "cluster_0.png").read_bytes()
+    assert http.get("/aggregate/0").status_code == 403 and http.get("/aggregate/999", params=token).status_code == 404
+    assert 'alt="group 0: CVAE face"' in http.get("/", params=token).text
     edit = {"action": "name", "group": 0, "name": "Someone"}
     assert http.post("/edit", json=edit).status_code == 403  # no token
     assert http.post("/edit", params=token, json=edit).status_code == 403  # in the URL is not enough for a POST
