@@ -24,6 +24,8 @@ from facepipe.suggest import suggestions
 
 FACES_SHOWN = 60  # a group's faces on the page, nearest its centroid first
 SUGGESTIONS_SHOWN = 25  # of each kind, first ranks first
+PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
+                "Content-Security-Policy": "frame-ancestors 'none'"}  # the token never leaves; no page frames it
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:0;background:#f4f4f4;color:#222}
@@ -188,7 +190,7 @@ def review_app(session: ReviewSession):
         return guarded
 
     async def show(request):
-        return HTMLResponse(await run_in_threadpool(page, session), headers={"Cache-Control": "no-store"})
+        return HTMLResponse(await run_in_threadpool(page, session), headers=PAGE_HEADERS)
 
     def image(find):
         async def serve(request):

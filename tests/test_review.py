@@ -103,7 +103,9 @@ def client(folder):
 def test_review_refuses_requests_without_the_token_from_another_host_or_naming_a_path(client):
     http, session = client
     token = {"token": session.token}
-    assert http.get("/", params=token).status_code == 200
+    page = http.get("/", params=token)
+    assert page.status_code == 200 and page.headers["x-frame-options"] == "DENY"
+    assert page.headers["referrer-policy"] == "no-referrer"
     assert http.get("/").status_code == 403 and http.get("/", params={"token": "x" * 32}).status_code == 403
     assert http.get("/", params=token, headers={"Host": "evil.example:8123"}).status_code == 400  # DNS rebinding
     assert http.get("/face/0", params=token).status_code == 200
