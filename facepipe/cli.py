@@ -638,7 +638,8 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
               help="Manifest CSV (relpath or name, identity): report NMI, ARI, BCubed and pairwise F.")
 @click.option("--people", default=None, type=click.Path(dir_okay=False),
               help="People file (TOML): names, merges, splits, moves and groups that are not a person, kept on "
-                   "the same people across reruns (see docs/commands.md).")
+                   "the same people across reruns (default: people.toml in the output folder, if any; see "
+                   "docs/commands.md).")
 @force_option
 @quiet_option
 @reports_errors
