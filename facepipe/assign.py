@@ -126,14 +126,13 @@ def nearest_groups(new: np.ndarray, grouped: np.ndarray, groups: np.ndarray, dis
 def _distance_to_centroid(vectors: np.ndarray, groups: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Each face's distance to its group's centroid; for an unknown face, to the nearest centroid (as cluster
     records them)."""
-    from facepipe.cluster_graph import neighbour_index
+    from facepipe.cluster_graph import nearest_centroids
 
     distances = np.full(len(vectors), np.nan)
     grouped = groups >= 0
     distances[grouped] = np.linalg.norm(vectors[grouped] - centroids[groups[grouped]], axis=1)
     if (~grouped).any() and len(centroids):
-        squared, _ = neighbour_index(centroids).search(np.ascontiguousarray(vectors[~grouped], dtype=np.float32), 1)
-        distances[~grouped] = np.sqrt(np.maximum(squared[:, 0], 0.0))
+        distances[~grouped] = nearest_centroids(vectors[~grouped], centroids)[0][:, 0]
     return distances
 
 

@@ -14,9 +14,9 @@ from facepipe.common import FacepipeError, describe_os_error, is_auto
 from facepipe.config import ConfigError
 from facepipe.detectors import DETECTORS, COMBINED
 from facepipe.engine import DEFAULT_ENGINE, ENGINES
-from facepipe.export_settings import EXPORT_MODES
+from facepipe.export_settings import EXPORT_MODES, XMP_NAMINGS
 from facepipe.images import DEFAULT_MAX_PIXELS
-from facepipe.limits import ASSIGN, CLUSTER, DETECT, EMBED, GENERATE, PROBE, TRAIN_CVAE, Limit
+from facepipe.limits import ASSIGN, CLUSTER, DETECT, EMBED, GENERATE, PROBE, REVIEW, SUGGEST, TRAIN_CVAE, Limit
 from facepipe.cvae_settings import (
     ALIGNMENTS,
     DECODER_BASES,
@@ -638,7 +638,8 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
               help="Manifest CSV (relpath or name, identity): report NMI, ARI, BCubed and pairwise F.")
 @click.option("--people", default=None, type=click.Path(dir_okay=False),
               help="People file (TOML): names, merges, splits, moves and groups that are not a person, kept on "
-                   "the same people across reruns (see docs/commands.md).")
+                   "the same people across reruns (default: people.toml in the output folder, if any; see "
+                   "docs/commands.md).")
 @force_option
 @quiet_option
 @reports_errors
@@ -663,14 +664,18 @@ def cluster_command(embeddings, out_dir, method, threshold, min_group_size, k, k
               help="How each photo enters its folders: hardlink (no extra space; a copy across file systems), "
                    "symlink, or copy.")
 @click.option("--crops", is_flag=True, help="Export the face crops instead of the source photos.")
+@click.option("--xmp", "xmp", flag_value="photo.jpg.xmp", default=None,
+              help="Also tag each named face in its photo's XMP sidecar (MWG regions), photo.jpg.xmp beside it.")
+@click.option("--xmp-name", "xmp", type=click.Choice(XMP_NAMINGS),
+              help="--xmp with this sidecar naming: photo.jpg.xmp (darktable, digiKam) or photo.xmp (Lightroom).")
 @quiet_option
 @reports_errors
-def export_command(cluster_results, out_dir, mode, crops, quiet):
+def export_command(cluster_results, out_dir, mode, crops, xmp, quiet):
     """Write the groups of CLUSTER_RESULTS (cluster_results.csv, or a cluster or run folder) as folders of
     photos; a rerun updates them without duplicating or losing files."""
     from facepipe.export import export
 
-    click.echo(export(cluster_results, out_dir, mode=mode, crops=crops, show_progress=not quiet).line())
+    click.echo(export(cluster_results, out_dir, mode=mode, crops=crops, xmp=xmp, show_progress=not quiet).line())
 
 
 @main.command("assign")
@@ -692,3 +697,56 @@ def assign_command(inputs, cluster_results, threshold, weights, workers, quiet):
 
     click.echo(assign(inputs, cluster_results, threshold=threshold, weights=weights, workers=workers,
                       show_progress=not quiet).line())
+
+
+# issue 27: from groups to named people (suggest, review)
+@main.command("suggest")
+@click.argument("clusters", required=False, default=".", type=click.Path())
+@click.option("-o", "--out", default="suggestions.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="The suggestions CSV (kind, rank, group, other, face, distance).")
+@click.option("--people", default=None, type=click.Path(dir_okay=False),
+              help="People file whose turned-down suggestions are left out (default: people.toml in the folder).")
+@click.option("--outlier-distance", default=None, type=limited(SUGGEST["outlier_distance"]),
+              help="Offer faces this far from their group's centroid (default: 0.75 x the same-person distance).")
+@reports_errors
+def suggest_command(clusters, out, people, outlier_distance):
+    """Rank likely merges between groups, the nearest group of each unknown face and the faces far from their
+    group, for the clustering CLUSTERS (a cluster or run folder, or its cluster_results.csv)."""
+    from facepipe.suggest import suggest
+
+    frame = suggest(clusters, out, people=people, outlier_distance=outlier_distance)
+    counts = frame["kind"].value_counts()
+    click.echo(f"suggest: {counts.get('merge', 0)} merges, {counts.get('unknown', 0)} unknown faces, "
+               f"{counts.get('outlier', 0)} outliers -> {Path(out).resolve()}")
+
+
+@main.command("review")
+@click.argument("folder", required=False, default=".", type=click.Path())
+@click.option("--port", default=0, show_default=True, type=limited(REVIEW["port"]),
+              help="Port on 127.0.0.1 (0: a free one).")
+@click.option("--no-browser", is_flag=True, help="Print the page's address only; do not open a browser.")
+@reports_errors
+def review_command(folder, port, no_browser):
+    """Name, merge, split and correct the groups of FOLDER (a run or cluster folder) on a local web page, and
+    answer the suggestions; every edit goes to the folder's people file. Stop with Ctrl-C."""
+    from facepipe.review_page import review
+
+    review(folder, port=port, open_browser=not no_browser,
+           announce=lambda url: click.echo(f"review: {url}  (Ctrl-C to stop)"))
+
+
+@main.command("read-tags")
+@click.argument("clusters", required=False, default=".", type=click.Path())
+@click.option("-o", "--out", default="face_tags.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="The faces the photos' tags name, as a label manifest (name, identity) for --labels.")
+@click.option("--people", "to_people", is_flag=True,
+              help="Also name each group by its tagged faces in the folder's people file (names there are kept).")
+@reports_errors
+def read_tags_command(clusters, out, to_people):
+    """Read the face names other tools wrote into the photos of CLUSTERS (MWG or Microsoft regions, in the
+    photos or their XMP sidecars) as labels of the faces they cover."""
+    from facepipe.xmp import read_face_tags
+
+    tags, names = read_face_tags(clusters, out, to_people)
+    click.echo(f"read-tags: {len(tags)} face(s) named by their photos' tags, {len(names)} group(s) -> "
+               f"{Path(out).resolve()}")

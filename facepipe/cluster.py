@@ -66,6 +66,7 @@ from facepipe.owned import (
 from facepipe.people import (
     PEOPLE_ANCHORS_CSV,
     apply_people,
+    people_file_of,
     read_anchors,
     read_people,
     resolve_numbers,
@@ -479,7 +480,7 @@ def _by_size(labels: np.ndarray, preferred: dict[int, int] | None = None) -> np.
 def _centroids(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The mean of each group 0..max, and each face's distance to its own group's centroid (to the nearest
     centroid for an unknown face; NaN when there is no group)."""
-    from facepipe.cluster_graph import neighbour_index
+    from facepipe.cluster_graph import nearest_centroids
 
     grouped = labels >= 0
     count = int(labels.max()) + 1 if grouped.any() else 0
@@ -489,9 +490,7 @@ def _centroids(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     distances = np.full(len(labels), np.nan)
     distances[grouped] = np.linalg.norm(vectors[grouped] - centroids[labels[grouped]], axis=1)
     if count and not grouped.all():
-        index = neighbour_index(centroids)  # exact, or an inverted file for very many groups
-        squared, _ = index.search(np.ascontiguousarray(vectors[~grouped], dtype=np.float32), 1)
-        distances[~grouped] = np.sqrt(np.maximum(squared[:, 0], 0.0))
+        distances[~grouped] = nearest_centroids(vectors[~grouped], centroids)[0][:, 0]
     return centroids, distances
 
 
@@ -529,7 +528,8 @@ def cluster(
     and second faces of a photo in a group go to the unknown group (-1). Writes ``cluster_results.csv`` (+ sidecar,
     written last), ``centroids.csv``, ``k_selection.csv``, plots, sample grids into ``samples_dir`` ("auto":
     ``cluster_samples/`` in ``out_dir``; None: none) and with ``labels`` ``cluster_metrics.json``; a rerun with the
-    same inputs and options is skipped unless ``force``. ``people``: a people file.
+    same inputs and options is skipped unless ``force``. ``people``: a people file (default: ``people.toml`` in
+    ``out_dir``, if there is one).
     """
     started = time.monotonic()
     check_limits(CLUSTER, min_group_size=min_group_size, n_init=n_init, seed=seed,
@@ -541,7 +541,7 @@ def cluster(
     method, rule_distance, ks = _chosen_method(method, threshold, k, k_range, k_rule, normalize, embeddings,
                                                embeddings_path)
     crops_dir = _crops_dir(crops_dir, embeddings.meta, embeddings_path)
-    labels_file, people_file = _labels_file(labels), _labels_file(people or None)
+    labels_file, people_file = _labels_file(labels), _labels_file(people_file_of(out_dir, people))
     samples, notes = _samples_folder(samples_dir, out_dir, crops_dir)
     auto = ks is not None and _is_auto(k)
     options = _options_record(method, rule_distance, min_group_size, ks, auto, k_rule, normalize, seed, n_init,

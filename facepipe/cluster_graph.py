@@ -57,6 +57,17 @@ def neighbour_index(vectors: np.ndarray, seed: int = 0):
     return index
 
 
+def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray, count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``vectors``, its ``count`` nearest ``centroids`` (fewer where there are fewer; -1 where
+    the inverted file found none): their L2 distances and rows, nearest first."""
+    count = min(count, len(centroids))
+    if not count or not len(vectors):
+        return np.empty((len(vectors), count)), np.empty((len(vectors), count), dtype=np.int64)
+    index = neighbour_index(np.ascontiguousarray(centroids, dtype=np.float32))  # exact, or an inverted file
+    squared, rows = index.search(np.ascontiguousarray(vectors, dtype=np.float32), count)
+    return np.sqrt(np.maximum(squared, 0.0)), rows.astype(np.int64)
+
+
 def neighbour_graph(vectors: np.ndarray, threshold: float, neighbours: int | None = None,
                     full_weight_share: float = FULL_WEIGHT_SHARE) -> NeighbourGraph:
     """Join each face to those of its ``neighbours`` nearest (GRAPH_NEIGHBOURS by exact search with faiss; above

@@ -166,5 +166,13 @@ ASSIGN = {
     "workers": WORKERS,
 }
 
+SUGGEST = {
+    "outlier_distance": SAME_PERSON_THRESHOLD,
+}
+
+REVIEW = {
+    "port": Limit(0, 65_535),  # 0: a free port
+}
+
 CONFIG_SECTIONS = {"detect": DETECT, "embed": EMBED, "cluster": CLUSTER, "train_cvae": TRAIN_CVAE,
                    "generate": GENERATE, "probe": PROBE}  # run-config section -> its stage's table
