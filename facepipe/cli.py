@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from pathlib import Path
 
 import click
 
@@ -22,10 +23,13 @@ from facepipe.settings import (
     ExportSettings,
     GenerateSettings,
     ProbeSettings,
+    ReviewSettings,
     RunSettings,
     STAGES,
+    SuggestSettings,
     Setting,
     TrainSettings,
+    XMP_NAMINGS,
     parse_k_range,
 )
 
@@ -134,12 +138,12 @@ def _click_type(spec: Setting) -> click.ParamType | None:
             "bool": lambda: None}[spec.kind]()
 
 
-def setting_option(kind: type, name: str, **overrides):
+def setting_option(kind: type, name: str, spelling: str = "", **overrides):
     """The click option of the setting ``name`` of the settings class ``kind`` (``facepipe.settings``): its
-    spelling, type, default and help all from the spec; ``overrides`` replace click arguments (``run``'s
-    shortcuts have no default)."""
+    spelling (``--`` and the name with dashes, unless ``spelling``), type, default and help all from the spec;
+    ``overrides`` replace click arguments (``run``'s shortcuts have no default)."""
     spec = kind.spec()[name]
-    flag = "--" + name.replace("_", "-")
+    flag = spelling or "--" + name.replace("_", "-")
     default = spec.default if spec.command_default is None else spec.command_default
     if spec.kind == "k_range":
         default = ":".join(map(str, default))
@@ -447,15 +451,18 @@ def cluster_command(embeddings, out_dir, samples_dir, no_samples, crops_dir, lab
 @click.argument("cluster_results", required=False, default="cluster_results.csv", type=click.Path())
 @click.option("-o", "--out", "out_dir", default="people", show_default=True, type=click.Path(file_okay=False),
               help="Target folder: a folder per group, unknown/, no_face/ and manifest.csv.")
-@settings_options(ExportSettings)
+@settings_options(ExportSettings, "mode", "crops")
+@setting_option(ExportSettings, "xmp", flag_value=XMP_NAMINGS[0], type=None,
+                help=f"Also tag each named face in its photo's XMP sidecar (MWG regions), {XMP_NAMINGS[0]} beside it.")
+@setting_option(ExportSettings, "xmp", spelling="--xmp-name")
 @quiet_option
 @reports_errors
-def export_command(cluster_results, out_dir, mode, crops, quiet):
+def export_command(cluster_results, out_dir, mode, crops, xmp, quiet):
     """Write the groups of CLUSTER_RESULTS (cluster_results.csv, or a cluster or run folder) as folders of
     photos; a rerun updates them without duplicating or losing files."""
     from facepipe.export import export
 
-    click.echo(export(cluster_results, out_dir, mode=mode, crops=crops, show_progress=not quiet).line())
+    click.echo(export(cluster_results, out_dir, mode=mode, crops=crops, xmp=xmp, show_progress=not quiet).line())
 
 
 @main.command("assign")
@@ -475,3 +482,52 @@ def assign_command(inputs, cluster_results, threshold, weights, workers, quiet):
 
     click.echo(assign(inputs, cluster_results, threshold=threshold, weights=weights, workers=workers,
                       show_progress=not quiet).line())
+
+
+# issue 27: from groups to named people (suggest, review)
+@main.command("suggest")
+@click.argument("clusters", required=False, default=".", type=click.Path())
+@click.option("-o", "--out", default="suggestions.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="The suggestions CSV (kind, rank, group, other, face, distance).")
+@settings_options(SuggestSettings)
+@reports_errors
+def suggest_command(clusters, out, people, outlier_distance):
+    """Rank likely merges between groups, the nearest group of each unknown face and the faces far from their
+    group, for the clustering CLUSTERS (a cluster or run folder, or its cluster_results.csv)."""
+    from facepipe.suggest import suggest
+
+    frame = suggest(clusters, out, people=people, outlier_distance=outlier_distance)
+    counts = frame["kind"].value_counts()
+    click.echo(f"suggest: {counts.get('merge', 0)} merges, {counts.get('unknown', 0)} unknown faces, "
+               f"{counts.get('outlier', 0)} outliers -> {Path(out).resolve()}")
+
+
+@main.command("review")
+@click.argument("folder", required=False, default=".", type=click.Path())
+@settings_options(ReviewSettings)
+@click.option("--no-browser", is_flag=True, help="Print the page's address only; do not open a browser.")
+@reports_errors
+def review_command(folder, port, no_browser):
+    """Name, merge, split and correct the groups of FOLDER (a run or cluster folder) on a local web page, and
+    answer the suggestions; every edit goes to the folder's people file. Stop with Ctrl-C."""
+    from facepipe.review_page import review
+
+    review(folder, port=port, open_browser=not no_browser,
+           announce=lambda url: click.echo(f"review: {url}  (Ctrl-C to stop)"))
+
+
+@main.command("read-tags")
+@click.argument("clusters", required=False, default=".", type=click.Path())
+@click.option("-o", "--out", default="face_tags.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="The faces the photos' tags name, as a label manifest (name, identity) for --labels.")
+@click.option("--people", "to_people", is_flag=True,
+              help="Also name each group by its tagged faces in the folder's people file (names there are kept).")
+@reports_errors
+def read_tags_command(clusters, out, to_people):
+    """Read the face names other tools wrote into the photos of CLUSTERS (MWG or Microsoft regions, in the
+    photos or their XMP sidecars) as labels of the faces they cover."""
+    from facepipe.xmp import read_face_tags
+
+    tags, names = read_face_tags(clusters, out, to_people)
+    click.echo(f"read-tags: {len(tags)} face(s) named by their photos' tags, {len(names)} group(s) -> "
+               f"{Path(out).resolve()}")

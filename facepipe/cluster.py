@@ -70,7 +70,7 @@ from facepipe.owned import (
     refuse_changed,
     remove_recorded,
 )
-from facepipe.people import apply_people, read_anchors, read_people, resolve_numbers, unknown_faces, write_anchors
+from facepipe.people import apply_people, people_file_of, read_anchors, read_people, resolve_numbers, unknown_faces, write_anchors
 from facepipe.settings import ClusterSettings, parse_k_range
 
 __all__ = ["cluster", "ClusterSummary"]
@@ -175,7 +175,8 @@ def cluster(
     and second faces of a photo in a group go to the unknown group (-1). Writes ``cluster_results.csv`` (+ sidecar,
     written last), ``centroids.csv``, ``k_selection.csv``, plots, sample grids into ``samples_dir`` ("auto":
     ``cluster_samples/`` in ``out_dir``; None: none) and with ``labels`` ``cluster_metrics.json``; a rerun with the
-    same inputs and options is skipped unless ``force``. ``people``: a people file.
+    same inputs and options is skipped unless ``force``. ``people``: a people file (default: ``people.toml`` in
+    ``out_dir``, if there is one).
     """
     started = time.monotonic()
     settings = settings or ClusterSettings()
@@ -185,7 +186,7 @@ def cluster(
     n = len(embeddings.names)
     method, rule_distance, ks = _chosen_method(settings, embeddings, embeddings_path)
     crops_dir = _crops_dir(crops_dir, embeddings.meta, embeddings_path)
-    labels_file, people_file = _labels_file(labels), _labels_file(settings.people)
+    labels_file, people_file = _labels_file(labels), _labels_file(people_file_of(out_dir, settings.people))
     samples, notes = _samples_folder(samples_dir, out_dir, crops_dir)
     auto = ks is not None and settings.k == "auto"
     options = _options_record(settings, method, rule_distance, ks, auto, samples, crops_dir, people_file)

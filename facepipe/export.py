@@ -61,6 +61,7 @@ from facepipe.labels import crop_sources
 from facepipe.locks import locks_output
 from facepipe.owned import holds_recorded, inside, inside_or_none, left_alone_phrase
 from facepipe.settings import ExportSettings
+from facepipe.xmp import XmpSummary
 
 
 @dataclass
@@ -76,13 +77,15 @@ class ExportSummary:
     out_dir: Path
     seconds: float
     left_alone: list[Path] = field(default_factory=list)  # files export made that the user changed since
+    xmp: XmpSummary | None = None  # the face tags written into the photos' XMP sidecars (--xmp)
 
     def line(self) -> str:
         across = (f"; {self.copied_across_devices} copied (another file system: no hard link)"
                   if self.copied_across_devices else "")
         return (f"export: {self.files} files of {self.photos} photos in {self.groups} group folders + unknown + "
                 f"no_face ({self.made} made, {self.removed} removed, {self.files - self.made} already there"
-                f"{across}{left_alone_phrase(self.left_alone)}) -> {self.out_dir} in {self.seconds:.1f}s")
+                f"{across}{left_alone_phrase(self.left_alone)}) -> {self.out_dir} in {self.seconds:.1f}s"
+                + (f"\n{self.xmp.line()}" if self.xmp else ""))
 
 
 def folder_name(text: str) -> str:
@@ -331,14 +334,15 @@ def export(
     *,
     mode: str = ExportSettings.mode,
     crops: bool = ExportSettings.crops,
+    xmp: str | None = ExportSettings.xmp,
     show_progress: bool = True,
 ) -> ExportSummary:
-    """Export a clustering (``cluster_results.csv``, or the folder holding it) into ``out_dir``: a folder per
-    group, ``unknown/`` and ``no_face/``, with each source photo (or, with ``crops``, each face crop) as a
-    ``mode`` hard link, symlink or copy, and ``manifest.csv`` (EXPORT_MANIFEST_COLUMNS). A photo with several
-    people is in each of their folders. A hard link across file systems becomes a copy."""
+    """Export a clustering (``cluster_results.csv``, or its folder) into ``out_dir``: a folder per group,
+    ``unknown/`` and ``no_face/``, each source photo (``crops``: face crop) a ``mode`` hard link, symlink or copy
+    (a hard link across file systems: a copy), ``manifest.csv``; a photo of several people is in each one's
+    folder. ``xmp`` (a sidecar naming, settings.XMP_NAMINGS): tag the named faces in the photos' XMP sidecars too."""
     started = time.monotonic()
-    ExportSettings(mode=mode, crops=crops)  # checks them
+    ExportSettings(mode=mode, crops=crops, xmp=xmp)  # checks them
     results_path = cluster_results_path(cluster_results)
     out_dir = Path(os.path.abspath(out_dir))
     faces, groups, crops_dir = _read_clustering(results_path)
@@ -391,16 +395,23 @@ def export(
     ahead = {**{relative: earlier[relative] for relative in owned}, **kept, **files}  # before anything changes
     record = _write_record(out_dir, ahead, record["manifest_sha256"] + [manifest_digest], record)
     removed = _remove_what_no_longer_belongs(out_dir, owned, plan)
-    made = copied = 0
+    copied = 0
     for row in progress(todo, desc="export", total=len(todo), unit="file", enabled=show_progress):
         across = _make(targets[row.file], Path(row.item), mode)
         files[row.file]["made"] = _what_was_made(targets[row.file], mode, across)
         files[row.file].pop("previous", None)
         copied += across
-        made += 1
     if not holds_recorded(out_dir / EXPORT_MANIFEST_CSV, manifest_digest):
         write_text_atomic(out_dir / EXPORT_MANIFEST_CSV, manifest_text)
     _write_record(out_dir, {**kept, **files}, [manifest_digest], record)
-    return ExportSummary(groups=len(groups), photos=int(plan["photo"].nunique()), files=len(plan), made=made,
+    return ExportSummary(groups=len(groups), photos=int(plan["photo"].nunique()), files=len(plan), made=len(todo),
                          removed=removed, copied_across_devices=copied, out_dir=out_dir,
-                         seconds=time.monotonic() - started, left_alone=sorted(changed.values()))
+                         seconds=time.monotonic() - started, left_alone=sorted(changed.values()),
+                         xmp=_tag_photos(faces, groups, crops_dir, out_dir, xmp) if xmp else None)
+
+
+def _tag_photos(faces: pd.DataFrame, groups: pd.DataFrame, crops_dir: Path, out_dir: Path, naming: str):
+    """The named faces written into their photos' XMP sidecars (``xmp.write_face_tags``), recorded in ``out_dir``."""
+    from facepipe.xmp import write_face_tags
+
+    return write_face_tags(faces.merge(groups, on="cluster", how="left"), crops_dir, out_dir, naming)

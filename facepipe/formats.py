@@ -120,6 +120,21 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike, float_format:
     write_text_atomic(path, text)
 
 
+def own_csv_output(path: str | os.PathLike, columns: Sequence[str], what: str) -> Path:
+    """``path`` (absolute) for a CSV of ``columns``, unless a folder or a file other than such a CSV (an earlier
+    output) is there: facepipe never overwrites it."""
+    path = Path(os.path.abspath(path))
+    if path.is_dir():
+        raise FacepipeError(f"{path} is a folder: give a file name for the {what} CSV")
+    if path.exists():
+        with open(path, encoding="utf-8", errors="replace") as existing:
+            header = existing.readline().strip()
+        if header != ",".join(columns):
+            raise FacepipeError(f"{path} exists and is not a {what} CSV: facepipe does not overwrite it; choose "
+                                "another file name")
+    return path
+
+
 def write_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """Write arrays into an uncompressed ``.npz``, atomically."""
     buffer = io.BytesIO()
@@ -771,6 +786,7 @@ def read_run_state(path: str | os.PathLike) -> dict[str, dict]:
 #            SAMPLES/cluster_N.jpg, SAMPLES/overview.jpg  crops nearest each centroid
 CENTROIDS_CSV = "centroids.csv"
 PEOPLE_ANCHORS_CSV = "people_anchors.csv"  # the centroid each group number of a people file was first met on
+PEOPLE_TOML = "people.toml"  # the people file of a cluster folder where none is given
 K_SELECTION_CSV = "k_selection.csv"
 K_SELECTION_COLUMNS = ["k", "inertia", "silhouette"]
 ELBOW_PNG = "elbow.png"
@@ -781,6 +797,11 @@ UNKNOWN_GRID_JPG = "unknown.jpg"  # the faces of the unknown group (-1)
 CLUSTER_SIDECAR_FIELDS = {"embeddings": str, "crops_dir": str, "model": str, "dimension": int, "k": int,
                           "items": int, "sizes": list, "unknown": int, "same_person_distance": float,
                           "options": dict, "outputs": dict, "fingerprint": str}
+SUGGESTIONS_CSV = "suggestions.csv"  # facepipe suggest: SUGGESTION_COLUMNS, one suggestion a row, by kind and rank
+SUGGESTION_COLUMNS = ["kind", "rank", "group", "other", "face", "distance"]
+SUGGESTION_KINDS = ("merge", "unknown", "outlier")  # merge: group and other are one person? unknown: is face
+# (unknown now) group's person? outlier: is face, far from its group's centroid, someone else? (other, face: empty
+# where they do not apply; distance: between the centroids, or from the face to the group's centroid)
 GROUPS_CSV = "groups.csv"  # GROUPS_COLUMNS: each group, its name (people file) and size
 GROUPS_COLUMNS = ["cluster", "person", "faces"]
 

@@ -59,6 +59,17 @@ def neighbour_index(vectors: np.ndarray, seed: int = 0):
     return index
 
 
+def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray, count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``vectors``, its ``count`` nearest ``centroids`` (fewer where there are fewer; -1 where
+    the inverted file found none): their L2 distances and rows, nearest first."""
+    count = min(count, len(centroids))
+    if not count or not len(vectors):
+        return np.empty((len(vectors), count)), np.empty((len(vectors), count), dtype=np.int64)
+    index = neighbour_index(np.ascontiguousarray(centroids, dtype=np.float32))  # exact, or an inverted file
+    squared, rows = index.search(np.ascontiguousarray(vectors, dtype=np.float32), count)
+    return np.sqrt(np.maximum(squared, 0.0)), rows.astype(np.int64)
+
+
 def neighbour_graph(vectors: np.ndarray, threshold: float, neighbours: int | None = None,
                     full_weight_share: float = FULL_WEIGHT_SHARE) -> NeighbourGraph:
     """Join each face to those of its ``neighbours`` nearest (GRAPH_NEIGHBOURS by exact search with faiss; above
@@ -265,7 +276,5 @@ def distances_to_centroids(vectors: np.ndarray, labels: np.ndarray, centroids: n
     distances = np.full(len(labels), np.nan)
     distances[grouped] = np.linalg.norm(vectors[grouped] - centroids[labels[grouped]], axis=1)
     if len(centroids) and not grouped.all():
-        index = neighbour_index(centroids)  # exact, or an inverted file for very many groups
-        squared, _ = index.search(np.ascontiguousarray(vectors[~grouped], dtype=np.float32), 1)
-        distances[~grouped] = np.sqrt(np.maximum(squared[:, 0], 0.0))
+        distances[~grouped] = nearest_centroids(vectors[~grouped], centroids)[0][:, 0]
     return distances

@@ -11,6 +11,11 @@ groups, splits one (by listing faces), moves a face, or marks a group as not a p
     [[split]]                    # these faces leave their group and become a group of their own
     faces = ["Hans_Blix_0001_0a1b2c3d4e_0.jpg", "Hans_Blix_0004_5f6a7b8c9d_0.jpg"]
     name = "Hans Blix"
+    [[rejected]]                 # suggestions turned down (facepipe suggest / review offer them no more)
+    groups = [2, 5]              # these two groups are not one person
+    [[rejected]]
+    face = "Tony_Blair_0002_9e8d7c6b5a_0.jpg"
+    group = 4                    # an unknown face is not group 4's person; a face of group 4 belongs there
 
 (TOML puts top-level keys such as ``merge`` before the first table). Group numbers are those that
 cluster_results.csv and the report show. cluster keeps them pointing at the same people across reruns:
@@ -18,11 +23,13 @@ when it first meets a group number it records that group's centroid as the numbe
 (``people_anchors.csv`` in the cluster folder); on every run a number stands for the new group whose centroid
 is nearest its anchor, within the same-person distance, and that group keeps the number in the output (so
 the report shows the numbers the file uses); a number with no such group is reported as no longer matching.
-Faces are named by their crop names, which never change.
+Faces are named by their crop names, which never change. ``people.toml`` in the cluster (or run) folder is
+the people file where none is given (``review`` writes it).
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +37,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from facepipe.common import FacepipeError
+from facepipe.common import FacepipeError, write_text_atomic
 from facepipe.formats import (
     FLOAT32_MAX,
     MAX_GROUP_NUMBER,
     PEOPLE_ANCHORS_CSV,
+    PEOPLE_TOML,
     UNKNOWN_CLUSTER,
     checked_numbers,
     checked_whole_numbers,
@@ -44,6 +52,7 @@ from facepipe.formats import (
 )
 from facepipe.models import unit_rows
 
+PEOPLE_KEYS = ("merge", "not_a_person", "names", "move", "split", "rejected")  # in the order they are written
 ANCHOR_DISTANCE = 0.6  # where the embedder has no same-person rule: L2 distance of unit centroids (cosine 0.82)
 
 
@@ -56,10 +65,13 @@ class People:
     not_a_person: list[int] = field(default_factory=list)
     moves: dict[str, int] = field(default_factory=dict)
     splits: list[tuple[list[str], str]] = field(default_factory=list)
+    rejected_merges: set[tuple[int, int]] = field(default_factory=set)  # (lower, higher) group number
+    rejected_faces: set[tuple[str, int]] = field(default_factory=set)  # (crop name, group number)
 
     def group_numbers(self) -> set[int]:
         """Every group number the file names (its anchors are needed)."""
         found = set(self.names) | set(self.not_a_person) | {g for merge in self.merges for g in merge}
+        found |= {g for pair in self.rejected_merges for g in pair} | {g for _, g in self.rejected_faces}
         return found | {g for g in self.moves.values() if g != UNKNOWN_CLUSTER}
 
 
@@ -85,11 +97,10 @@ def read_people(path: str | Path) -> People:
         raise FacepipeError(f"{path} is not valid TOML: {error}") from None
     except RecursionError:
         raise FacepipeError(f"{path} is not valid TOML: nested too deep") from None
-    unknown = sorted(set(data) - {"names", "merge", "not_a_person", "move", "split"})
+    unknown = sorted(set(data) - set(PEOPLE_KEYS))
     if unknown:
-        raise FacepipeError(f"{path}: unknown key(s) {', '.join(unknown)}; known: names, merge, not_a_person, "
-                            "move, split")
-    kinds = {"names": dict, "merge": list, "not_a_person": list, "move": dict, "split": list}
+        raise FacepipeError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(PEOPLE_KEYS))}")
+    kinds = {"names": dict, "merge": list, "not_a_person": list, "move": dict, "split": list, "rejected": list}
     wrong = [key for key, kind in kinds.items() if key in data and not isinstance(data[key], kind)]
     if wrong:
         raise FacepipeError(f"{path}: {wrong[0]} must be a {'table' if kinds[wrong[0]] is dict else 'list'} "
@@ -113,7 +124,47 @@ def read_people(path: str | Path) -> People:
         if unknown:
             raise FacepipeError(f"{path}: [[split]] has unknown key(s) {', '.join(unknown)}; known: faces, name")
         people.splits.append((faces, str(split.get("name", "")).strip()))
+    for rejected in data.get("rejected", []):
+        _read_rejected(rejected, people, path)
     return people
+
+
+def _read_rejected(entry, people: People, path: Path) -> None:
+    """One ``[[rejected]]`` entry (``groups = [a, b]``, or ``face`` and ``group``) into ``people``."""
+    keys = set(entry) if isinstance(entry, dict) else None
+    if keys == {"groups"} and isinstance(entry["groups"], list) and len(entry["groups"]) == 2:
+        low, high = sorted(_group_number(g, f"{path} [[rejected]]") for g in entry["groups"])
+        people.rejected_merges.add((low, high))
+    elif keys == {"face", "group"} and isinstance(entry["face"], str):
+        people.rejected_faces.add((entry["face"], _group_number(entry["group"], f"{path} [[rejected]]")))
+    else:
+        raise FacepipeError(f"{path}: each [[rejected]] holds groups = [two group numbers], or face and group")
+
+
+def people_text(people: People) -> str:
+    """The people file (TOML) that ``read_people`` reads back as ``people``."""
+    import tomli_w
+
+    data = {"merge": people.merges, "not_a_person": people.not_a_person,
+            "names": {str(g): name for g, name in sorted(people.names.items())},
+            "move": dict(sorted(people.moves.items())),
+            "split": [{"faces": faces, **({"name": name} if name else {})} for faces, name in people.splits],
+            "rejected": [{"groups": list(pair)} for pair in sorted(people.rejected_merges)]
+                        + [{"face": face, "group": g} for face, g in sorted(people.rejected_faces)]}
+    return tomli_w.dumps({key: data[key] for key in PEOPLE_KEYS if data[key]})
+
+
+def write_people(path: str | os.PathLike, people: People) -> None:
+    """Write the people file atomically."""
+    write_text_atomic(path, people_text(people))
+
+
+def people_file_of(folder: str | os.PathLike, given: str | os.PathLike | None) -> Path | None:
+    """The people file a clustering into ``folder`` follows: ``given``, else ``people.toml`` there if any."""
+    if given:
+        return Path(os.path.abspath(given))
+    default = Path(os.path.abspath(folder)) / PEOPLE_TOML
+    return default if default.is_file() else None
 
 
 def read_anchors(folder: Path, dim: int) -> dict[int, np.ndarray]:

@@ -42,6 +42,7 @@ from facepipe.formats import (
 from facepipe.identity import identity_weight_for
 from facepipe.images import collect_images, output_outside_inputs
 from facepipe.locks import locks_output
+from facepipe.people import people_file_of
 from facepipe.settings import STAGES, ClusterSettings, DetectorParams, DetectWork, TrainSettings
 
 log = logging.getLogger("facepipe.run")
@@ -278,7 +279,8 @@ def _run_stages(runner: "_Runner", folder: _RunFolder, images: list[Path]) -> No
         fingerprint = runner.stage("detect", _digest(config["detect"], _inputs_fingerprint(images)), folder.detect)
         fingerprint = embedded = runner.stage("embed", _digest(config["embed"], fingerprint), folder.embed)
     fingerprint = runner.stage("cluster", _digest(config["cluster"], fingerprint, _file_stamp(folder.labels),
-                                                  _file_stamp(config["cluster"]["people"])), folder.cluster)
+                                                  _file_stamp(people_file_of(folder.out, config["cluster"]["people"]))),
+                             folder.cluster)
     fingerprint = runner.stage("train_cvae", _digest(config["train_cvae"], fingerprint), folder.train_cvae)
     runner.stage("generate", _digest(config["generate"], fingerprint), folder.generate)
     if folder.labels is not None and config["probe"]["targets"]:

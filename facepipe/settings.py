@@ -40,6 +40,7 @@ ALIGNMENTS = ("dlib5", "none")
 FACE_MASKS = ("landmarks", "none")  # landmarks: the crops over neutral grey through a mask of the face (crops.face_mask)
 DECODER_BASES = ("mean", "none")  # mean: the decoder adds its output to the logits of the cluster's pixel mean
 EXPORT_MODES = ("hardlink", "symlink", "copy")  # how a photo enters its group's folder
+XMP_NAMINGS = ("photo.jpg.xmp", "photo.xmp")  # export --xmp: the sidecar beside each photo, first the default
 MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 512  # side of the CVAE's faces; beyond this a CPU run takes days and a checkpoint gigabytes
 MAX_BASE_CHANNELS = 1024
@@ -301,7 +302,8 @@ class ClusterSettings(Settings):
     seed: int = setting(0, limit=SEED)
     n_init: int = setting(10, "Seeded k-means restarts per k.", limit=Limit(1, 100))
     people: str | None = setting(None, "People file (TOML): names, merges, splits, moves and groups that are not a "
-                                 "person, kept on the same people across reruns (see docs/commands.md).",
+                                 "person, kept on the same people across reruns (default: people.toml in the "
+                                 "output folder, if any; see docs/commands.md).",
                                  kind="path", optional=True)
 
 
@@ -395,6 +397,8 @@ class ExportSettings(Settings):
     mode: str = setting("hardlink", "How each photo enters its folders: hardlink (no extra space; a copy across "
                         "file systems), symlink, or copy.", choices=EXPORT_MODES)
     crops: bool = setting(False, "Export the face crops instead of the source photos.")
+    xmp: str | None = setting(None, "--xmp with this sidecar naming: photo.jpg.xmp (darktable, digiKam) or photo.xmp "
+                              "(Lightroom).", choices=XMP_NAMINGS, optional=True)
 
 
 @dataclass(frozen=True)
@@ -405,6 +409,25 @@ class AssignSettings(Settings):
     threshold: float | None = setting(None, "Same-person distance (default: the clustering's own rule).",
                                       limit=SAME_PERSON_THRESHOLD, optional=True)
     workers: int = setting(2, WORKERS_HELP, limit=WORKERS)
+
+
+@dataclass(frozen=True)
+class SuggestSettings(Settings):
+    """What suggest offers."""
+
+    section: ClassVar[str] = ""
+    people: str | None = setting(None, "People file whose turned-down suggestions are left out (default: "
+                                 "people.toml in the folder).", kind="path", optional=True)
+    outlier_distance: float | None = setting(None, "Offer faces this far from their group's centroid (default: 0.75 x "
+                                             "the same-person distance).", limit=SAME_PERSON_THRESHOLD, optional=True)
+
+
+@dataclass(frozen=True)
+class ReviewSettings(Settings):
+    """Where the review page is served."""
+
+    section: ClassVar[str] = ""
+    port: int = setting(0, "Port on 127.0.0.1 (0: a free one).", limit=Limit(0, 65_535))
 
 
 @dataclass(frozen=True)

@@ -55,12 +55,13 @@ def test_no_import_circle_between_modules():
 COMMAND_SETTINGS = {"detect": ("DetectorParams", "DetectWork"), "embed": ("EmbedSettings",),
                     "cluster": ("ClusterSettings",), "train-cvae": ("TrainSettings",),
                     "generate": ("GenerateSettings",), "export": ("ExportSettings",),
-                    "assign": ("AssignSettings",)}
+                    "assign": ("AssignSettings",), "suggest": ("SuggestSettings",), "review": ("ReviewSettings",)}
 # The stage functions (module, function) and the settings class their loose arguments are checked against.
 STAGE_FUNCTIONS = [("detect", "detect", "DetectWork"), ("embed", "embed", "EmbedSettings"),
                    ("generate", "generate", "GenerateSettings"), ("probe", "train", "ProbeSettings"),
                    ("export", "export", "ExportSettings"), ("assign", "assign", "AssignSettings"),
-                   ("api", "group_faces", "ClusterSettings"), ("models/registry", "load_embedder", "EmbedSettings")]
+                   ("api", "group_faces", "ClusterSettings"), ("models/registry", "load_embedder", "EmbedSettings"),
+                   ("suggest", "suggest", "SuggestSettings"), ("review_page", "review", "ReviewSettings")]
 
 
 def test_the_default_run_config_is_the_spec():

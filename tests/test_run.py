@@ -211,26 +211,14 @@ def test_report_shows_who_is_where(finished_run):
 
 def test_report_in_a_real_headless_browser(finished_run, tmp_path):
     """The report, moved to another folder, rendered by Chromium: every image loads, no script error."""
-    import os
     import shutil
 
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        message = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from selenium import webdriver
+    from helpers import headless_chromium
 
     out, _, _, _ = finished_run
     moved = tmp_path / "moved run"
     shutil.copytree(out, moved)
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,2000"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    browser = headless_chromium()
     try:
         browser.get((moved / "report.html").as_uri())
         images = browser.execute_script(
