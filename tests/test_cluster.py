@@ -37,6 +37,7 @@ from facepipe.formats import (
 # --------------------------------------------------------------------------- metrics
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("seed", range(6))
 def test_nmi_and_ari_agree_with_scikit_learn(seed):
     rng = np.random.default_rng(seed)
@@ -53,11 +54,13 @@ def test_nmi_and_ari_agree_with_scikit_learn(seed):
     ([0, 0, 0, 0], [0, 1, 2, 3]),  # one identity, split into singletons
     ([0, 0, 1, 1], [0, 0, 0, 0]),
 ])
+@pytest.mark.fast
 def test_degenerate_cases_match_scikit_learn(truth, predicted):
     assert nmi(truth, predicted) == pytest.approx(normalized_mutual_info_score(truth, predicted), abs=1e-12)
     assert ari(truth, predicted) == pytest.approx(adjusted_rand_score(truth, predicted), abs=1e-12)
 
 
+@pytest.mark.fast
 def test_bcubed_by_hand():
     # Items: a a a a b, all put in one cluster. Precision per item: 4/5 for the a's, 1/5 for the b
     # -> (4 * 0.8 + 0.2) / 5 = 0.68; every item finds all of its identity in its cluster -> recall 1.
@@ -76,6 +79,7 @@ def test_bcubed_by_hand():
     assert scores["recall"] == pytest.approx(0.4)
 
 
+@pytest.mark.fast
 def test_pairwise_by_hand():
     # a a a | b b with clusters {a a} {a b b}: same-cluster pairs 1 + 3 = 4, of which the (a a) and
     # (b b) pairs are right -> precision 2/4; same-identity pairs 3 + 1 = 4, 2 found -> recall 2/4.
@@ -89,6 +93,7 @@ def test_pairwise_by_hand():
     assert (scores["precision"], scores["recall"], scores["f"]) == pytest.approx((1.0, 0.0, 0.0))
 
 
+@pytest.mark.fast
 def test_a_perfect_clustering_scores_one_whatever_the_cluster_ids():
     truth = ["x", "x", "y", "z", "z", "z"]
     metrics = clustering_metrics(truth, [9, 9, 4, 0, 0, 0])
@@ -117,6 +122,7 @@ def blobs(path, groups=6, per_group=25, dim=32, seed=0, model="toy-model", crops
     return names, truth
 
 
+@pytest.mark.fast
 def test_auto_k_finds_separated_groups_and_writes_every_output(tmp_path):
     names, truth = blobs(tmp_path / "emb.csv", crops_dir=tmp_path / "crops")
     manifest = tmp_path / "manifest.csv"
@@ -146,6 +152,7 @@ def test_auto_k_finds_separated_groups_and_writes_every_output(tmp_path):
         assert grid.width == 4 * 112 and grid.height > 4 * 112  # 16 nearest crops and a caption
 
 
+@pytest.mark.fast
 def test_rerun_is_skipped_unless_options_change_or_force(tmp_path):
     blobs(tmp_path / "emb.npz")
     out = tmp_path / "out"
@@ -160,6 +167,7 @@ def test_rerun_is_skipped_unless_options_change_or_force(tmp_path):
     assert not (out / ELBOW_PNG).exists()  # k was given: no k-selection plots
 
 
+@pytest.mark.fast
 def test_same_seed_same_clusters(tmp_path):
     blobs(tmp_path / "emb.csv", groups=10, per_group=12, seed=3)
     for run in ("a", "b"):
@@ -167,6 +175,7 @@ def test_same_seed_same_clusters(tmp_path):
     assert (tmp_path / "a" / CLUSTER_RESULTS_CSV).read_bytes() == (tmp_path / "b" / CLUSTER_RESULTS_CSV).read_bytes()
 
 
+@pytest.mark.fast
 def test_cli_prints_the_rule_and_metrics(tmp_path):
     names, truth = blobs(tmp_path / "emb.csv", groups=3, per_group=10)
     manifest = tmp_path / "m.csv"
@@ -196,6 +205,7 @@ def _write(path, text):
     ("bad_k_range", "k range"),
     ("missing_labels", "label manifest not found"),
 ])
+@pytest.mark.fast
 def test_bad_input_is_refused_and_nothing_is_written(tmp_path, case, message):
     good = "name,e0,e1\na.jpg,0.1,0.2\nb.jpg,0.3,0.1\nc.jpg,0.5,0.9\n"
     path = tmp_path / "emb.csv"
@@ -230,6 +240,7 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path, case, message):
     assert not out.exists() and not samples.exists()
 
 
+@pytest.mark.fast
 def test_k_range_parsing():
     assert list(parse_k_range("2:5")) == [2, 3, 4, 5]
     assert list(parse_k_range((10, 30, 10))) == [10, 20, 30]

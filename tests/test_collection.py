@@ -101,6 +101,7 @@ def test_a_detect_folder_of_an_older_version_is_refused_with_the_reason(data_dir
     assert summary.embedded == 1
 
 
+@pytest.mark.fast
 def test_two_faces_of_one_photo_never_share_a_group(tmp_path):
     """Two near-identical faces from one photo (a reflection, a poster): the one nearer the centroid stays."""
     rng = np.random.default_rng(0)
@@ -152,6 +153,7 @@ def test_strangers_go_to_unknown_and_people_keep_their_groups(data_dir, tmp_path
     assert (tmp_path / "samples" / UNKNOWN_GRID_JPG).is_file()
 
 
+@pytest.mark.fast
 def test_graph_needs_a_rule_the_embedder_does_not_have(tmp_path):
     vectors = np.random.default_rng(0).standard_normal((10, 8)).astype(np.float32)
     write_embeddings(tmp_path / "emb.csv", Embeddings([f"f{i}" for i in range(10)], vectors, {"model": "toy"}))

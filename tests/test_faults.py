@@ -130,6 +130,7 @@ def test_two_real_detect_runs_on_one_folder(tmp_path, data_dir):
         first.wait()
 
 
+@pytest.mark.fast
 def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
     child = hold_lock_in_child(tmp_path / "out")
     with pytest.raises(FolderInUseError):
@@ -266,6 +267,7 @@ def test_a_bad_config_value_is_refused_before_any_stage_runs(tmp_path, photos, s
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("option", [["--beta", "nan"], ["--learning-rate", "inf"], ["--epochs", "0"]])
 def test_non_finite_training_settings_are_bad_usage(tmp_path, option):
     result = CliRunner().invoke(main, ["train-cvae", str(tmp_path / "cluster_results.csv"), *option])
@@ -280,6 +282,7 @@ def test_bad_k_and_threshold_values_are_bad_usage(detected, args):
     assert result.exit_code == 2, result.output
 
 
+@pytest.mark.fast
 def test_probe_files_with_non_finite_or_zero_values_are_refused(tmp_path):
     good = {"format": "facepipe-linear-probe/1", "target": "bald", "intercept": 0.1, "threshold": 0.5, "C": 1.0,
             "embedding_model": "dlib-resnet128", "embedding_dimension": 2, "coefficients": [0.5, -0.5],

@@ -54,6 +54,7 @@ def write_set(folder, vectors, labels, groups, *, model="toy-model", target="bal
     return embeddings_path, manifest_path
 
 
+@pytest.mark.fast
 def test_separable_case_is_learned_perfectly():
     vectors, labels, groups = make_faces(300, 0.3, signal=12.0)
     probe = train_probe(vectors, labels, groups, target="bald", embedding_model="toy", Cs=SMALL_CS, folds=5)
@@ -62,6 +63,7 @@ def test_separable_case_is_learned_perfectly():
     assert np.array_equal(probe.predict(fresh), fresh_labels)
 
 
+@pytest.mark.fast
 def test_imbalanced_case_beats_the_dummy_baselines():
     """3% positives: class weights + the F1 threshold find them; always-0 scores 97% accuracy and F1 0."""
     vectors, labels, groups = make_faces(1500, 0.03, signal=3.0, people=600)
@@ -79,6 +81,7 @@ def test_imbalanced_case_beats_the_dummy_baselines():
     assert metrics["hter"] == pytest.approx(1 - metrics["balanced_accuracy"])
 
 
+@pytest.mark.fast
 def test_metrics_by_hand():
     labels = np.array([1, 1, 1, 0, 0, 0, 0, 0])
     predictions = np.array([1, 1, 0, 1, 0, 0, 0, 0])
@@ -93,6 +96,7 @@ def test_metrics_by_hand():
     assert single_class["roc_auc"] is None and single_class["f1"] is None and single_class["far"] == 0
 
 
+@pytest.mark.fast
 def test_grouped_folds_never_share_a_person():
     rng = np.random.default_rng(3)
     groups = np.repeat([f"p{i}" for i in range(150)], rng.integers(1, 8, 150))
@@ -117,6 +121,7 @@ def test_celeba_identity_split_never_leaks(data_dir):
         assert not set(groups[train_index][fold_train]) & set(groups[train_index][fold_validation])
 
 
+@pytest.mark.fast
 def test_json_round_trip_reproduces_predictions_exactly(tmp_path):
     vectors, labels, groups = make_faces(400, 0.2, signal=1.5)
     embeddings_path, manifest_path = write_set(tmp_path, vectors, labels, groups)
@@ -145,6 +150,7 @@ def test_json_round_trip_reproduces_predictions_exactly(tmp_path):
     assert stored["training"]["positives"] == int(labels.sum())
 
 
+@pytest.mark.fast
 def test_other_model_or_dimension_is_refused(tmp_path):
     vectors, labels, groups = make_faces(300, 0.3, signal=2.0)
     embeddings_path, manifest_path = write_set(tmp_path, vectors, labels, groups)
@@ -163,6 +169,7 @@ def test_other_model_or_dimension_is_refused(tmp_path):
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.fast
 def test_missing_labels_are_reported_not_dropped_silently(tmp_path):
     vectors, labels, groups = make_faces(300, 0.3, signal=2.0)
     embeddings_path, manifest_path = write_set(tmp_path, vectors, labels, groups)
@@ -189,6 +196,7 @@ def test_missing_labels_are_reported_not_dropped_silently(tmp_path):
         p.name for p in (tmp_path / "eval").iterdir()}
 
 
+@pytest.mark.fast
 def test_bad_labels_and_reruns(tmp_path):
     vectors, labels, groups = make_faces(300, 0.3, signal=2.0)
     embeddings_path, manifest_path = write_set(tmp_path, vectors, labels, groups)

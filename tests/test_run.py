@@ -172,6 +172,7 @@ def test_cli_run_prints_json_summary_and_config(finished_run, tmp_path):
     assert printed.exit_code == 0 and "[train_cvae]" in printed.output and "min_neighbors = 45" in printed.output
 
 
+@pytest.mark.fast
 def test_bad_config_is_refused_before_anything_runs(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[cluster]\nkk = 3\n")

@@ -53,6 +53,7 @@ SCORES = ("nmi", "ari", "bcubed_precision", "bcubed_recall", "bcubed_f", "pairwi
 # --------------------------------------------------------------------------- metrics
 
 
+@pytest.mark.fast
 def test_each_unknown_face_is_its_own_cluster():
     with_unknown = clustering_metrics(["a", "a", "b"], [-1, -1, 0])
     singletons = clustering_metrics(["a", "a", "b"], [5, 6, 0])
@@ -65,6 +66,7 @@ def test_each_unknown_face_is_its_own_cluster():
     assert clustering_metrics(["a", "a", "b"], [-1, -1, -1])["clusters"] == 0
 
 
+@pytest.mark.fast
 def test_unknown_faces_beside_groups_by_hand():
     truth = ["a", "a", "a", "b", "b"]
     predicted = [0, 0, -1, 1, -1]  # as {a a} {a} {b} {b}
@@ -144,6 +146,7 @@ def test_no_group_left_is_a_clear_error(trained_with_unknown, tmp_path):
 # --------------------------------------------------------------------------- centroids
 
 
+@pytest.mark.fast
 def test_centroids_ignore_the_unknown_group(tmp_path):
     vectors = np.random.default_rng(0).standard_normal((len(GROUPED), 8)).astype(np.float32)
     embeddings = Embeddings(list(GROUPED), vectors)  # the unknown crops need no embedding: they are not looked up
@@ -182,6 +185,7 @@ def report_clusters(out: Path) -> str:
     return page[page.index('<h2 id="clusters">'):page.index('<h2 id="fidelity">')]
 
 
+@pytest.mark.fast
 def test_report_shows_the_unknown_group_with_its_grid(tmp_path):
     write_run_folder(tmp_path, PHOTO_CLUSTERS, unknown_grid=True)
     section = report_clusters(tmp_path)
@@ -194,6 +198,7 @@ def test_report_shows_the_unknown_group_with_its_grid(tmp_path):
     assert grid in unknown and "CVAE face" not in unknown
 
 
+@pytest.mark.fast
 def test_report_without_unknown_grid_or_unknown_faces(tmp_path):
     write_run_folder(tmp_path / "no_grid", PHOTO_CLUSTERS, unknown_grid=False)
     assert "(Unknown sample grid: not produced)" in report_clusters(tmp_path / "no_grid")

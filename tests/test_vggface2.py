@@ -169,6 +169,7 @@ def test_wrong_sha256_is_refused_and_leaves_nothing(server, weights_dir):
     assert files_in(weights_dir) == []
 
 
+@pytest.mark.fast
 def test_offline_error_says_where_to_put_the_file(weights_dir):
     with socket.socket() as probe:  # a port that nothing listens on once the socket is closed
         probe.bind(("127.0.0.1", 0))
@@ -181,6 +182,7 @@ def test_offline_error_says_where_to_put_the_file(weights_dir):
     assert files_in(weights_dir) == []
 
 
+@pytest.mark.fast
 def test_missing_explicit_weights_is_an_error(weights_dir):
     with pytest.raises(FacepipeError, match="no such file"):
         ensure_vggface2_weights(weights=weights_dir / "absent.h5")
