@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from facepipe.settings import ClusterSettings
+from facepipe.settings import ClusterSettings, parse_k_range
 from facepipe.cli import main
-from facepipe.cluster import cluster, parse_k_range
+from facepipe.cluster import cluster
 from facepipe.cluster_metrics import ari, bcubed, clustering_metrics, nmi, pairwise
 from facepipe.common import FacepipeError
 from facepipe.formats import (
