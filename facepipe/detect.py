@@ -216,6 +216,10 @@ class PhotoDetector:
         import cv2
 
         cv2.setNumThreads(1)  # one photo per worker process: the workers are the parallelism
+        if params.detector in (CNN, COMBINED):
+            import torch
+
+            torch.set_num_threads(1)  # and so for the CNN's convolutions
         self.finder = face_finder(params)
         self.params, self.out_dir, self.max_pixels, self.parent = params, out_dir, max_pixels, parent
 
