@@ -87,7 +87,7 @@ class HaarFinder:
         return [Face(tuple(int(v) for v in box), HAAR, float(count)) for box, count in zip(boxes, neighbours)]
 
 
-def _clipped_box(left: int, top: int, right: int, bottom: int, width: int, height: int) -> tuple[int, int, int, int] | None:
+def _clipped_box(left: int, top: int, right: int, bottom: int, width: int, height: int) -> tuple | None:
     """An inclusive dlib rectangle clipped to the photo as (x, y, w, h); None when nothing of it lies inside."""
     left, top, right, bottom = max(0, left), max(0, top), min(width - 1, right), min(height - 1, bottom)
     if right <= left or bottom <= top:

@@ -3,7 +3,7 @@ the weights read from dlib's .dat file, giving dlib's boxes and scores (tests ch
 ``dlib.cnn_face_detection_model_v1``) at a fraction of its cost on a CPU (benchmarks/README.md).
 
 It does what dlib does (dnn_mmod_face_detection_ex.cpp, loss_mmod_, input_rgb_image_pyramid):
-- optionally the photo upsampled (dlib's ``pyramid_up``: bilinear, about twice the size);
+- optionally the photo upsampled (dlib's ``pyramid_up``: bilinear, about twice the size, by dlib itself);
 - one input image holding a pyramid of the photo, each level 5/6 of the one before (``pyramid_down<6>``,
   bilinear), minus the mean colour, / 256, tiled in two columns with zero padding between the tiles;
 - the network: three 5x5 convolutions of stride 2 (16, 32, 32 filters, no padding), three 5x5 of 45
@@ -92,7 +92,7 @@ def read_mmod_options(reader: DatReader) -> MmodOptions:
     reader.seek_after(b"loss_mmod_")
     version = reader.int()
     if version != 1:
-        raise FacepipeError(f"{reader.path}: unsupported mmod_options version {version} (only dlib's face detector's 1)")
+        raise FacepipeError(f"{reader.path}: unsupported mmod_options version {version} (dlib's face detector has 1)")
     width, height = reader.int(), reader.int()
     _false_alarm, _missed, _truth_iou = reader.float(), reader.float(), reader.float()
     nms_iou, nms_covered = reader.float(), reader.float()
@@ -175,53 +175,14 @@ def _round_half_away(values: np.ndarray) -> np.ndarray:
     return (np.sign(values) * np.floor(np.abs(values) + 0.5)).astype(np.int64)
 
 
-def _sequential_sums(start: np.ndarray, step: float, count: int, dtype) -> np.ndarray:
-    """start + step, + step again, ... ``count`` times, each sum rounded to ``dtype`` as a loop adding in
-    that type gives them: (count, len(start))."""
-    terms = np.concatenate([np.atleast_2d(start), np.full((count, np.size(start)), step)]).astype(dtype)
-    return np.cumsum(terms, axis=0, dtype=dtype)[1:]
-
-
 def upsampled(rgb: np.ndarray) -> np.ndarray:
     """dlib's ``pyramid_up`` of an RGB uint8 photo (pyramid_down<2>'s geometry): rows x cols becomes
-    (2 rows + 1) x (2 cols + 2), bilinear from corner to corner. Computed as dlib's resize_image does:
-    columns four at a time in float32, truncated, until the right neighbour of a group's last column would
-    lie outside the photo; the remaining columns in float64, truncated."""
+    (2 rows + 1) x (2 cols + 2), resized by dlib's own bilinear ``resize_image``, the function pyramid_up calls
+    (a numpy copy of it gave the same pixels at 25x the cost)."""
+    import dlib
+
     rows, cols = rgb.shape[:2]
-    out_rows, out_cols = 2 * rows + 1, 2 * cols + 2
-    x_scale, y_scale = (cols - 1) / (out_cols - 1), (rows - 1) / (out_rows - 1)
-    y = _sequential_sums(np.array([-y_scale]), y_scale, out_rows, np.float64)[:, 0]
-    top = np.floor(y).astype(np.int64)
-    bottom = np.minimum(top + 1, rows - 1)
-    tb = y - top
-    lanes = -4 * x_scale + x_scale * np.arange(4)
-    x_simd = _sequential_sums(lanes, 4 * x_scale, out_cols // 4 + 1, np.float32)  # (groups, 4)
-    tail = 4 * int(np.argmax(x_simd[:, 3].astype(np.int64) + 1 >= cols))
-    x_simd = x_simd.ravel()[:tail]
-    x_tail = _sequential_sums(np.array([-x_scale + tail * x_scale]), x_scale, out_cols - tail, np.float64)[:, 0]
-    pixels = rgb.astype(np.float32)
-    result = np.empty((out_rows, out_cols, 3), dtype=np.uint8)
-
-    left = x_simd.astype(np.int64)
-    lr = (x_simd - left.astype(np.float32))[None, :, None]
-    tb32, inv_tb32 = tb.astype(np.float32)[:, None, None], (1 - tb).astype(np.float32)[:, None, None]
-    weights = (inv_tb32 * (1 - lr), inv_tb32 * lr, tb32 * (1 - lr), tb32 * lr)
-    corners = _corners(pixels, top, bottom, left, left + 1)
-    total = weights[0] * corners[0] + weights[1] * corners[1] + weights[2] * corners[2] + weights[3] * corners[3]
-    result[:, :tail] = np.clip(total, 0, 255).astype(np.uint8)
-
-    left = np.floor(x_tail).astype(np.int64)
-    lr64, tb64 = (x_tail - left)[None, :, None], tb[:, None, None]
-    tl, tr, bl, br = _corners(pixels.astype(np.float64), top, bottom, left, np.minimum(left + 1, cols - 1))
-    total = (1 - tb64) * ((1 - lr64) * tl + lr64 * tr) + tb64 * ((1 - lr64) * bl + lr64 * br)
-    result[:, tail:] = np.clip(total, 0, 255).astype(np.uint8)
-    return result
-
-
-def _corners(pixels: np.ndarray, top, bottom, left, right) -> tuple[np.ndarray, ...]:
-    """The four neighbours (top left, top right, bottom left, bottom right) of each output pixel."""
-    upper, lower = pixels[top], pixels[bottom]
-    return upper[:, left], upper[:, right], lower[:, left], lower[:, right]
+    return dlib.resize_image(np.ascontiguousarray(rgb), 2 * rows + 1, 2 * cols + 2)
 
 
 class MmodDetector:
@@ -229,9 +190,9 @@ class MmodDetector:
     dlib's inclusive pixel rectangles in the photo (they may reach beyond its edges), best score first."""
 
     def __init__(self, network: MmodNetwork, options: MmodOptions):
-        self.network, self.options = network, options
+        self.network, self.options = network.to(memory_format=torch.channels_last), options  # 20% faster on a CPU
 
-    def detect(self, rgb: np.ndarray, upsample: int = 0, threshold: float = 0.0) -> list[tuple[int, int, int, int, float]]:
+    def detect(self, rgb: np.ndarray, upsample: int = 0, threshold: float = 0.0) -> list[tuple]:
         """The faces of an RGB uint8 photo whose score is above ``threshold`` (dlib's is 0), found on the
         photo upsampled ``upsample`` times."""
         image = np.ascontiguousarray(rgb, dtype=np.uint8)
@@ -239,7 +200,7 @@ class MmodDetector:
             image = upsampled(image)
         pyramid, tiles = tiled_pyramid(image, self.options)
         with torch.inference_mode():
-            scores = self.network(pyramid)[0, 0].numpy()
+            scores = self.network(pyramid.contiguous(memory_format=torch.channels_last))[0, 0].numpy()
         rows, cols = np.nonzero(scores > threshold)
         found = scores[rows, cols].astype(np.float64)
         order = np.argsort(-found, kind="stable")
