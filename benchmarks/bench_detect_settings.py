@@ -12,7 +12,7 @@ merges them) and scored per photo: the faces that Haar, HOG (upsampled once) or 
 (IoU >= 0.3), and its CPU-s.
 
 Folds: the 10 people of celeba_wild in 5 folds of 2; the group photos are a sixth fold, every 10th LFW photo a
-seventh. For each fold held out, the choice is the cheapest candidate that finds at least 97% of the faces on the
+seventh. For each fold held out, the choice is the cheapest candidate that finds at least 99% of the faces on the
 other folds and no face on the 5 no-face photos; the table gives what it finds on the held-out fold, and the
 spread over the folds. The CNN runs as facepipe's port of it (dlib's boxes: bench_mmod.py), torch on one thread.
 
@@ -36,7 +36,7 @@ NO_FACE = {"dlib_dogs.jpg", "insightface_mask_black.jpg", "insightface_mask_blue
            "insightface_mask_white.jpg"}
 RUNS = ("haar@640", "haar@320", "hog0@640", "hog1@640", "cnn0@512", "cnn1@512", "cnn1@320", "cnn0@640")
 UNION = ("haar@640", "hog1@640", "cnn1@512")  # each detector as it runs alone (--detector dlib-cnn: upsampled once)
-TARGET = 0.97
+TARGET = 0.99  # chosen on the other folds with a margin: the target, 97%, is for the held-out fold
 LFW_EVERY = 10  # a seventh fold: every 10th LFW photo (150 px, faces cut by the edge beside the main one)
 SMALL_SIDE = 256  # px: a photo this small (LFW's are 150) costs the CNN upsampled little
 

@@ -1,7 +1,7 @@
 """The face detectors of the detect stage: OpenCV's Haar cascade, dlib's HOG and MMOD CNN detectors, and
-the combined mode (the default): Haar and dlib's HOG detector look at every photo, and dlib's CNN at the
-photos where HOG found no face, whatever Haar found (the faces it adds, mostly turned ones, were almost all
-in such photos). Boxes of different detectors that overlap are one face (``merge_faces``), so a face is
+the combined mode (the default): Haar and dlib's HOG detector look at every photo, and dlib's CNN (upsampled
+once, run in PyTorch) at the photos where HOG found no face, whatever Haar found (the faces it adds, mostly
+turned ones, were almost all in such photos), and at small photos (faces cut by their edge). Boxes of different detectors that overlap are one face (``merge_faces``), so a face is
 cropped once, and its ``detector`` names every detector that found it (``haar+dlib-hog``). The choices were
 made on held-out people (``benchmarks/bench_detect_settings.py``, results in benchmarks/README.md).
 
@@ -24,8 +24,10 @@ HAAR, HOG, CNN, COMBINED = "haar", "dlib-hog", "dlib-cnn", "haar+hog+cnn"
 DETECTORS = (COMBINED, HAAR, HOG, CNN)
 MIN_SEARCH_SIDE = 20  # px at a detector's scale: no detector finds a smaller face, and dlib's CNN crashes on
                      # a photo under about 10 px a side
-COMBINED_CNN_UPSAMPLE = 0  # the combined mode's CNN is not upsampled: it runs on few photos, but each costs
-                           # about 1 s at 512 px already
+COMBINED_CNN_UPSAMPLE = 1  # the combined mode's CNN is upsampled once, as --detector dlib-cnn runs it: it finds
+                           # the faces of 40-80 px that it alone finds (0.27 CPU-s at 512 px, 0.06 not upsampled)
+COMBINED_CNN_SMALL_SIDE = 256  # px: the combined mode's CNN also looks at every photo this small (LFW's 150 px
+                               # photos: faces cut by the edge beside the main one), where it costs little
 COMBINED_HAAR_MAX_SIDE = 320  # the combined mode's Haar sees the photo at most this large: a third of its cost
                               # at 640, and HOG finds every face Haar finds at 640 (benchmarks/README.md)
 SAME_FACE_IOU = 0.3  # boxes of two detectors overlapping at least this much (intersection over union) are one face
@@ -178,15 +180,17 @@ def merge_faces(found: Sequence[Sequence[Face]]) -> list[Face]:
 
 class CombinedFinder:
     """The combined mode: Haar and HOG on every photo, their faces merged; the CNN too, merged in, where HOG
-    found no face (see the module docstring)."""
+    found no face or the photo's longer side is at most ``small_side`` (see the module docstring)."""
 
-    def __init__(self, haar: FaceFinder, hog: FaceFinder, cnn: FaceFinder):
-        self.haar, self.hog, self.cnn = haar, hog, cnn
+    def __init__(self, haar: FaceFinder, hog: FaceFinder, cnn: FaceFinder, small_side: int = COMBINED_CNN_SMALL_SIDE):
+        self.haar, self.hog, self.cnn, self.small_side = haar, hog, cnn, small_side
 
     def find(self, rgb: np.ndarray) -> list[Face]:
         hog = self.hog.find(rgb)
         found = [self.haar.find(rgb), hog]
-        return merge_faces(found if hog else [*found, self.cnn.find(rgb)])
+        if not hog or max(rgb.shape[:2]) <= self.small_side:
+            found.append(self.cnn.find(rgb))
+        return merge_faces(found)
 
 
 def scaled_down(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
