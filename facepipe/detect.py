@@ -42,6 +42,7 @@ from facepipe.detectors import (
     CNN,
     COMBINED_CNN_UPSAMPLE,
     COMBINED_HAAR_MAX_SIDE,
+    COMBINED_HOG_MAX_SIDE,
     DETECTORS,
     HAAR,
     COMBINED,
@@ -203,7 +204,7 @@ def face_finder(params: DetectorParams) -> FaceFinder:
     if params.detector == HAAR:
         return haar
     return CombinedFinder(ScaledFinder(haar, COMBINED_HAAR_MAX_SIDE),
-                          HogFinder(params.dlib_upsample, params.dlib_threshold),
+                          ScaledFinder(HogFinder(params.dlib_upsample, params.dlib_threshold), COMBINED_HOG_MAX_SIDE),
                           ScaledFinder(CnnFinder(COMBINED_CNN_UPSAMPLE, params.dlib_threshold), params.cnn_max_side))
 
 

@@ -1,7 +1,8 @@
 """The face detectors of the detect stage: OpenCV's Haar cascade, dlib's HOG and MMOD CNN detectors, and
-the combined mode (the default): Haar and dlib's HOG detector look at every photo, and dlib's CNN (upsampled
-once, run in PyTorch) at the photos where HOG found no face, whatever Haar found (the faces it adds, mostly
-turned ones, were almost all in such photos), and at small photos (faces cut by their edge). Boxes of different detectors that overlap are one face (``merge_faces``), so a face is
+the combined mode (the default): Haar (at 320 px) and dlib's HOG detector (upsampled once, at 512 px) look at
+every photo, and dlib's CNN (upsampled once, run in PyTorch) at the photos where HOG found no face, whatever
+Haar found (the faces it adds, mostly turned ones, were almost all in such photos), and at small photos (faces
+cut by their edge). Boxes of different detectors that overlap are one face (``merge_faces``), so a face is
 cropped once, and its ``detector`` names every detector that found it (``haar+dlib-hog``). The choices were
 made on held-out people (``benchmarks/bench_detect_settings.py``, results in benchmarks/README.md).
 
@@ -30,6 +31,8 @@ COMBINED_CNN_SMALL_SIDE = 256  # px: the combined mode's CNN also looks at every
                                # photos: faces cut by the edge beside the main one), where it costs little
 COMBINED_HAAR_MAX_SIDE = 320  # the combined mode's Haar sees the photo at most this large: a third of its cost
                               # at 640, and HOG finds every face Haar finds at 640 (benchmarks/README.md)
+COMBINED_HOG_MAX_SIDE = 512  # and its HOG (upsampled once) at most this large: it finds the same faces there as
+                             # at 640 (with the CNN as combined), at 0.8 of the cost (benchmarks/README.md)
 SAME_FACE_IOU = 0.3  # boxes of two detectors overlapping at least this much (intersection over union) are one face
 
 
