@@ -242,8 +242,8 @@ def main():
               help="Folder for the crops and the detections/sources/errors CSVs.")
 @click.option("--detector", type=click.Choice(DETECTORS), default=COMBINED, show_default=True,
               help="haar+hog+cnn: the Haar cascade and dlib's HOG detector on every photo (a face both find is "
-                   "one crop), dlib's CNN where HOG found none; dlib-cnn: dlib's MMOD CNN alone (turned faces; "
-                   "slow on a CPU).")
+                   "one crop), dlib's CNN where HOG found none and on photos of at most 256 px; dlib-cnn: dlib's "
+                   "MMOD CNN alone (turned faces; the slowest).")
 @click.option("--max-side", default=640, show_default=True, type=limited(DETECT["max_side"]),
               help="Photos are scaled down to this longer side for detection (crops are cut from the full photo).")
 @click.option("--cascade", default="haarcascade_frontalface_alt.xml", show_default=True,
@@ -258,7 +258,8 @@ def main():
 @click.option("--dlib-threshold", default=0.0, show_default=True, type=limited(DETECT["dlib_threshold"]),
               help="dlib detectors: score a face needs (higher: fewer false faces, more missed faces).")
 @click.option("--cnn-max-side", default=512, show_default=True, type=limited(DETECT["cnn_max_side"]),
-              help="dlib's CNN sees photos scaled down to this longer side (about 1.3 s a photo at 512 px on a CPU).")
+              help="dlib's CNN sees photos scaled down to this longer side (about 0.3 CPU-s a photo at 512 px, "
+                   "upsampled once).")
 @click.option("--margin", default=0.2, show_default=True, type=limited(DETECT["margin"]),
               help="Extra room around the face box, as a fraction of its side, on each side.")
 @click.option("--size", default=224, show_default=True, type=limited(DETECT["size"]), help="Crop side in pixels.")
