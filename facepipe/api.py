@@ -6,13 +6,13 @@ notebooks; the commands work on files). Run from the repository root, the exampl
 >>> photos = [load_image_rgb(f"assets/samples/images/{name}") for name in (
 ...     "Kofi_Annan/Kofi_Annan_0001.jpg", "Kofi_Annan/Kofi_Annan_0002.jpg", "Hans_Blix/Hans_Blix_0001.jpg")]
 >>> crops = [crop for photo in photos for crop in facepipe.find_faces(photo)]
->>> len(crops), crops[0].shape
-(3, (224, 224, 3))
+>>> len(crops), crops[0].shape  # Hans Blix's photo also holds the man behind him
+(4, (224, 224, 3))
 >>> vectors = facepipe.embed_faces(crops)
 >>> vectors.shape
-(3, 128)
->>> facepipe.group_faces(vectors).tolist()  # Kofi Annan twice: a group; Hans Blix once: unknown (-1)
-[0, 0, -1]
+(4, 128)
+>>> facepipe.group_faces(vectors).tolist()  # Kofi Annan twice: a group; the other two once each: unknown (-1)
+[0, 0, -1, -1]
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from facepipe.detectors import (
     CNN,
     COMBINED_CNN_UPSAMPLE,
     COMBINED_HAAR_MAX_SIDE,
+    COMBINED_HOG_MAX_SIDE,
     HAAR,
     COMBINED,
     HOG,
@@ -179,7 +180,7 @@ def face_finder(params: DetectorParams) -> FaceFinder:
     if params.detector == HAAR:
         return haar
     return CombinedFinder(ScaledFinder(haar, COMBINED_HAAR_MAX_SIDE),
-                          HogFinder(params.dlib_upsample, params.dlib_threshold),
+                          ScaledFinder(HogFinder(params.dlib_upsample, params.dlib_threshold), COMBINED_HOG_MAX_SIDE),
                           ScaledFinder(CnnFinder(COMBINED_CNN_UPSAMPLE, params.dlib_threshold), params.cnn_max_side))
 
 
@@ -192,6 +193,10 @@ class PhotoDetector:
         import cv2
 
         cv2.setNumThreads(1)  # one photo per worker process: the workers are the parallelism
+        if params.detector in (CNN, COMBINED):
+            import torch
+
+            torch.set_num_threads(1)  # and so for the CNN's convolutions
         self.finder = face_finder(params)
         self.params, self.out_dir, self.max_pixels, self.parent = params, out_dir, max_pixels, parent
 

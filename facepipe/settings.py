@@ -220,7 +220,8 @@ class DetectorParams(Settings):
     section: ClassVar[str] = "detect"
     detector: str = setting(
         COMBINED, "haar+hog+cnn: the Haar cascade and dlib's HOG detector on every photo (a face both find is one "
-        "crop), dlib's CNN where HOG found none; dlib-cnn: dlib's MMOD CNN alone (turned faces; slow on a CPU).",
+        "crop), dlib's CNN where HOG found none and on photos of at most 256 px; dlib-cnn: dlib's MMOD CNN alone "
+        "(turned faces; the slowest).",
         choices=DETECTORS)
     max_side: int = setting(640, "Photos are scaled down to this longer side for detection (crops are cut from "
                             "the full photo).", limit=Limit(64, 16_384))
@@ -233,8 +234,8 @@ class DetectorParams(Settings):
                                  "large: HOG 80 px at 0).", limit=Limit(0, 3))
     dlib_threshold: float = setting(0.0, "dlib detectors: score a face needs (higher: fewer false faces, more "
                                     "missed faces).", limit=Limit(-10, 10, whole=False))
-    cnn_max_side: int = setting(512, "dlib's CNN sees photos scaled down to this longer side (about 1.3 s a photo "
-                                "at 512 px on a CPU).", limit=Limit(64, 16_384))
+    cnn_max_side: int = setting(512, "dlib's CNN sees photos scaled down to this longer side (about 0.3 CPU-s a "
+                                "photo at 512 px, upsampled once).", limit=Limit(64, 16_384))
     margin: float = setting(0.2, "Extra room around the face box, as a fraction of its side, on each side.",
                             limit=Limit(0, 2, whole=False))
     size: int = setting(224, "Crop side in pixels.", limit=Limit(16, 4_096))

@@ -19,7 +19,8 @@ from PIL import Image
 from facepipe.cli import EXIT_PARTIAL, main
 from facepipe.common import FacepipeError
 from facepipe.detect import DetectorParams, detect, square_crop
-from facepipe.detectors import CNN, HAAR, HOG, CombinedFinder, Face, box_iou, find_faces, merge_faces
+from facepipe.detectors import (CNN, COMBINED_CNN_SMALL_SIDE, HAAR, HOG, CombinedFinder, Face, box_iou, find_faces,
+                                merge_faces)
 from facepipe.formats import DETECTIONS_CSV, ERRORS_CSV, SOURCES_CSV
 
 
@@ -111,16 +112,21 @@ def test_overlapping_boxes_of_two_detectors_are_one_face_naming_both():
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("haar_found, hog_found, cnn_runs", [(0, 0, True), (1, 0, True), (1, 1, False), (0, 2, False)])
-def test_the_combined_mode_asks_the_cnn_where_hog_found_no_face(haar_found, hog_found, cnn_runs):
+@pytest.mark.parametrize("haar_found, hog_found, side, cnn_runs", [
+    (0, 0, 400, True), (1, 0, 400, True), (1, 1, 400, False), (0, 2, 400, False),
+    (1, 1, COMBINED_CNN_SMALL_SIDE, True), (0, 2, 150, True)])
+def test_the_combined_mode_asks_the_cnn_where_hog_found_no_face_or_the_photo_is_small(haar_found, hog_found, side,
+                                                                                       cnn_runs):
     haar = Listed(*[Face((2, 0, 44, 44), HAAR, 50.0)][:haar_found])
     hog = Listed(*[Face((60 * i, 0, 40, 40), HOG, 1.0) for i in range(hog_found)])
     cnn = Listed(Face((300, 300, 50, 50), CNN, 1.1), Face((0, 2, 40, 40), CNN, 1.0))
-    combined = CombinedFinder(haar, hog, cnn).find(np.zeros((400, 400, 3), np.uint8))
+    combined = CombinedFinder(haar, hog, cnn).find(np.zeros((side - 40, side, 3), np.uint8))
     assert haar.calls == hog.calls == 1 and cnn.calls == int(cnn_runs)
     faces = {face.box: face.detector for face in combined}
-    if cnn_runs:  # the CNN's face on Haar's is not a second one
+    if cnn_runs and not hog_found:  # the CNN's face on Haar's is not a second one
         assert faces == ({(2, 0, 44, 44): "haar+dlib-cnn"} if haar_found else {(0, 2, 40, 40): CNN}) | {(300, 300, 50, 50): CNN}
+    elif cnn_runs:  # a small photo: the CNN's face on HOG's is not a second one
+        assert faces[(300, 300, 50, 50)] == CNN and len(faces) == max(haar_found, hog_found) + 1
     else:
         assert len(faces) == max(haar_found, hog_found) and HOG in "+".join(faces.values())
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from facepipe.common import FacepipeError, file_sha256, resolve_device
 from facepipe.models import DLIB_CHIP_PADDING, DLIB_CROP_MODES, DLIB_MAX_CHIP_PADDING, DLIB_RESNET128, model_file
+from facepipe.models.dlib_dat import DatReader
 
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
@@ -35,42 +36,6 @@ def central_face_box(height: int, width: int, margin: float) -> tuple[int, int, 
     side_h, side_w = height / (1.0 + 2.0 * margin), width / (1.0 + 2.0 * margin)
     left, top = (width - side_w) / 2.0, (height - side_h) / 2.0
     return int(round(left)), int(round(top)), int(round(left + side_w)) - 1, int(round(top + side_h)) - 1
-
-
-class _DatReader:
-    """Reads the parts of dlib's binary serialization that the face recognition network file uses."""
-
-    def __init__(self, data: bytes, path: Path):
-        self.data, self.path, self.pos = data, path, 0
-
-    def seek_after(self, name: bytes) -> None:
-        """Move past the next serialized string ``name`` (a layer's type tag, preceded by its length)."""
-        tag = bytes([1, len(name)]) + name
-        found = self.data.find(tag, self.pos)
-        if found < 0:
-            raise FacepipeError(f"{self.path}: no layer {name.decode()} where dlib's ResNet should have one")
-        self.pos = found + len(tag)
-
-    def int(self) -> int:
-        head = self.data[self.pos]
-        size = head & 0x7F
-        value = int.from_bytes(self.data[self.pos + 1 : self.pos + 1 + size], "little")
-        self.pos += 1 + size
-        return -value if head & 0x80 else value
-
-    def float(self) -> float:
-        mantissa, exponent = self.int(), self.int()
-        return float(np.ldexp(float(mantissa), exponent))
-
-    def tensor(self) -> np.ndarray:
-        version = self.int()
-        if version != 2:
-            raise FacepipeError(f"{self.path}: unsupported dlib tensor version {version}")
-        shape = tuple(self.int() for _ in range(4))
-        count = int(np.prod(shape))
-        values = np.frombuffer(self.data, dtype="<f4", count=count, offset=self.pos).reshape(shape)
-        self.pos += 4 * count
-        return values.copy()
 
 
 def _add_zero_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -120,27 +85,15 @@ def read_dlib_resnet(path: Path) -> DlibResNet:
     (a frozen batch norm, folded here into the convolution), then the 256x128 fc_no_bias matrix.
     """
     try:
-        return _read_dlib_resnet(_DatReader(path.read_bytes(), path))
+        return _read_dlib_resnet(DatReader(path.read_bytes(), path, "dlib's ResNet"))
     except (IndexError, ValueError) as error:
         raise FacepipeError(f"{path} is damaged or not dlib's face recognition ResNet ({error})") from None
 
 
-def _read_dlib_resnet(reader: _DatReader) -> DlibResNet:
+def _read_dlib_resnet(reader: DatReader) -> DlibResNet:
     reader.seek_after(b"input_rgb_image_sized")
     means = [reader.float() for _ in range(3)]
-    convs = []
-    for _ in range(1 + 2 * len(DlibResNet.BLOCKS)):
-        reader.seek_after(b"con_4")
-        params = reader.tensor().ravel()
-        filters, rows, cols, stride, _, padding, _ = (reader.int() for _ in range(7))
-        inputs = (params.size - filters) // (filters * rows * cols)
-        weight = params[: filters * inputs * rows * cols].reshape(filters, inputs, rows, cols)
-        bias = params[filters * inputs * rows * cols :]
-        reader.seek_after(b"affine_")
-        gamma, beta = np.split(reader.tensor().ravel(), 2)
-        if gamma.size != filters:
-            raise FacepipeError(f"{reader.path}: an affine layer does not match its convolution")
-        convs.append((weight * gamma[:, None, None, None], bias * gamma + beta, stride, padding))
+    convs = [reader.conv() for _ in range(1 + 2 * len(DlibResNet.BLOCKS))]
     reader.seek_after(b"fc_2")
     outputs, inputs = reader.int(), reader.int()
     projection = reader.tensor().reshape(inputs, outputs)
