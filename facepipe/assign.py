@@ -173,6 +173,22 @@ def assign(
                                 "no longer belong together")
         photo_count = _detect_and_embed([str(p) for p in photos], crops_dir, recorded_params(crops_dir), collection,
                                         embeddings_path, weights, workers, show_progress)
+    combined = _with_new_faces(known, results_path, embeddings_path, crops_dir, centroids, options, float(distance))
+    _write(results_path, meta, combined, len(centroids), names)
+    new_rows = combined.iloc[len(known):]
+    summary = AssignSummary(photos=photo_count, new_faces=len(new_rows),
+                            assigned=int((new_rows["cluster"] >= 0).sum()),
+                            unknown=int((new_rows["cluster"] == UNKNOWN_CLUSTER).sum()),
+                            groups=int(new_rows.loc[new_rows["cluster"] >= 0, "cluster"].nunique()),
+                            results=results_path, seconds=time.monotonic() - started)
+    note_assigned(results_path.parent, state, summary.line(), summary.assigned)
+    return summary
+
+
+def _with_new_faces(known: pd.DataFrame, results_path: Path, embeddings_path: Path, crops_dir: Path,
+                    centroids: np.ndarray, options: dict, distance: float) -> pd.DataFrame:
+    """The clustering ``known`` with the faces of the embeddings it does not hold yet added, each in the group
+    it matches (``nearest_groups`` at ``distance``) or unknown; a photo keeps one face per group."""
     embeddings = read_embeddings(embeddings_path)
     vectors = embeddings.vectors
     if options.get("normalize", True):
@@ -184,22 +200,14 @@ def assign(
     grouped = known[known["cluster"] >= 0]
     new_vectors = vectors[[row_of[n] for n in new_names]]
     chosen = nearest_groups(new_vectors, vectors[[row_of[n] for n in grouped["name"]]], grouped["cluster"].to_numpy(),
-                            float(distance), int(options.get("min_group_size", 2)))
+                            distance, int(options.get("min_group_size", 2)))
     added = pd.DataFrame({"name": new_names, "cluster": chosen,
                           "distance": distances_to_centroids(new_vectors, chosen, centroids)})
     combined = pd.concat([known, added], ignore_index=True)
     photos = photo_ids(combined["name"].tolist(), crop_sources(combined["name"].tolist(), crops_dir))
     repeats = one_face_per_photo(combined["cluster"].to_numpy(), photos, combined["distance"].fillna(0).to_numpy())
     combined.loc[repeats & (combined.index >= len(known)), "cluster"] = UNKNOWN_CLUSTER  # the clustered stay
-    _write(results_path, meta, combined, len(centroids), names)
-    new_rows = combined.iloc[len(known):]
-    summary = AssignSummary(photos=photo_count, new_faces=len(new_rows),
-                            assigned=int((new_rows["cluster"] >= 0).sum()),
-                            unknown=int((new_rows["cluster"] == UNKNOWN_CLUSTER).sum()),
-                            groups=int(new_rows.loc[new_rows["cluster"] >= 0, "cluster"].nunique()),
-                            results=results_path, seconds=time.monotonic() - started)
-    note_assigned(results_path.parent, state, summary.line(), summary.assigned)
-    return summary
+    return combined
 
 
 def _with_sidecar(data_file: Path) -> Path:

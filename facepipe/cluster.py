@@ -107,13 +107,14 @@ class ClusterSummary:
                 + "\n  ".join([self.k_rule, *self.notes]))
 
     @classmethod
-    def of_previous_run(cls, previous: dict, out_dir: Path, samples: Path | None, seconds: float,
-                        notes: list[str]) -> "ClusterSummary":
-        """The summary of a rerun that found the same run done (``previous``: its sidecar)."""
-        return cls(k=previous["k"], k_rule=previous["k_rule"], items=previous["items"], sizes=previous["sizes"],
-                   silhouette=previous["silhouette"], out_dir=out_dir, samples_dir=samples,
-                   metrics=previous.get("metrics"), skipped=True, seconds=seconds, notes=notes,
-                   unknown=previous.get("unknown", 0))
+    def of_record(cls, record: dict, out_dir: Path, samples: Path | None, seconds: float, notes: list[str],
+                  skipped: bool = True) -> "ClusterSummary":
+        """The summary of the run a sidecar ``record`` describes: this one's, or (``skipped``) the earlier run a
+        rerun found done."""
+        return cls(k=record["k"], k_rule=record["k_rule"], items=record["items"], sizes=record["sizes"],
+                   silhouette=record["silhouette"], out_dir=out_dir, samples_dir=samples,
+                   metrics=record.get("metrics"), skipped=skipped, seconds=seconds, notes=notes,
+                   unknown=record.get("unknown", 0))
 
     def details(self) -> dict:
         """The numbers a run report shows."""
@@ -194,7 +195,7 @@ def cluster(
     results_path = out_dir / CLUSTER_RESULTS_CSV
     previous = _previous_run(results_path, fingerprint) if not force else None
     if previous is not None:
-        return ClusterSummary.of_previous_run(previous, out_dir, samples, time.monotonic() - started, notes)
+        return ClusterSummary.of_record(previous, out_dir, samples, time.monotonic() - started, notes)
 
     vectors = (_normalised if settings.normalize else _comparable)(embeddings.vectors, embeddings_path)
     photos = _photo_ids(embeddings.names, crops_dir, notes)
@@ -203,28 +204,28 @@ def cluster(
                                             rule_distance, notes)
     sizes, quality, inertia = _group_quality(vectors, grouping, settings.seed)
     metrics = _identity_metrics(embeddings.names, labels_file, crops_dir, grouping.labels) if labels_file else None
-    table = selection.table if selection else pd.DataFrame(
-        [{"k": len(sizes), "inertia": inertia, "silhouette": quality}], columns=K_SELECTION_COLUMNS)
+    table = selection.table if selection else _one_k_table(len(sizes), inertia, quality)
+    record = {"embeddings": str(embeddings_path), "model": embeddings.model, "dimension": embeddings.dim,
+              "crops_dir": options["crops_dir"], "k": len(sizes), "k_rule": rule, "items": n, "sizes": sizes,
+              "unknown": int((grouping.labels < 0).sum()), "silhouette": quality, "inertia": inertia,
+              "metrics": metrics, "options": options, "method": method, "same_person_distance": rule_distance,
+              "engine": ENGINES[method], "fingerprint": fingerprint, "facepipe_version": __version__}
 
     # Everything is computed and validated: now write, the sidecar last (it commits the files by their hashes).
-    outputs = _write_outputs(out_dir, embeddings.names, grouping, table, selection, metrics, names, anchors,
-                             (crops_dir, samples, settings.samples_per_cluster, show_progress), notes)
-    unknown = int((grouping.labels < 0).sum())
-    write_json_atomic(sidecar_path(results_path), {
-        "outputs": outputs,
-        "embeddings": str(embeddings_path), "model": embeddings.model, "dimension": embeddings.dim,
-        "crops_dir": options["crops_dir"], "k": len(sizes), "k_rule": rule, "items": n, "sizes": sizes,
-        "unknown": unknown, "silhouette": quality, "inertia": inertia, "metrics": metrics, "options": options,
-        "method": method, "same_person_distance": rule_distance, "engine": ENGINES[method],
-        "fingerprint": fingerprint, "facepipe_version": __version__,
-    })
-    return ClusterSummary(k=len(sizes), k_rule=rule, items=n, sizes=sizes, silhouette=quality, out_dir=out_dir,
-                          samples_dir=samples, metrics=metrics, skipped=False, seconds=time.monotonic() - started,
-                          notes=notes, unknown=unknown)
+    grids = (crops_dir, samples, settings.samples_per_cluster, show_progress)
+    outputs = _write_outputs(out_dir, embeddings.names, grouping, table, selection, names, anchors, grids, notes,
+                             metrics)
+    write_json_atomic(sidecar_path(results_path), {"outputs": outputs, **record})
+    return ClusterSummary.of_record(record, out_dir, samples, time.monotonic() - started, notes, skipped=False)
 
 
 ENGINES = {"graph": "faiss neighbour graph + Chinese whispers",
            "kmeans": f"k-means++ (scikit-learn) + faiss Lloyd, {LLOYD_ITERATIONS} iterations"}
+
+
+def _one_k_table(k: int, inertia: float, quality: float) -> pd.DataFrame:
+    """k_selection.csv of a run that tried no k: the one it found, its inertia and silhouette."""
+    return pd.DataFrame([{"k": k, "inertia": inertia, "silhouette": quality}], columns=K_SELECTION_COLUMNS)
 
 
 def _group_quality(vectors: np.ndarray, grouping: Grouping, seed: int) -> tuple[list[int], float, float]:
@@ -324,8 +325,8 @@ def _samples_folder(samples_dir, out_dir: Path, crops_dir: Path | None) -> tuple
 
 
 def _write_outputs(out_dir: Path, names: list[str], grouping: Grouping, table: pd.DataFrame,
-                   selection: KSelection | None, metrics: dict | None, group_names: dict[int, str],
-                   anchors: dict | None, grids: tuple, notes: list[str]) -> dict[str, str]:
+                   selection: KSelection | None, group_names: dict[int, str], anchors: dict | None, grids: tuple,
+                   notes: list[str], metrics: dict | None) -> dict[str, str]:
     """Write the outputs (``_write_results``, then the sample grids: ``grids`` is the crops folder, the
     samples folder or None, crops per grid and progress) and remove what the earlier run wrote and this one
     did not; refused before anything is written where the user changed an image this run would rewrite.

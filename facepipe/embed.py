@@ -298,18 +298,19 @@ def embed(
     each loading the model once, into the same files (see ``facepipe.engine``).
     """
     started = time.monotonic()
-    checked = EmbedSettings(model=model, weights=weights, batch_size=batch_size, device=device, precision=precision,
-                            workers=workers, dlib_crop=dlib_crop, dlib_padding=dlib_padding)
-    model, device, precision = checked.model, checked.device, checked.precision
+    settings = dict(model=model, weights=weights, batch_size=batch_size, device=device, precision=precision,
+                    dlib_crop=dlib_crop, dlib_padding=dlib_padding)
+    checked = EmbedSettings(workers=workers, **settings)
     check_engine(engine, ray_address)
     crop_list = list_crops(crops)
     output = Path(os.path.abspath(output))
     output.parent.mkdir(parents=True, exist_ok=True)
     _remove_own_temporaries(output)
-    settings = dict(model=model, weights=weights, batch_size=batch_size, device=device, precision=precision,
-                    face_margin=crop_list.margin, dlib_crop=dlib_crop, dlib_padding=dlib_padding)
+    settings.update(model=checked.model, device=checked.device, precision=checked.precision,
+                    face_margin=crop_list.margin)
     # Under Ray the model runs in the actors: this one, on the CPU, only describes it (and fetches the weights).
-    embedder = load_embedder(**dict(settings, device="cpu" if engine == RAY else device), show_progress=show_progress)
+    embedder = load_embedder(**dict(settings, device="cpu" if engine == RAY else checked.device),
+                             show_progress=show_progress)
     meta = dict(embedder.describe(), crops_dir=str(crop_list.crops_dir), facepipe_version=__version__)
     done = _previous_rows(output, meta, force)
     todo = [name for name in crop_list.names if name not in done]

@@ -373,22 +373,7 @@ def export(
     for folder, names in names_in.items():  # the temporaries of files an interrupted export was making
         remove_own_temporaries(folder, names.__contains__)
 
-    files, todo = {}, []
-    for row in plan.itertuples(index=False):
-        if row.file in changed:
-            continue  # the user changed it since export made it: theirs now, left alone
-        entry = {"from": str(row.item), "mode": mode}
-        target = targets[row.file]
-        if row.file in owned and _is_in_place(target, Path(row.item), mode):
-            files[row.file] = dict(earlier[row.file], **entry)
-            if not isinstance(files[row.file].get("made"), dict):  # made by an export that then stopped
-                as_copy = mode == "hardlink" and not os.path.samefile(target, row.item)
-                files[row.file] = dict(entry, made=_what_was_made(target, mode, as_copy))
-            continue
-        if row.file in owned:
-            entry["previous"] = earlier[row.file]
-        files[row.file] = entry
-        todo.append(row)
+    files, todo = _files_to_make(plan, targets, earlier, owned, changed, mode)
     manifest_text = csv_text(plan.rename(columns={"person": "name"})[EXPORT_MANIFEST_COLUMNS], float_format="%.6g")
     manifest_digest = hashlib.sha256(manifest_text.encode("utf-8")).hexdigest()
     kept = {relative: earlier[relative] for relative in changed}
@@ -408,6 +393,28 @@ def export(
                          removed=removed, copied_across_devices=copied, out_dir=out_dir,
                          seconds=time.monotonic() - started, left_alone=sorted(changed.values()),
                          xmp=_tag_photos(faces, groups, crops_dir, out_dir, xmp) if xmp else None)
+
+
+def _files_to_make(plan: pd.DataFrame, targets: dict, earlier: dict, owned: dict, changed: dict, mode: str):
+    """The record entry of each file of the ``plan`` this export keeps or makes (not those the user ``changed``),
+    and the plan's rows still to make: a file an earlier export made (``owned``) that is in place is kept."""
+    files, todo = {}, []
+    for row in plan.itertuples(index=False):
+        if row.file in changed:
+            continue  # the user changed it since export made it: theirs now, left alone
+        entry = {"from": str(row.item), "mode": mode}
+        target = targets[row.file]
+        if row.file in owned and _is_in_place(target, Path(row.item), mode):
+            files[row.file] = dict(earlier[row.file], **entry)
+            if not isinstance(files[row.file].get("made"), dict):  # made by an export that then stopped
+                as_copy = mode == "hardlink" and not os.path.samefile(target, row.item)
+                files[row.file] = dict(entry, made=_what_was_made(target, mode, as_copy))
+            continue
+        if row.file in owned:
+            entry["previous"] = earlier[row.file]
+        files[row.file] = entry
+        todo.append(row)
+    return files, todo
 
 
 def _tag_photos(faces: pd.DataFrame, groups: pd.DataFrame, crops_dir: Path, out_dir: Path, naming: str):

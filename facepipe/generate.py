@@ -243,12 +243,7 @@ def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[i
     crops = [np.empty((0, *faces.shape[1:]), np.uint8)] * len(clusters) if crops is None else list(crops)
     sharpness = _sharpness(faces, means, drawn, crops)
     sharpness_of = {kind: sharpness.pop(f"{kind}_per_cluster") for kind in ("cvae", "pixel_mean", "crops")}
-    per_cluster = [
-        {"cluster": int(c), "cvae_nearest": cvae["nearest"][i], "cvae_cosine_to_own": cvae["cosine_to_own"][i],
-         "pixel_mean_nearest": mean["nearest"][i], "pixel_mean_cosine_to_own": mean["cosine_to_own"][i],
-         **{f"{kind}_sharpness": values[i] for kind, values in sharpness_of.items()}}
-        for i, c in enumerate(clusters)
-    ]
+    per_cluster = _per_cluster_rows(clusters, cvae, mean, sharpness_of)
     crop_rows = {cluster: np.flatnonzero(inputs.clusters == cluster) for cluster in clusters}
     diversity = _draw_diversity(drawn, crops, vectors.get("random_draws"), draw_owners, clusters, crop_vectors,
                                 crop_rows)
@@ -269,6 +264,17 @@ def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[i
         "realism": _realism(vectors, crop_vectors[np.concatenate(list(crop_rows.values()))], embeddings.model),
         "per_cluster": per_cluster,
     })
+
+
+def _per_cluster_rows(clusters: Sequence[int], cvae: dict, mean: dict, sharpness_of: dict) -> list[dict]:
+    """fidelity.json's row of each cluster: its CVAE face's and pixel mean's nearest centroid and cosine, and the
+    sharpness of each kind of face."""
+    return [
+        {"cluster": int(c), "cvae_nearest": cvae["nearest"][i], "cvae_cosine_to_own": cvae["cosine_to_own"][i],
+         "pixel_mean_nearest": mean["nearest"][i], "pixel_mean_cosine_to_own": mean["cosine_to_own"][i],
+         **{f"{kind}_sharpness": values[i] for kind, values in sharpness_of.items()}}
+        for i, c in enumerate(clusters)
+    ]
 
 
 def _sharpness(faces: np.ndarray, means: np.ndarray, drawn: Sequence[np.ndarray], crops: Sequence[np.ndarray]) -> dict:
@@ -344,6 +350,34 @@ def _is_output_name(name: str) -> bool:
     return name in (GENERATED_SHEET_PNG, FIDELITY_JSON, GENERATE_RECORD_JSON) or _FACE_FILE.fullmatch(name) is not None
 
 
+def _clusters_to_generate(clusters: Sequence[int] | None, config) -> list[int]:
+    """The clusters asked for (None: all the model knows), each one the model knows."""
+    clusters = list(config.clusters) if clusters is None else clusters
+    not_in_model = [c for c in clusters if c not in config.clusters]
+    if not_in_model:
+        raise FacepipeError(f"cluster(s) {', '.join(map(str, not_in_model))} not in this model; it knows "
+                            f"{', '.join(map(str, config.clusters))}")
+    if not clusters:
+        raise FacepipeError("no cluster to generate")
+    return clusters
+
+
+def _write_faces(out_dir: Path, clusters: Sequence[int], faces: np.ndarray, means: np.ndarray, drawn,
+                 show_progress: bool) -> set[Path]:
+    """Each cluster's CVAE face, pixel mean and (where ``drawn`` holds any) random draws, as images in ``out_dir``
+    (``generated_face_names``); returns the files written."""
+    written = set()
+    for position, cluster in enumerate(progress(clusters, desc="writing faces", unit="cluster", enabled=show_progress)):
+        files = generated_face_names(cluster)
+        save_image_atomic(out_dir / files["face"], faces[position])
+        save_image_atomic(out_dir / files["mean"], means[position])
+        written |= {out_dir / files["face"], out_dir / files["mean"]}
+        if len(drawn[position]):
+            save_image_atomic(out_dir / files["samples"], np.concatenate(list(drawn[position]), axis=1))
+            written.add(out_dir / files["samples"])
+    return written
+
+
 @locks_output(lambda args: args["out_dir"])
 def generate(
     checkpoint: str | Path = "weights",
@@ -372,14 +406,7 @@ def generate(
     device = resolve_device(device)
     checkpoint = find_checkpoint(checkpoint)
     model, config, _ = load_cvae(checkpoint, device)
-    if clusters is None:
-        clusters = list(config.clusters)
-    not_in_model = [c for c in clusters if c not in config.clusters]
-    if not_in_model:
-        raise FacepipeError(f"cluster(s) {', '.join(map(str, not_in_model))} not in this model; it knows "
-                            f"{', '.join(map(str, config.clusters))}")
-    if not clusters:
-        raise FacepipeError("no cluster to generate")
+    clusters = _clusters_to_generate(clusters, config)
     inputs = read_training_inputs(cluster_results or config.cluster_results, crops_dir or config.crops_dir)
 
     faces, drawn = decode_faces(model, config, clusters, samples, seed, device, temperature)
@@ -393,27 +420,20 @@ def generate(
     refuse_changed(out_dir, earlier, [out_dir / GENERATED_SHEET_PNG,  # the images; fidelity.json is data, redone
                                       *(out_dir / name for c in clusters for name in generated_face_names(c).values())])
     sheet_path = out_dir / GENERATED_SHEET_PNG
-    written = {sheet_path}
-    for position, cluster in enumerate(progress(clusters, desc="writing faces", unit="cluster", enabled=show_progress)):
-        files = generated_face_names(cluster)
-        save_image_atomic(out_dir / files["face"], faces[position])
-        save_image_atomic(out_dir / files["mean"], means[position])
-        written |= {out_dir / files["face"], out_dir / files["mean"]}
-        if samples:
-            save_image_atomic(out_dir / files["samples"], np.concatenate(list(drawn[position]), axis=1))
-            written.add(out_dir / files["samples"])
+    written = _write_faces(out_dir, clusters, faces, means, drawn, show_progress)
     save_image_atomic(sheet_path, contact_sheet(clusters, [len(c) for c in crops], means, faces, drawn))
+    written.add(sheet_path)
 
     fidelity = None
     if evaluate:
-        fidelity = evaluate_fidelity(faces, means, clusters, inputs,
-                                     clustered_embeddings_path(inputs.cluster_results, embeddings), device, aligner,
-                                     drawn, crops)
+        embeddings_path = clustered_embeddings_path(inputs.cluster_results, embeddings)
+        fidelity = evaluate_fidelity(faces, means, clusters, inputs, embeddings_path, device, aligner, drawn, crops)
         write_json_atomic(out_dir / FIDELITY_JSON, fidelity)
         written.add(out_dir / FIDELITY_JSON)
     # The folder holds what this call wrote: what an earlier call recorded writing (another model, other
     # clusters, or evaluated when this one was not) is removed, unless the user changed it since.
     _, changed = remove_recorded(out_dir, earlier, keep=written)
-    write_json_atomic(out_dir / GENERATE_RECORD_JSON, {"outputs": output_hashes(out_dir, sorted(written)),
-                                                       "checkpoint": str(checkpoint), "facepipe_version": __version__})
+    record = {"outputs": output_hashes(out_dir, sorted(written)), "checkpoint": str(checkpoint),
+              "facepipe_version": __version__}
+    write_json_atomic(out_dir / GENERATE_RECORD_JSON, record)
     return GenerateSummary(list(clusters), out_dir, sheet_path, fidelity, time.perf_counter() - started, changed)

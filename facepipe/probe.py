@@ -469,26 +469,32 @@ def train(
         missing_labels=labelled.missing_report(),
         names=[labelled.names[i] for i in train_index],
     )
-    holdout_report = None
-    if holdout:
-        report_dir = holdout_dir(out)
-        names = [labelled.names[i] for i in held_out]
-        holdout_report = _write_evaluation(
-            report_dir, probe, names, labelled.labels[held_out], probe.predict_proba(labelled.vectors[held_out]),
-            {"split": f"identity-disjoint hold-out of {holdout:g} (seed {seed})",
-             "identities": int(len(set(labelled.groups[held_out]))),
-             "identities_shared_with_training": int(len(set(labelled.groups[held_out]) & set(labelled.groups[train_index])))},
-        )
-        holdout_report["report_dir"] = str(report_dir)
-        probe.training["holdout"] = {k: holdout_report[k] for k in
-                                     ("split", "identities", "identities_shared_with_training", "metrics", "baselines",
-                                      "report_dir")}
-        probe.training["holdout"]["names"] = names
+    holdout_report = _evaluate_holdout(out, probe, labelled, train_index, held_out, holdout, seed) if holdout else None
     probe.save(out)
     return ProbeTrainSummary(probe=probe, out=out, labelled=labelled, holdout=holdout_report)
 
 
 @locks_output(lambda args: Path(os.path.abspath(args["out"])).parent)
+def _evaluate_holdout(out: Path, probe: LinearProbe, labelled, train_index: np.ndarray, held_out: np.ndarray,
+                      holdout: float, seed: int) -> dict:
+    """The probe's metrics on the ``held_out`` identities, written to ``<out stem>_holdout/`` and recorded in the
+    probe's training record (written with it)."""
+    report_dir = holdout_dir(out)
+    names = [labelled.names[i] for i in held_out]
+    holdout_report = _write_evaluation(
+        report_dir, probe, names, labelled.labels[held_out], probe.predict_proba(labelled.vectors[held_out]),
+        {"split": f"identity-disjoint hold-out of {holdout:g} (seed {seed})",
+         "identities": int(len(set(labelled.groups[held_out]))),
+         "identities_shared_with_training": int(len(set(labelled.groups[held_out]) & set(labelled.groups[train_index])))},
+    )
+    holdout_report["report_dir"] = str(report_dir)
+    probe.training["holdout"] = {k: holdout_report[k] for k in
+                                 ("split", "identities", "identities_shared_with_training", "metrics", "baselines",
+                                  "report_dir")}
+    probe.training["holdout"]["names"] = names
+    return holdout_report
+
+
 def predict(
     probe_path: str | os.PathLike,
     embeddings_path: str | os.PathLike,

@@ -291,6 +291,42 @@ def _fidelity_table(fidelity: dict, kinds: list[tuple[str, str]]) -> str:
     return text
 
 
+def _probe_section(out_dir: Path, stages: dict, config: dict) -> str:
+    """The report's probe section: each target's held-out metrics, or why no probe ran."""
+    parts = ['<h2 id="probe">Probe</h2>']
+    probe_targets = (stages.get("probe") or {}).get("targets")
+    if probe_targets:
+        for target, metrics in probe_targets.items():
+            link = _link(out_dir, f"{RUN_PROBE_DIR}/{target}.json", f"{target}.json")
+            parts.append(f"<h3>{html.escape(target)} (held-out identities) {link}</h3>"
+                            + (_metrics_table(metrics) if metrics else '<p class="muted">no held-out metrics</p>'))
+    elif config["run"].get("labels") and not config["probe"].get("targets"):
+        parts.append('<p class="muted">Labels were given but no probe targets ([probe] targets is empty), '
+                        "so no probe ran.</p>")
+    elif config["run"].get("labels"):
+        failed = (stages.get("probe") or {}).get("failed") or {}
+        parts.append('<p class="muted">The probe did not run' + "".join(
+            f"; {html.escape(t)}: {html.escape(str(e))}" for t, e in failed.items()) + ".</p>")
+    else:
+        parts.append('<p class="muted">No labels were given, so no probe ran.</p>')
+    return "".join(parts)
+
+
+def _files_section(out_dir: Path, summary: dict, config: dict) -> str:
+    """The report's links to the run's files, the config used and the versions."""
+    parts = []
+    file_links = [_link(out_dir, relative) for relative in (
+        RUN_CONFIG_TOML, RUN_SUMMARY_JSON, RUN_LOG, EMBEDDINGS_CSV, CLUSTER_RESULTS_CSV, K_SELECTION_CSV,
+        CENTROIDS_CSV, GROUPS_CSV, CLUSTER_METRICS_JSON,
+        f"{RUN_INFERENCE_DIR}/{GENERATED_SHEET_PNG}", f"{RUN_INFERENCE_DIR}/{FIDELITY_JSON}", f"{RUN_CROPS_DIR}/{DETECTIONS_CSV}", f"{RUN_CROPS_DIR}/{ERRORS_CSV}")]
+    parts.append('<h2 id="files">Files</h2><ul>' + "".join(f"<li>{link}</li>" for link in file_links if link)
+                    + "</ul><details><summary>Config used</summary><pre>"
+                    + html.escape(config_to_toml(config)) + "</pre></details>")
+    parts.append('<h2 id="versions">Versions</h2>' + _table(
+        [(html.escape(k), html.escape(str(v))) for k, v in summary.get("versions", {}).items()], ("package", "version")))
+    return "".join(parts)
+
+
 def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
     """Write ``report.html`` into the run folder from its outputs and the run summary."""
     stages = summary["stages"]
@@ -329,31 +365,8 @@ def write_report(out_dir: Path, summary: dict, config: dict) -> Path:
         sections.append(_fidelity_table(fidelity, kinds))
     else:
         sections.append('<p class="muted">Not evaluated.</p>')
-    sections.append('<h2 id="probe">Probe</h2>')
-    probe_targets = (stages.get("probe") or {}).get("targets")
-    if probe_targets:
-        for target, metrics in probe_targets.items():
-            link = _link(out_dir, f"{RUN_PROBE_DIR}/{target}.json", f"{target}.json")
-            sections.append(f"<h3>{html.escape(target)} (held-out identities) {link}</h3>"
-                            + (_metrics_table(metrics) if metrics else '<p class="muted">no held-out metrics</p>'))
-    elif config["run"].get("labels") and not config["probe"].get("targets"):
-        sections.append('<p class="muted">Labels were given but no probe targets ([probe] targets is empty), '
-                        "so no probe ran.</p>")
-    elif config["run"].get("labels"):
-        failed = (stages.get("probe") or {}).get("failed") or {}
-        sections.append('<p class="muted">The probe did not run' + "".join(
-            f"; {html.escape(t)}: {html.escape(str(e))}" for t, e in failed.items()) + ".</p>")
-    else:
-        sections.append('<p class="muted">No labels were given, so no probe ran.</p>')
-    file_links = [_link(out_dir, relative) for relative in (
-        RUN_CONFIG_TOML, RUN_SUMMARY_JSON, RUN_LOG, EMBEDDINGS_CSV, CLUSTER_RESULTS_CSV, K_SELECTION_CSV,
-        CENTROIDS_CSV, GROUPS_CSV, CLUSTER_METRICS_JSON,
-        f"{RUN_INFERENCE_DIR}/{GENERATED_SHEET_PNG}", f"{RUN_INFERENCE_DIR}/{FIDELITY_JSON}", f"{RUN_CROPS_DIR}/{DETECTIONS_CSV}", f"{RUN_CROPS_DIR}/{ERRORS_CSV}")]
-    sections.append('<h2 id="files">Files</h2><ul>' + "".join(f"<li>{link}</li>" for link in file_links if link)
-                    + "</ul><details><summary>Config used</summary><pre>"
-                    + html.escape(config_to_toml(config)) + "</pre></details>")
-    sections.append('<h2 id="versions">Versions</h2>' + _table(
-        [(html.escape(k), html.escape(str(v))) for k, v in summary.get("versions", {}).items()], ("package", "version")))
+    sections.append(_probe_section(out_dir, stages, config))
+    sections.append(_files_section(out_dir, summary, config))
 
     page = ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>facepipe report</title>"
             f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>\n")

@@ -158,9 +158,8 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster
 
     keys = list(zip(order.tolist(), flips.tolist()))
     batches = [keys[i : i + config.batch_size] for i in range(0, len(keys), config.batch_size)]
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                        pin_memory=device.startswith("cuda"), persistent_workers=False)
     on_cuda = device.startswith("cuda")
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=on_cuda, persistent_workers=False)
     totals = np.zeros(len(LOSS_PARTS))
     model.train(train)
     for images, labels in loader:
