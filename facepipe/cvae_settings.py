@@ -15,7 +15,7 @@ MAX_IDENTITY_JITTER = 3.0
 # The identity term's faces are blurred by a Gaussian of this many pixels of a 64-pixel face (scaled with the
 # image size) before the embedder sees them: its gradient through the network, unblurred, writes a fine
 # cross-hatch into the faces (cvae.model.gaussian_blurred).
-DEFAULT_IDENTITY_BLUR = 0.0
+DEFAULT_IDENTITY_BLUR = 1.0
 MAX_IDENTITY_BLUR = 8.0
 DEFAULT_TEMPERATURE = 1.0  # generate's random draws: z ~ N(0, temperature^2 I)
 MAX_TEMPERATURE = 10.0
