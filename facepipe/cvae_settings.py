@@ -12,6 +12,11 @@ DEFAULT_DRAW_IDENTITY = 1.0  # the identity term on random draws, relative to it
 MAX_DRAW_IDENTITY = 100.0
 DEFAULT_IDENTITY_JITTER = 1.0  # strength of the identity term's random views (identity.jittered); 0: one view
 MAX_IDENTITY_JITTER = 3.0
+# The identity term can see the faces blurred by a Gaussian of this many pixels of a 64-pixel face (scaled with
+# the image size; cvae.model.gaussian_blurred): unblurred, its gradient through the network writes a fine
+# cross-hatch into them. Off by default (benchmarks/README.md, issue 29: it also weakens the pull on the draws).
+DEFAULT_IDENTITY_BLUR = 0.0
+MAX_IDENTITY_BLUR = 8.0
 DEFAULT_TEMPERATURE = 1.0  # generate's random draws: z ~ N(0, temperature^2 I)
 MAX_TEMPERATURE = 10.0
 MIN_IMAGE_SIZE = 16

@@ -10,6 +10,7 @@ mean, so it starts from that face and learns how a crop, or a draw, differs from
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 
 from facepipe import __version__
@@ -21,8 +22,10 @@ from facepipe.cvae_settings import (
     DEFAULT_ALIGNMENT,
     DEFAULT_DRAW_IDENTITY,
     DEFAULT_FACE_MASK,
+    DEFAULT_IDENTITY_BLUR,
     DEFAULT_IDENTITY_JITTER,
     FACE_MASKS,
+    MAX_IDENTITY_BLUR,
     MIN_IMAGE_SIZE,
 )
 from facepipe.formats import MAX_GROUP_NUMBER, UNKNOWN_CLUSTER
@@ -36,7 +39,7 @@ CHECKED_SETTINGS = ("image_size", "latent_dim", "base_channels", "max_channels",
 # What the settings added over time meant before they existed: unaligned, unmasked crops, a plain decoder, terms off.
 BEFORE_THEY_EXISTED = {"alignment": "none", "face_mask": "none", "decoder_base": "none", "mean_anchor": 0.0,
                        "detail_weight": 0.0, "identity_weight": 0.0,
-                       "draw_identity": 0.0, "identity_jitter": 0.0}
+                       "draw_identity": 0.0, "identity_jitter": 0.0, "identity_blur": 0.0}
 
 
 @dataclass
@@ -60,6 +63,7 @@ class CVAEConfig:
     identity_weight: float = 0.0  # the number train_cvae resolved its "auto" to
     draw_identity: float = DEFAULT_DRAW_IDENTITY
     identity_jitter: float = DEFAULT_IDENTITY_JITTER
+    identity_blur: float = DEFAULT_IDENTITY_BLUR  # cvae_settings: the identity term sees the faces low-passed
     learning_rate: float = 1e-3
     batch_size: int = 32
     epochs: int = 40
@@ -96,6 +100,9 @@ class CVAEConfig:
             value = getattr(self, name)
             if not TRAIN_CVAE[name].admits(value):
                 raise FacepipeError(f"CVAE setting {_option(name)} = {value!r} must be {TRAIN_CVAE[name].describe()}")
+        if not (isinstance(self.identity_blur, numbers.Real) and 0 <= self.identity_blur <= MAX_IDENTITY_BLUR):
+            raise FacepipeError(f"CVAE setting identity_blur = {self.identity_blur!r} must be a number from 0 to "
+                                f"{MAX_IDENTITY_BLUR:g}")
         encoder_sizes(self.image_size)  # and divisible by 4
         if not isinstance(self.clusters, list) or not all(
                 isinstance(c, int) and not isinstance(c, bool) and UNKNOWN_CLUSTER <= c <= MAX_GROUP_NUMBER
@@ -225,6 +232,25 @@ def laplacians(images):
 
     kernel = images.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).expand(images.shape[1], 1, 3, 3)
     return torch.nn.functional.conv2d(images, kernel, padding=1, groups=images.shape[1])
+
+
+def gaussian_blurred(images, sigma: float):
+    """Each channel of images (N, C, S, S) blurred by a Gaussian of ``sigma`` pixels (reflected at the border);
+    the images themselves for sigma 0. Its gradient is blurred alike, so a loss behind it cannot write detail
+    finer than sigma into the images."""
+    import torch
+
+    if sigma <= 0:
+        return images
+    radius = max(1, math.ceil(3 * sigma))
+    steps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
+    weights = torch.exp(-0.5 * (steps / sigma) ** 2)
+    weights = (weights / weights.sum()).to(images.dtype)
+    channels = images.shape[1]
+    rows = weights.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    padded = torch.nn.functional.pad(images, (radius, radius, radius, radius), mode="reflect")
+    blurred = torch.nn.functional.conv2d(padded, rows, groups=channels)
+    return torch.nn.functional.conv2d(blurred, rows.transpose(2, 3), groups=channels)
 
 
 def cvae_loss(reconstruction, target, mu, logvar, centre_faces, cluster_means, identity, draw_identity, beta: float,
