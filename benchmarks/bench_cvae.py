@@ -5,7 +5,8 @@
                                              [--mean-anchor 1] [--detail-weight 0] [--identity-weight 1000]
                                              [--data lfw] [--people N] [--align dlib5|none]
                                              [--face-mask landmarks|none] [--decoder-base mean|none]
-                                             [--draw-identity 1] [--jitter 1] [--temperature 1]
+                                             [--draw-identity 1] [--jitter 1] [--identity-blur S]
+                                             [--temperature 1]
                                              [--judge-dir ../judge]
     python benchmarks/bench_cvae.py dense-alignment [--data lfw] [--people N] [--image-size 64]
 
@@ -34,6 +35,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
+from facepipe.cvae_settings import DEFAULT_IDENTITY_BLUR
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -117,9 +120,10 @@ def fidelity(args) -> None:
     weights = args.work / (f"weights_fidelity_{args.image_size}_{args.align}{args.align_padding:g}_mask{args.face_mask}"
                            f"_beta{args.beta:g}_detail{args.detail_weight:g}"
                            f"_lr{args.lr:g}_anchor{args.mean_anchor:g}_identity{args.identity_weight:g}"
-                           f"_draws{args.draw_identity:g}_jitter{args.jitter:g}_base{args.decoder_base}_e{args.epochs}")
+                           f"_draws{args.draw_identity:g}_jitter{args.jitter:g}_blur{args.identity_blur:g}"
+                           f"_base{args.decoder_base}_e{args.epochs}")
     started = time.perf_counter()
-    summary = train_cvae(results, TrainSettings(image_size=args.image_size, epochs=args.epochs, align=args.align, align_padding=args.align_padding, face_mask=args.face_mask, draw_identity=args.draw_identity, identity_jitter=args.jitter, decoder_base=args.decoder_base, batch_size=args.batch_size, beta=args.beta, mean_anchor=args.mean_anchor, detail_weight=args.detail_weight, identity_weight=args.identity_weight, learning_rate=args.lr, seed=args.seed), weights_dir=weights, resume=True)
+    summary = train_cvae(results, TrainSettings(image_size=args.image_size, epochs=args.epochs, align=args.align, align_padding=args.align_padding, face_mask=args.face_mask, draw_identity=args.draw_identity, identity_jitter=args.jitter, identity_blur=args.identity_blur, decoder_base=args.decoder_base, batch_size=args.batch_size, beta=args.beta, mean_anchor=args.mean_anchor, detail_weight=args.detail_weight, identity_weight=args.identity_weight, learning_rate=args.lr, seed=args.seed), weights_dir=weights, resume=True)
     print(summary.line(), f"(wall {time.perf_counter() - started:.0f}s)")
     faces_dir = args.work / f"inference_{weights.name}"
     report = generate(weights, out_dir=faces_dir, samples=4, temperature=args.temperature, evaluate=True)
@@ -130,7 +134,8 @@ def fidelity(args) -> None:
                       "align": args.align, "align_padding": args.align_padding, "face_mask": args.face_mask,
                       "beta": args.beta, "lr": args.lr, "mean_anchor": args.mean_anchor,
                       "detail_weight": args.detail_weight, "identity_weight": args.identity_weight,
-                      "draw_identity": args.draw_identity, "temperature": args.temperature, "jitter": args.jitter,
+                      "draw_identity": args.draw_identity, "identity_blur": args.identity_blur,
+                      "temperature": args.temperature, "jitter": args.jitter,
                       "decoder_base": args.decoder_base,
                       "median_epoch_seconds": epoch_seconds[len(epoch_seconds) // 2],
                       "dlib": {kind: metrics[kind] for kind in ("cvae", "pixel_mean", "random_draws")},
@@ -326,6 +331,8 @@ def main() -> None:
     parser.add_argument("--draw-identity", type=float, default=1.0)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--jitter", type=float, default=1.0)
+    parser.add_argument("--identity-blur", type=float, default=DEFAULT_IDENTITY_BLUR,
+                        help="sigma (pixels of a 64-px face) of the blur the identity term sees the faces through")
     parser.add_argument("--decoder-base", default="mean", choices=["mean", "none"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--judge-dir", type=Path, default=REPO.parent / "judge",

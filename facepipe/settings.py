@@ -349,6 +349,11 @@ class TrainSettings(Settings):
                                    limit=Limit(0, 100.0, whole=False))
     identity_jitter: float = setting(1.0, "Strength of the random turns, scalings and shifts the identity term sees "
                                      "each face through (0: one fixed view).", limit=Limit(0, 3.0, whole=False))
+    identity_blur: float = setting(
+        0.0, "The identity term sees the faces blurred by a Gaussian of this many pixels of a 64-pixel face (scaled "
+        "with the image size; cvae.model.gaussian_blurred): unblurred, its gradient through the network writes a "
+        "fine cross-hatch into them. Off (benchmarks/README.md, issue 29: it also weakens the pull on the draws); a "
+        "design constant with no option.", limit=Limit(0, 8.0, whole=False), config=False, command=False)
     val_fraction: float = setting(0.1, "Share of each cluster's crops held out for the validation loss.",
                                   limit=Limit(0, 1, whole=False, high_open=True))
     seed: int = setting(0, limit=SEED)

@@ -519,10 +519,10 @@ def test_checkpoints_of_older_versions_still_load_as_unaligned_plain_decoders(tr
     assert config["alignment"] == "dlib5" and config["decoder_base"] == "mean"
     older = {key: value for key, value in config.items()
              if key not in ("alignment", "align_padding", "face_mask", "decoder_base", "detail_weight", "draw_identity",
-                            "identity_jitter")}
+                            "identity_jitter", "identity_blur")}
     restored = CVAEConfig.from_dict(older)
     assert restored.alignment == "none" and restored.decoder_base == "none" and restored.draw_identity == 0.0
-    assert restored.face_mask == "none" and restored.detail_weight == 0.0
+    assert restored.face_mask == "none" and restored.detail_weight == 0.0 and restored.identity_blur == 0.0
     # one written before --face-mask but with aligned crops is an aligned, unmasked model
     assert CVAEConfig.from_dict({k: v for k, v in config.items() if k != "face_mask"}).face_mask == "none"
 
@@ -660,6 +660,28 @@ def test_the_face_is_sharper_than_the_pixel_mean_and_the_draws_differ_as_the_per
     assert fidelity["random_draws"]["correct"] == fidelity["random_draws"]["of"] == 20
     assert fidelity["realism"]["crops_count"] == len(read_training_inputs(johns_clusters).names)
     assert Image.open(tmp_path / "faces" / GENERATED_SHEET_PNG).size[0] >= 6 * 96
+
+
+@pytest.mark.fast
+def test_the_identity_terms_blur_keeps_coarse_shapes_and_stops_a_fine_pattern_and_its_gradient():
+    """gaussian_blurred (what the identity term sees of a face) keeps a flat image and a coarse ramp, removes a
+    pixel checkerboard (the cross-hatch an unblurred identity gradient wrote), and a loss behind it cannot push
+    that checkerboard into the faces (its gradient through the blur is about 0 inside the border)."""
+    import torch
+
+    from facepipe.cvae.model import gaussian_blurred
+
+    side = torch.arange(32, dtype=torch.float32)
+    ramp = (side[None, :] / 31).expand(32, 32)[None, None].repeat(2, 3, 1, 1)
+    checkerboard = ((side[:, None] + side[None, :]) % 2)[None, None].repeat(2, 3, 1, 1)
+    flat = torch.full_like(ramp, 0.3)
+    assert torch.equal(gaussian_blurred(ramp, 0.0), ramp)
+    assert torch.allclose(gaussian_blurred(flat, 1.0), flat, atol=1e-6)
+    assert (gaussian_blurred(ramp, 1.0) - ramp)[..., 4:-4].abs().max() < 1e-4
+    assert gaussian_blurred(checkerboard - 0.5, 1.0).abs().max() < 0.01
+    faces = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    (gaussian_blurred(faces, 1.0) * (checkerboard - 0.5)).sum().backward()
+    assert faces.grad[..., 4:-4, 4:-4].abs().max() < 0.01  # inside the reflected border
 
 
 @pytest.mark.fast

@@ -25,7 +25,7 @@ CHECKED_SETTINGS = ("image_size", "latent_dim", "base_channels", "max_channels",
 # What the settings added over time meant before they existed: unaligned, unmasked crops, a plain decoder, terms off.
 BEFORE_THEY_EXISTED = {"alignment": "none", "face_mask": "none", "decoder_base": "none", "mean_anchor": 0.0,
                        "detail_weight": 0.0, "identity_weight": 0.0,
-                       "draw_identity": 0.0, "identity_jitter": 0.0}
+                       "draw_identity": 0.0, "identity_jitter": 0.0, "identity_blur": 0.0}
 
 
 @dataclass
@@ -49,6 +49,7 @@ class CVAEConfig:
     identity_weight: float = 0.0  # the number train_cvae resolved its "auto" to
     draw_identity: float = TrainSettings.draw_identity
     identity_jitter: float = TrainSettings.identity_jitter
+    identity_blur: float = TrainSettings.identity_blur  # the identity term sees the faces low-passed
     learning_rate: float = TrainSettings.learning_rate
     batch_size: int = TrainSettings.batch_size
     epochs: int = TrainSettings.epochs
@@ -86,6 +87,9 @@ class CVAEConfig:
             value = getattr(self, name)
             if not limits[name].limit.admits(value):
                 raise FacepipeError(f"CVAE setting {_option(name)} = {value!r} must be {limits[name].limit.describe()}")
+        blur = limits["identity_blur"].limit
+        if not blur.admits(self.identity_blur):
+            raise FacepipeError(f"CVAE setting identity_blur = {self.identity_blur!r} must be {blur.describe()}")
         encoder_sizes(self.image_size)  # and divisible by 4
         if not isinstance(self.clusters, list) or not all(
                 isinstance(c, int) and not isinstance(c, bool) and UNKNOWN_CLUSTER <= c <= MAX_GROUP_NUMBER
@@ -215,6 +219,25 @@ def laplacians(images):
 
     kernel = images.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).expand(images.shape[1], 1, 3, 3)
     return torch.nn.functional.conv2d(images, kernel, padding=1, groups=images.shape[1])
+
+
+def gaussian_blurred(images, sigma: float):
+    """Each channel of images (N, C, S, S) blurred by a Gaussian of ``sigma`` pixels (reflected at the border);
+    the images themselves for sigma 0. Its gradient is blurred alike, so a loss behind it cannot write detail
+    finer than sigma into the images."""
+    import torch
+
+    if sigma <= 0:
+        return images
+    radius = max(1, math.ceil(3 * sigma))
+    steps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
+    weights = torch.exp(-0.5 * (steps / sigma) ** 2)
+    weights = (weights / weights.sum()).to(images.dtype)
+    channels = images.shape[1]
+    rows = weights.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    padded = torch.nn.functional.pad(images, (radius, radius, radius, radius), mode="reflect")
+    blurred = torch.nn.functional.conv2d(padded, rows, groups=channels)
+    return torch.nn.functional.conv2d(blurred, rows.transpose(2, 3), groups=channels)
 
 
 def cvae_loss(reconstruction, target, mu, logvar, centre_faces, cluster_means, identity, draw_identity, beta: float,

@@ -36,7 +36,7 @@ from facepipe.cvae.checkpoints import (
     rng_states,
     save_checkpoint,
 )
-from facepipe.cvae.model import CVAEConfig, build_model, cvae_loss
+from facepipe.cvae.model import CVAEConfig, build_model, cvae_loss, gaussian_blurred
 from facepipe.formats import (
     ALIGNMENT_CSV,
     CVAE_BEST_CHECKPOINT,
@@ -61,7 +61,7 @@ LOSS_PARTS = ("loss", "recon", "kl", "anchor", "identity", "draw_identity")
 # Settings that must match for --resume to continue a run (epochs may grow; the rest may not change).
 RESUME_KEYS = ("image_size", "alignment", "align_padding", "face_mask", "decoder_base", "latent_dim",
                "base_channels", "max_channels", "beta", "mean_anchor", "detail_weight", "identity_weight",
-               "draw_identity", "identity_jitter", "learning_rate", "batch_size", "val_fraction", "seed", "clusters",
+               "draw_identity", "identity_jitter", "identity_blur", "learning_rate", "batch_size", "val_fraction", "seed", "clusters",
                "data_fingerprint")
 
 
@@ -183,7 +183,9 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster
                         faces = torch.cat([faces, model.decode(z.to(mu.dtype), present)])
                         conditions = torch.cat([present, present])
                     # random views of the faces in training only
-                    scores = identity_term(faces, conditions, noise_generator if train else None)
+                    blur = config.identity_blur * config.image_size / 64
+                    scores = identity_term(gaussian_blurred(faces, blur), conditions,
+                                           noise_generator if train else None)
                     identity, draw_identity = scores[: len(present)][image_to_present], scores[len(present):]
                     draw_identity = draw_identity if len(draw_identity) else None
         loss, recon, kl, anchor, identity, draw_identity = cvae_loss(
@@ -374,8 +376,8 @@ def _save_epoch(weights_dir: Path, model, optimizer, config: CVAEConfig, state: 
 def _model_config(settings: TrainSettings) -> CVAEConfig:
     """The checkpoint's record of ``settings`` (the data's fields are filled in once it is read)."""
     copied = ("image_size", "align_padding", "face_mask", "decoder_base", "latent_dim", "base_channels", "max_channels",
-              "beta", "mean_anchor", "detail_weight", "draw_identity", "identity_jitter", "learning_rate",
-              "batch_size", "epochs", "val_fraction", "seed")
+              "beta", "mean_anchor", "detail_weight", "draw_identity", "identity_jitter", "identity_blur",
+              "learning_rate", "batch_size", "epochs", "val_fraction", "seed")
     return CVAEConfig(alignment=settings.align, **{name: getattr(settings, name) for name in copied})
 
 
