@@ -16,9 +16,22 @@ import click
 COMMANDS_MD = Path(__file__).with_name("commands.md")
 OPTIONS_BEGIN = "<!-- option tables: made by docs/option_tables.py from --help; do not edit by hand -->"
 OPTIONS_END = "<!-- end of the option tables -->"
-COMMANDS = (("detect",), ("embed",), ("cluster",), ("train-cvae",), ("generate",), ("probe", "train"),
-            ("probe", "predict"), ("probe", "evaluate"), ("run",), ("export",), ("assign",), ("suggest",),
-            ("review",), ("read-tags",))
+COMMANDS = (
+    ("detect",),
+    ("embed",),
+    ("cluster",),
+    ("train-cvae",),
+    ("generate",),
+    ("probe", "train"),
+    ("probe", "predict"),
+    ("probe", "evaluate"),
+    ("run",),
+    ("export",),
+    ("assign",),
+    ("suggest",),
+    ("review",),
+    ("read-tags",),
+)
 
 
 def _cell(text: str) -> str:

@@ -15,6 +15,8 @@ from facepipe.config import ConfigError
 from facepipe.limits import Limit
 from facepipe.settings import (
     GENERATE_CLUSTER,
+    STAGES,
+    XMP_NAMINGS,
     AssignSettings,
     ClusterSettings,
     DetectorParams,
@@ -25,11 +27,9 @@ from facepipe.settings import (
     ProbeSettings,
     ReviewSettings,
     RunSettings,
-    STAGES,
-    SuggestSettings,
     Setting,
+    SuggestSettings,
     TrainSettings,
-    XMP_NAMINGS,
     parse_k_range,
 )
 
@@ -133,9 +133,14 @@ def _click_type(spec: Setting) -> click.ParamType | None:
     if spec.kind == "number":
         kind = limited(spec.limit)
         return AutoOr(kind) if spec.auto else kind
-    return {"choice": lambda: click.Choice(spec.choices), "path": lambda: click.Path(dir_okay=False),
-            "k_range": KRange, "numbers": lambda: NumberList(spec.limit), "text": lambda: click.STRING,
-            "bool": lambda: None}[spec.kind]()
+    return {
+        "choice": lambda: click.Choice(spec.choices),
+        "path": lambda: click.Path(dir_okay=False),
+        "k_range": KRange,
+        "numbers": lambda: NumberList(spec.limit),
+        "text": lambda: click.STRING,
+        "bool": lambda: None,
+    }[spec.kind]()
 
 
 def setting_option(kind: type, name: str, spelling: str = "", **overrides):
@@ -200,8 +205,15 @@ def main():
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--out", "out_dir", default="temp", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the crops and the detections/sources/errors CSVs.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    default="temp",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the crops and the detections/sources/errors CSVs.",
+)
 @settings_options(DetectorParams)
 @settings_options(DetectWork)
 @with_engine_options
@@ -215,8 +227,17 @@ def detect(inputs, out_dir, workers, max_pixels, engine, ray_address, force, qui
     """
     from facepipe.detect import detect as run_detect
 
-    summary = run_detect(inputs, out_dir, DetectorParams(**params), workers=workers, max_pixels=max_pixels,
-                         engine=engine, ray_address=ray_address, force=force, show_progress=not quiet)
+    summary = run_detect(
+        inputs,
+        out_dir,
+        DetectorParams(**params),
+        workers=workers,
+        max_pixels=max_pixels,
+        engine=engine,
+        ray_address=ray_address,
+        force=force,
+        show_progress=not quiet,
+    )
     click.echo(summary.line())
     if summary.errors:
         sys.exit(EXIT_PARTIAL)
@@ -224,8 +245,15 @@ def detect(inputs, out_dir, workers, max_pixels, engine, ray_address, force, qui
 
 @main.command()
 @click.argument("crops", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--out", "output", default="image_features.csv", show_default=True, type=click.Path(dir_okay=False),
-              help="Embeddings file: .csv (name, e0..) or .npz; a sidecar <file>.json describes the model.")
+@click.option(
+    "-o",
+    "--out",
+    "output",
+    default="image_features.csv",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Embeddings file: .csv (name, e0..) or .npz; a sidecar <file>.json describes the model.",
+)
 @settings_options(EmbedSettings)
 @with_engine_options
 @force_option
@@ -238,8 +266,15 @@ def embed(crops, output, engine, ray_address, force, quiet, **settings):
     """
     from facepipe.embed import embed as run_embed
 
-    summary = run_embed(crops[0] if len(crops) == 1 else list(crops), output, engine=engine, ray_address=ray_address,
-                        force=force, show_progress=not quiet, **settings)
+    summary = run_embed(
+        crops[0] if len(crops) == 1 else list(crops),
+        output,
+        engine=engine,
+        ray_address=ray_address,
+        force=force,
+        show_progress=not quiet,
+        **settings,
+    )
     click.echo(summary.line())
     if summary.errors:
         sys.exit(EXIT_PARTIAL)
@@ -251,43 +286,80 @@ def probe():
 
 
 embeddings_argument = click.argument("embeddings_path", metavar="EMBEDDINGS", type=click.Path(dir_okay=False))
-crops_dir_option = click.option("--crops-dir", type=click.Path(file_okay=False),
-                                help="Folder with the detections.csv of the crops (default: the embeddings "
-                                     "sidecar's crops_dir).")
+crops_dir_option = click.option(
+    "--crops-dir",
+    type=click.Path(file_okay=False),
+    help="Folder with the detections.csv of the crops (default: the embeddings sidecar's crops_dir).",
+)
 
 
 @probe.command("train")
 @embeddings_argument
-@click.option("--labels", "manifest_path", required=True, type=click.Path(dir_okay=False),
-              help="Label manifest CSV (relpath or name, identity, and the 0/1 target column).")
+@click.option(
+    "--labels",
+    "manifest_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Label manifest CSV (relpath or name, identity, and the 0/1 target column).",
+)
 @click.option("--target", required=True, help="The 0/1 manifest column to predict, e.g. bald or male.")
-@click.option("-o", "--out", default="probe.json", show_default=True, type=click.Path(dir_okay=False),
-              help="Probe JSON to write.")
-@click.option("--group-column", default="identity", show_default=True,
-              help="Manifest column naming the person; folds never split a person. 'none': each face its own person.")
+@click.option(
+    "-o",
+    "--out",
+    default="probe.json",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Probe JSON to write.",
+)
+@click.option(
+    "--group-column",
+    default="identity",
+    show_default=True,
+    help="Manifest column naming the person; folds never split a person. 'none': each face its own person.",
+)
 @crops_dir_option
 @settings_options(ProbeSettings)
 @force_option
 @quiet_option
 @reports_errors
-def probe_train(embeddings_path, manifest_path, target, out, group_column, crops_dir, holdout, folds, cs, seed,
-                force, quiet):
+def probe_train(
+    embeddings_path, manifest_path, target, out, group_column, crops_dir, holdout, folds, cs, seed, force, quiet
+):
     """Train a class-weighted logistic-regression probe for TARGET on EMBEDDINGS (image_features.csv or .npz
     from embed), C and threshold chosen on identity folds."""
     from facepipe.probe import train
 
-    summary = train(embeddings_path, manifest_path, target, out,
-                    group_column=None if group_column.lower() == "none" else group_column, crops_dir=crops_dir,
-                    holdout=holdout, folds=folds, Cs=cs, seed=seed, force=force, show_progress=not quiet)
+    summary = train(
+        embeddings_path,
+        manifest_path,
+        target,
+        out,
+        group_column=None if group_column.lower() == "none" else group_column,
+        crops_dir=crops_dir,
+        holdout=holdout,
+        folds=folds,
+        Cs=cs,
+        seed=seed,
+        force=force,
+        show_progress=not quiet,
+    )
     for line in summary.lines():
         click.echo(line)
 
 
 @probe.command("predict")
 @embeddings_argument
-@click.option("--probe", "probe_path", required=True, type=click.Path(dir_okay=False), help="Probe JSON from `probe train`.")
-@click.option("-o", "--out", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False),
-              help="CSV: name, probability, label.")
+@click.option(
+    "--probe", "probe_path", required=True, type=click.Path(dir_okay=False), help="Probe JSON from `probe train`."
+)
+@click.option(
+    "-o",
+    "--out",
+    default="predictions.csv",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="CSV: name, probability, label.",
+)
 @reports_errors
 def probe_predict(embeddings_path, probe_path, out):
     """Score every embedding of EMBEDDINGS (of the same model as the probe's) with a saved probe."""
@@ -299,11 +371,25 @@ def probe_predict(embeddings_path, probe_path, out):
 
 @probe.command("evaluate")
 @embeddings_argument
-@click.option("--probe", "probe_path", required=True, type=click.Path(dir_okay=False), help="Probe JSON from `probe train`.")
-@click.option("--labels", "manifest_path", required=True, type=click.Path(dir_okay=False),
-              help="Label manifest with the probe's target column.")
-@click.option("-o", "--out", "out_dir", default="probe_eval", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for metrics.json, pr_curve.png, confusion_matrix.png, predictions.csv.")
+@click.option(
+    "--probe", "probe_path", required=True, type=click.Path(dir_okay=False), help="Probe JSON from `probe train`."
+)
+@click.option(
+    "--labels",
+    "manifest_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Label manifest with the probe's target column.",
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    default="probe_eval",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for metrics.json, pr_curve.png, confusion_matrix.png, predictions.csv.",
+)
 @crops_dir_option
 @reports_errors
 def probe_evaluate(embeddings_path, probe_path, manifest_path, out_dir, crops_dir):
@@ -317,14 +403,27 @@ def probe_evaluate(embeddings_path, probe_path, manifest_path, out_dir, crops_di
 
 @main.command("train-cvae")
 @click.argument("cluster_results", required=False, default="cluster_results.csv", type=click.Path(dir_okay=False))
-@click.option("--crops-dir", type=click.Path(file_okay=False),
-              help="Folder of the crops (default: the crops_dir in the cluster results' sidecar JSON).")
-@click.option("-o", "--out", "weights_dir", default="weights", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for cvae_epoch_N.pt, cvae_best.pt, cvae_log.csv and alignment.csv.")
+@click.option(
+    "--crops-dir",
+    type=click.Path(file_okay=False),
+    help="Folder of the crops (default: the crops_dir in the cluster results' sidecar JSON).",
+)
+@click.option(
+    "-o",
+    "--out",
+    "weights_dir",
+    default="weights",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for cvae_epoch_N.pt, cvae_best.pt, cvae_log.csv and alignment.csv.",
+)
 @settings_options(TrainSettings)
-@click.option("--resume", is_flag=True,
-              help="Continue from the last checkpoint in the --out folder to more --epochs than its run asked for "
-                   "(the same command rerun after a kill or a full disk continues without it).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue from the last checkpoint in the --out folder to more --epochs than its run asked for "
+    "(the same command rerun after a kill or a full disk continues without it).",
+)
 @force_option
 @quiet_option
 @reports_errors
@@ -333,61 +432,124 @@ def train_cvae(cluster_results, crops_dir, weights_dir, resume, force, quiet, **
     the condition)."""
     from facepipe.cvae import train_cvae as run_train
 
-    summary = run_train(cluster_results, TrainSettings(**settings), crops_dir=crops_dir, weights_dir=weights_dir,
-                        resume=resume, force=force, show_progress=not quiet)
+    summary = run_train(
+        cluster_results,
+        TrainSettings(**settings),
+        crops_dir=crops_dir,
+        weights_dir=weights_dir,
+        resume=resume,
+        force=force,
+        show_progress=not quiet,
+    )
     click.echo(summary.line())
 
 
 @main.command()
-@click.option("--cluster", "cluster_ids", multiple=True, type=limited(GENERATE_CLUSTER),
-              help="Cluster id to generate (repeatable).")
+@click.option(
+    "--cluster",
+    "cluster_ids",
+    multiple=True,
+    type=limited(GENERATE_CLUSTER),
+    help="Cluster id to generate (repeatable).",
+)
 @click.option("--all", "all_clusters", is_flag=True, help="Generate every cluster the model knows.")
 @click.argument("checkpoint", required=False, default="weights", type=click.Path())
-@click.option("-o", "--out", "out_dir", default="inference_results", show_default=True, type=click.Path(file_okay=False))
-@click.option("--clusters", "cluster_results", type=click.Path(dir_okay=False),
-              help="cluster_results.csv for the pixel means (default: the one the model was trained on).")
+@click.option(
+    "-o", "--out", "out_dir", default="inference_results", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option(
+    "--clusters",
+    "cluster_results",
+    type=click.Path(dir_okay=False),
+    help="cluster_results.csv for the pixel means (default: the one the model was trained on).",
+)
 @click.option("--crops-dir", type=click.Path(file_okay=False), help="Crops folder (default: the training one).")
-@click.option("--embeddings", type=click.Path(dir_okay=False),
-              help="Embeddings the clusters came from (default: named in the cluster results' sidecar).")
+@click.option(
+    "--embeddings",
+    type=click.Path(dir_okay=False),
+    help="Embeddings the clusters came from (default: named in the cluster results' sidecar).",
+)
 @settings_options(GenerateSettings)
 @quiet_option
 @reports_errors
-def generate(cluster_ids, all_clusters, checkpoint, out_dir, cluster_results, crops_dir, embeddings, quiet, **settings):
+def generate(
+    cluster_ids, all_clusters, checkpoint, out_dir, cluster_results, crops_dir, embeddings, quiet, **settings
+):
     """Decode each cluster's face at z = 0 (cluster_N.png) from CHECKPOINT (a checkpoint file, or a weights folder:
     its cvae_best.pt; default weights), beside its pixel mean (cluster_N_mean.png), random draws and a sheet."""
     from facepipe.generate import generate as run_generate
 
     if all_clusters == bool(cluster_ids):
         raise click.UsageError("give --cluster N (repeatable) or --all")
-    summary = run_generate(checkpoint, out_dir=out_dir, clusters=None if all_clusters else list(cluster_ids),
-                           cluster_results=cluster_results, crops_dir=crops_dir, embeddings=embeddings,
-                           show_progress=not quiet, **settings)
+    summary = run_generate(
+        checkpoint,
+        out_dir=out_dir,
+        clusters=None if all_clusters else list(cluster_ids),
+        cluster_results=cluster_results,
+        crops_dir=crops_dir,
+        embeddings=embeddings,
+        show_progress=not quiet,
+        **settings,
+    )
     click.echo(summary.line())
 
 
 @main.command("run")
 @click.argument("inputs", nargs=-1, type=click.Path())
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Run folder (required unless --print-config).")
+@click.option(
+    "-o", "--out", "out_dir", type=click.Path(file_okay=False), help="Run folder (required unless --print-config)."
+)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (see --print-config).")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.OPTION=VALUE",
-              help="Override one config option, e.g. --set cluster.k=5 (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.OPTION=VALUE",
+    help="Override one config option, e.g. --set cluster.k=5 (repeatable).",
+)
 @setting_option(EmbedSettings, "model", default=None, show_default=False, help="Same as --set embed.model=...")
-@setting_option(ClusterSettings, "k", default=None, show_default=False,
-                help="Same as --set cluster.k=... (a number or auto).")
+@setting_option(
+    ClusterSettings, "k", default=None, show_default=False, help="Same as --set cluster.k=... (a number or auto)."
+)
 @setting_option(RunSettings, "labels")
-@setting_option(EmbedSettings, "device", default=None, show_default=False,
-                help="Device for embed, train-cvae and generate.")
-@setting_option(RunSettings, "engine", default=None, show_default=False,
-                help="Same as --set run.engine=... (detect and embed: local or ray).")
+@setting_option(
+    EmbedSettings, "device", default=None, show_default=False, help="Device for embed, train-cvae and generate."
+)
+@setting_option(
+    RunSettings,
+    "engine",
+    default=None,
+    show_default=False,
+    help="Same as --set run.engine=... (detect and embed: local or ray).",
+)
 @setting_option(RunSettings, "ray_address", help="Same as --set run.ray_address=... (the Ray cluster to join).")
-@click.option("--from", "from_stage", metavar="[" + "|".join(STAGE_NAMES) + "]", callback=_stage_name,
-              help="Redo this stage and every later one, even if nothing changed.")
+@click.option(
+    "--from",
+    "from_stage",
+    metavar="[" + "|".join(STAGE_NAMES) + "]",
+    callback=_stage_name,
+    help="Redo this stage and every later one, even if nothing changed.",
+)
 @click.option("--print-config", is_flag=True, help="Print the config (defaults, or merged with --config) and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 @quiet_option
 @reports_errors
-def run_command(inputs, out_dir, config_file, overrides, model, k, labels, device, engine, ray_address, from_stage,
-                print_config, as_json, quiet):
+def run_command(
+    inputs,
+    out_dir,
+    config_file,
+    overrides,
+    model,
+    k,
+    labels,
+    device,
+    engine,
+    ray_address,
+    from_stage,
+    print_config,
+    as_json,
+    quiet,
+):
     """Run the whole pipeline on INPUTS into one run folder, with report.html.
 
     Stages whose inputs and options did not change since the last run into the same folder are skipped.
@@ -400,9 +562,15 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
     from facepipe.run import run
 
     config = load_config(config_file, overrides)
-    shortcuts = {("embed", "model"): model, ("cluster", "k"): k, ("run", "labels"): labels,
-                 ("embed", "device"): device, ("train_cvae", "device"): device, ("run", "engine"): engine,
-                 ("run", "ray_address"): ray_address}
+    shortcuts = {
+        ("embed", "model"): model,
+        ("cluster", "k"): k,
+        ("run", "labels"): labels,
+        ("embed", "device"): device,
+        ("train_cvae", "device"): device,
+        ("run", "engine"): engine,
+        ("run", "ray_address"): ray_address,
+    }
     for (section, option), value in shortcuts.items():
         if value is not None:
             config[section][option] = value
@@ -423,16 +591,32 @@ def run_command(inputs, out_dir, config_file, overrides, model, k, labels, devic
 
 @main.command("cluster")
 @click.argument("embeddings", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out_dir", default="clusters", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for cluster_results.csv, centroids.csv, k_selection.csv, the plots and metrics.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    default="clusters",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for cluster_results.csv, centroids.csv, k_selection.csv, the plots and metrics.",
+)
 @settings_options(ClusterSettings)
-@click.option("--samples-dir", type=click.Path(file_okay=False),
-              help="Folder for the sample grids (cluster_N.jpg, overview.jpg); default: cluster_samples/ in --out.")
+@click.option(
+    "--samples-dir",
+    type=click.Path(file_okay=False),
+    help="Folder for the sample grids (cluster_N.jpg, overview.jpg); default: cluster_samples/ in --out.",
+)
 @click.option("--no-samples", is_flag=True, help="Do not draw sample grids.")
-@click.option("--crops-dir", type=click.Path(file_okay=False),
-              help="Folder of the crops (default: the one named in the embeddings sidecar).")
-@click.option("--labels", type=click.Path(dir_okay=False),
-              help="Manifest CSV (relpath or name, identity): report NMI, ARI, BCubed and pairwise F.")
+@click.option(
+    "--crops-dir",
+    type=click.Path(file_okay=False),
+    help="Folder of the crops (default: the one named in the embeddings sidecar).",
+)
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False),
+    help="Manifest CSV (relpath or name, identity): report NMI, ARI, BCubed and pairwise F.",
+)
 @force_option
 @quiet_option
 @reports_errors
@@ -441,19 +625,38 @@ def cluster_command(embeddings, out_dir, samples_dir, no_samples, crops_dir, lab
     no group go to unknown (-1); draw sample grids."""
     from facepipe.cluster import SAMPLES_IN_OUT, cluster
 
-    summary = cluster(embeddings, out_dir, ClusterSettings(**settings),
-                      samples_dir=None if no_samples else samples_dir or SAMPLES_IN_OUT, crops_dir=crops_dir,
-                      labels=labels, force=force, show_progress=not quiet)
+    summary = cluster(
+        embeddings,
+        out_dir,
+        ClusterSettings(**settings),
+        samples_dir=None if no_samples else samples_dir or SAMPLES_IN_OUT,
+        crops_dir=crops_dir,
+        labels=labels,
+        force=force,
+        show_progress=not quiet,
+    )
     click.echo(summary.line())
 
 
 @main.command("export")
 @click.argument("cluster_results", required=False, default="cluster_results.csv", type=click.Path())
-@click.option("-o", "--out", "out_dir", default="people", show_default=True, type=click.Path(file_okay=False),
-              help="Target folder: a folder per group, unknown/, no_face/ and manifest.csv.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    default="people",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Target folder: a folder per group, unknown/, no_face/ and manifest.csv.",
+)
 @settings_options(ExportSettings, "mode", "crops")
-@setting_option(ExportSettings, "xmp", flag_value=XMP_NAMINGS[0], type=None,
-                help=f"Also tag each named face in its photo's XMP sidecar (MWG regions), {XMP_NAMINGS[0]} beside it.")
+@setting_option(
+    ExportSettings,
+    "xmp",
+    flag_value=XMP_NAMINGS[0],
+    type=None,
+    help=f"Also tag each named face in its photo's XMP sidecar (MWG regions), {XMP_NAMINGS[0]} beside it.",
+)
 @setting_option(ExportSettings, "xmp", spelling="--xmp-name")
 @quiet_option
 @reports_errors
@@ -467,11 +670,20 @@ def export_command(cluster_results, out_dir, mode, crops, xmp, quiet):
 
 @main.command("assign")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--clusters", "cluster_results", default="cluster_results.csv", show_default=True, type=click.Path(),
-              help="The clustering to add to (cluster_results.csv, or a cluster or run folder); updated in place.")
+@click.option(
+    "--clusters",
+    "cluster_results",
+    default="cluster_results.csv",
+    show_default=True,
+    type=click.Path(),
+    help="The clustering to add to (cluster_results.csv, or a cluster or run folder); updated in place.",
+)
 @setting_option(AssignSettings, "threshold")
-@setting_option(EmbedSettings, "weights", help="vggface2-resnet50: the weights file, where the collection was "
-                "embedded with --weights.")
+@setting_option(
+    EmbedSettings,
+    "weights",
+    help="vggface2-resnet50: the weights file, where the collection was embedded with --weights.",
+)
 @setting_option(AssignSettings, "workers")
 @quiet_option
 @reports_errors
@@ -480,15 +692,24 @@ def assign_command(inputs, cluster_results, threshold, weights, workers, quiet):
     existing group it matches, else unknown; group numbers and names do not change."""
     from facepipe.assign import assign
 
-    click.echo(assign(inputs, cluster_results, threshold=threshold, weights=weights, workers=workers,
-                      show_progress=not quiet).line())
+    click.echo(
+        assign(
+            inputs, cluster_results, threshold=threshold, weights=weights, workers=workers, show_progress=not quiet
+        ).line()
+    )
 
 
 # issue 27: from groups to named people (suggest, review)
 @main.command("suggest")
 @click.argument("clusters", required=False, default=".", type=click.Path())
-@click.option("-o", "--out", default="suggestions.csv", show_default=True, type=click.Path(dir_okay=False),
-              help="The suggestions CSV (kind, rank, group, other, face, distance).")
+@click.option(
+    "-o",
+    "--out",
+    default="suggestions.csv",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The suggestions CSV (kind, rank, group, other, face, distance).",
+)
 @settings_options(SuggestSettings)
 @reports_errors
 def suggest_command(clusters, out, people, outlier_distance):
@@ -498,8 +719,10 @@ def suggest_command(clusters, out, people, outlier_distance):
 
     frame = suggest(clusters, out, people=people, outlier_distance=outlier_distance)
     counts = frame["kind"].value_counts()
-    click.echo(f"suggest: {counts.get('merge', 0)} merges, {counts.get('unknown', 0)} unknown faces, "
-               f"{counts.get('outlier', 0)} outliers -> {Path(out).resolve()}")
+    click.echo(
+        f"suggest: {counts.get('merge', 0)} merges, {counts.get('unknown', 0)} unknown faces, "
+        f"{counts.get('outlier', 0)} outliers -> {Path(out).resolve()}"
+    )
 
 
 @main.command("review")
@@ -512,16 +735,30 @@ def review_command(folder, port, no_browser):
     answer the suggestions; every edit goes to the folder's people file. Stop with Ctrl-C."""
     from facepipe.review_page import review
 
-    review(folder, port=port, open_browser=not no_browser,
-           announce=lambda url: click.echo(f"review: {url}  (Ctrl-C to stop)"))
+    review(
+        folder,
+        port=port,
+        open_browser=not no_browser,
+        announce=lambda url: click.echo(f"review: {url}  (Ctrl-C to stop)"),
+    )
 
 
 @main.command("read-tags")
 @click.argument("clusters", required=False, default=".", type=click.Path())
-@click.option("-o", "--out", default="face_tags.csv", show_default=True, type=click.Path(dir_okay=False),
-              help="The faces the photos' tags name, as a label manifest (name, identity) for --labels.")
-@click.option("--people", "to_people", is_flag=True,
-              help="Also name each group by its tagged faces in the folder's people file (names there are kept).")
+@click.option(
+    "-o",
+    "--out",
+    default="face_tags.csv",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The faces the photos' tags name, as a label manifest (name, identity) for --labels.",
+)
+@click.option(
+    "--people",
+    "to_people",
+    is_flag=True,
+    help="Also name each group by its tagged faces in the folder's people file (names there are kept).",
+)
 @reports_errors
 def read_tags_command(clusters, out, to_people):
     """Read the face names other tools wrote into the photos of CLUSTERS (MWG or Microsoft regions, in the
@@ -529,5 +766,6 @@ def read_tags_command(clusters, out, to_people):
     from facepipe.xmp import read_face_tags
 
     tags, names = read_face_tags(clusters, out, to_people)
-    click.echo(f"read-tags: {len(tags)} face(s) named by their photos' tags, {len(names)} group(s) -> "
-               f"{Path(out).resolve()}")
+    click.echo(
+        f"read-tags: {len(tags)} face(s) named by their photos' tags, {len(names)} group(s) -> {Path(out).resolve()}"
+    )

@@ -70,7 +70,15 @@ from facepipe.owned import (
     refuse_changed,
     remove_recorded,
 )
-from facepipe.people import apply_people, people_file_of, read_anchors, read_people, resolve_numbers, unknown_faces, write_anchors
+from facepipe.people import (
+    apply_people,
+    people_file_of,
+    read_anchors,
+    read_people,
+    resolve_numbers,
+    unknown_faces,
+    write_anchors,
+)
 from facepipe.settings import ClusterSettings, parse_k_range
 
 __all__ = ["cluster", "ClusterSummary"]
@@ -98,28 +106,50 @@ class ClusterSummary:
     def line(self) -> str:
         quality = ""
         if self.metrics:
-            quality = (f"; against {self.metrics['identities']} identities: BCubed F {self.metrics['bcubed_f']:.3f}, "
-                       f"NMI {self.metrics['nmi']:.3f}, ARI {self.metrics['ari']:.3f}")
+            quality = (
+                f"; against {self.metrics['identities']} identities: BCubed F {self.metrics['bcubed_f']:.3f}, "
+                f"NMI {self.metrics['nmi']:.3f}, ARI {self.metrics['ari']:.3f}"
+            )
         state = "already done, skipped" if self.skipped else f"{self.seconds:.1f}s"
         sizes = f"sizes {min(self.sizes)}..{max(self.sizes)}" if self.sizes else "none"
-        return (f"cluster: {self.items} embeddings -> {self.k} clusters ({sizes}) + {self.unknown} unknown, "
-                f"silhouette {self.silhouette:.3f}{quality} -> {self.out_dir} ({state})\n  "
-                + "\n  ".join([self.k_rule, *self.notes]))
+        return (
+            f"cluster: {self.items} embeddings -> {self.k} clusters ({sizes}) + {self.unknown} unknown, "
+            f"silhouette {self.silhouette:.3f}{quality} -> {self.out_dir} ({state})\n  "
+            + "\n  ".join([self.k_rule, *self.notes])
+        )
 
     @classmethod
-    def of_record(cls, record: dict, out_dir: Path, samples: Path | None, seconds: float, notes: list[str],
-                  skipped: bool = True) -> "ClusterSummary":
+    def of_record(
+        cls, record: dict, out_dir: Path, samples: Path | None, seconds: float, notes: list[str], skipped: bool = True
+    ) -> "ClusterSummary":
         """The summary of the run a sidecar ``record`` describes: this one's, or (``skipped``) the earlier run a
         rerun found done."""
-        return cls(k=record["k"], k_rule=record["k_rule"], items=record["items"], sizes=record["sizes"],
-                   silhouette=record["silhouette"], out_dir=out_dir, samples_dir=samples,
-                   metrics=record.get("metrics"), skipped=skipped, seconds=seconds, notes=notes,
-                   unknown=record.get("unknown", 0))
+        return cls(
+            k=record["k"],
+            k_rule=record["k_rule"],
+            items=record["items"],
+            sizes=record["sizes"],
+            silhouette=record["silhouette"],
+            out_dir=out_dir,
+            samples_dir=samples,
+            metrics=record.get("metrics"),
+            skipped=skipped,
+            seconds=seconds,
+            notes=notes,
+            unknown=record.get("unknown", 0),
+        )
 
     def details(self) -> dict:
         """The numbers a run report shows."""
-        return {"k": self.k, "k_rule": self.k_rule, "items": self.items, "sizes": self.sizes,
-                "unknown": self.unknown, "silhouette": self.silhouette, "metrics": self.metrics}
+        return {
+            "k": self.k,
+            "k_rule": self.k_rule,
+            "items": self.items,
+            "sizes": self.sizes,
+            "unknown": self.unknown,
+            "silhouette": self.silhouette,
+            "metrics": self.metrics,
+        }
 
 
 def _file_digest(path: Path | None) -> str | None:
@@ -134,8 +164,10 @@ def _identity_metrics(names: list[str], labels_file: Path, crops_dir: Path | Non
         raise FacepipeError(f"{labels_file}: the label manifest has no 'identity' column")
     known = joined["matched"].to_numpy() & joined["identity"].notna().to_numpy()
     if known.sum() < 2:
-        raise FacepipeError(f"{labels_file}: fewer than 2 of the {len(names)} embeddings have a known identity "
-                            "(do the manifest's relpath/name values match the crops or their source photos?)")
+        raise FacepipeError(
+            f"{labels_file}: fewer than 2 of the {len(names)} embeddings have a known identity "
+            "(do the manifest's relpath/name values match the crops or their source photos?)"
+        )
     metrics = clustering_metrics(joined.loc[known, "identity"].astype(str).to_numpy(), predicted[known])
     metrics["unlabelled"] = int((~known).sum())
     metrics["labels"] = str(labels_file)
@@ -149,8 +181,10 @@ def _photo_ids(names: list[str], crops_dir: Path | None, notes: list[str]) -> np
 
     sources = crop_sources(names, crops_dir)
     if not sources:
-        notes.append("the crops' source photos are not known (no detections.csv): the one-face-per-photo rule "
-                     "could not be applied")
+        notes.append(
+            "the crops' source photos are not known (no detections.csv): the one-face-per-photo rule "
+            "could not be applied"
+        )
     return photo_ids(names, sources)
 
 
@@ -200,27 +234,46 @@ def cluster(
     vectors = (_normalised if settings.normalize else _comparable)(embeddings.vectors, embeddings_path)
     photos = _photo_ids(embeddings.names, crops_dir, notes)
     grouping, selection, rule = _group(vectors, settings, method, rule_distance, ks, auto, photos, show_progress)
-    grouping, names, anchors = _with_people(grouping, vectors, embeddings.names, photos, people_file, out_dir,
-                                            rule_distance, notes)
+    grouping, names, anchors = _with_people(
+        grouping, vectors, embeddings.names, photos, people_file, out_dir, rule_distance, notes
+    )
     sizes, quality, inertia = _group_quality(vectors, grouping, settings.seed)
     metrics = _identity_metrics(embeddings.names, labels_file, crops_dir, grouping.labels) if labels_file else None
     table = selection.table if selection else _one_k_table(len(sizes), inertia, quality)
-    record = {"embeddings": str(embeddings_path), "model": embeddings.model, "dimension": embeddings.dim,
-              "crops_dir": options["crops_dir"], "k": len(sizes), "k_rule": rule, "items": n, "sizes": sizes,
-              "unknown": int((grouping.labels < 0).sum()), "silhouette": quality, "inertia": inertia,
-              "metrics": metrics, "options": options, "method": method, "same_person_distance": rule_distance,
-              "engine": ENGINES[method], "fingerprint": fingerprint, "facepipe_version": __version__}
+    record = {
+        "embeddings": str(embeddings_path),
+        "model": embeddings.model,
+        "dimension": embeddings.dim,
+        "crops_dir": options["crops_dir"],
+        "k": len(sizes),
+        "k_rule": rule,
+        "items": n,
+        "sizes": sizes,
+        "unknown": int((grouping.labels < 0).sum()),
+        "silhouette": quality,
+        "inertia": inertia,
+        "metrics": metrics,
+        "options": options,
+        "method": method,
+        "same_person_distance": rule_distance,
+        "engine": ENGINES[method],
+        "fingerprint": fingerprint,
+        "facepipe_version": __version__,
+    }
 
     # Everything is computed and validated: now write, the sidecar last (it commits the files by their hashes).
     grids = (crops_dir, samples, settings.samples_per_cluster, show_progress)
-    outputs = _write_outputs(out_dir, embeddings.names, grouping, table, selection, names, anchors, grids, notes,
-                             metrics)
+    outputs = _write_outputs(
+        out_dir, embeddings.names, grouping, table, selection, names, anchors, grids, notes, metrics
+    )
     write_json_atomic(sidecar_path(results_path), {"outputs": outputs, **record})
     return ClusterSummary.of_record(record, out_dir, samples, time.monotonic() - started, notes, skipped=False)
 
 
-ENGINES = {"graph": "faiss neighbour graph + Chinese whispers",
-           "kmeans": f"k-means++ (scikit-learn) + faiss Lloyd, {LLOYD_ITERATIONS} iterations"}
+ENGINES = {
+    "graph": "faiss neighbour graph + Chinese whispers",
+    "kmeans": f"k-means++ (scikit-learn) + faiss Lloyd, {LLOYD_ITERATIONS} iterations",
+}
 
 
 def _one_k_table(k: int, inertia: float, quality: float) -> pd.DataFrame:
@@ -232,12 +285,23 @@ def _group_quality(vectors: np.ndarray, grouping: Grouping, seed: int) -> tuple[
     """The groups' sizes, the silhouette of the grouped faces and their inertia."""
     grouped = grouping.labels >= 0
     sizes = np.bincount(grouping.labels[grouped], minlength=len(grouping.centroids)).tolist()
-    return (sizes, silhouette(vectors[grouped], grouping.labels[grouped], seed),
-            float(np.square(grouping.distances[grouped]).sum()))
+    return (
+        sizes,
+        silhouette(vectors[grouped], grouping.labels[grouped], seed),
+        float(np.square(grouping.distances[grouped]).sum()),
+    )
 
 
-def _with_people(grouping: Grouping, vectors: np.ndarray, names: list[str], photos: np.ndarray,
-                 people_file: Path | None, out_dir: Path, rule_distance: float | None, notes: list[str]):
+def _with_people(
+    grouping: Grouping,
+    vectors: np.ndarray,
+    names: list[str],
+    photos: np.ndarray,
+    people_file: Path | None,
+    out_dir: Path,
+    rule_distance: float | None,
+    notes: list[str],
+):
     """The grouping after the people file's corrections (renumbered by size), each group's name, and the
     anchors of the file's group numbers to keep (None without a people file: the anchors are left alone).
     A number first met is anchored on the centroid of that group in the clustering the file was written
@@ -262,28 +326,38 @@ def _with_people(grouping: Grouping, vectors: np.ndarray, names: list[str], phot
             group_names[int(renumbered[rows[0]])] = name
     centroids, distances = group_centroids(vectors, renumbered)
     if lost:
-        notes.append(f"people file: group number(s) {', '.join(map(str, lost))} no longer match a group "
-                     "(no group's centroid is within the same-person distance of theirs); their corrections wait")
+        notes.append(
+            f"people file: group number(s) {', '.join(map(str, lost))} no longer match a group "
+            "(no group's centroid is within the same-person distance of theirs); their corrections wait"
+        )
     missing = unknown_faces(people, names)
     if missing:
         notes.append(f"people file: {len(missing)} face(s) not in this clustering, e.g. {missing[0]}")
-    corrected = Grouping(renumbered, distances, centroids, grouping.unmatched, grouping.same_photo,
-                         grouping.too_small)
+    corrected = Grouping(
+        renumbered, distances, centroids, grouping.unmatched, grouping.same_photo, grouping.too_small
+    )
     return corrected, group_names, {**{n: a for n, a in anchors.items() if n not in mapping}, **kept}
 
 
-def _options_record(settings: ClusterSettings, method, rule_distance, ks, auto, samples, crops_dir,
-                    people_file) -> dict:
+def _options_record(
+    settings: ClusterSettings, method, rule_distance, ks, auto, samples, crops_dir, people_file
+) -> dict:
     """The options as the sidecar records them (and the fingerprint covers them)."""
-    return {"method": method, "threshold": rule_distance, "min_group_size": int(settings.min_group_size),
-            "people": None if people_file is None else str(people_file),
-            "k": None if ks is None else ("auto" if auto else ks.start),
-            "k_range": [ks.start, ks.stop - 1, ks.step] if auto else None,
-            "k_rule": settings.k_rule if auto else None, "normalize": bool(settings.normalize),
-            "seed": int(settings.seed), "n_init": int(settings.n_init),
-            "samples_dir": None if samples is None else str(samples),
-            "samples_per_cluster": int(settings.samples_per_cluster),
-            "crops_dir": None if crops_dir is None else str(crops_dir)}
+    return {
+        "method": method,
+        "threshold": rule_distance,
+        "min_group_size": int(settings.min_group_size),
+        "people": None if people_file is None else str(people_file),
+        "k": None if ks is None else ("auto" if auto else ks.start),
+        "k_range": [ks.start, ks.stop - 1, ks.step] if auto else None,
+        "k_rule": settings.k_rule if auto else None,
+        "normalize": bool(settings.normalize),
+        "seed": int(settings.seed),
+        "n_init": int(settings.n_init),
+        "samples_dir": None if samples is None else str(samples),
+        "samples_per_cluster": int(settings.samples_per_cluster),
+        "crops_dir": None if crops_dir is None else str(crops_dir),
+    }
 
 
 def _chosen_method(settings: ClusterSettings, embeddings, embeddings_path) -> tuple[str, float | None, range | None]:
@@ -293,19 +367,34 @@ def _chosen_method(settings: ClusterSettings, embeddings, embeddings_path) -> tu
     if method == "auto":  # a k given means k-means; else the graph wherever a distance rule is known
         method = "graph" if rule_distance is not None and settings.k == "auto" else "kmeans"
     if method == "graph" and rule_distance is None:
-        raise FacepipeError(f"no same-person distance is known for {embeddings.model or 'these'} embeddings"
-                            f"{'' if normalize else ' without normalisation'}: give a threshold (--threshold) "
-                            "or use --method kmeans")
-    ks = _check_k(settings.k, settings.k_range, len(embeddings.names), embeddings_path) if method == "kmeans" else None
+        raise FacepipeError(
+            f"no same-person distance is known for {embeddings.model or 'these'} embeddings"
+            f"{'' if normalize else ' without normalisation'}: give a threshold (--threshold) "
+            "or use --method kmeans"
+        )
+    ks = (
+        _check_k(settings.k, settings.k_range, len(embeddings.names), embeddings_path) if method == "kmeans" else None
+    )
     return method, rule_distance, ks
 
 
-def _fingerprint(embeddings_path: Path, meta: dict, options: dict, labels_file: Path | None,
-                 people_file: Path | None) -> str:
+def _fingerprint(
+    embeddings_path: Path, meta: dict, options: dict, labels_file: Path | None, people_file: Path | None
+) -> str:
     """What a rerun must match to be skipped: the inputs' contents, the options and the version."""
     data_digest = meta.get("data_sha256") or _file_digest(embeddings_path)  # read_embeddings checked it already
-    return hashlib.sha256(repr((data_digest, meta, sorted(options.items()),
-                                _file_digest(labels_file), _file_digest(people_file), __version__)).encode()).hexdigest()
+    return hashlib.sha256(
+        repr(
+            (
+                data_digest,
+                meta,
+                sorted(options.items()),
+                _file_digest(labels_file),
+                _file_digest(people_file),
+                __version__,
+            )
+        ).encode()
+    ).hexdigest()
 
 
 def _labels_file(labels) -> Path | None:
@@ -324,9 +413,18 @@ def _samples_folder(samples_dir, out_dir: Path, crops_dir: Path | None) -> tuple
     return (None if samples_dir is None else Path(os.path.abspath(samples_dir))), []
 
 
-def _write_outputs(out_dir: Path, names: list[str], grouping: Grouping, table: pd.DataFrame,
-                   selection: KSelection | None, group_names: dict[int, str], anchors: dict | None, grids: tuple,
-                   notes: list[str], metrics: dict | None) -> dict[str, str]:
+def _write_outputs(
+    out_dir: Path,
+    names: list[str],
+    grouping: Grouping,
+    table: pd.DataFrame,
+    selection: KSelection | None,
+    group_names: dict[int, str],
+    anchors: dict | None,
+    grids: tuple,
+    notes: list[str],
+    metrics: dict | None,
+) -> dict[str, str]:
     """Write the outputs (``_write_results``, then the sample grids: ``grids`` is the crops folder, the
     samples folder or None, crops per grid and progress) and remove what the earlier run wrote and this one
     did not; refused before anything is written where the user changed an image this run would rewrite.
@@ -349,13 +447,16 @@ def _images_to_write(out_dir: Path, samples: Path | None, k: int, selection) -> 
     damaged, and redone."""
     paths = [out_dir / ELBOW_PNG, out_dir / SILHOUETTE_PNG] if selection is not None else []
     if samples is not None:
-        paths += [samples / sample_grid(c) for c in range(k)] + [samples / SAMPLES_OVERVIEW_JPG,
-                                                                  samples / UNKNOWN_GRID_JPG]
+        paths += [samples / sample_grid(c) for c in range(k)] + [
+            samples / SAMPLES_OVERVIEW_JPG,
+            samples / UNKNOWN_GRID_JPG,
+        ]
     return paths
 
 
-def _remove_earlier_outputs(out_dir: Path, samples: Path | None, earlier: dict, written: list[Path],
-                            keep_anchors: bool, notes: list[str]) -> dict[str, str]:
+def _remove_earlier_outputs(
+    out_dir: Path, samples: Path | None, earlier: dict, written: list[Path], keep_anchors: bool, notes: list[str]
+) -> dict[str, str]:
     """Remove what the earlier run recorded writing (into ``out_dir`` and the samples folder) that this one did
     not write: its plots, metrics, sample grids of other clusters, anchors (kept with ``keep_anchors``: no
     people file this time), unless the user changed them since (``notes`` says so). Returns the outputs the
@@ -378,8 +479,10 @@ def _normalised(vectors: np.ndarray, embeddings_path: Path) -> np.ndarray:
     too large or too small for their squares are scaled first (``models.unit_rows``)."""
     zeros = int((~vectors.any(axis=1)).sum())
     if zeros:
-        raise FacepipeError(f"{embeddings_path}: {zeros} embedding(s) are all zeros and cannot "
-                            "be L2-normalised (use normalize=False / --no-normalize)")
+        raise FacepipeError(
+            f"{embeddings_path}: {zeros} embedding(s) are all zeros and cannot "
+            "be L2-normalised (use normalize=False / --no-normalize)"
+        )
     return unit_rows(vectors, out=vectors)
 
 
@@ -387,27 +490,42 @@ def _comparable(vectors: np.ndarray, embeddings_path: Path) -> np.ndarray:
     """Unnormalised embeddings, refused where their distances would overflow (to infinity: one group)."""
     largest = float(np.abs(vectors).max())
     if largest * largest * vectors.shape[1] * 4 > float(np.finfo(vectors.dtype).max):
-        raise FacepipeError(f"{embeddings_path}: values up to {largest:.3g} are too large to compare without "
-                            "normalisation (their squared distances overflow); drop --no-normalize")
+        raise FacepipeError(
+            f"{embeddings_path}: values up to {largest:.3g} are too large to compare without "
+            "normalisation (their squared distances overflow); drop --no-normalize"
+        )
     return vectors
 
 
-def _write_results(out_dir: Path, names: list[str], grouping: Grouping, table: pd.DataFrame,
-                   selection: KSelection | None, metrics: dict | None,
-                   group_names: dict[int, str], anchors: dict | None) -> tuple[pd.DataFrame, list[Path]]:
+def _write_results(
+    out_dir: Path,
+    names: list[str],
+    grouping: Grouping,
+    table: pd.DataFrame,
+    selection: KSelection | None,
+    metrics: dict | None,
+    group_names: dict[int, str],
+    anchors: dict | None,
+) -> tuple[pd.DataFrame, list[Path]]:
     """cluster_results.csv (returned), centroids.csv, k_selection.csv, the plots and the metrics, groups.csv
     with the ``group_names`` and, with a people file, its ``anchors``; returns the results and the files
     written (what an earlier run wrote and this one did not is removed by ``_remove_earlier_outputs``). The
     sidecar of the run before goes first, so that a run killed while writing these is never taken as done."""
     sidecar_path(out_dir / CLUSTER_RESULTS_CSV).unlink(missing_ok=True)
-    results = pd.DataFrame({"name": names, "cluster": grouping.labels, "distance": grouping.distances},
-                           columns=CLUSTER_COLUMNS)
+    results = pd.DataFrame(
+        {"name": names, "cluster": grouping.labels, "distance": grouping.distances}, columns=CLUSTER_COLUMNS
+    )
     written = [out_dir / CLUSTER_RESULTS_CSV, out_dir / CENTROIDS_CSV, out_dir / K_SELECTION_CSV]
     write_csv_atomic(results, written[0], float_format="%.6g")
     write_centroids(written[1], grouping.centroids)
     write_csv_atomic(table, written[2], float_format="%.6g")
-    written.append(write_groups(out_dir, np.bincount(grouping.labels[grouping.labels >= 0],
-                                                     minlength=len(grouping.centroids)), group_names))
+    written.append(
+        write_groups(
+            out_dir,
+            np.bincount(grouping.labels[grouping.labels >= 0], minlength=len(grouping.centroids)),
+            group_names,
+        )
+    )
     if anchors:
         written.append(write_anchors(out_dir, anchors))
     written += write_k_plots(out_dir, selection)
@@ -423,8 +541,10 @@ def _check_k(k, k_range, n: int, embeddings_path: Path) -> range:
         ks = parse_k_range(k_range)
         ks = range(ks.start, min(ks.stop, n), ks.step)  # silhouette needs k <= n - 1
         if len(ks) == 0:
-            raise FacepipeError(f"{embeddings_path} holds {n} embeddings: too few to try k in {k_range} "
-                                "(silhouette needs 2 <= k <= n - 1)")
+            raise FacepipeError(
+                f"{embeddings_path} holds {n} embeddings: too few to try k in {k_range} "
+                "(silhouette needs 2 <= k <= n - 1)"
+            )
         return ks
     if k > n:
         raise FacepipeError(f"k = {k} clusters asked for, but {embeddings_path} holds only {n} embeddings")
@@ -450,8 +570,10 @@ def _group(vectors, settings: ClusterSettings, method, rule_distance, ks, auto, 
     selection = None
     if method == "graph":
         raw = best_whispers(graph, seed, n_init)
-        rule = (f"groups of faces closer than {rule_distance:g} (the same-person distance), by Chinese whispers "
-                f"over that neighbour graph (of {n_init} seeded runs, the one that cuts the least edge weight)")
+        rule = (
+            f"groups of faces closer than {rule_distance:g} (the same-person distance), by Chinese whispers "
+            f"over that neighbour graph (of {n_init} seeded runs, the one that cuts the least edge weight)"
+        )
     elif auto:
         selection = select_k(vectors, ks, rule=settings.k_rule, n_init=n_init, seed=seed, show_progress=show_progress)
         raw = (selection.fits.get(selection.k) or kmeans(vectors, selection.k, n_init=n_init, seed=seed)).labels
@@ -461,15 +583,19 @@ def _group(vectors, settings: ClusterSettings, method, rule_distance, ks, auto, 
         rule = f"k = {ks.start}: given"
     if graph is not None:
         unmatched = unmatched_faces(raw, graph)
-        rule += (f"; a face needs {LINKS_NEEDED} members of its group closer than {rule_distance:g} (all the "
-                 f"others in a smaller group), or one closer than {CLOSE_SHARE * rule_distance:.3g}, else it is "
-                 "unknown")
+        rule += (
+            f"; a face needs {LINKS_NEEDED} members of its group closer than {rule_distance:g} (all the "
+            f"others in a smaller group), or one closer than {CLOSE_SHARE * rule_distance:.3g}, else it is "
+            "unknown"
+        )
     else:
         unmatched = np.zeros(len(raw), dtype=bool)
     grouping = finish_groups(vectors, raw, unmatched, photos, min_group_size)
-    rule += (f"; unknown (-1): {grouping.unmatched} face(s) too weakly linked to their group, "
-             f"{grouping.same_photo} second face(s) of a photo already in the group, {grouping.too_small} in "
-             f"groups under {min_group_size} faces")
+    rule += (
+        f"; unknown (-1): {grouping.unmatched} face(s) too weakly linked to their group, "
+        f"{grouping.same_photo} second face(s) of a photo already in the group, {grouping.too_small} in "
+        f"groups under {min_group_size} faces"
+    )
     return grouping, selection, rule
 
 

@@ -14,7 +14,10 @@ from facepipe.formats import ELBOW_PNG, SAMPLES_OVERVIEW_JPG, SILHOUETTE_PNG, UN
 from facepipe.kmeans import KSelection
 from facepipe.settings import ClusterSettings
 
-def plot_against_k(table: pd.DataFrame, column: str, marks: dict[str, int | None], ylabel: str, title: str, path: Path) -> None:
+
+def plot_against_k(
+    table: pd.DataFrame, column: str, marks: dict[str, int | None], ylabel: str, title: str, path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,8 +53,9 @@ def _tile(crops_dir: Path | None, name: str, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
 
 
-def _captioned_grid(tiles: list[np.ndarray], columns: int, caption: str, labels: list[str] | None = None,
-                    tile: int = 112) -> np.ndarray:
+def _captioned_grid(
+    tiles: list[np.ndarray], columns: int, caption: str, labels: list[str] | None = None, tile: int = 112
+) -> np.ndarray:
     """Tiles in a grid with a caption bar on top and an optional label under each tile."""
     from PIL import Image, ImageDraw
 
@@ -69,8 +73,13 @@ def _captioned_grid(tiles: list[np.ndarray], columns: int, caption: str, labels:
     return np.asarray(canvas)
 
 
-def write_sample_grids(results: pd.DataFrame, crops_dir: Path | None, samples_dir: Path, per_cluster: int = ClusterSettings.samples_per_cluster,
-                       show_progress: bool = True) -> list[Path]:
+def write_sample_grids(
+    results: pd.DataFrame,
+    crops_dir: Path | None,
+    samples_dir: Path,
+    per_cluster: int = ClusterSettings.samples_per_cluster,
+    show_progress: bool = True,
+) -> list[Path]:
     """Per cluster, the ``per_cluster`` crops nearest its centroid in a grid (``cluster_N.jpg``), plus
     ``overview.jpg`` with each cluster's nearest crop, and the unknown faces (-1) nearest a group in
     ``unknown.jpg``; returns the files written (the grids of an earlier run are removed by ``cluster``, which
@@ -80,8 +89,9 @@ def write_sample_grids(results: pd.DataFrame, crops_dir: Path | None, samples_di
     samples_dir.mkdir(parents=True, exist_ok=True)
     written, overview, overview_labels = [], [], []
     groups = results.sort_values(["cluster", "distance", "name"]).groupby("cluster", sort=True)
-    for cluster_id, members in progress(groups, desc="cluster: sample grids", total=groups.ngroups, unit="grid",
-                                        enabled=show_progress):
+    for cluster_id, members in progress(
+        groups, desc="cluster: sample grids", total=groups.ngroups, unit="grid", enabled=show_progress
+    ):
         nearest = members["name"].tolist()[:per_cluster]
         tiles = [_tile(crops_dir, name, 112) for name in nearest]
         if cluster_id < 0:
@@ -107,8 +117,20 @@ def write_k_plots(out_dir: Path, selection: KSelection | None) -> list[Path]:
     plots = [out_dir / ELBOW_PNG, out_dir / SILHOUETTE_PNG]
     if selection is None:
         return []
-    plot_against_k(selection.table, "inertia", {"elbow (kneedle)": selection.elbow_k, "chosen": selection.k},
-          "inertia (sum of squared distances)", "Elbow: k-means inertia against k", plots[0])
-    plot_against_k(selection.table, "silhouette", {"best silhouette": selection.silhouette_k, "chosen": selection.k},
-          "mean silhouette (cosine)", "Silhouette against k", plots[1])
+    plot_against_k(
+        selection.table,
+        "inertia",
+        {"elbow (kneedle)": selection.elbow_k, "chosen": selection.k},
+        "inertia (sum of squared distances)",
+        "Elbow: k-means inertia against k",
+        plots[0],
+    )
+    plot_against_k(
+        selection.table,
+        "silhouette",
+        {"best silhouette": selection.silhouette_k, "chosen": selection.k},
+        "mean silhouette (cosine)",
+        "Silhouette against k",
+        plots[1],
+    )
     return plots

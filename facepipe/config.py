@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Iterable
+
+import tomllib
 
 from facepipe.common import FacepipeError, write_text_atomic
 from facepipe.settings import CONFIG_TABLES, config_problems, config_specs
@@ -16,8 +17,13 @@ class ConfigError(FacepipeError):
     """A run config (file or ``--set``) that cannot be used: bad TOML, an unknown section or option; the CLI
     exits with 2 (bad usage or bad config value), as for a bad value."""
 
+
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("default_config.toml")
-PATH_OPTIONS = (("run", "labels"), ("embed", "weights"), ("cluster", "people"))  # relative paths in a config file start at its folder
+PATH_OPTIONS = (
+    ("run", "labels"),
+    ("embed", "weights"),
+    ("cluster", "people"),
+)  # relative paths in a config file start at its folder
 
 
 def default_config() -> dict[str, dict[str, Any]]:
@@ -88,8 +94,9 @@ def checked_config(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
     every value its setting does not take (``settings.config_problems``): all found before any stage runs."""
     problems = config_problems(config)
     if problems:
-        raise ConfigError(f"the run config has {len(problems)} bad value(s); nothing was run:\n  "
-                          + "\n  ".join(problems))
+        raise ConfigError(
+            f"the run config has {len(problems)} bad value(s); nothing was run:\n  " + "\n  ".join(problems)
+        )
     checked = copy.deepcopy(config)
     for section, values in checked.items():
         specs = config_specs(section) if section in CONFIG_TABLES else {}

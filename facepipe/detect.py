@@ -20,6 +20,23 @@ import pandas as pd
 
 from facepipe import __version__
 from facepipe.common import FacepipeError, file_sha256, progress, remove_own_temporaries, worker_pool
+from facepipe.detectors import (
+    CNN,
+    COMBINED,
+    COMBINED_CNN_UPSAMPLE,
+    COMBINED_HAAR_MAX_SIDE,
+    COMBINED_HOG_MAX_SIDE,
+    HAAR,
+    HOG,
+    CnnFinder,
+    CombinedFinder,
+    FaceFinder,
+    HaarFinder,
+    HogFinder,
+    ScaledFinder,
+    find_faces,
+    too_small_to_search,
+)
 from facepipe.engine import DEFAULT_ENGINE, RAY, check_engine, ray_nodes_phrase, ray_session
 from facepipe.formats import (
     DETECT_PARAMS_JSON,
@@ -37,23 +54,6 @@ from facepipe.formats import (
     well_formed_rows,
     write_csv_atomic,
     write_json_atomic,
-)
-from facepipe.detectors import (
-    CNN,
-    COMBINED_CNN_UPSAMPLE,
-    COMBINED_HAAR_MAX_SIDE,
-    COMBINED_HOG_MAX_SIDE,
-    HAAR,
-    COMBINED,
-    HOG,
-    CnnFinder,
-    CombinedFinder,
-    FaceFinder,
-    HaarFinder,
-    HogFinder,
-    ScaledFinder,
-    find_faces,
-    too_small_to_search,
 )
 from facepipe.images import (
     NOT_UTF8_REASON,
@@ -179,9 +179,11 @@ def face_finder(params: DetectorParams) -> FaceFinder:
     haar = HaarFinder(params.cascade, params.scale_factor, params.min_neighbors, params.min_size)
     if params.detector == HAAR:
         return haar
-    return CombinedFinder(ScaledFinder(haar, COMBINED_HAAR_MAX_SIDE),
-                          ScaledFinder(HogFinder(params.dlib_upsample, params.dlib_threshold), COMBINED_HOG_MAX_SIDE),
-                          ScaledFinder(CnnFinder(COMBINED_CNN_UPSAMPLE, params.dlib_threshold), params.cnn_max_side))
+    return CombinedFinder(
+        ScaledFinder(haar, COMBINED_HAAR_MAX_SIDE),
+        ScaledFinder(HogFinder(params.dlib_upsample, params.dlib_threshold), COMBINED_HOG_MAX_SIDE),
+        ScaledFinder(CnnFinder(COMBINED_CNN_UPSAMPLE, params.dlib_threshold), params.cnn_max_side),
+    )
 
 
 class PhotoDetector:
@@ -225,9 +227,22 @@ class PhotoDetector:
             name = crop_name(source, index, params.crop_format)
             digest = save_image_atomic(self.out_dir / name, square_crop(rgb, face.box, params.margin, params.size))
             x, y, w, h = (int(v) for v in face.box)
-            rows.append(dict(crop=name, source=str(source), face_index=index, x=x, y=y, w=w, h=h,
-                             source_width=width, source_height=height, detector=face.detector,
-                             score=float(face.score), sha256=digest))
+            rows.append(
+                dict(
+                    crop=name,
+                    source=str(source),
+                    face_index=index,
+                    x=x,
+                    y=y,
+                    w=w,
+                    h=h,
+                    source_width=width,
+                    source_height=height,
+                    detector=face.detector,
+                    score=float(face.score),
+                    sha256=digest,
+                )
+            )
         return {"source": str(source), "status": "ok", "faces": len(rows), "reason": ""}, rows
 
 
@@ -240,8 +255,10 @@ class PhotoBatchDetector:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = [self.detect_photo(Path(str(source))) for source in batch["source"]]
-        return {"source_row": np.array([json.dumps(row) for row, _ in results], dtype=object),
-                "detections": np.array([json.dumps(rows) for _, rows in results], dtype=object)}
+        return {
+            "source_row": np.array([json.dumps(row) for row, _ in results], dtype=object),
+            "detections": np.array([json.dumps(rows) for _, rows in results], dtype=object),
+        }
 
 
 RAY_BATCH_PHOTOS = 32  # photos per Ray task: few enough tasks to cost little, enough to share the work evenly
@@ -276,17 +293,27 @@ def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[
         detections = read_csv(out_dir / DETECTIONS_CSV, DETECTION_COLUMNS, "detections CSV")
     except FacepipeError:  # missing or damaged: those photos are simply detected again
         return [], []
-    well_formed = well_formed_rows(sources, {"faces": {"whole": True, "low": 0}}) & \
-        sources["status"].isin(["ok", "error"]).to_numpy() & sources["source"].notna().to_numpy()
+    well_formed = (
+        well_formed_rows(sources, {"faces": {"whole": True, "low": 0}})
+        & sources["status"].isin(["ok", "error"]).to_numpy()
+        & sources["source"].notna().to_numpy()
+    )
     sources = sources[well_formed].drop_duplicates("source", keep="last")
-    sources = sources.assign(faces=pd.to_numeric(sources["faces"]).astype(int),
-                             reason=sources["reason"].astype("string").fillna("").astype(str))
+    sources = sources.assign(
+        faces=pd.to_numeric(sources["faces"]).astype(int),
+        reason=sources["reason"].astype("string").fillna("").astype(str),
+    )
     detections = detections[well_formed_rows(detections, DETECTION_NUMBER_RULES)].drop_duplicates("crop", keep="last")
-    detections = detections.assign(**{  # the kept numbers as a fresh run writes them (a bad cell made them text)
-        column: pd.to_numeric(detections[column]).astype(np.int64 if rule.get("whole") else np.float64)
-        for column, rule in DETECTION_NUMBER_RULES.items()})
-    intact = [_is_own_crop(row, params) and _crop_intact(out_dir / str(row["crop"]), row["sha256"])
-              for row in detections.to_dict("records")]
+    detections = detections.assign(
+        **{  # the kept numbers as a fresh run writes them (a bad cell made them text)
+            column: pd.to_numeric(detections[column]).astype(np.int64 if rule.get("whole") else np.float64)
+            for column, rule in DETECTION_NUMBER_RULES.items()
+        }
+    )
+    intact = [
+        _is_own_crop(row, params) and _crop_intact(out_dir / str(row["crop"]), row["sha256"])
+        for row in detections.to_dict("records")
+    ]
     detections = detections[np.asarray(intact, dtype=bool)]  # a bool mask even when empty
     rows_per_source = detections.groupby("source").size()
     complete = sources["faces"] == sources["source"].map(rows_per_source).fillna(0).astype(int)
@@ -302,8 +329,10 @@ def _refuse_foreign_tables(out_dir: Path) -> None:
         return
     for name in (DETECTIONS_CSV, SOURCES_CSV, ERRORS_CSV):
         if os.path.lexists(out_dir / name):
-            raise FacepipeError(f"{out_dir} holds a {name} that facepipe did not write (there is no "
-                                f"{DETECT_PARAMS_JSON}): move it away or choose another output folder")
+            raise FacepipeError(
+                f"{out_dir} holds a {name} that facepipe did not write (there is no "
+                f"{DETECT_PARAMS_JSON}): move it away or choose another output folder"
+            )
 
 
 def _crop_intact(path: Path, digest) -> bool:
@@ -320,13 +349,18 @@ def _drop_removed_sources(out_dir: Path, sources: list[dict], detections: list[d
         crop = inside_or_none(out_dir, str(row["crop"])) if row["source"] in gone else None
         if crop is not None and crop.parent == out_dir and crop.is_file() and not crop.is_symlink():
             crop.unlink()
-    return ([row for row in sources if row["source"] not in gone],
-            [row for row in detections if row["source"] not in gone], len(gone))
+    return (
+        [row for row in sources if row["source"] not in gone],
+        [row for row in detections if row["source"] not in gone],
+        len(gone),
+    )
 
 
 def _write_outputs(out_dir: Path, params: DetectorParams, sources: list[dict], detections: list[dict]) -> None:
     source_frame = pd.DataFrame(sources, columns=SOURCE_COLUMNS).sort_values("source", kind="stable")
-    detection_frame = pd.DataFrame(detections, columns=DETECTION_COLUMNS).sort_values(["source", "face_index"], kind="stable")
+    detection_frame = pd.DataFrame(detections, columns=DETECTION_COLUMNS).sort_values(
+        ["source", "face_index"], kind="stable"
+    )
     errors = source_frame[source_frame["status"] == "error"].rename(columns={"source": "path"})[ERROR_COLUMNS]
     write_json_atomic(out_dir / DETECT_PARAMS_JSON, {"params": asdict(params), "facepipe_version": __version__})
     write_csv_atomic(detection_frame, out_dir / DETECTIONS_CSV)
@@ -353,13 +387,24 @@ def _ray_results(todo: list[Path], params: DetectorParams, out_dir: Path, max_pi
     they finish (``nodes`` counts the photos each node detected)."""
     from facepipe.engine import ray_map
 
-    for batch in ray_map({"source": [str(p) for p in todo]}, PhotoBatchDetector, (params, out_dir, max_pixels),
-                         batch_size=RAY_BATCH_PHOTOS, nodes=nodes):
+    for batch in ray_map(
+        {"source": [str(p) for p in todo]},
+        PhotoBatchDetector,
+        (params, out_dir, max_pixels),
+        batch_size=RAY_BATCH_PHOTOS,
+        nodes=nodes,
+    ):
         yield from zip(map(json.loads, batch["source_row"]), map(json.loads, batch["detections"]))
 
 
-def _detect_todo(todo: list[Path], params: DetectorParams, out_dir: Path, sources: list[dict],
-                 detections: list[dict], run: DetectRun) -> None:
+def _detect_todo(
+    todo: list[Path],
+    params: DetectorParams,
+    out_dir: Path,
+    sources: list[dict],
+    detections: list[dict],
+    run: DetectRun,
+) -> None:
     """Detect the photos ``todo`` with the engine ``run`` names, appending their rows to ``sources`` and
     ``detections`` and writing the CSVs every ``run.checkpoint_seconds`` (and on any exit, Ctrl-C included)."""
     with contextlib.ExitStack() as stack:
@@ -370,8 +415,9 @@ def _detect_todo(todo: list[Path], params: DetectorParams, out_dir: Path, source
             results = stack.enter_context(_local_results(todo, params, out_dir, run.workers, run.max_pixels))
         last_checkpoint = time.monotonic()
         try:
-            for source_row, rows in progress(results, desc="detect", total=len(todo), unit="img",
-                                             enabled=run.show_progress):
+            for source_row, rows in progress(
+                results, desc="detect", total=len(todo), unit="img", enabled=run.show_progress
+            ):
                 sources.append(source_row)
                 detections.extend(rows)
                 if time.monotonic() - last_checkpoint > run.checkpoint_seconds:

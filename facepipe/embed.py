@@ -119,8 +119,9 @@ def _prepare(path: Path, embedder: Embedder | None = None) -> tuple[np.ndarray |
     return (None, reason) if rgb is None else ((embedder or _pool_embedder[0]).prepare(rgb), "")
 
 
-def _prepared(paths: list[Path], embedder: Embedder, settings: dict,
-              workers: int) -> Iterator[tuple[np.ndarray | None, str]]:
+def _prepared(
+    paths: list[Path], embedder: Embedder, settings: dict, workers: int
+) -> Iterator[tuple[np.ndarray | None, str]]:
     """``_prepare`` of each crop, in order: in ``workers`` processes when more than one, each with its own
     embedder of ``settings`` (``load_embedder``'s arguments), so that decoding and aligning run beside the
     network, which stays in this process."""
@@ -133,12 +134,16 @@ def _prepared(paths: list[Path], embedder: Embedder, settings: dict,
 
 def _check_same_settings(path: Path, previous: dict, meta: dict) -> None:
     if previous.get("model") != meta["model"]:
-        raise FacepipeError(f"{path} holds {previous.get('model')} embeddings, not {meta['model']}; "
-                            "rerun with --force to replace them, or choose another output file")
+        raise FacepipeError(
+            f"{path} holds {previous.get('model')} embeddings, not {meta['model']}; "
+            "rerun with --force to replace them, or choose another output file"
+        )
     changed = [f for f in IDENTITY_FIELDS if previous.get(f) != meta.get(f)]
     if changed:
-        raise FacepipeError(f"{path} was made with other settings ({', '.join(changed)} differ); "
-                            "rerun with --force to replace it, or choose another output file")
+        raise FacepipeError(
+            f"{path} was made with other settings ({', '.join(changed)} differ); "
+            "rerun with --force to replace it, or choose another output file"
+        )
 
 
 def _previous_rows(output: Path, meta: dict, force: bool) -> dict[str, np.ndarray]:
@@ -155,8 +160,10 @@ def _previous_rows(output: Path, meta: dict, force: bool) -> dict[str, np.ndarra
     if output.is_file():
         try:
             if not sidecar_path(output).is_file():
-                raise FacepipeError(f"{output} exists but has no sidecar {sidecar_path(output).name}, so its model "
-                                    "is unknown; rerun with --force to replace it, or choose another output file")
+                raise FacepipeError(
+                    f"{output} exists but has no sidecar {sidecar_path(output).name}, so its model "
+                    "is unknown; rerun with --force to replace it, or choose another output file"
+                )
             previous = read_embeddings(output)
             _check_same_settings(output, previous.meta, meta)
         except UnmatchedSidecarError:  # never trusted: what the progress file holds is kept, the rest redone
@@ -171,8 +178,9 @@ def _previous_rows(output: Path, meta: dict, force: bool) -> dict[str, np.ndarra
 
 def _remove_own_temporaries(output: Path) -> None:
     """Delete the temporary files a killed run left beside ``output`` (only ours, never others')."""
-    names = {path.name for path in (output, sidecar_path(output), embed_errors_path(output),
-                                    embed_checkpoint_path(output))}
+    names = {
+        path.name for path in (output, sidecar_path(output), embed_errors_path(output), embed_checkpoint_path(output))
+    }
     remove_own_temporaries(output.parent, names.__contains__)
 
 
@@ -197,8 +205,9 @@ class _EmbedState:
         write_csv_atomic(pd.DataFrame(self.errors, columns=ERROR_COLUMNS), embed_errors_path(self.output))
 
 
-def _local_batches(paths: list[Path], todo: list[str], embedder: Embedder, settings: dict, workers: int,
-                   batch_size: int) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
+def _local_batches(
+    paths: list[Path], todo: list[str], embedder: Embedder, settings: dict, workers: int, batch_size: int
+) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
     """The local engine: (names, their vectors, error rows of unreadable crops) for the crops ``todo`` (files
     ``paths``), a batch at a time, decoded and prepared in ``workers`` processes and embedded here."""
     names: list[str] = []
@@ -232,12 +241,16 @@ class CropBatchEmbedder:
         readable = [i for i, (rgb, _) in enumerate(decoded) if rgb is not None]
         if readable:
             vectors[readable] = self.embedder.embed([decoded[i][0] for i in readable])
-        return {"name": np.array(names, dtype=object), "vector": vectors,
-                "error": np.array([reason for _, reason in decoded], dtype=object)}
+        return {
+            "name": np.array(names, dtype=object),
+            "vector": vectors,
+            "error": np.array([reason for _, reason in decoded], dtype=object),
+        }
 
 
-def _ray_batches(crops_dir: Path, todo: list[str], settings: dict, batch_size: int,
-                 nodes: Counter) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
+def _ray_batches(
+    crops_dir: Path, todo: list[str], settings: dict, batch_size: int, nodes: Counter
+) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
     """The Ray engine: what ``_local_batches`` gives, from an actor per GPU of the cluster (when it has any and
     ``settings`` allow CUDA), else per CPU, each loading the model once; ``nodes`` counts crops per node."""
     from facepipe.engine import cluster_gpus, ray_map
@@ -246,17 +259,30 @@ def _ray_batches(crops_dir: Path, todo: list[str], settings: dict, batch_size: i
     if settings["device"].startswith("cuda") and not gpus:
         raise FacepipeError(f"--device {settings['device']} was asked for, but the Ray cluster has no GPU")
     settings = dict(settings, device="cuda" if gpus else "cpu")
-    for batch in ray_map({"name": todo}, CropBatchEmbedder, (crops_dir, settings), batch_size=batch_size,
-                         gpus=gpus, nodes=nodes):
+    for batch in ray_map(
+        {"name": todo}, CropBatchEmbedder, (crops_dir, settings), batch_size=batch_size, gpus=gpus, nodes=nodes
+    ):
         failed = batch["error"] != ""
         names = [str(name) for name in batch["name"]]
-        yield ([name for name, bad in zip(names, failed) if not bad], batch["vector"][~failed],
-               [{"path": str(crops_dir / name), "reason": str(reason)}
-                for name, reason, bad in zip(names, batch["error"], failed) if bad])
+        yield (
+            [name for name, bad in zip(names, failed) if not bad],
+            batch["vector"][~failed],
+            [
+                {"path": str(crops_dir / name), "reason": str(reason)}
+                for name, reason, bad in zip(names, batch["error"], failed)
+                if bad
+            ],
+        )
 
 
-def _embed_missing(state: _EmbedState, batches: Iterator[tuple[list[str], np.ndarray, list[dict]]], total: int,
-                   desc: str, checkpoint_seconds: float, show_progress: bool) -> None:
+def _embed_missing(
+    state: _EmbedState,
+    batches: Iterator[tuple[list[str], np.ndarray, list[dict]]],
+    total: int,
+    desc: str,
+    checkpoint_seconds: float,
+    show_progress: bool,
+) -> None:
     """Take the embedded ``batches`` into ``state`` (unreadable crops into ``state.errors``), checkpointing it
     every ``checkpoint_seconds``."""
     last_checkpoint = time.monotonic()
@@ -298,19 +324,28 @@ def embed(
     each loading the model once, into the same files (see ``facepipe.engine``).
     """
     started = time.monotonic()
-    settings = dict(model=model, weights=weights, batch_size=batch_size, device=device, precision=precision,
-                    dlib_crop=dlib_crop, dlib_padding=dlib_padding)
+    settings = dict(
+        model=model,
+        weights=weights,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        dlib_crop=dlib_crop,
+        dlib_padding=dlib_padding,
+    )
     checked = EmbedSettings(workers=workers, **settings)
     check_engine(engine, ray_address)
     crop_list = list_crops(crops)
     output = Path(os.path.abspath(output))
     output.parent.mkdir(parents=True, exist_ok=True)
     _remove_own_temporaries(output)
-    settings.update(model=checked.model, device=checked.device, precision=checked.precision,
-                    face_margin=crop_list.margin)
+    settings.update(
+        model=checked.model, device=checked.device, precision=checked.precision, face_margin=crop_list.margin
+    )
     # Under Ray the model runs in the actors: this one, on the CPU, only describes it (and fetches the weights).
-    embedder = load_embedder(**dict(settings, device="cpu" if engine == RAY else checked.device),
-                             show_progress=show_progress)
+    embedder = load_embedder(
+        **dict(settings, device="cpu" if engine == RAY else checked.device), show_progress=show_progress
+    )
     meta = dict(embedder.describe(), crops_dir=str(crop_list.crops_dir), facepipe_version=__version__)
     done = _previous_rows(output, meta, force)
     todo = [name for name in crop_list.names if name not in done]
@@ -319,11 +354,19 @@ def embed(
     with contextlib.ExitStack() as stack:
         if engine == RAY:
             stack.enter_context(ray_session(ray_address))
-            actor_settings = dict(settings, precision=meta["precision"], weights=getattr(embedder, "weights_path", None))
+            actor_settings = dict(
+                settings, precision=meta["precision"], weights=getattr(embedder, "weights_path", None)
+            )
             batches = _ray_batches(crop_list.crops_dir, todo, actor_settings, batch_size, nodes)
         else:
-            batches = _local_batches([crop_list.crops_dir / name for name in todo], todo, embedder, settings,
-                                     usable_workers(workers), batch_size)
+            batches = _local_batches(
+                [crop_list.crops_dir / name for name in todo],
+                todo,
+                embedder,
+                settings,
+                usable_workers(workers),
+                batch_size,
+            )
         try:
             _embed_missing(state, batches, len(todo), f"embed ({embedder.name})", checkpoint_seconds, show_progress)
         except BaseException:
@@ -332,8 +375,9 @@ def embed(
     return _finish(state, crop_list, embedder, len(todo), time.monotonic() - started, nodes)
 
 
-def _finish(state: _EmbedState, crop_list: CropList, embedder: Embedder, todo: int, seconds: float,
-            nodes: Counter) -> EmbedSummary:
+def _finish(
+    state: _EmbedState, crop_list: CropList, embedder: Embedder, todo: int, seconds: float, nodes: Counter
+) -> EmbedSummary:
     """Write the embeddings and the errors of a finished run; its summary."""
     output = state.output
     errors = sorted(state.errors, key=lambda row: row["path"])  # the same file whatever order the engine gave
@@ -341,8 +385,9 @@ def _finish(state: _EmbedState, crop_list: CropList, embedder: Embedder, todo: i
     result = state.in_order()
     if not result.names:
         embed_checkpoint_path(output).unlink(missing_ok=True)
-        raise FacepipeError(f"none of the {len(crop_list.names)} crops could be read; "
-                            f"see {embed_errors_path(output)}")
+        raise FacepipeError(
+            f"none of the {len(crop_list.names)} crops could be read; see {embed_errors_path(output)}"
+        )
     write_embeddings(output, result)
     embed_checkpoint_path(output).unlink(missing_ok=True)  # only now: it covers a kill during the line above
     return EmbedSummary(

@@ -70,8 +70,9 @@ def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray, count: int = 1
     return np.sqrt(np.maximum(squared, 0.0)), rows.astype(np.int64)
 
 
-def neighbour_graph(vectors: np.ndarray, threshold: float, neighbours: int | None = None,
-                    full_weight_share: float = FULL_WEIGHT_SHARE) -> NeighbourGraph:
+def neighbour_graph(
+    vectors: np.ndarray, threshold: float, neighbours: int | None = None, full_weight_share: float = FULL_WEIGHT_SHARE
+) -> NeighbourGraph:
     """Join each face to those of its ``neighbours`` nearest (GRAPH_NEIGHBOURS by exact search with faiss; above
     EXACT_UP_TO faces LARGE_NEIGHBOURS by an inverted file, in batches) that lie within ``threshold``; edges
     shorter than ``full_weight_share`` of it weigh 1 (``edge_weights``)."""
@@ -81,20 +82,28 @@ def neighbour_graph(vectors: np.ndarray, threshold: float, neighbours: int | Non
     index = neighbour_index(vectors)
     parts = [(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))]  # no faces: no edges
     for start in range(0, n, SEARCH_BATCH):
-        squared, nearest = index.search(vectors[start:start + SEARCH_BATCH], min(n, neighbours + 1))
+        squared, nearest = index.search(vectors[start : start + SEARCH_BATCH], min(n, neighbours + 1))
         rows = np.repeat(np.arange(start, start + len(nearest)), nearest.shape[1])
         columns, distances = nearest.ravel(), np.sqrt(np.maximum(squared.ravel(), 0.0))
         keep = (columns >= 0) & (columns != rows) & (distances < threshold)
         parts.append((rows[keep], columns[keep], distances[keep].astype(np.float32)))
     rows, columns, distances = (np.concatenate([part[i] for part in parts]) for i in range(3))
     # make it symmetric (a is among b's nearest but not the other way round) and drop the doubles
-    rows, columns, distances = (np.concatenate([rows, columns]), np.concatenate([columns, rows]),
-                                np.concatenate([distances, distances]))
+    rows, columns, distances = (
+        np.concatenate([rows, columns]),
+        np.concatenate([columns, rows]),
+        np.concatenate([distances, distances]),
+    )
     pairs, first = np.unique(rows.astype(np.int64) * n + columns, return_index=True)
     rows, columns, distances = pairs // n, pairs % n, distances[first]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
-    return NeighbourGraph(indptr, columns.astype(np.int64), distances.astype(np.float32), float(threshold),
-                          float(threshold) * full_weight_share)
+    return NeighbourGraph(
+        indptr,
+        columns.astype(np.int64),
+        distances.astype(np.float32),
+        float(threshold),
+        float(threshold) * full_weight_share,
+    )
 
 
 def edge_weights(graph: NeighbourGraph) -> np.ndarray:
@@ -171,8 +180,9 @@ def chinese_whispers(graph: NeighbourGraph, seed: int = 0, iterations: int = WHI
     return labels
 
 
-def unmatched_faces(labels: np.ndarray, graph: NeighbourGraph, links: int = LINKS_NEEDED,
-                    close_share: float = CLOSE_SHARE) -> np.ndarray:
+def unmatched_faces(
+    labels: np.ndarray, graph: NeighbourGraph, links: int = LINKS_NEEDED, close_share: float = CLOSE_SHARE
+) -> np.ndarray:
     """Boolean mask of the faces too weakly linked to their own group: no neighbour of the group within the
     graph's distance rule, or fewer than ``links`` (all the others, in a smaller group) and none closer than
     ``close_share`` of the rule. Through a neighbour or two at the rule's edge, strangers join people's
@@ -198,6 +208,8 @@ def one_face_per_photo(labels: np.ndarray, photos: np.ndarray, distances: np.nda
     mask = np.zeros(len(labels), dtype=bool)
     mask[order[repeat]] = True
     return mask
+
+
 def same_person_distance(threshold: float | str | None, model: str | None, normalize: bool) -> float | None:
     """The distance rule to use: ``threshold`` when it is a number, else (``"auto"``) the embedder's measured
     rule (``SAME_PERSON_DISTANCE``, for L2-normalised embeddings), None where no rule is known."""
@@ -222,8 +234,9 @@ class Grouping:
     too_small: int
 
 
-def finish_groups(vectors: np.ndarray, labels: np.ndarray, unmatched: np.ndarray, photos: np.ndarray,
-                  min_group_size: int) -> Grouping:
+def finish_groups(
+    vectors: np.ndarray, labels: np.ndarray, unmatched: np.ndarray, photos: np.ndarray, min_group_size: int
+) -> Grouping:
     """Apply the rules to raw cluster labels: ``unmatched`` faces are unknown; a group keeps one face per photo
     (the one nearest its centroid); groups of fewer than ``min_group_size`` faces are unknown; the groups
     are then numbered by size, largest first."""

@@ -13,9 +13,9 @@ from facepipe.crops import grouped_crops
 from facepipe.formats import (
     CLUSTER_SIDECAR_FIELDS,
     EMBEDDINGS_SIDECAR_FIELDS,
+    path_in_sidecar,
     read_embeddings,
     read_sidecar,
-    path_in_sidecar,
 )
 from facepipe.images import load_image_rgb
 from facepipe.models import DIFFERENTIABLE_MODELS, DifferentiableEmbedder, unit_rows
@@ -29,8 +29,12 @@ def clustered_embeddings_path(cluster_results: Path, embeddings: str | Path | No
     """``embeddings`` if given, else the embeddings file the clusters came from (named by their sidecar)."""
     if embeddings is not None:
         return Path(embeddings)
-    return path_in_sidecar(cluster_results, "embeddings", CLUSTER_SIDECAR_FIELDS,
-                           "{sidecar} does not name the embeddings the clusters came from; pass --embeddings")
+    return path_in_sidecar(
+        cluster_results,
+        "embeddings",
+        CLUSTER_SIDECAR_FIELDS,
+        "{sidecar} does not name the embeddings the clusters came from; pass --embeddings",
+    )
 
 
 def at_crop_size(faces: Sequence[np.ndarray], crops_dir: Path, crop_name: str) -> list[np.ndarray]:
@@ -60,9 +64,13 @@ def identity_weight_for(weight: float | str, model: str | None) -> float:
     check_settings(TrainSettings, identity_weight=weight)
     value = float(weight)
     if value > 0 and model not in DIFFERENTIABLE_MODELS:
-        source = f"came from {model} embeddings" if model else "name no embeddings (with their model) in their sidecar"
-        raise FacepipeError(f"the identity term needs {' or '.join(DIFFERENTIABLE_MODELS)} embeddings, and the clusters "
-                            f"{source}: use --identity-weight 0")
+        source = (
+            f"came from {model} embeddings" if model else "name no embeddings (with their model) in their sidecar"
+        )
+        raise FacepipeError(
+            f"the identity term needs {' or '.join(DIFFERENTIABLE_MODELS)} embeddings, and the clusters "
+            f"{source}: use --identity-weight 0"
+        )
     return value
 
 
@@ -75,7 +83,9 @@ def cluster_centroids(embeddings, names: Sequence[str], cluster_of: np.ndarray) 
     row_of = {name: row for row, name in enumerate(embeddings.names)}
     missing = [n for n in names if n not in row_of]
     if missing:
-        raise FacepipeError(f"{len(missing)} clustered crops have no embedding (e.g. {missing[0]}): wrong embeddings file?")
+        raise FacepipeError(
+            f"{len(missing)} clustered crops have no embedding (e.g. {missing[0]}): wrong embeddings file?"
+        )
     vectors = unit_rows(embeddings.vectors[[row_of[n] for n in names]].astype(np.float64))
     ids = sorted(int(c) for c in np.unique(cluster_of))
     centroids = np.stack([vectors[cluster_of == c].mean(axis=0) for c in ids])
@@ -133,20 +143,29 @@ def jittered(grids, generator, strength: float = 1.0):
     shift = uniform[:, 2:] * JITTER_SHIFT * 2  # grid coordinates span 2 per side
     cos, sin = (scale * torch.cos(angle))[:, None, None], (scale * torch.sin(angle))[:, None, None]
     x, y = grids[..., 0], grids[..., 1]
-    return torch.stack([cos * x - sin * y + shift[:, 0, None, None], sin * x + cos * y + shift[:, 1, None, None]], dim=-1)
+    return torch.stack(
+        [cos * x - sin * y + shift[:, 0, None, None], sin * x + cos * y + shift[:, 1, None, None]], dim=-1
+    )
 
 
-def build_identity_term(cluster_results: Path, crops_dir: Path, names: Sequence[str], conditions: np.ndarray,
-                        means: np.ndarray, device: str, align_padding: float | None = None,
-                        jitter: float = 0.0) -> IdentityTerm:
+def build_identity_term(
+    cluster_results: Path,
+    crops_dir: Path,
+    names: Sequence[str],
+    conditions: np.ndarray,
+    means: np.ndarray,
+    device: str,
+    align_padding: float | None = None,
+    jitter: float = 0.0,
+) -> IdentityTerm:
     """The identity term for the training crops ``names`` (condition index ``conditions``), whose per-condition
     pixel means are ``means`` (uint8, (clusters, S, S, 3)), with the embeddings the clusters came from
     (of one of DIFFERENTIABLE_MODELS: see ``identity_weight_for``); ``align_padding`` is that of landmark-aligned
     crops, None for unaligned ones; ``jitter`` the strength of the random views in training."""
     import torch
 
-    from facepipe.models.registry import embedder_like
     from facepipe.models.dlib_resnet import CHIP_SIZE
+    from facepipe.models.registry import embedder_like
 
     embeddings_path = clustered_embeddings_path(cluster_results)
     embeddings = read_embeddings(embeddings_path)
@@ -155,12 +174,15 @@ def build_identity_term(cluster_results: Path, crops_dir: Path, names: Sequence[
         raise FacepipeError("every cluster needs at least one training crop for the identity term")
     embedder = embedder_like(embeddings, embeddings_path, device)
     if not isinstance(embedder, DifferentiableEmbedder):
-        raise FacepipeError(f"{embedder.name} cannot be run differentiably: the identity term needs one of "
-                            f"{', '.join(DIFFERENTIABLE_MODELS)}")
+        raise FacepipeError(
+            f"{embedder.name} cannot be run differentiably: the identity term needs one of "
+            f"{', '.join(DIFFERENTIABLE_MODELS)}"
+        )
     embedder.network.requires_grad_(False)
     if align_padding is None:
         grids = [embedder.chip_grid(mean) for mean in at_crop_size(means, crops_dir, names[0])]
     else:
         grids = [aligned_chip_grid(align_padding, embedder.padding, CHIP_SIZE)] * len(means)
-    return IdentityTerm(embedder, torch.from_numpy(np.stack(grids)).to(device),
-                        torch.from_numpy(centroids).float().to(device), jitter)
+    return IdentityTerm(
+        embedder, torch.from_numpy(np.stack(grids)).to(device), torch.from_numpy(centroids).float().to(device), jitter
+    )

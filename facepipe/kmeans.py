@@ -71,8 +71,15 @@ def _thread_count(vectors: np.ndarray) -> int:
     return 1 if vectors.shape[0] * vectors.shape[1] < SINGLE_THREAD_BELOW else (os.cpu_count() or 1)
 
 
-def kmeans(vectors: np.ndarray, k: int, *, n_init: int = 10, seed: int = 0,
-           max_points_per_centroid: int = MAX_POINTS_PER_CENTROID, iterations: int = LLOYD_ITERATIONS) -> KMeansFit:
+def kmeans(
+    vectors: np.ndarray,
+    k: int,
+    *,
+    n_init: int = 10,
+    seed: int = 0,
+    max_points_per_centroid: int = MAX_POINTS_PER_CENTROID,
+    iterations: int = LLOYD_ITERATIONS,
+) -> KMeansFit:
     """k-means with k-means++ seeding and faiss Lloyd iterations; the best of ``n_init`` seeded restarts.
 
     When there are more than ``max_points_per_centroid * k`` points the restarts fit on a seeded
@@ -93,11 +100,24 @@ def kmeans(vectors: np.ndarray, k: int, *, n_init: int = 10, seed: int = 0,
     best_centroids, best_objective = None, math.inf
     with _threads(_thread_count(sample)):
         for restart_seed in rng.integers(2**31 - 1, size=max(1, n_init)):
-            seeding = sample if len(sample) <= SEEDING_POINTS_PER_CENTROID * k else sample[
-                np.random.default_rng(int(restart_seed)).choice(len(sample), SEEDING_POINTS_PER_CENTROID * k, replace=False)]
+            seeding = (
+                sample
+                if len(sample) <= SEEDING_POINTS_PER_CENTROID * k
+                else sample[
+                    np.random.default_rng(int(restart_seed)).choice(
+                        len(sample), SEEDING_POINTS_PER_CENTROID * k, replace=False
+                    )
+                ]
+            )
             start, _ = kmeans_plusplus(seeding, k, random_state=int(restart_seed))
-            engine = faiss.Kmeans(dim, k, niter=iterations, seed=int(restart_seed), min_points_per_centroid=1,
-                                  max_points_per_centroid=len(sample))
+            engine = faiss.Kmeans(
+                dim,
+                k,
+                niter=iterations,
+                seed=int(restart_seed),
+                min_points_per_centroid=1,
+                max_points_per_centroid=len(sample),
+            )
             engine.train(sample, init_centroids=np.ascontiguousarray(start, dtype=np.float32))
             objective = float(engine.obj[-1]) if len(engine.obj) else math.inf
             if best_centroids is None or objective < best_objective:
@@ -142,8 +162,15 @@ def elbow(ks: Sequence[int], inertias: Sequence[float]) -> int | None:
     return None if knee is None else int(knee)
 
 
-def select_k(vectors: np.ndarray, ks: Sequence[int], *, rule: str = "silhouette", n_init: int = 10, seed: int = 0,
-             show_progress: bool = True) -> KSelection:
+def select_k(
+    vectors: np.ndarray,
+    ks: Sequence[int],
+    *,
+    rule: str = "silhouette",
+    n_init: int = 10,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> KSelection:
     """Fit k-means for every k in ``ks`` (on a sample of ``SELECTION_MAX_POINTS`` when there are more points);
     choose the k of highest cosine silhouette (``rule="silhouette"``) or the kneedle elbow of the inertia."""
     if rule not in K_RULES:
@@ -167,14 +194,18 @@ def select_k(vectors: np.ndarray, ks: Sequence[int], *, rule: str = "silhouette"
     best_silhouette = float(table["silhouette"].max())
     if rule == "elbow" and elbow_k is not None:
         chosen = elbow_k
-        text = (f"k = {chosen}: the elbow of the inertia curve (kneedle) over {scope}; "
-                f"the cosine silhouette peaks at k = {silhouette_k} ({best_silhouette:.3f})")
+        text = (
+            f"k = {chosen}: the elbow of the inertia curve (kneedle) over {scope}; "
+            f"the cosine silhouette peaks at k = {silhouette_k} ({best_silhouette:.3f})"
+        )
     else:
         chosen = silhouette_k
         fallback = " (no elbow found, so the silhouette decided)" if rule == "elbow" else ""
         elbow_text = f"k = {elbow_k}" if elbow_k is not None else "not found"
-        text = (f"k = {chosen}: the highest mean cosine silhouette ({best_silhouette:.3f}) over {scope}{fallback}; "
-                f"the inertia elbow (kneedle) is {elbow_text}")
+        text = (
+            f"k = {chosen}: the highest mean cosine silhouette ({best_silhouette:.3f}) over {scope}{fallback}; "
+            f"the inertia elbow (kneedle) is {elbow_text}"
+        )
     if len(ks) > 1 and chosen == ks[-1]:
         text += "; this is the top of the range, so the data may hold more groups: try a wider --k-range"
     return KSelection(table=table, k=chosen, rule=text, silhouette_k=silhouette_k, elbow_k=elbow_k, fits=fits)

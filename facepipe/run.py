@@ -74,8 +74,10 @@ class RunSummary:
             "partial": self.partial,
             "seconds": round(self.seconds, 2),
             "facepipe_version": __version__,
-            "stages": {s.name: {"status": s.status, "seconds": round(s.seconds, 2), "summary": s.summary, **s.details}
-                       for s in self.stages},
+            "stages": {
+                s.name: {"status": s.status, "seconds": round(s.seconds, 2), "summary": s.summary, **s.details}
+                for s in self.stages
+            },
         }
 
 
@@ -117,21 +119,42 @@ class _Runner:
         forced = self.forced_from is not None and STAGES.index(name) >= self.forced_from
         if not forced and previous.get("fingerprint") == fingerprint and previous.get("completed"):
             log.info("%s: skipped, inputs and options unchanged", name)
-            self.records.append(StageRecord(name, "skipped", previous.get("seconds", 0.0), previous.get("summary", ""),
-                                            previous.get("details", {})))
+            self.records.append(
+                StageRecord(
+                    name,
+                    "skipped",
+                    previous.get("seconds", 0.0),
+                    previous.get("summary", ""),
+                    previous.get("details", {}),
+                )
+            )
             return fingerprint
         resuming = not forced and previous.get("fingerprint") == fingerprint
         force = forced or bool(previous) and not resuming
-        log.info("%s: %s", name, "resuming an interrupted run" if resuming else "forced" if forced
-                 else "options or inputs changed, redoing" if force else "running")
+        log.info(
+            "%s: %s",
+            name,
+            "resuming an interrupted run"
+            if resuming
+            else "forced"
+            if forced
+            else "options or inputs changed, redoing"
+            if force
+            else "running",
+        )
         self.state[name] = {"fingerprint": fingerprint, "completed": False}
         write_json_atomic(self.state_file, self.state)
         started = time.perf_counter()
         summary, details = action(force)
         seconds = time.perf_counter() - started
         log.info("%s", summary)
-        self.state[name] = {"fingerprint": fingerprint, "completed": True, "seconds": round(seconds, 2),
-                            "summary": summary, "details": details}
+        self.state[name] = {
+            "fingerprint": fingerprint,
+            "completed": True,
+            "seconds": round(seconds, 2),
+            "summary": summary,
+            "details": details,
+        }
         write_json_atomic(self.state_file, self.state)
         self.records.append(StageRecord(name, "resumed" if resuming else "ran", seconds, summary, details))
         return fingerprint
@@ -224,9 +247,16 @@ class _RunFolder:
         from facepipe.detect import detect
 
         work = DetectWork.from_config(self.config["detect"])
-        summary = detect(self.inputs, self.crops, DetectorParams.from_config(self.config["detect"]),
-                         workers=work.workers, max_pixels=work.max_pixels, force=force,
-                         show_progress=self.show_progress, **self.engine_options())
+        summary = detect(
+            self.inputs,
+            self.crops,
+            DetectorParams.from_config(self.config["detect"]),
+            workers=work.workers,
+            max_pixels=work.max_pixels,
+            force=force,
+            show_progress=self.show_progress,
+            **self.engine_options(),
+        )
         self.partial = self.partial or summary.errors > 0
         return summary.line(), {"images": summary.images, "faces": summary.faces, "errors": summary.errors}
 
@@ -234,42 +264,83 @@ class _RunFolder:
         from facepipe.embed import embed
 
         options = dict(self.config["embed"], weights=_blank_to_none(self.config["embed"]["weights"]))
-        summary = embed(self.crops, self.features, force=force, show_progress=self.show_progress, **options,
-                        **self.engine_options())
+        summary = embed(
+            self.crops,
+            self.features,
+            force=force,
+            show_progress=self.show_progress,
+            **options,
+            **self.engine_options(),
+        )
         self.partial = self.partial or summary.errors > 0
-        return summary.line(), {"crops": summary.crops, "embedded": summary.embedded, "errors": summary.errors,
-                                "model": summary.model, "dimension": summary.dim}
+        return summary.line(), {
+            "crops": summary.crops,
+            "embedded": summary.embedded,
+            "errors": summary.errors,
+            "model": summary.model,
+            "dimension": summary.dim,
+        }
 
     def cluster(self, force: bool) -> tuple[str, dict]:
         from facepipe.cluster import cluster
 
-        summary = cluster(self.features, self.out, ClusterSettings.from_config(self.config["cluster"]),
-                          samples_dir=self.out / RUN_SAMPLES_DIR, labels=self.labels, force=force,
-                          show_progress=self.show_progress)
+        summary = cluster(
+            self.features,
+            self.out,
+            ClusterSettings.from_config(self.config["cluster"]),
+            samples_dir=self.out / RUN_SAMPLES_DIR,
+            labels=self.labels,
+            force=force,
+            show_progress=self.show_progress,
+        )
         return summary.line(), summary.details()
 
     def train_cvae(self, force: bool) -> tuple[str, dict]:
         from facepipe.cvae import train_cvae
 
-        summary = train_cvae(self.results, TrainSettings.from_config(self.config["train_cvae"]), crops_dir=self.crops,
-                             weights_dir=self.out / RUN_WEIGHTS_DIR, resume=not force, force=force,
-                             show_progress=self.show_progress)
-        return summary.line(), {"epochs": summary.last_epoch, "best_epoch": summary.best_epoch,
-                                "best_val_loss": summary.best_val_loss, "device": summary.device,
-                                "train_crops": summary.train_count, "val_crops": summary.val_count}
+        summary = train_cvae(
+            self.results,
+            TrainSettings.from_config(self.config["train_cvae"]),
+            crops_dir=self.crops,
+            weights_dir=self.out / RUN_WEIGHTS_DIR,
+            resume=not force,
+            force=force,
+            show_progress=self.show_progress,
+        )
+        return summary.line(), {
+            "epochs": summary.last_epoch,
+            "best_epoch": summary.best_epoch,
+            "best_val_loss": summary.best_val_loss,
+            "device": summary.device,
+            "train_crops": summary.train_count,
+            "val_crops": summary.val_count,
+        }
 
     def generate(self, force: bool) -> tuple[str, dict]:
         from facepipe.generate import generate
 
-        summary = generate(self.out / RUN_WEIGHTS_DIR, out_dir=self.out / RUN_INFERENCE_DIR,
-                           cluster_results=self.results, crops_dir=self.crops, embeddings=self.features,
-                           device=self.config["train_cvae"]["device"], show_progress=self.show_progress,
-                           **self.config["generate"])
+        summary = generate(
+            self.out / RUN_WEIGHTS_DIR,
+            out_dir=self.out / RUN_INFERENCE_DIR,
+            cluster_results=self.results,
+            crops_dir=self.crops,
+            embeddings=self.features,
+            device=self.config["train_cvae"]["device"],
+            show_progress=self.show_progress,
+            **self.config["generate"],
+        )
         return summary.line(), {"clusters": len(summary.clusters), "fidelity": summary.fidelity}
 
     def probe(self, force: bool) -> tuple[str, dict]:
-        return _run_probes(self.features, self.labels, self.crops, self.out / RUN_PROBE_DIR, self.config["probe"],
-                           force, self.show_progress)
+        return _run_probes(
+            self.features,
+            self.labels,
+            self.crops,
+            self.out / RUN_PROBE_DIR,
+            self.config["probe"],
+            force,
+            self.show_progress,
+        )
 
 
 def _run_stages(runner: "_Runner", folder: _RunFolder, images: list[Path]) -> None:
@@ -278,9 +349,16 @@ def _run_stages(runner: "_Runner", folder: _RunFolder, images: list[Path]) -> No
     with folder.sessions:  # a Ray cluster the two started is stopped before the stages that do not use it
         fingerprint = runner.stage("detect", _digest(config["detect"], _inputs_fingerprint(images)), folder.detect)
         fingerprint = embedded = runner.stage("embed", _digest(config["embed"], fingerprint), folder.embed)
-    fingerprint = runner.stage("cluster", _digest(config["cluster"], fingerprint, _file_stamp(folder.labels),
-                                                  _file_stamp(people_file_of(folder.out, config["cluster"]["people"]))),
-                             folder.cluster)
+    fingerprint = runner.stage(
+        "cluster",
+        _digest(
+            config["cluster"],
+            fingerprint,
+            _file_stamp(folder.labels),
+            _file_stamp(people_file_of(folder.out, config["cluster"]["people"])),
+        ),
+        folder.cluster,
+    )
     fingerprint = runner.stage("train_cvae", _digest(config["train_cvae"], fingerprint), folder.train_cvae)
     runner.stage("generate", _digest(config["generate"], fingerprint), folder.generate)
     if folder.labels is not None and config["probe"]["targets"]:
@@ -345,8 +423,9 @@ def run(
             logging.getLogger("facepipe").removeHandler(handler)
             handler.close()
 
-    summary = RunSummary(out_dir=out, stages=runner.records, partial=folder.partial,
-                         seconds=time.perf_counter() - started)
+    summary = RunSummary(
+        out_dir=out, stages=runner.records, partial=folder.partial, seconds=time.perf_counter() - started
+    )
     data = summary.as_dict()
     data["versions"] = versions()
     write_json_atomic(out / RUN_SUMMARY_JSON, data)
@@ -354,16 +433,26 @@ def run(
     return summary
 
 
-def _run_probes(features: Path, labels: str, crops: Path, out: Path, options: dict, force: bool,
-                show_progress: bool) -> tuple[str, dict]:
+def _run_probes(
+    features: Path, labels: str, crops: Path, out: Path, options: dict, force: bool, show_progress: bool
+) -> tuple[str, dict]:
     from facepipe.probe import train as train_probe
 
     lines, details, failed = [], {}, {}
     for target in options["targets"]:
         try:
-            summary = train_probe(features, labels, target, out / f"{target}.json", crops_dir=crops,
-                                  holdout=options["holdout"], folds=options["folds"], seed=options["seed"],
-                                  force=force, show_progress=show_progress)
+            summary = train_probe(
+                features,
+                labels,
+                target,
+                out / f"{target}.json",
+                crops_dir=crops,
+                holdout=options["holdout"],
+                folds=options["folds"],
+                seed=options["seed"],
+                force=force,
+                show_progress=show_progress,
+            )
         except FacepipeError as error:  # e.g. the manifest has no such labels: the other targets still run
             log.warning("probe %s: %s", target, error)
             failed[target] = str(error)

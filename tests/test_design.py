@@ -40,7 +40,7 @@ def test_no_import_circle_between_modules():
         state[module] = "open"
         for other in sorted(graph[module]):
             if state.get(other) == "open" and other != "facepipe":
-                circles.append(path[path.index(other):] + [other] if other in path else [module, other])
+                circles.append(path[path.index(other) :] + [other] if other in path else [module, other])
             elif other not in state:
                 visit(other, path + [other])
         state[module] = "done"
@@ -52,16 +52,30 @@ def test_no_import_circle_between_modules():
 
 
 # Each command and the settings classes its options come from.
-COMMAND_SETTINGS = {"detect": ("DetectorParams", "DetectWork"), "embed": ("EmbedSettings",),
-                    "cluster": ("ClusterSettings",), "train-cvae": ("TrainSettings",),
-                    "generate": ("GenerateSettings",), "export": ("ExportSettings",),
-                    "assign": ("AssignSettings",), "suggest": ("SuggestSettings",), "review": ("ReviewSettings",)}
+COMMAND_SETTINGS = {
+    "detect": ("DetectorParams", "DetectWork"),
+    "embed": ("EmbedSettings",),
+    "cluster": ("ClusterSettings",),
+    "train-cvae": ("TrainSettings",),
+    "generate": ("GenerateSettings",),
+    "export": ("ExportSettings",),
+    "assign": ("AssignSettings",),
+    "suggest": ("SuggestSettings",),
+    "review": ("ReviewSettings",),
+}
 # The stage functions (module, function) and the settings class their loose arguments are checked against.
-STAGE_FUNCTIONS = [("detect", "detect", "DetectWork"), ("embed", "embed", "EmbedSettings"),
-                   ("generate", "generate", "GenerateSettings"), ("probe", "train", "ProbeSettings"),
-                   ("export", "export", "ExportSettings"), ("assign", "assign", "AssignSettings"),
-                   ("api", "group_faces", "ClusterSettings"), ("models/registry", "load_embedder", "EmbedSettings"),
-                   ("suggest", "suggest", "SuggestSettings"), ("review_page", "review", "ReviewSettings")]
+STAGE_FUNCTIONS = [
+    ("detect", "detect", "DetectWork"),
+    ("embed", "embed", "EmbedSettings"),
+    ("generate", "generate", "GenerateSettings"),
+    ("probe", "train", "ProbeSettings"),
+    ("export", "export", "ExportSettings"),
+    ("assign", "assign", "AssignSettings"),
+    ("api", "group_faces", "ClusterSettings"),
+    ("models/registry", "load_embedder", "EmbedSettings"),
+    ("suggest", "suggest", "SuggestSettings"),
+    ("review_page", "review", "ReviewSettings"),
+]
 
 
 def test_the_default_run_config_is_the_spec():
@@ -110,10 +124,13 @@ def literal_defaults(function: ast.FunctionDef) -> dict[str, str]:
     """The parameters of ``function`` whose default is written as a literal (a number, a string, a tuple...)."""
     arguments = function.args
     positional = arguments.posonlyargs + arguments.args
-    pairs = list(zip(positional[len(positional) - len(arguments.defaults):], arguments.defaults))
+    pairs = list(zip(positional[len(positional) - len(arguments.defaults) :], arguments.defaults))
     pairs += [(a, d) for a, d in zip(arguments.kwonlyargs, arguments.kw_defaults) if d is not None]
-    return {a.arg: ast.unparse(d) for a, d in pairs
-            if isinstance(d, (ast.Constant, ast.Tuple, ast.List, ast.UnaryOp)) and ast.unparse(d) != "None"}
+    return {
+        a.arg: ast.unparse(d)
+        for a, d in pairs
+        if isinstance(d, (ast.Constant, ast.Tuple, ast.List, ast.UnaryOp)) and ast.unparse(d) != "None"
+    }
 
 
 def test_no_default_or_choice_of_a_stage_setting_outside_its_spec():
@@ -122,7 +139,9 @@ def test_no_default_or_choice_of_a_stage_setting_outside_its_spec():
     defaults from the spec (``workers: int = DetectWork.workers``), not as literals of their own."""
     from facepipe import settings
 
-    setting_names = {n for kinds in COMMAND_SETTINGS.values() for name in kinds for n in getattr(settings, name).spec()}
+    setting_names = {
+        n for kinds in COMMAND_SETTINGS.values() for name in kinds for n in getattr(settings, name).spec()
+    }
     found = []
     tree = ast.parse((PACKAGE / "cli.py").read_text(encoding="utf-8"))
     for node in ast.walk(tree):
@@ -133,15 +152,22 @@ def test_no_default_or_choice_of_a_stage_setting_outside_its_spec():
             dest = next((n for n in names if not n.startswith("-")), names[0].lstrip("-").replace("-", "_"))
             if dest in setting_names:
                 found.append(f"cli.py: option {names[0]} is a setting, written by hand")
-        if isinstance(node, ast.Call) and ast.unparse(node.func) == "click.Choice" and node.args and isinstance(
-                node.args[0], (ast.List, ast.Tuple)):
+        if (
+            isinstance(node, ast.Call)
+            and ast.unparse(node.func) == "click.Choice"
+            and node.args
+            and isinstance(node.args[0], (ast.List, ast.Tuple))
+        ):
             found.append(f"cli.py: choices {ast.unparse(node.args[0])} written by hand")
     for module, function, kind in STAGE_FUNCTIONS:
         specs = getattr(settings, kind).spec()
         tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
         definition = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function)
-        found += [f"{module}.{function}({name}={value})" for name, value in literal_defaults(definition).items()
-                  if name in specs or name == "Cs"]
+        found += [
+            f"{module}.{function}({name}={value})"
+            for name, value in literal_defaults(definition).items()
+            if name in specs or name == "Cs"
+        ]
     for module, function in (("cluster", "cluster"), ("cvae/training", "train_cvae")):
         tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
         definition = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function)
@@ -153,9 +179,25 @@ def test_no_default_or_choice_of_a_stage_setting_outside_its_spec():
 
 # Options of a single command that a run config does not set: inputs and outputs (the run folder fixes them),
 # and what the run decides itself (force and resume from its stage cache, the progress bars from -q).
-NOT_IN_RUN_CONFIG = {"inputs", "out_dir", "output", "crops", "crops_dir", "embeddings", "cluster_results",
-                     "weights_dir", "checkpoint", "samples_dir", "labels", "force", "quiet", "resume",
-                     "cluster_ids", "all_clusters", "no_samples"}
+NOT_IN_RUN_CONFIG = {
+    "inputs",
+    "out_dir",
+    "output",
+    "crops",
+    "crops_dir",
+    "embeddings",
+    "cluster_results",
+    "weights_dir",
+    "checkpoint",
+    "samples_dir",
+    "labels",
+    "force",
+    "quiet",
+    "resume",
+    "cluster_ids",
+    "all_clusters",
+    "no_samples",
+}
 
 
 def test_every_setting_of_a_command_can_be_set_in_a_run_config():
@@ -164,14 +206,24 @@ def test_every_setting_of_a_command_can_be_set_in_a_run_config():
     from facepipe.cli import main
     from facepipe.config import default_config
 
-    commands = {"detect": "detect", "embed": "embed", "cluster": "cluster", "train_cvae": "train-cvae",
-                "generate": "generate"}
+    commands = {
+        "detect": "detect",
+        "embed": "embed",
+        "cluster": "cluster",
+        "train_cvae": "train-cvae",
+        "generate": "generate",
+    }
     config = default_config()
-    missing = [f"{command} --{p.name.replace('_', '-')} (no [{section}] {p.name})"
-               for section, command in commands.items() for p in main.commands[command].params
-               if p.name not in config[section] and p.name not in config["run"]  # [run] engine: detect's and embed's
-               and p.name not in NOT_IN_RUN_CONFIG and not getattr(p, "hidden", False)
-               and (section, p.name) != ("generate", "device")]  # run's generate uses [train_cvae] device
+    missing = [
+        f"{command} --{p.name.replace('_', '-')} (no [{section}] {p.name})"
+        for section, command in commands.items()
+        for p in main.commands[command].params
+        if p.name not in config[section]
+        and p.name not in config["run"]  # [run] engine: detect's and embed's
+        and p.name not in NOT_IN_RUN_CONFIG
+        and not getattr(p, "hidden", False)
+        and (section, p.name) != ("generate", "device")
+    ]  # run's generate uses [train_cvae] device
     assert not missing, "\n".join(missing)
 
 
@@ -182,7 +234,11 @@ def test_option_names_are_the_config_keys_with_dashes():
     differ = []
     for command in ("detect", "embed", "cluster", "train-cvae", "generate", "run"):
         for param in main.commands[command].params:
-            if getattr(param, "hidden", False) or not getattr(param, "opts", None) or param.param_type_name != "option":
+            if (
+                getattr(param, "hidden", False)
+                or not getattr(param, "opts", None)
+                or param.param_type_name != "option"
+            ):
                 continue
             spelled = [opt for opt in param.opts if opt.startswith("--")]
             if f"--{param.name.replace('_', '-')}" not in spelled and param.name not in NAMED_OTHERWISE:
@@ -191,8 +247,18 @@ def test_option_names_are_the_config_keys_with_dashes():
 
 
 # Parameters whose option says what the user gives rather than the parameter's name.
-NAMED_OTHERWISE = {"out_dir", "output", "weights_dir", "cluster_ids", "all_clusters", "config_file", "overrides",
-                   "from_stage", "as_json", "cluster_results"}
+NAMED_OTHERWISE = {
+    "out_dir",
+    "output",
+    "weights_dir",
+    "cluster_ids",
+    "all_clusters",
+    "config_file",
+    "overrides",
+    "from_stage",
+    "as_json",
+    "cluster_results",
+}
 
 
 def test_public_api_examples_run_as_written(monkeypatch):
@@ -214,8 +280,11 @@ def test_no_long_functions_and_no_private_imports_across_modules():
             if isinstance(node, ast.FunctionDef) and node.end_lineno - node.lineno + 1 > 80:
                 long.append(f"{path.name}: {node.name} ({node.end_lineno - node.lineno + 1} lines)")
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("facepipe"):
-                private += [f"{path.name}: {alias.name} from {node.module}" for alias in node.names
-                            if alias.name.startswith("_") and not alias.name.startswith("__")]
+                private += [
+                    f"{path.name}: {alias.name} from {node.module}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
     assert not long and not private, long + private
 
 
@@ -228,8 +297,11 @@ def test_the_checkpoint_config_defaults_are_train_cvaes():
 
     spec = TrainSettings.spec()
     renamed = {"alignment": "align"}
-    differ = [f"{f.name}: {f.default!r} vs {spec[renamed.get(f.name, f.name)].default!r}"
-              for f in dataclasses.fields(CVAEConfig)
-              if renamed.get(f.name, f.name) in spec and f.name != "identity_weight"  # resolved from "auto"
-              and f.default != spec[renamed.get(f.name, f.name)].default]
+    differ = [
+        f"{f.name}: {f.default!r} vs {spec[renamed.get(f.name, f.name)].default!r}"
+        for f in dataclasses.fields(CVAEConfig)
+        if renamed.get(f.name, f.name) in spec
+        and f.name != "identity_weight"  # resolved from "auto"
+        and f.default != spec[renamed.get(f.name, f.name)].default
+    ]
     assert not differ, differ

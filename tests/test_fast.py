@@ -102,10 +102,12 @@ def test_labels_join_by_source_photo_and_by_name(tmp_path):
     crops = tmp_path / "crops"
     crops.mkdir()
     pd.DataFrame({"crop": ["x_0.jpg", "y_0.jpg"], "source": ["/photos/Ann/1.jpg", "/photos/Bob/2.jpg"]}).to_csv(
-        crops / "detections.csv", index=False)
+        crops / "detections.csv", index=False
+    )
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame({"relpath": ["Ann/1.jpg", "Bob/2.jpg"], "identity": ["Ann", "Bob"], "bald": [0, 1]}).to_csv(
-        manifest, index=False)
+        manifest, index=False
+    )
     joined = attach_labels(["x_0.jpg", "y_0.jpg", "z_0.jpg"], manifest, crops)
     assert joined["identity"].tolist()[:2] == ["Ann", "Bob"] and joined["matched"].tolist() == [True, True, False]
     pd.DataFrame({"identity": ["Ann"]}).to_csv(tmp_path / "no_key.csv", index=False)
@@ -120,10 +122,17 @@ def test_one_naming_rule_for_inputs_and_outputs_and_the_old_spellings_retired():
 
     from facepipe.cli import main
 
-    old_spellings = {("detect",): (), ("embed",): ("--output",), ("cluster",): (), ("run",): (),
-                     ("train-cvae",): ("--clusters", "--weights-dir", "--latent", "--channels", "--lr"),
-                     ("generate",): ("--checkpoint",), ("probe", "train"): ("--embeddings",),
-                     ("probe", "predict"): ("--embeddings",), ("probe", "evaluate"): ("--embeddings", "--out-dir")}
+    old_spellings = {
+        ("detect",): (),
+        ("embed",): ("--output",),
+        ("cluster",): (),
+        ("run",): (),
+        ("train-cvae",): ("--clusters", "--weights-dir", "--latent", "--channels", "--lr"),
+        ("generate",): ("--checkpoint",),
+        ("probe", "train"): ("--embeddings",),
+        ("probe", "predict"): ("--embeddings",),
+        ("probe", "evaluate"): ("--embeddings", "--out-dir"),
+    }
     for command, spellings in old_spellings.items():
         text = CliRunner().invoke(main, [*command, "--help"]).output
         assert "-o, --out" in text, command

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import cosines
 from PIL import Image
 
 from facepipe.common import FacepipeError
 from facepipe.formats import embedding_columns
 from facepipe.models.vggface2 import VGGFace2ResNet50Embedder
 from facepipe.models.weights import VGGFACE2_RESNET50_FILE, ensure_vggface2_weights
-from helpers import cosines
 
 FIXTURE = "vggface_resnet50"
 WEIGHTS = "vggface_resnet50_notop_random.h5"
@@ -195,8 +195,14 @@ def test_precision_auto_takes_bf16_only_where_the_hardware_has_it(fixture, fp32_
     drift measured for bf16; fp32 elsewhere, and always for dlib-resnet128."""
     from facepipe.models.registry import load_embedder, native_bf16
 
-    auto = load_embedder("vggface2-resnet50", weights=fp32_embedder.weights_path, device="cpu", precision="auto",
-                         batch_size=16, show_progress=False)
+    auto = load_embedder(
+        "vggface2-resnet50",
+        weights=fp32_embedder.weights_path,
+        device="cpu",
+        precision="auto",
+        batch_size=16,
+        show_progress=False,
+    )
     assert auto.describe()["precision"] == ("bf16" if native_bf16("cpu") else "fp32")
     assert cosines(auto.embed(fixture[1]), fp32_embeddings).min() > 0.9999
     dlib = load_embedder("dlib-resnet128", device="cpu", precision="auto", show_progress=False)

@@ -19,13 +19,35 @@ from facepipe.settings import ALIGNMENTS, DECODER_BASES, FACE_MASKS, MIN_IMAGE_S
 
 # The settings of a checkpoint's config that have a range (the seed, the workers and keep_last are the
 # training run's, checked by train_cvae itself).
-CHECKED_SETTINGS = ("image_size", "latent_dim", "base_channels", "max_channels", "batch_size", "epochs", "beta",
-                    "mean_anchor", "detail_weight", "identity_weight", "learning_rate", "draw_identity",
-                    "identity_jitter", "align_padding", "val_fraction")
+CHECKED_SETTINGS = (
+    "image_size",
+    "latent_dim",
+    "base_channels",
+    "max_channels",
+    "batch_size",
+    "epochs",
+    "beta",
+    "mean_anchor",
+    "detail_weight",
+    "identity_weight",
+    "learning_rate",
+    "draw_identity",
+    "identity_jitter",
+    "align_padding",
+    "val_fraction",
+)
 # What the settings added over time meant before they existed: unaligned, unmasked crops, a plain decoder, terms off.
-BEFORE_THEY_EXISTED = {"alignment": "none", "face_mask": "none", "decoder_base": "none", "mean_anchor": 0.0,
-                       "detail_weight": 0.0, "identity_weight": 0.0,
-                       "draw_identity": 0.0, "identity_jitter": 0.0, "identity_blur": 0.0}
+BEFORE_THEY_EXISTED = {
+    "alignment": "none",
+    "face_mask": "none",
+    "decoder_base": "none",
+    "mean_anchor": 0.0,
+    "detail_weight": 0.0,
+    "identity_weight": 0.0,
+    "draw_identity": 0.0,
+    "identity_jitter": 0.0,
+    "identity_blur": 0.0,
+}
 
 
 @dataclass
@@ -86,23 +108,31 @@ class CVAEConfig:
         for name in CHECKED_SETTINGS:
             value = getattr(self, name)
             if not limits[name].limit.admits(value):
-                raise FacepipeError(f"CVAE setting {_option(name)} = {value!r} must be {limits[name].limit.describe()}")
+                raise FacepipeError(
+                    f"CVAE setting {_option(name)} = {value!r} must be {limits[name].limit.describe()}"
+                )
         blur = limits["identity_blur"].limit
         if not blur.admits(self.identity_blur):
             raise FacepipeError(f"CVAE setting identity_blur = {self.identity_blur!r} must be {blur.describe()}")
         encoder_sizes(self.image_size)  # and divisible by 4
         if not isinstance(self.clusters, list) or not all(
-                isinstance(c, int) and not isinstance(c, bool) and UNKNOWN_CLUSTER <= c <= MAX_GROUP_NUMBER
-                for c in self.clusters):
-            raise FacepipeError(f"CVAE setting clusters must be a list of cluster ids (whole numbers from "
-                                f"{UNKNOWN_CLUSTER} to {MAX_GROUP_NUMBER})")
+            isinstance(c, int) and not isinstance(c, bool) and UNKNOWN_CLUSTER <= c <= MAX_GROUP_NUMBER
+            for c in self.clusters
+        ):
+            raise FacepipeError(
+                f"CVAE setting clusters must be a list of cluster ids (whole numbers from "
+                f"{UNKNOWN_CLUSTER} to {MAX_GROUP_NUMBER})"
+            )
         for name, choices in (("alignment", ALIGNMENTS), ("face_mask", FACE_MASKS), ("decoder_base", DECODER_BASES)):
             if getattr(self, name) not in choices:
-                raise FacepipeError(f"CVAE setting {_option(name)} = {getattr(self, name)!r}: use "
-                                    f"{' or '.join(choices)}")
+                raise FacepipeError(
+                    f"CVAE setting {_option(name)} = {getattr(self, name)!r}: use {' or '.join(choices)}"
+                )
         if self.face_mask != "none" and self.alignment == "none":
-            raise FacepipeError(f"CVAE setting {_option('face_mask')} = {self.face_mask!r} needs aligned crops: "
-                                f"use {_option('alignment')} dlib5 or {_option('face_mask')} none")
+            raise FacepipeError(
+                f"CVAE setting {_option('face_mask')} = {self.face_mask!r} needs aligned crops: "
+                f"use {_option('alignment')} dlib5 or {_option('face_mask')} none"
+            )
 
 
 def _option(name: str) -> str:
@@ -240,8 +270,21 @@ def gaussian_blurred(images, sigma: float):
     return torch.nn.functional.conv2d(blurred, rows.transpose(2, 3), groups=channels)
 
 
-def cvae_loss(reconstruction, target, mu, logvar, centre_faces, cluster_means, identity, draw_identity, beta: float,
-              mean_anchor: float, identity_weight: float, draw_weight: float, detail_weight: float = 0.0):
+def cvae_loss(
+    reconstruction,
+    target,
+    mu,
+    logvar,
+    centre_faces,
+    cluster_means,
+    identity,
+    draw_identity,
+    beta: float,
+    mean_anchor: float,
+    identity_weight: float,
+    draw_weight: float,
+    detail_weight: float = 0.0,
+):
     """Per-image means of: total = recon + beta * KL + mean_anchor * anchor
     + identity_weight * (identity + draw_weight * draw_identity).
 

@@ -62,6 +62,7 @@ class DifferentiableEmbedder(Embedder, Protocol):
     def embed_aligned(self, images: Any, grids: Any) -> Any:
         """RGB float images (n, 3, H, W) in [0, 1], each sampled by its grid -> (n, dim), with gradients."""
 
+
 # The distance below which two faces are taken to be one person, per model, between L2-normalised embeddings
 # (the space cluster works in). dlib-resnet128: measured on 1,389 LFW crops (79 people, all pairs): at 0.37
 # 88.7% of same-person pairs and 0.08% of different-person pairs lie closer (dlib's own 0.6 on its raw,

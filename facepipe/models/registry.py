@@ -45,11 +45,17 @@ def _vggface2_weights(weights, show_progress: bool) -> Path:
 
 
 EMBEDDERS = {
-    VGGFACE2_RESNET50: EmbedderEntry(VGGFACE2_RESNET50, "facepipe.models.vggface2:VGGFace2ResNet50Embedder",
-                                     PRECISIONS, dlib_options=False, weights=_vggface2_weights,
-                                     bf16_where_native=True),
-    DLIB_RESNET128: EmbedderEntry(DLIB_RESNET128, "facepipe.models.dlib_resnet:DlibResNet128Embedder", ("fp32",),
-                                  dlib_options=True),
+    VGGFACE2_RESNET50: EmbedderEntry(
+        VGGFACE2_RESNET50,
+        "facepipe.models.vggface2:VGGFace2ResNet50Embedder",
+        PRECISIONS,
+        dlib_options=False,
+        weights=_vggface2_weights,
+        bf16_where_native=True,
+    ),
+    DLIB_RESNET128: EmbedderEntry(
+        DLIB_RESNET128, "facepipe.models.dlib_resnet:DlibResNet128Embedder", ("fp32",), dlib_options=True
+    ),
 }
 assert tuple(EMBEDDERS) == MODEL_NAMES
 
@@ -95,8 +101,9 @@ def load_embedder(
     if precision not in entry.precisions:
         raise FacepipeError(f"{model} runs in {' or '.join(entry.precisions)} only; drop --precision {precision}")
     if entry.dlib_options:
-        return entry.embedder_class()(face_margin=face_margin, device=device, batch_size=batch_size, crop=dlib_crop,
-                                      padding=dlib_padding)
+        return entry.embedder_class()(
+            face_margin=face_margin, device=device, batch_size=batch_size, crop=dlib_crop, padding=dlib_padding
+        )
     if dlib_crop != EmbedSettings.dlib_crop or dlib_padding != EmbedSettings.dlib_padding:
         raise FacepipeError("--dlib-crop and --dlib-padding apply to dlib-resnet128 only")
     kind = entry.embedder_class()
@@ -107,13 +114,17 @@ def embedder_settings(meta: dict) -> dict:
     """The embed settings an embeddings sidecar records (model, precision, dlib crop and padding), so that new
     faces are embedded the way the crops were."""
     padding = meta.get("chip_padding")
-    return {"model": meta.get("model"), "precision": meta.get("precision") or "fp32",
-            "dlib_crop": meta.get("crop") or EmbedSettings.dlib_crop,
-            "dlib_padding": EmbedSettings.dlib_padding if padding is None else float(padding)}
+    return {
+        "model": meta.get("model"),
+        "precision": meta.get("precision") or "fp32",
+        "dlib_crop": meta.get("crop") or EmbedSettings.dlib_crop,
+        "dlib_padding": EmbedSettings.dlib_padding if padding is None else float(padding),
+    }
 
 
-def embedder_like(embeddings: Embeddings, source: str | os.PathLike, device: str = "auto",
-                  face_margin: float | None = None) -> Embedder:
+def embedder_like(
+    embeddings: Embeddings, source: str | os.PathLike, device: str = "auto", face_margin: float | None = None
+) -> Embedder:
     """The embedder that made ``embeddings`` (read from ``source``), set up as its sidecar says
     (``embedder_settings``, and its face margin) but in fp32, as the fidelity checks compare; ``face_margin``
     replaces the recorded margin, for faces framed otherwise than the crops (e.g. landmark-aligned ones)."""

@@ -62,8 +62,9 @@ class ConvBN(nn.Module):
     ``same=True`` reproduces TensorFlow's 'same' padding, ``same=False`` is Keras's 'valid'.
     """
 
-    def __init__(self, keras_name: str, in_channels: int, out_channels: int, kernel: int,
-                 stride: int = 1, same: bool = False):
+    def __init__(
+        self, keras_name: str, in_channels: int, out_channels: int, kernel: int, stride: int = 1, same: bool = False
+    ):
         super().__init__()
         self.keras_name = keras_name
         self.kernel = kernel
@@ -248,8 +249,9 @@ class VGGFace2ResNet50Embedder:
     name = VGGFACE2_RESNET50
     dim = EMBEDDING_DIM
 
-    def __init__(self, weights_path: str | os.PathLike, device: str = "auto", precision: str = "fp32",
-                 batch_size: int = 32):
+    def __init__(
+        self, weights_path: str | os.PathLike, device: str = "auto", precision: str = "fp32", batch_size: int = 32
+    ):
         if precision not in PRECISIONS:
             raise FacepipeError(f"unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
         if batch_size < 1:
@@ -288,7 +290,7 @@ class VGGFace2ResNet50Embedder:
         step = min(self.batch_size, CPU_CHUNK) if self.device == "cpu" else self.batch_size
         with torch.inference_mode():
             for start in range(0, len(resized), step):
-                batch = np.stack(resized[start:start + step])
+                batch = np.stack(resized[start : start + step])
                 x = preprocess_input(torch.from_numpy(batch).to(self.device))
                 x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
                 outputs.append(self.model(x).float().cpu().numpy())
