@@ -12,7 +12,7 @@ import math
 import numbers
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -504,28 +504,10 @@ def _save_epoch(
 
 
 def _model_config(settings: TrainSettings) -> CVAEConfig:
-    """The checkpoint's record of ``settings`` (the data's fields are filled in once it is read)."""
-    copied = (
-        "image_size",
-        "align_padding",
-        "face_mask",
-        "decoder_base",
-        "latent_dim",
-        "base_channels",
-        "max_channels",
-        "beta",
-        "mean_anchor",
-        "detail_weight",
-        "draw_identity",
-        "identity_jitter",
-        "identity_blur",
-        "learning_rate",
-        "batch_size",
-        "epochs",
-        "val_fraction",
-        "seed",
-    )
-    return CVAEConfig(alignment=settings.align, **{name: getattr(settings, name) for name in copied})
+    """The checkpoint's record of ``settings``: every setting it shares with ``CVAEConfig`` (``align`` as its
+    ``alignment``; the identity weight and the data's fields are filled in once the data is read)."""
+    shared = {f.name for f in fields(CVAEConfig)} & set(TrainSettings.spec()) - {"identity_weight"}
+    return CVAEConfig(alignment=settings.align, **{name: getattr(settings, name) for name in sorted(shared)})
 
 
 @locks_output(lambda args: args["weights_dir"])
