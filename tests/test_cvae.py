@@ -355,7 +355,6 @@ def test_generate_writes_faces_means_samples_and_sheet(tmp_path, trained):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "--checkpoint is deprecated" in result.output
     for kind in ("face", "samples", "mean"):
         name = generated_face_names(2)[kind]
         assert (single / name).read_bytes() == (out / name).read_bytes(), kind  # same seed, same faces
