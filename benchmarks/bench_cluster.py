@@ -28,9 +28,10 @@ CHILD_FACEPIPE = """
 import json, resource, sys, time
 from facepipe.cluster import cluster
 from facepipe.formats import read_json
+from facepipe.settings import ClusterSettings
 start = time.perf_counter()
-summary = cluster(sys.argv[1], sys.argv[2], k=int(sys.argv[3]), n_init=int(sys.argv[4]), samples_dir=None,
-                  show_progress=False)
+summary = cluster(sys.argv[1], sys.argv[2], ClusterSettings(k=int(sys.argv[3]), n_init=int(sys.argv[4])),
+                  samples_dir=None, show_progress=False)
 seconds = time.perf_counter() - start
 meta = read_json(sys.argv[2] + "/cluster_results.csv.json")
 print(json.dumps({"seconds": seconds, "inertia": meta["inertia"], "clusters": summary.k,
@@ -89,14 +90,20 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for n_init in args.n_init:
             r = run_child(CHILD_FACEPIPE, str(data), str(Path(folder) / f"out{n_init}"), str(args.k), str(n_init))
-            print(f"| facepipe `cluster` (k-means++ + faiss Lloyd) | n_init {n_init}, 30 iterations on a "
-                  f"{min(args.n, 256 * args.k)}-point sample, then all points assigned; whole stage incl. reading and "
-                  f"writing | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | {r['inertia']:.1f} |", flush=True)
+            print(
+                f"| facepipe `cluster` (k-means++ + faiss Lloyd) | n_init {n_init}, 30 iterations on a "
+                f"{min(args.n, 256 * args.k)}-point sample, then all points assigned; whole stage incl. reading and "
+                f"writing | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | {r['inertia']:.1f} |",
+                flush=True,
+            )
         if not args.skip_sklearn:
             r = run_child(CHILD_SKLEARN, str(data), "", str(args.k))
-            print(f"| scikit-learn KMeans | defaults (k-means++, 1 run, max_iter 300, tol 1e-4), all points; "
-                  f"fit only ({r['iterations']} iterations) | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | "
-                  f"{r['inertia']:.1f} |", flush=True)
+            print(
+                f"| scikit-learn KMeans | defaults (k-means++, 1 run, max_iter 300, tol 1e-4), all points; "
+                f"fit only ({r['iterations']} iterations) | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | "
+                f"{r['inertia']:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ people) and group_photos go once through ``detect`` (stage defaults) and ``embed
 faces stay in the collection, unlabelled. The people are dealt into ``--folds`` folds (each set shuffled and
 dealt round-robin, seeded), the one-off people and group_photos likewise, and each fold is clustered as a
 collection of its own with every setting of the grid: the same-person distance, and the face link rule
-(``facepipe.cluster_graph``: ``full_weight_share``, below which share of the distance an edge weighs 1;
+(``facepipe.grouping``: ``full_weight_share``, below which share of the distance an edge weighs 1;
 ``links``, the neighbours within the distance a face needs in its group; ``close_share``, below which share
 of the distance one neighbour is enough).
 
@@ -34,8 +34,12 @@ PEOPLE_SETS = ("celeba_wild", "lfw", "dlib_johns", "deepface_ids")
 ONE_OFF_SET = "lfw_singletons"
 OTHER_SET = "group_photos"  # group photos, portraits and no-face photos: their faces are unlabelled here
 SETTINGS = ("distance", "full_weight_share", "links", "close_share")
-GRID = {"distance": (0.35, 0.37, 0.39), "full_weight_share": (0.0, 0.55, 0.7, 0.85), "links": (1, 2, 3, 4),
-        "close_share": (0.8, 0.9)}  # full_weight_share 0: the weights before; links 1: the link rule before
+GRID = {
+    "distance": (0.35, 0.37, 0.39),
+    "full_weight_share": (0.0, 0.55, 0.7, 0.85),
+    "links": (1, 2, 3, 4),
+    "close_share": (0.8, 0.9),
+}  # full_weight_share 0: the weights before; links 1: the link rule before
 MAX_STRANGERS = 0.02
 
 
@@ -61,7 +65,9 @@ def prepare(shared: Path, out: Path) -> pd.DataFrame:
     embeddings = read_embeddings(out / "features.csv")
     faces = detections.set_index("crop").loc[embeddings.names].reset_index()
     faces["set"] = faces["source"].map(lambda s: identities[s][0])
-    largest = faces.assign(area=faces["w"] * faces["h"]).sort_values("area", ascending=False).drop_duplicates("source")
+    largest = (
+        faces.assign(area=faces["w"] * faces["h"]).sort_values("area", ascending=False).drop_duplicates("source")
+    )
     faces["identity"] = None
     faces.loc[largest.index, "identity"] = largest["source"].map(lambda s: identities[s][1])
     vectors = embeddings.vectors / np.linalg.norm(embeddings.vectors, axis=1, keepdims=True)
@@ -93,15 +99,14 @@ def score(faces: pd.DataFrame, labels: np.ndarray) -> dict:
     metrics = bcubed(faces.loc[known, "identity"].to_numpy(), labels[known])
     people_groups = set(labels[people][labels[people] >= 0].tolist())
     strangers = float(np.isin(labels[one_off], list(people_groups)).mean()) if one_off.any() else 0.0
-    return {"precision": metrics["precision"], "recall": metrics["recall"], "f": metrics["f"],
-            "strangers": strangers}
+    return {"precision": metrics["precision"], "recall": metrics["recall"], "f": metrics["f"], "strangers": strangers}
 
 
-def group(faces: pd.DataFrame, distance: float, full_weight_share: float, links: int,
-          close_share: float) -> np.ndarray:
+def group(
+    faces: pd.DataFrame, distance: float, full_weight_share: float, links: int, close_share: float
+) -> np.ndarray:
     """The cluster stage's grouping of these faces (its defaults but for the settings given)."""
-    from facepipe.cluster import finish_groups
-    from facepipe.cluster_graph import best_whispers, neighbour_graph, unmatched_faces
+    from facepipe.grouping import best_whispers, finish_groups, neighbour_graph, unmatched_faces
 
     vectors = np.stack(faces["vector"].to_numpy())
     photos = np.unique(faces["source"].to_numpy(), return_inverse=True)[1]
@@ -130,8 +135,13 @@ def held_out(table: pd.DataFrame) -> pd.DataFrame:
         allowed = (allowed if len(allowed) else others).assign(f=lambda t: t["f"].round(3))
         setting = allowed.sort_values(["f", "strangers"], ascending=[False, True], kind="stable").index[0]
         mine = table[table["fold"] == part].set_index(list(SETTINGS)).loc[setting]
-        rows.append({"fold": part, **dict(zip(SETTINGS, setting)),
-                     **mine[["precision", "recall", "f", "strangers"]].to_dict()})
+        rows.append(
+            {
+                "fold": part,
+                **dict(zip(SETTINGS, setting)),
+                **mine[["precision", "recall", "f", "strangers"]].to_dict(),
+            }
+        )
     return pd.DataFrame(rows)
 
 

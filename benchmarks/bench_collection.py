@@ -46,8 +46,13 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-NO_FACE_PHOTOS = ["dlib_dogs.jpg", "insightface_mask_black.jpg", "insightface_mask_blue.jpg",
-                  "insightface_mask_green.jpg", "insightface_mask_white.jpg"]
+NO_FACE_PHOTOS = [
+    "dlib_dogs.jpg",
+    "insightface_mask_black.jpg",
+    "insightface_mask_blue.jpg",
+    "insightface_mask_green.jpg",
+    "insightface_mask_white.jpg",
+]
 PIPELINES = ("facepipe", "facepipe-old-defaults", "face_recognition")
 
 
@@ -57,11 +62,21 @@ def build_collection(shared: Path) -> pd.DataFrame:
     for name, kind in (("celeba_wild", "labelled"), ("lfw_singletons", "one-off")):
         manifest = pd.read_csv(shared / "data" / name / "manifest.csv")
         for relpath, identity in zip(manifest["relpath"], manifest["identity"]):
-            rows.append({"path": str((shared / "data" / name / relpath).resolve()), "identity": f"{name}:{identity}",
-                         "kind": kind})
+            rows.append(
+                {
+                    "path": str((shared / "data" / name / relpath).resolve()),
+                    "identity": f"{name}:{identity}",
+                    "kind": kind,
+                }
+            )
     for photo in NO_FACE_PHOTOS:
-        rows.append({"path": str((shared / "data" / "group_photos" / "images" / photo).resolve()), "identity": None,
-                     "kind": "no-face"})
+        rows.append(
+            {
+                "path": str((shared / "data" / "group_photos" / "images" / photo).resolve()),
+                "identity": None,
+                "kind": "no-face",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -70,18 +85,30 @@ def run_facepipe(photos: list[str], out: Path, old_defaults: bool) -> pd.DataFra
     from facepipe.cluster import cluster
     from facepipe.detect import DetectorParams, detect
     from facepipe.embed import embed
+    from facepipe.settings import ClusterSettings
 
     listing = out / "photos.txt"
     listing.write_text("\n".join(photos) + "\n", encoding="utf-8")
     params = DetectorParams(detector="haar") if old_defaults else DetectorParams()
     detect([listing], out / "crops", params, workers=2, force=True, show_progress=False)
     embed(out / "crops", out / "features.csv", model="dlib-resnet128", force=True, show_progress=False)
-    cluster(out / "features.csv", out, method="kmeans" if old_defaults else "auto", samples_dir=None, force=True,
-            show_progress=False)
+    cluster(
+        out / "features.csv",
+        out,
+        ClusterSettings(method="kmeans" if old_defaults else "auto"),
+        samples_dir=None,
+        force=True,
+        show_progress=False,
+    )
     detections = pd.read_csv(out / "crops" / "detections.csv")
     groups = pd.read_csv(out / "cluster_results.csv").set_index("name")["cluster"]
-    return pd.DataFrame({"path": detections["source"], "area": detections["w"] * detections["h"],
-                         "group": groups.reindex(detections["crop"]).to_numpy()})
+    return pd.DataFrame(
+        {
+            "path": detections["source"],
+            "area": detections["w"] * detections["h"],
+            "group": groups.reindex(detections["crop"]).to_numpy(),
+        }
+    )
 
 
 _recipe: dict = {}
@@ -92,9 +119,11 @@ def _recipe_init() -> None:
 
     from facepipe.models.dlib_resnet import LANDMARKS_FILE, RESNET_FILE, model_file
 
-    _recipe.update(detector=dlib.get_frontal_face_detector(),
-                   landmarks=dlib.shape_predictor(str(model_file(LANDMARKS_FILE))),
-                   encoder=dlib.face_recognition_model_v1(str(model_file(RESNET_FILE))))
+    _recipe.update(
+        detector=dlib.get_frontal_face_detector(),
+        landmarks=dlib.shape_predictor(str(model_file(LANDMARKS_FILE))),
+        encoder=dlib.face_recognition_model_v1(str(model_file(RESNET_FILE))),
+    )
 
 
 def _recipe_photo(path: str) -> list[tuple[str, int, np.ndarray]]:
@@ -131,15 +160,23 @@ def score(collection: pd.DataFrame, faces: pd.DataFrame) -> dict:
     labelled = photos[photos["kind"] == "labelled"].reset_index(drop=True)
     found = labelled["group"].notna()
     # a photo with no face or an unknown face is a group of its own
-    predicted = [f"group {int(g)}" if pd.notna(g) and g >= 0 else f"alone {i}" for i, g in enumerate(labelled["group"])]
+    predicted = [
+        f"group {int(g)}" if pd.notna(g) and g >= 0 else f"alone {i}" for i, g in enumerate(labelled["group"])
+    ]
     metrics = bcubed(labelled["identity"].tolist(), predicted)
     labelled_groups = {int(g) for g in labelled["group"].dropna() if g >= 0}
     one_off = photos[(photos["kind"] == "one-off") & photos["group"].notna()]
     no_face = faces[faces["path"].isin(collection.loc[collection["kind"] == "no-face", "path"])]
-    return {"labelled_found": float(found.mean()), "bcubed_precision": metrics["precision"],
-            "bcubed_recall": metrics["recall"], "bcubed_f": metrics["f"],
-            "one_off_in_labelled_group": float(one_off["group"].isin(labelled_groups).mean()),
-            "one_off_found": len(one_off), "no_face_faces": len(no_face), "faces": len(faces)}
+    return {
+        "labelled_found": float(found.mean()),
+        "bcubed_precision": metrics["precision"],
+        "bcubed_recall": metrics["recall"],
+        "bcubed_f": metrics["f"],
+        "one_off_in_labelled_group": float(one_off["group"].isin(labelled_groups).mean()),
+        "one_off_found": len(one_off),
+        "no_face_faces": len(no_face),
+        "faces": len(faces),
+    }
 
 
 def face_clustering(collection: pd.DataFrame, faces: pd.DataFrame) -> dict:
@@ -155,19 +192,27 @@ def face_clustering(collection: pd.DataFrame, faces: pd.DataFrame) -> dict:
     metrics = bcubed(known["identity"].tolist(), predicted)
     people_groups = set(known.loc[(known["kind"] == "labelled") & (known["group"] >= 0), "group"])
     strangers = known.loc[known["kind"] == "one-off", "group"]
-    return {"face_bcubed_precision": metrics["precision"], "face_bcubed_recall": metrics["recall"],
-            "face_bcubed_f": metrics["f"], "strangers_in_people_groups": int(strangers.isin(people_groups).sum()),
-            "one_off_faces": len(strangers)}
+    return {
+        "face_bcubed_precision": metrics["precision"],
+        "face_bcubed_recall": metrics["recall"],
+        "face_bcubed_f": metrics["f"],
+        "strangers_in_people_groups": int(strangers.isin(people_groups).sum()),
+        "one_off_faces": len(strangers),
+    }
 
 
 def print_face_clustering(rows: list[dict]) -> None:
     """The table of ``face_clustering``'s figures, a row per pipeline."""
-    print("\n| pipeline | faces with a known identity: BCubed P | R | F | one-off people in a labelled person's group |")
+    print(
+        "\n| pipeline | faces with a known identity: BCubed P | R | F | one-off people in a labelled person's group |"
+    )
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['pipeline']} | {r['face_bcubed_precision']:.3f} | {r['face_bcubed_recall']:.3f} "
-              f"| **{r['face_bcubed_f']:.3f}** | {r['strangers_in_people_groups']} of {r['one_off_faces']} "
-              f"({r['strangers_in_people_groups'] / max(1, r['one_off_faces']):.1%}) |")
+        print(
+            f"| {r['pipeline']} | {r['face_bcubed_precision']:.3f} | {r['face_bcubed_recall']:.3f} "
+            f"| **{r['face_bcubed_f']:.3f}** | {r['strangers_in_people_groups']} of {r['one_off_faces']} "
+            f"({r['strangers_in_people_groups'] / max(1, r['one_off_faces']):.1%}) |"
+        )
 
 
 def run_one(pipeline: str, collection_csv: Path, out: Path) -> None:
@@ -184,8 +229,13 @@ def run_one(pipeline: str, collection_csv: Path, out: Path) -> None:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     figures = score(collection, faces)
     figures.update(face_clustering(collection, faces))
-    figures.update(pipeline=pipeline, photos=len(photos), seconds=seconds, photos_per_s=len(photos) / seconds,
-                   peak_rss_mib=max(own.ru_maxrss, children.ru_maxrss) / 1024)
+    figures.update(
+        pipeline=pipeline,
+        photos=len(photos),
+        seconds=seconds,
+        photos_per_s=len(photos) / seconds,
+        peak_rss_mib=max(own.ru_maxrss, children.ru_maxrss) / 1024,
+    )
     print(json.dumps(figures))
 
 
@@ -215,8 +265,16 @@ def detect_one(detector: str, photos_file: Path, out: Path) -> None:
             boxes[path] = rows[["x", "y", "w", "h"]].to_numpy().tolist()
     seconds = time.perf_counter() - started
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(json.dumps({"detector": detector, "seconds": seconds, "boxes": boxes,
-                      "peak_rss_mib": max(own.ru_maxrss, children.ru_maxrss) / 1024}))
+    print(
+        json.dumps(
+            {
+                "detector": detector,
+                "seconds": seconds,
+                "boxes": boxes,
+                "peak_rss_mib": max(own.ru_maxrss, children.ru_maxrss) / 1024,
+            }
+        )
+    )
 
 
 def matched_faces(targets: list, found: list) -> int:
@@ -236,8 +294,15 @@ def union_of_alone(results: dict[str, dict], photos: list[str]) -> dict[str, lis
     """Per photo, the faces that any of facepipe's detectors finds when run alone, overlapping boxes counted once."""
     from facepipe.detectors import CNN, HAAR, HOG, Face, merge_faces
 
-    return {path: [face.box for face in merge_faces([[Face(tuple(box), name, 0.0) for box in results[name]["boxes"][path]]
-                                                     for name in (HAAR, HOG, CNN)])] for path in photos}
+    return {
+        path: [
+            face.box
+            for face in merge_faces(
+                [[Face(tuple(box), name, 0.0) for box in results[name]["boxes"][path]] for name in (HAAR, HOG, CNN)]
+            )
+        ]
+        for path in photos
+    }
 
 
 def compare_detectors(shared: Path, collection: pd.DataFrame, out: Path, every: int) -> None:
@@ -255,28 +320,41 @@ def compare_detectors(shared: Path, collection: pd.DataFrame, out: Path, every: 
     photos_file.write_text("\n".join(annotated + no_face + sample) + "\n", encoding="utf-8")
     results = {}
     for detector in (*DETECTORS, "face_recognition"):
-        result = subprocess.run([sys.executable, __file__, "--out", str(out), "--one-detector", detector],
-                                capture_output=True, text=True, env=dict(os.environ))
+        result = subprocess.run(
+            [sys.executable, __file__, "--out", str(out), "--one-detector", detector],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+        )
         if result.returncode != 0:
             sys.exit(f"detector {detector} failed:\n{result.stderr}")
         results[detector] = json.loads(result.stdout.strip().splitlines()[-1])
     union = union_of_alone(results, sample)
     in_union = sum(len(faces) for faces in union.values())
     n_photos = len(annotated) + len(no_face) + len(sample)
-    print(f"\n{n_photos} photos: the {len(annotated)} annotated group photos ({len(annotations)} faces), the "
-          f"{len(no_face)} no-face photos, every {every}th other photo of the collection ({len(sample)}: "
-          f"{in_union} faces that haar, dlib-hog or dlib-cnn finds alone)")
-    print("\n| detector | annotated faces found | faces any detector finds alone, found | faces on no-face photos "
-          "| seconds | photos/s | peak RSS (MiB) |")
+    print(
+        f"\n{n_photos} photos: the {len(annotated)} annotated group photos ({len(annotations)} faces), the "
+        f"{len(no_face)} no-face photos, every {every}th other photo of the collection ({len(sample)}: "
+        f"{in_union} faces that haar, dlib-hog or dlib-cnn finds alone)"
+    )
+    print(
+        "\n| detector | annotated faces found | faces any detector finds alone, found | faces on no-face photos "
+        "| seconds | photos/s | peak RSS (MiB) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for detector, r in results.items():
         boxes = r["boxes"]
-        found = sum(matched_faces(rows[["left", "top", "width", "height"]].to_numpy().tolist(), boxes[path])
-                    for path, rows in annotations.groupby("path"))
+        found = sum(
+            matched_faces(rows[["left", "top", "width", "height"]].to_numpy().tolist(), boxes[path])
+            for path, rows in annotations.groupby("path")
+        )
         alone = sum(matched_faces(union[path], boxes[path]) for path in sample)
-        print(f"| {detector} | {found} of {len(annotations)} ({found / len(annotations):.1%}) "
-              f"| {alone} of {in_union} ({alone / in_union:.1%}) | {sum(len(boxes[p]) for p in no_face)} "
-              f"| {r['seconds']:.1f} | {n_photos / r['seconds']:.2f} | {r['peak_rss_mib']:.0f} |", flush=True)
+        print(
+            f"| {detector} | {found} of {len(annotations)} ({found / len(annotations):.1%}) "
+            f"| {alone} of {in_union} ({alone / in_union:.1%}) | {sum(len(boxes[p]) for p in no_face)} "
+            f"| {r['seconds']:.1f} | {n_photos / r['seconds']:.2f} | {r['peak_rss_mib']:.0f} |",
+            flush=True,
+        )
 
 
 def cpu_per_photo(collection: pd.DataFrame, every: int) -> None:
@@ -286,7 +364,6 @@ def cpu_per_photo(collection: pd.DataFrame, every: int) -> None:
     on every ``every``-th labelled and one-off photo."""
     import cv2
     import torch
-    from PIL import Image
 
     from facepipe.detect import DetectorParams, face_finder, square_crop
     from facepipe.detectors import find_faces
@@ -309,9 +386,11 @@ def cpu_per_photo(collection: pd.DataFrame, every: int) -> None:
     started = time.process_time()
     recipe_faces = sum(len(_recipe_photo(path)) for path in photos)
     recipe_cpu = time.process_time() - started
-    print(f"\nCPU-s in one process on {len(photos)} photos: facepipe detect {detect_cpu:.1f} ({len(crops)} faces) + "
-          f"embed {embed_cpu:.1f} = {detect_cpu + embed_cpu:.1f}; face_recognition's recipe {recipe_cpu:.1f} "
-          f"({recipe_faces} faces): facepipe {recipe_cpu / (detect_cpu + embed_cpu):.2f}x")
+    print(
+        f"\nCPU-s in one process on {len(photos)} photos: facepipe detect {detect_cpu:.1f} ({len(crops)} faces) + "
+        f"embed {embed_cpu:.1f} = {detect_cpu + embed_cpu:.1f}; face_recognition's recipe {recipe_cpu:.1f} "
+        f"({recipe_faces} faces): facepipe {recipe_cpu / (detect_cpu + embed_cpu):.2f}x"
+    )
 
 
 def main() -> None:
@@ -320,10 +399,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "collection")
     parser.add_argument("--pipelines", nargs="*", choices=PIPELINES, default=list(PIPELINES))
     parser.add_argument("--detectors", action="store_true", help="also compare the detectors alone, face by face")
-    parser.add_argument("--every", type=int, default=1,
-                        help="--detectors: compare them on every N-th photo of the collection (default 1: all)")
-    parser.add_argument("--cpu-every", type=int, default=0,
-                        help="also compare the CPU-seconds per photo in one process on every N-th photo (0: not)")
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        help="--detectors: compare them on every N-th photo of the collection (default 1: all)",
+    )
+    parser.add_argument(
+        "--cpu-every",
+        type=int,
+        default=0,
+        help="also compare the CPU-seconds per photo in one process on every N-th photo (0: not)",
+    )
     parser.add_argument("--one", choices=PIPELINES, help=argparse.SUPPRESS)
     parser.add_argument("--one-detector", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -337,25 +424,35 @@ def main() -> None:
         return
     collection = build_collection(args.shared)
     collection.to_csv(collection_csv, index=False)
-    print(f"collection: {len(collection)} photos: " + ", ".join(f"{n} {k}" for k, n in
-                                                              collection["kind"].value_counts().items()))
+    print(
+        f"collection: {len(collection)} photos: "
+        + ", ".join(f"{n} {k}" for k, n in collection["kind"].value_counts().items())
+    )
     rows = []
     for pipeline in args.pipelines:
-        result = subprocess.run([sys.executable, __file__, "--shared", str(args.shared), "--out", str(args.out),
-                                 "--one", pipeline], capture_output=True, text=True, env=dict(os.environ))
+        result = subprocess.run(
+            [sys.executable, __file__, "--shared", str(args.shared), "--out", str(args.out), "--one", pipeline],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+        )
         if result.returncode != 0:
             sys.exit(f"{pipeline} failed:\n{result.stderr}")
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     reference = next((r for r in rows if r["pipeline"] == "face_recognition"), None)
-    print("\n| pipeline | labelled photos with a face | BCubed P | BCubed R | BCubed F | one-off people in a labelled "
-          "group | faces on no-face photos | photos/s | vs face_recognition | peak RSS (MiB) |")
+    print(
+        "\n| pipeline | labelled photos with a face | BCubed P | BCubed R | BCubed F | one-off people in a labelled "
+        "group | faces on no-face photos | photos/s | vs face_recognition | peak RSS (MiB) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         speed = f"{r['photos_per_s'] / reference['photos_per_s']:.2f}x" if reference else "-"
-        print(f"| {r['pipeline']} | {r['labelled_found']:.1%} | {r['bcubed_precision']:.3f} | {r['bcubed_recall']:.3f} "
-              f"| **{r['bcubed_f']:.3f}** | {r['one_off_in_labelled_group']:.1%} | {r['no_face_faces']} "
-              f"| {r['photos_per_s']:.2f} | {speed} | {r['peak_rss_mib']:.0f} |")
+        print(
+            f"| {r['pipeline']} | {r['labelled_found']:.1%} | {r['bcubed_precision']:.3f} | {r['bcubed_recall']:.3f} "
+            f"| **{r['bcubed_f']:.3f}** | {r['one_off_in_labelled_group']:.1%} | {r['no_face_faces']} "
+            f"| {r['photos_per_s']:.2f} | {speed} | {r['peak_rss_mib']:.0f} |"
+        )
     print_face_clustering(rows)
     if args.detectors:
         compare_detectors(args.shared, collection, args.out, args.every)

@@ -27,8 +27,6 @@ centroids of the crops framed as the run trained on them (landmark-aligned, or w
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import resource
 import subprocess
@@ -67,33 +65,58 @@ def prepare(data: str, work: Path, people: int = 0) -> Path:
 
     crops, embeddings, results = work / "crops", work / "image_features.csv", work / "cluster_results.csv"
     if not results.is_file():
-        folders = [DATA / data / "images"] if not people else \
-            [DATA / data / "images" / person for person in chosen_people(data, people)]
+        folders = (
+            [DATA / data / "images"]
+            if not people
+            else [DATA / data / "images" / person for person in chosen_people(data, people)]
+        )
         detect(folders, crops, DetectorParams(detector="haar", min_neighbors=5, largest_only=True), workers=2)
         embed(crops, embeddings, model="dlib-resnet128", workers=2)
         names = read_csv(crops / DETECTIONS_CSV)["crop"].astype(str).tolist()
         labels = attach_labels(names, DATA / data / "manifest.csv", crops)
         labels = labels[labels["matched"]]
         identities = sorted(labels["identity"].unique())
-        frame = pd.DataFrame({"name": labels["name"], "cluster": labels["identity"].map(identities.index),
-                              "distance": 0.0})
+        frame = pd.DataFrame(
+            {"name": labels["name"], "cluster": labels["identity"].map(identities.index), "distance": 0.0}
+        )
         frame.to_csv(results, index=False)
-        write_json_atomic(sidecar_path(results), {"crops_dir": str(crops), "embeddings": str(embeddings),
-                                                  "model": "dlib-resnet128", "k": len(identities),
-                                                  "note": "clusters = manifest identities (benchmark)"})
+        write_json_atomic(
+            sidecar_path(results),
+            {
+                "crops_dir": str(crops),
+                "embeddings": str(embeddings),
+                "model": "dlib-resnet128",
+                "k": len(identities),
+                "note": "clusters = manifest identities (benchmark)",
+            },
+        )
     return results
 
 
 def train_child(results: str, weights: str, image_size: int, epochs: int, identity_weight: float) -> None:
     """Runs in a child process so that its peak RSS is the training's own."""
     from facepipe.cvae import train_cvae
+    from facepipe.settings import TrainSettings
 
-    summary = train_cvae(results, weights_dir=weights, image_size=image_size, epochs=epochs, device="cpu",
-                         identity_weight=identity_weight, force=True, show_progress=False)
+    summary = train_cvae(
+        results,
+        TrainSettings(image_size=image_size, epochs=epochs, device="cpu", identity_weight=identity_weight),
+        weights_dir=weights,
+        force=True,
+        show_progress=False,
+    )
     log = pd.read_csv(Path(weights) / "cvae_log.csv")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"crops": summary.train_count + summary.val_count, "train": summary.train_count,
-                      "epoch_seconds": log["seconds"].tolist(), "peak_rss_mib": peak_mib}))
+    print(
+        json.dumps(
+            {
+                "crops": summary.train_count + summary.val_count,
+                "train": summary.train_count,
+                "epoch_seconds": log["seconds"].tolist(),
+                "peak_rss_mib": peak_mib,
+            }
+        )
+    )
 
 
 def timing(args) -> None:
@@ -104,69 +127,103 @@ def timing(args) -> None:
     print("| image size | identity weight | crops (train) | seconds per epoch (median) | peak RSS (MiB) |")
     print("|---|---|---|---|---|")
     for size in args.sizes:
-        out = subprocess.run([sys.executable, __file__, "_train", str(results), str(args.work / f"weights_{size}"),
-                              str(size), str(args.epochs), str(args.identity_weight)],
-                             check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "_train",
+                str(results),
+                str(args.work / f"weights_{size}"),
+                str(size),
+                str(args.epochs),
+                str(args.identity_weight),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         row = json.loads(out.stdout.strip().splitlines()[-1])
         seconds = sorted(row["epoch_seconds"])[len(row["epoch_seconds"]) // 2]
-        print(f"| {size} | {args.identity_weight:g} | {row['crops']} ({row['train']}) | {seconds:.1f} "
-              f"| {row['peak_rss_mib']:.0f} |")
-
-
-@contextlib.contextmanager
-def identity_blur_of(sigma: float):
-    """train_cvae with the identity term's blur (``CVAEConfig.identity_blur``, a design constant with no option
-    of its own) set to ``sigma`` instead of its default: for the ablation only."""
-    from facepipe.cvae import training
-
-    config_class = training.CVAEConfig
-    training.CVAEConfig = functools.partial(config_class, identity_blur=sigma)
-    try:
-        yield
-    finally:
-        training.CVAEConfig = config_class
+        print(
+            f"| {size} | {args.identity_weight:g} | {row['crops']} ({row['train']}) | {seconds:.1f} "
+            f"| {row['peak_rss_mib']:.0f} |"
+        )
 
 
 def fidelity(args) -> None:
     from facepipe.cvae import train_cvae
     from facepipe.generate import generate
+    from facepipe.settings import TrainSettings
 
     results = prepare(args.data, args.work, args.people)
-    weights = args.work / (f"weights_fidelity_{args.image_size}_{args.align}{args.align_padding:g}_mask{args.face_mask}"
-                           f"_beta{args.beta:g}_detail{args.detail_weight:g}"
-                           f"_lr{args.lr:g}_anchor{args.mean_anchor:g}_identity{args.identity_weight:g}"
-                           f"_draws{args.draw_identity:g}_jitter{args.jitter:g}_blur{args.identity_blur:g}"
-                           f"_base{args.decoder_base}_e{args.epochs}")
+    weights = args.work / (
+        f"weights_fidelity_{args.image_size}_{args.align}{args.align_padding:g}_mask{args.face_mask}"
+        f"_beta{args.beta:g}_detail{args.detail_weight:g}"
+        f"_lr{args.lr:g}_anchor{args.mean_anchor:g}_identity{args.identity_weight:g}"
+        f"_draws{args.draw_identity:g}_jitter{args.jitter:g}_blur{args.identity_blur:g}"
+        f"_base{args.decoder_base}_e{args.epochs}"
+    )
     started = time.perf_counter()
-    with identity_blur_of(args.identity_blur):
-        summary = train_cvae(results, weights_dir=weights, image_size=args.image_size, epochs=args.epochs,
-                             align=args.align, align_padding=args.align_padding, face_mask=args.face_mask,
-                             draw_identity=args.draw_identity, identity_jitter=args.jitter,
-                             decoder_base=args.decoder_base, batch_size=args.batch_size, beta=args.beta,
-                             mean_anchor=args.mean_anchor, detail_weight=args.detail_weight,
-                             identity_weight=args.identity_weight, learning_rate=args.lr,
-                             seed=args.seed, resume=True)
+    summary = train_cvae(
+        results,
+        TrainSettings(
+            image_size=args.image_size,
+            epochs=args.epochs,
+            align=args.align,
+            align_padding=args.align_padding,
+            face_mask=args.face_mask,
+            draw_identity=args.draw_identity,
+            identity_jitter=args.jitter,
+            identity_blur=args.identity_blur,
+            decoder_base=args.decoder_base,
+            batch_size=args.batch_size,
+            beta=args.beta,
+            mean_anchor=args.mean_anchor,
+            detail_weight=args.detail_weight,
+            identity_weight=args.identity_weight,
+            learning_rate=args.lr,
+            seed=args.seed,
+        ),
+        weights_dir=weights,
+        resume=True,
+    )
     print(summary.line(), f"(wall {time.perf_counter() - started:.0f}s)")
     faces_dir = args.work / f"inference_{weights.name}"
     report = generate(weights, out_dir=faces_dir, samples=4, temperature=args.temperature, evaluate=True)
     print(report.line())
     metrics = report.fidelity
     epoch_seconds = sorted(pd.read_csv(weights / "cvae_log.csv")["seconds"])
-    print(json.dumps({"data": args.data, "people": args.people, "image_size": args.image_size, "epochs": args.epochs,
-                      "align": args.align, "align_padding": args.align_padding, "face_mask": args.face_mask,
-                      "beta": args.beta, "lr": args.lr, "mean_anchor": args.mean_anchor,
-                      "detail_weight": args.detail_weight, "identity_weight": args.identity_weight,
-                      "draw_identity": args.draw_identity, "identity_blur": args.identity_blur,
-                      "temperature": args.temperature, "jitter": args.jitter,
-                      "decoder_base": args.decoder_base,
-                      "median_epoch_seconds": epoch_seconds[len(epoch_seconds) // 2],
-                      "dlib": {kind: metrics[kind] for kind in ("cvae", "pixel_mean", "random_draws")},
-                      "sharpness": {k: v for k, v in metrics["sharpness"].items() if k != "measure"},
-                      "draw_diversity": {k: v for k, v in metrics["draw_diversity"].items() if k.endswith("relative")},
-                      "realism_dlib": {k: v for k, v in metrics["realism"].items() if k != "measure"},
-                      "other_views": fidelity_in_other_views(results, weights, faces_dir, args.seed),
-                      "judge": fidelity_by_judge(results, weights, faces_dir, args.judge_dir),
-                      "clusters": metrics["clusters_evaluated"]}))
+    print(
+        json.dumps(
+            {
+                "data": args.data,
+                "people": args.people,
+                "image_size": args.image_size,
+                "epochs": args.epochs,
+                "align": args.align,
+                "align_padding": args.align_padding,
+                "face_mask": args.face_mask,
+                "beta": args.beta,
+                "lr": args.lr,
+                "mean_anchor": args.mean_anchor,
+                "detail_weight": args.detail_weight,
+                "identity_weight": args.identity_weight,
+                "draw_identity": args.draw_identity,
+                "identity_blur": args.identity_blur,
+                "temperature": args.temperature,
+                "jitter": args.jitter,
+                "decoder_base": args.decoder_base,
+                "median_epoch_seconds": epoch_seconds[len(epoch_seconds) // 2],
+                "dlib": {kind: metrics[kind] for kind in ("cvae", "pixel_mean", "random_draws")},
+                "sharpness": {k: v for k, v in metrics["sharpness"].items() if k != "measure"},
+                "draw_diversity": {k: v for k, v in metrics["draw_diversity"].items() if k.endswith("relative")},
+                "realism_dlib": {k: v for k, v in metrics["realism"].items() if k != "measure"},
+                "other_views": fidelity_in_other_views(results, weights, faces_dir, args.seed),
+                "judge": fidelity_by_judge(results, weights, faces_dir, args.judge_dir),
+                "clusters": metrics["clusters_evaluated"],
+            }
+        )
+    )
 
 
 def dense_alignment(args) -> None:
@@ -191,8 +248,9 @@ def dense_alignment(args) -> None:
     def warped(target, crop, crop_large):
         grey = [cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) for image in (target, crop)]
         flow = cv2.resize(cv2.GaussianBlur(flow_finder.calc(*grey, None), (0, 0), 1.0), (size * scale,) * 2) * scale
-        face = cv2.remap(crop_large, x + flow[..., 0], y + flow[..., 1], cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE)
+        face = cv2.remap(
+            crop_large, x + flow[..., 0], y + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
         return cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
 
     print("| iterations | pixel mean / crops | warped crops / crops |\n|---|---|---|")
@@ -233,11 +291,11 @@ def fidelity_by_judge(results: Path, weights: Path, faces_dir: Path, judge_dir: 
     descriptors between the CVAE faces and draws and the real crops, and between the pixel means and the crops,
     with the counts; None when the judge's files are not in ``judge_dir``."""
     import numpy as np
+    from judge_faceres import GRAPH_FILE, FaceresJudge
 
     from facepipe.face_measures import kernel_distance, pairwise_cosine_distance, relative
     from facepipe.formats import generated_face_names
     from facepipe.images import load_image_rgb
-    from judge_faceres import GRAPH_FILE, FaceresJudge
 
     if not (judge_dir / GRAPH_FILE).is_file():
         return None
@@ -253,7 +311,7 @@ def fidelity_by_judge(results: Path, weights: Path, faces_dir: Path, judge_dir: 
         for position, cluster in enumerate(clusters):
             picture = load_image_rgb(faces_dir / generated_face_names(cluster)[kind])
             side = picture.shape[0]
-            tiles = [picture[:, i:i + side] for i in range(0, picture.shape[1], side)]
+            tiles = [picture[:, i : i + side] for i in range(0, picture.shape[1], side)]
             images += tiles
             owners += [position] * len(tiles)
         described[kind] = judge.describe(images)
@@ -261,16 +319,23 @@ def fidelity_by_judge(results: Path, weights: Path, faces_dir: Path, judge_dir: 
         owners = np.array(owners)
         nearest = similarity.argmax(axis=1) == owners
         scores[{"face": "cvae", "mean": "pixel_mean", "samples": "random_draws"}[kind]] = {
-            "nearest_own": int(nearest.sum()), "of": len(owners),
-            "mean_cosine_to_own": float(similarity[np.arange(len(owners)), owners].mean())}
+            "nearest_own": int(nearest.sum()),
+            "of": len(owners),
+            "mean_cosine_to_own": float(similarity[np.arange(len(owners)), owners].mean()),
+        }
         if kind == "samples":
             scores["draw_spread_relative"] = relative(
                 [pairwise_cosine_distance(described[kind][owners == p]) for p in range(len(clusters))],
-                [pairwise_cosine_distance(crops[inputs.clusters == c]) for c in clusters])
+                [pairwise_cosine_distance(crops[inputs.clusters == c]) for c in clusters],
+            )
     generated = np.concatenate([described["face"], described["samples"]])
-    scores["kid"] = {"cvae_and_draws": kernel_distance(generated, crops), "cvae_and_draws_count": len(generated),
-                     "pixel_mean": kernel_distance(described["mean"], crops), "pixel_mean_count": len(described["mean"]),
-                     "crops_count": len(crops)}
+    scores["kid"] = {
+        "cvae_and_draws": kernel_distance(generated, crops),
+        "cvae_and_draws_count": len(generated),
+        "pixel_mean": kernel_distance(described["mean"], crops),
+        "pixel_mean_count": len(described["mean"]),
+        "crops_count": len(crops),
+    }
     return scores
 
 
@@ -286,17 +351,19 @@ def fidelity_in_other_views(results: Path, weights: Path, faces_dir: Path, seed:
     from PIL import Image
 
     from facepipe.cvae import split_train_validation
-    from facepipe.embed import load_embedder
     from facepipe.formats import generated_face_names
     from facepipe.generate import identity_fidelity
     from facepipe.identity import at_crop_size
     from facepipe.images import load_image_rgb
+    from facepipe.models.registry import load_embedder
 
     inputs, crops, aligner = crops_as_trained(results, weights)
     clusters = sorted(int(c) for c in np.unique(inputs.clusters))
     margin = 0.2 if aligner is None else aligner.padding
-    embedders = {crop: load_embedder("dlib-resnet128", device="cpu", face_margin=margin, dlib_crop=crop,
-                                     show_progress=False) for crop in ("aligned", "whole")}
+    embedders = {
+        crop: load_embedder("dlib-resnet128", device="cpu", face_margin=margin, dlib_crop=crop, show_progress=False)
+        for crop in ("aligned", "whole")
+    }
     crop_vectors = {crop: embedder.embed(list(crops)) for crop, embedder in embedders.items()}
     _, val_rows = split_train_validation(np.searchsorted(clusters, inputs.clusters), 0.1, seed)
 
@@ -312,8 +379,11 @@ def fidelity_in_other_views(results: Path, weights: Path, faces_dir: Path, seed:
 
     noise = np.random.default_rng(seed)
     every = np.arange(len(inputs.names))
-    changes = {"jpeg75": jpeg, "blur0.7": lambda rgb: cv2.GaussianBlur(rgb, (0, 0), 0.7),
-               "noise3": lambda rgb: np.clip(rgb + noise.normal(0, 3, rgb.shape), 0, 255).astype(np.uint8)}
+    changes = {
+        "jpeg75": jpeg,
+        "blur0.7": lambda rgb: cv2.GaussianBlur(rgb, (0, 0), 0.7),
+        "noise3": lambda rgb: np.clip(rgb + noise.normal(0, 3, rgb.shape), 0, 255).astype(np.uint8),
+    }
     views = {name: (change, "aligned", every) for name, change in changes.items()}
     views["val_centroids"] = (None, "aligned", val_rows)
     views["whole_crop"] = (None, "whole", every)
@@ -322,8 +392,9 @@ def fidelity_in_other_views(results: Path, weights: Path, faces_dir: Path, seed:
         for kind in ("face", "mean"):
             faces = [load_image_rgb(faces_dir / generated_face_names(c)[kind]) for c in clusters]
             faces = at_crop_size([change(rgb) if change else rgb for rgb in faces], inputs.crops_dir, inputs.names[0])
-            correct = identity_fidelity(embedders[crop].embed(faces), clusters, clusters,
-                                        centroids(crop_vectors[crop], rows))["correct"]
+            correct = identity_fidelity(
+                embedders[crop].embed(faces), clusters, clusters, centroids(crop_vectors[crop], rows)
+            )["correct"]
             scores.setdefault(view, {})["cvae" if kind == "face" else "pixel_mean"] = correct
     return scores
 
@@ -335,8 +406,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["timing", "fidelity", "dense-alignment"])
     parser.add_argument("--data", default="lfw")
-    parser.add_argument("--people", type=int, default=0,
-                        help="this many identities not in assets/samples, drawn at random (seed 0); 0: all")
+    parser.add_argument(
+        "--people",
+        type=int,
+        default=0,
+        help="this many identities not in assets/samples, drawn at random (seed 0); 0: all",
+    )
     parser.add_argument("--work", type=Path)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--epochs", type=int, default=None)
@@ -353,14 +428,24 @@ def main() -> None:
     parser.add_argument("--draw-identity", type=float, default=1.0)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--jitter", type=float, default=1.0)
-    parser.add_argument("--identity-blur", type=float, default=DEFAULT_IDENTITY_BLUR,
-                        help="sigma (pixels of a 64-px face) of the blur the identity term sees the faces through")
+    parser.add_argument(
+        "--identity-blur",
+        type=float,
+        default=DEFAULT_IDENTITY_BLUR,
+        help="sigma (pixels of a 64-px face) of the blur the identity term sees the faces through",
+    )
     parser.add_argument("--decoder-base", default="mean", choices=["mean", "none"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--judge-dir", type=Path, default=REPO.parent / "judge",
-                        help="folder with faceres.json and faceres.bin (see judge_faceres.py)")
+    parser.add_argument(
+        "--judge-dir",
+        type=Path,
+        default=REPO.parent / "judge",
+        help="folder with faceres.json and faceres.bin (see judge_faceres.py)",
+    )
     args = parser.parse_args()
-    args.work = args.work or Path("/tmp/facepipe_bench_cvae") / (args.data + (f"_{args.people}" if args.people else ""))
+    args.work = args.work or Path("/tmp/facepipe_bench_cvae") / (
+        args.data + (f"_{args.people}" if args.people else "")
+    )
     args.work.mkdir(parents=True, exist_ok=True)
     if args.mode == "timing":
         args.epochs = args.epochs or 2

@@ -38,11 +38,17 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for workers in (1, 2):
         with tempfile.TemporaryDirectory() as out:
-            result = subprocess.run([sys.executable, "-c", CHILD, args.data, out, str(workers), str(args.min_neighbors)],
-                                    check=True, capture_output=True, text=True)
+            result = subprocess.run(
+                [sys.executable, "-c", CHILD, args.data, out, str(workers), str(args.min_neighbors)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
         r = json.loads(result.stdout.strip().splitlines()[-1])
-        print(f"| {workers} | {r['images']} | {r['faces']} | {r['seconds']:.1f} | {r['images'] / r['seconds']:.0f} "
-              f"| {r['peak_rss_mib']:.0f} |")
+        print(
+            f"| {workers} | {r['images']} | {r['faces']} | {r['seconds']:.1f} | {r['images'] / r['seconds']:.0f} "
+            f"| {r['peak_rss_mib']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

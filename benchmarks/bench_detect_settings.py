@@ -32,8 +32,13 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-NO_FACE = {"dlib_dogs.jpg", "insightface_mask_black.jpg", "insightface_mask_blue.jpg", "insightface_mask_green.jpg",
-           "insightface_mask_white.jpg"}
+NO_FACE = {
+    "dlib_dogs.jpg",
+    "insightface_mask_black.jpg",
+    "insightface_mask_blue.jpg",
+    "insightface_mask_green.jpg",
+    "insightface_mask_white.jpg",
+}
 RUNS = ("haar@640", "haar@320", "hog0@640", "hog1@640", "hog1@512", "cnn0@512", "cnn1@512", "cnn1@320", "cnn0@640")
 UNION = ("haar@640", "hog1@640", "cnn1@512")  # each detector as it runs alone (--detector dlib-cnn: upsampled once)
 TARGET = 0.99  # chosen on the other folds with a margin: the target, 97%, is for the held-out fold
@@ -51,13 +56,21 @@ def run_detectors(photos: list[str], cache: Path) -> None:
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)  # as detect's workers set them
-    done = {(r["path"], r["run"]) for r in map(json.loads, cache.read_text().splitlines())} if cache.exists() else set()
+    done = (
+        {(r["path"], r["run"]) for r in map(json.loads, cache.read_text().splitlines())} if cache.exists() else set()
+    )
     haar = HaarFinder("haarcascade_frontalface_alt.xml", 1.1, 45, 30)
-    finders = {"haar@640": ScaledFinder(haar, 640), "haar@320": ScaledFinder(ScaledFinder(haar, 320), 640),
-               "hog0@640": ScaledFinder(HogFinder(0, 0.0), 640), "hog1@640": ScaledFinder(HogFinder(1, 0.0), 640),
-               "hog1@512": ScaledFinder(HogFinder(1, 0.0), 512),
-               "cnn0@512": ScaledFinder(CnnFinder(0, 0.0), 512), "cnn1@512": ScaledFinder(CnnFinder(1, 0.0), 512),
-               "cnn1@320": ScaledFinder(CnnFinder(1, 0.0), 320), "cnn0@640": ScaledFinder(CnnFinder(0, 0.0), 640)}
+    finders = {
+        "haar@640": ScaledFinder(haar, 640),
+        "haar@320": ScaledFinder(ScaledFinder(haar, 320), 640),
+        "hog0@640": ScaledFinder(HogFinder(0, 0.0), 640),
+        "hog1@640": ScaledFinder(HogFinder(1, 0.0), 640),
+        "hog1@512": ScaledFinder(HogFinder(1, 0.0), 512),
+        "cnn0@512": ScaledFinder(CnnFinder(0, 0.0), 512),
+        "cnn1@512": ScaledFinder(CnnFinder(1, 0.0), 512),
+        "cnn1@320": ScaledFinder(CnnFinder(1, 0.0), 320),
+        "cnn0@640": ScaledFinder(CnnFinder(0, 0.0), 640),
+    }
     with cache.open("a", encoding="utf-8") as out:
         for path in photos:
             todo = [run for run in RUNS if (path, run) not in done]
@@ -66,8 +79,18 @@ def run_detectors(photos: list[str], cache: Path) -> None:
             for run in todo:
                 started = time.process_time()
                 faces = finders[run].find(rgb)
-                out.write(json.dumps({"path": path, "run": run, "cpu": time.process_time() - started,
-                                      "side": max(rgb.shape[:2]), "boxes": [list(f.box) for f in faces]}) + "\n")
+                out.write(
+                    json.dumps(
+                        {
+                            "path": path,
+                            "run": run,
+                            "cpu": time.process_time() - started,
+                            "side": max(rgb.shape[:2]),
+                            "boxes": [list(f.box) for f in faces],
+                        }
+                    )
+                    + "\n"
+                )
                 out.flush()
 
 
@@ -87,8 +110,11 @@ def candidates() -> dict[str, tuple[tuple[str, ...], str | None, str | None]]:
         "haar@320 + hog1, cnn0@640 on every photo": (base, "cnn0@640", "every photo"),
         "haar@320 + hog1, cnn1@320 on every photo": (base, "cnn1@320", "every photo"),
         "haar@320 + hog1, cnn1@512 on every photo": (base, "cnn1@512", "every photo"),
-        "haar@320 + hog1@512, cnn1@512 where hog found none or small": (("haar@320", "hog1@512"), "cnn1@512",
-                                                                        "no hog face or small"),
+        "haar@320 + hog1@512, cnn1@512 where hog found none or small": (
+            ("haar@320", "hog1@512"),
+            "cnn1@512",
+            "no hog face or small",
+        ),
     }
 
 
@@ -96,11 +122,18 @@ def cnn_looks(runs: dict[str, dict], faces: list, hog: str, where: str) -> bool:
     """Whether a candidate's CNN looks at a photo (see ``candidates``)."""
     no_hog_face = not runs[hog]["boxes"]
     small = runs[hog]["side"] <= SMALL_SIDE
-    return {"every photo": True, "no hog face": no_hog_face, "none": not faces, "none or several": len(faces) != 1,
-            "no hog face or small": no_hog_face or small}[where]
+    return {
+        "every photo": True,
+        "no hog face": no_hog_face,
+        "none": not faces,
+        "none or several": len(faces) != 1,
+        "no hog face or small": no_hog_face or small,
+    }[where]
 
 
-def faces_of(runs: dict[str, dict], merged: tuple[str, ...], cnn: str | None, where: str | None) -> tuple[list, float]:
+def faces_of(
+    runs: dict[str, dict], merged: tuple[str, ...], cnn: str | None, where: str | None
+) -> tuple[list, float]:
     """The boxes a candidate finds on one photo and its CPU-seconds there."""
     from facepipe.detectors import Face, merge_faces
 
@@ -143,19 +176,27 @@ def padding_against_dlib(runs: dict[str, dict]) -> None:
             if rgb is None:
                 rgb = load_image_rgb(path)
             height, width = rgb.shape[:2]
-            if min(x + w / 2 - side / 2, y + h / 2 - side / 2) >= 0 and x + w / 2 + side / 2 <= width \
-                    and y + h / 2 + side / 2 <= height:
+            if (
+                min(x + w / 2 - side / 2, y + h / 2 - side / 2) >= 0
+                and x + w / 2 + side / 2 <= width
+                and y + h / 2 + side / 2 <= height
+            ):
                 continue
             pad = int(side) + 1
             repeated = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-            crops = [square_crop(rgb, (x, y, w, h), 0.2, 224), square_crop(repeated, (x + pad, y + pad, w, h), 0.2, 224)]
+            crops = [
+                square_crop(rgb, (x, y, w, h), 0.2, 224),
+                square_crop(repeated, (x + pad, y + pad, w, h), 0.2, 224),
+            ]
             shape = predictor(rgb, dlib.rectangle(x, y, x + w - 1, y + h - 1))
             own = np.asarray(encoder.compute_face_descriptor(rgb, shape))
             distances.append([float(np.linalg.norm(e - own)) for e in embedder.embed(crops)])
     black, repeated = np.array(distances).T
-    print(f"\n{len(distances)} faces whose crop leaves the photo; distance to dlib's own descriptor (mean / max): "
-          f"black {black.mean():.3f} / {black.max():.3f}, repeated edge pixels {repeated.mean():.3f} / "
-          f"{repeated.max():.3f}; black nearer for {np.mean(black < repeated):.0%}")
+    print(
+        f"\n{len(distances)} faces whose crop leaves the photo; distance to dlib's own descriptor (mean / max): "
+        f"black {black.mean():.3f} / {black.max():.3f}, repeated edge pixels {repeated.mean():.3f} / "
+        f"{repeated.max():.3f}; black nearer for {np.mean(black < repeated):.0%}"
+    )
 
 
 def main() -> None:
@@ -169,8 +210,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     wild = pd.read_csv(args.shared / "data" / "celeba_wild" / "manifest.csv")
     people = sorted(wild["identity"].unique())
-    fold_of = {str((args.shared / "data" / "celeba_wild" / rel).resolve()): people.index(person) // 2
-               for rel, person in zip(wild["relpath"], wild["identity"])}
+    fold_of = {
+        str((args.shared / "data" / "celeba_wild" / rel).resolve()): people.index(person) // 2
+        for rel, person in zip(wild["relpath"], wild["identity"])
+    }
     group = sorted((args.shared / "data" / "group_photos" / "images").iterdir())
     fold_of.update({str(path.resolve()): 5 for path in group})
     lfw = sorted((args.shared / "data" / "lfw" / "images").rglob("*.jpg"))[::LFW_EVERY]
@@ -187,26 +230,42 @@ def main() -> None:
     for name, (merged, cnn, where) in candidates().items():
         for path in photos:
             boxes, cost = faces_of(runs[path], merged, cnn, where)
-            table.append({"candidate": name, "fold": fold_of[path], "found": matched_faces(union[path], boxes),
-                          "faces": len(union[path]), "cpu": cost})
+            table.append(
+                {
+                    "candidate": name,
+                    "fold": fold_of[path],
+                    "found": matched_faces(union[path], boxes),
+                    "faces": len(union[path]),
+                    "cpu": cost,
+                }
+            )
         false = sum(len(faces_of(runs[path], merged, cnn, where)[0]) for path in no_face)
         table[-1]["no_face"] = false
     table = pd.DataFrame(table)
     false_faces = table.groupby("candidate")["no_face"].max().fillna(0)
-    folds = table.groupby(["candidate", "fold"]).agg(found=("found", "sum"), faces=("faces", "sum"),
-                                                      cpu=("cpu", "mean"), photos=("cpu", "size")).reset_index()
+    folds = (
+        table.groupby(["candidate", "fold"])
+        .agg(found=("found", "sum"), faces=("faces", "sum"), cpu=("cpu", "mean"), photos=("cpu", "size"))
+        .reset_index()
+    )
     folds["share"] = folds["found"] / folds["faces"]
-    print("| candidate | faces found, all folds | spread over the 7 folds (min - max) | CPU-s a photo, celeba_wild "
-          "| CPU-s a photo, group photos | CPU-s a photo, lfw | faces on no-face photos |")
+    print(
+        "| candidate | faces found, all folds | spread over the 7 folds (min - max) | CPU-s a photo, celeba_wild "
+        "| CPU-s a photo, group photos | CPU-s a photo, lfw | faces on no-face photos |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, rows in folds.groupby("candidate", sort=False):
         wild_rows = rows[rows["fold"] < 5]
-        print(f"| {name} | {rows['found'].sum() / rows['faces'].sum():.3f} | {rows['share'].min():.3f} - "
-              f"{rows['share'].max():.3f} | {np.average(wild_rows['cpu'], weights=wild_rows['photos']):.3f} "
-              f"| {rows[rows['fold'] == 5]['cpu'].iloc[0]:.3f} | {rows[rows['fold'] == 6]['cpu'].iloc[0]:.3f} "
-              f"| {int(false_faces[name])} |")
-    print(f"\n| fold held out | chosen on the other folds (cheapest with >= {TARGET:.0%} and no false face) "
-          "| found on it |")
+        print(
+            f"| {name} | {rows['found'].sum() / rows['faces'].sum():.3f} | {rows['share'].min():.3f} - "
+            f"{rows['share'].max():.3f} | {np.average(wild_rows['cpu'], weights=wild_rows['photos']):.3f} "
+            f"| {rows[rows['fold'] == 5]['cpu'].iloc[0]:.3f} | {rows[rows['fold'] == 6]['cpu'].iloc[0]:.3f} "
+            f"| {int(false_faces[name])} |"
+        )
+    print(
+        f"\n| fold held out | chosen on the other folds (cheapest with >= {TARGET:.0%} and no false face) "
+        "| found on it |"
+    )
     print("|---|---|---|")
     for held in sorted(folds["fold"].unique()):
         rest = folds[folds["fold"] != held].groupby("candidate").agg(found=("found", "sum"), faces=("faces", "sum"))
@@ -215,9 +274,9 @@ def main() -> None:
         chosen = good["cpu"].idxmin()
         row = folds[(folds["fold"] == held) & (folds["candidate"] == chosen)].iloc[0]
         fold = {5: "group photos", 6: f"lfw, every {LFW_EVERY}th photo"}.get(
-            held, f"celeba_wild people {2 * held + 1}-{2 * held + 2}")
-        print(f"| {fold} | {chosen} "
-              f"| {int(row['found'])} of {int(row['faces'])} ({row['share']:.3f}) |")
+            held, f"celeba_wild people {2 * held + 1}-{2 * held + 2}"
+        )
+        print(f"| {fold} | {chosen} | {int(row['found'])} of {int(row['faces'])} ({row['share']:.3f}) |")
     if not args.skip_padding:
         padding_against_dlib(runs)
 

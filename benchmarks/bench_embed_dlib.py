@@ -26,18 +26,23 @@ def usage(start, crops):
                       "peak_rss_mib": (own.ru_maxrss + children.ru_maxrss) / 1024}))
 """
 
-STAGE = """
+STAGE = (
+    """
 import json, resource, sys, time, torch
 from facepipe.embed import embed
 torch.set_num_threads(int(sys.argv[5]))
-""" + USAGE + """
+"""
+    + USAGE
+    + """
 start, start_cpu = time.perf_counter(), time.process_time()
 summary = embed(sys.argv[1], sys.argv[2], model="dlib-resnet128", workers=int(sys.argv[3]),
                 batch_size=int(sys.argv[4]), device="cpu", show_progress=False)
 usage(start, summary.embedded)
 """
+)
 
-NATIVE = """
+NATIVE = (
+    """
 import json, resource, sys, time
 import dlib
 from facepipe.embed import list_crops
@@ -47,13 +52,16 @@ crops = list_crops(sys.argv[1])
 names = crops.names[: int(sys.argv[2])]
 aligner = DlibResNet128Embedder(face_margin=crops.margin, device="cpu")
 network = dlib.face_recognition_model_v1(str(model_file(RESNET_FILE)))
-""" + USAGE + """
+"""
+    + USAGE
+    + """
 start, start_cpu = time.perf_counter(), time.process_time()
 for first in range(0, len(names), 32):
     chips = [aligner.prepare(load_image_rgb(crops.crops_dir / n)) for n in names[first:first + 32]]
     network.compute_face_descriptor(chips)
 usage(start, len(names))
 """
+)
 
 
 def run_child(code: str, *args: str) -> dict:
@@ -75,21 +83,30 @@ def main() -> None:
             from facepipe.detect import DetectorParams, detect
 
             crops = os.path.join(scratch, "crops")
-            detect([args.data], crops, DetectorParams(detector="haar", min_neighbors=5, largest_only=True), workers=2,
-                   show_progress=False)
+            detect(
+                [args.data],
+                crops,
+                DetectorParams(detector="haar", min_neighbors=5, largest_only=True),
+                workers=2,
+                show_progress=False,
+            )
         rows = []
         for workers, threads in ((1, 1), (2, 2)):
             output = os.path.join(scratch, f"features_{workers}.csv")
             r = run_child(STAGE, crops, output, str(workers), str(args.batch_size), str(threads))
-            rows.append((f"facepipe embed (network in PyTorch, {threads} thread(s)), {workers} decoding worker(s)", r))
+            rows.append(
+                (f"facepipe embed (network in PyTorch, {threads} thread(s)), {workers} decoding worker(s)", r)
+            )
         r = run_child(NATIVE, crops, str(args.native_crops))
         rows.append(("dlib's own compute_face_descriptor (dlib-bin wheel, no BLAS), same alignment", r))
     print(f"load average before / after: {load_before} / {os.getloadavg()[0]:.1f}")
     print("| implementation | batch | crops | seconds | crops/s | CPU ms per crop | peak RSS (MiB) |")
     print("|---|---|---|---|---|---|---|")
     for label, r in rows:
-        print(f"| {label} | {args.batch_size if 'facepipe' in label else 32} | {r['crops']} | {r['seconds']:.1f} "
-              f"| {r['crops'] / r['seconds']:.1f} | {1000 * r['cpu_seconds'] / r['crops']:.0f} | {r['peak_rss_mib']:.0f} |")
+        print(
+            f"| {label} | {args.batch_size if 'facepipe' in label else 32} | {r['crops']} | {r['seconds']:.1f} "
+            f"| {r['crops'] / r['seconds']:.1f} | {1000 * r['cpu_seconds'] / r['crops']:.0f} | {r['peak_rss_mib']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

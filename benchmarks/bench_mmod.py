@@ -25,9 +25,11 @@ MATCH_IOU = 0.9
 def photos(shared: Path, every: int) -> dict[str, list[Path]]:
     """The photos of each set compared."""
     data = shared / "data"
-    return {"group_photos": sorted((data / "group_photos" / "images").iterdir()),
-            "celeba_wild": sorted((data / "celeba_wild" / "images").rglob("*.jpg"))[::every],
-            "lfw": sorted((data / "lfw" / "images").rglob("*.jpg"))[::every]}
+    return {
+        "group_photos": sorted((data / "group_photos" / "images").iterdir()),
+        "celeba_wild": sorted((data / "celeba_wild" / "images").rglob("*.jpg"))[::every],
+        "lfw": sorted((data / "lfw" / "images").rglob("*.jpg"))[::every],
+    }
 
 
 def compare(reference: list[tuple], port: list[tuple]) -> dict:
@@ -46,8 +48,13 @@ def compare(reference: list[tuple], port: list[tuple]) -> dict:
             identical += tuple(box[:4]) == tuple(port[best][:4])
             score_gap = max(score_gap, abs(box[4] - port[best][4]))
             used.add(best)
-    return {"dlib": len(reference), "matched": matched, "identical": identical, "score_gap": score_gap,
-            "extra": len(port) - len(used)}
+    return {
+        "dlib": len(reference),
+        "matched": matched,
+        "identical": identical,
+        "score_gap": score_gap,
+        "extra": len(port) - len(used),
+    }
 
 
 def main() -> None:
@@ -67,8 +74,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     reference, port = dlib.cnn_face_detection_model_v1(str(model_file(MMOD_FILE))), default_mmod()
-    print("| set | upsample | photos | dlib's boxes | matched (IoU >= 0.9) | identical | largest score difference "
-          "| port's boxes dlib lacks | dlib CPU-s a photo | port CPU-s a photo | speed-up |")
+    print(
+        "| set | upsample | photos | dlib's boxes | matched (IoU >= 0.9) | identical | largest score difference "
+        "| port's boxes dlib lacks | dlib CPU-s a photo | port CPU-s a photo | speed-up |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, paths in photos(args.shared, args.every).items():
         images = [scaled_down(load_image_rgb(path), args.max_side)[0] for path in paths]
@@ -76,8 +85,10 @@ def main() -> None:
             rows, dlib_cpu, port_cpu = [], 0.0, 0.0
             for rgb in images:
                 started = time.process_time()
-                theirs = [(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), d.confidence)
-                          for d in reference(rgb, upsample)]
+                theirs = [
+                    (d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), d.confidence)
+                    for d in reference(rgb, upsample)
+                ]
                 dlib_cpu += time.process_time() - started
                 started = time.process_time()
                 ours = port.detect(rgb, upsample)
@@ -85,9 +96,12 @@ def main() -> None:
                 rows.append(compare(theirs, ours))
             total = {key: sum(row[key] for row in rows) for key in ("dlib", "matched", "identical", "extra")}
             gap = max(row["score_gap"] for row in rows)
-            print(f"| {name} | {upsample} | {len(images)} | {total['dlib']} | {total['matched']} | {total['identical']} "
-                  f"| {gap:.1e} | {total['extra']} | {dlib_cpu / len(images):.3f} | {port_cpu / len(images):.3f} "
-                  f"| {dlib_cpu / port_cpu:.1f}x |", flush=True)
+            print(
+                f"| {name} | {upsample} | {len(images)} | {total['dlib']} | {total['matched']} | {total['identical']} "
+                f"| {gap:.1e} | {total['extra']} | {dlib_cpu / len(images):.3f} | {port_cpu / len(images):.3f} "
+                f"| {dlib_cpu / port_cpu:.1f}x |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

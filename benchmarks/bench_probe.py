@@ -51,8 +51,10 @@ def main() -> None:
 
     print(f"celeba_attr, dlib-resnet128, probe train --holdout 0.25, seeds 0..{args.splits - 1}")
     print()
-    print("| chip | bald F1 per split | bald F1 mean (sd, min) | bald PR-AUC mean | male balanced accuracy mean (min) "
-          "| seconds |")
+    print(
+        "| chip | bald F1 per split | bald F1 mean (sd, min) | bald PR-AUC mean | male balanced accuracy mean (min) "
+        "| seconds |"
+    )
     print("|---|---|---|---|---|---|")
     for chip in args.chips:
         started = time.perf_counter()
@@ -63,9 +65,12 @@ def main() -> None:
         pr_auc = np.array([m["pr_auc"] for m in bald])
         male_ba = np.array([m["balanced_accuracy"] for m in male])
         label = "whole crop, squared" if chip == "whole" else f"aligned chip, padding {chip}"
-        print(f"| {label} | {' '.join(f'{v:.3f}' for v in f1)} | {f1.mean():.3f} ({f1.std():.3f}, {f1.min():.3f}) "
-              f"| {pr_auc.mean():.3f} | {male_ba.mean():.3f} ({male_ba.min():.3f}) "
-              f"| {time.perf_counter() - started:.0f} |", flush=True)
+        print(
+            f"| {label} | {' '.join(f'{v:.3f}' for v in f1)} | {f1.mean():.3f} ({f1.std():.3f}, {f1.min():.3f}) "
+            f"| {pr_auc.mean():.3f} | {male_ba.mean():.3f} ({male_ba.min():.3f}) "
+            f"| {time.perf_counter() - started:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

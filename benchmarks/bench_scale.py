@@ -47,8 +47,10 @@ RAY_ENV = dict(os.environ, RAY_AUTH_MODE="token")
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-WARM_UP = ("import sys, ray, ray.data; ray.init(address=sys.argv[1]); "
-           "ray.data.range(8).map_batches(lambda batch: batch).take_all()")
+WARM_UP = (
+    "import sys, ray, ray.data; ray.init(address=sys.argv[1]); "
+    "ray.data.range(8).map_batches(lambda batch: batch).take_all()"
+)
 
 
 class CpuSeconds(threading.Thread):
@@ -74,8 +76,11 @@ class CpuSeconds(threading.Thread):
             readings[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
             if int(pid) == self.facepipe_pid:
                 self.who[pid] = "facepipe"
-            elif ("ray::MapWorker" in command or "multiprocessing.forkserver" in command
-                  or int(fields[1]) == self.facepipe_pid):  # a Ray actor, or a local pool's (forked) process
+            elif (
+                "ray::MapWorker" in command
+                or "multiprocessing.forkserver" in command
+                or int(fields[1]) == self.facepipe_pid
+            ):  # a Ray actor, or a local pool's (forked) process
                 self.who[pid] = "workers"  # a Ray worker that became an actor stays one, whatever it shows later
             elif self.who.get(pid) != "workers" and ("/ray/" in command or command.startswith("ray::")):
                 self.who[pid] = "ray"
@@ -100,8 +105,9 @@ def timed(command: list[str]) -> tuple[float, str, dict[str, float]]:
     spent meanwhile (``CpuSeconds``)."""
     cpu = CpuSeconds()
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                               env=RAY_ENV)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=RAY_ENV
+    )
     cpu.facepipe_pid = process.pid
     cpu.start()
     stdout, stderr = process.communicate()
@@ -124,18 +130,33 @@ def photo_folders(work: Path, copies: int) -> list[str]:
 
 def stage_commands(work: Path, photos: list[str], engine: list[str], model: str, cores: int) -> list[list[str]]:
     facepipe = [sys.executable, "-m", "facepipe"]
-    return [facepipe + ["detect", *photos, "-o", str(work / "crops"), "--workers", str(cores), "-q"] + engine,
-            facepipe + ["embed", str(work / "crops"), "-o", str(work / "faces.csv"), "--model", model,
-                        "--workers", str(cores), "-q"] + engine]
+    return [
+        facepipe + ["detect", *photos, "-o", str(work / "crops"), "--workers", str(cores), "-q"] + engine,
+        facepipe
+        + [
+            "embed",
+            str(work / "crops"),
+            "-o",
+            str(work / "faces.csv"),
+            "--model",
+            model,
+            "--workers",
+            str(cores),
+            "-q",
+        ]
+        + engine,
+    ]
 
 
 def same_outputs(a: Path, b: Path) -> dict[str, bool]:
     """Which outputs two engines wrote byte-identically (the sidecar JSONs name their folders, so they differ)."""
     crops = sorted(p.name for p in (a / "crops").iterdir() if p.suffix == ".jpg")
-    return {"sources.csv": filecmp.cmp(a / "crops" / "sources.csv", b / "crops" / "sources.csv", shallow=False),
-            "detections.csv": filecmp.cmp(a / "crops" / "detections.csv", b / "crops" / "detections.csv", shallow=False),
-            f"{len(crops)} crops": all(filecmp.cmp(a / "crops" / n, b / "crops" / n, shallow=False) for n in crops),
-            "faces.csv": filecmp.cmp(a / "faces.csv", b / "faces.csv", shallow=False)}
+    return {
+        "sources.csv": filecmp.cmp(a / "crops" / "sources.csv", b / "crops" / "sources.csv", shallow=False),
+        "detections.csv": filecmp.cmp(a / "crops" / "detections.csv", b / "crops" / "detections.csv", shallow=False),
+        f"{len(crops)} crops": all(filecmp.cmp(a / "crops" / n, b / "crops" / n, shallow=False) for n in crops),
+        "faces.csv": filecmp.cmp(a / "faces.csv", b / "faces.csv", shallow=False),
+    }
 
 
 def start_ray_nodes(cores: int) -> float:
@@ -143,14 +164,24 @@ def start_ray_nodes(cores: int) -> float:
     subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, env=RAY_ENV)
     start = [RAY, "start", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     started = time.perf_counter()
-    subprocess.run(start + ["--head", "--port", str(RAY_PORT), "--num-cpus", str(cores - cores // 2),
-                            "--include-dashboard", "false"], check=True, capture_output=True, env=RAY_ENV)
-    subprocess.run(start + ["--address", f"127.0.0.1:{RAY_PORT}", "--num-cpus", str(cores // 2)], check=True,
-                   capture_output=True, env=RAY_ENV)
+    subprocess.run(
+        start
+        + ["--head", "--port", str(RAY_PORT), "--num-cpus", str(cores - cores // 2), "--include-dashboard", "false"],
+        check=True,
+        capture_output=True,
+        env=RAY_ENV,
+    )
+    subprocess.run(
+        start + ["--address", f"127.0.0.1:{RAY_PORT}", "--num-cpus", str(cores // 2)],
+        check=True,
+        capture_output=True,
+        env=RAY_ENV,
+    )
     # A first Ray Data job starts the cluster's helper actors (stats, autoscaling coordinator, usage, actor
     # locations), which then serve every later job: a cluster in use has them already.
-    subprocess.run([sys.executable, "-c", WARM_UP, f"127.0.0.1:{RAY_PORT}"], check=True, capture_output=True,
-                   env=RAY_ENV)
+    subprocess.run(
+        [sys.executable, "-c", WARM_UP, f"127.0.0.1:{RAY_PORT}"], check=True, capture_output=True, env=RAY_ENV
+    )
     return time.perf_counter() - started
 
 
@@ -174,10 +205,15 @@ def engines(work: Path, model: str, copies: int) -> None:
         print(f"  {name:5s}: detect {detect_s:6.1f} s, embed {embed_s:6.1f} s, together {detect_s + embed_s:6.1f} s")
         for line, cpu in ((detect_line, detect_cpu), (embed_line, embed_cpu)):
             nodes = re.search(r"on \d+ Ray nodes? \([^)]*\)", line)
-            print(f"         {line.split(':')[0]}: {nodes.group(0) if nodes else 'this process and its workers'}; "
-                  f"CPU-seconds: workers {cpu['workers']:.1f}, facepipe process {cpu['facepipe']:.1f}, "
-                  f"Ray's services {cpu['ray']:.1f}")
-    print("  byte-identical:", ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same_outputs(work / "local", work / "ray").items()))
+            print(
+                f"         {line.split(':')[0]}: {nodes.group(0) if nodes else 'this process and its workers'}; "
+                f"CPU-seconds: workers {cpu['workers']:.1f}, facepipe process {cpu['facepipe']:.1f}, "
+                f"Ray's services {cpu['ray']:.1f}"
+            )
+    print(
+        "  byte-identical:",
+        ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same_outputs(work / "local", work / "ray").items()),
+    )
 
 
 def synthetic_faces(count: int, dim: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -194,11 +230,22 @@ def synthetic_faces(count: int, dim: int = 128, seed: int = 0) -> tuple[np.ndarr
 
 def child(path: str, out: str, n_init: int) -> None:
     from facepipe.cluster import cluster
+    from facepipe.settings import ClusterSettings
 
     started = time.perf_counter()
-    summary = cluster(path, out, method="graph", n_init=n_init, samples_dir=None, show_progress=False)
-    print(json.dumps({"seconds": time.perf_counter() - started, "groups": summary.k, "unknown": summary.unknown,
-                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    summary = cluster(
+        path, out, ClusterSettings(method="graph", n_init=n_init), samples_dir=None, show_progress=False
+    )
+    print(
+        json.dumps(
+            {
+                "seconds": time.perf_counter() - started,
+                "groups": summary.k,
+                "unknown": summary.unknown,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -230,14 +277,22 @@ def cluster_at_scale(work: Path, count: int, n_init: int) -> None:
     faces, identities = synthetic_faces(count)
     names = [f"face_{i:08d}.jpg" for i in range(len(faces))]
     write_embeddings(work / "faces.npz", Embeddings(names, faces, {"model": "dlib-resnet128"}))
-    print(f"{len(faces):,} faces of {len(np.unique(identities)):,} identities "
-          f"({int((np.bincount(identities) == 1).sum()):,} with one face) -> {work}")
-    result = subprocess.run([sys.executable, __file__, "_child", str(work / "faces.npz"), str(work / "clusters"),
-                             str(n_init)], check=True, capture_output=True, text=True)
+    print(
+        f"{len(faces):,} faces of {len(np.unique(identities)):,} identities "
+        f"({int((np.bincount(identities) == 1).sum()):,} with one face) -> {work}"
+    )
+    result = subprocess.run(
+        [sys.executable, __file__, "_child", str(work / "faces.npz"), str(work / "clusters"), str(n_init)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     row = json.loads(result.stdout.strip().splitlines()[-1])
     scores = bcubed(identities, read_csv(work / "clusters" / CLUSTER_RESULTS_CSV)["cluster"].to_numpy())
-    print(f"cluster: {row['seconds']:.0f} s, peak RSS {row['peak_rss_mib']:,.0f} MiB; {row['groups']:,} groups + "
-          f"{row['unknown']:,} unknown; BCubed P {scores['precision']:.3f} R {scores['recall']:.3f} F {scores['f']:.3f}")
+    print(
+        f"cluster: {row['seconds']:.0f} s, peak RSS {row['peak_rss_mib']:,.0f} MiB; {row['groups']:,} groups + "
+        f"{row['unknown']:,} unknown; BCubed P {scores['precision']:.3f} R {scores['recall']:.3f} F {scores['f']:.3f}"
+    )
 
 
 if __name__ == "__main__":

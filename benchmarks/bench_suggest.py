@@ -49,8 +49,12 @@ def score(folder: Path, people: pd.Series, rule: float) -> dict:
     results["person"] = results["name"].map(people)
     grouped = results[(results["cluster"] >= 0) & results["person"].notna()]
     person_of = grouped.groupby("cluster")["person"].agg(lambda p: p.mode().iloc[0]).to_dict()
-    split = {(a, b) for a in person_of for b in person_of
-             if a < b and person_of[a] == person_of[b] and person_of[a].startswith("celeba")}
+    split = {
+        (a, b)
+        for a in person_of
+        for b in person_of
+        if a < b and person_of[a] == person_of[b] and person_of[a].startswith("celeba")
+    }
     offered = suggest(folder)
     merges = offered[offered["kind"] == "merge"].head(2 * len(split))
     found = {(int(a), int(b)) for a, b in zip(merges["group"], merges["other"])} & split
@@ -60,10 +64,17 @@ def score(folder: Path, people: pd.Series, rule: float) -> dict:
     right = [person_of.get(first.get(face)) == person for face, person in zip(labelled["name"], labelled["person"])]
     strangers = unknown[unknown["person"].str.startswith("lfw")]
     gaps = offered[offered["kind"] == "unknown"].set_index("face")["distance"].reindex(strangers["name"]).dropna()
-    return {"groups": len(person_of), "unknown": int((results["cluster"] == -1).sum()), "pairs": len(split),
-            "pairs_found": len(found), "labelled_unknown": len(labelled), "first_right": sum(right),
-            "strangers": len(gaps), "strangers_beyond": int((gaps > rule).sum()),
-            "nearest_stranger": float(gaps.min()) if len(gaps) else float("nan")}
+    return {
+        "groups": len(person_of),
+        "unknown": int((results["cluster"] == -1).sum()),
+        "pairs": len(split),
+        "pairs_found": len(found),
+        "labelled_unknown": len(labelled),
+        "first_right": sum(right),
+        "strangers": len(gaps),
+        "strangers_beyond": int((gaps > rule).sum()),
+        "nearest_stranger": float(gaps.min()) if len(gaps) else float("nan"),
+    }
 
 
 def main() -> None:
@@ -77,6 +88,7 @@ def main() -> None:
     from facepipe.cluster import cluster
     from facepipe.detect import DetectorParams, detect
     from facepipe.embed import embed
+    from facepipe.settings import ClusterSettings
 
     collection = build_collection(args.shared)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -85,17 +97,27 @@ def main() -> None:
     detect([listing], args.out / "crops", DetectorParams(), workers=2, show_progress=False)
     embed(args.out / "crops", args.out / "features.csv", model="dlib-resnet128", show_progress=False)
     people = main_faces(args.out, args.shared)
-    print("| same-person distance | groups | unknown faces | split pairs in the top 2n merges | labelled unknown "
-          "faces: their group first | strangers' suggestion beyond the rule (nearest) |")
+    print(
+        "| same-person distance | groups | unknown faces | split pairs in the top 2n merges | labelled unknown "
+        "faces: their group first | strangers' suggestion beyond the rule (nearest) |"
+    )
     print("|---|---|---|---|---|---|")
     for threshold in args.thresholds:
         folder = args.out / f"clusters-{threshold:g}"
-        cluster(args.out / "features.csv", folder, threshold=threshold, samples_dir=None, show_progress=False)
+        cluster(
+            args.out / "features.csv",
+            folder,
+            ClusterSettings(threshold=threshold),
+            samples_dir=None,
+            show_progress=False,
+        )
         s = score(folder, people, threshold)
         share = lambda part, whole: f"{part}/{whole}" + (f" ({100 * part / whole:.0f}%)" if whole else "")  # noqa: E731
-        print(f"| {threshold:g}{' (default)' if threshold == 0.37 else ''} | {s['groups']} | {s['unknown']} | "
-              f"{share(s['pairs_found'], s['pairs'])} | {share(s['first_right'], s['labelled_unknown'])} | "
-              f"{share(s['strangers_beyond'], s['strangers'])} ({s['nearest_stranger']:.3f}) |")
+        print(
+            f"| {threshold:g}{' (default)' if threshold == 0.37 else ''} | {s['groups']} | {s['unknown']} | "
+            f"{share(s['pairs_found'], s['pairs'])} | {share(s['first_right'], s['labelled_unknown'])} | "
+            f"{share(s['strangers_beyond'], s['strangers'])} ({s['nearest_stranger']:.3f}) |"
+        )
 
 
 if __name__ == "__main__":

@@ -55,9 +55,11 @@ def report(seconds, first):
     print(json.dumps({"seconds": seconds, "crops": n_crops, "peak_rss_mib": peak}))
 """
 
-TORCH_CHILD = LOAD_CROPS + """
+TORCH_CHILD = (
+    LOAD_CROPS
+    + """
 from facepipe.models.vggface2 import VGGFace2ResNet50Embedder
-from facepipe.weights import ensure_vggface2_weights
+from facepipe.models.weights import ensure_vggface2_weights
 weights = ensure_vggface2_weights(weights=fixture / "vggface_resnet50_notop_random.h5", download=False)
 embedder = VGGFace2ResNet50Embedder(weights, device="cpu", precision=sys.argv[5], batch_size=batch_size)
 embedder.embed(crops[:batch_size])
@@ -65,10 +67,12 @@ start = time.perf_counter()
 embeddings = embedder.embed(crops)
 report(time.perf_counter() - start, embeddings[:len(base)])
 """
+)
 
 # keras-vggface 0.6 imports Keras 2 module paths (keras.engine.topology, keras.utils.data_utils, ...):
 # point them at tf_keras's equivalents. Benchmark-only shims.
-TF_CHILD = """
+TF_CHILD = (
+    """
 import os, sys, types
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -90,7 +94,9 @@ shim("keras.layers", vars(layers))
 shim("keras.models", vars(models))
 shim("keras.backend", vars(backend))
 shim("keras", vars(tf_keras))
-""" + LOAD_CROPS + """
+"""
+    + LOAD_CROPS
+    + """
 from keras_vggface.models import RESNET50
 from keras_vggface.utils import preprocess_input
 model = RESNET50(include_top=False, pooling="avg", input_shape=(224, 224, 3),
@@ -101,9 +107,12 @@ start = time.perf_counter()
 embeddings = model.predict(preprocess_input(pixels, version=2), batch_size=batch_size, verbose=0)
 report(time.perf_counter() - start, embeddings[:len(base)])
 """
+)
 
 # The whole process, as a user runs it: keras-vggface reading, embedding and saving the crops of a folder.
-TF_WHOLE_CHILD = TF_CHILD.split(LOAD_CROPS)[0] + """
+TF_WHOLE_CHILD = (
+    TF_CHILD.split(LOAD_CROPS)[0]
+    + """
 import sys
 from pathlib import Path
 import numpy as np
@@ -116,6 +125,7 @@ model = RESNET50(include_top=False, pooling="avg", input_shape=(224, 224, 3),
                  weights=str(fixture / "vggface_resnet50_notop_random.h5"))
 np.save(out, model.predict(preprocess_input(pixels, version=2), batch_size=32, verbose=0))
 """
+)
 
 CONFIGS = {
     "keras-vggface 0.6 (TensorFlow, tf-keras), fp32": "tf",
@@ -153,20 +163,49 @@ def whole_processes(args, scratch: Path) -> None:
     for index in range(args.whole):
         Image.open(base[index % len(base)]).save(folder / f"crop_{index:04d}.png")
     weights = args.fixture / WEIGHTS
-    commands = {"keras-vggface 0.6 (TensorFlow), fp32": [args.tf_python, "-c", TF_WHOLE_CHILD, str(folder),
-                                                          str(args.fixture), str(scratch / "tf.npy")]}
+    commands = {
+        "keras-vggface 0.6 (TensorFlow), fp32": [
+            args.tf_python,
+            "-c",
+            TF_WHOLE_CHILD,
+            str(folder),
+            str(args.fixture),
+            str(scratch / "tf.npy"),
+        ]
+    }
     for precision in ("fp32", "auto"):
         commands[f"facepipe embed --precision {precision}"] = [
-            sys.executable, "-m", "facepipe", "embed", str(folder), "-o", str(scratch / f"{precision}.csv"),
-            "--weights", str(weights), "--precision", precision, "--device", "cpu", "--force", "-q"]
+            sys.executable,
+            "-m",
+            "facepipe",
+            "embed",
+            str(folder),
+            "-o",
+            str(scratch / f"{precision}.csv"),
+            "--weights",
+            str(weights),
+            "--precision",
+            precision,
+            "--device",
+            "cpu",
+            "--force",
+            "-q",
+        ]
     seconds: dict[str, float] = {}
     for _ in range(args.rounds):
         for label, command in commands.items():
             started = time.perf_counter()
-            subprocess.run(command, check=True, capture_output=True, cwd=REPO,
-                           env={**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+            subprocess.run(
+                command,
+                check=True,
+                capture_output=True,
+                cwd=REPO,
+                env={**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+            )
             seconds[label] = min(seconds.get(label, float("inf")), time.perf_counter() - started)
-    vectors = {p: pd.read_csv(scratch / f"{p}.csv").drop(columns="name").to_numpy(np.float32) for p in ("fp32", "auto")}
+    vectors = {
+        p: pd.read_csv(scratch / f"{p}.csv").drop(columns="name").to_numpy(np.float32) for p in ("fp32", "auto")
+    }
     precision = json.loads((scratch / "auto.csv.json").read_text())["precision"]
     tf_seconds = seconds["keras-vggface 0.6 (TensorFlow), fp32"]
     print()
@@ -175,8 +214,10 @@ def whole_processes(args, scratch: Path) -> None:
     print("|---|---|---|---|---|")
     for label, taken in seconds.items():
         cosine = cosines(vectors["auto"], vectors["fp32"]) if label.endswith("auto") else np.ones(1)
-        print(f"| {label} | {taken:.1f} | {args.whole / taken:.1f} | {tf_seconds / taken:.2f}x "
-              f"| {cosine.min():.6f} / {cosine.mean():.6f} |")
+        print(
+            f"| {label} | {taken:.1f} | {args.whole / taken:.1f} | {tf_seconds / taken:.2f}x "
+            f"| {cosine.min():.6f} / {cosine.mean():.6f} |"
+        )
 
 
 def multiply_adds_per_crop() -> int:
@@ -212,7 +253,7 @@ def matmul_gflops(dtype_name: str, size: int = 2048, repeats: int = 20) -> float
         for _ in range(repeats):
             a @ b
         best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 * repeats / best / 1e9
+    return 2 * size**3 * repeats / best / 1e9
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -221,8 +262,11 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tf-python", default="../bench-tf-venv/bin/python",
-                        help="python of the virtual environment with tensorflow-cpu, tf-keras and keras-vggface")
+    parser.add_argument(
+        "--tf-python",
+        default="../bench-tf-venv/bin/python",
+        help="python of the virtual environment with tensorflow-cpu, tf-keras and keras-vggface",
+    )
     parser.add_argument("--fixture", type=Path, default=REPO.parent / "shared" / "fixtures" / "vggface_resnet50")
     parser.add_argument("--crops", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -239,26 +283,35 @@ def main() -> None:
             for label, kind in CONFIGS.items():
                 measured = run_child(kind, args, Path(scratch) / f"{kind}.npy")
                 runs[label].append(measured)
-                print(f"round {round_index + 1}: {label}: {measured['crops'] / measured['seconds']:.2f} crops/s, "
-                      f"peak RSS {measured['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+                print(
+                    f"round {round_index + 1}: {label}: {measured['crops'] / measured['seconds']:.2f} crops/s, "
+                    f"peak RSS {measured['peak_rss_mib']:.0f} MiB",
+                    file=sys.stderr,
+                )
     print(f"load average after: {os.getloadavg()[0]:.1f}", file=sys.stderr)
 
     best = {label: max(r, key=lambda m: m["crops"] / m["seconds"]) for label, r in runs.items()}
     tf_speed = next(m["crops"] / m["seconds"] for label, m in best.items() if CONFIGS[label] == "tf")
     fp32 = next(m["embeddings"] for label, m in best.items() if CONFIGS[label] == "fp32")
-    print(f"{args.crops} crops (the 24 fixture crops repeated), batch {args.batch_size}, CPU, "
-          f"best of {args.rounds} rounds")
+    print(
+        f"{args.crops} crops (the 24 fixture crops repeated), batch {args.batch_size}, CPU, "
+        f"best of {args.rounds} rounds"
+    )
     print()
-    print("| implementation | crops/s | vs keras-vggface | peak RSS (MiB) | max rel. error vs keras-vggface reference "
-          "| cosine to PyTorch fp32 (min / mean) |")
+    print(
+        "| implementation | crops/s | vs keras-vggface | peak RSS (MiB) | max rel. error vs keras-vggface reference "
+        "| cosine to PyTorch fp32 (min / mean) |"
+    )
     print("|---|---|---|---|---|---|")
     for label, measured in best.items():
         speed = measured["crops"] / measured["seconds"]
         embeddings = measured["embeddings"]
         error = (np.abs(embeddings - reference).max(axis=1) / np.abs(reference).max(axis=1)).max()
         cosine = cosines(embeddings, fp32)
-        print(f"| {label} | {speed:.2f} | {speed / tf_speed:.2f}x | {measured['peak_rss_mib']:.0f} | {error:.2g} "
-              f"| {cosine.min():.6f} / {cosine.mean():.6f} |")
+        print(
+            f"| {label} | {speed:.2f} | {speed / tf_speed:.2f}x | {measured['peak_rss_mib']:.0f} | {error:.2g} "
+            f"| {cosine.min():.6f} / {cosine.mean():.6f} |"
+        )
 
     flops = 2 * multiply_adds_per_crop()
     print()

@@ -88,8 +88,9 @@ class FaceresJudge:
                 fused = [base64.b64decode(s).decode() for s in attr.get("fused_ops", {}).get("list", {}).get("s", [])]
                 values[name] = torch.relu(result) if "Relu" in fused else result
             elif op == "Mean":
-                values[name] = inputs[0].mean(dim=[int(a) for a in inputs[1].reshape(-1)],
-                                              keepdim=attr.get("keep_dims", {}).get("b", False))
+                values[name] = inputs[0].mean(
+                    dim=[int(a) for a in inputs[1].reshape(-1)], keepdim=attr.get("keep_dims", {}).get("b", False)
+                )
             elif op in BINARY:
                 values[name] = BINARY[op](*inputs)
             else:
@@ -116,7 +117,7 @@ class FaceresJudge:
         outputs = []
         with torch.inference_mode():
             for start in range(0, len(crops), batch_size):
-                batch = torch.from_numpy(np.stack(crops[start:start + batch_size])).float().permute(0, 3, 1, 2)
+                batch = torch.from_numpy(np.stack(crops[start : start + batch_size])).float().permute(0, 3, 1, 2)
                 batch = F.interpolate(batch, size=(INPUT_SIDE, INPUT_SIDE), mode="bilinear", align_corners=False)
                 described = self._run(batch.permute(0, 2, 3, 1), DESCRIPTOR_NODE).reshape(len(batch), -1)
                 outputs.append(F.normalize(described, dim=1).numpy())
@@ -137,8 +138,10 @@ def verification_accuracy(vectors: np.ndarray, identities: np.ndarray, seed: int
     for fold in range(10):
         train, test = folds != fold, folds == fold
         candidates = np.unique(distances[train])
-        best = max(candidates[::max(1, len(candidates) // 2000)],
-                   key=lambda t: ((distances[train] < t) == labels[train]).mean())
+        best = max(
+            candidates[:: max(1, len(candidates) // 2000)],
+            key=lambda t: ((distances[train] < t) == labels[train]).mean(),
+        )
         correct += ((distances[test] < best) == labels[test]).sum()
     return correct / len(pairs)
 
@@ -159,8 +162,10 @@ def main() -> None:
     judge = FaceresJudge(args.judge_dir)
     vectors = judge.describe([load_image_rgb(args.crops / name) for name in joined["name"]])
     accuracy = verification_accuracy(vectors, joined["identity"].astype(str).to_numpy())
-    print(f"faceres on {len(vectors)} crops of {joined['identity'].nunique()} people: verification accuracy "
-          f"{accuracy:.4f}")
+    print(
+        f"faceres on {len(vectors)} crops of {joined['identity'].nunique()} people: verification accuracy "
+        f"{accuracy:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,17 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 
 def render(report: Path, screenshot: Path, width: int = 1200, height: int = 4000) -> Path:
@@ -24,9 +32,19 @@ def render(report: Path, screenshot: Path, width: int = 1200, height: int = 4000
     if browser is None:
         raise SystemExit("no Chromium found: apt-get install chromium")
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-                        f"--screenshot={screenshot.absolute()}", report.absolute().as_uri()],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                browser,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                f"--screenshot={screenshot.absolute()}",
+                report.absolute().as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     if not screenshot.is_file() or screenshot.stat().st_size == 0:
         raise SystemExit("Chromium wrote no screenshot")
     return screenshot

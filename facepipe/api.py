@@ -24,6 +24,7 @@ import numpy as np
 
 from facepipe.detectors import COMBINED
 from facepipe.models import DLIB_RESNET128, unit_rows
+from facepipe.settings import ClusterSettings, GenerateSettings
 
 
 def find_faces(rgb: np.ndarray, detector: str = COMBINED, **settings) -> list[np.ndarray]:
@@ -36,27 +37,37 @@ def find_faces(rgb: np.ndarray, detector: str = COMBINED, **settings) -> list[np
     params = DetectorParams(detector=detector, **settings)
     check_params(params)
     faces = faces_in(np.ascontiguousarray(rgb, dtype=np.uint8), face_finder(params), params.max_side)
-    return [square_crop(rgb, face.box, params.margin, params.size) for face in faces[: 1 if params.largest_only else None]]
+    return [
+        square_crop(rgb, face.box, params.margin, params.size) for face in faces[: 1 if params.largest_only else None]
+    ]
 
 
-def embed_faces(crops: Sequence[np.ndarray], model: str = DLIB_RESNET128, device: str = "auto",
-                face_margin: float | None = 0.2) -> np.ndarray:
+def embed_faces(
+    crops: Sequence[np.ndarray], model: str = DLIB_RESNET128, device: str = "auto", face_margin: float | None = 0.2
+) -> np.ndarray:
     """Face crops (H, W, 3 uint8; from ``find_faces``, whose margin ``face_margin`` is) -> float32 (n, dim)
     embeddings of ``model`` (models.MODEL_NAMES), as embed computes them."""
-    from facepipe.embed import load_embedder
+    from facepipe.models.registry import load_embedder
 
     return load_embedder(model, device=device, face_margin=face_margin, show_progress=False).embed(list(crops))
 
 
-def group_faces(vectors: np.ndarray, model: str = DLIB_RESNET128, threshold: float | str = "auto",
-                min_group_size: int = 2, seed: int = 0, restarts: int = 10) -> np.ndarray:
+def group_faces(
+    vectors: np.ndarray,
+    model: str = DLIB_RESNET128,
+    threshold: float | str = ClusterSettings.threshold,
+    min_group_size: int = ClusterSettings.min_group_size,
+    seed: int = ClusterSettings.seed,
+    restarts: int = ClusterSettings.n_init,
+) -> np.ndarray:
     """Group embeddings (n, dim) of ``model`` as ``cluster --method graph`` does: faces closer than the
     same-person distance (``threshold``; "auto": the model's measured rule) are linked, Chinese whispers picks
-    the groups -> int64 (n,) group ids, 0 the largest, -1 for faces that match no group."""
-    from facepipe.cluster import finish_groups, same_person_distance
-    from facepipe.cluster_graph import best_whispers, neighbour_graph, unmatched_faces
+    the groups -> int64 (n,) group ids, 0 the largest, -1 for faces that match no group. The settings are
+    checked as cluster's (``settings.ClusterSettings``)."""
     from facepipe.common import FacepipeError
+    from facepipe.grouping import best_whispers, finish_groups, neighbour_graph, same_person_distance, unmatched_faces
 
+    ClusterSettings(threshold=threshold, min_group_size=min_group_size, seed=seed, n_init=restarts)  # checks them
     vectors = np.asarray(vectors, dtype=np.float32)
     vectors = unit_rows(vectors)
     distance = same_person_distance(threshold, model, True)
@@ -68,8 +79,14 @@ def group_faces(vectors: np.ndarray, model: str = DLIB_RESNET128, threshold: flo
     return finish_groups(vectors, labels, unmatched_faces(labels, graph), photos, min_group_size).labels
 
 
-def decode(checkpoint: str | Path = "weights", clusters: Sequence[int] | None = None, samples: int = 0,
-           temperature: float = 1.0, seed: int = 0, device: str = "auto") -> tuple[np.ndarray, list[np.ndarray]]:
+def decode(
+    checkpoint: str | Path = "weights",
+    clusters: Sequence[int] | None = None,
+    samples: int = 0,
+    temperature: float = GenerateSettings.temperature,
+    seed: int = GenerateSettings.seed,
+    device: str = GenerateSettings.device,
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """A trained CVAE's face of each cluster (z = 0) -> uint8 (n, S, S, 3), and ``samples`` random draws per
     cluster (z ~ N(0, temperature^2 I)), as generate decodes them; ``checkpoint`` is a file or a weights folder."""
     from facepipe.common import resolve_device
@@ -78,5 +95,12 @@ def decode(checkpoint: str | Path = "weights", clusters: Sequence[int] | None = 
 
     device = resolve_device(device)
     model, config, _ = load_cvae(find_checkpoint(checkpoint), device)
-    return decode_faces(model, config, list(config.clusters) if clusters is None else list(clusters), samples, seed,
-                        device, temperature)
+    return decode_faces(
+        model,
+        config,
+        list(config.clusters) if clusters is None else list(clusters),
+        samples,
+        seed,
+        device,
+        temperature,
+    )

@@ -19,7 +19,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -130,8 +129,10 @@ def describe_os_error(error: OSError) -> str:
     """One line for an operating-system error: what failed, on which path, and that nothing was half-written."""
     reason = OS_ERROR_REASONS.get(error.errno, error.strerror or str(error))
     where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f)
-    return (f"{where + ': ' if where else ''}{reason}. Every file facepipe writes is written whole or not at all; "
-            "fix this and rerun the same command to go on from what is done")
+    return (
+        f"{where + ': ' if where else ''}{reason}. Every file facepipe writes is written whole or not at all; "
+        "fix this and rerun the same command to go on from what is done"
+    )
 
 
 def check_writable(folder: str | os.PathLike) -> None:
@@ -141,8 +142,9 @@ def check_writable(folder: str | os.PathLike) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise FacepipeError(f"cannot write into {folder}: {OS_ERROR_REASONS.get(error.errno, error.strerror)}; "
-                            "nothing was changed") from None
+        raise FacepipeError(
+            f"cannot write into {folder}: {OS_ERROR_REASONS.get(error.errno, error.strerror)}; nothing was changed"
+        ) from None
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -220,7 +222,9 @@ def resolve_device(device: str = "auto") -> str:
         return "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise FacepipeError(f"--device {device} was asked for, but PyTorch sees no CUDA device here; use --device cpu or auto.")
+            raise FacepipeError(
+                f"--device {device} was asked for, but PyTorch sees no CUDA device here; use --device cpu or auto."
+            )
         return device
     raise FacepipeError(f"unknown device {device!r}: use auto, cpu or cuda")
 
@@ -249,7 +253,10 @@ def _fixed_thread_runtimes(threads: int) -> None:
     for name, switch in (("libgomp.so.1", "omp_set_dynamic"), ("libtorch_cpu.so", "MKL_Set_Dynamic")):
         try:
             getattr(ctypes.CDLL(str(library / name)), switch)(0)
-        except (OSError, AttributeError):  # another build of PyTorch (no bundled libgomp, no MKL): nothing to turn off
+        except (
+            OSError,
+            AttributeError,
+        ):  # another build of PyTorch (no bundled libgomp, no MKL): nothing to turn off
             pass
 
 
@@ -262,10 +269,14 @@ def reproducible_torch() -> Iterator[None]:
     another process starting beside a training could change the weights it ends with."""
     import torch
 
-
     flags = torch.backends.mkldnn, torch.backends.cudnn
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              flags[0].deterministic, flags[1].deterministic, flags[1].benchmark)
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        flags[0].deterministic,
+        flags[1].deterministic,
+        flags[1].benchmark,
+    )
     threads = torch.get_num_threads()
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic workspace
     torch.use_deterministic_algorithms(True, warn_only=True)  # warn_only: ops with no such kernel still run

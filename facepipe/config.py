@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import copy
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Iterable
 
+import tomllib
+
 from facepipe.common import FacepipeError, write_text_atomic
+from facepipe.settings import CONFIG_TABLES, config_problems, config_specs
 
 
 class ConfigError(FacepipeError):
     """A run config (file or ``--set``) that cannot be used: bad TOML, an unknown section or option; the CLI
     exits with 2 (bad usage or bad config value), as for a bad value."""
 
+
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("default_config.toml")
-PATH_OPTIONS = (("run", "labels"), ("embed", "weights"), ("cluster", "people"))  # relative paths in a config file start at its folder
+PATH_OPTIONS = (
+    ("run", "labels"),
+    ("embed", "weights"),
+    ("cluster", "people"),
+)  # relative paths in a config file start at its folder
 
 
 def default_config() -> dict[str, dict[str, Any]]:
@@ -80,6 +87,23 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
         _check_keys({section: {option: None}}, defaults, "--set")
         config[section][option] = parse_value(value.strip())
     return config
+
+
+def checked_config(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``config`` with each value as its setting takes it ("Auto" as "auto"), or a ``ConfigError`` listing
+    every value its setting does not take (``settings.config_problems``): all found before any stage runs."""
+    problems = config_problems(config)
+    if problems:
+        raise ConfigError(
+            f"the run config has {len(problems)} bad value(s); nothing was run:\n  " + "\n  ".join(problems)
+        )
+    checked = copy.deepcopy(config)
+    for section, values in checked.items():
+        specs = config_specs(section) if section in CONFIG_TABLES else {}
+        for key, value in values.items():
+            if key in specs and specs[key].takes_auto:
+                values[key] = specs[key].normalised(value)
+    return checked
 
 
 def _toml_value(value: Any) -> str:

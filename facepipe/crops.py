@@ -4,7 +4,7 @@ aligned on dlib's 5 landmarks (``--align dlib5``) so that the eyes and mouth of 
 on the same pixels and their mean is sharp.
 
 The alignment is dlib's ``get_face_chip`` (the one embed's dlib-resnet128 uses) with a larger padding,
-DEFAULT_ALIGN_PADDING, that keeps the whole head; beyond the crop's edge its border pixels are repeated.
+the default ``align_padding``, that keeps the whole head; beyond the crop's edge its border pixels are repeated.
 Each crop's landmarks are recorded (``alignment.csv``), so a rerun and generate align it the same way.
 """
 
@@ -18,21 +18,18 @@ from typing import Sequence
 import numpy as np
 
 from facepipe.common import FacepipeError, progress
-from facepipe.cvae_settings import ALIGNMENTS, DEFAULT_ALIGN_PADDING, DEFAULT_ALIGNMENT
 from facepipe.formats import (
     CLUSTER_SIDECAR_FIELDS,
     DETECT_PARAMS_JSON,
     UNKNOWN_CLUSTER,
     checked_fields,
     json_object,
+    path_in_sidecar,
     read_cluster_results,
     read_json,
-    read_sidecar,
-    recorded_path,
-    sidecar_path,
 )
 from facepipe.images import ImageReadError, load_image_rgb, resize_square
-from facepipe.limits import TRAIN_CVAE, check_limits
+from facepipe.settings import TrainSettings, check_settings
 
 
 def detect_margin(crops_dir: str | Path) -> float | None:
@@ -47,9 +44,7 @@ def detect_margin(crops_dir: str | Path) -> float | None:
 
 def check_alignment(alignment: str, padding: float) -> None:
     """A clear error for an unknown alignment or a padding out of range."""
-    if alignment not in ALIGNMENTS:
-        raise FacepipeError(f"unknown alignment {alignment!r}: use {' or '.join(ALIGNMENTS)}")
-    check_limits(TRAIN_CVAE, align_padding=padding)
+    check_settings(TrainSettings, align=alignment, align_padding=padding)
 
 
 def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int, padding: float) -> np.ndarray:
@@ -62,12 +57,19 @@ def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int, padding: float
     from facepipe.models.dlib_resnet import chip_to_image
 
     points = np.asarray(landmarks, dtype=np.int64).reshape(5, 2)
-    shape = dlib.full_object_detection(dlib.rectangle(*points.min(axis=0).tolist(), *points.max(axis=0).tolist()),
-                                       [dlib.point(int(x), int(y)) for x, y in points])
+    shape = dlib.full_object_detection(
+        dlib.rectangle(*points.min(axis=0).tolist(), *points.max(axis=0).tolist()),
+        [dlib.point(int(x), int(y)) for x, y in points],
+    )
     scale = max(1, int(np.ceil(np.linalg.norm(chip_to_image(shape, size, padding)[:, 0]))))
     affine = chip_to_image(shape, size * scale, padding)
-    face = cv2.warpAffine(np.ascontiguousarray(rgb), affine, (size * scale, size * scale),
-                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    face = cv2.warpAffine(
+        np.ascontiguousarray(rgb),
+        affine,
+        (size * scale, size * scale),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     return face if scale == 1 else cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
 
 
@@ -76,9 +78,13 @@ class CropAligner:
     that detect's margin tells) or taking them from ``known`` (a read ``alignment.csv``); ``landmarks`` holds
     every crop's landmarks for ``formats.write_alignment``."""
 
-    def __init__(self, crops_dir: str | Path, padding: float = DEFAULT_ALIGN_PADDING,
-                 known: dict[str, np.ndarray] | None = None):
-        check_alignment(DEFAULT_ALIGNMENT, padding)
+    def __init__(
+        self,
+        crops_dir: str | Path,
+        padding: float = TrainSettings.align_padding,
+        known: dict[str, np.ndarray] | None = None,
+    ):
+        check_alignment(TrainSettings.align, padding)
         self.padding = float(padding)
         self.landmarks = dict(known or {})
         self._margin = detect_margin(crops_dir)
@@ -95,8 +101,13 @@ class CropAligner:
         return align_face(rgb, self.landmarks[name], size, self.padding)
 
 
-def load_crops(names: Sequence[str], crops_dir: str | Path, size: int, show_progress: bool = True,
-               aligner: CropAligner | None = None) -> np.ndarray:
+def load_crops(
+    names: Sequence[str],
+    crops_dir: str | Path,
+    size: int,
+    show_progress: bool = True,
+    aligner: CropAligner | None = None,
+) -> np.ndarray:
     """Decode the named crops once into a uint8 array (n, size, size, 3): aligned by ``aligner``, else resized
     whole; a missing or broken crop is an error."""
     crops_dir = Path(crops_dir)
@@ -137,7 +148,9 @@ def face_mask(mean_face: np.ndarray, padding: float) -> np.ndarray:
     if _FACE_PREDICTOR is None:
         _FACE_PREDICTOR = dlib.shape_predictor(str(model_file(FACE_LANDMARKS_68)))
     side = mean_face.shape[0]
-    work = cv2.resize(np.ascontiguousarray(mean_face), (MASK_WORK_SIDE, MASK_WORK_SIDE), interpolation=cv2.INTER_CUBIC)
+    work = cv2.resize(
+        np.ascontiguousarray(mean_face), (MASK_WORK_SIDE, MASK_WORK_SIDE), interpolation=cv2.INTER_CUBIC
+    )
     low, high = padding / (2 * padding + 1) * MASK_WORK_SIDE, (padding + 1) / (2 * padding + 1) * MASK_WORK_SIDE
     grow = 0.1 * (high - low)  # the landmark template, grown a little: the face box dlib's predictor expects
     box = dlib.rectangle(int(low - grow), int(low - grow), int(high + grow), int(high + grow))
@@ -150,8 +163,9 @@ def face_mask(mean_face: np.ndarray, padding: float) -> np.ndarray:
     return cv2.GaussianBlur(mask, (0, 0), side * MASK_FEATHER)
 
 
-def masked_faces(images: np.ndarray, labels: np.ndarray, wanted: Sequence, padding: float,
-                 reference: np.ndarray | None = None) -> np.ndarray:
+def masked_faces(
+    images: np.ndarray, labels: np.ndarray, wanted: Sequence, padding: float, reference: np.ndarray | None = None
+) -> np.ndarray:
     """The aligned crops (uint8 (n, S, S, 3)) of each label in ``wanted`` laid over neutral grey through their
     label's ``face_mask``, found on the pixel mean of that label's crops (those of the rows ``reference`` only,
     when given: train-cvae's training crops)."""
@@ -202,18 +216,25 @@ def read_training_inputs(cluster_results: str | Path, crops_dir: str | Path | No
         raise FacepipeError(f"{cluster_results} lists no crops")
     clusters = frame["cluster"].to_numpy()
     if crops_dir is None:
-        meta_file = sidecar_path(cluster_results)
-        meta = read_sidecar(cluster_results, CLUSTER_SIDECAR_FIELDS)
-        if not meta.get("crops_dir"):
-            raise FacepipeError(f"no --crops-dir given and {meta_file} does not name the crops folder")
-        crops_dir = recorded_path(meta["crops_dir"], cluster_results)
+        crops_dir = path_in_sidecar(
+            cluster_results,
+            "crops_dir",
+            CLUSTER_SIDECAR_FIELDS,
+            "no --crops-dir given and {sidecar} does not name the crops folder",
+        )
     crops_dir = Path(crops_dir)
     if not crops_dir.is_dir():
         raise FacepipeError(f"crops folder not found: {crops_dir}")
     names = frame["name"].tolist()
     grouped_names, grouped_clusters = grouped_crops(names, clusters)
     if not grouped_names:
-        raise FacepipeError(f"{cluster_results}: all {len(names)} crops are in the unknown group "
-                            f"(cluster {UNKNOWN_CLUSTER}), so there is no group to train on or generate")
-    return TrainingInputs(names=grouped_names, clusters=grouped_clusters, crops_dir=crops_dir.resolve(),
-                          cluster_results=cluster_results.resolve())
+        raise FacepipeError(
+            f"{cluster_results}: all {len(names)} crops are in the unknown group "
+            f"(cluster {UNKNOWN_CLUSTER}), so there is no group to train on or generate"
+        )
+    return TrainingInputs(
+        names=grouped_names,
+        clusters=grouped_clusters,
+        crops_dir=crops_dir.resolve(),
+        cluster_results=cluster_results.resolve(),
+    )

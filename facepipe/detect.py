@@ -20,6 +20,23 @@ import pandas as pd
 
 from facepipe import __version__
 from facepipe.common import FacepipeError, file_sha256, progress, remove_own_temporaries, worker_pool
+from facepipe.detectors import (
+    CNN,
+    COMBINED,
+    COMBINED_CNN_UPSAMPLE,
+    COMBINED_HAAR_MAX_SIDE,
+    COMBINED_HOG_MAX_SIDE,
+    HAAR,
+    HOG,
+    CnnFinder,
+    CombinedFinder,
+    FaceFinder,
+    HaarFinder,
+    HogFinder,
+    ScaledFinder,
+    find_faces,
+    too_small_to_search,
+)
 from facepipe.engine import DEFAULT_ENGINE, RAY, check_engine, ray_nodes_phrase, ray_session
 from facepipe.formats import (
     DETECT_PARAMS_JSON,
@@ -38,26 +55,7 @@ from facepipe.formats import (
     write_csv_atomic,
     write_json_atomic,
 )
-from facepipe.detectors import (
-    CNN,
-    COMBINED_CNN_UPSAMPLE,
-    COMBINED_HAAR_MAX_SIDE,
-    COMBINED_HOG_MAX_SIDE,
-    DETECTORS,
-    HAAR,
-    COMBINED,
-    HOG,
-    CnnFinder,
-    CombinedFinder,
-    FaceFinder,
-    HaarFinder,
-    HogFinder,
-    ScaledFinder,
-    find_faces,
-    too_small_to_search,
-)
 from facepipe.images import (
-    DEFAULT_MAX_PIXELS,
     NOT_UTF8_REASON,
     ImageReadError,
     collect_images,
@@ -66,28 +64,10 @@ from facepipe.images import (
     resize_square,
     save_image_atomic,
 )
-from facepipe.limits import DETECT, check_limits, usable_workers
+from facepipe.limits import usable_workers
 from facepipe.locks import locks_output
 from facepipe.owned import inside_or_none
-
-
-@dataclass(frozen=True)
-class DetectorParams:
-    """Everything that decides which crops an image gives; stored in ``detect.json``."""
-
-    detector: str = COMBINED
-    max_side: int = 640
-    cascade: str = "haarcascade_frontalface_alt.xml"
-    scale_factor: float = 1.1
-    min_neighbors: int = 45
-    min_size: int = 30
-    dlib_upsample: int = 1
-    dlib_threshold: float = 0.0
-    cnn_max_side: int = 512
-    margin: float = 0.2
-    size: int = 224
-    largest_only: bool = False
-    crop_format: str = "jpg"
+from facepipe.settings import DetectorParams, DetectWork
 
 
 @dataclass
@@ -97,8 +77,8 @@ class DetectRun:
 
     engine: str = DEFAULT_ENGINE
     ray_address: str | None = None
-    workers: int = 2
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    workers: int = DetectWork.workers
+    max_pixels: int = DetectWork.max_pixels
     show_progress: bool = True
     checkpoint_seconds: float = 10.0
     nodes: Counter = field(default_factory=Counter)
@@ -128,12 +108,8 @@ class DetectSummary:
 
 
 def check_params(params: DetectorParams) -> None:
-    """Refuse settings no detector can use, before anything is read or written."""
-    if params.detector not in DETECTORS:
-        raise FacepipeError(f"unknown detector {params.detector!r}: use {', '.join(DETECTORS)}")
-    if params.crop_format not in ("jpg", "png"):
-        raise FacepipeError("crop format must be jpg or png")
-    check_limits(DETECT, **{f.name: getattr(params, f.name) for f in fields(params) if f.name in DETECT})
+    """Refuse a cascade that cannot be loaded, before anything is read or written (the spec checked the
+    other settings when ``params`` was built)."""
     if params.detector in (HAAR, COMBINED):
         HaarFinder(params.cascade, params.scale_factor, params.min_neighbors, params.min_size)  # loads the cascade
 
@@ -143,8 +119,8 @@ def recorded_params(out_dir: str | os.PathLike) -> DetectorParams:
     path = Path(out_dir) / DETECT_PARAMS_JSON
     kinds = {f.name: type(f.default) for f in fields(DetectorParams)}
     recorded = checked_fields(json_object(read_json(path), "params", path), path, kinds)
-    params = DetectorParams(**{k: v for k, v in recorded.items() if k in kinds})
     try:
+        params = DetectorParams(**{k: v for k, v in recorded.items() if k in kinds})
         check_params(params)
     except FacepipeError as error:
         raise FacepipeError(f"{path}: {error}") from None
@@ -203,9 +179,11 @@ def face_finder(params: DetectorParams) -> FaceFinder:
     haar = HaarFinder(params.cascade, params.scale_factor, params.min_neighbors, params.min_size)
     if params.detector == HAAR:
         return haar
-    return CombinedFinder(ScaledFinder(haar, COMBINED_HAAR_MAX_SIDE),
-                          ScaledFinder(HogFinder(params.dlib_upsample, params.dlib_threshold), COMBINED_HOG_MAX_SIDE),
-                          ScaledFinder(CnnFinder(COMBINED_CNN_UPSAMPLE, params.dlib_threshold), params.cnn_max_side))
+    return CombinedFinder(
+        ScaledFinder(haar, COMBINED_HAAR_MAX_SIDE),
+        ScaledFinder(HogFinder(params.dlib_upsample, params.dlib_threshold), COMBINED_HOG_MAX_SIDE),
+        ScaledFinder(CnnFinder(COMBINED_CNN_UPSAMPLE, params.dlib_threshold), params.cnn_max_side),
+    )
 
 
 class PhotoDetector:
@@ -249,9 +227,22 @@ class PhotoDetector:
             name = crop_name(source, index, params.crop_format)
             digest = save_image_atomic(self.out_dir / name, square_crop(rgb, face.box, params.margin, params.size))
             x, y, w, h = (int(v) for v in face.box)
-            rows.append(dict(crop=name, source=str(source), face_index=index, x=x, y=y, w=w, h=h,
-                             source_width=width, source_height=height, detector=face.detector,
-                             score=float(face.score), sha256=digest))
+            rows.append(
+                dict(
+                    crop=name,
+                    source=str(source),
+                    face_index=index,
+                    x=x,
+                    y=y,
+                    w=w,
+                    h=h,
+                    source_width=width,
+                    source_height=height,
+                    detector=face.detector,
+                    score=float(face.score),
+                    sha256=digest,
+                )
+            )
         return {"source": str(source), "status": "ok", "faces": len(rows), "reason": ""}, rows
 
 
@@ -264,8 +255,10 @@ class PhotoBatchDetector:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = [self.detect_photo(Path(str(source))) for source in batch["source"]]
-        return {"source_row": np.array([json.dumps(row) for row, _ in results], dtype=object),
-                "detections": np.array([json.dumps(rows) for _, rows in results], dtype=object)}
+        return {
+            "source_row": np.array([json.dumps(row) for row, _ in results], dtype=object),
+            "detections": np.array([json.dumps(rows) for _, rows in results], dtype=object),
+        }
 
 
 RAY_BATCH_PHOTOS = 32  # photos per Ray task: few enough tasks to cost little, enough to share the work evenly
@@ -300,17 +293,27 @@ def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[
         detections = read_csv(out_dir / DETECTIONS_CSV, DETECTION_COLUMNS, "detections CSV")
     except FacepipeError:  # missing or damaged: those photos are simply detected again
         return [], []
-    well_formed = well_formed_rows(sources, {"faces": {"whole": True, "low": 0}}) & \
-        sources["status"].isin(["ok", "error"]).to_numpy() & sources["source"].notna().to_numpy()
+    well_formed = (
+        well_formed_rows(sources, {"faces": {"whole": True, "low": 0}})
+        & sources["status"].isin(["ok", "error"]).to_numpy()
+        & sources["source"].notna().to_numpy()
+    )
     sources = sources[well_formed].drop_duplicates("source", keep="last")
-    sources = sources.assign(faces=pd.to_numeric(sources["faces"]).astype(int),
-                             reason=sources["reason"].astype("string").fillna("").astype(str))
+    sources = sources.assign(
+        faces=pd.to_numeric(sources["faces"]).astype(int),
+        reason=sources["reason"].astype("string").fillna("").astype(str),
+    )
     detections = detections[well_formed_rows(detections, DETECTION_NUMBER_RULES)].drop_duplicates("crop", keep="last")
-    detections = detections.assign(**{  # the kept numbers as a fresh run writes them (a bad cell made them text)
-        column: pd.to_numeric(detections[column]).astype(np.int64 if rule.get("whole") else np.float64)
-        for column, rule in DETECTION_NUMBER_RULES.items()})
-    intact = [_is_own_crop(row, params) and _crop_intact(out_dir / str(row["crop"]), row["sha256"])
-              for row in detections.to_dict("records")]
+    detections = detections.assign(
+        **{  # the kept numbers as a fresh run writes them (a bad cell made them text)
+            column: pd.to_numeric(detections[column]).astype(np.int64 if rule.get("whole") else np.float64)
+            for column, rule in DETECTION_NUMBER_RULES.items()
+        }
+    )
+    intact = [
+        _is_own_crop(row, params) and _crop_intact(out_dir / str(row["crop"]), row["sha256"])
+        for row in detections.to_dict("records")
+    ]
     detections = detections[np.asarray(intact, dtype=bool)]  # a bool mask even when empty
     rows_per_source = detections.groupby("source").size()
     complete = sources["faces"] == sources["source"].map(rows_per_source).fillna(0).astype(int)
@@ -326,8 +329,10 @@ def _refuse_foreign_tables(out_dir: Path) -> None:
         return
     for name in (DETECTIONS_CSV, SOURCES_CSV, ERRORS_CSV):
         if os.path.lexists(out_dir / name):
-            raise FacepipeError(f"{out_dir} holds a {name} that facepipe did not write (there is no "
-                                f"{DETECT_PARAMS_JSON}): move it away or choose another output folder")
+            raise FacepipeError(
+                f"{out_dir} holds a {name} that facepipe did not write (there is no "
+                f"{DETECT_PARAMS_JSON}): move it away or choose another output folder"
+            )
 
 
 def _crop_intact(path: Path, digest) -> bool:
@@ -344,13 +349,18 @@ def _drop_removed_sources(out_dir: Path, sources: list[dict], detections: list[d
         crop = inside_or_none(out_dir, str(row["crop"])) if row["source"] in gone else None
         if crop is not None and crop.parent == out_dir and crop.is_file() and not crop.is_symlink():
             crop.unlink()
-    return ([row for row in sources if row["source"] not in gone],
-            [row for row in detections if row["source"] not in gone], len(gone))
+    return (
+        [row for row in sources if row["source"] not in gone],
+        [row for row in detections if row["source"] not in gone],
+        len(gone),
+    )
 
 
 def _write_outputs(out_dir: Path, params: DetectorParams, sources: list[dict], detections: list[dict]) -> None:
     source_frame = pd.DataFrame(sources, columns=SOURCE_COLUMNS).sort_values("source", kind="stable")
-    detection_frame = pd.DataFrame(detections, columns=DETECTION_COLUMNS).sort_values(["source", "face_index"], kind="stable")
+    detection_frame = pd.DataFrame(detections, columns=DETECTION_COLUMNS).sort_values(
+        ["source", "face_index"], kind="stable"
+    )
     errors = source_frame[source_frame["status"] == "error"].rename(columns={"source": "path"})[ERROR_COLUMNS]
     write_json_atomic(out_dir / DETECT_PARAMS_JSON, {"params": asdict(params), "facepipe_version": __version__})
     write_csv_atomic(detection_frame, out_dir / DETECTIONS_CSV)
@@ -377,13 +387,24 @@ def _ray_results(todo: list[Path], params: DetectorParams, out_dir: Path, max_pi
     they finish (``nodes`` counts the photos each node detected)."""
     from facepipe.engine import ray_map
 
-    for batch in ray_map({"source": [str(p) for p in todo]}, PhotoBatchDetector, (params, out_dir, max_pixels),
-                         batch_size=RAY_BATCH_PHOTOS, nodes=nodes):
+    for batch in ray_map(
+        {"source": [str(p) for p in todo]},
+        PhotoBatchDetector,
+        (params, out_dir, max_pixels),
+        batch_size=RAY_BATCH_PHOTOS,
+        nodes=nodes,
+    ):
         yield from zip(map(json.loads, batch["source_row"]), map(json.loads, batch["detections"]))
 
 
-def _detect_todo(todo: list[Path], params: DetectorParams, out_dir: Path, sources: list[dict],
-                 detections: list[dict], run: DetectRun) -> None:
+def _detect_todo(
+    todo: list[Path],
+    params: DetectorParams,
+    out_dir: Path,
+    sources: list[dict],
+    detections: list[dict],
+    run: DetectRun,
+) -> None:
     """Detect the photos ``todo`` with the engine ``run`` names, appending their rows to ``sources`` and
     ``detections`` and writing the CSVs every ``run.checkpoint_seconds`` (and on any exit, Ctrl-C included)."""
     with contextlib.ExitStack() as stack:
@@ -394,8 +415,9 @@ def _detect_todo(todo: list[Path], params: DetectorParams, out_dir: Path, source
             results = stack.enter_context(_local_results(todo, params, out_dir, run.workers, run.max_pixels))
         last_checkpoint = time.monotonic()
         try:
-            for source_row, rows in progress(results, desc="detect", total=len(todo), unit="img",
-                                             enabled=run.show_progress):
+            for source_row, rows in progress(
+                results, desc="detect", total=len(todo), unit="img", enabled=run.show_progress
+            ):
                 sources.append(source_row)
                 detections.extend(rows)
                 if time.monotonic() - last_checkpoint > run.checkpoint_seconds:
@@ -412,8 +434,8 @@ def detect(
     out_dir: str | os.PathLike = "temp",
     params: DetectorParams | None = None,
     *,
-    workers: int = 2,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int = DetectWork.workers,
+    max_pixels: int = DetectWork.max_pixels,
     engine: str = DEFAULT_ENGINE,
     ray_address: str | None = None,
     keep_others: bool = False,
@@ -436,7 +458,7 @@ def detect(
     started = time.monotonic()
     params = params or DetectorParams()
     check_params(params)
-    check_limits(DETECT, workers=workers, max_pixels=max_pixels)
+    DetectWork(workers=workers, max_pixels=max_pixels)  # checks them
     check_engine(engine, ray_address)
     run = DetectRun(engine, ray_address, usable_workers(workers), max_pixels, show_progress, checkpoint_seconds)
     out_dir = Path(os.path.abspath(out_dir))

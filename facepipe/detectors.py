@@ -24,15 +24,15 @@ from facepipe.common import FacepipeError
 HAAR, HOG, CNN, COMBINED = "haar", "dlib-hog", "dlib-cnn", "haar+hog+cnn"
 DETECTORS = (COMBINED, HAAR, HOG, CNN)
 MIN_SEARCH_SIDE = 20  # px at a detector's scale: no detector finds a smaller face, and dlib's CNN crashes on
-                     # a photo under about 10 px a side
+# a photo under about 10 px a side
 COMBINED_CNN_UPSAMPLE = 1  # the combined mode's CNN is upsampled once, as --detector dlib-cnn runs it: it finds
-                           # the faces of 40-80 px that it alone finds (0.27 CPU-s at 512 px, 0.06 not upsampled)
+# the faces of 40-80 px that it alone finds (0.27 CPU-s at 512 px, 0.06 not upsampled)
 COMBINED_CNN_SMALL_SIDE = 256  # px: the combined mode's CNN also looks at every photo this small (LFW's 150 px
-                               # photos: faces cut by the edge beside the main one), where it costs little
+# photos: faces cut by the edge beside the main one), where it costs little
 COMBINED_HAAR_MAX_SIDE = 320  # the combined mode's Haar sees the photo at most this large: a third of its cost
-                              # at 640, and HOG finds every face Haar finds at 640 (benchmarks/README.md)
+# at 640, and HOG finds every face Haar finds at 640 (benchmarks/README.md)
 COMBINED_HOG_MAX_SIDE = 512  # and its HOG (upsampled once) at most this large: it finds the same faces there as
-                             # at 640 (with the CNN as combined), at 0.8 of the cost (benchmarks/README.md)
+# at 640 (with the CNN as combined), at 0.8 of the cost (benchmarks/README.md)
 SAME_FACE_IOU = 0.3  # boxes of two detectors overlapping at least this much (intersection over union) are one face
 
 
@@ -87,8 +87,11 @@ class HaarFinder:
 
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         boxes, neighbours = self.classifier.detectMultiScale2(
-            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-            minSize=(self.min_size, self.min_size))
+            gray,
+            scaleFactor=self.scale_factor,
+            minNeighbors=self.min_neighbors,
+            minSize=(self.min_size, self.min_size),
+        )
         return [Face(tuple(int(v) for v in box), HAAR, float(count)) for box, count in zip(boxes, neighbours)]
 
 
@@ -113,8 +116,9 @@ class HogFinder:
     def find(self, rgb: np.ndarray) -> list[Face]:
         height, width = rgb.shape[:2]
         rects, scores, _ = self.detector.run(np.ascontiguousarray(rgb), self.upsample, self.threshold)
-        faces = [(_clipped_box(r.left(), r.top(), r.right(), r.bottom(), width, height), s)
-                 for r, s in zip(rects, scores)]
+        faces = [
+            (_clipped_box(r.left(), r.top(), r.right(), r.bottom(), width, height), s) for r, s in zip(rects, scores)
+        ]
         return [Face(box, HOG, float(score)) for box, score in faces if box is not None]
 
 
@@ -136,8 +140,10 @@ class CnnFinder:
         height, width = rgb.shape[:2]
         if min(height, width) < MIN_SEARCH_SIDE:
             return []  # a strip too narrow to hold a face
-        found = [(_clipped_box(*box, width, height), score)
-                 for *box, score in self.detector.detect(rgb, self.upsample, self.threshold)]
+        found = [
+            (_clipped_box(*box, width, height), score)
+            for *box, score in self.detector.detect(rgb, self.upsample, self.threshold)
+        ]
         return [Face(box, CNN, score) for box, score in found if box is not None and score >= self.threshold]
 
 
@@ -149,8 +155,10 @@ class ScaledFinder:
 
     def find(self, rgb: np.ndarray) -> list[Face]:
         small, scale = scaled_down(rgb, self.max_side)
-        return [Face(_scale_box(face.box, 1.0 / scale, rgb.shape), face.detector, face.score)
-                for face in self.finder.find(small)]
+        return [
+            Face(_scale_box(face.box, 1.0 / scale, rgb.shape), face.detector, face.score)
+            for face in self.finder.find(small)
+        ]
 
 
 def box_iou(a: Sequence[int], b: Sequence[int]) -> float:
@@ -222,8 +230,10 @@ def too_small_to_search(rgb: np.ndarray, max_side: int) -> str | None:
     scale = min(1.0, max_side / max(height, width))
     if min(height, width) * scale >= MIN_SEARCH_SIDE:
         return None
-    return (f"too small to hold a face: {width}x{height} pixels; the detectors need at least {MIN_SEARCH_SIDE} "
-            f"pixels a side once the longer side is at most {max_side} (--max-side)")
+    return (
+        f"too small to hold a face: {width}x{height} pixels; the detectors need at least {MIN_SEARCH_SIDE} "
+        f"pixels a side once the longer side is at most {max_side} (--max-side)"
+    )
 
 
 def find_faces(rgb: np.ndarray, finder: FaceFinder, max_side: int) -> list[Face]:

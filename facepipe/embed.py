@@ -34,18 +34,12 @@ from facepipe.formats import (
     write_embeddings_checkpoint,
 )
 from facepipe.images import ImageReadError, collect_images, load_image_rgb
-from facepipe.models import (
-    DEFAULT_MODEL,
-    DLIB_CHIP_PADDING,
-    DLIB_RESNET128,
-    MODEL_NAMES,
-    VGGFACE2_RESNET50,
-    Embedder,
-)
-from facepipe.limits import EMBED, check_limits, usable_workers
+from facepipe.limits import usable_workers
 from facepipe.locks import locks_output
+from facepipe.models import Embedder
+from facepipe.models.registry import load_embedder
+from facepipe.settings import EmbedSettings
 
-PRECISIONS = ("fp32", "bf16")
 # Sidecar fields that must agree before an existing output's rows are reused.
 IDENTITY_FIELDS = ("model", "dimension", "preprocessing", "weights_sha256", "precision", "crops_dir")
 
@@ -105,76 +99,6 @@ def list_crops(crops: str | os.PathLike | Sequence[str | os.PathLike]) -> CropLi
     return CropList(crops_dir=crops_dir, names=names, margin=detect_margin(crops_dir))
 
 
-def native_bf16(device: str = "auto") -> bool:
-    """True where bfloat16 is computed natively: a CUDA device that supports it, or a CPU with AMX-BF16 or
-    AVX-512 BF16 (Linux's /proc/cpuinfo flags); bf16 ran vggface2-resnet50 at 33 crops/s against fp32's 21 on
-    such an AMD CPU, 112 against 39 on an AMX Xeon, at a cosine to fp32 of 0.999994 (benchmarks/README.md)."""
-    import torch
-
-    from facepipe.common import resolve_device
-
-    if resolve_device(device).startswith("cuda"):
-        return bool(torch.cuda.is_bf16_supported())
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def load_embedder(
-    model: str = DEFAULT_MODEL,
-    *,
-    weights: str | os.PathLike | None = None,
-    batch_size: int = 32,
-    device: str = "auto",
-    precision: str = "fp32",
-    face_margin: float | None = None,
-    dlib_crop: str = "aligned",
-    dlib_padding: float = DLIB_CHIP_PADDING,
-    show_progress: bool = True,
-) -> Embedder:
-    """Build the named model. ``face_margin`` tells dlib where the face is in a detect crop (see dlib_resnet).
-    ``precision`` "auto": bf16 for vggface2-resnet50 where the hardware computes it natively, else fp32."""
-    if precision not in (*PRECISIONS, "auto"):
-        raise FacepipeError(f"unknown precision {precision!r}: use fp32, bf16 or auto")
-    if precision == "auto":
-        precision = "bf16" if model == VGGFACE2_RESNET50 and native_bf16(device) else "fp32"
-    if model == DLIB_RESNET128:
-        from facepipe.models.dlib_resnet import DlibResNet128Embedder
-
-        if precision != "fp32":
-            raise FacepipeError("dlib-resnet128 runs in fp32 only; drop --precision bf16")
-        return DlibResNet128Embedder(face_margin=face_margin, device=device, batch_size=batch_size, crop=dlib_crop,
-                                     padding=dlib_padding)
-    if model == VGGFACE2_RESNET50:
-        if dlib_crop != "aligned" or dlib_padding != DLIB_CHIP_PADDING:
-            raise FacepipeError("--dlib-crop and --dlib-padding apply to dlib-resnet128 only")
-        try:
-            from facepipe.models.vggface2 import VGGFace2ResNet50Embedder
-            from facepipe.weights import ensure_vggface2_weights
-        except ImportError as error:
-            raise FacepipeError(f"vggface2-resnet50 is not available in this installation ({error})") from None
-        weights_path = ensure_vggface2_weights(weights, show_progress=show_progress)
-        return VGGFace2ResNet50Embedder(weights_path, device=device, precision=precision, batch_size=batch_size)
-    raise FacepipeError(f"unknown model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
-
-
-def load_embedder_like(embeddings: Embeddings, source: str | os.PathLike, device: str = "auto",
-                       face_margin: float | None = None) -> Embedder:
-    """The embedder that made ``embeddings`` (read from ``source``), set up as its sidecar says (model, face
-    margin, dlib crop and padding), so that new faces are embedded the way the crops were; ``face_margin``
-    replaces the recorded margin, for faces framed otherwise than the crops (e.g. landmark-aligned ones)."""
-    meta = embeddings.meta
-    if not embeddings.model:
-        raise FacepipeError(f"{sidecar_path(source)} does not say which model made the embeddings")
-    padding = meta.get("chip_padding")
-    face_margin = meta.get("face_margin") if face_margin is None else face_margin
-    return load_embedder(embeddings.model, device=device, face_margin=face_margin,
-                         dlib_crop=meta.get("crop") or "aligned",
-                         dlib_padding=DLIB_CHIP_PADDING if padding is None else float(padding), show_progress=False)
-
-
 def _decode(path: Path) -> tuple[np.ndarray | None, str]:
     try:
         return load_image_rgb(path), ""
@@ -195,8 +119,9 @@ def _prepare(path: Path, embedder: Embedder | None = None) -> tuple[np.ndarray |
     return (None, reason) if rgb is None else ((embedder or _pool_embedder[0]).prepare(rgb), "")
 
 
-def _prepared(paths: list[Path], embedder: Embedder, settings: dict,
-              workers: int) -> Iterator[tuple[np.ndarray | None, str]]:
+def _prepared(
+    paths: list[Path], embedder: Embedder, settings: dict, workers: int
+) -> Iterator[tuple[np.ndarray | None, str]]:
     """``_prepare`` of each crop, in order: in ``workers`` processes when more than one, each with its own
     embedder of ``settings`` (``load_embedder``'s arguments), so that decoding and aligning run beside the
     network, which stays in this process."""
@@ -209,12 +134,16 @@ def _prepared(paths: list[Path], embedder: Embedder, settings: dict,
 
 def _check_same_settings(path: Path, previous: dict, meta: dict) -> None:
     if previous.get("model") != meta["model"]:
-        raise FacepipeError(f"{path} holds {previous.get('model')} embeddings, not {meta['model']}; "
-                            "rerun with --force to replace them, or choose another output file")
+        raise FacepipeError(
+            f"{path} holds {previous.get('model')} embeddings, not {meta['model']}; "
+            "rerun with --force to replace them, or choose another output file"
+        )
     changed = [f for f in IDENTITY_FIELDS if previous.get(f) != meta.get(f)]
     if changed:
-        raise FacepipeError(f"{path} was made with other settings ({', '.join(changed)} differ); "
-                            "rerun with --force to replace it, or choose another output file")
+        raise FacepipeError(
+            f"{path} was made with other settings ({', '.join(changed)} differ); "
+            "rerun with --force to replace it, or choose another output file"
+        )
 
 
 def _previous_rows(output: Path, meta: dict, force: bool) -> dict[str, np.ndarray]:
@@ -231,8 +160,10 @@ def _previous_rows(output: Path, meta: dict, force: bool) -> dict[str, np.ndarra
     if output.is_file():
         try:
             if not sidecar_path(output).is_file():
-                raise FacepipeError(f"{output} exists but has no sidecar {sidecar_path(output).name}, so its model "
-                                    "is unknown; rerun with --force to replace it, or choose another output file")
+                raise FacepipeError(
+                    f"{output} exists but has no sidecar {sidecar_path(output).name}, so its model "
+                    "is unknown; rerun with --force to replace it, or choose another output file"
+                )
             previous = read_embeddings(output)
             _check_same_settings(output, previous.meta, meta)
         except UnmatchedSidecarError:  # never trusted: what the progress file holds is kept, the rest redone
@@ -247,8 +178,9 @@ def _previous_rows(output: Path, meta: dict, force: bool) -> dict[str, np.ndarra
 
 def _remove_own_temporaries(output: Path) -> None:
     """Delete the temporary files a killed run left beside ``output`` (only ours, never others')."""
-    names = {path.name for path in (output, sidecar_path(output), embed_errors_path(output),
-                                    embed_checkpoint_path(output))}
+    names = {
+        path.name for path in (output, sidecar_path(output), embed_errors_path(output), embed_checkpoint_path(output))
+    }
     remove_own_temporaries(output.parent, names.__contains__)
 
 
@@ -273,8 +205,9 @@ class _EmbedState:
         write_csv_atomic(pd.DataFrame(self.errors, columns=ERROR_COLUMNS), embed_errors_path(self.output))
 
 
-def _local_batches(paths: list[Path], todo: list[str], embedder: Embedder, settings: dict, workers: int,
-                   batch_size: int) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
+def _local_batches(
+    paths: list[Path], todo: list[str], embedder: Embedder, settings: dict, workers: int, batch_size: int
+) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
     """The local engine: (names, their vectors, error rows of unreadable crops) for the crops ``todo`` (files
     ``paths``), a batch at a time, decoded and prepared in ``workers`` processes and embedded here."""
     names: list[str] = []
@@ -308,12 +241,16 @@ class CropBatchEmbedder:
         readable = [i for i, (rgb, _) in enumerate(decoded) if rgb is not None]
         if readable:
             vectors[readable] = self.embedder.embed([decoded[i][0] for i in readable])
-        return {"name": np.array(names, dtype=object), "vector": vectors,
-                "error": np.array([reason for _, reason in decoded], dtype=object)}
+        return {
+            "name": np.array(names, dtype=object),
+            "vector": vectors,
+            "error": np.array([reason for _, reason in decoded], dtype=object),
+        }
 
 
-def _ray_batches(crops_dir: Path, todo: list[str], settings: dict, batch_size: int,
-                 nodes: Counter) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
+def _ray_batches(
+    crops_dir: Path, todo: list[str], settings: dict, batch_size: int, nodes: Counter
+) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
     """The Ray engine: what ``_local_batches`` gives, from an actor per GPU of the cluster (when it has any and
     ``settings`` allow CUDA), else per CPU, each loading the model once; ``nodes`` counts crops per node."""
     from facepipe.engine import cluster_gpus, ray_map
@@ -322,17 +259,30 @@ def _ray_batches(crops_dir: Path, todo: list[str], settings: dict, batch_size: i
     if settings["device"].startswith("cuda") and not gpus:
         raise FacepipeError(f"--device {settings['device']} was asked for, but the Ray cluster has no GPU")
     settings = dict(settings, device="cuda" if gpus else "cpu")
-    for batch in ray_map({"name": todo}, CropBatchEmbedder, (crops_dir, settings), batch_size=batch_size,
-                         gpus=gpus, nodes=nodes):
+    for batch in ray_map(
+        {"name": todo}, CropBatchEmbedder, (crops_dir, settings), batch_size=batch_size, gpus=gpus, nodes=nodes
+    ):
         failed = batch["error"] != ""
         names = [str(name) for name in batch["name"]]
-        yield ([name for name, bad in zip(names, failed) if not bad], batch["vector"][~failed],
-               [{"path": str(crops_dir / name), "reason": str(reason)}
-                for name, reason, bad in zip(names, batch["error"], failed) if bad])
+        yield (
+            [name for name, bad in zip(names, failed) if not bad],
+            batch["vector"][~failed],
+            [
+                {"path": str(crops_dir / name), "reason": str(reason)}
+                for name, reason, bad in zip(names, batch["error"], failed)
+                if bad
+            ],
+        )
 
 
-def _embed_missing(state: _EmbedState, batches: Iterator[tuple[list[str], np.ndarray, list[dict]]], total: int,
-                   desc: str, checkpoint_seconds: float, show_progress: bool) -> None:
+def _embed_missing(
+    state: _EmbedState,
+    batches: Iterator[tuple[list[str], np.ndarray, list[dict]]],
+    total: int,
+    desc: str,
+    checkpoint_seconds: float,
+    show_progress: bool,
+) -> None:
     """Take the embedded ``batches`` into ``state`` (unreadable crops into ``state.errors``), checkpointing it
     every ``checkpoint_seconds``."""
     last_checkpoint = time.monotonic()
@@ -351,17 +301,17 @@ def embed(
     crops: str | os.PathLike | Sequence[str | os.PathLike],
     output: str | os.PathLike = EMBEDDINGS_CSV,
     *,
-    model: str = DEFAULT_MODEL,
-    weights: str | os.PathLike | None = None,
-    batch_size: int = 32,
-    device: str = "auto",
-    precision: str = "fp32",
-    workers: int = 2,
+    model: str = EmbedSettings.model,
+    weights: str | os.PathLike | None = EmbedSettings.weights,
+    batch_size: int = EmbedSettings.batch_size,
+    device: str = EmbedSettings.device,
+    precision: str = EmbedSettings.precision,
+    workers: int = EmbedSettings.workers,
     engine: str = DEFAULT_ENGINE,
     ray_address: str | None = None,
     force: bool = False,
-    dlib_crop: str = "aligned",
-    dlib_padding: float = DLIB_CHIP_PADDING,
+    dlib_crop: str = EmbedSettings.dlib_crop,
+    dlib_padding: float = EmbedSettings.dlib_padding,
     show_progress: bool = True,
     checkpoint_seconds: float = 30.0,
 ) -> EmbedSummary:
@@ -374,16 +324,28 @@ def embed(
     each loading the model once, into the same files (see ``facepipe.engine``).
     """
     started = time.monotonic()
-    check_limits(EMBED, batch_size=batch_size, workers=workers, dlib_padding=dlib_padding)
+    settings = dict(
+        model=model,
+        weights=weights,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        dlib_crop=dlib_crop,
+        dlib_padding=dlib_padding,
+    )
+    checked = EmbedSettings(workers=workers, **settings)
     check_engine(engine, ray_address)
     crop_list = list_crops(crops)
     output = Path(os.path.abspath(output))
     output.parent.mkdir(parents=True, exist_ok=True)
     _remove_own_temporaries(output)
-    settings = dict(model=model, weights=weights, batch_size=batch_size, device=device, precision=precision,
-                    face_margin=crop_list.margin, dlib_crop=dlib_crop, dlib_padding=dlib_padding)
+    settings.update(
+        model=checked.model, device=checked.device, precision=checked.precision, face_margin=crop_list.margin
+    )
     # Under Ray the model runs in the actors: this one, on the CPU, only describes it (and fetches the weights).
-    embedder = load_embedder(**dict(settings, device="cpu" if engine == RAY else device), show_progress=show_progress)
+    embedder = load_embedder(
+        **dict(settings, device="cpu" if engine == RAY else checked.device), show_progress=show_progress
+    )
     meta = dict(embedder.describe(), crops_dir=str(crop_list.crops_dir), facepipe_version=__version__)
     done = _previous_rows(output, meta, force)
     todo = [name for name in crop_list.names if name not in done]
@@ -392,11 +354,19 @@ def embed(
     with contextlib.ExitStack() as stack:
         if engine == RAY:
             stack.enter_context(ray_session(ray_address))
-            actor_settings = dict(settings, precision=meta["precision"], weights=getattr(embedder, "weights_path", None))
+            actor_settings = dict(
+                settings, precision=meta["precision"], weights=getattr(embedder, "weights_path", None)
+            )
             batches = _ray_batches(crop_list.crops_dir, todo, actor_settings, batch_size, nodes)
         else:
-            batches = _local_batches([crop_list.crops_dir / name for name in todo], todo, embedder, settings,
-                                     usable_workers(workers), batch_size)
+            batches = _local_batches(
+                [crop_list.crops_dir / name for name in todo],
+                todo,
+                embedder,
+                settings,
+                usable_workers(workers),
+                batch_size,
+            )
         try:
             _embed_missing(state, batches, len(todo), f"embed ({embedder.name})", checkpoint_seconds, show_progress)
         except BaseException:
@@ -405,8 +375,9 @@ def embed(
     return _finish(state, crop_list, embedder, len(todo), time.monotonic() - started, nodes)
 
 
-def _finish(state: _EmbedState, crop_list: CropList, embedder: Embedder, todo: int, seconds: float,
-            nodes: Counter) -> EmbedSummary:
+def _finish(
+    state: _EmbedState, crop_list: CropList, embedder: Embedder, todo: int, seconds: float, nodes: Counter
+) -> EmbedSummary:
     """Write the embeddings and the errors of a finished run; its summary."""
     output = state.output
     errors = sorted(state.errors, key=lambda row: row["path"])  # the same file whatever order the engine gave
@@ -414,8 +385,9 @@ def _finish(state: _EmbedState, crop_list: CropList, embedder: Embedder, todo: i
     result = state.in_order()
     if not result.names:
         embed_checkpoint_path(output).unlink(missing_ok=True)
-        raise FacepipeError(f"none of the {len(crop_list.names)} crops could be read; "
-                            f"see {embed_errors_path(output)}")
+        raise FacepipeError(
+            f"none of the {len(crop_list.names)} crops could be read; see {embed_errors_path(output)}"
+        )
     write_embeddings(output, result)
     embed_checkpoint_path(output).unlink(missing_ok=True)  # only now: it covers a kill during the line above
     return EmbedSummary(

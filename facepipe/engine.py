@@ -42,8 +42,9 @@ def check_engine(engine: str, ray_address: str | None = None) -> None:
         import ray  # noqa: F401
         import ray.data  # noqa: F401
     except ImportError:
-        raise FacepipeError("the ray engine needs Ray Data: pip install -e '.[ray]' (or pip install 'ray[data]')") \
-            from None
+        raise FacepipeError(
+            "the ray engine needs Ray Data: pip install -e '.[ray]' (or pip install 'ray[data]')"
+        ) from None
     _check_reachable(ray_address)
 
 
@@ -82,8 +83,13 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     logging.getLogger("ray").setLevel(logging.WARNING)
     try:
         with _quiet_stderr():
-            ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING, configure_logging=False)
+            ray.init(
+                address=address or None,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                configure_logging=False,
+            )
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         raise FacepipeError(f"could not connect to {where}: {error}") from None
@@ -105,8 +111,10 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as error:
-        raise FacepipeError(f"no Ray cluster answers at {address} ({error.strerror or error}); start one there "
-                            "with `ray start --head`, or leave out --ray-address to start one here") from None
+        raise FacepipeError(
+            f"no Ray cluster answers at {address} ({error.strerror or error}); start one there "
+            "with `ray start --head`, or leave out --ray-address to start one here"
+        ) from None
 
 
 class _NodeTagged:
@@ -135,8 +143,15 @@ def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def ray_map(items: dict[str, Sequence], worker: type, args: tuple = (), *, batch_size: int, gpus: bool = False,
-            nodes: Counter | None = None) -> Iterator[dict[str, np.ndarray]]:
+def ray_map(
+    items: dict[str, Sequence],
+    worker: type,
+    args: tuple = (),
+    *,
+    batch_size: int,
+    gpus: bool = False,
+    nodes: Counter | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
     """Run ``worker(*args)`` (a class whose instances turn a batch, a dict of numpy columns, into another) over
     ``items`` (columns of equal length) as a Ray Data ``map_batches`` stage with a pool of actors: one per GPU
     of the cluster with ``gpus``, else one per CPU, so each loads its model once. Yields the output batches as
@@ -152,11 +167,18 @@ def ray_map(items: dict[str, Sequence], worker: type, args: tuple = (), *, batch
     actors = cluster_gpus() if gpus else int(ray.cluster_resources().get("CPU", 1))
     rows = len(next(iter(items.values())))
     batch_size = max(1, min(batch_size, -(-rows // (4 * max(1, actors)))))  # a small job still feeds every actor
-    dataset = ray.data.from_items([{key: items[key][i] for key in items} for i in range(rows)],
-                                  override_num_blocks=max(1, min(-(-rows // batch_size), MAX_BLOCKS)))
+    dataset = ray.data.from_items(
+        [{key: items[key][i] for key in items} for i in range(rows)],
+        override_num_blocks=max(1, min(-(-rows // batch_size), MAX_BLOCKS)),
+    )
     mapped = dataset.map_batches(
-        _NodeTagged, fn_constructor_args=(worker, args), batch_size=batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=max(1, actors)), num_cpus=1, num_gpus=1 if gpus else 0,
+        _NodeTagged,
+        fn_constructor_args=(worker, args),
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=max(1, actors)),
+        num_cpus=1,
+        num_gpus=1 if gpus else 0,
     )
     for batch in mapped.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
         if ERROR_COLUMN in batch:
@@ -167,7 +189,7 @@ def ray_map(items: dict[str, Sequence], worker: type, args: tuple = (), *, batch
 
 
 def ray_nodes_phrase(nodes: dict) -> str:
-    """", on 2 Ray nodes (700 + 724)" for a stage's summary line; empty for the local engine."""
+    """ ", on 2 Ray nodes (700 + 724)" for a stage's summary line; empty for the local engine."""
     if not nodes:
         return ""
     counts = sorted(nodes.values(), reverse=True)

@@ -37,6 +37,7 @@ from facepipe.common import (
 )
 from facepipe.formats import (
     CLUSTER_RESULTS_CSV,
+    CLUSTER_SIDECAR_FIELDS,
     DETECTIONS_CSV,
     EXPORT_MANIFEST_COLUMNS,
     EXPORT_MANIFEST_CSV,
@@ -46,22 +47,20 @@ from facepipe.formats import (
     SOURCES_CSV,
     UNKNOWN_CLUSTER,
     UNKNOWN_FOLDER,
-    CLUSTER_SIDECAR_FIELDS,
     cluster_results_path,
     csv_text,
     group_names,
+    path_in_sidecar,
     read_cluster_results,
     read_csv,
     read_json,
-    read_sidecar,
-    recorded_path,
     sidecar_path,
     write_json_atomic,
 )
-from facepipe.export_settings import EXPORT_MODES, XMP_NAMINGS
 from facepipe.labels import crop_sources
 from facepipe.locks import locks_output
 from facepipe.owned import holds_recorded, inside, inside_or_none, left_alone_phrase
+from facepipe.settings import ExportSettings
 from facepipe.xmp import XmpSummary
 
 
@@ -81,12 +80,17 @@ class ExportSummary:
     xmp: XmpSummary | None = None  # the face tags written into the photos' XMP sidecars (--xmp)
 
     def line(self) -> str:
-        across = (f"; {self.copied_across_devices} copied (another file system: no hard link)"
-                  if self.copied_across_devices else "")
-        return (f"export: {self.files} files of {self.photos} photos in {self.groups} group folders + unknown + "
-                f"no_face ({self.made} made, {self.removed} removed, {self.files - self.made} already there"
-                f"{across}{left_alone_phrase(self.left_alone)}) -> {self.out_dir} in {self.seconds:.1f}s"
-                + (f"\n{self.xmp.line()}" if self.xmp else ""))
+        across = (
+            f"; {self.copied_across_devices} copied (another file system: no hard link)"
+            if self.copied_across_devices
+            else ""
+        )
+        return (
+            f"export: {self.files} files of {self.photos} photos in {self.groups} group folders + unknown + "
+            f"no_face ({self.made} made, {self.removed} removed, {self.files - self.made} already there"
+            f"{across}{left_alone_phrase(self.left_alone)}) -> {self.out_dir} in {self.seconds:.1f}s"
+            + (f"\n{self.xmp.line()}" if self.xmp else "")
+        )
 
 
 def folder_name(text: str) -> str:
@@ -125,21 +129,27 @@ def _unique_file_names(items: pd.DataFrame) -> pd.Series:
 def _read_clustering(results_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     """The faces (crop, group, distance, source photo) of a clustering, its groups and the crops folder."""
     results = read_cluster_results(results_path)
-    meta_file = sidecar_path(results_path)
-    meta = read_sidecar(results_path, CLUSTER_SIDECAR_FIELDS)
-    if not meta.get("crops_dir"):
-        raise FacepipeError(f"{meta_file} names no crops folder, so the faces' photos are unknown")
-    crops_dir = recorded_path(meta["crops_dir"], results_path)
+    crops_dir = path_in_sidecar(
+        results_path,
+        "crops_dir",
+        CLUSTER_SIDECAR_FIELDS,
+        "{sidecar} names no crops folder, so the faces' photos are unknown",
+    )
     faces = results
     source_of = crop_sources(faces["name"].tolist(), crops_dir)
     missing = sorted(set(faces["name"]) - set(source_of))
     if missing:
-        raise FacepipeError(f"{len(missing)} face(s) of {results_path} are not in {crops_dir / DETECTIONS_CSV}, "
-                            f"e.g. {missing[0]}: the clustering and the crops folder do not belong together")
+        raise FacepipeError(
+            f"{len(missing)} face(s) of {results_path} are not in {crops_dir / DETECTIONS_CSV}, "
+            f"e.g. {missing[0]}: the clustering and the crops folder do not belong together"
+        )
     faces["source"] = faces["name"].map(source_of)
     ids = sorted(int(c) for c in faces["cluster"].unique() if c != UNKNOWN_CLUSTER)
-    return faces, pd.DataFrame({"cluster": ids, "person": [group_names(results_path.parent).get(c, "") for c in ids]}), \
-        crops_dir
+    return (
+        faces,
+        pd.DataFrame({"cluster": ids, "person": [group_names(results_path.parent).get(c, "") for c in ids]}),
+        crops_dir,
+    )
 
 
 def _plan(faces: pd.DataFrame, groups: pd.DataFrame, crops_dir: Path, use_crops: bool) -> pd.DataFrame:
@@ -156,11 +166,26 @@ def _plan(faces: pd.DataFrame, groups: pd.DataFrame, crops_dir: Path, use_crops:
     if sources_file.is_file():
         sources = read_csv(sources_file, ["source", "status", "faces"], "sources CSV")
         empty = sources[(sources["status"] == "ok") & (pd.to_numeric(sources["faces"], errors="coerce") == 0)]
-        rows = pd.concat([rows, pd.DataFrame({"photo": empty["source"].astype(str), "face": "",
-                                              "group": UNKNOWN_CLUSTER, "person": "", "distance": float("nan"),
-                                              "folder": NO_FACE_FOLDER, "item": empty["source"].astype(str)})],
-                         ignore_index=True)
-    rows = rows.sort_values(["folder", "item", "distance"]).drop_duplicates(["folder", "item"])  # a photo once a folder
+        rows = pd.concat(
+            [
+                rows,
+                pd.DataFrame(
+                    {
+                        "photo": empty["source"].astype(str),
+                        "face": "",
+                        "group": UNKNOWN_CLUSTER,
+                        "person": "",
+                        "distance": float("nan"),
+                        "folder": NO_FACE_FOLDER,
+                        "item": empty["source"].astype(str),
+                    }
+                ),
+            ],
+            ignore_index=True,
+        )
+    rows = rows.sort_values(["folder", "item", "distance"]).drop_duplicates(
+        ["folder", "item"]
+    )  # a photo once a folder
     rows["file"] = rows["folder"] + "/" + _unique_file_names(rows)
     return rows
 
@@ -219,8 +244,12 @@ def _what_was_made(target: Path, mode: str, copied: bool) -> dict:
         return {"symlink": os.readlink(target)}
     if mode == "hardlink" and not copied:
         return {"inode": [found.st_dev, found.st_ino]}
-    return {"sha256": file_sha256(target), "size": found.st_size, "mtime_ns": found.st_mtime_ns,
-            "inode": [found.st_dev, found.st_ino]}
+    return {
+        "sha256": file_sha256(target),
+        "size": found.st_size,
+        "mtime_ns": found.st_mtime_ns,
+        "inode": [found.st_dev, found.st_ino],
+    }
 
 
 def _is_made_of(path: Path, item: str, mode: str) -> bool:
@@ -239,8 +268,9 @@ def _still_made(path: Path, entry: dict) -> bool:
     made = entry.get("made")
     if not isinstance(made, dict):  # about to be made when export stopped
         previous = entry.get("previous")
-        return _is_made_of(path, str(entry.get("from")), str(entry.get("mode"))) or \
-            (isinstance(previous, dict) and _still_made(path, previous))
+        return _is_made_of(path, str(entry.get("from")), str(entry.get("mode"))) or (
+            isinstance(previous, dict) and _still_made(path, previous)
+        )
     found = os.lstat(path)
     if "symlink" in made:
         return stat.S_ISLNK(found.st_mode) and os.readlink(path) == made["symlink"]
@@ -248,10 +278,14 @@ def _still_made(path: Path, entry: dict) -> bool:
         return False
     if "sha256" not in made:  # a hard link: of the same inode, or (device numbers can change) of its photo still
         from_photo = str(entry.get("from"))
-        return [found.st_dev, found.st_ino] == made.get("inode") or \
-            (os.path.isfile(from_photo) and os.path.samefile(path, from_photo))
-    if [found.st_size, found.st_mtime_ns, [found.st_dev, found.st_ino]] == \
-            [made.get("size"), made.get("mtime_ns"), made.get("inode")]:
+        return [found.st_dev, found.st_ino] == made.get("inode") or (
+            os.path.isfile(from_photo) and os.path.samefile(path, from_photo)
+        )
+    if [found.st_size, found.st_mtime_ns, [found.st_dev, found.st_ino]] == [
+        made.get("size"),
+        made.get("mtime_ns"),
+        made.get("inode"),
+    ]:
         return True
     return file_sha256(path) == made["sha256"]
 
@@ -280,35 +314,46 @@ def _read_record(out_dir: Path) -> dict:
     if not os.path.lexists(record_file):
         others = _files_in(out_dir)
         if others:
-            raise FacepipeError(f"{out_dir} holds files that were not made by an earlier export (e.g. {others[0]}; "
-                                f"no {record_file.name} of export's): export into a new or empty folder, or into "
-                                "an earlier export (nothing export did not make is ever replaced or removed)")
+            raise FacepipeError(
+                f"{out_dir} holds files that were not made by an earlier export (e.g. {others[0]}; "
+                f"no {record_file.name} of export's): export into a new or empty folder, or into "
+                "an earlier export (nothing export did not make is ever replaced or removed)"
+            )
         return {"files": {}, "manifest_sha256": []}
     record = read_json(record_file) if not record_file.is_symlink() else None
     files = record.get("files") if isinstance(record, dict) and record.get("format") == EXPORT_RECORD_FORMAT else None
     if not isinstance(files, dict):
-        raise FacepipeError(f"{record_file} is not export's record ({EXPORT_RECORD_FORMAT}): move it away, or "
-                            "export into another folder")
+        raise FacepipeError(
+            f"{record_file} is not export's record ({EXPORT_RECORD_FORMAT}): move it away, or "
+            "export into another folder"
+        )
     digests = record.get("manifest_sha256")
     digests = [d for d in digests if isinstance(d, str)] if isinstance(digests, list) else []
     found = [digest for digest in digests if holds_recorded(manifest, digest)][:1]
     if os.path.lexists(manifest) and not found:
-        raise FacepipeError(f"{manifest} was changed since export wrote it: move it away and rerun (export never "
-                            "overwrites a file it did not write)")
+        raise FacepipeError(
+            f"{manifest} was changed since export wrote it: move it away and rerun (export never "
+            "overwrites a file it did not write)"
+        )
     return dict(record, manifest_sha256=found)
 
 
 def _write_record(out_dir: Path, files: dict[str, dict], manifest_digests: list[str], earlier: dict) -> dict:
     """Write export's record (left untouched when it says what the ``earlier`` one said); returns a copy of it
     (``files``' entries are filled in later, which must not change what this record was)."""
-    record = {"format": EXPORT_RECORD_FORMAT, "files": files, "manifest_sha256": list(dict.fromkeys(manifest_digests))}
+    record = {
+        "format": EXPORT_RECORD_FORMAT,
+        "files": files,
+        "manifest_sha256": list(dict.fromkeys(manifest_digests)),
+    }
     if record != earlier:
         write_json_atomic(_record_path(out_dir), record)
     return copy.deepcopy(record)
 
 
-def _still_there(out_dir: Path, earlier: dict[str, dict],
-                 targets: dict[str, Path]) -> tuple[dict[str, Path], dict[str, Path]]:
+def _still_there(
+    out_dir: Path, earlier: dict[str, dict], targets: dict[str, Path]
+) -> tuple[dict[str, Path], dict[str, Path]]:
     """The recorded files still in ``out_dir`` (``targets``: the paths of this plan, checked): those still as
     export made them (its own), and those changed."""
     owned, changed = {}, {}
@@ -336,17 +381,17 @@ def export(
     cluster_results: str | os.PathLike = CLUSTER_RESULTS_CSV,
     out_dir: str | os.PathLike = "people",
     *,
-    mode: str = "hardlink",
-    crops: bool = False,
-    xmp: str | None = None,
+    mode: str = ExportSettings.mode,
+    crops: bool = ExportSettings.crops,
+    xmp: str | None = ExportSettings.xmp,
     show_progress: bool = True,
 ) -> ExportSummary:
     """Export a clustering (``cluster_results.csv``, or its folder) into ``out_dir``: a folder per group,
     ``unknown/`` and ``no_face/``, each source photo (``crops``: face crop) a ``mode`` hard link, symlink or copy
     (a hard link across file systems: a copy), ``manifest.csv``; a photo of several people is in each one's
-    folder. ``xmp`` (a sidecar naming, XMP_NAMINGS): tag the named faces in the photos' XMP sidecars too."""
+    folder. ``xmp`` (a sidecar naming, settings.XMP_NAMINGS): tag the named faces in the photos' XMP sidecars too."""
     started = time.monotonic()
-    _check_choices(mode, xmp)
+    ExportSettings(mode=mode, crops=crops, xmp=xmp)  # checks them
     results_path = cluster_results_path(cluster_results)
     out_dir = Path(os.path.abspath(out_dir))
     faces, groups, crops_dir = _read_clustering(results_path)
@@ -355,28 +400,67 @@ def export(
     plan = _plan(faces, groups, crops_dir, crops)
     within = plan["item"].map(lambda item: Path(os.path.realpath(item)).is_relative_to(os.path.realpath(out_dir)))
     if within.any():
-        raise FacepipeError(f"{out_dir} holds photos it would export ({plan['item'][within].iloc[0]}): choose a "
-                            "folder outside the collection")
+        raise FacepipeError(
+            f"{out_dir} holds photos it would export ({plan['item'][within].iloc[0]}): choose a "
+            "folder outside the collection"
+        )
     targets = {row.file: inside(out_dir, row.file) for row in plan.itertuples(index=False)}  # no link on the way
     missing = plan[~plan["item"].map(os.path.isfile)]
     if len(missing):
         row = missing.iloc[0]
-        raise FacepipeError(f"{row['item']} (of face {row['face'] or row['photo']}) is gone: its photo was moved or "
-                            "deleted since detect; export the rest by running detect and cluster again")
+        raise FacepipeError(
+            f"{row['item']} (of face {row['face'] or row['photo']}) is gone: its photo was moved or "
+            "deleted since detect; export the rest by running detect and cluster again"
+        )
     remove_own_temporaries(out_dir, {EXPORT_MANIFEST_CSV, _record_path(out_dir).name}.__contains__)
     record = _read_record(out_dir)
     earlier = record["files"]
     owned, changed = _still_there(out_dir, earlier, targets)
     strangers = [path for relative, path in targets.items() if relative not in earlier and os.path.lexists(path)]
     if strangers:
-        raise FacepipeError(f"{strangers[0]} exists and was not made by an earlier export: move it away, or export "
-                            "into another folder (nothing export did not make is ever replaced)")
+        raise FacepipeError(
+            f"{strangers[0]} exists and was not made by an earlier export: move it away, or export "
+            "into another folder (nothing export did not make is ever replaced)"
+        )
     names_in: dict[Path, set[str]] = {}
     for path in targets.values():
         names_in.setdefault(path.parent, set()).add(path.name)
     for folder, names in names_in.items():  # the temporaries of files an interrupted export was making
         remove_own_temporaries(folder, names.__contains__)
 
+    files, todo = _files_to_make(plan, targets, earlier, owned, changed, mode)
+    manifest_text = csv_text(plan.rename(columns={"person": "name"})[EXPORT_MANIFEST_COLUMNS], float_format="%.6g")
+    manifest_digest = hashlib.sha256(manifest_text.encode("utf-8")).hexdigest()
+    kept = {relative: earlier[relative] for relative in changed}
+    ahead = {**{relative: earlier[relative] for relative in owned}, **kept, **files}  # before anything changes
+    record = _write_record(out_dir, ahead, record["manifest_sha256"] + [manifest_digest], record)
+    removed = _remove_what_no_longer_belongs(out_dir, owned, plan)
+    copied = 0
+    for row in progress(todo, desc="export", total=len(todo), unit="file", enabled=show_progress):
+        across = _make(targets[row.file], Path(row.item), mode)
+        files[row.file]["made"] = _what_was_made(targets[row.file], mode, across)
+        files[row.file].pop("previous", None)
+        copied += across
+    if not holds_recorded(out_dir / EXPORT_MANIFEST_CSV, manifest_digest):
+        write_text_atomic(out_dir / EXPORT_MANIFEST_CSV, manifest_text)
+    _write_record(out_dir, {**kept, **files}, [manifest_digest], record)
+    return ExportSummary(
+        groups=len(groups),
+        photos=int(plan["photo"].nunique()),
+        files=len(plan),
+        made=len(todo),
+        removed=removed,
+        copied_across_devices=copied,
+        out_dir=out_dir,
+        seconds=time.monotonic() - started,
+        left_alone=sorted(changed.values()),
+        xmp=_tag_photos(faces, groups, crops_dir, out_dir, xmp) if xmp else None,
+    )
+
+
+def _files_to_make(plan: pd.DataFrame, targets: dict, earlier: dict, owned: dict, changed: dict, mode: str):
+    """The record entry of each file of the ``plan`` this export keeps or makes (not those the user ``changed``),
+    and the plan's rows still to make: a file an earlier export made (``owned``) that is in place is kept."""
     files, todo = {}, []
     for row in plan.itertuples(index=False):
         if row.file in changed:
@@ -393,33 +477,7 @@ def export(
             entry["previous"] = earlier[row.file]
         files[row.file] = entry
         todo.append(row)
-    manifest_text = csv_text(plan.rename(columns={"person": "name"})[EXPORT_MANIFEST_COLUMNS], float_format="%.6g")
-    manifest_digest = hashlib.sha256(manifest_text.encode("utf-8")).hexdigest()
-    kept = {relative: earlier[relative] for relative in changed}
-    ahead = {**{relative: earlier[relative] for relative in owned}, **kept, **files}  # before anything changes
-    record = _write_record(out_dir, ahead, record["manifest_sha256"] + [manifest_digest], record)
-    removed = _remove_what_no_longer_belongs(out_dir, owned, plan)
-    copied = 0
-    for row in progress(todo, desc="export", total=len(todo), unit="file", enabled=show_progress):
-        across = _make(targets[row.file], Path(row.item), mode)
-        files[row.file]["made"] = _what_was_made(targets[row.file], mode, across)
-        files[row.file].pop("previous", None)
-        copied += across
-    if not holds_recorded(out_dir / EXPORT_MANIFEST_CSV, manifest_digest):
-        write_text_atomic(out_dir / EXPORT_MANIFEST_CSV, manifest_text)
-    _write_record(out_dir, {**kept, **files}, [manifest_digest], record)
-    return ExportSummary(groups=len(groups), photos=int(plan["photo"].nunique()), files=len(plan), made=len(todo),
-                         removed=removed, copied_across_devices=copied, out_dir=out_dir,
-                         seconds=time.monotonic() - started, left_alone=sorted(changed.values()),
-                         xmp=_tag_photos(faces, groups, crops_dir, out_dir, xmp) if xmp else None)
-
-
-def _check_choices(mode: str, xmp: str | None) -> None:
-    """Refuse an unknown export mode or XMP sidecar naming, before anything is written."""
-    if mode not in EXPORT_MODES:
-        raise FacepipeError(f"unknown export mode {mode!r}: use {', '.join(EXPORT_MODES)}")
-    if xmp is not None and xmp not in XMP_NAMINGS:
-        raise FacepipeError(f"unknown XMP sidecar naming {xmp!r}: use {' or '.join(XMP_NAMINGS)}")
+    return files, todo
 
 
 def _tag_photos(faces: pd.DataFrame, groups: pd.DataFrame, crops_dir: Path, out_dir: Path, naming: str):

@@ -63,8 +63,9 @@ def kernel_distance(generated: np.ndarray, real: np.ndarray) -> float:
 
     kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
     n, m = len(x), len(y)
-    return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                 - 2.0 * kxy.mean())
+    return float(
+        (kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2.0 * kxy.mean()
+    )
 
 
 def relative(values, references) -> float:

@@ -40,8 +40,20 @@ DETECT_PARAMS_JSON = "detect.json"
 EMBEDDINGS_CSV = "image_features.csv"
 CLUSTER_RESULTS_CSV = "cluster_results.csv"
 
-DETECTION_COLUMNS = ["crop", "source", "face_index", "x", "y", "w", "h", "source_width", "source_height", "detector",
-                     "score", "sha256"]  # sha256: of the crop file as written (a rerun redoes a crop changed since)
+DETECTION_COLUMNS = [
+    "crop",
+    "source",
+    "face_index",
+    "x",
+    "y",
+    "w",
+    "h",
+    "source_width",
+    "source_height",
+    "detector",
+    "score",
+    "sha256",
+]  # sha256: of the crop file as written (a rerun redoes a crop changed since)
 CROP_SOURCE_COLUMNS = ["crop", "source"]  # what readers of a detections CSV need (files of older versions have them)
 SOURCE_COLUMNS = ["source", "status", "faces", "reason"]
 ERROR_COLUMNS = ["path", "reason"]
@@ -105,13 +117,15 @@ def csv_text(frame: pd.DataFrame, float_format: str | None = None) -> str:
     the csv module does not quote, and a reader takes for a line end) every text cell is quoted."""
     buffer = io.StringIO()
     has_cr = any(frame[c].astype(str).str.contains("\r", regex=False).any() for c in _text_columns(frame))
-    _escape_formulas(frame).to_csv(buffer, index=False, float_format=float_format,
-                                   quoting=csv.QUOTE_NONNUMERIC if has_cr else csv.QUOTE_MINIMAL)
+    _escape_formulas(frame).to_csv(
+        buffer, index=False, float_format=float_format, quoting=csv.QUOTE_NONNUMERIC if has_cr else csv.QUOTE_MINIMAL
+    )
     return buffer.getvalue()
 
 
-def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike, float_format: str | None = None,
-                     keep_if_same: bool = False) -> None:
+def write_csv_atomic(
+    frame: pd.DataFrame, path: str | os.PathLike, float_format: str | None = None, keep_if_same: bool = False
+) -> None:
     """Write a DataFrame as CSV (no index), atomically; formula-like text cells are escaped (see read_csv).
     With ``keep_if_same`` a file that already holds exactly this text is left untouched."""
     text = csv_text(frame, float_format)
@@ -130,8 +144,9 @@ def own_csv_output(path: str | os.PathLike, columns: Sequence[str], what: str) -
         with open(path, encoding="utf-8", errors="replace") as existing:
             header = existing.readline().strip()
         if header != ",".join(columns):
-            raise FacepipeError(f"{path} exists and is not a {what} CSV: facepipe does not overwrite it; choose "
-                                "another file name")
+            raise FacepipeError(
+                f"{path} exists and is not a {what} CSV: facepipe does not overwrite it; choose another file name"
+            )
     return path
 
 
@@ -142,8 +157,9 @@ def write_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def read_csv(path: str | os.PathLike, required: Sequence[str] = (), what: str = "CSV",
-             text: Sequence[str] = ()) -> pd.DataFrame:
+def read_csv(
+    path: str | os.PathLike, required: Sequence[str] = (), what: str = "CSV", text: Sequence[str] = ()
+) -> pd.DataFrame:
     """Read a CSV, checking that it exists, parses, and has the ``required`` columns; the ``text`` columns are
     kept as written ("NA", "007" stay strings; an empty cell is ""; with ``text`` no cell is taken for missing)."""
     path = Path(path)
@@ -154,7 +170,9 @@ def read_csv(path: str | os.PathLike, required: Sequence[str] = (), what: str = 
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
         raise FacepipeError(f"{path} is not a readable {what}: {error}") from None
     if not isinstance(frame.index, pd.RangeIndex):  # pandas turns extra values in the first rows into an index
-        raise FacepipeError(f"{path} is not a readable {what}: some rows have more values than the header has columns")
+        raise FacepipeError(
+            f"{path} is not a readable {what}: some rows have more values than the header has columns"
+        )
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise FacepipeError(f"{path} lacks the column(s) {', '.join(missing)} of a {what}")
@@ -187,8 +205,16 @@ def _clipped(text: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def checked_numbers(frame: pd.DataFrame, columns: Sequence[str], path: str | os.PathLike, *, whole: bool = False,
-                    low: float | None = None, high: float | None = None, missing_ok: bool = False) -> np.ndarray:
+def checked_numbers(
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    whole: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    missing_ok: bool = False,
+) -> np.ndarray:
     """The ``columns`` of a CSV's ``frame`` as a float64 array (rows, columns), every cell checked to be a finite
     number (empty only with ``missing_ok``: NaN), whole with ``whole``, from ``low`` to ``high``; the first cell
     that is not is a FacepipeError naming the file, its row and column, and why."""
@@ -213,15 +239,19 @@ def checked_numbers(frame: pd.DataFrame, columns: Sequence[str], path: str | os.
         elif whole and value % 1:
             why = f"{_shown(cells.iat[row, index])} is not a whole number"
         else:
-            span = " ".join(f"{word} {_shown(bound)}" for word, bound in (("from", low), ("up to" if low is None else "to", high))
-                            if bound is not None)
+            span = " ".join(
+                f"{word} {_shown(bound)}"
+                for word, bound in (("from", low), ("up to" if low is None else "to", high))
+                if bound is not None
+            )
             why = f"{_shown(cells.iat[row, index])} is out of range (must be {span})"
         raise FacepipeError(f"{_place(path, row, columns[index])}: {why}")
     return values
 
 
-def _bad_cells(values: np.ndarray, empty: np.ndarray, whole: bool, low: float | None, high: float | None,
-               missing_ok: bool) -> np.ndarray:
+def _bad_cells(
+    values: np.ndarray, empty: np.ndarray, whole: bool, low: float | None, high: float | None, missing_ok: bool
+) -> np.ndarray:
     """Where a cell breaks a rule of ``checked_numbers`` (values NaN where not a number, ``empty`` where empty)."""
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(values)
@@ -241,13 +271,20 @@ def well_formed_rows(frame: pd.DataFrame, rules: dict[str, dict]) -> np.ndarray:
     for column, rule in rules.items():
         if column in frame.columns:
             values, empty = _cell_numbers(frame[[column]])
-            good &= ~_bad_cells(values, empty, rule.get("whole", False), rule.get("low"), rule.get("high"),
-                                rule.get("missing_ok", False))[:, 0]
+            good &= ~_bad_cells(
+                values,
+                empty,
+                rule.get("whole", False),
+                rule.get("low"),
+                rule.get("high"),
+                rule.get("missing_ok", False),
+            )[:, 0]
     return good
 
 
-def _all_in_range(values: np.ndarray, empty: np.ndarray, whole: bool, low: float | None, high: float | None,
-                  missing_ok: bool) -> bool:
+def _all_in_range(
+    values: np.ndarray, empty: np.ndarray, whole: bool, low: float | None, high: float | None, missing_ok: bool
+) -> bool:
     """True when no cell of a column block that holds only numbers (NaN where ``empty``) breaks a rule of
     ``checked_numbers``: a few passes over a large block (embeddings) instead of a mask per rule."""
     if not values.size or empty.all():
@@ -279,8 +316,9 @@ def _cell_numbers(cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return values, empty
 
 
-def checked_whole_numbers(frame: pd.DataFrame, column: str, path: str | os.PathLike, low: int, high: int,
-                          unique: bool = False) -> np.ndarray:
+def checked_whole_numbers(
+    frame: pd.DataFrame, column: str, path: str | os.PathLike, low: int, high: int, unique: bool = False
+) -> np.ndarray:
     """One column of whole numbers from ``low`` to ``high`` (each once with ``unique``), as int64; see
     ``checked_numbers``."""
     values = checked_numbers(frame, [column], path, whole=True, low=low, high=high)[:, 0].astype(np.int64)
@@ -305,13 +343,15 @@ def _check_unique(values: Sequence, column: str, path: str | os.PathLike) -> Non
     seen: dict = {}
     for row, value in enumerate(values):
         if value in seen:
-            raise FacepipeError(f"{_place(path, row, column)}: {_shown(value)} appears again (first in row "
-                                f"{seen[value] + 2})")
+            raise FacepipeError(
+                f"{_place(path, row, column)}: {_shown(value)} appears again (first in row {seen[value] + 2})"
+            )
         seen[value] = row
 
 
-def checked_fields(data: dict, path: str | os.PathLike, kinds: dict[str, type | tuple],
-                   required: Sequence[str] = ()) -> dict:
+def checked_fields(
+    data: dict, path: str | os.PathLike, kinds: dict[str, type | tuple], required: Sequence[str] = ()
+) -> dict:
     """``data`` (a JSON object read from ``path``) with each field of ``kinds`` that it holds (and is not null)
     checked to be of that type (a bool is never a number; ``float`` is a finite number, ``numbers.Real`` any,
     NaN included), and the ``required`` fields there; returns ``data``."""
@@ -335,8 +375,15 @@ def _is_json_kind(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-_JSON_KIND_NAMES = {str: "text", int: "a whole number", float: "a finite number", numbers.Real: "a number",
-                    bool: "true or false", dict: "an object", list: "a list"}
+_JSON_KIND_NAMES = {
+    str: "text",
+    int: "a whole number",
+    float: "a finite number",
+    numbers.Real: "a number",
+    bool: "true or false",
+    dict: "an object",
+    list: "a list",
+}
 
 
 def json_object(data: dict, key: str, path: str | os.PathLike) -> dict:
@@ -345,10 +392,16 @@ def json_object(data: dict, key: str, path: str | os.PathLike) -> dict:
 
 
 # The numbers of a detections.csv row (``checked_numbers`` keywords): a row breaking one is damaged.
-DETECTION_NUMBER_RULES = {"face_index": dict(whole=True, low=0), "x": dict(whole=True), "y": dict(whole=True),
-                          "w": dict(whole=True, low=0), "h": dict(whole=True, low=0),
-                          "source_width": dict(whole=True, low=0), "source_height": dict(whole=True, low=0),
-                          "score": dict(missing_ok=True)}
+DETECTION_NUMBER_RULES = {
+    "face_index": dict(whole=True, low=0),
+    "x": dict(whole=True),
+    "y": dict(whole=True),
+    "w": dict(whole=True, low=0),
+    "h": dict(whole=True, low=0),
+    "source_width": dict(whole=True, low=0),
+    "source_height": dict(whole=True, low=0),
+    "score": dict(missing_ok=True),
+}
 
 
 def read_detections(path: str | os.PathLike) -> pd.DataFrame:
@@ -402,6 +455,15 @@ def recorded_path(value: str | os.PathLike, data_file: str | os.PathLike) -> Pat
     return path if not beside.exists() and path.exists() else beside
 
 
+def path_in_sidecar(data_file: str | os.PathLike, key: str, kinds: dict[str, type | tuple], refusal: str) -> Path:
+    """The path the sidecar of ``data_file`` records as ``key`` (``read_sidecar``, ``recorded_path``); where it
+    records none, a FacepipeError ``refusal`` ("{sidecar}" in it: the sidecar's path)."""
+    value = read_sidecar(data_file, kinds).get(key)
+    if not value:
+        raise FacepipeError(refusal.format(sidecar=sidecar_path(data_file)))
+    return recorded_path(value, data_file)
+
+
 def output_hashes(folder: str | os.PathLike, paths: Iterable[str | os.PathLike]) -> dict[str, str]:
     """Each output file (as a path relative to ``folder``, where the sidecar that commits them lies) -> its
     sha256: what a stage's sidecar records, written last, so that a rerun trusts only outputs that match it."""
@@ -440,8 +502,17 @@ class Embeddings:
         return int(self.vectors.shape[1])
 
 
-EMBEDDINGS_SIDECAR_FIELDS = {"model": str, "dimension": int, "count": int, "data_sha256": str, "crops_dir": str,
-                             "precision": str, "crop": str, "chip_padding": float, "face_margin": float}
+EMBEDDINGS_SIDECAR_FIELDS = {
+    "model": str,
+    "dimension": int,
+    "count": int,
+    "data_sha256": str,
+    "crops_dir": str,
+    "precision": str,
+    "crop": str,
+    "chip_padding": float,
+    "face_margin": float,
+}
 
 
 def embedding_columns(dim: int) -> list[str]:
@@ -461,8 +532,9 @@ def write_embeddings(path: str | os.PathLike, embeddings: Embeddings) -> None:
         frame = pd.DataFrame(vectors, columns=embedding_columns(vectors.shape[1]))
         frame.insert(0, "name", list(embeddings.names))
         write_csv_atomic(frame, path, float_format="%.9g")  # 9 digits: float32 round-trips exactly
-    meta = dict(embeddings.meta, dimension=int(vectors.shape[1]), count=int(vectors.shape[0]),
-                data_sha256=file_sha256(path))
+    meta = dict(
+        embeddings.meta, dimension=int(vectors.shape[1]), count=int(vectors.shape[0]), data_sha256=file_sha256(path)
+    )
     write_json_atomic(sidecar_path(path), meta)
 
 
@@ -496,8 +568,10 @@ def read_embeddings(path: str | os.PathLike) -> Embeddings:
             "(rows added or removed by hand, perhaps from another model?)"
         )
     if meta.get("data_sha256") is not None and meta["data_sha256"] != file_sha256(path):
-        raise UnmatchedSidecarError(f"{path} does not match its sidecar {meta_file.name} (changed since, or a run "
-                                    "was killed between the two files): rerun embed, which redoes it")
+        raise UnmatchedSidecarError(
+            f"{path} does not match its sidecar {meta_file.name} (changed since, or a run "
+            "was killed between the two files): rerun embed, which redoes it"
+        )
     return Embeddings(names=names, vectors=vectors, meta=meta)
 
 
@@ -512,20 +586,31 @@ def read_npz(path: str | os.PathLike, keys: Sequence[str], what: str) -> dict[st
             return {key: loaded[key] for key in keys}
     except KeyError as error:
         raise FacepipeError(f"{path} is not {what}: it has no array {error}") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as error:
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+    ) as error:
         # a damaged archive: bad zip headers, a compression or zip version zipfile lacks, "encrypted"...
         raise FacepipeError(f"{path} is not {what} (arrays {', '.join(keys)}): {error}") from None
 
 
-def checked_embedding_arrays(path: str | os.PathLike, names: np.ndarray, vectors: np.ndarray,
-                             allow_empty: bool = False) -> tuple[list[str], np.ndarray]:
+def checked_embedding_arrays(
+    path: str | os.PathLike, names: np.ndarray, vectors: np.ndarray, allow_empty: bool = False
+) -> tuple[list[str], np.ndarray]:
     """``names`` (1-d text, each once) and ``vectors`` (one row of finite numbers per name, at least one unless
     ``allow_empty``) as read from ``path``: (the names as a list, the vectors as float32), else a FacepipeError."""
     if names.ndim != 1 or (names.dtype.kind not in "US" and not (allow_empty and names.size == 0)):
         raise FacepipeError(f"{path}: the names must be a list of text, not a {names.ndim}-d {names.dtype} array")
     if vectors.ndim != 2 or vectors.dtype.kind not in "fiu" or vectors.shape[0] != len(names):
-        raise FacepipeError(f"{path}: expected one vector of numbers per name ({len(names)} names, vectors of "
-                            f"shape {vectors.shape} and type {vectors.dtype})")
+        raise FacepipeError(
+            f"{path}: expected one vector of numbers per name ({len(names)} names, vectors of "
+            f"shape {vectors.shape} and type {vectors.dtype})"
+        )
     if (vectors.shape[0] == 0 and not allow_empty) or vectors.shape[1] == 0:
         raise FacepipeError(f"{path} holds no embeddings")
     names = [str(n) for n in names]
@@ -567,9 +652,12 @@ def embed_checkpoint_path(output: str | os.PathLike) -> Path:
 
 def write_embeddings_checkpoint(path: str | os.PathLike, embeddings: Embeddings) -> None:
     """Write names, vectors and metadata into one .npz, atomically."""
-    write_npz_atomic(path, names=np.asarray(embeddings.names, dtype=str),
-                     vectors=np.asarray(embeddings.vectors, dtype=np.float32),
-                     meta=np.asarray(json.dumps(embeddings.meta, sort_keys=True, default=str)))
+    write_npz_atomic(
+        path,
+        names=np.asarray(embeddings.names, dtype=str),
+        vectors=np.asarray(embeddings.vectors, dtype=np.float32),
+        meta=np.asarray(json.dumps(embeddings.meta, sort_keys=True, default=str)),
+    )
 
 
 def read_embeddings_checkpoint(path: str | os.PathLike) -> Embeddings:
@@ -587,8 +675,10 @@ def read_embeddings_checkpoint(path: str | os.PathLike) -> Embeddings:
         raise FacepipeError(f"{path}: its meta is not a JSON object{advice}")
     checked_fields(meta, path, EMBEDDINGS_SIDECAR_FIELDS)
     if meta.get("dimension") not in (None, vectors.shape[1]):
-        raise FacepipeError(f"{path}: its meta says dimension {meta['dimension']} but it holds {vectors.shape[1]}-d "
-                            f"vectors (damaged){advice}")
+        raise FacepipeError(
+            f"{path}: its meta says dimension {meta['dimension']} but it holds {vectors.shape[1]}-d "
+            f"vectors (damaged){advice}"
+        )
     return Embeddings(names=names, vectors=vectors, meta=meta)
 
 
@@ -604,8 +694,16 @@ PROBE_PR_CURVE_PNG = "pr_curve.png"
 PROBE_CONFUSION_PNG = "confusion_matrix.png"
 PROBE_PREDICTIONS_CSV = "predictions.csv"
 PROBE_ARRAY_FIELDS = ("coefficients", "scaler_mean", "scaler_scale")
-PROBE_REQUIRED_FIELDS = ("format", "target", "intercept", "threshold", "C", "embedding_model", "embedding_dimension",
-                         *PROBE_ARRAY_FIELDS)
+PROBE_REQUIRED_FIELDS = (
+    "format",
+    "target",
+    "intercept",
+    "threshold",
+    "C",
+    "embedding_model",
+    "embedding_dimension",
+    *PROBE_ARRAY_FIELDS,
+)
 
 
 def write_probe_json(path: str | os.PathLike, probe: dict) -> None:
@@ -617,7 +715,7 @@ def read_probe_json(path: str | os.PathLike) -> dict:
     """Read a probe JSON, checking its format tag, fields, and that its arrays all have the stated dimension."""
     data = read_json(path)
     if not isinstance(data, dict) or data.get("format") != PROBE_FORMAT:
-        raise FacepipeError(f"{path} is not a facepipe probe (expected \"format\": \"{PROBE_FORMAT}\")")
+        raise FacepipeError(f'{path} is not a facepipe probe (expected "format": "{PROBE_FORMAT}")')
     missing = [f for f in PROBE_REQUIRED_FIELDS if f not in data]
     if missing:
         raise FacepipeError(f"{path}: probe JSON lacks {', '.join(missing)}")
@@ -631,8 +729,11 @@ def read_probe_json(path: str | os.PathLike) -> dict:
             raise FacepipeError(f"{path}: {name} must be a list of {dim} finite numbers")
     if not all(v > 0 for v in data["scaler_scale"]):
         raise FacepipeError(f"{path}: scaler_scale must be above 0 in every dimension (it divides the embeddings)")
-    if not _is_finite_number(data["intercept"]) or not _is_finite_number(data["threshold"]) \
-            or not 0 <= data["threshold"] <= 1:
+    if (
+        not _is_finite_number(data["intercept"])
+        or not _is_finite_number(data["threshold"])
+        or not 0 <= data["threshold"] <= 1
+    ):
         raise FacepipeError(f"{path}: intercept must be a finite number and threshold a probability (0 to 1)")
     return data
 
@@ -667,8 +768,15 @@ CVAE_BEST_CHECKPOINT = "cvae_best.pt"
 CVAE_LOG_CSV = "cvae_log.csv"
 CVAE_RECORD_JSON = "cvae_outputs.json"
 MAX_EPOCH = 1_000_000  # the largest epoch number a training log may hold
-CVAE_LOG_COLUMNS = ["epoch", *(f"{split}_{part}" for split in ("train", "val")
-                                for part in ("loss", "recon", "kl", "anchor", "identity", "draw_identity")), "seconds"]
+CVAE_LOG_COLUMNS = [
+    "epoch",
+    *(
+        f"{split}_{part}"
+        for split in ("train", "val")
+        for part in ("loss", "recon", "kl", "anchor", "identity", "draw_identity")
+    ),
+    "seconds",
+]
 ALIGNMENT_CSV = "alignment.csv"
 ALIGNMENT_COLUMNS = ["name", *(f"{axis}{i}" for i in range(5) for axis in "xy")]
 MAX_PIXEL_POSITION = 1 << 20  # a landmark further than this from a crop's corner is not one of its points
@@ -677,9 +785,16 @@ FIDELITY_JSON = "fidelity.json"
 GENERATE_RECORD_JSON = "generate.json"
 FIDELITY_KINDS = ("cvae", "pixel_mean", "random_draws")
 _NUMBER = numbers.Real  # a number, NaN included (a fidelity without crops to compare has NaN sharpness)
-FIDELITY_ROW_FIELDS = {"cluster": int, "cvae_nearest": int, "pixel_mean_nearest": int, "cvae_cosine_to_own": _NUMBER,
-                       "pixel_mean_cosine_to_own": _NUMBER, "cvae_sharpness": _NUMBER, "pixel_mean_sharpness": _NUMBER,
-                       "crops_sharpness": _NUMBER}
+FIDELITY_ROW_FIELDS = {
+    "cluster": int,
+    "cvae_nearest": int,
+    "pixel_mean_nearest": int,
+    "cvae_cosine_to_own": _NUMBER,
+    "pixel_mean_cosine_to_own": _NUMBER,
+    "cvae_sharpness": _NUMBER,
+    "pixel_mean_sharpness": _NUMBER,
+    "crops_sharpness": _NUMBER,
+}
 
 
 def cvae_checkpoint_name(epoch: int) -> str:
@@ -690,7 +805,11 @@ def cvae_checkpoint_name(epoch: int) -> str:
 def write_alignment(path: str | os.PathLike, landmarks: dict[str, np.ndarray]) -> None:
     """Write crop name -> 5 landmarks (5, 2) as ``alignment.csv``, atomically."""
     names = sorted(landmarks)
-    points = np.stack([np.asarray(landmarks[n], dtype=np.int64).reshape(10) for n in names]) if names else np.zeros((0, 10))
+    points = (
+        np.stack([np.asarray(landmarks[n], dtype=np.int64).reshape(10) for n in names])
+        if names
+        else np.zeros((0, 10))
+    )
     frame = pd.DataFrame(points, columns=ALIGNMENT_COLUMNS[1:])
     frame.insert(0, "name", names)
     write_csv_atomic(frame, path)
@@ -700,21 +819,37 @@ def read_alignment(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read ``alignment.csv`` -> crop name (each once) -> int64 landmarks (5, 2), whole pixel positions."""
     frame = read_csv(path, ALIGNMENT_COLUMNS, what="alignment CSV", text=["name"])
     names = checked_names(frame, "name", path)
-    points = checked_numbers(frame, ALIGNMENT_COLUMNS[1:], path, whole=True, low=-MAX_PIXEL_POSITION,
-                             high=MAX_PIXEL_POSITION)
+    points = checked_numbers(
+        frame, ALIGNMENT_COLUMNS[1:], path, whole=True, low=-MAX_PIXEL_POSITION, high=MAX_PIXEL_POSITION
+    )
     return dict(zip(names, points.astype(np.int64).reshape(-1, 5, 2)))
 
 
 def read_fidelity(path: str | os.PathLike) -> dict:
     """``fidelity.json`` (generate --evaluate), its summaries and per-cluster rows checked to be of their types."""
-    data = checked_fields(read_json(path), path, {"clusters_evaluated": int, "per_cluster": list, "sharpness": dict,
-                                                  **{kind: dict for kind in FIDELITY_KINDS}})
+    data = checked_fields(
+        read_json(path),
+        path,
+        {
+            "clusters_evaluated": int,
+            "per_cluster": list,
+            "sharpness": dict,
+            **{kind: dict for kind in FIDELITY_KINDS},
+        },
+    )
     for kind in FIDELITY_KINDS:
         if data.get(kind):
-            checked_fields(data[kind], f"{path} [{kind}]", {"correct": int, "of": int, "fraction": _NUMBER,
-                                                           "mean_cosine_to_own": _NUMBER}, ["correct", "fraction"])
-    checked_fields(json_object(data, "sharpness", path), f"{path} [sharpness]",
-                   {kind: _NUMBER for kind in ("cvae", "pixel_mean", "crops", "draws")})
+            checked_fields(
+                data[kind],
+                f"{path} [{kind}]",
+                {"correct": int, "of": int, "fraction": _NUMBER, "mean_cosine_to_own": _NUMBER},
+                ["correct", "fraction"],
+            )
+    checked_fields(
+        json_object(data, "sharpness", path),
+        f"{path} [sharpness]",
+        {kind: _NUMBER for kind in ("cvae", "pixel_mean", "crops", "draws")},
+    )
     for index, row in enumerate(data.get("per_cluster") or []):
         where = f"{path} per_cluster[{index}]"
         if not isinstance(row, dict):
@@ -726,8 +861,11 @@ def read_fidelity(path: str | os.PathLike) -> dict:
 
 def generated_face_names(cluster: int) -> dict[str, str]:
     """File names of one cluster's outputs from generate: ``face``, ``mean`` and ``samples``."""
-    return {"face": f"cluster_{cluster}.png", "mean": f"cluster_{cluster}_mean.png",
-            "samples": f"cluster_{cluster}_samples.png"}
+    return {
+        "face": f"cluster_{cluster}.png",
+        "mean": f"cluster_{cluster}_mean.png",
+        "samples": f"cluster_{cluster}_samples.png",
+    }
 
 
 # ---------------------------------------------------------------- export
@@ -749,7 +887,12 @@ UNKNOWN_FOLDER, NO_FACE_FOLDER = "unknown", "no_face"
 #        config.toml (the config used), state.json (what each stage consumed), summary.json (counts, timings,
 #        metrics), run.log, report.html (one self-contained page)
 RUN_CROPS_DIR, RUN_WEIGHTS_DIR, RUN_SAMPLES_DIR, RUN_INFERENCE_DIR, RUN_PROBE_DIR = (
-    "temp", "weights", "cluster_samples", "inference_results", "probe")
+    "temp",
+    "weights",
+    "cluster_samples",
+    "inference_results",
+    "probe",
+)
 RUN_CONFIG_TOML = "config.toml"
 RUN_STATE_JSON = "state.json"
 RUN_SUMMARY_JSON = "summary.json"
@@ -761,8 +904,10 @@ RUN_REPORT_HTML = "report.html"
 def read_run_state(path: str | os.PathLike) -> dict[str, dict]:
     """``state.json``: stage name -> its record, a JSON object whose RUN_STATE_FIELDS are checked."""
     state = read_json(path)
-    return {stage: checked_fields(json_object(state, stage, path), f"{path} [{stage}]", RUN_STATE_FIELDS)
-            for stage in state}
+    return {
+        stage: checked_fields(json_object(state, stage, path), f"{path} [{stage}]", RUN_STATE_FIELDS)
+        for stage in state
+    }
 
 
 # ---------------------------------------------------------------- cluster
@@ -776,6 +921,8 @@ def read_run_state(path: str | os.PathLike) -> dict[str, dict]:
 #            OUT/cluster_metrics.json      with --labels: NMI, ARI, BCubed and pairwise precision/recall/F
 #            SAMPLES/cluster_N.jpg, SAMPLES/overview.jpg  crops nearest each centroid
 CENTROIDS_CSV = "centroids.csv"
+PEOPLE_ANCHORS_CSV = "people_anchors.csv"  # the centroid each group number of a people file was first met on
+PEOPLE_TOML = "people.toml"  # the people file of a cluster folder where none is given
 K_SELECTION_CSV = "k_selection.csv"
 K_SELECTION_COLUMNS = ["k", "inertia", "silhouette"]
 ELBOW_PNG = "elbow.png"
@@ -783,9 +930,20 @@ SILHOUETTE_PNG = "silhouette.png"
 CLUSTER_METRICS_JSON = "cluster_metrics.json"
 SAMPLES_OVERVIEW_JPG = "overview.jpg"
 UNKNOWN_GRID_JPG = "unknown.jpg"  # the faces of the unknown group (-1)
-CLUSTER_SIDECAR_FIELDS = {"embeddings": str, "crops_dir": str, "model": str, "dimension": int, "k": int,
-                          "items": int, "sizes": list, "unknown": int, "same_person_distance": float,
-                          "options": dict, "outputs": dict, "fingerprint": str}
+CLUSTER_SIDECAR_FIELDS = {
+    "embeddings": str,
+    "crops_dir": str,
+    "model": str,
+    "dimension": int,
+    "k": int,
+    "items": int,
+    "sizes": list,
+    "unknown": int,
+    "same_person_distance": float,
+    "options": dict,
+    "outputs": dict,
+    "fingerprint": str,
+}
 SUGGESTIONS_CSV = "suggestions.csv"  # facepipe suggest: SUGGESTION_COLUMNS, one suggestion a row, by kind and rank
 SUGGESTION_COLUMNS = ["kind", "rank", "group", "other", "face", "distance"]
 SUGGESTION_KINDS = ("merge", "unknown", "outlier")  # merge: group and other are one person? unknown: is face
@@ -797,8 +955,14 @@ GROUPS_COLUMNS = ["cluster", "person", "faces"]
 
 def write_groups(folder: str | os.PathLike, sizes: Sequence[int], names: dict[int, str]) -> Path:
     """Write ``groups.csv`` (GROUPS_COLUMNS) for groups 0..len(sizes)-1, atomically; returns its path."""
-    frame = pd.DataFrame({"cluster": np.arange(len(sizes)), "person": [names.get(c, "") for c in range(len(sizes))],
-                          "faces": np.asarray(sizes, dtype=np.int64)}, columns=GROUPS_COLUMNS)
+    frame = pd.DataFrame(
+        {
+            "cluster": np.arange(len(sizes)),
+            "person": [names.get(c, "") for c in range(len(sizes))],
+            "faces": np.asarray(sizes, dtype=np.int64),
+        },
+        columns=GROUPS_COLUMNS,
+    )
     write_csv_atomic(frame, Path(folder) / GROUPS_CSV)
     return Path(folder) / GROUPS_CSV
 
@@ -846,8 +1010,10 @@ def read_cluster_results(path: str | os.PathLike) -> pd.DataFrame:
     frame = read_csv(path, CLUSTER_COLUMNS, "cluster results CSV", text=["name"])
     items = read_sidecar(path, {"items": int}).get("items")
     if frame.empty and items:
-        raise FacepipeError(f"{path} has no rows but its sidecar {sidecar_path(path).name} counts {items} faces: "
-                            "the file is damaged (rerun cluster)")
+        raise FacepipeError(
+            f"{path} has no rows but its sidecar {sidecar_path(path).name} counts {items} faces: "
+            "the file is damaged (rerun cluster)"
+        )
     names = checked_names(frame, "name", path)
     clusters = checked_whole_numbers(frame, "cluster", path, UNKNOWN_CLUSTER, MAX_GROUP_NUMBER)
     distances = checked_numbers(frame, ["distance"], path, low=0, missing_ok=True)[:, 0]
@@ -856,6 +1022,8 @@ def read_cluster_results(path: str | os.PathLike) -> pd.DataFrame:
         groups = len(read_centroids(centroids_file))
         beyond = np.flatnonzero(clusters >= groups)
         if beyond.size:
-            raise FacepipeError(f"{_place(path, int(beyond[0]), 'cluster')}: group {clusters[beyond[0]]} is not "
-                                f"among the {groups} groups of {centroids_file}")
+            raise FacepipeError(
+                f"{_place(path, int(beyond[0]), 'cluster')}: group {clusters[beyond[0]]} is not "
+                f"among the {groups} groups of {centroids_file}"
+            )
     return pd.DataFrame({"name": names, "cluster": clusters, "distance": distances}, columns=CLUSTER_COLUMNS)

@@ -22,7 +22,6 @@ from facepipe import __version__
 from facepipe.common import FacepipeError, progress, remove_own_temporaries, resolve_device
 from facepipe.crops import CropAligner, cluster_pixel_means, load_crops, masked_faces, read_training_inputs
 from facepipe.cvae import crop_aligner, find_checkpoint, load_cvae
-from facepipe.cvae_settings import DEFAULT_TEMPERATURE
 from facepipe.face_measures import (
     kernel_distance,
     laplacian_sharpness,
@@ -32,10 +31,10 @@ from facepipe.face_measures import (
 )
 from facepipe.formats import (
     CENTROIDS_CSV,
-    Embeddings,
     FIDELITY_JSON,
     GENERATE_RECORD_JSON,
     GENERATED_SHEET_PNG,
+    Embeddings,
     generated_face_names,
     output_hashes,
     read_centroids,
@@ -44,10 +43,10 @@ from facepipe.formats import (
 )
 from facepipe.identity import at_crop_size, cluster_centroids, clustered_embeddings_path
 from facepipe.images import load_image_rgb, save_image_atomic
-from facepipe.limits import GENERATE, check_limits
 from facepipe.locks import locks_output
 from facepipe.models import unit_rows
 from facepipe.owned import left_alone_phrase, recorded_outputs, refuse_changed, remove_recorded
+from facepipe.settings import GenerateSettings
 
 SHEET_SAMPLES = 4  # random draws shown per cluster on the sheet (all of them go to cluster_N_samples.png)
 SHEET_CELL = 96  # smallest side of one face on the sheet
@@ -68,8 +67,10 @@ class GenerateSummary:
         text = f"generate: {len(self.clusters)} cluster face(s) + pixel means -> {self.out_dir} (sheet {self.sheet.name})"
         if self.fidelity:
             cvae, mean = self.fidelity["cvae"], self.fidelity["pixel_mean"]
-            text += (f"; fidelity CVAE {cvae['correct']}/{self.fidelity['clusters_evaluated']}, "
-                     f"pixel mean {mean['correct']}/{self.fidelity['clusters_evaluated']}")
+            text += (
+                f"; fidelity CVAE {cvae['correct']}/{self.fidelity['clusters_evaluated']}, "
+                f"pixel mean {mean['correct']}/{self.fidelity['clusters_evaluated']}"
+            )
             draws = self.fidelity.get("random_draws")
             if draws:
                 text += f", random draws {draws['correct']}/{draws['of']}"
@@ -84,11 +85,15 @@ def _ratio(value) -> str:
 def _measures_text(fidelity: dict) -> str:
     """``; sharpness / crops' CVAE a, pixel mean b; draw diversity / crops' c (standardised d)`` from fidelity.json."""
     sharpness, diversity = fidelity["sharpness"], fidelity["draw_diversity"]
-    text = (f"; sharpness / crops' CVAE {_ratio(sharpness['cvae_relative'])}, "
-            f"pixel mean {_ratio(sharpness['pixel_mean_relative'])}")
+    text = (
+        f"; sharpness / crops' CVAE {_ratio(sharpness['cvae_relative'])}, "
+        f"pixel mean {_ratio(sharpness['pixel_mean_relative'])}"
+    )
     if fidelity.get("random_draws"):
-        text += (f"; draw diversity / crops' {_ratio(diversity['pixel_difference_relative'])} "
-                 f"(standardised {_ratio(diversity['standardised_difference_relative'])})")
+        text += (
+            f"; draw diversity / crops' {_ratio(diversity['pixel_difference_relative'])} "
+            f"(standardised {_ratio(diversity['standardised_difference_relative'])})"
+        )
     return text
 
 
@@ -97,8 +102,15 @@ def _to_uint8(images) -> np.ndarray:
     return (images.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-def decode_faces(model, config, clusters: Sequence[int], samples: int = 0, seed: int = 0, device: str = "cpu",
-                 temperature: float = 1.0):
+def decode_faces(
+    model,
+    config,
+    clusters: Sequence[int],
+    samples: int = 0,
+    seed: int = 0,
+    device: str = "cpu",
+    temperature: float = 1.0,
+):
     """Decode z = 0 for each cluster -> uint8 (n, S, S, 3), and ``samples`` draws z ~ N(0, temperature^2 I)
     per cluster.
 
@@ -121,9 +133,16 @@ def decode_faces(model, config, clusters: Sequence[int], samples: int = 0, seed:
     return faces, drawn
 
 
-def pixel_means(names: Sequence[str], cluster_of: np.ndarray, clusters: Sequence[int], crops_dir: Path, size: int,
-                show_progress: bool = True, aligner: CropAligner | None = None,
-                face_mask: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+def pixel_means(
+    names: Sequence[str],
+    cluster_of: np.ndarray,
+    clusters: Sequence[int],
+    crops_dir: Path,
+    size: int,
+    show_progress: bool = True,
+    aligner: CropAligner | None = None,
+    face_mask: bool = False,
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """The pixel-wise mean of each cluster's crops at ``size`` (aligned by ``aligner``, if given, and over grey
     through each cluster's face mask with ``face_mask``: ``crops.masked_faces``) -> uint8 (n, size, size, 3), and
     each cluster's crops as they were averaged (uint8 (count, size, size, 3))."""
@@ -137,8 +156,9 @@ def pixel_means(names: Sequence[str], cluster_of: np.ndarray, clusters: Sequence
     return means, [images[chosen_clusters == cluster] for cluster in clusters]
 
 
-def contact_sheet(clusters: Sequence[int], counts: Sequence[int], means: np.ndarray, faces: np.ndarray,
-                  drawn: Sequence[np.ndarray]) -> np.ndarray:
+def contact_sheet(
+    clusters: Sequence[int], counts: Sequence[int], means: np.ndarray, faces: np.ndarray, drawn: Sequence[np.ndarray]
+) -> np.ndarray:
     """One image with a tile per cluster: caption, then pixel mean | CVAE z = 0 | up to 4 random draws."""
     import cv2
     from PIL import Image, ImageDraw
@@ -177,10 +197,16 @@ def saved_or_recomputed_centroids(inputs, embeddings) -> tuple[list[int], np.nda
             unit = unit_rows(centroids)
             return ids, unit, f"{saved} (the cluster stage's centroids); nearest = highest cosine"
     ids, unit = cluster_centroids(embeddings, inputs.names, inputs.clusters)
-    return ids, unit, "recomputed: mean of each cluster's L2-normalised embeddings, normalised; nearest = highest cosine"
+    return (
+        ids,
+        unit,
+        "recomputed: mean of each cluster's L2-normalised embeddings, normalised; nearest = highest cosine",
+    )
 
 
-def identity_fidelity(vectors: np.ndarray, own: Sequence[int], centroid_ids: Sequence[int], centroids: np.ndarray) -> dict:
+def identity_fidelity(
+    vectors: np.ndarray, own: Sequence[int], centroid_ids: Sequence[int], centroids: np.ndarray
+) -> dict:
     """For each face vector: its nearest centroid by cosine; the share of faces nearest their own cluster's."""
     vectors = vectors.astype(np.float64)
     vectors = unit_rows(vectors)
@@ -198,13 +224,26 @@ def identity_fidelity(vectors: np.ndarray, own: Sequence[int], centroid_ids: Seq
 
 def _kind_scores(vectors: np.ndarray, owners: Sequence[int], centroid_ids, centroids) -> dict:
     scores = identity_fidelity(vectors, owners, centroid_ids, centroids)
-    return {"correct": scores["correct"], "of": len(owners), "fraction": scores["fraction"],
-            "mean_cosine_to_own": float(np.mean(scores["cosine_to_own"])), **scores}
+    return {
+        "correct": scores["correct"],
+        "of": len(owners),
+        "fraction": scores["fraction"],
+        "mean_cosine_to_own": float(np.mean(scores["cosine_to_own"])),
+        **scores,
+    }
 
 
-def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[int], inputs, embeddings_path: Path,
-                      device: str = "cpu", aligner: CropAligner | None = None, drawn: Sequence[np.ndarray] = (),
-                      crops: Sequence[np.ndarray] | None = None) -> dict:
+def evaluate_fidelity(
+    faces: np.ndarray,
+    means: np.ndarray,
+    clusters: Sequence[int],
+    inputs,
+    embeddings_path: Path,
+    device: str = "cpu",
+    aligner: CropAligner | None = None,
+    drawn: Sequence[np.ndarray] = (),
+    crops: Sequence[np.ndarray] | None = None,
+) -> dict:
     """Embed the CVAE faces, the pixel means and the random draws (``drawn``, per cluster) like the crops were
     embedded, score each (see identity_fidelity), and set them beside each cluster's crops (``crops``, per
     cluster, at the CVAE's size, from ``pixel_means``; None leaves those measures out): sharpness, the spread of
@@ -213,23 +252,26 @@ def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[i
     Faces are resized to the crops' own size first (``at_crop_size``). Landmark-aligned faces (``aligner``) are
     scored against centroids of the crops aligned the same way, unaligned ones against the cluster stage's.
     """
-    from facepipe.embed import load_embedder_like
+    from facepipe.models.registry import embedder_like
 
     embeddings = read_embeddings(embeddings_path)
     side = load_image_rgb(inputs.crops_dir / inputs.names[0]).shape[0]
     if aligner is None:
         centroid_ids, centroids, centroid_source = saved_or_recomputed_centroids(inputs, embeddings)
-        embedder = load_embedder_like(embeddings, embeddings_path, device=device)
+        embedder = embedder_like(embeddings, embeddings_path, device=device)
         row_of = {name: row for row, name in enumerate(embeddings.names)}
         crop_vectors = embeddings.vectors[[row_of[name] for name in inputs.names]]
     else:
-        embedder = load_embedder_like(embeddings, embeddings_path, device=device, face_margin=aligner.padding)
+        embedder = embedder_like(embeddings, embeddings_path, device=device, face_margin=aligner.padding)
         aligned = load_crops(inputs.names, inputs.crops_dir, side, False, aligner)
         crop_vectors = embedder.embed(list(aligned))
-        centroid_ids, centroids = cluster_centroids(Embeddings(inputs.names, crop_vectors), inputs.names,
-                                                    inputs.clusters)
-        centroid_source = (f"the crops aligned as the CVAE's (padding {aligner.padding:g}), embedded again: mean of "
-                           "each cluster's L2-normalised embeddings, normalised; nearest = highest cosine")
+        centroid_ids, centroids = cluster_centroids(
+            Embeddings(inputs.names, crop_vectors), inputs.names, inputs.clusters
+        )
+        centroid_source = (
+            f"the crops aligned as the CVAE's (padding {aligner.padding:g}), embedded again: mean of "
+            "each cluster's L2-normalised embeddings, normalised; nearest = highest cosine"
+        )
 
     def embedded(images):
         return embedder.embed(at_crop_size(images, inputs.crops_dir, inputs.names[0]))
@@ -244,51 +286,72 @@ def evaluate_fidelity(faces: np.ndarray, means: np.ndarray, clusters: Sequence[i
     crops = [np.empty((0, *faces.shape[1:]), np.uint8)] * len(clusters) if crops is None else list(crops)
     sharpness = _sharpness(faces, means, drawn, crops)
     sharpness_of = {kind: sharpness.pop(f"{kind}_per_cluster") for kind in ("cvae", "pixel_mean", "crops")}
-    per_cluster = [
-        {"cluster": int(c), "cvae_nearest": cvae["nearest"][i], "cvae_cosine_to_own": cvae["cosine_to_own"][i],
-         "pixel_mean_nearest": mean["nearest"][i], "pixel_mean_cosine_to_own": mean["cosine_to_own"][i],
-         **{f"{kind}_sharpness": values[i] for kind, values in sharpness_of.items()}}
-        for i, c in enumerate(clusters)
-    ]
+    per_cluster = _per_cluster_rows(clusters, cvae, mean, sharpness_of)
     crop_rows = {cluster: np.flatnonzero(inputs.clusters == cluster) for cluster in clusters}
-    diversity = _draw_diversity(drawn, crops, vectors.get("random_draws"), draw_owners, clusters, crop_vectors,
-                                crop_rows)
+    diversity = _draw_diversity(
+        drawn, crops, vectors.get("random_draws"), draw_owners, clusters, crop_vectors, crop_rows
+    )
     for row, spread in zip(per_cluster, diversity.pop("per_cluster")):
         row.update(spread)
     summary = ("correct", "of", "fraction", "mean_cosine_to_own")
-    return _finite_or_none({
-        "model": embeddings.model,
-        "embeddings": str(Path(embeddings_path).resolve()),
-        "centroids": centroid_source,
-        "clusters_evaluated": len(clusters),
-        "clusters_total": len(centroid_ids),
-        "cvae": {k: cvae[k] for k in summary},
-        "pixel_mean": {k: mean[k] for k in summary},
-        "random_draws": None if draws is None else {k: draws[k] for k in summary},
-        "sharpness": sharpness,
-        "draw_diversity": diversity,
-        "realism": _realism(vectors, crop_vectors[np.concatenate(list(crop_rows.values()))], embeddings.model),
-        "per_cluster": per_cluster,
-    })
+    return _finite_or_none(
+        {
+            "model": embeddings.model,
+            "embeddings": str(Path(embeddings_path).resolve()),
+            "centroids": centroid_source,
+            "clusters_evaluated": len(clusters),
+            "clusters_total": len(centroid_ids),
+            "cvae": {k: cvae[k] for k in summary},
+            "pixel_mean": {k: mean[k] for k in summary},
+            "random_draws": None if draws is None else {k: draws[k] for k in summary},
+            "sharpness": sharpness,
+            "draw_diversity": diversity,
+            "realism": _realism(vectors, crop_vectors[np.concatenate(list(crop_rows.values()))], embeddings.model),
+            "per_cluster": per_cluster,
+        }
+    )
 
 
-def _sharpness(faces: np.ndarray, means: np.ndarray, drawn: Sequence[np.ndarray], crops: Sequence[np.ndarray]) -> dict:
+def _per_cluster_rows(clusters: Sequence[int], cvae: dict, mean: dict, sharpness_of: dict) -> list[dict]:
+    """fidelity.json's row of each cluster: its CVAE face's and pixel mean's nearest centroid and cosine, and the
+    sharpness of each kind of face."""
+    return [
+        {
+            "cluster": int(c),
+            "cvae_nearest": cvae["nearest"][i],
+            "cvae_cosine_to_own": cvae["cosine_to_own"][i],
+            "pixel_mean_nearest": mean["nearest"][i],
+            "pixel_mean_cosine_to_own": mean["cosine_to_own"][i],
+            **{f"{kind}_sharpness": values[i] for kind, values in sharpness_of.items()},
+        }
+        for i, c in enumerate(clusters)
+    ]
+
+
+def _sharpness(
+    faces: np.ndarray, means: np.ndarray, drawn: Sequence[np.ndarray], crops: Sequence[np.ndarray]
+) -> dict:
     """Sharpness (``laplacian_sharpness``) of the faces, pixel means and draws, and each relative to the median of
     its cluster's crops at the same size."""
     crop_medians = [float(np.median(laplacian_sharpness(c))) if len(c) else math.nan for c in crops]
     face_values, mean_values = laplacian_sharpness(faces), laplacian_sharpness(means)
-    draw_values = [float(np.mean(laplacian_sharpness(d))) if len(d) else math.nan for d in drawn] or \
-        [math.nan] * len(faces)
-    return {"measure": "variance of the Laplacian of the grey levels (0..255) at the CVAE's image size; relative: "
-                       "to the median of the cluster's crops (aligned as trained) at that size, mean over clusters",
-            "cvae": float(face_values.mean()), "pixel_mean": float(mean_values.mean()),
-            "crops": float(np.nanmean(crop_medians)) if np.isfinite(crop_medians).any() else math.nan,
-            "draws": float(np.nanmean(draw_values)) if np.isfinite(draw_values).any() else None,
-            "cvae_relative": relative(face_values, crop_medians),
-            "pixel_mean_relative": relative(mean_values, crop_medians),
-            "draws_relative": relative(draw_values, crop_medians),
-            "cvae_per_cluster": face_values.tolist(), "pixel_mean_per_cluster": mean_values.tolist(),
-            "crops_per_cluster": crop_medians}
+    draw_values = [float(np.mean(laplacian_sharpness(d))) if len(d) else math.nan for d in drawn] or [math.nan] * len(
+        faces
+    )
+    return {
+        "measure": "variance of the Laplacian of the grey levels (0..255) at the CVAE's image size; relative: "
+        "to the median of the cluster's crops (aligned as trained) at that size, mean over clusters",
+        "cvae": float(face_values.mean()),
+        "pixel_mean": float(mean_values.mean()),
+        "crops": float(np.nanmean(crop_medians)) if np.isfinite(crop_medians).any() else math.nan,
+        "draws": float(np.nanmean(draw_values)) if np.isfinite(draw_values).any() else None,
+        "cvae_relative": relative(face_values, crop_medians),
+        "pixel_mean_relative": relative(mean_values, crop_medians),
+        "draws_relative": relative(draw_values, crop_medians),
+        "cvae_per_cluster": face_values.tolist(),
+        "pixel_mean_per_cluster": mean_values.tolist(),
+        "crops_per_cluster": crop_medians,
+    }
 
 
 def _draw_diversity(drawn, crops, draw_vectors, draw_owners, clusters, crop_vectors, crop_rows) -> dict:
@@ -297,20 +360,28 @@ def _draw_diversity(drawn, crops, draw_vectors, draw_owners, clusters, crop_vect
     owners = np.asarray(draw_owners)
     rows = []
     for cluster, tiles, real in zip(clusters, drawn, crops):
-        rows.append({
-            "draws_pixel_difference": pairwise_difference(tiles), "crops_pixel_difference": pairwise_difference(real),
-            "draws_standardised_difference": pairwise_difference(tiles, standardise=True),
-            "crops_standardised_difference": pairwise_difference(real, standardise=True),
-            "draws_embedding_distance": pairwise_cosine_distance(draw_vectors[owners == cluster])
-            if draw_vectors is not None else math.nan,
-            "crops_embedding_distance": pairwise_cosine_distance(crop_vectors[crop_rows[cluster]])})
-    result = {"measure": "mean over pairs of a cluster's draws (and of its crops) of the mean absolute pixel difference "
-                         "(levels 0..1); standardised: each face first brought to mean 0 and deviation 1, so that "
-                         "brightness and contrast do not count; embedding: 1 - cosine of their embeddings; relative: "
-                         "draws / crops, mean over clusters"}
+        rows.append(
+            {
+                "draws_pixel_difference": pairwise_difference(tiles),
+                "crops_pixel_difference": pairwise_difference(real),
+                "draws_standardised_difference": pairwise_difference(tiles, standardise=True),
+                "crops_standardised_difference": pairwise_difference(real, standardise=True),
+                "draws_embedding_distance": pairwise_cosine_distance(draw_vectors[owners == cluster])
+                if draw_vectors is not None
+                else math.nan,
+                "crops_embedding_distance": pairwise_cosine_distance(crop_vectors[crop_rows[cluster]]),
+            }
+        )
+    result = {
+        "measure": "mean over pairs of a cluster's draws (and of its crops) of the mean absolute pixel difference "
+        "(levels 0..1); standardised: each face first brought to mean 0 and deviation 1, so that "
+        "brightness and contrast do not count; embedding: 1 - cosine of their embeddings; relative: "
+        "draws / crops, mean over clusters"
+    }
     for measure in ("pixel_difference", "standardised_difference", "embedding_distance"):
-        result[f"{measure}_relative"] = relative([r[f"draws_{measure}"] for r in rows],
-                                                 [r[f"crops_{measure}"] for r in rows])
+        result[f"{measure}_relative"] = relative(
+            [r[f"draws_{measure}"] for r in rows], [r[f"crops_{measure}"] for r in rows]
+        )
     result["per_cluster"] = rows
     return result
 
@@ -319,11 +390,15 @@ def _realism(vectors: dict, crop_vectors: np.ndarray, model: str) -> dict:
     """KID (``kernel_distance``) between the generated faces (CVAE faces and draws together) and the clusters'
     real crops, and between the pixel means and the crops, in the embedding of ``model``, with the counts."""
     generated = np.concatenate([vectors["cvae"], *([vectors["random_draws"]] if "random_draws" in vectors else [])])
-    return {"measure": f"KID (unbiased; kernel (cosine + 1)^3) in the {model} embedding, the one the identity "
-                       "term trains on, so not independent: see benchmarks/bench_cvae.py for the judge's",
-            "cvae_and_draws": kernel_distance(generated, crop_vectors), "cvae_and_draws_count": len(generated),
-            "pixel_mean": kernel_distance(vectors["pixel_mean"], crop_vectors),
-            "pixel_mean_count": len(vectors["pixel_mean"]), "crops_count": len(crop_vectors)}
+    return {
+        "measure": f"KID (unbiased; kernel (cosine + 1)^3) in the {model} embedding, the one the identity "
+        "term trains on, so not independent: see benchmarks/bench_cvae.py for the judge's",
+        "cvae_and_draws": kernel_distance(generated, crop_vectors),
+        "cvae_and_draws_count": len(generated),
+        "pixel_mean": kernel_distance(vectors["pixel_mean"], crop_vectors),
+        "pixel_mean_count": len(vectors["pixel_mean"]),
+        "crops_count": len(crop_vectors),
+    }
 
 
 def _finite_or_none(value):
@@ -342,7 +417,42 @@ _FACE_FILE = re.compile(r"cluster_[0-9]+(_mean|_samples)?\.png")
 
 def _is_output_name(name: str) -> bool:
     """A name generate writes (``generated_face_names``, the sheet, fidelity.json, generate.json)."""
-    return name in (GENERATED_SHEET_PNG, FIDELITY_JSON, GENERATE_RECORD_JSON) or _FACE_FILE.fullmatch(name) is not None
+    return (
+        name in (GENERATED_SHEET_PNG, FIDELITY_JSON, GENERATE_RECORD_JSON) or _FACE_FILE.fullmatch(name) is not None
+    )
+
+
+def _clusters_to_generate(clusters: Sequence[int] | None, config) -> list[int]:
+    """The clusters asked for (None: all the model knows), each one the model knows."""
+    clusters = list(config.clusters) if clusters is None else clusters
+    not_in_model = [c for c in clusters if c not in config.clusters]
+    if not_in_model:
+        raise FacepipeError(
+            f"cluster(s) {', '.join(map(str, not_in_model))} not in this model; it knows "
+            f"{', '.join(map(str, config.clusters))}"
+        )
+    if not clusters:
+        raise FacepipeError("no cluster to generate")
+    return clusters
+
+
+def _write_faces(
+    out_dir: Path, clusters: Sequence[int], faces: np.ndarray, means: np.ndarray, drawn, show_progress: bool
+) -> set[Path]:
+    """Each cluster's CVAE face, pixel mean and (where ``drawn`` holds any) random draws, as images in ``out_dir``
+    (``generated_face_names``); returns the files written."""
+    written = set()
+    for position, cluster in enumerate(
+        progress(clusters, desc="writing faces", unit="cluster", enabled=show_progress)
+    ):
+        files = generated_face_names(cluster)
+        save_image_atomic(out_dir / files["face"], faces[position])
+        save_image_atomic(out_dir / files["mean"], means[position])
+        written |= {out_dir / files["face"], out_dir / files["mean"]}
+        if len(drawn[position]):
+            save_image_atomic(out_dir / files["samples"], np.concatenate(list(drawn[position]), axis=1))
+            written.add(out_dir / files["samples"])
+    return written
 
 
 @locks_output(lambda args: args["out_dir"])
@@ -351,14 +461,14 @@ def generate(
     *,
     out_dir: str | Path = "inference_results",
     clusters: Sequence[int] | None = None,
-    samples: int = 4,
-    temperature: float = DEFAULT_TEMPERATURE,
-    seed: int = 0,
+    samples: int = GenerateSettings.samples,
+    temperature: float = GenerateSettings.temperature,
+    seed: int = GenerateSettings.seed,
     cluster_results: str | Path | None = None,
     crops_dir: str | Path | None = None,
-    evaluate: bool = True,
+    evaluate: bool = GenerateSettings.evaluate,
     embeddings: str | Path | None = None,
-    device: str = "auto",
+    device: str = GenerateSettings.device,
     show_progress: bool = True,
 ) -> GenerateSummary:
     """Write each cluster's CVAE face (z = 0), its pixel-mean face, optional random draws (z drawn at
@@ -369,52 +479,55 @@ def generate(
     (cluster -1) gets no face: the model is not trained on it (``read_training_inputs``).
     """
     started = time.perf_counter()
+    GenerateSettings(samples=samples, temperature=temperature, seed=seed, evaluate=evaluate, device=device)  # checks
     device = resolve_device(device)
-    check_limits(GENERATE, samples=samples, temperature=temperature, seed=seed)
     checkpoint = find_checkpoint(checkpoint)
     model, config, _ = load_cvae(checkpoint, device)
-    if clusters is None:
-        clusters = list(config.clusters)
-    not_in_model = [c for c in clusters if c not in config.clusters]
-    if not_in_model:
-        raise FacepipeError(f"cluster(s) {', '.join(map(str, not_in_model))} not in this model; it knows "
-                            f"{', '.join(map(str, config.clusters))}")
-    if not clusters:
-        raise FacepipeError("no cluster to generate")
+    clusters = _clusters_to_generate(clusters, config)
     inputs = read_training_inputs(cluster_results or config.cluster_results, crops_dir or config.crops_dir)
 
     faces, drawn = decode_faces(model, config, clusters, samples, seed, device, temperature)
     same_crops = inputs.crops_dir == Path(config.crops_dir)  # the run's recorded landmarks name its own crops
     aligner = crop_aligner(config, inputs.crops_dir, checkpoint.parent if same_crops else None)
-    means, crops = pixel_means(inputs.names, inputs.clusters, clusters, inputs.crops_dir, config.image_size,
-                               show_progress, aligner, config.face_mask != "none")
+    means, crops = pixel_means(
+        inputs.names,
+        inputs.clusters,
+        clusters,
+        inputs.crops_dir,
+        config.image_size,
+        show_progress,
+        aligner,
+        config.face_mask != "none",
+    )
     out_dir = Path(out_dir)
     remove_own_temporaries(out_dir, _is_output_name)
     earlier = recorded_outputs(out_dir / GENERATE_RECORD_JSON)
-    refuse_changed(out_dir, earlier, [out_dir / GENERATED_SHEET_PNG,  # the images; fidelity.json is data, redone
-                                      *(out_dir / name for c in clusters for name in generated_face_names(c).values())])
+    refuse_changed(
+        out_dir,
+        earlier,
+        [
+            out_dir / GENERATED_SHEET_PNG,  # the images; fidelity.json is data, redone
+            *(out_dir / name for c in clusters for name in generated_face_names(c).values()),
+        ],
+    )
     sheet_path = out_dir / GENERATED_SHEET_PNG
-    written = {sheet_path}
-    for position, cluster in enumerate(progress(clusters, desc="writing faces", unit="cluster", enabled=show_progress)):
-        files = generated_face_names(cluster)
-        save_image_atomic(out_dir / files["face"], faces[position])
-        save_image_atomic(out_dir / files["mean"], means[position])
-        written |= {out_dir / files["face"], out_dir / files["mean"]}
-        if samples:
-            save_image_atomic(out_dir / files["samples"], np.concatenate(list(drawn[position]), axis=1))
-            written.add(out_dir / files["samples"])
+    written = _write_faces(out_dir, clusters, faces, means, drawn, show_progress)
     save_image_atomic(sheet_path, contact_sheet(clusters, [len(c) for c in crops], means, faces, drawn))
+    written.add(sheet_path)
 
     fidelity = None
     if evaluate:
-        fidelity = evaluate_fidelity(faces, means, clusters, inputs,
-                                     clustered_embeddings_path(inputs.cluster_results, embeddings), device, aligner,
-                                     drawn, crops)
+        embeddings_path = clustered_embeddings_path(inputs.cluster_results, embeddings)
+        fidelity = evaluate_fidelity(faces, means, clusters, inputs, embeddings_path, device, aligner, drawn, crops)
         write_json_atomic(out_dir / FIDELITY_JSON, fidelity)
         written.add(out_dir / FIDELITY_JSON)
     # The folder holds what this call wrote: what an earlier call recorded writing (another model, other
     # clusters, or evaluated when this one was not) is removed, unless the user changed it since.
     _, changed = remove_recorded(out_dir, earlier, keep=written)
-    write_json_atomic(out_dir / GENERATE_RECORD_JSON, {"outputs": output_hashes(out_dir, sorted(written)),
-                                                       "checkpoint": str(checkpoint), "facepipe_version": __version__})
+    record = {
+        "outputs": output_hashes(out_dir, sorted(written)),
+        "checkpoint": str(checkpoint),
+        "facepipe_version": __version__,
+    }
+    write_json_atomic(out_dir / GENERATE_RECORD_JSON, record)
     return GenerateSummary(list(clusters), out_dir, sheet_path, fidelity, time.perf_counter() - started, changed)

@@ -13,14 +13,13 @@ from facepipe.crops import grouped_crops
 from facepipe.formats import (
     CLUSTER_SIDECAR_FIELDS,
     EMBEDDINGS_SIDECAR_FIELDS,
+    path_in_sidecar,
     read_embeddings,
     read_sidecar,
-    recorded_path,
-    sidecar_path,
 )
 from facepipe.images import load_image_rgb
-from facepipe.limits import TRAIN_CVAE, check_limits
 from facepipe.models import DIFFERENTIABLE_MODELS, DifferentiableEmbedder, unit_rows
+from facepipe.settings import TrainSettings, check_settings
 
 DEFAULT_IDENTITY_WEIGHT = 1000.0  # what identity_weight "auto" means for clusters from one of DIFFERENTIABLE_MODELS
 JITTER_DEGREES, JITTER_SCALE, JITTER_SHIFT = 6.0, 0.06, 0.04  # the identity term's random views (strength 1)
@@ -30,11 +29,12 @@ def clustered_embeddings_path(cluster_results: Path, embeddings: str | Path | No
     """``embeddings`` if given, else the embeddings file the clusters came from (named by their sidecar)."""
     if embeddings is not None:
         return Path(embeddings)
-    meta_file = sidecar_path(cluster_results)
-    named = read_sidecar(cluster_results, CLUSTER_SIDECAR_FIELDS).get("embeddings")
-    if not named:
-        raise FacepipeError(f"{meta_file} does not name the embeddings the clusters came from; pass --embeddings")
-    return recorded_path(named, cluster_results)
+    return path_in_sidecar(
+        cluster_results,
+        "embeddings",
+        CLUSTER_SIDECAR_FIELDS,
+        "{sidecar} does not name the embeddings the clusters came from; pass --embeddings",
+    )
 
 
 def at_crop_size(faces: Sequence[np.ndarray], crops_dir: Path, crop_name: str) -> list[np.ndarray]:
@@ -57,19 +57,20 @@ def clustered_embeddings_model(cluster_results: Path) -> str | None:
 
 def identity_weight_for(weight: float | str, model: str | None) -> float:
     """The identity term's weight for clusters from ``model`` embeddings (None: not known): ``"auto"`` is
-    DEFAULT_IDENTITY_WEIGHT for one of DIFFERENTIABLE_MODELS, else 0; a number is checked (``limits.TRAIN_CVAE``;
+    DEFAULT_IDENTITY_WEIGHT for one of DIFFERENTIABLE_MODELS, else 0; a number is checked (``settings.TrainSettings``;
     above 0 only for DIFFERENTIABLE_MODELS) and returned."""
     if is_auto(weight):
         return DEFAULT_IDENTITY_WEIGHT if model in DIFFERENTIABLE_MODELS else 0.0
-    try:
-        value = float(weight)
-    except (TypeError, ValueError):
-        raise FacepipeError(f"--identity-weight must be a number (at least 0) or auto, not {weight!r}") from None
-    check_limits(TRAIN_CVAE, identity_weight=value)
+    check_settings(TrainSettings, identity_weight=weight)
+    value = float(weight)
     if value > 0 and model not in DIFFERENTIABLE_MODELS:
-        source = f"came from {model} embeddings" if model else "name no embeddings (with their model) in their sidecar"
-        raise FacepipeError(f"the identity term needs {' or '.join(DIFFERENTIABLE_MODELS)} embeddings, and the clusters "
-                            f"{source}: use --identity-weight 0")
+        source = (
+            f"came from {model} embeddings" if model else "name no embeddings (with their model) in their sidecar"
+        )
+        raise FacepipeError(
+            f"the identity term needs {' or '.join(DIFFERENTIABLE_MODELS)} embeddings, and the clusters "
+            f"{source}: use --identity-weight 0"
+        )
     return value
 
 
@@ -82,7 +83,9 @@ def cluster_centroids(embeddings, names: Sequence[str], cluster_of: np.ndarray) 
     row_of = {name: row for row, name in enumerate(embeddings.names)}
     missing = [n for n in names if n not in row_of]
     if missing:
-        raise FacepipeError(f"{len(missing)} clustered crops have no embedding (e.g. {missing[0]}): wrong embeddings file?")
+        raise FacepipeError(
+            f"{len(missing)} clustered crops have no embedding (e.g. {missing[0]}): wrong embeddings file?"
+        )
     vectors = unit_rows(embeddings.vectors[[row_of[n] for n in names]].astype(np.float64))
     ids = sorted(int(c) for c in np.unique(cluster_of))
     centroids = np.stack([vectors[cluster_of == c].mean(axis=0) for c in ids])
@@ -140,34 +143,46 @@ def jittered(grids, generator, strength: float = 1.0):
     shift = uniform[:, 2:] * JITTER_SHIFT * 2  # grid coordinates span 2 per side
     cos, sin = (scale * torch.cos(angle))[:, None, None], (scale * torch.sin(angle))[:, None, None]
     x, y = grids[..., 0], grids[..., 1]
-    return torch.stack([cos * x - sin * y + shift[:, 0, None, None], sin * x + cos * y + shift[:, 1, None, None]], dim=-1)
+    return torch.stack(
+        [cos * x - sin * y + shift[:, 0, None, None], sin * x + cos * y + shift[:, 1, None, None]], dim=-1
+    )
 
 
-def build_identity_term(cluster_results: Path, crops_dir: Path, names: Sequence[str], conditions: np.ndarray,
-                        means: np.ndarray, device: str, align_padding: float | None = None,
-                        jitter: float = 0.0) -> IdentityTerm:
+def build_identity_term(
+    cluster_results: Path,
+    crops_dir: Path,
+    names: Sequence[str],
+    conditions: np.ndarray,
+    means: np.ndarray,
+    device: str,
+    align_padding: float | None = None,
+    jitter: float = 0.0,
+) -> IdentityTerm:
     """The identity term for the training crops ``names`` (condition index ``conditions``), whose per-condition
     pixel means are ``means`` (uint8, (clusters, S, S, 3)), with the embeddings the clusters came from
     (of one of DIFFERENTIABLE_MODELS: see ``identity_weight_for``); ``align_padding`` is that of landmark-aligned
     crops, None for unaligned ones; ``jitter`` the strength of the random views in training."""
     import torch
 
-    from facepipe.embed import load_embedder_like
     from facepipe.models.dlib_resnet import CHIP_SIZE
+    from facepipe.models.registry import embedder_like
 
     embeddings_path = clustered_embeddings_path(cluster_results)
     embeddings = read_embeddings(embeddings_path)
     ids, centroids = cluster_centroids(embeddings, names, conditions)
     if ids != list(range(len(means))):
         raise FacepipeError("every cluster needs at least one training crop for the identity term")
-    embedder = load_embedder_like(embeddings, embeddings_path, device)
+    embedder = embedder_like(embeddings, embeddings_path, device)
     if not isinstance(embedder, DifferentiableEmbedder):
-        raise FacepipeError(f"{embedder.name} cannot be run differentiably: the identity term needs one of "
-                            f"{', '.join(DIFFERENTIABLE_MODELS)}")
+        raise FacepipeError(
+            f"{embedder.name} cannot be run differentiably: the identity term needs one of "
+            f"{', '.join(DIFFERENTIABLE_MODELS)}"
+        )
     embedder.network.requires_grad_(False)
     if align_padding is None:
         grids = [embedder.chip_grid(mean) for mean in at_crop_size(means, crops_dir, names[0])]
     else:
         grids = [aligned_chip_grid(align_padding, embedder.padding, CHIP_SIZE)] * len(means)
-    return IdentityTerm(embedder, torch.from_numpy(np.stack(grids)).to(device),
-                        torch.from_numpy(centroids).float().to(device), jitter)
+    return IdentityTerm(
+        embedder, torch.from_numpy(np.stack(grids)).to(device), torch.from_numpy(centroids).float().to(device), jitter
+    )

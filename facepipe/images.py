@@ -41,8 +41,10 @@ def _read_path_list(list_file: Path) -> list[Path]:
             if list_file.suffix.lower() in PATH_LIST_EXTENSIONS:
                 text = data.decode("latin-1")  # an older list file; every byte is a Latin-1 character
     if text is None:
-        raise FacepipeError(f"{list_file} is neither an image facepipe reads ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
-                            "nor a text file listing paths (.txt, one path a line)")
+        raise FacepipeError(
+            f"{list_file} is neither an image facepipe reads ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+            "nor a text file listing paths (.txt, one path a line)"
+        )
     paths = []
     for line in text.splitlines():
         line = line.strip()
@@ -80,15 +82,22 @@ def is_output_folder(folder: str | os.PathLike) -> bool:
 def _walk_images(folder: Path, found: set[Path], problems: list[dict] | None) -> None:
     """Add the images under ``folder`` to ``found``, leaving out hidden files and folders, and folders below it
     that are facepipe's own outputs (crops, exports, run folders), which would otherwise be read as photos."""
+
     def unreadable(error: OSError) -> None:
         if problems is None:
             raise error
-        problems.append({"path": printable_path(os.path.abspath(error.filename or folder)),
-                         "reason": f"cannot list this folder: {error.strerror or error}"})
+        problems.append(
+            {
+                "path": printable_path(os.path.abspath(error.filename or folder)),
+                "reason": f"cannot list this folder: {error.strerror or error}",
+            }
+        )
 
     for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs[:] = [d for d in dirs if not d.startswith(".") and not is_output_folder(os.path.join(root, d))]
-        paths = (Path(os.path.abspath(os.path.join(root, f))) for f in files if is_image_path(f) and not f.startswith("."))
+        paths = (
+            Path(os.path.abspath(os.path.join(root, f))) for f in files if is_image_path(f) and not f.startswith(".")
+        )
         found.update(path for path in paths if not _not_utf8(path, problems))
 
 
@@ -111,9 +120,11 @@ def output_outside_inputs(out_dir: str | os.PathLike, inputs: Iterable[str | os.
             folder = item if item.is_dir() else item.parent if item.is_file() and is_image_path(item) else None
             if folder is not None and os.path.realpath(folder) == out:
                 what = "is the input folder" if folder is item else "holds the input photo"
-                raise FacepipeError(f"the output folder {printable_path(out_dir)} {what} {printable_path(item)}: "
-                                    "what facepipe writes there would be read back as photos; choose an output "
-                                    "folder outside the inputs (one inside an input folder is fine)")
+                raise FacepipeError(
+                    f"the output folder {printable_path(out_dir)} {what} {printable_path(item)}: "
+                    "what facepipe writes there would be read back as photos; choose an output "
+                    "folder outside the inputs (one inside an input folder is fine)"
+                )
     return out_dir
 
 
@@ -186,8 +197,10 @@ def load_image_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
         with image:
             width, height = image.size
             if width * height > max_pixels:
-                raise ImageReadError(f"too large: {width}x{height} = {width * height / 1e6:.0f} MP, above the limit "
-                                     f"of {max_pixels / 1e6:g} MP (--max-pixels)")
+                raise ImageReadError(
+                    f"too large: {width}x{height} = {width * height / 1e6:.0f} MP, above the limit "
+                    f"of {max_pixels / 1e6:g} MP (--max-pixels)"
+                )
             image.load()
             image = ImageOps.exif_transpose(image)
             rgb = _to_rgb8(image)

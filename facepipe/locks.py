@@ -38,8 +38,10 @@ def _in_use(folder: Path, fd: int) -> FolderInUseError:
         holder = f"pid {data['pid']}: {data['command']}, since {data['since']}"
     except (OSError, ValueError, KeyError, TypeError):
         holder = "holder unknown"
-    return FolderInUseError(f"{folder} is in use by another facepipe command ({holder}); wait for it to end or "
-                            "stop it, or choose another output folder")
+    return FolderInUseError(
+        f"{folder} is in use by another facepipe command ({holder}); wait for it to end or "
+        "stop it, or choose another output folder"
+    )
 
 
 def _refuse_if_held(lock_file: Path, folder: Path) -> None:
@@ -90,8 +92,11 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
         raise error from None
     program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
     program = "facepipe" if program == "__main__.py" else program  # python -m facepipe
-    record = {"pid": os.getpid(), "command": " ".join([program, *sys.argv[1:]])[:500],
-              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    record = {
+        "pid": os.getpid(),
+        "command": " ".join([program, *sys.argv[1:]])[:500],
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
     _held[key] = fd

@@ -38,8 +38,10 @@ def inside(folder: str | os.PathLike, relative: str) -> Path:
         except FileNotFoundError:
             break  # not made yet: what is made below it is inside
         if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
-            raise OutsideFolderError(f"{here} is a {'symbolic link' if stat.S_ISLNK(mode) else 'file'} inside "
-                                     f"{folder}, not a folder: facepipe never writes through it; move it away")
+            raise OutsideFolderError(
+                f"{here} is a {'symbolic link' if stat.S_ISLNK(mode) else 'file'} inside "
+                f"{folder}, not a folder: facepipe never writes through it; move it away"
+            )
     return Path(folder, *parts)
 
 
@@ -61,8 +63,9 @@ def holds_recorded(path: Path, digest: str) -> bool:
         return False
 
 
-def remove_recorded(folder: str | os.PathLike, recorded: dict | None,
-                    keep: Iterable[str | os.PathLike] = ()) -> tuple[list[Path], list[Path]]:
+def remove_recorded(
+    folder: str | os.PathLike, recorded: dict | None, keep: Iterable[str | os.PathLike] = ()
+) -> tuple[list[Path], list[Path]]:
     """Remove the files an earlier run recorded writing into ``folder`` (``recorded``: path relative to
     ``folder`` -> sha256, as ``formats.output_hashes`` makes) that are not among ``keep``. A file is removed
     only when it is inside ``folder`` and still holds what was recorded; returns (removed, changed: those the
@@ -70,7 +73,7 @@ def remove_recorded(folder: str | os.PathLike, recorded: dict | None,
     folder = Path(folder)
     kept = {os.path.abspath(path) for path in keep}
     removed, changed = [], []
-    for relative, digest in (recorded.items() if isinstance(recorded, dict) else ()):
+    for relative, digest in recorded.items() if isinstance(recorded, dict) else ():
         path = inside_or_none(folder, relative)
         if path is None or os.path.abspath(path) in kept or not isinstance(digest, str):
             continue
@@ -88,7 +91,7 @@ def recorded_in(folder: str | os.PathLike, recorded: dict | None, base: str | os
     """The entries of ``recorded`` (relative to ``base``) that lie in ``folder``, relative to ``folder``."""
     folder = os.path.abspath(folder)
     entries = {}
-    for relative, digest in (recorded.items() if isinstance(recorded, dict) else ()):
+    for relative, digest in recorded.items() if isinstance(recorded, dict) else ():
         path = os.path.normpath(os.path.join(os.path.abspath(base), str(relative)))
         if os.path.dirname(path) == folder:
             entries[os.path.basename(path)] = digest
@@ -110,17 +113,25 @@ def left_alone_phrase(changed: list) -> str:
     """The summary's words for the files of an earlier run that the user changed and facepipe left alone."""
     if not changed:
         return ""
-    return (f"; {len(changed)} file(s) of an earlier run changed since facepipe wrote them, left alone "
-            f"(e.g. {changed[0]})")
+    return (
+        f"; {len(changed)} file(s) of an earlier run changed since facepipe wrote them, left alone "
+        f"(e.g. {changed[0]})"
+    )
 
 
 def refuse_changed(folder: str | os.PathLike, recorded: dict | None, to_write: Iterable[str | os.PathLike]) -> None:
     """Refuse (FacepipeError) before anything is written when a file the stage is about to write is one an
     earlier run recorded writing into ``folder`` and the user changed since: it is theirs now."""
     wanted = {os.path.abspath(path) for path in to_write}
-    for relative, digest in (recorded.items() if isinstance(recorded, dict) else ()):
+    for relative, digest in recorded.items() if isinstance(recorded, dict) else ():
         path = inside_or_none(folder, relative)
-        if path is not None and os.path.abspath(path) in wanted and os.path.lexists(path) \
-                and not holds_recorded(path, digest):
-            raise FacepipeError(f"{path} was changed since facepipe wrote it: move it away and rerun (facepipe never "
-                                "overwrites or removes a file changed since it wrote it)")
+        if (
+            path is not None
+            and os.path.abspath(path) in wanted
+            and os.path.lexists(path)
+            and not holds_recorded(path, digest)
+        ):
+            raise FacepipeError(
+                f"{path} was changed since facepipe wrote it: move it away and rerun (facepipe never "
+                "overwrites or removes a file changed since it wrote it)"
+            )

@@ -30,17 +30,19 @@ the people file where none is given (``review`` writes it).
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import tomllib
 
 from facepipe.common import FacepipeError, write_text_atomic
 from facepipe.formats import (
     FLOAT32_MAX,
     MAX_GROUP_NUMBER,
+    PEOPLE_ANCHORS_CSV,
+    PEOPLE_TOML,
     UNKNOWN_CLUSTER,
     checked_numbers,
     checked_whole_numbers,
@@ -50,8 +52,6 @@ from facepipe.formats import (
 )
 from facepipe.models import unit_rows
 
-PEOPLE_ANCHORS_CSV = "people_anchors.csv"
-PEOPLE_TOML = "people.toml"  # the people file of a cluster folder where none is given
 PEOPLE_KEYS = ("merge", "not_a_person", "names", "move", "split", "rejected")  # in the order they are written
 ANCHOR_DISTANCE = 0.6  # where the embedder has no same-person rule: L2 distance of unit centroids (cosine 0.82)
 
@@ -80,8 +80,12 @@ def _group_number(value, where: str) -> int:
         number = int(value)
     except (TypeError, ValueError):
         number = None
-    if number is None or isinstance(value, bool) or not UNKNOWN_CLUSTER <= number <= MAX_GROUP_NUMBER \
-            or str(value).strip() != str(number):
+    if (
+        number is None
+        or isinstance(value, bool)
+        or not UNKNOWN_CLUSTER <= number <= MAX_GROUP_NUMBER
+        or str(value).strip() != str(number)
+    ):
         raise FacepipeError(f"{where}: {value!r} is not a group number")
     return number
 
@@ -103,8 +107,10 @@ def read_people(path: str | Path) -> People:
     kinds = {"names": dict, "merge": list, "not_a_person": list, "move": dict, "split": list, "rejected": list}
     wrong = [key for key, kind in kinds.items() if key in data and not isinstance(data[key], kind)]
     if wrong:
-        raise FacepipeError(f"{path}: {wrong[0]} must be a {'table' if kinds[wrong[0]] is dict else 'list'} "
-                            "(see docs/commands.md, \"People file\")")
+        raise FacepipeError(
+            f"{path}: {wrong[0]} must be a {'table' if kinds[wrong[0]] is dict else 'list'} "
+            '(see docs/commands.md, "People file")'
+        )
     people = People()
     for key, name in data.get("names", {}).items():
         if not isinstance(name, str) or not name.strip():
@@ -145,12 +151,15 @@ def people_text(people: People) -> str:
     """The people file (TOML) that ``read_people`` reads back as ``people``."""
     import tomli_w
 
-    data = {"merge": people.merges, "not_a_person": people.not_a_person,
-            "names": {str(g): name for g, name in sorted(people.names.items())},
-            "move": dict(sorted(people.moves.items())),
-            "split": [{"faces": faces, **({"name": name} if name else {})} for faces, name in people.splits],
-            "rejected": [{"groups": list(pair)} for pair in sorted(people.rejected_merges)]
-                        + [{"face": face, "group": g} for face, g in sorted(people.rejected_faces)]}
+    data = {
+        "merge": people.merges,
+        "not_a_person": people.not_a_person,
+        "names": {str(g): name for g, name in sorted(people.names.items())},
+        "move": dict(sorted(people.moves.items())),
+        "split": [{"faces": faces, **({"name": name} if name else {})} for faces, name in people.splits],
+        "rejected": [{"groups": list(pair)} for pair in sorted(people.rejected_merges)]
+        + [{"face": face, "group": g} for face, g in sorted(people.rejected_faces)],
+    }
     return tomli_w.dumps({key: data[key] for key in PEOPLE_KEYS if data[key]})
 
 
@@ -179,8 +188,10 @@ def read_anchors(folder: Path, dim: int) -> dict[int, np.ndarray]:
     if not columns or columns != embedding_columns(len(columns)):
         raise FacepipeError(f"{path}: expected columns group, e0..e{max(len(columns) - 1, 0)}")
     if len(columns) != dim:
-        raise FacepipeError(f"{path} holds {len(columns)}-d anchors but the embeddings are {dim}-d (damaged, or "
-                            "from another model): remove it to anchor the people file's group numbers anew")
+        raise FacepipeError(
+            f"{path} holds {len(columns)}-d anchors but the embeddings are {dim}-d (damaged, or "
+            "from another model): remove it to anchor the people file's group numbers anew"
+        )
     groups = checked_whole_numbers(frame, "group", path, 0, MAX_GROUP_NUMBER, unique=True)
     vectors = checked_numbers(frame, columns, path, low=-FLOAT32_MAX, high=FLOAT32_MAX).astype(np.float32)
     return dict(zip(groups.tolist(), vectors))
@@ -196,8 +207,9 @@ def write_anchors(folder: Path, anchors: dict[int, np.ndarray]) -> Path:
     return folder / PEOPLE_ANCHORS_CSV
 
 
-def resolve_numbers(numbers: set[int], anchors: dict[int, np.ndarray], centroids: np.ndarray,
-                    distance: float | None) -> tuple[dict[int, int], dict[int, np.ndarray], list[int]]:
+def resolve_numbers(
+    numbers: set[int], anchors: dict[int, np.ndarray], centroids: np.ndarray, distance: float | None
+) -> tuple[dict[int, int], dict[int, np.ndarray], list[int]]:
     """Map each group number of the people file to a group of the new clustering (row of ``centroids``) by
     its anchor: the nearest unit centroid within ``distance`` (ANCHOR_DISTANCE when None), each group taken
     once, nearest pairs first. Returns (number -> group, the anchors to keep, the numbers with no match)."""
@@ -217,8 +229,9 @@ def resolve_numbers(numbers: set[int], anchors: dict[int, np.ndarray], centroids
     return mapping, kept, lost
 
 
-def apply_people(labels: np.ndarray, names: list[str], people: People,
-                 mapping: dict[int, int]) -> tuple[np.ndarray, dict[int, str], dict[int, int]]:
+def apply_people(
+    labels: np.ndarray, names: list[str], people: People, mapping: dict[int, int]
+) -> tuple[np.ndarray, dict[int, str], dict[int, int]]:
     """The groups after the corrections (merges, then moves, splits and not-a-person marks, each seeing the
     merges before it); the names of the groups and the file's number for each group that has one (the lowest
     of a merge), both by their label in the returned array (new groups of splits get labels above the others)."""

@@ -32,6 +32,7 @@ from facepipe.formats import (
     write_probe_json,
 )
 from facepipe.labels import attach_labels
+from facepipe.locks import locks_output
 from facepipe.probe_metrics import (
     best_f1_threshold,
     binary_metrics,
@@ -39,11 +40,8 @@ from facepipe.probe_metrics import (
     plot_confusion_matrix,
     plot_pr_curve,
 )
-from facepipe.limits import PROBE, check_limits
-from facepipe.locks import locks_output
+from facepipe.settings import DEFAULT_CS, ProbeSettings, check_settings
 
-DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
-DEFAULT_FOLDS = 5
 EXAMPLES_SHOWN = 5
 
 
@@ -153,8 +151,14 @@ class LabelledEmbeddings:
     def missing_report(self) -> dict:
         """Counts and a few examples of everything left out, for the JSON outputs and the console."""
         return {
-            "embeddings_without_manifest_row": {"count": len(self.unmatched), "examples": self.unmatched[:EXAMPLES_SHOWN]},
-            "embeddings_without_target_value": {"count": len(self.unlabelled), "examples": self.unlabelled[:EXAMPLES_SHOWN]},
+            "embeddings_without_manifest_row": {
+                "count": len(self.unmatched),
+                "examples": self.unmatched[:EXAMPLES_SHOWN],
+            },
+            "embeddings_without_target_value": {
+                "count": len(self.unlabelled),
+                "examples": self.unlabelled[:EXAMPLES_SHOWN],
+            },
             "manifest_rows_without_embedding": {
                 "count": len(self.manifest_rows_without_embedding),
                 "examples": self.manifest_rows_without_embedding[:EXAMPLES_SHOWN],
@@ -168,7 +172,10 @@ class LabelledEmbeddings:
         for what, entry in (
             ("embedding(s) match no manifest row", self.unmatched),
             (f"embedding(s) have no {self.target} label in the manifest", self.unlabelled),
-            ("manifest row(s) have no embedding (no face found, or not embedded)", self.manifest_rows_without_embedding),
+            (
+                "manifest row(s) have no embedding (no face found, or not embedded)",
+                self.manifest_rows_without_embedding,
+            ),
         ):
             if entry:
                 lines.append(f"{len(entry)} {what}, left out; e.g. {', '.join(entry[:EXAMPLES_SHOWN])}")
@@ -248,7 +255,9 @@ def _check_trainable(labels: np.ndarray, groups: np.ndarray, folds: int, what: s
             )
 
 
-def identity_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def identity_folds(
+    labels: np.ndarray, groups: np.ndarray, folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified folds grouped by identity: (train indices, validation indices) per fold, no person on both sides."""
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -256,7 +265,9 @@ def identity_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int
     return list(splitter.split(np.zeros(len(labels)), labels, groups))
 
 
-def identity_disjoint_split(labels: np.ndarray, groups: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def identity_disjoint_split(
+    labels: np.ndarray, groups: np.ndarray, holdout: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, held-out indices): about ``holdout`` of the faces, whole identities only, stratified."""
     if not 0 < holdout < 1:
         raise FacepipeError("the held-out share must lie strictly between 0 and 1")
@@ -284,7 +295,7 @@ def train_probe(
     target: str,
     embedding_model: str | None,
     Cs: Sequence[float] = DEFAULT_CS,
-    folds: int = DEFAULT_FOLDS,
+    folds: int = ProbeSettings.folds,
     seed: int = 0,
     show_progress: bool = False,
 ) -> LinearProbe:
@@ -314,8 +325,14 @@ def train_probe(
     search = []
     for C, probabilities in out_of_fold.items():
         threshold, f1 = best_f1_threshold(labels, probabilities)
-        search.append({"C": C, "pr_auc": float(average_precision_score(labels, probabilities)),
-                       "best_f1": f1, "threshold": threshold})
+        search.append(
+            {
+                "C": C,
+                "pr_auc": float(average_precision_score(labels, probabilities)),
+                "best_f1": f1,
+                "threshold": threshold,
+            }
+        )
     best = max(search, key=lambda row: (row["pr_auc"], row["best_f1"]))
     chosen_C = best["C"]
     validation_metrics = binary_metrics(labels, out_of_fold[chosen_C], out_of_fold[chosen_C] >= best["threshold"])
@@ -349,8 +366,9 @@ def train_probe(
 # --- the stage functions behind the CLI -------------------------------------------------------------
 
 
-def _write_evaluation(out_dir: Path, probe: LinearProbe, names: list[str], labels: np.ndarray,
-                      probabilities: np.ndarray, extra: dict) -> dict:
+def _write_evaluation(
+    out_dir: Path, probe: LinearProbe, names: list[str], labels: np.ndarray, probabilities: np.ndarray, extra: dict
+) -> dict:
     """Metrics next to the dummy baselines, the two plots and the per-face predictions, written in ``out_dir``."""
     predictions = (probabilities >= probe.threshold).astype(int)
     metrics = binary_metrics(labels, probabilities, predictions)
@@ -364,8 +382,10 @@ def _write_evaluation(out_dir: Path, probe: LinearProbe, names: list[str], label
         baseline_prior=prior,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_predictions(out_dir / PROBE_PREDICTIONS_CSV,
-                      pd.DataFrame({"name": names, "probability": probabilities, "label": predictions, "true": labels}))
+    write_predictions(
+        out_dir / PROBE_PREDICTIONS_CSV,
+        pd.DataFrame({"name": names, "probability": probabilities, "label": predictions, "true": labels}),
+    )
     if metrics["pr_auc"] is not None:
         plot_pr_curve(labels, probabilities, probe.threshold, probe.target, out_dir / PROBE_PR_CURVE_PNG)
     plot_confusion_matrix(metrics["confusion_matrix"], probe.target, out_dir / PROBE_CONFUSION_PNG)
@@ -423,10 +443,10 @@ def train(
     *,
     group_column: str | None = "identity",
     crops_dir: str | os.PathLike | None = None,
-    holdout: float = 0.0,
-    folds: int = DEFAULT_FOLDS,
-    Cs: Sequence[float] = DEFAULT_CS,
-    seed: int = 0,
+    holdout: float = ProbeSettings.spec()["holdout"].command_default,
+    folds: int = ProbeSettings.folds,
+    Cs: Sequence[float] = ProbeSettings.cs,
+    seed: int = ProbeSettings.seed,
     force: bool = False,
     show_progress: bool = True,
 ) -> ProbeTrainSummary:
@@ -437,14 +457,21 @@ def train(
     baselines and plots go into the probe JSON and ``<out stem>_holdout/``. A rerun with the same
     inputs and options skips; different ones on an existing ``out`` are refused unless ``force``.
     """
-    check_limits(PROBE, holdout=holdout, folds=folds, seed=seed)
-    for C in Cs:
-        check_limits(PROBE, cs=C)
+    check_settings(ProbeSettings, holdout=holdout, folds=folds, seed=seed, cs=Cs)
     out = Path(out)
-    options = {"target": target, "group_column": group_column, "holdout": holdout, "folds": folds,
-               "Cs": [float(c) for c in Cs], "seed": seed, "crops_dir": None if crops_dir is None else str(crops_dir)}
-    inputs = {"embeddings_sha256": file_sha256(embeddings_path) if Path(embeddings_path).is_file() else None,
-              "manifest_sha256": file_sha256(manifest_path) if Path(manifest_path).is_file() else None}
+    options = {
+        "target": target,
+        "group_column": group_column,
+        "holdout": holdout,
+        "folds": folds,
+        "Cs": [float(c) for c in Cs],
+        "seed": seed,
+        "crops_dir": None if crops_dir is None else str(crops_dir),
+    }
+    inputs = {
+        "embeddings_sha256": file_sha256(embeddings_path) if Path(embeddings_path).is_file() else None,
+        "manifest_sha256": file_sha256(manifest_path) if Path(manifest_path).is_file() else None,
+    }
     if out.exists() and not force:
         previous = LinearProbe.load(out)
         if previous.training.get("options") == options and previous.training.get("inputs") == inputs:
@@ -454,15 +481,24 @@ def train(
     embeddings = read_embeddings(embeddings_path)
     labelled = load_labelled(embeddings, manifest_path, target, group_column=group_column, crops_dir=crops_dir)
     if not len(labelled.labels):
-        raise FacepipeError(f"no embedding of {embeddings_path} has a {target} label in {manifest_path}: "
-                            + "; ".join(labelled.missing_lines()))
+        raise FacepipeError(
+            f"no embedding of {embeddings_path} has a {target} label in {manifest_path}: "
+            + "; ".join(labelled.missing_lines())
+        )
     train_index = np.arange(len(labelled.labels))
     held_out = np.array([], dtype=int)
     if holdout:
         train_index, held_out = identity_disjoint_split(labelled.labels, labelled.groups, holdout, seed)
     probe = train_probe(
-        labelled.vectors[train_index], labelled.labels[train_index], labelled.groups[train_index],
-        target=target, embedding_model=embeddings.model, Cs=Cs, folds=folds, seed=seed, show_progress=show_progress,
+        labelled.vectors[train_index],
+        labelled.labels[train_index],
+        labelled.groups[train_index],
+        target=target,
+        embedding_model=embeddings.model,
+        Cs=Cs,
+        folds=folds,
+        seed=seed,
+        show_progress=show_progress,
     )
     probe.training.update(
         options=options,
@@ -473,26 +509,44 @@ def train(
         missing_labels=labelled.missing_report(),
         names=[labelled.names[i] for i in train_index],
     )
-    holdout_report = None
-    if holdout:
-        report_dir = holdout_dir(out)
-        names = [labelled.names[i] for i in held_out]
-        holdout_report = _write_evaluation(
-            report_dir, probe, names, labelled.labels[held_out], probe.predict_proba(labelled.vectors[held_out]),
-            {"split": f"identity-disjoint hold-out of {holdout:g} (seed {seed})",
-             "identities": int(len(set(labelled.groups[held_out]))),
-             "identities_shared_with_training": int(len(set(labelled.groups[held_out]) & set(labelled.groups[train_index])))},
-        )
-        holdout_report["report_dir"] = str(report_dir)
-        probe.training["holdout"] = {k: holdout_report[k] for k in
-                                     ("split", "identities", "identities_shared_with_training", "metrics", "baselines",
-                                      "report_dir")}
-        probe.training["holdout"]["names"] = names
+    holdout_report = (
+        _evaluate_holdout(out, probe, labelled, train_index, held_out, holdout, seed) if holdout else None
+    )
     probe.save(out)
     return ProbeTrainSummary(probe=probe, out=out, labelled=labelled, holdout=holdout_report)
 
 
 @locks_output(lambda args: Path(os.path.abspath(args["out"])).parent)
+def _evaluate_holdout(
+    out: Path, probe: LinearProbe, labelled, train_index: np.ndarray, held_out: np.ndarray, holdout: float, seed: int
+) -> dict:
+    """The probe's metrics on the ``held_out`` identities, written to ``<out stem>_holdout/`` and recorded in the
+    probe's training record (written with it)."""
+    report_dir = holdout_dir(out)
+    names = [labelled.names[i] for i in held_out]
+    holdout_report = _write_evaluation(
+        report_dir,
+        probe,
+        names,
+        labelled.labels[held_out],
+        probe.predict_proba(labelled.vectors[held_out]),
+        {
+            "split": f"identity-disjoint hold-out of {holdout:g} (seed {seed})",
+            "identities": int(len(set(labelled.groups[held_out]))),
+            "identities_shared_with_training": int(
+                len(set(labelled.groups[held_out]) & set(labelled.groups[train_index]))
+            ),
+        },
+    )
+    holdout_report["report_dir"] = str(report_dir)
+    probe.training["holdout"] = {
+        k: holdout_report[k]
+        for k in ("split", "identities", "identities_shared_with_training", "metrics", "baselines", "report_dir")
+    }
+    probe.training["holdout"]["names"] = names
+    return holdout_report
+
+
 def predict(
     probe_path: str | os.PathLike,
     embeddings_path: str | os.PathLike,
@@ -503,8 +557,13 @@ def predict(
     embeddings = read_embeddings(embeddings_path)
     probe.check_compatible(embeddings, embeddings_path)
     probabilities = probe.predict_proba(embeddings.vectors)
-    frame = pd.DataFrame({"name": embeddings.names, "probability": probabilities,
-                          "label": (probabilities >= probe.threshold).astype(int)})
+    frame = pd.DataFrame(
+        {
+            "name": embeddings.names,
+            "probability": probabilities,
+            "label": (probabilities >= probe.threshold).astype(int),
+        }
+    )
     write_predictions(out, frame)
     return frame
 
@@ -521,8 +580,10 @@ class ProbeEvaluation:
         m = self.report["metrics"]
         lines = list(self.labelled.missing_lines())
         if self.report["faces_seen_in_training"]:
-            lines.append(f"warning: {self.report['faces_seen_in_training']} of these faces were used to train the "
-                         "probe: these numbers are optimistic")
+            lines.append(
+                f"warning: {self.report['faces_seen_in_training']} of these faces were used to train the "
+                "probe: these numbers are optimistic"
+            )
         lines.append(
             f"probe evaluate: {self.report['target']} on {m['count']} faces ({m['positives']} positive): "
             f"F1 {_fmt(m['f1'])}, precision {_fmt(m['precision'])}, recall {_fmt(m['recall'])}, balanced accuracy "
@@ -531,8 +592,10 @@ class ProbeEvaluation:
         )
         for name, b in self.report["baselines"].items():
             lines.append(f"  baseline {name}: F1 {_fmt(b['f1'])}, balanced accuracy {_fmt(b['balanced_accuracy'])}")
-        lines.append(f"  -> {self.out_dir / PROBE_METRICS_JSON}, {PROBE_PR_CURVE_PNG}, {PROBE_CONFUSION_PNG}, "
-                     f"{PROBE_PREDICTIONS_CSV}")
+        lines.append(
+            f"  -> {self.out_dir / PROBE_METRICS_JSON}, {PROBE_PR_CURVE_PNG}, {PROBE_CONFUSION_PNG}, "
+            f"{PROBE_PREDICTIONS_CSV}"
+        )
         return lines
 
 
@@ -551,12 +614,23 @@ def evaluate(
     probe.check_compatible(embeddings, embeddings_path)
     labelled = load_labelled(embeddings, manifest_path, probe.target, group_column=None, crops_dir=crops_dir)
     if not len(labelled.labels):
-        raise FacepipeError(f"no embedding of {embeddings_path} has a {probe.target} label in {manifest_path}: "
-                            + "; ".join(labelled.missing_lines()))
+        raise FacepipeError(
+            f"no embedding of {embeddings_path} has a {probe.target} label in {manifest_path}: "
+            + "; ".join(labelled.missing_lines())
+        )
     seen = len(set(labelled.names) & set(probe.training.get("names", [])))
     report = _write_evaluation(
-        Path(out_dir), probe, labelled.names, labelled.labels, probe.predict_proba(labelled.vectors),
-        {"probe": str(probe_path), "embeddings": str(embeddings_path), "manifest": str(manifest_path),
-         "faces_seen_in_training": seen, "missing_labels": labelled.missing_report()},
+        Path(out_dir),
+        probe,
+        labelled.names,
+        labelled.labels,
+        probe.predict_proba(labelled.vectors),
+        {
+            "probe": str(probe_path),
+            "embeddings": str(embeddings_path),
+            "manifest": str(manifest_path),
+            "faces_seen_in_training": seen,
+            "missing_labels": labelled.missing_report(),
+        },
     )
     return ProbeEvaluation(report=report, labelled=labelled, out_dir=Path(out_dir))

@@ -103,7 +103,9 @@ def plot_pr_curve(labels, probabilities, threshold: float, target: str, path: st
     predictions = probabilities >= threshold
     tp = int(np.sum(predictions & (labels == 1)))
     figure, axes = plt.subplots(figsize=(5, 4.5))
-    axes.step(recall, precision, where="post", label=f"probe (PR-AUC {average_precision_score(labels, probabilities):.3f})")
+    axes.step(
+        recall, precision, where="post", label=f"probe (PR-AUC {average_precision_score(labels, probabilities):.3f})"
+    )
     if predictions.any():
         axes.plot([tp / labels.sum()], [tp / predictions.sum()], "o", color="C3", label=f"threshold {threshold:.3f}")
     axes.axhline(labels.mean(), color="gray", linestyle="--", label=f"random (prevalence {labels.mean():.3f})")
@@ -123,8 +125,22 @@ def plot_confusion_matrix(confusion: dict, target: str, path: str | os.PathLike)
     figure, axes = plt.subplots(figsize=(4, 3.6))
     axes.imshow(cells, cmap="Blues")
     for (row, column), count in np.ndenumerate(cells):
-        axes.text(column, row, str(count), ha="center", va="center",
-                  color="white" if count > cells.max() / 2 else "black", fontsize=13)
-    axes.set(xticks=[0, 1], yticks=[0, 1], xticklabels=[f"not {target}", target],
-             yticklabels=[f"not {target}", target], xlabel="predicted", ylabel="true", title=f"{target}: confusion matrix")
+        axes.text(
+            column,
+            row,
+            str(count),
+            ha="center",
+            va="center",
+            color="white" if count > cells.max() / 2 else "black",
+            fontsize=13,
+        )
+    axes.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=[f"not {target}", target],
+        yticklabels=[f"not {target}", target],
+        xlabel="predicted",
+        ylabel="true",
+        title=f"{target}: confusion matrix",
+    )
     _save_figure(figure, path)

@@ -26,6 +26,7 @@ from typing import Iterator
 
 from facepipe.common import FacepipeError, write_text_atomic
 from facepipe.formats import (
+    PEOPLE_TOML,
     RUN_CONFIG_TOML,
     RUN_INFERENCE_DIR,
     RUN_REPORT_HTML,
@@ -37,10 +38,10 @@ from facepipe.formats import (
     read_json,
     recorded_path,
 )
-from facepipe.limits import REVIEW, check_limits
 from facepipe.locks import folder_lock
 from facepipe.owned import inside_or_none
-from facepipe.people import PEOPLE_TOML, People, read_people, write_people
+from facepipe.people import People, read_people, write_people
+from facepipe.settings import ClusterSettings, ReviewSettings
 from facepipe.suggest import Clustering, read_clustering, suggestions
 
 HOST = "127.0.0.1"
@@ -77,8 +78,11 @@ def people_file_for(clustering: Clustering) -> Path:
 def _group(value, clustering: Clustering, unknown_allowed: bool = False) -> int:
     """A group number of the clustering shown (or unknown, -1, where ``unknown_allowed``), else a FacepipeError."""
     groups = set(clustering.results["cluster"].tolist()) - {UNKNOWN_CLUSTER}
-    if isinstance(value, int) and not isinstance(value, bool) and (
-            value in groups or unknown_allowed and value == UNKNOWN_CLUSTER):
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (value in groups or unknown_allowed and value == UNKNOWN_CLUSTER)
+    ):
         return value
     raise FacepipeError(f"{value!r} is not a group of this clustering")
 
@@ -86,8 +90,11 @@ def _group(value, clustering: Clustering, unknown_allowed: bool = False) -> int:
 def _faces(rows, clustering: Clustering) -> list[str]:
     """The crop names of the clustering's ``rows`` (a non-empty list of row numbers), else a FacepipeError."""
     names = clustering.results["name"].tolist()
-    if not isinstance(rows, list) or not rows or not all(
-            isinstance(r, int) and not isinstance(r, bool) and 0 <= r < len(names) for r in rows):
+    if (
+        not isinstance(rows, list)
+        or not rows
+        or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < len(names) for r in rows)
+    ):
         raise FacepipeError("select one or more faces of this clustering")
     return [names[r] for r in dict.fromkeys(rows)]
 
@@ -97,8 +104,11 @@ def _by_faces(people: People, clustering: Clustering, group: int) -> bool:
     a group merged away or not a person (the group shown with it now is another), or the group is one a
     ``[[split]]`` made (a number stands for a group of the clustering before the corrections)."""
     split_faces = {face for faces, _ in people.splits for face in faces}
-    return (group in people.not_a_person or any(group in merge[1:] for merge in people.merges)
-            or set(_members(clustering, group)) <= split_faces)
+    return (
+        group in people.not_a_person
+        or any(group in merge[1:] for merge in people.merges)
+        or set(_members(clustering, group)) <= split_faces
+    )
 
 
 def _members(clustering: Clustering, group: int) -> list[str]:
@@ -138,8 +148,12 @@ def _offered(edit: dict, session: ReviewSession, people: People) -> dict:
     if match.empty:
         raise FacepipeError("that suggestion is no longer offered (reload the page)")
     row = match.iloc[0]
-    return {"kind": row["kind"], "group": int(row["group"]),
-            "other": None if row["kind"] != "merge" else int(row["other"]), "face": row["face"]}
+    return {
+        "kind": row["kind"],
+        "group": int(row["group"]),
+        "other": None if row["kind"] != "merge" else int(row["other"]),
+        "face": row["face"],
+    }
 
 
 def edited(edit: dict, session: ReviewSession) -> People:
@@ -150,14 +164,22 @@ def edited(edit: dict, session: ReviewSession) -> People:
         group = _group(edit.get("group"), clustering)
         by_faces = _by_faces(people, clustering, group)
         if action == "not_a_person":
-            return _with(people, lambda p: _move(p, _members(clustering, group), UNKNOWN_CLUSTER) if by_faces
-                         else p.not_a_person.append(group))
+            return _with(
+                people,
+                lambda p: (
+                    _move(p, _members(clustering, group), UNKNOWN_CLUSTER)
+                    if by_faces
+                    else p.not_a_person.append(group)
+                ),
+            )
         name = edit.get("name")
         if not isinstance(name, str) or len(name.strip()) > MAX_NAME_LENGTH:
             raise FacepipeError(f"a name is text of at most {MAX_NAME_LENGTH} characters")
         if by_faces:
             return _with(people, lambda p: p.splits.append((_members(clustering, group), name.strip())))
-        return _with(people, lambda p: p.names.update({group: name.strip()}) if name.strip() else p.names.pop(group, 0))
+        return _with(
+            people, lambda p: p.names.update({group: name.strip()}) if name.strip() else p.names.pop(group, 0)
+        )
     if action == "merge":
         groups = edit.get("groups")
         groups = list(dict.fromkeys(_group(g, clustering) for g in groups)) if isinstance(groups, list) else []
@@ -203,15 +225,31 @@ def _recluster(session: ReviewSession) -> None:
 
     meta, folder = session.clustering.meta, session.folder
     options = dict(meta["options"])
-    k_range = options.get("k_range") or (2, 40)
+    k_range = options.get("k_range") or ClusterSettings.k_range
     labels = (meta.get("metrics") or {}).get("labels")
     embeddings = recorded_path(meta["embeddings"], session.clustering.results_path)
-    cluster(embeddings, folder, method=options["method"], threshold=options.get("threshold") or "auto",
-            min_group_size=options["min_group_size"], k=options.get("k") or "auto", k_range=tuple(k_range),
-            k_rule=options.get("k_rule") or "silhouette", normalize=options["normalize"], seed=options["seed"],
-            n_init=options["n_init"], samples_dir=options.get("samples_dir"),
-            samples_per_cluster=options["samples_per_cluster"], crops_dir=options.get("crops_dir"), labels=labels,
-            people=session.people_file if session.people_file.is_file() else None, show_progress=False)
+    settings = ClusterSettings(
+        method=options["method"],
+        threshold=options.get("threshold") or "auto",
+        min_group_size=options["min_group_size"],
+        k=options.get("k") or "auto",
+        k_range=tuple(k_range),
+        k_rule=options.get("k_rule") or ClusterSettings.k_rule,
+        normalize=options["normalize"],
+        seed=options["seed"],
+        n_init=options["n_init"],
+        samples_per_cluster=options["samples_per_cluster"],
+        people=str(session.people_file) if session.people_file.is_file() else None,
+    )
+    cluster(
+        embeddings,
+        folder,
+        settings,
+        samples_dir=options.get("samples_dir"),
+        crops_dir=options.get("crops_dir"),
+        labels=labels,
+        show_progress=False,
+    )
     session.clustering = read_clustering(folder)
     if (folder / RUN_REPORT_HTML).is_file() and (folder / RUN_SUMMARY_JSON).is_file():
         from facepipe.config import load_config
@@ -261,10 +299,12 @@ def aggregate_file(session: ReviewSession, group: int) -> Path | None:
 
 
 @contextlib.contextmanager
-def review_session(folder: str | os.PathLike, port: int = 0) -> Iterator[tuple[ReviewSession, socket.socket, str]]:
+def review_session(
+    folder: str | os.PathLike, port: int = ReviewSettings.port
+) -> Iterator[tuple[ReviewSession, socket.socket, str]]:
     """Hold ``folder``'s lock, read its clustering and bind 127.0.0.1:``port`` (0: a free one); yields the
     session, the listening socket and the page's URL (with the token)."""
-    check_limits(REVIEW, port=port)
+    ReviewSettings(port=port)  # checks it
     results_path = cluster_results_path(folder)
     with folder_lock(results_path.parent):
         clustering = read_clustering(results_path)

@@ -20,12 +20,17 @@ from facepipe.review import (
     review_session,
     undo,
 )
+from facepipe.settings import ReviewSettings
 from facepipe.suggest import suggestions
 
 FACES_SHOWN = 60  # a group's faces on the page, nearest its centroid first
 SUGGESTIONS_SHOWN = 25  # of each kind, first ranks first
-PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
-                "Content-Security-Policy": "frame-ancestors 'none'"}  # the token never leaves; no page frames it
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+}  # the token never leaves; no page frames it
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:0;background:#f4f4f4;color:#222}
@@ -97,22 +102,31 @@ def _url(session: ReviewSession, path: str) -> str:
 
 def _group_card(session: ReviewSession, group: int, members, name: str) -> str:
     """One group: its number and name (a form to change it), its CVAE face, its faces nearest its centroid first."""
-    faces = "".join(f'<img class="face" data-row="{row}" alt="{html.escape(face)}" loading="lazy" '
-                    f'src="{_url(session, f"/face/{row}")}">'
-                    for row, face in zip(members.index[:FACES_SHOWN], members["name"][:FACES_SHOWN]))
+    faces = "".join(
+        f'<img class="face" data-row="{row}" alt="{html.escape(face)}" loading="lazy" '
+        f'src="{_url(session, f"/face/{row}")}">'
+        for row, face in zip(members.index[:FACES_SHOWN], members["name"][:FACES_SHOWN])
+    )
     more = f"<p>and {len(members) - FACES_SHOWN} more</p>" if len(members) > FACES_SHOWN else ""
     if group == UNKNOWN_CLUSTER:
-        return (f'<section class="group" id="group-unknown" data-group="-1"><h2>Unknown: {len(members)} face(s)'
-                f'</h2><div class="faces">{faces}</div>{more}</section>')
-    aggregate = (f'<img class="aggregate" alt="group {group}: CVAE face" src="{_url(session, f"/aggregate/{group}")}">'
-                 if aggregate_file(session, group) else "")
-    return (f'<section class="group" id="group-{group}" data-group="{group}">{aggregate}'
-            f'<h2>Group {group}{": " + html.escape(name) if name else ""} ({len(members)} faces)</h2>'
-            f'<form class="name-form" data-group="{group}"><input name="name" value="{html.escape(name)}" '
-            f'placeholder="name" aria-label="name of group {group}"><button type="submit">Name</button>'
-            f'<button type="button" class="choose">Choose for merge</button>'
-            f'<button type="button" class="not-person" data-group="{group}">Not a person</button></form>'
-            f'<div class="faces">{faces}</div>{more}</section>')
+        return (
+            f'<section class="group" id="group-unknown" data-group="-1"><h2>Unknown: {len(members)} face(s)'
+            f'</h2><div class="faces">{faces}</div>{more}</section>'
+        )
+    aggregate = (
+        f'<img class="aggregate" alt="group {group}: CVAE face" src="{_url(session, f"/aggregate/{group}")}">'
+        if aggregate_file(session, group)
+        else ""
+    )
+    return (
+        f'<section class="group" id="group-{group}" data-group="{group}">{aggregate}'
+        f"<h2>Group {group}{': ' + html.escape(name) if name else ''} ({len(members)} faces)</h2>"
+        f'<form class="name-form" data-group="{group}"><input name="name" value="{html.escape(name)}" '
+        f'placeholder="name" aria-label="name of group {group}"><button type="submit">Name</button>'
+        f'<button type="button" class="choose">Choose for merge</button>'
+        f'<button type="button" class="not-person" data-group="{group}">Not a person</button></form>'
+        f'<div class="faces">{faces}</div>{more}</section>'
+    )
 
 
 def _suggestion_text(row, names: dict[int, str]) -> str:
@@ -133,15 +147,25 @@ def _queue(session: ReviewSession, names: dict[int, str]) -> str:
     row_of = {name: row for row, name in enumerate(session.clustering.results["name"])}
     items = []
     for _, row in frame.groupby("kind", sort=False).head(SUGGESTIONS_SHOWN).iterrows():
-        data = {"kind": row["kind"], "group": int(row["group"]),
-                "other": None if row["kind"] != "merge" else int(row["other"]),
-                "face": None if row["kind"] == "merge" else row["face"]}
-        hint = "" if row["kind"] == "merge" else (
-            f'<img class="hint" alt="{html.escape(row["face"])}" src="{_url(session, f"/face/{row_of[row.face]}")}">')
-        items.append(f'<li data-suggestion="{html.escape(json.dumps(data))}" class="{row["kind"]}">{hint}'
-                     f'{html.escape(_suggestion_text(row, names))} <small>distance {row["distance"]:.3f}</small><br>'
-                     '<button class="accept">Accept <kbd>a</kbd></button> '
-                     '<button class="reject">Reject <kbd>r</kbd></button></li>')
+        data = {
+            "kind": row["kind"],
+            "group": int(row["group"]),
+            "other": None if row["kind"] != "merge" else int(row["other"]),
+            "face": None if row["kind"] == "merge" else row["face"],
+        }
+        hint = (
+            ""
+            if row["kind"] == "merge"
+            else (
+                f'<img class="hint" alt="{html.escape(row["face"])}" src="{_url(session, f"/face/{row_of[row.face]}")}">'
+            )
+        )
+        items.append(
+            f'<li data-suggestion="{html.escape(json.dumps(data))}" class="{row["kind"]}">{hint}'
+            f"{html.escape(_suggestion_text(row, names))} <small>distance {row['distance']:.3f}</small><br>"
+            '<button class="accept">Accept <kbd>a</kbd></button> '
+            '<button class="reject">Reject <kbd>r</kbd></button></li>'
+        )
     return f'<aside id="queue"><h2>Suggestions</h2><ol>{"".join(items)}</ol></aside>'
 
 
@@ -153,20 +177,29 @@ def page(session: ReviewSession) -> str:
     cards = [_group_card(session, g, results[results["cluster"] == g], names.get(g, "")) for g in groups]
     if (results["cluster"] == UNKNOWN_CLUSTER).any():
         cards.append(_group_card(session, UNKNOWN_CLUSTER, results[results["cluster"] == UNKNOWN_CLUSTER], ""))
-    options = "".join(f'<option value="{g}">group {g}{": " + html.escape(names[g]) if names.get(g) else ""}</option>'
-                      for g in groups) + f'<option value="{UNKNOWN_CLUSTER}">unknown</option>'
-    toolbar = ('<button id="merge">Merge chosen groups <kbd>m</kbd></button>'
-               '<button id="split">Split off selected faces <kbd>s</kbd></button>'
-               f'<button id="move">Move selected faces <kbd>v</kbd> to</button><select id="move-to">{options}</select>'
-               '<button id="undo">Undo <kbd>u</kbd></button><span id="message"></span>'
-               '<br><small>Click faces to select them; <kbd>j</kbd>/<kbd>k</kbd>: next/previous suggestion; '
-               '<kbd>Esc</kbd>: clear the selection.</small>')
-    return ('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>facepipe review</title>'
-            '<link rel="icon" href="data:,">'
-            f'<style>{STYLE}</style></head><body data-token="{html.escape(session.token)}" '
-            f'data-edits="{len(session.earlier)}"><header><b>facepipe review</b> {html.escape(str(session.folder))}'
-            f'<br>{toolbar}</header><main><div id="groups">{"".join(cards)}</div>{_queue(session, names)}</main>'
-            f"<script>{SCRIPT}</script></body></html>")
+    options = (
+        "".join(
+            f'<option value="{g}">group {g}{": " + html.escape(names[g]) if names.get(g) else ""}</option>'
+            for g in groups
+        )
+        + f'<option value="{UNKNOWN_CLUSTER}">unknown</option>'
+    )
+    toolbar = (
+        '<button id="merge">Merge chosen groups <kbd>m</kbd></button>'
+        '<button id="split">Split off selected faces <kbd>s</kbd></button>'
+        f'<button id="move">Move selected faces <kbd>v</kbd> to</button><select id="move-to">{options}</select>'
+        '<button id="undo">Undo <kbd>u</kbd></button><span id="message"></span>'
+        "<br><small>Click faces to select them; <kbd>j</kbd>/<kbd>k</kbd>: next/previous suggestion; "
+        "<kbd>Esc</kbd>: clear the selection.</small>"
+    )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>facepipe review</title>'
+        '<link rel="icon" href="data:,">'
+        f'<style>{STYLE}</style></head><body data-token="{html.escape(session.token)}" '
+        f'data-edits="{len(session.earlier)}"><header><b>facepipe review</b> {html.escape(str(session.folder))}'
+        f'<br>{toolbar}</header><main><div id="groups">{"".join(cards)}</div>{_queue(session, names)}</main>'
+        f"<script>{SCRIPT}</script></body></html>"
+    )
 
 
 def review_app(session: ReviewSession):
@@ -187,6 +220,7 @@ def review_app(session: ReviewSession):
             if not token_given(request):
                 return Response("forbidden: this page needs the token in the URL review printed", status_code=403)
             return await endpoint(request)
+
         return guarded
 
     async def show(request):
@@ -196,6 +230,7 @@ def review_app(session: ReviewSession):
         async def serve(request):
             path = find(session, request.path_params["number"])
             return FileResponse(path) if path is not None else Response("not found", status_code=404)
+
         return serve
 
     def changes(action):
@@ -208,12 +243,16 @@ def review_app(session: ReviewSession):
             except (FacepipeError, ValueError) as error:
                 return JSONResponse({"error": str(error)}, status_code=400)
             return JSONResponse({"edits": len(session.earlier)})
+
         return change
 
-    routes = [Route("/", checked(show)), Route("/face/{number:int}", checked(image(face_file))),
-              Route("/aggregate/{number:int}", checked(image(aggregate_file))),
-              Route("/edit", checked(changes(lambda body: apply_edit(body, session))), methods=["POST"]),
-              Route("/undo", checked(changes(lambda body: undo(session))), methods=["POST"])]
+    routes = [
+        Route("/", checked(show)),
+        Route("/face/{number:int}", checked(image(face_file))),
+        Route("/aggregate/{number:int}", checked(image(aggregate_file))),
+        Route("/edit", checked(changes(lambda body: apply_edit(body, session))), methods=["POST"]),
+        Route("/undo", checked(changes(lambda body: undo(session))), methods=["POST"]),
+    ]
     return Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS)])
 
 
@@ -224,7 +263,9 @@ def server_for(session: ReviewSession):
     return uvicorn.Server(uvicorn.Config(review_app(session), log_level="warning", access_log=False))
 
 
-def review(folder: str | os.PathLike, *, port: int = 0, open_browser: bool = True, announce=print) -> None:
+def review(
+    folder: str | os.PathLike, *, port: int = ReviewSettings.port, open_browser: bool = True, announce=print
+) -> None:
     """Serve the review page of the clustering in ``folder`` (a cluster or run folder, or its
     cluster_results.csv) until interrupted; ``announce`` is given the page's URL."""
     with review_session(folder, port) as (session, listener, url):

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 from facepipe import __version__
 from facepipe.common import FacepipeError
-from facepipe.config import load_config, save_config
+from facepipe.config import checked_config, load_config, save_config
 from facepipe.engine import RAY, check_engine, ray_session
 from facepipe.formats import (
     CLUSTER_RESULTS_CSV,
@@ -35,16 +35,15 @@ from facepipe.formats import (
     RUN_STATE_JSON,
     RUN_SUMMARY_JSON,
     RUN_WEIGHTS_DIR,
+    checked_fields,
     read_run_state,
     write_json_atomic,
 )
 from facepipe.identity import identity_weight_for
 from facepipe.images import collect_images, output_outside_inputs
-from facepipe.limits import config_limit_problems
 from facepipe.locks import locks_output
 from facepipe.people import people_file_of
-
-STAGES = ("detect", "embed", "cluster", "train_cvae", "generate", "probe")
+from facepipe.settings import STAGES, ClusterSettings, DetectorParams, DetectWork, TrainSettings
 
 log = logging.getLogger("facepipe.run")
 
@@ -75,8 +74,10 @@ class RunSummary:
             "partial": self.partial,
             "seconds": round(self.seconds, 2),
             "facepipe_version": __version__,
-            "stages": {s.name: {"status": s.status, "seconds": round(s.seconds, 2), "summary": s.summary, **s.details}
-                       for s in self.stages},
+            "stages": {
+                s.name: {"status": s.status, "seconds": round(s.seconds, 2), "summary": s.summary, **s.details}
+                for s in self.stages
+            },
         }
 
 
@@ -118,24 +119,66 @@ class _Runner:
         forced = self.forced_from is not None and STAGES.index(name) >= self.forced_from
         if not forced and previous.get("fingerprint") == fingerprint and previous.get("completed"):
             log.info("%s: skipped, inputs and options unchanged", name)
-            self.records.append(StageRecord(name, "skipped", previous.get("seconds", 0.0), previous.get("summary", ""),
-                                            previous.get("details", {})))
+            self.records.append(
+                StageRecord(
+                    name,
+                    "skipped",
+                    previous.get("seconds", 0.0),
+                    previous.get("summary", ""),
+                    previous.get("details", {}),
+                )
+            )
             return fingerprint
         resuming = not forced and previous.get("fingerprint") == fingerprint
         force = forced or bool(previous) and not resuming
-        log.info("%s: %s", name, "resuming an interrupted run" if resuming else "forced" if forced
-                 else "options or inputs changed, redoing" if force else "running")
+        log.info(
+            "%s: %s",
+            name,
+            "resuming an interrupted run"
+            if resuming
+            else "forced"
+            if forced
+            else "options or inputs changed, redoing"
+            if force
+            else "running",
+        )
         self.state[name] = {"fingerprint": fingerprint, "completed": False}
         write_json_atomic(self.state_file, self.state)
         started = time.perf_counter()
         summary, details = action(force)
         seconds = time.perf_counter() - started
         log.info("%s", summary)
-        self.state[name] = {"fingerprint": fingerprint, "completed": True, "seconds": round(seconds, 2),
-                            "summary": summary, "details": details}
+        self.state[name] = {
+            "fingerprint": fingerprint,
+            "completed": True,
+            "seconds": round(seconds, 2),
+            "summary": summary,
+            "details": details,
+        }
         write_json_atomic(self.state_file, self.state)
         self.records.append(StageRecord(name, "resumed" if resuming else "ran", seconds, summary, details))
         return fingerprint
+
+
+def run_state(folder: Path) -> dict | None:
+    """The state.json of the run folder ``folder`` (None where it is none), checked before anything is written."""
+    state_file = folder / RUN_STATE_JSON
+    if not state_file.is_file():
+        return None
+    state = read_run_state(state_file)
+    checked_fields(state.get("cluster", {}).get("details") or {}, state_file, {"assigned": int})
+    return state
+
+
+def note_assigned(folder: Path, state: dict | None, line: str, assigned: int) -> None:
+    """In a run folder (its ``state``), the cluster stage's record says what assign added (its summary ``line``,
+    and the faces it ``assigned``), which the report shows."""
+    if state is None or "cluster" not in state:
+        return
+    record = state["cluster"]
+    record["summary"] = f"{record.get('summary', '')}\n{line}".strip()
+    record.setdefault("details", {})["assigned"] = record.get("details", {}).get("assigned", 0) + assigned
+    write_json_atomic(folder / RUN_STATE_JSON, state)
 
 
 class _RunLogHandler(logging.FileHandler):
@@ -201,12 +244,19 @@ class _RunFolder:
         return self.out / CLUSTER_RESULTS_CSV
 
     def detect(self, force: bool) -> tuple[str, dict]:
-        from facepipe.detect import DetectorParams, detect
+        from facepipe.detect import detect
 
-        options = dict(self.config["detect"])
-        workers, max_pixels = options.pop("workers"), options.pop("max_pixels")
-        summary = detect(self.inputs, self.crops, DetectorParams(**options), workers=workers, max_pixels=max_pixels,
-                         force=force, show_progress=self.show_progress, **self.engine_options())
+        work = DetectWork.from_config(self.config["detect"])
+        summary = detect(
+            self.inputs,
+            self.crops,
+            DetectorParams.from_config(self.config["detect"]),
+            workers=work.workers,
+            max_pixels=work.max_pixels,
+            force=force,
+            show_progress=self.show_progress,
+            **self.engine_options(),
+        )
         self.partial = self.partial or summary.errors > 0
         return summary.line(), {"images": summary.images, "faces": summary.faces, "errors": summary.errors}
 
@@ -214,41 +264,83 @@ class _RunFolder:
         from facepipe.embed import embed
 
         options = dict(self.config["embed"], weights=_blank_to_none(self.config["embed"]["weights"]))
-        summary = embed(self.crops, self.features, force=force, show_progress=self.show_progress, **options,
-                        **self.engine_options())
+        summary = embed(
+            self.crops,
+            self.features,
+            force=force,
+            show_progress=self.show_progress,
+            **options,
+            **self.engine_options(),
+        )
         self.partial = self.partial or summary.errors > 0
-        return summary.line(), {"crops": summary.crops, "embedded": summary.embedded, "errors": summary.errors,
-                                "model": summary.model, "dimension": summary.dim}
+        return summary.line(), {
+            "crops": summary.crops,
+            "embedded": summary.embedded,
+            "errors": summary.errors,
+            "model": summary.model,
+            "dimension": summary.dim,
+        }
 
     def cluster(self, force: bool) -> tuple[str, dict]:
         from facepipe.cluster import cluster
 
-        summary = cluster(self.features, self.out, samples_dir=self.out / RUN_SAMPLES_DIR, labels=self.labels,
-                          force=force, show_progress=self.show_progress, **self.config["cluster"])
+        summary = cluster(
+            self.features,
+            self.out,
+            ClusterSettings.from_config(self.config["cluster"]),
+            samples_dir=self.out / RUN_SAMPLES_DIR,
+            labels=self.labels,
+            force=force,
+            show_progress=self.show_progress,
+        )
         return summary.line(), summary.details()
 
     def train_cvae(self, force: bool) -> tuple[str, dict]:
         from facepipe.cvae import train_cvae
 
-        summary = train_cvae(self.results, crops_dir=self.crops, weights_dir=self.out / RUN_WEIGHTS_DIR,
-                             resume=not force, force=force, show_progress=self.show_progress,
-                             **self.config["train_cvae"])
-        return summary.line(), {"epochs": summary.last_epoch, "best_epoch": summary.best_epoch,
-                                "best_val_loss": summary.best_val_loss, "device": summary.device,
-                                "train_crops": summary.train_count, "val_crops": summary.val_count}
+        summary = train_cvae(
+            self.results,
+            TrainSettings.from_config(self.config["train_cvae"]),
+            crops_dir=self.crops,
+            weights_dir=self.out / RUN_WEIGHTS_DIR,
+            resume=not force,
+            force=force,
+            show_progress=self.show_progress,
+        )
+        return summary.line(), {
+            "epochs": summary.last_epoch,
+            "best_epoch": summary.best_epoch,
+            "best_val_loss": summary.best_val_loss,
+            "device": summary.device,
+            "train_crops": summary.train_count,
+            "val_crops": summary.val_count,
+        }
 
     def generate(self, force: bool) -> tuple[str, dict]:
         from facepipe.generate import generate
 
-        summary = generate(self.out / RUN_WEIGHTS_DIR, out_dir=self.out / RUN_INFERENCE_DIR,
-                           cluster_results=self.results, crops_dir=self.crops, embeddings=self.features,
-                           device=self.config["train_cvae"]["device"], show_progress=self.show_progress,
-                           **self.config["generate"])
+        summary = generate(
+            self.out / RUN_WEIGHTS_DIR,
+            out_dir=self.out / RUN_INFERENCE_DIR,
+            cluster_results=self.results,
+            crops_dir=self.crops,
+            embeddings=self.features,
+            device=self.config["train_cvae"]["device"],
+            show_progress=self.show_progress,
+            **self.config["generate"],
+        )
         return summary.line(), {"clusters": len(summary.clusters), "fidelity": summary.fidelity}
 
     def probe(self, force: bool) -> tuple[str, dict]:
-        return _run_probes(self.features, self.labels, self.crops, self.out / RUN_PROBE_DIR, self.config["probe"],
-                           force, self.show_progress)
+        return _run_probes(
+            self.features,
+            self.labels,
+            self.crops,
+            self.out / RUN_PROBE_DIR,
+            self.config["probe"],
+            force,
+            self.show_progress,
+        )
 
 
 def _run_stages(runner: "_Runner", folder: _RunFolder, images: list[Path]) -> None:
@@ -257,9 +349,16 @@ def _run_stages(runner: "_Runner", folder: _RunFolder, images: list[Path]) -> No
     with folder.sessions:  # a Ray cluster the two started is stopped before the stages that do not use it
         fingerprint = runner.stage("detect", _digest(config["detect"], _inputs_fingerprint(images)), folder.detect)
         fingerprint = embedded = runner.stage("embed", _digest(config["embed"], fingerprint), folder.embed)
-    fingerprint = runner.stage("cluster", _digest(config["cluster"], fingerprint, _file_stamp(folder.labels),
-                                                  _file_stamp(people_file_of(folder.out, config["cluster"]["people"]))),
-                             folder.cluster)
+    fingerprint = runner.stage(
+        "cluster",
+        _digest(
+            config["cluster"],
+            fingerprint,
+            _file_stamp(folder.labels),
+            _file_stamp(people_file_of(folder.out, config["cluster"]["people"])),
+        ),
+        folder.cluster,
+    )
     fingerprint = runner.stage("train_cvae", _digest(config["train_cvae"], fingerprint), folder.train_cvae)
     runner.stage("generate", _digest(config["generate"], fingerprint), folder.generate)
     if folder.labels is not None and config["probe"]["targets"]:
@@ -269,11 +368,8 @@ def _run_stages(runner: "_Runner", folder: _RunFolder, images: list[Path]) -> No
 
 
 def _checked_inputs(inputs: Iterable[str | os.PathLike], config: dict) -> tuple[list[str], list[Path], str | None]:
-    """The inputs made absolute, the photos they hold and the label manifest, and the config's numbers in their
-    ranges: refused before any work."""
-    problems = config_limit_problems(config)
-    if problems:
-        raise FacepipeError(f"{problems[0]}; nothing was run")
+    """The inputs made absolute, the photos they hold and the label manifest (the config is checked already):
+    refused before any work."""
     identity_weight_for(config["train_cvae"]["identity_weight"], config["embed"]["model"])
     check_engine(config["run"]["engine"], _blank_to_none(config["run"]["ray_address"]))
     inputs = [str(Path(os.path.abspath(i))) for i in inputs]
@@ -299,13 +395,14 @@ def run(
 ) -> RunSummary:
     """Run detect -> embed -> cluster -> train-cvae -> generate (-> probe with labels) into ``out_dir``.
 
-    ``config`` is a dict as returned by ``facepipe.config.load_config`` (defaults when ``None``).
+    ``config`` is a dict as returned by ``facepipe.config.load_config`` (defaults when ``None``); every value
+    is checked (``config.checked_config``: a ``ConfigError`` lists those refused) before any stage runs.
     ``from_stage`` forces that stage and every later one to be redone.
     """
     from facepipe.report import write_report
 
     started = time.perf_counter()
-    config = config if config is not None else load_config()
+    config = checked_config(config if config is not None else load_config())
     if from_stage is not None and from_stage not in STAGES:
         raise FacepipeError(f"--from must be one of {', '.join(STAGES)}")
     inputs, images, labels = _checked_inputs(inputs, config)
@@ -326,8 +423,9 @@ def run(
             logging.getLogger("facepipe").removeHandler(handler)
             handler.close()
 
-    summary = RunSummary(out_dir=out, stages=runner.records, partial=folder.partial,
-                         seconds=time.perf_counter() - started)
+    summary = RunSummary(
+        out_dir=out, stages=runner.records, partial=folder.partial, seconds=time.perf_counter() - started
+    )
     data = summary.as_dict()
     data["versions"] = versions()
     write_json_atomic(out / RUN_SUMMARY_JSON, data)
@@ -335,16 +433,26 @@ def run(
     return summary
 
 
-def _run_probes(features: Path, labels: str, crops: Path, out: Path, options: dict, force: bool,
-                show_progress: bool) -> tuple[str, dict]:
+def _run_probes(
+    features: Path, labels: str, crops: Path, out: Path, options: dict, force: bool, show_progress: bool
+) -> tuple[str, dict]:
     from facepipe.probe import train as train_probe
 
     lines, details, failed = [], {}, {}
     for target in options["targets"]:
         try:
-            summary = train_probe(features, labels, target, out / f"{target}.json", crops_dir=crops,
-                                  holdout=options["holdout"], folds=options["folds"], seed=options["seed"],
-                                  force=force, show_progress=show_progress)
+            summary = train_probe(
+                features,
+                labels,
+                target,
+                out / f"{target}.json",
+                crops_dir=crops,
+                holdout=options["holdout"],
+                folds=options["folds"],
+                seed=options["seed"],
+                force=force,
+                show_progress=show_progress,
+            )
         except FacepipeError as error:  # e.g. the manifest has no such labels: the other targets still run
             log.warning("probe %s: %s", target, error)
             failed[target] = str(error)

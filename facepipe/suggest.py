@@ -34,9 +34,9 @@ from facepipe.formats import (
     sidecar_path,
     write_csv_atomic,
 )
-from facepipe.limits import SUGGEST, check_limits
 from facepipe.models import unit_rows
 from facepipe.people import People, people_file_of, read_people
+from facepipe.settings import SuggestSettings
 
 MERGE_NEIGHBOURS = 5  # each group's nearest groups looked at for a merge
 UNKNOWN_NEIGHBOURS = 5  # an unknown face's nearest groups: the nearest not turned down is offered
@@ -69,38 +69,56 @@ def read_clustering(clusters: str | os.PathLike) -> Clustering:
     if not sidecar_path(results_path).is_file():
         raise FacepipeError(f"file not found: {sidecar_path(results_path)}")
     meta = read_sidecar(results_path, CLUSTER_SIDECAR_FIELDS)
-    options = checked_fields(json_object(meta, "options", sidecar_path(results_path)), sidecar_path(results_path),
-                             {"normalize": bool})
+    options = checked_fields(
+        json_object(meta, "options", sidecar_path(results_path)), sidecar_path(results_path), {"normalize": bool}
+    )
     if not meta.get("embeddings"):
         raise FacepipeError(f"{sidecar_path(results_path)} does not name the embeddings it was made from")
     embeddings = read_embeddings(recorded_path(meta["embeddings"], results_path))
     row_of = {name: row for row, name in enumerate(embeddings.names)}
     missing = [name for name in results["name"] if name not in row_of]
     if missing:
-        raise FacepipeError(f"{len(missing)} face(s) of {results_path} are not in its embeddings, e.g. {missing[0]}: "
-                            "the clustering and its embeddings no longer belong together (rerun cluster)")
+        raise FacepipeError(
+            f"{len(missing)} face(s) of {results_path} are not in its embeddings, e.g. {missing[0]}: "
+            "the clustering and its embeddings no longer belong together (rerun cluster)"
+        )
     vectors = embeddings.vectors[[row_of[name] for name in results["name"]]]
     centroids = read_centroids(results_path.parent / CENTROIDS_CSV)
     if centroids.shape[1] != vectors.shape[1]:
-        raise FacepipeError(f"{results_path.parent / CENTROIDS_CSV} holds {centroids.shape[1]}-d centroids but the "
-                            f"embeddings are {vectors.shape[1]}-d: rerun cluster")
+        raise FacepipeError(
+            f"{results_path.parent / CENTROIDS_CSV} holds {centroids.shape[1]}-d centroids but the "
+            f"embeddings are {vectors.shape[1]}-d: rerun cluster"
+        )
     crops = meta.get("crops_dir")
-    return Clustering(results_path, results, unit_rows(vectors) if options.get("normalize", True) else vectors,
-                      centroids, meta.get("same_person_distance"), meta,
-                      recorded_path(crops, results_path) if crops else None)
+    return Clustering(
+        results_path,
+        results,
+        unit_rows(vectors) if options.get("normalize", True) else vectors,
+        centroids,
+        meta.get("same_person_distance"),
+        meta,
+        recorded_path(crops, results_path) if crops else None,
+    )
 
 
 def _ranked(rows: list[dict], kind: str, farthest_first: bool = False) -> list[dict]:
     """``rows`` of one kind, nearest (or farthest) first, ties by group and face, with their ranks from 1."""
     sign = -1 if farthest_first else 1
-    rows = sorted(rows, key=lambda r: (sign * r["distance"], r["group"], r["other"] if r["other"] is not None else -2,
-                                       r["face"] or ""))
+    rows = sorted(
+        rows,
+        key=lambda r: (
+            sign * r["distance"],
+            r["group"],
+            r["other"] if r["other"] is not None else -2,
+            r["face"] or "",
+        ),
+    )
     return [dict(row, kind=kind, rank=rank) for rank, row in enumerate(rows, 1)]
 
 
 def merge_suggestions(centroids: np.ndarray, people: People) -> list[dict]:
     """Group pairs among each group's MERGE_NEIGHBOURS nearest, by centroid distance; turned-down pairs left out."""
-    from facepipe.cluster_graph import nearest_centroids
+    from facepipe.grouping import nearest_centroids
 
     distances, rows = nearest_centroids(centroids, centroids, MERGE_NEIGHBOURS + 1)
     pairs = {}
@@ -114,7 +132,7 @@ def merge_suggestions(centroids: np.ndarray, people: People) -> list[dict]:
 
 def unknown_suggestions(clustering: Clustering, people: People) -> list[dict]:
     """For each unknown face the people file did not move there itself, its nearest group not turned down for it."""
-    from facepipe.cluster_graph import nearest_centroids
+    from facepipe.grouping import nearest_centroids
 
     unknown = clustering.results.index[(clustering.results["cluster"] == UNKNOWN_CLUSTER).to_numpy()]
     faces = clustering.results.loc[unknown, "name"].tolist()
@@ -123,8 +141,11 @@ def unknown_suggestions(clustering: Clustering, people: People) -> list[dict]:
     for face, gaps, groups in zip(faces, distances, rows):
         if face in people.moves:
             continue
-        offered = [(float(gap), int(group)) for gap, group in zip(gaps, groups)
-                   if group >= 0 and (face, int(group)) not in people.rejected_faces]
+        offered = [
+            (float(gap), int(group))
+            for gap, group in zip(gaps, groups)
+            if group >= 0 and (face, int(group)) not in people.rejected_faces
+        ]
         if offered:
             found.append({"group": offered[0][1], "other": None, "face": face, "distance": offered[0][0]})
     return _ranked(found, "unknown")
@@ -139,34 +160,45 @@ def outlier_suggestions(clustering: Clustering, people: People, limit: float | N
     if grouped.empty:
         return []
     if limit is None:
-        limit = (OUTLIER_SHARE * clustering.rule_distance if clustering.rule_distance
-                 else float(np.nanpercentile(grouped["distance"], OUTLIER_PERCENTILE)))
+        limit = (
+            OUTLIER_SHARE * clustering.rule_distance
+            if clustering.rule_distance
+            else float(np.nanpercentile(grouped["distance"], OUTLIER_PERCENTILE))
+        )
     far = grouped[grouped["distance"] > limit]
-    rows = [{"group": int(g), "other": None, "face": face, "distance": float(d)}
-            for face, g, d in zip(far["name"], far["cluster"], far["distance"])
-            if face not in people.moves and (face, int(g)) not in people.rejected_faces]
+    rows = [
+        {"group": int(g), "other": None, "face": face, "distance": float(d)}
+        for face, g, d in zip(far["name"], far["cluster"], far["distance"])
+        if face not in people.moves and (face, int(g)) not in people.rejected_faces
+    ]
     return _ranked(rows, "outlier", farthest_first=True)
 
 
 def suggestions(clustering: Clustering, people: People, outlier_distance: float | None = None) -> pd.DataFrame:
     """Every suggestion (SUGGESTION_COLUMNS): merges, then unknown faces, then outliers, each by rank."""
-    rows = (merge_suggestions(clustering.centroids, people) + unknown_suggestions(clustering, people)
-            + outlier_suggestions(clustering, people, outlier_distance))
+    rows = (
+        merge_suggestions(clustering.centroids, people)
+        + unknown_suggestions(clustering, people)
+        + outlier_suggestions(clustering, people, outlier_distance)
+    )
     frame = pd.DataFrame(rows, columns=SUGGESTION_COLUMNS)
     return frame.astype({"rank": "int64", "group": "int64", "other": "Int64", "distance": "float64"})
 
 
-def suggest(clusters: str | os.PathLike, out: str | os.PathLike | None = None, *,
-            people: str | os.PathLike | None = None, outlier_distance: float | None = None) -> pd.DataFrame:
+def suggest(
+    clusters: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    people: str | os.PathLike | None = SuggestSettings.people,
+    outlier_distance: float | None = SuggestSettings.outlier_distance,
+) -> pd.DataFrame:
     """The suggestions for the clustering ``clusters`` (its CSV, or the cluster or run folder), given the people
     file ``people`` (default: ``people.toml`` in the cluster folder, if any); written to ``out`` (CSV,
     atomically) when given. ``outlier_distance``: how far from its centroid a face is offered as an outlier."""
-    if outlier_distance is not None:
-        check_limits(SUGGEST, outlier_distance=outlier_distance)
+    SuggestSettings(people=people, outlier_distance=outlier_distance)  # checks them
     clustering = read_clustering(clusters)
     people_file = people_file_of(clustering.folder, people)
     frame = suggestions(clustering, read_people(people_file) if people_file else People(), outlier_distance)
     if out is not None:
         write_csv_atomic(frame, own_csv_output(out, SUGGESTION_COLUMNS, "suggestions"), float_format="%.6g")
     return frame
-

@@ -23,16 +23,18 @@ from pathlib import Path
 import pandas as pd
 
 from facepipe.common import FacepipeError, write_text_atomic
-from facepipe.export_settings import XMP_NAMINGS
 from facepipe.formats import DETECTIONS_CSV, read_detections, read_json, write_json_atomic
+from facepipe.settings import XMP_NAMINGS
 
 XMP_RECORD_JSON = "xmp_sidecars.json"  # in the export folder: sidecar -> the regions facepipe wrote there
 SAME_FACE_OVERLAP = 0.5  # intersection over union above which a region and a face box are one face
 FACE_TAG_COLUMNS = ["name", "identity"]  # read-tags: a label manifest (crop name, the tag's name)
 LABEL_OVERLAP = 0.3  # ... at least this, for a region's name to label a detected face (boxes differ in size)
-EMPTY_PACKET = ("<?xpacket begin='\ufeff' id='W5M0MpCehiHzreSzNTczkc9d'?>\n<x:xmpmeta xmlns:x='adobe:ns:meta/'>"
-                "<rdf:RDF xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'></rdf:RDF></x:xmpmeta>\n"
-                "<?xpacket end='w'?>\n")
+EMPTY_PACKET = (
+    "<?xpacket begin='\ufeff' id='W5M0MpCehiHzreSzNTczkc9d'?>\n<x:xmpmeta xmlns:x='adobe:ns:meta/'>"
+    "<rdf:RDF xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'></rdf:RDF></x:xmpmeta>\n"
+    "<?xpacket end='w'?>\n"
+)
 
 
 @dataclass
@@ -46,8 +48,10 @@ class XmpSummary:
     kept: int  # faces left out: a region of the user's covers them
 
     def line(self) -> str:
-        return (f"xmp: {self.regions} named face region(s) in the sidecars of {self.photos} photo(s) "
-                f"({self.created} new, {self.merged} merged into; {self.kept} face(s) already tagged by you)")
+        return (
+            f"xmp: {self.regions} named face region(s) in the sidecars of {self.photos} photo(s) "
+            f"({self.created} new, {self.merged} merged into; {self.kept} face(s) already tagged by you)"
+        )
 
 
 def sidecar_of(photo: str | os.PathLike, naming: str = XMP_NAMINGS[0]) -> Path:
@@ -66,8 +70,13 @@ def _exiftool(arguments: list[str]) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".args", encoding="utf-8", delete=False) as argfile:
         argfile.write("\n".join(arguments) + "\n")
     try:
-        done = subprocess.run([program, "-charset", "filename=utf8", "-@", argfile.name], capture_output=True,
-                              text=True, encoding="utf-8", errors="replace")
+        done = subprocess.run(
+            [program, "-charset", "filename=utf8", "-@", argfile.name],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
     finally:
         os.unlink(argfile.name)
     if done.returncode not in (0, 1) or (done.returncode == 1 and not done.stdout):
@@ -107,8 +116,9 @@ def read_regions(paths: list[Path]) -> dict[Path, list[dict]]:
     if not paths:
         return {}
     found: dict[Path, list[dict]] = {}
-    for entry in json.loads(_exiftool(["-struct", "-j", "-n", "-XMP:RegionInfo", "-XMP:RegionInfoMP",
-                                       *map(str, paths)]) or "[]"):
+    for entry in json.loads(
+        _exiftool(["-struct", "-j", "-n", "-XMP:RegionInfo", "-XMP:RegionInfoMP", *map(str, paths)]) or "[]"
+    ):
         info, regions = entry.get("RegionInfo") or {}, []
         for region in info.get("RegionList") or []:
             box = _area(region, info.get("AppliedToDimensions"))
@@ -132,15 +142,19 @@ def overlap(a, b) -> float:
 
 def _mwg_region(name: str, box) -> dict:
     left, top, w, h = (round(float(v), 6) for v in box)
-    return {"Name": name, "Type": "Face",
-            "Area": {"X": round(left + w / 2, 6), "Y": round(top + h / 2, 6), "W": w, "H": h, "Unit": "normalized"}}
+    return {
+        "Name": name,
+        "Type": "Face",
+        "Area": {"X": round(left + w / 2, 6), "Y": round(top + h / 2, 6), "W": w, "H": h, "Unit": "normalized"},
+    }
 
 
 def _same_region(a: dict, b: dict) -> bool:
     """Whether two MWG regions are the same (name and area, to the 6 decimals facepipe writes)."""
     area_a, area_b = a.get("Area") or {}, b.get("Area") or {}
     return str(a.get("Name")) == str(b.get("Name")) and all(
-        abs(float(area_a.get(k, -9)) - float(area_b.get(k, 9))) < 1e-5 for k in ("X", "Y", "W", "H"))
+        abs(float(area_a.get(k, -9)) - float(area_b.get(k, 9))) < 1e-5 for k in ("X", "Y", "W", "H")
+    )
 
 
 def named_faces(faces: pd.DataFrame, crops_dir: Path) -> pd.DataFrame:
@@ -149,17 +163,23 @@ def named_faces(faces: pd.DataFrame, crops_dir: Path) -> pd.DataFrame:
     detections = read_detections(crops_dir / DETECTIONS_CSV)
     needed = {"x", "y", "w", "h", "source_width", "source_height"}
     if not needed <= set(detections.columns):
-        raise FacepipeError(f"{crops_dir / DETECTIONS_CSV} has no face boxes and photo sizes (an older detect): "
-                            "run detect again")
+        raise FacepipeError(
+            f"{crops_dir / DETECTIONS_CSV} has no face boxes and photo sizes (an older detect): run detect again"
+        )
     named = faces[faces["person"].fillna("").astype(str).str.len() > 0]
     table = named[["name", "person"]].merge(detections, left_on="name", right_on="crop")
-    table["box"] = [(x / sw, y / sh, w / sw, h / sh) for x, y, w, h, sw, sh in zip(
-        table["x"], table["y"], table["w"], table["h"], table["source_width"], table["source_height"])]
+    table["box"] = [
+        (x / sw, y / sh, w / sw, h / sh)
+        for x, y, w, h, sw, sh in zip(
+            table["x"], table["y"], table["w"], table["h"], table["source_width"], table["source_height"]
+        )
+    ]
     return table.rename(columns={"source_width": "width", "source_height": "height"})
 
 
-def write_face_tags(faces: pd.DataFrame, crops_dir: Path, record_folder: Path,
-                    naming: str = XMP_NAMINGS[0]) -> XmpSummary:
+def write_face_tags(
+    faces: pd.DataFrame, crops_dir: Path, record_folder: Path, naming: str = XMP_NAMINGS[0]
+) -> XmpSummary:
     """Write (or merge into) the sidecar of each photo with a named face among ``faces`` (a clustering's
     faces with their group's ``person``), recording what was written in ``record_folder``."""
     table = named_faces(faces, crops_dir)
@@ -171,8 +191,11 @@ def write_face_tags(faces: pd.DataFrame, crops_dir: Path, record_folder: Path,
     for photo, members in table.groupby("source", sort=True):
         sidecar = sidecars[photo]
         ours = record.get(str(sidecar), {}).get("regions", [])
-        theirs = [r for r in existing.get(sidecar, []) if r["kind"] == "mwg" and not any(
-            _same_region(r["region"], mine) for mine in ours)]
+        theirs = [
+            r
+            for r in existing.get(sidecar, [])
+            if r["kind"] == "mwg" and not any(_same_region(r["region"], mine) for mine in ours)
+        ]
         regions = []
         for name, box in zip(members["person"], members["box"]):
             if any(overlap(box, r["box"]) >= SAME_FACE_OVERLAP for r in theirs):
@@ -182,22 +205,43 @@ def write_face_tags(faces: pd.DataFrame, crops_dir: Path, record_folder: Path,
         if not sidecar.exists():
             write_text_atomic(sidecar, EMPTY_PACKET)
             created += 1
-        entries.append({"SourceFile": str(sidecar), "RegionInfo": {
-            "AppliedToDimensions": {"W": int(members["width"].iloc[0]), "H": int(members["height"].iloc[0]),
-                                    "Unit": "pixel"},
-            "RegionList": [r["region"] for r in theirs] + regions}})
+        entries.append(
+            {
+                "SourceFile": str(sidecar),
+                "RegionInfo": {
+                    "AppliedToDimensions": {
+                        "W": int(members["width"].iloc[0]),
+                        "H": int(members["height"].iloc[0]),
+                        "Unit": "pixel",
+                    },
+                    "RegionList": [r["region"] for r in theirs] + regions,
+                },
+            }
+        )
         record[str(sidecar)] = {"photo": str(photo), "regions": regions}
     if entries:
         with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8", delete=False) as data:
             json.dump(entries, data, ensure_ascii=False)
         try:
-            _exiftool(["-q", "-struct", f"-json={data.name}", "-overwrite_original",
-                       *(entry["SourceFile"] for entry in entries)])
+            _exiftool(
+                [
+                    "-q",
+                    "-struct",
+                    f"-json={data.name}",
+                    "-overwrite_original",
+                    *(entry["SourceFile"] for entry in entries),
+                ]
+            )
         finally:
             os.unlink(data.name)
     write_json_atomic(record_path, {"format": "facepipe-xmp/1", "naming": naming, "sidecars": record})
-    return XmpSummary(photos=len(entries), regions=sum(len(record[e["SourceFile"]]["regions"]) for e in entries),
-                      created=created, merged=len(entries) - created, kept=kept)
+    return XmpSummary(
+        photos=len(entries),
+        regions=sum(len(record[e["SourceFile"]]["regions"]) for e in entries),
+        created=created,
+        merged=len(entries) - created,
+        kept=kept,
+    )
 
 
 def face_tags(faces: pd.DataFrame, crops_dir: Path) -> pd.DataFrame:
@@ -210,23 +254,32 @@ def face_tags(faces: pd.DataFrame, crops_dir: Path) -> pd.DataFrame:
     regions = read_regions(files)
     rows = []
     for row in table.itertuples(index=False):
-        box = (row.x / row.source_width, row.y / row.source_height, row.w / row.source_width,
-               row.h / row.source_height)
-        near = [r for f in [Path(row.source)] + [sidecar_of(row.source, n) for n in XMP_NAMINGS]
-                for r in regions.get(f, []) if r["name"]]
+        box = (
+            row.x / row.source_width,
+            row.y / row.source_height,
+            row.w / row.source_width,
+            row.h / row.source_height,
+        )
+        near = [
+            r
+            for f in [Path(row.source)] + [sidecar_of(row.source, n) for n in XMP_NAMINGS]
+            for r in regions.get(f, [])
+            if r["name"]
+        ]
         best = max(near, key=lambda r: overlap(box, r["box"]), default=None)
         if best is not None and overlap(box, best["box"]) >= LABEL_OVERLAP:
             rows.append({"name": row.name, "identity": best["name"]})
     return pd.DataFrame(rows, columns=FACE_TAG_COLUMNS)
 
 
-def read_face_tags(clusters: str | os.PathLike, out: str | os.PathLike | None = None,
-                   to_people: bool = False) -> tuple[pd.DataFrame, dict[int, str]]:
+def read_face_tags(
+    clusters: str | os.PathLike, out: str | os.PathLike | None = None, to_people: bool = False
+) -> tuple[pd.DataFrame, dict[int, str]]:
     """The faces of the clustering ``clusters`` that its photos' tags name (``face_tags``), written to ``out``
     (a label manifest: name, identity) when given; and each group's name by most of its tagged faces, added to
     the folder's people file with ``to_people`` (a group it names already keeps that name)."""
-    from facepipe.formats import own_csv_output, write_csv_atomic
-    from facepipe.people import PEOPLE_TOML, People, people_file_of, read_people, write_people
+    from facepipe.formats import PEOPLE_TOML, own_csv_output, write_csv_atomic
+    from facepipe.people import People, people_file_of, read_people, write_people
     from facepipe.suggest import read_clustering
 
     clustering = read_clustering(clusters)

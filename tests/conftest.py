@@ -55,8 +55,13 @@ def lfw_crops(tmp_path_factory, data_dir):
     from facepipe.detect import DetectorParams, detect
 
     out = tmp_path_factory.mktemp("lfw_crops")
-    detect([data_dir("lfw") / "images"], out, DetectorParams(detector="haar", min_neighbors=5, largest_only=True),
-           workers=2, show_progress=False)
+    detect(
+        [data_dir("lfw") / "images"],
+        out,
+        DetectorParams(detector="haar", min_neighbors=5, largest_only=True),
+        workers=2,
+        show_progress=False,
+    )
     return out
 
 

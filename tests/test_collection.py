@@ -14,7 +14,7 @@ from facepipe.cli import main
 from facepipe.cluster import cluster
 from facepipe.common import FacepipeError
 from facepipe.detect import DetectorParams, detect
-from facepipe.detectors import CNN, HAAR, COMBINED, HOG, box_iou
+from facepipe.detectors import CNN, COMBINED, HAAR, HOG, box_iou
 from facepipe.formats import (
     CLUSTER_RESULTS_CSV,
     DETECT_PARAMS_JSON,
@@ -28,9 +28,15 @@ from facepipe.formats import (
     write_embeddings,
     write_json_atomic,
 )
+from facepipe.settings import ClusterSettings
 
-NO_FACE = ["dlib_dogs.jpg", "insightface_mask_black.jpg", "insightface_mask_blue.jpg", "insightface_mask_green.jpg",
-           "insightface_mask_white.jpg"]
+NO_FACE = [
+    "dlib_dogs.jpg",
+    "insightface_mask_black.jpg",
+    "insightface_mask_blue.jpg",
+    "insightface_mask_green.jpg",
+    "insightface_mask_white.jpg",
+]
 
 
 def faces_per_photo(folder: Path) -> dict[str, int]:
@@ -40,8 +46,13 @@ def faces_per_photo(folder: Path) -> dict[str, int]:
 
 @pytest.mark.parametrize("detector", [HAAR, HOG, COMBINED])
 def test_each_detector_records_itself_and_finds_no_face_where_there_is_none(detector, data_dir, tmp_path):
-    detect([data_dir("group_photos") / "images"], tmp_path, DetectorParams(detector=detector), workers=2,
-           show_progress=False)
+    detect(
+        [data_dir("group_photos") / "images"],
+        tmp_path,
+        DetectorParams(detector=detector),
+        workers=2,
+        show_progress=False,
+    )
     detections = pd.read_csv(tmp_path / DETECTIONS_CSV)
     faces = faces_per_photo(tmp_path)
     print(f"{detector}: {len(detections)} faces in {sum(v > 0 for v in faces.values())} of {len(faces)} photos")
@@ -57,8 +68,12 @@ def test_each_detector_records_itself_and_finds_no_face_where_there_is_none(dete
 
 def test_dlib_cnn_finds_a_face_and_none_on_the_dogs(data_dir, tmp_path):
     photos = data_dir("group_photos") / "images"
-    detect([photos / "face_recognition_obama.jpg", photos / "dlib_dogs.jpg"], tmp_path,
-           DetectorParams(detector=CNN, max_side=400, dlib_upsample=0), show_progress=False)
+    detect(
+        [photos / "face_recognition_obama.jpg", photos / "dlib_dogs.jpg"],
+        tmp_path,
+        DetectorParams(detector=CNN, max_side=400, dlib_upsample=0),
+        show_progress=False,
+    )
     faces = faces_per_photo(tmp_path)
     assert faces == {"face_recognition_obama.jpg": 1, "dlib_dogs.jpg": 0}
     assert pd.read_csv(tmp_path / DETECTIONS_CSV)["detector"].tolist() == [CNN]
@@ -73,13 +88,18 @@ def test_combined_mode_finds_every_face_haar_or_hog_finds_alone_on_unaligned_pho
         detect(photos, tmp_path / detector, DetectorParams(detector=detector), workers=2, show_progress=False)
         rates[detector] = np.mean([n > 0 for n in faces_per_photo(tmp_path / detector).values()])
         detections = pd.read_csv(tmp_path / detector / DETECTIONS_CSV)
-        boxes[detector] = {source: rows[["x", "y", "w", "h"]].to_numpy() for source, rows in detections.groupby("source")}
+        boxes[detector] = {
+            source: rows[["x", "y", "w", "h"]].to_numpy() for source, rows in detections.groupby("source")
+        }
     print(f"celeba_wild, {len(photos)} photos with a face found: {rates}")
     assert rates[COMBINED] >= 0.9 > rates[HAAR]
     for detector in (HAAR, HOG):
         for source, alone in boxes[detector].items():
             for box in alone:
-                assert any(box_iou(box, found) >= 0.3 for found in boxes[COMBINED].get(source, [])), (detector, source)
+                assert any(box_iou(box, found) >= 0.3 for found in boxes[COMBINED].get(source, [])), (
+                    detector,
+                    source,
+                )
 
 
 def test_a_detect_folder_of_an_older_version_is_refused_with_the_reason(data_dir, tmp_path):
@@ -100,6 +120,7 @@ def test_a_detect_folder_of_an_older_version_is_refused_with_the_reason(data_dir
     assert summary.embedded == 1
 
 
+@pytest.mark.fast
 def test_two_faces_of_one_photo_never_share_a_group(tmp_path):
     """Two near-identical faces from one photo (a reflection, a poster): the one nearer the centroid stays."""
     rng = np.random.default_rng(0)
@@ -110,10 +131,16 @@ def test_two_faces_of_one_photo_never_share_a_group(tmp_path):
     crops.mkdir()
     sources = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg", "e.jpg"]  # the last two faces share a photo
     pd.DataFrame({"crop": names, "source": sources}).to_csv(crops / DETECTIONS_CSV, index=False)
-    write_embeddings(tmp_path / "emb.csv", Embeddings(names, vectors.astype(np.float32),
-                                                      {"model": "toy", "crops_dir": str(crops)}))
-    summary = cluster(tmp_path / "emb.csv", tmp_path / "out", method="graph", threshold=0.5, samples_dir=None,
-                      show_progress=False)
+    write_embeddings(
+        tmp_path / "emb.csv", Embeddings(names, vectors.astype(np.float32), {"model": "toy", "crops_dir": str(crops)})
+    )
+    summary = cluster(
+        tmp_path / "emb.csv",
+        tmp_path / "out",
+        ClusterSettings(method="graph", threshold=0.5),
+        samples_dir=None,
+        show_progress=False,
+    )
     results = pd.read_csv(tmp_path / "out" / CLUSTER_RESULTS_CSV)
     assert results["cluster"].tolist()[:4] == [0] * 4
     assert sorted(results["cluster"].tolist()[4:]) == [-1, 0]
@@ -130,11 +157,30 @@ def test_strangers_go_to_unknown_and_people_keep_their_groups(data_dir, tmp_path
     inputs.write_text(f"{data_dir('dlib_johns') / 'images'}\n{data_dir('lfw_singletons') / 'images'}\n")
     embed([inputs], tmp_path / "features.csv", model="dlib-resnet128", workers=2, show_progress=False)
     manifest = tmp_path / "manifest.csv"
-    pd.concat([pd.read_csv(data_dir("dlib_johns") / "manifest.csv").assign(relpath=lambda f: "dlib_johns/" + f["relpath"]),
-               pd.read_csv(data_dir("lfw_singletons") / "manifest.csv")
-               .assign(relpath=lambda f: "lfw_singletons/" + f["relpath"])]).to_csv(manifest, index=False)
-    result = CliRunner().invoke(main, ["cluster", str(tmp_path / "features.csv"), "-o", str(tmp_path / "out"),
-                                       "--samples-dir", str(tmp_path / "samples"), "--labels", str(manifest), "-q"])
+    pd.concat(
+        [
+            pd.read_csv(data_dir("dlib_johns") / "manifest.csv").assign(
+                relpath=lambda f: "dlib_johns/" + f["relpath"]
+            ),
+            pd.read_csv(data_dir("lfw_singletons") / "manifest.csv").assign(
+                relpath=lambda f: "lfw_singletons/" + f["relpath"]
+            ),
+        ]
+    ).to_csv(manifest, index=False)
+    result = CliRunner().invoke(
+        main,
+        [
+            "cluster",
+            str(tmp_path / "features.csv"),
+            "-o",
+            str(tmp_path / "out"),
+            "--samples-dir",
+            str(tmp_path / "samples"),
+            "--labels",
+            str(manifest),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     print(result.output)
     results = pd.read_csv(tmp_path / "out" / CLUSTER_RESULTS_CSV)
@@ -142,8 +188,10 @@ def test_strangers_go_to_unknown_and_people_keep_their_groups(data_dir, tmp_path
     assert results.loc[johns, "cluster"].nunique() == 5 and (results.loc[johns, "cluster"] >= 0).all()
     johns_groups = set(results.loc[johns, "cluster"])
     strangers = results.loc[~johns, "cluster"]
-    print(f"one-off people: {strangers.isin(johns_groups).mean():.1%} in a John's group, "
-          f"{(strangers >= 0).mean():.1%} in any group")
+    print(
+        f"one-off people: {strangers.isin(johns_groups).mean():.1%} in a John's group, "
+        f"{(strangers >= 0).mean():.1%} in any group"
+    )
     assert not strangers.isin(johns_groups).any()
     assert (strangers >= 0).mean() <= 0.05  # two strangers a little alike may still pair up
     meta = read_json(sidecar_path(tmp_path / "out" / CLUSTER_RESULTS_CSV))
@@ -152,9 +200,16 @@ def test_strangers_go_to_unknown_and_people_keep_their_groups(data_dir, tmp_path
     assert (tmp_path / "samples" / UNKNOWN_GRID_JPG).is_file()
 
 
+@pytest.mark.fast
 def test_graph_needs_a_rule_the_embedder_does_not_have(tmp_path):
     vectors = np.random.default_rng(0).standard_normal((10, 8)).astype(np.float32)
     write_embeddings(tmp_path / "emb.csv", Embeddings([f"f{i}" for i in range(10)], vectors, {"model": "toy"}))
     with pytest.raises(FacepipeError, match="no same-person distance is known for toy"):
-        cluster(tmp_path / "emb.csv", tmp_path / "out", method="graph", samples_dir=None, show_progress=False)
+        cluster(
+            tmp_path / "emb.csv",
+            tmp_path / "out",
+            ClusterSettings(method="graph"),
+            samples_dir=None,
+            show_progress=False,
+        )
     assert not (tmp_path / "out").exists()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from facepipe.common import FacepipeError
+from facepipe.crops import read_training_inputs
 from facepipe.cvae import (
     CVAEConfig,
     build_model,
@@ -19,11 +20,16 @@ from facepipe.cvae import (
     split_train_validation,
     train_cvae,
 )
-from facepipe.crops import read_training_inputs
-from facepipe.formats import CVAE_BEST_CHECKPOINT, CVAE_LOG_COLUMNS, CVAE_LOG_CSV, cvae_checkpoint_name, write_json_atomic
+from facepipe.formats import (
+    CVAE_BEST_CHECKPOINT,
+    CVAE_LOG_COLUMNS,
+    CVAE_LOG_CSV,
+    cvae_checkpoint_name,
+    write_json_atomic,
+)
+from facepipe.settings import TrainSettings
 
-TRAINING = dict(image_size=32, latent_dim=16, base_channels=16, batch_size=8, epochs=3, seed=3, identity_weight=0.0,
-                show_progress=False)
+TRAINING = dict(image_size=32, latent_dim=16, base_channels=16, batch_size=8, epochs=3, seed=3, identity_weight=0.0)
 
 
 @pytest.fixture(scope="session")
@@ -36,14 +42,20 @@ def johns_clusters(tmp_path_factory, data_dir):
     root = data_dir("dlib_johns")
     work = tmp_path_factory.mktemp("johns")
     crops = work / "crops"
-    detect([root / "images"], crops, DetectorParams(detector="haar", min_neighbors=5, largest_only=True), show_progress=False)
+    detect(
+        [root / "images"],
+        crops,
+        DetectorParams(detector="haar", min_neighbors=5, largest_only=True),
+        show_progress=False,
+    )
     names = read_csv(crops / DETECTIONS_CSV)["crop"].astype(str).tolist()
     labels = attach_labels(names, root / "manifest.csv", crops)
     labels = labels[labels["matched"]]
     identities = sorted(labels["identity"].unique())
     results = work / "cluster_results.csv"
-    pd.DataFrame({"name": labels["name"], "cluster": labels["identity"].map(identities.index),
-                  "distance": 0.0}).to_csv(results, index=False)
+    pd.DataFrame(
+        {"name": labels["name"], "cluster": labels["identity"].map(identities.index), "distance": 0.0}
+    ).to_csv(results, index=False)
     write_json_atomic(sidecar_path(results), {"crops_dir": str(crops), "k": len(identities)})
     return results
 
@@ -52,7 +64,12 @@ def johns_clusters(tmp_path_factory, data_dir):
 def trained(tmp_path_factory, johns_clusters):
     """A short uninterrupted run; every epoch checkpoint kept."""
     weights = tmp_path_factory.mktemp("weights_full")
-    summary = train_cvae(johns_clusters, weights_dir=weights, keep_last=TRAINING["epochs"], **TRAINING)
+    summary = train_cvae(
+        johns_clusters,
+        TrainSettings(keep_last=TRAINING["epochs"], **TRAINING),
+        weights_dir=weights,
+        show_progress=False,
+    )
     return weights, summary
 
 
@@ -114,16 +131,31 @@ def test_mean_anchor_pulls_the_centre_face_to_the_cluster_pixel_mean(tmp_path, j
     """With a plain decoder (one that does not start from the pixel mean), the anchor pulls the z = 0 face there
     (at 100, the default before issue 29: the default 1 pulls less hard, so the face can be sharper)."""
     plain = dict(TRAINING, decoder_base="none")
-    weights = train_cvae(johns_clusters, weights_dir=tmp_path / "anchored", **dict(plain, mean_anchor=100.0)).weights_dir
+    weights = train_cvae(
+        johns_clusters,
+        TrainSettings(**dict(plain, mean_anchor=100.0)),
+        weights_dir=tmp_path / "anchored",
+        show_progress=False,
+    ).weights_dir
     anchored = pd.read_csv(weights / CVAE_LOG_CSV)
-    free = train_cvae(johns_clusters, weights_dir=tmp_path / "free", **dict(plain, mean_anchor=0.0))
+    free = train_cvae(
+        johns_clusters,
+        TrainSettings(**dict(plain, mean_anchor=0.0)),
+        weights_dir=tmp_path / "free",
+        show_progress=False,
+    )
     unanchored = pd.read_csv(free.weights_dir / CVAE_LOG_CSV)
     assert load_checkpoint(weights / cvae_checkpoint_name(3))["config"]["mean_anchor"] > 0
     # 15 steps at 32 px: anchored 47 vs 64 summed squared error; the anchored run's falls every epoch
     assert anchored["val_anchor"].iloc[-1] < 0.85 * unanchored["val_anchor"].iloc[-1]
     assert anchored["train_anchor"].is_monotonic_decreasing
     with pytest.raises(FacepipeError, match="mean-anchor"):
-        train_cvae(johns_clusters, weights_dir=tmp_path / "bad", **dict(TRAINING, mean_anchor=-1.0))
+        train_cvae(
+            johns_clusters,
+            TrainSettings(**dict(TRAINING, mean_anchor=-1.0)),
+            weights_dir=tmp_path / "bad",
+            show_progress=False,
+        )
 
 
 def test_checkpoint_holds_only_plain_data(trained):
@@ -143,19 +175,38 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, johns_cluste
     shutil.copy(full / cvae_checkpoint_name(1), killed / cvae_checkpoint_name(1))  # the run died during epoch 2
     (killed / ".cvae_epoch_2.pt.facepipe-k1lled_0.tmp.pt").write_bytes(b"half a file")  # atomic_path's, killed
     with pytest.raises(FacepipeError, match="--resume"):  # more epochs than the killed run asked for: --resume
-        train_cvae(johns_clusters, weights_dir=killed, **dict(TRAINING, epochs=TRAINING["epochs"] + 1))
+        train_cvae(
+            johns_clusters,
+            TrainSettings(**dict(TRAINING, epochs=TRAINING["epochs"] + 1)),
+            weights_dir=killed,
+            show_progress=False,
+        )
     # the killed command, rerun as it was, goes on from its last epoch
-    summary = train_cvae(johns_clusters, weights_dir=killed, keep_last=TRAINING["epochs"], **TRAINING)
+    summary = train_cvae(
+        johns_clusters,
+        TrainSettings(keep_last=TRAINING["epochs"], **TRAINING),
+        weights_dir=killed,
+        show_progress=False,
+    )
     assert summary.epochs_run == 2
-    resumed, expected = load_checkpoint(killed / cvae_checkpoint_name(3)), load_checkpoint(full / cvae_checkpoint_name(3))
+    resumed, expected = (
+        load_checkpoint(killed / cvae_checkpoint_name(3)),
+        load_checkpoint(full / cvae_checkpoint_name(3)),
+    )
     for key, tensor in expected["model"].items():
         assert torch.equal(resumed["model"][key], tensor), key
     columns = [c for c in CVAE_LOG_COLUMNS if c != "seconds"]
-    pd.testing.assert_frame_equal(pd.read_csv(killed / CVAE_LOG_CSV)[columns], pd.read_csv(full / CVAE_LOG_CSV)[columns])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(killed / CVAE_LOG_CSV)[columns], pd.read_csv(full / CVAE_LOG_CSV)[columns]
+    )
     assert not list(killed.glob(".*.tmp*"))
-    again = train_cvae(johns_clusters, weights_dir=killed, resume=True, **TRAINING)
+    again = train_cvae(
+        johns_clusters, TrainSettings(**TRAINING), weights_dir=killed, resume=True, show_progress=False
+    )
     assert again.epochs_run == 0
-    rerun = train_cvae(johns_clusters, weights_dir=killed, **TRAINING)  # a finished run is skipped
+    rerun = train_cvae(
+        johns_clusters, TrainSettings(**TRAINING), weights_dir=killed, show_progress=False
+    )  # a finished run is skipped
     assert rerun.epochs_run == 0 and "nothing to do" in rerun.line()
 
 
@@ -185,7 +236,13 @@ def test_resume_refuses_changed_settings(tmp_path, johns_clusters, trained):
     weights.mkdir()
     shutil.copy(full / cvae_checkpoint_name(1), weights / cvae_checkpoint_name(1))
     with pytest.raises(FacepipeError, match="beta"):
-        train_cvae(johns_clusters, weights_dir=weights, resume=True, **dict(TRAINING, beta=4.0))
+        train_cvae(
+            johns_clusters,
+            TrainSettings(**dict(TRAINING, beta=4.0)),
+            weights_dir=weights,
+            resume=True,
+            show_progress=False,
+        )
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, johns_clusters, trained):
@@ -197,7 +254,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, johns_clusters, trained):
     with pytest.raises(FacepipeError, match="corrupt"):
         load_checkpoint(weights / cvae_checkpoint_name(1))
     with pytest.raises(FacepipeError, match="corrupt"):
-        train_cvae(johns_clusters, weights_dir=weights, resume=True, **TRAINING)
+        train_cvae(johns_clusters, TrainSettings(**TRAINING), weights_dir=weights, resume=True, show_progress=False)
     (weights / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 100)
     with pytest.raises(FacepipeError, match="not a readable CVAE checkpoint"):
         load_cvae(weights / "garbage.pt")
@@ -213,11 +270,18 @@ def test_missing_crops_and_bad_inputs_are_clear_errors(tmp_path, johns_clusters)
     frame.assign(name=frame["name"].str.replace(".jpg", "_gone.jpg")).to_csv(broken, index=False)
     crops_dir = read_training_inputs(johns_clusters).crops_dir
     with pytest.raises(FacepipeError, match="could not be read"):
-        train_cvae(broken, crops_dir=crops_dir, weights_dir=tmp_path / "w", **TRAINING)
+        train_cvae(
+            broken, TrainSettings(**TRAINING), crops_dir=crops_dir, weights_dir=tmp_path / "w", show_progress=False
+        )
     with pytest.raises(FacepipeError, match="names the crops folder|does not name"):
         read_training_inputs(broken)
     with pytest.raises(FacepipeError, match="divisible by 4"):
-        train_cvae(johns_clusters, weights_dir=tmp_path / "w", **dict(TRAINING, image_size=30))
+        train_cvae(
+            johns_clusters,
+            TrainSettings(**dict(TRAINING, image_size=30)),
+            weights_dir=tmp_path / "w",
+            show_progress=False,
+        )
 
 
 # ---------------------------------------------------------------- generate
@@ -230,8 +294,9 @@ def johns_embeddings(johns_clusters):
     from facepipe.formats import read_json, sidecar_path
 
     output = johns_clusters.parent / "image_features.csv"
-    embed(read_training_inputs(johns_clusters).crops_dir, output, model="dlib-resnet128", workers=1,
-          show_progress=False)
+    embed(
+        read_training_inputs(johns_clusters).crops_dir, output, model="dlib-resnet128", workers=1, show_progress=False
+    )
     meta = read_json(sidecar_path(johns_clusters))
     write_json_atomic(sidecar_path(johns_clusters), dict(meta, embeddings=output.name, model="dlib-resnet128"))
     return output
@@ -246,8 +311,22 @@ def test_generate_writes_faces_means_samples_and_sheet(tmp_path, trained):
 
     weights, _ = trained
     out = tmp_path / "inference_results"
-    result = CliRunner().invoke(main, ["generate", str(weights), "--all", "-o", str(out), "--no-evaluate",
-                                       "--samples", "3", "--device", "cpu", "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            str(weights),
+            "--all",
+            "-o",
+            str(out),
+            "--no-evaluate",
+            "--samples",
+            "3",
+            "--device",
+            "cpu",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     for cluster in range(5):
         files = generated_face_names(cluster)
@@ -257,12 +336,25 @@ def test_generate_writes_faces_means_samples_and_sheet(tmp_path, trained):
     assert Image.open(out / GENERATED_SHEET_PNG).size[0] > 5 * 32
 
     single = tmp_path / "one"
-    # --checkpoint: the spelling before the naming rule (inputs as arguments), still understood with a warning
-    result = CliRunner().invoke(main, ["generate", "--cluster", "2", "--checkpoint", str(weights), "-o", str(single),
-                                       "--no-evaluate",
-                                       "--samples", "3", "--device", "cpu", "-q"])
+    # the checkpoint is the argument (the naming rule: inputs are arguments)
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "--cluster",
+            "2",
+            str(weights),
+            "-o",
+            str(single),
+            "--no-evaluate",
+            "--samples",
+            "3",
+            "--device",
+            "cpu",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert "--checkpoint is deprecated" in result.output
     for kind in ("face", "samples", "mean"):
         name = generated_face_names(2)[kind]
         assert (single / name).read_bytes() == (out / name).read_bytes(), kind  # same seed, same faces
@@ -290,8 +382,9 @@ def test_generate_removes_the_faces_of_an_earlier_call_and_nothing_of_the_users(
     result = CliRunner().invoke(main, ["generate", str(weights), "--cluster", "2", *options])
     assert result.exit_code == 0, result.output
     assert not [name for name in generated_face_names(1).values() if (out / name).exists()]
-    assert sorted(p.name for p in out.glob("cluster_*.png")) == sorted([*generated_face_names(2).values(),
-                                                                       "cluster_99.png", "cluster_party.png"])
+    assert sorted(p.name for p in out.glob("cluster_*.png")) == sorted(
+        [*generated_face_names(2).values(), "cluster_99.png", "cluster_party.png"]
+    )
     assert {path: path.read_bytes() for path in users} == users
     face = out / generated_face_names(2)["face"]
     face.write_bytes(b"retouched by the user")
@@ -358,8 +451,9 @@ def test_fidelity_scores_real_crops_as_their_own_people(tmp_path, johns_clusters
         assert row["cvae_cosine_to_own"] == pytest.approx(expected["cvae_cosine_to_own"], abs=1e-5)
 
 
-def test_identity_term_pulls_the_centre_faces_towards_their_centroids(tmp_path, johns_clusters, johns_embeddings,
-                                                                       trained):
+def test_identity_term_pulls_the_centre_faces_towards_their_centroids(
+    tmp_path, johns_clusters, johns_embeddings, trained
+):
     """--identity-weight: the logged identity term (1 - cosine to the cluster's centroid) is part of the loss and
     falls, a resumed run ends as an uninterrupted one, and generate's own evaluation finds the z = 0 faces nearer
     their centroids than without it; off, it is not measured; clusters whose embeddings it cannot use are
@@ -373,27 +467,54 @@ def test_identity_term_pulls_the_centre_faces_towards_their_centroids(tmp_path, 
     plain, _ = trained
     assert pd.read_csv(plain / CVAE_LOG_CSV)["train_identity"].isna().all()
     weight = 1000.0
-    run = train_cvae(johns_clusters, weights_dir=tmp_path / "identity", **dict(TRAINING, identity_weight=weight))
+    run = train_cvae(
+        johns_clusters,
+        TrainSettings(**dict(TRAINING, identity_weight=weight)),
+        weights_dir=tmp_path / "identity",
+        show_progress=False,
+    )
     log = pd.read_csv(run.weights_dir / CVAE_LOG_CSV)
     config = load_checkpoint(run.weights_dir / CVAE_BEST_CHECKPOINT)["config"]
     anchor_weight, draw_share = config["mean_anchor"], config["draw_identity"]
     assert draw_share > 0 and log["train_draw_identity"].notna().all() and log["val_draw_identity"].isna().all()
-    parts = (log["train_recon"] + config["beta"] * log["train_kl"] + anchor_weight * log["train_anchor"]
-             + weight * (log["train_identity"] + draw_share * log["train_draw_identity"]))
+    parts = (
+        log["train_recon"]
+        + config["beta"] * log["train_kl"]
+        + anchor_weight * log["train_anchor"]
+        + weight * (log["train_identity"] + draw_share * log["train_draw_identity"])
+    )
     assert (log["train_loss"] - parts).abs().max() < 1e-3 * log["train_loss"].max()
     assert log["train_identity"].iloc[-1] < log["train_identity"].iloc[0]
     # The term is deterministic: a resumed run still ends bit for bit the same (training runs on a fixed thread
     # count with dynamic thread adjustment off, so a loaded machine does not change the ResNet's gradient sums).
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
-    train_cvae(johns_clusters, weights_dir=uninterrupted, **dict(TRAINING, identity_weight=weight))
-    train_cvae(johns_clusters, weights_dir=resumed, **dict(TRAINING, identity_weight=weight, epochs=1))
-    train_cvae(johns_clusters, weights_dir=resumed, resume=True, **dict(TRAINING, identity_weight=weight))
+    train_cvae(
+        johns_clusters,
+        TrainSettings(**dict(TRAINING, identity_weight=weight)),
+        weights_dir=uninterrupted,
+        show_progress=False,
+    )
+    train_cvae(
+        johns_clusters,
+        TrainSettings(**dict(TRAINING, identity_weight=weight, epochs=1)),
+        weights_dir=resumed,
+        show_progress=False,
+    )
+    train_cvae(
+        johns_clusters,
+        TrainSettings(**dict(TRAINING, identity_weight=weight)),
+        weights_dir=resumed,
+        resume=True,
+        show_progress=False,
+    )
     expected = load_checkpoint(uninterrupted / cvae_checkpoint_name(3))["model"]
     for key, tensor in load_checkpoint(resumed / cvae_checkpoint_name(3))["model"].items():
         assert torch.equal(tensor, expected[key]), key
     cosine = {}
     for name, weights in (("plain", plain), ("identity", run.weights_dir)):
-        report = generate(weights, out_dir=tmp_path / f"faces_{name}", evaluate=True, device="cpu", show_progress=False)
+        report = generate(
+            weights, out_dir=tmp_path / f"faces_{name}", evaluate=True, device="cpu", show_progress=False
+        )
         cosine[name] = np.mean([row["cvae_cosine_to_own"] for row in report.fidelity["per_cluster"]])
     print(f"mean cosine of the z = 0 faces to their centroids: {cosine}")
     assert cosine["identity"] > cosine["plain"]
@@ -405,22 +526,40 @@ def test_identity_term_pulls_the_centre_faces_towards_their_centroids(tmp_path, 
     write_json_atomic(sidecar_path(results), {"crops_dir": str(read_training_inputs(johns_clusters).crops_dir)})
     refused = tmp_path / "refused"
     with pytest.raises(FacepipeError, match="name no embeddings"):
-        train_cvae(results, weights_dir=refused, **dict(TRAINING, identity_weight=1.0))
+        train_cvae(
+            results, TrainSettings(**dict(TRAINING, identity_weight=1.0)), weights_dir=refused, show_progress=False
+        )
     embeddings = read_embeddings(johns_embeddings)
-    write_embeddings(other / "features.csv", Embeddings(embeddings.names, embeddings.vectors,
-                                                        dict(embeddings.meta, model="vggface2-resnet50")))
-    write_json_atomic(sidecar_path(results), {"crops_dir": str(read_training_inputs(johns_clusters).crops_dir),
-                                              "embeddings": "features.csv"})
+    write_embeddings(
+        other / "features.csv",
+        Embeddings(embeddings.names, embeddings.vectors, dict(embeddings.meta, model="vggface2-resnet50")),
+    )
+    write_json_atomic(
+        sidecar_path(results),
+        {"crops_dir": str(read_training_inputs(johns_clusters).crops_dir), "embeddings": "features.csv"},
+    )
     with pytest.raises(FacepipeError, match="needs dlib-resnet128 embeddings.*vggface2-resnet50"):
-        train_cvae(results, weights_dir=refused, **dict(TRAINING, identity_weight=1.0))
+        train_cvae(
+            results, TrainSettings(**dict(TRAINING, identity_weight=1.0)), weights_dir=refused, show_progress=False
+        )
     assert not refused.exists()  # refused before anything is written
     for bad in (-1.0, "strong"):
         with pytest.raises(FacepipeError, match="identity-weight"):
-            train_cvae(johns_clusters, weights_dir=refused, **dict(TRAINING, identity_weight=bad))
+            train_cvae(
+                johns_clusters,
+                TrainSettings(**dict(TRAINING, identity_weight=bad)),
+                weights_dir=refused,
+                show_progress=False,
+            )
     # "auto" (the default): on for dlib-resnet128 clusters, off for others, as the checkpoint records
     assert identity_weight_for("auto", clustered_embeddings_model(johns_clusters)) == DEFAULT_IDENTITY_WEIGHT
     assert identity_weight_for("auto", clustered_embeddings_model(results)) == 0.0
-    auto = train_cvae(results, weights_dir=tmp_path / "auto", **dict(TRAINING, epochs=1, identity_weight="auto"))
+    auto = train_cvae(
+        results,
+        TrainSettings(**dict(TRAINING, epochs=1, identity_weight="auto")),
+        weights_dir=tmp_path / "auto",
+        show_progress=False,
+    )
     assert load_checkpoint(auto.weights_dir / CVAE_BEST_CHECKPOINT)["config"]["identity_weight"] == 0.0
 
 
@@ -441,9 +580,9 @@ def test_aligned_crops_line_up_their_landmarks_and_sharpen_the_mean(johns_cluste
     landmarks each crop was aligned on are recorded in alignment.csv, and aligning from them gives the same faces."""
     import numpy as np
 
-    from facepipe.crops import DEFAULT_ALIGN_PADDING, CropAligner, load_crops
-    from facepipe.formats import ALIGNMENT_CSV, read_alignment
+    from facepipe.crops import CropAligner, load_crops
     from facepipe.face_measures import laplacian_sharpness
+    from facepipe.formats import ALIGNMENT_CSV, read_alignment
     from facepipe.images import load_image_rgb
     from facepipe.models.dlib_resnet import CropLandmarks, chip_to_image
 
@@ -451,8 +590,10 @@ def test_aligned_crops_line_up_their_landmarks_and_sharpen_the_mean(johns_cluste
         """Crop pixel -> pixel of its aligned face: the inverse of the face's sampling map."""
         import dlib
 
-        shape = dlib.full_object_detection(dlib.rectangle(0, 0, 1, 1), [dlib.point(int(x), int(y)) for x, y in points])
-        affine = np.vstack([chip_to_image(shape, size, DEFAULT_ALIGN_PADDING), [0, 0, 1]])
+        shape = dlib.full_object_detection(
+            dlib.rectangle(0, 0, 1, 1), [dlib.point(int(x), int(y)) for x, y in points]
+        )
+        affine = np.vstack([chip_to_image(shape, size, TrainSettings.align_padding), [0, 0, 1]])
         return (np.linalg.inv(affine) @ np.vstack([points.T, np.ones(len(points))]))[:2].T
 
     inputs = read_training_inputs(johns_clusters)
@@ -462,21 +603,31 @@ def test_aligned_crops_line_up_their_landmarks_and_sharpen_the_mean(johns_cluste
     whole = load_crops(inputs.names, inputs.crops_dir, size, False)
     side = load_image_rgb(inputs.crops_dir / inputs.names[0]).shape[0]
     landmarks = np.stack([aligner.landmarks[name] for name in inputs.names]).astype(float)
-    where = {"whole": landmarks * size / side,  # where each crop's landmarks land in the faces trained on
-             "aligned": np.stack([image_to_face(points, size) for points in landmarks])}
+    where = {
+        "whole": landmarks * size / side,  # where each crop's landmarks land in the faces trained on
+        "aligned": np.stack([image_to_face(points, size) for points in landmarks]),
+    }
     spread, sharpness = {}, {}
     for kind, faces in (("aligned", aligned), ("whole", whole)):
-        spread[kind] = np.mean([where[kind][inputs.clusters == c].std(axis=0).mean() for c in np.unique(inputs.clusters)])
+        spread[kind] = np.mean(
+            [where[kind][inputs.clusters == c].std(axis=0).mean() for c in np.unique(inputs.clusters)]
+        )
         # what the mean keeps of its crops' sharpness (the framings differ, so each against its own crops)
-        sharpness[kind] = np.mean([laplacian_sharpness(faces[inputs.clusters == c].mean(axis=0, keepdims=True))[0]
-                                   / laplacian_sharpness(faces[inputs.clusters == c]).mean()
-                                   for c in np.unique(inputs.clusters)])
-    print(f"landmark spread within a person (px at {size}): {spread}; "
-          f"sharpness of the pixel means / their crops': {sharpness}")
+        sharpness[kind] = np.mean(
+            [
+                laplacian_sharpness(faces[inputs.clusters == c].mean(axis=0, keepdims=True))[0]
+                / laplacian_sharpness(faces[inputs.clusters == c]).mean()
+                for c in np.unique(inputs.clusters)
+            ]
+        )
+    print(
+        f"landmark spread within a person (px at {size}): {spread}; "
+        f"sharpness of the pixel means / their crops': {sharpness}"
+    )
     assert spread["aligned"] < 0.5 * spread["whole"]
     assert sharpness["aligned"] > sharpness["whole"]
     # the aligned faces show their own landmarks there too (dlib finds them again, within a pixel or two)
-    finder = CropLandmarks(DEFAULT_ALIGN_PADDING)
+    finder = CropLandmarks(TrainSettings.align_padding)
     found = np.stack([[(p.x, p.y) for p in finder(face).parts()] for face in aligned[:10]])
     assert np.abs(found - where["aligned"][:10]).mean() < 2.0
 
@@ -501,11 +652,32 @@ def test_identity_on_random_draws_makes_them_the_person(tmp_path, johns_clusters
 
     cosine = {}
     for share in (0.0, 1.0):
-        run = train_cvae(johns_clusters, weights_dir=tmp_path / f"draws_{share:g}",
-                         **dict(TRAINING, image_size=64, epochs=20, identity_weight=1000.0, draw_identity=share,
-                                decoder_base="none", beta=1.0, mean_anchor=100.0, face_mask="none"))
-        report = generate(run.weights_dir, out_dir=tmp_path / f"faces_{share:g}", samples=4, evaluate=True,
-                          device="cpu", show_progress=False).fidelity
+        run = train_cvae(
+            johns_clusters,
+            TrainSettings(
+                **dict(
+                    TRAINING,
+                    image_size=64,
+                    epochs=20,
+                    identity_weight=1000.0,
+                    draw_identity=share,
+                    decoder_base="none",
+                    beta=1.0,
+                    mean_anchor=100.0,
+                    face_mask="none",
+                )
+            ),
+            weights_dir=tmp_path / f"draws_{share:g}",
+            show_progress=False,
+        )
+        report = generate(
+            run.weights_dir,
+            out_dir=tmp_path / f"faces_{share:g}",
+            samples=4,
+            evaluate=True,
+            device="cpu",
+            show_progress=False,
+        ).fidelity
         assert report["random_draws"]["of"] == 20
         assert set(report["sharpness"]) >= {"cvae", "pixel_mean", "crops", "draws"}
         cosine[share] = report["random_draws"]["mean_cosine_to_own"]
@@ -518,9 +690,21 @@ def test_checkpoints_of_older_versions_still_load_as_unaligned_plain_decoders(tr
     weights, _ = trained
     config = load_checkpoint(weights / CVAE_BEST_CHECKPOINT)["config"]
     assert config["alignment"] == "dlib5" and config["decoder_base"] == "mean"
-    older = {key: value for key, value in config.items()
-             if key not in ("alignment", "align_padding", "face_mask", "decoder_base", "detail_weight", "draw_identity",
-                            "identity_jitter", "identity_blur")}
+    older = {
+        key: value
+        for key, value in config.items()
+        if key
+        not in (
+            "alignment",
+            "align_padding",
+            "face_mask",
+            "decoder_base",
+            "detail_weight",
+            "draw_identity",
+            "identity_jitter",
+            "identity_blur",
+        )
+    }
     restored = CVAEConfig.from_dict(older)
     assert restored.alignment == "none" and restored.decoder_base == "none" and restored.draw_identity == 0.0
     assert restored.face_mask == "none" and restored.detail_weight == 0.0 and restored.identity_blur == 0.0
@@ -545,10 +729,27 @@ def test_a_loss_that_goes_nan_stops_training_with_one_line_and_no_checkpoint(tmp
             tensor.fill_(float("nan"))
     torch.save(checkpoint, last)
     best = (weights / CVAE_BEST_CHECKPOINT).read_bytes()
-    options = {"--image-size": 32, "--latent-dim": 16, "--base-channels": 16, "--batch-size": 8, "--seed": 3,
-               "--identity-weight": 0, "--epochs": TRAINING["epochs"] + 1}
-    result = CliRunner().invoke(main, ["train-cvae", str(johns_clusters), "-o", str(weights), "--resume", "-q",
-                                       *[str(part) for option in options.items() for part in option]])
+    options = {
+        "--image-size": 32,
+        "--latent-dim": 16,
+        "--base-channels": 16,
+        "--batch-size": 8,
+        "--seed": 3,
+        "--identity-weight": 0,
+        "--epochs": TRAINING["epochs"] + 1,
+    }
+    result = CliRunner().invoke(
+        main,
+        [
+            "train-cvae",
+            str(johns_clusters),
+            "-o",
+            str(weights),
+            "--resume",
+            "-q",
+            *[str(part) for option in options.items() for part in option],
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     assert f"training diverged in epoch {TRAINING['epochs'] + 1}: train loss is nan" in result.output
@@ -582,11 +783,20 @@ def test_a_command_refused_during_training_changes_no_weight(tmp_path, johns_clu
 
     full, _ = trained
     again = tmp_path / "weights"
-    child = subprocess.Popen([sys.executable, "-c", REFUSED_TRAINING, str(johns_clusters), str(again)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", REFUSED_TRAINING, str(johns_clusters), str(again)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert child.stdout.readline().strip() == "ready"
-        train_cvae(johns_clusters, weights_dir=again, keep_last=TRAINING["epochs"], **TRAINING)
+        train_cvae(
+            johns_clusters,
+            TrainSettings(keep_last=TRAINING["epochs"], **TRAINING),
+            weights_dir=again,
+            show_progress=False,
+        )
         _, refused = child.communicate(timeout=120)
     finally:
         child.kill()
@@ -609,7 +819,7 @@ def test_a_training_beside_busy_cpus_ends_with_the_same_weights(tmp_path, johns_
     busy = tmp_path / "weights"
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(usable_cpus() + 1)]
     try:
-        train_cvae(johns_clusters, weights_dir=busy, **dict(TRAINING, epochs=1))
+        train_cvae(johns_clusters, TrainSettings(**dict(TRAINING, epochs=1)), weights_dir=busy, show_progress=False)
     finally:
         for hog in hogs:
             hog.kill()
@@ -623,8 +833,7 @@ def test_a_training_beside_busy_cpus_ends_with_the_same_weights(tmp_path, johns_
 def test_reproducible_torch_trains_on_every_usable_cpu_and_restores_the_thread_count():
     """Inside the block the thread count is the CPUs this process may use, whatever it was set to before (a
     count that load or a caller changed would sum gradients in another order); after it, the caller's again."""
-    from facepipe.common import reproducible_torch
-    from facepipe.common import usable_cpus
+    from facepipe.common import reproducible_torch, usable_cpus
 
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, usable_cpus() - 1) if usable_cpus() > 1 else 2)
@@ -637,8 +846,9 @@ def test_reproducible_torch_trains_on_every_usable_cpu_and_restores_the_thread_c
         torch.set_num_threads(threads)
 
 
-def test_the_face_is_sharper_than_the_pixel_mean_and_the_draws_differ_as_the_person(tmp_path, johns_clusters,
-                                                                                   johns_embeddings):
+def test_the_face_is_sharper_than_the_pixel_mean_and_the_draws_differ_as_the_person(
+    tmp_path, johns_clusters, johns_embeddings
+):
     """train-cvae's defaults on real crops (64 px; fewer epochs and a smaller batch than the defaults): the CVAE
     face is sharper than the pixel mean of the same (masked, aligned) crops, the random draws differ from each
     other in more than brightness and contrast, and every face and draw is still its person by dlib; the sheet
@@ -648,8 +858,12 @@ def test_the_face_is_sharper_than_the_pixel_mean_and_the_draws_differ_as_the_per
     from facepipe.formats import GENERATED_SHEET_PNG
     from facepipe.generate import generate
 
-    run = train_cvae(johns_clusters, weights_dir=tmp_path / "weights", image_size=64, epochs=30, batch_size=8,
-                     show_progress=False)
+    run = train_cvae(
+        johns_clusters,
+        TrainSettings(image_size=64, epochs=30, batch_size=8),
+        weights_dir=tmp_path / "weights",
+        show_progress=False,
+    )
     report = generate(run.weights_dir, out_dir=tmp_path / "faces", samples=4, device="cpu", show_progress=False)
     fidelity = report.fidelity
     print(report.line())
@@ -704,8 +918,10 @@ def test_face_measures_tell_blur_brightness_and_distribution_apart():
     dimmer = (image * 0.5 + 40).astype(np.uint8)
     assert pairwise_difference(np.stack([image, dimmer])) > 0.1
     assert pairwise_difference(np.stack([image, dimmer]), standardise=True) < 0.02
-    assert pairwise_difference(np.stack([image, rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)]),
-                               standardise=True) > 0.5
+    assert (
+        pairwise_difference(np.stack([image, rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)]), standardise=True)
+        > 0.5
+    )
     same = [rng.normal(0, 1, (200, 16)) for _ in range(2)]
     shifted = kernel_distance(same[0] + 1.0, same[1])
     print(f"KID, same distribution {kernel_distance(*same):.4f}, shifted {shifted:.4f}")

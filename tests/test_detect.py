@@ -19,22 +19,34 @@ from PIL import Image
 from facepipe.cli import EXIT_PARTIAL, main
 from facepipe.common import FacepipeError
 from facepipe.detect import DetectorParams, detect, square_crop
-from facepipe.detectors import (CNN, COMBINED_CNN_SMALL_SIDE, HAAR, HOG, CombinedFinder, Face, box_iou, find_faces,
-                                merge_faces)
+from facepipe.detectors import (
+    CNN,
+    COMBINED_CNN_SMALL_SIDE,
+    HAAR,
+    HOG,
+    CombinedFinder,
+    Face,
+    box_iou,
+    find_faces,
+    merge_faces,
+)
 from facepipe.formats import DETECTIONS_CSV, ERRORS_CSV, SOURCES_CSV
 
 
 def read_outputs(folder: Path):
-    return (pd.read_csv(folder / DETECTIONS_CSV), pd.read_csv(folder / SOURCES_CSV),
-            pd.read_csv(folder / ERRORS_CSV))
+    return (pd.read_csv(folder / DETECTIONS_CSV), pd.read_csv(folder / SOURCES_CSV), pd.read_csv(folder / ERRORS_CSV))
 
 
 def annotated_recall(annotations: pd.DataFrame, detections: pd.DataFrame) -> float:
     """The share of annotated face boxes (faces.csv) that a detected face overlaps at IoU >= 0.3."""
-    found = {name: rows[["x", "y", "w", "h"]].to_numpy()
-             for name, rows in detections.groupby(detections["source"].map(lambda p: Path(p).name))}
-    hits = [any(box_iou(box, face) >= 0.3 for face in found.get(Path(relpath).name, []))
-            for relpath, *box in annotations[["relpath", "left", "top", "width", "height"]].itertuples(index=False)]
+    found = {
+        name: rows[["x", "y", "w", "h"]].to_numpy()
+        for name, rows in detections.groupby(detections["source"].map(lambda p: Path(p).name))
+    }
+    hits = [
+        any(box_iou(box, face) >= 0.3 for face in found.get(Path(relpath).name, []))
+        for relpath, *box in annotations[["relpath", "left", "top", "width", "height"]].itertuples(index=False)
+    ]
     return float(np.mean(hits))
 
 
@@ -49,8 +61,13 @@ def test_group_photos_give_every_face_and_faceless_photos_none(data_dir, tmp_pat
     assert faces["dlib_bald_guys.jpg"] >= 20
     assert faces["facenet_multiface.jpg"] >= 2
     assert faces["dlib_2008_007676.jpg"] >= 2
-    for faceless in ["dlib_dogs.jpg", "insightface_mask_black.jpg", "insightface_mask_blue.jpg",
-                     "insightface_mask_green.jpg", "insightface_mask_white.jpg"]:
+    for faceless in [
+        "dlib_dogs.jpg",
+        "insightface_mask_black.jpg",
+        "insightface_mask_blue.jpg",
+        "insightface_mask_green.jpg",
+        "insightface_mask_white.jpg",
+    ]:
         assert faces[faceless] == 0, faceless
     assert summary.faces == len(detections) == sources["faces"].sum()
     assert len(errors) == 0
@@ -71,13 +88,16 @@ def test_largest_only_keeps_one_face_per_photo(data_dir, tmp_path):
 
 def test_lfw_detection_rate_rises_as_min_neighbors_falls(data_dir, lfw_crops, tmp_path):
     """The rates printed here are the ones in docs/commands.md (detection rate at minNeighbors 45 and 5)."""
-    summary_45 = detect([data_dir("lfw") / "images"], tmp_path, DetectorParams(detector="haar"), workers=2,
-                        show_progress=False)
+    summary_45 = detect(
+        [data_dir("lfw") / "images"], tmp_path, DetectorParams(detector="haar"), workers=2, show_progress=False
+    )
     sources_45 = pd.read_csv(tmp_path / SOURCES_CSV)
     sources_5 = pd.read_csv(lfw_crops / SOURCES_CSV)
     rate_45 = (sources_45["faces"] > 0).mean()
     rate_5 = (sources_5["faces"] > 0).mean()
-    print(f"LFW detection rate: minNeighbors=45 {rate_45:.3f}, minNeighbors=5 {rate_5:.3f} of {len(sources_5)} photos")
+    print(
+        f"LFW detection rate: minNeighbors=45 {rate_45:.3f}, minNeighbors=5 {rate_5:.3f} of {len(sources_5)} photos"
+    )
     assert summary_45.images == len(sources_5) == 1424
     assert rate_5 > 0.95
     assert 0.2 < rate_45 < rate_5
@@ -105,18 +125,34 @@ class Listed:
 
 @pytest.mark.fast
 def test_overlapping_boxes_of_two_detectors_are_one_face_naming_both():
-    merged = merge_faces([[Face((10, 10, 50, 50), HAAR, 50.0), Face((200, 10, 50, 50), HAAR, 46.0)],
-                          [Face((14, 16, 40, 40), HOG, 1.2), Face((100, 100, 40, 40), HOG, 0.4)]])
-    assert merged == [Face((10, 10, 50, 50), "haar+dlib-hog", 50.0), Face((200, 10, 50, 50), HAAR, 46.0),
-                      Face((100, 100, 40, 40), HOG, 0.4)]
+    merged = merge_faces(
+        [
+            [Face((10, 10, 50, 50), HAAR, 50.0), Face((200, 10, 50, 50), HAAR, 46.0)],
+            [Face((14, 16, 40, 40), HOG, 1.2), Face((100, 100, 40, 40), HOG, 0.4)],
+        ]
+    )
+    assert merged == [
+        Face((10, 10, 50, 50), "haar+dlib-hog", 50.0),
+        Face((200, 10, 50, 50), HAAR, 46.0),
+        Face((100, 100, 40, 40), HOG, 0.4),
+    ]
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("haar_found, hog_found, side, cnn_runs", [
-    (0, 0, 400, True), (1, 0, 400, True), (1, 1, 400, False), (0, 2, 400, False),
-    (1, 1, COMBINED_CNN_SMALL_SIDE, True), (0, 2, 150, True)])
-def test_the_combined_mode_asks_the_cnn_where_hog_found_no_face_or_the_photo_is_small(haar_found, hog_found, side,
-                                                                                       cnn_runs):
+@pytest.mark.parametrize(
+    "haar_found, hog_found, side, cnn_runs",
+    [
+        (0, 0, 400, True),
+        (1, 0, 400, True),
+        (1, 1, 400, False),
+        (0, 2, 400, False),
+        (1, 1, COMBINED_CNN_SMALL_SIDE, True),
+        (0, 2, 150, True),
+    ],
+)
+def test_the_combined_mode_asks_the_cnn_where_hog_found_no_face_or_the_photo_is_small(
+    haar_found, hog_found, side, cnn_runs
+):
     haar = Listed(*[Face((2, 0, 44, 44), HAAR, 50.0)][:haar_found])
     hog = Listed(*[Face((60 * i, 0, 40, 40), HOG, 1.0) for i in range(hog_found)])
     cnn = Listed(Face((300, 300, 50, 50), CNN, 1.1), Face((0, 2, 40, 40), CNN, 1.0))
@@ -124,7 +160,9 @@ def test_the_combined_mode_asks_the_cnn_where_hog_found_no_face_or_the_photo_is_
     assert haar.calls == hog.calls == 1 and cnn.calls == int(cnn_runs)
     faces = {face.box: face.detector for face in combined}
     if cnn_runs and not hog_found:  # the CNN's face on Haar's is not a second one
-        assert faces == ({(2, 0, 44, 44): "haar+dlib-cnn"} if haar_found else {(0, 2, 40, 40): CNN}) | {(300, 300, 50, 50): CNN}
+        assert faces == ({(2, 0, 44, 44): "haar+dlib-cnn"} if haar_found else {(0, 2, 40, 40): CNN}) | {
+            (300, 300, 50, 50): CNN
+        }
     elif cnn_runs:  # a small photo: the CNN's face on HOG's is not a second one
         assert faces[(300, 300, 50, 50)] == CNN and len(faces) == max(haar_found, hog_found) + 1
     else:
@@ -205,8 +243,10 @@ def test_awkward_files_each_end_as_promised(data_dir, tmp_path):
 
     detections, sources, errors = read_outputs(out)
     relative = lambda p: Path(p).relative_to(inputs.absolute()).as_posix()  # noqa: E731
-    outcome = {relative(s): ("error" if status == "error" else "face" if faces > 0 else "none")
-               for s, status, faces in zip(sources["source"], sources["status"], sources["faces"])}
+    outcome = {
+        relative(s): ("error" if status == "error" else "face" if faces > 0 else "none")
+        for s, status, faces in zip(sources["source"], sources["status"], sources["faces"])
+    }
     assert outcome == expected
     assert sorted(errors["path"].map(relative)) == ["empty.jpg", "notes.jpg", "truncated.jpg"]
     assert errors["reason"].str.len().min() > 5
@@ -244,9 +284,11 @@ def test_killed_run_resumes_to_the_same_result(data_dir, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     detect([listing], whole, DetectorParams(min_neighbors=5), show_progress=False)
 
-    code = ("import sys; from facepipe.detect import detect, DetectorParams; "
-            "detect([sys.argv[1]], sys.argv[2], DetectorParams(min_neighbors=5), "
-            "show_progress=False, checkpoint_seconds=0.05)")
+    code = (
+        "import sys; from facepipe.detect import detect, DetectorParams; "
+        "detect([sys.argv[1]], sys.argv[2], DetectorParams(min_neighbors=5), "
+        "show_progress=False, checkpoint_seconds=0.05)"
+    )
     process = subprocess.Popen([sys.executable, "-c", code, str(listing), str(killed)])
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

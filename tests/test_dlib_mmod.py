@@ -19,8 +19,15 @@ def photos(data_dir) -> list[np.ndarray]:
     """Group photos (a face across the edge, several people, dogs and no person), an unaligned CelebA photo and
     a 150 px LFW photo, scaled down as detect does."""
     group = data_dir("group_photos") / "images"
-    paths = [group / name for name in ("deepface_selfie-many-people.jpg", "dlib_2008_001009.jpg", "dlib_dogs.jpg",
-                                       "facenet_multiface.jpg")]
+    paths = [
+        group / name
+        for name in (
+            "deepface_selfie-many-people.jpg",
+            "dlib_2008_001009.jpg",
+            "dlib_dogs.jpg",
+            "facenet_multiface.jpg",
+        )
+    ]
     paths.append(sorted((data_dir("celeba_wild") / "images").rglob("*.jpg"))[0])
     paths.append(sorted((data_dir("lfw") / "images").rglob("*.jpg"))[0])
     return [scaled_down(load_image_rgb(path), MAX_SIDE)[0] for path in paths]
@@ -38,8 +45,10 @@ def test_the_port_finds_dlibs_boxes_with_dlibs_scores(data_dir, upsample):
     reference = dlib.cnn_face_detection_model_v1(str(model_file(MMOD_FILE)))
     compared = 0
     for rgb in photos(data_dir):
-        theirs = [(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), d.confidence)
-                  for d in reference(rgb, upsample)]
+        theirs = [
+            (d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom(), d.confidence)
+            for d in reference(rgb, upsample)
+        ]
         ours = default_mmod().detect(rgb, upsample)
         assert len(ours) == len(theirs), (theirs, ours)  # no box more above the threshold, none fewer
         for box in theirs:
@@ -47,7 +56,9 @@ def test_the_port_finds_dlibs_boxes_with_dlibs_scores(data_dir, upsample):
             assert box_iou(xywh(box), xywh(best)) >= 0.9, (box, ours)
             assert best[4] == pytest.approx(box[4], abs=1e-3)
         compared += len(theirs)
-    assert compared >= 4 * (1 + upsample)  # the photos hold faces that dlib finds: the comparison is not of empty lists
+    assert compared >= 4 * (
+        1 + upsample
+    )  # the photos hold faces that dlib finds: the comparison is not of empty lists
 
 
 def test_the_cnn_finder_keeps_its_faces_inside_the_photo(data_dir):

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from helpers import cosines
 
 from facepipe.cli import EXIT_PARTIAL, main
 from facepipe.common import FacepipeError, file_sha256
@@ -34,7 +35,6 @@ from facepipe.formats import (
 )
 from facepipe.images import load_image_rgb
 from facepipe.labels import attach_labels
-from helpers import cosines
 
 
 def verification_pairs(identities: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -91,8 +91,10 @@ def test_dlib_lfw_verification_accuracy(lfw_dlib_embeddings, lfw_crops, data_dir
     labels = attach_labels(embeddings.names, data_dir("lfw") / "manifest.csv", lfw_crops)
     assert labels["matched"].all()
     accuracy_cv, accuracy_06, pairs = verification_accuracy(embeddings, labels["identity"])
-    print(f"dlib-resnet128 LFW verification: {len(embeddings.names)} crops, {pairs} pairs (half same-person): "
-          f"accuracy {accuracy_cv:.4f} with a 10-fold cross-validated threshold, {accuracy_06:.4f} at 0.6")
+    print(
+        f"dlib-resnet128 LFW verification: {len(embeddings.names)} crops, {pairs} pairs (half same-person): "
+        f"accuracy {accuracy_cv:.4f} with a 10-fold cross-validated threshold, {accuracy_06:.4f} at 0.6"
+    )
     assert accuracy_cv >= 0.95
     assert accuracy_06 >= 0.95
 
@@ -108,7 +110,9 @@ def test_ready_face_chips_without_detect_json(data_dir, tmp_path):
     assert all(name.count("/") == 1 for name in embeddings.names)  # person/file.jpg, relative to the folder
     labels = attach_labels(embeddings.names, johns / "manifest.csv", johns / "images")
     accuracy_cv, accuracy_06, pairs = verification_accuracy(embeddings, labels["identity"])
-    print(f"dlib-resnet128 on dlib_johns chips: {pairs} pairs, accuracy {accuracy_cv:.4f} (CV), {accuracy_06:.4f} at 0.6")
+    print(
+        f"dlib-resnet128 on dlib_johns chips: {pairs} pairs, accuracy {accuracy_cv:.4f} (CV), {accuracy_06:.4f} at 0.6"
+    )
     assert accuracy_06 >= 0.9
 
 
@@ -147,8 +151,14 @@ def test_larger_chip_padding_is_another_view_and_is_recorded(data_dir, tmp_path)
     with pytest.raises(FacepipeError, match="from 0 to 2"):
         embed(images, tmp_path / "x.npz", model="dlib-resnet128", dlib_padding=3.0, show_progress=False)
     with pytest.raises(FacepipeError, match="aligned crop only"):
-        embed(images, tmp_path / "y.npz", model="dlib-resnet128", dlib_crop="whole", dlib_padding=0.5,
-              show_progress=False)
+        embed(
+            images,
+            tmp_path / "y.npz",
+            model="dlib-resnet128",
+            dlib_crop="whole",
+            dlib_padding=0.5,
+            show_progress=False,
+        )
     with pytest.raises(FacepipeError, match="dlib-resnet128 only"):
         embed(images, tmp_path / "v.npz", model="vggface2-resnet50", dlib_padding=0.5, show_progress=False)
 
@@ -220,7 +230,9 @@ def test_aligned_faces_give_dlibs_chip_by_one_fixed_grid(lfw_crops):
 
 
 def detect_some(data_dir, out: Path, people=("Colin_Powell", "Tony_Blair"), per_person=5) -> Path:
-    photos = [p for person in people for p in sorted((data_dir("lfw") / "images" / person).glob("*.jpg"))[:per_person]]
+    photos = [
+        p for person in people for p in sorted((data_dir("lfw") / "images" / person).glob("*.jpg"))[:per_person]
+    ]
     detect(photos, out, DetectorParams(detector="haar", min_neighbors=5, largest_only=True), show_progress=False)
     return out
 
@@ -321,14 +333,22 @@ def vggface_fixture(fixtures_dir):
 
 def test_vggface2_through_the_stage_matches_keras_vggface(vggface_fixture, tmp_path):
     output = tmp_path / "vgg.npz"
-    summary = embed(vggface_fixture / "crops", output, model="vggface2-resnet50",
-                    weights=vggface_fixture / "vggface_resnet50_notop_random.h5", batch_size=8, show_progress=False)
+    summary = embed(
+        vggface_fixture / "crops",
+        output,
+        model="vggface2-resnet50",
+        weights=vggface_fixture / "vggface_resnet50_notop_random.h5",
+        batch_size=8,
+        show_progress=False,
+    )
     assert summary.embedded == 24 and summary.dim == 2048
     ours = read_embeddings(output)
     reference = pd.read_csv(vggface_fixture / "reference_embeddings.csv")
     reference_by_name = dict(zip(reference["name"], reference.drop(columns="name").to_numpy(np.float64)))
-    errors = [np.abs(vector - reference_by_name[name]).max() / np.abs(reference_by_name[name]).max()
-              for name, vector in zip(ours.names, ours.vectors)]
+    errors = [
+        np.abs(vector - reference_by_name[name]).max() / np.abs(reference_by_name[name]).max()
+        for name, vector in zip(ours.names, ours.vectors)
+    ]
     print(f"vggface2-resnet50 through embed(): max relative error {max(errors):.2e} on {len(errors)} crops")
     assert max(errors) < 1e-4
     assert ours.meta["model"] == "vggface2-resnet50" and len(ours.meta["weights_sha256"]) == 64
@@ -339,8 +359,9 @@ def test_other_model_on_existing_output_needs_force(vggface_fixture, tmp_path):
     output = tmp_path / "image_features.csv"
     embed(crops, output, model="dlib-resnet128", show_progress=False)
     before = output.read_bytes()
-    vgg = dict(model="vggface2-resnet50", weights=vggface_fixture / "vggface_resnet50_notop_random.h5",
-               show_progress=False)
+    vgg = dict(
+        model="vggface2-resnet50", weights=vggface_fixture / "vggface_resnet50_notop_random.h5", show_progress=False
+    )
     with pytest.raises(FacepipeError, match="dlib-resnet128 embeddings.*--force"):
         embed(crops, output, **vgg)
     assert output.read_bytes() == before

@@ -102,10 +102,12 @@ def test_labels_join_by_source_photo_and_by_name(tmp_path):
     crops = tmp_path / "crops"
     crops.mkdir()
     pd.DataFrame({"crop": ["x_0.jpg", "y_0.jpg"], "source": ["/photos/Ann/1.jpg", "/photos/Bob/2.jpg"]}).to_csv(
-        crops / "detections.csv", index=False)
+        crops / "detections.csv", index=False
+    )
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame({"relpath": ["Ann/1.jpg", "Bob/2.jpg"], "identity": ["Ann", "Bob"], "bald": [0, 1]}).to_csv(
-        manifest, index=False)
+        manifest, index=False
+    )
     joined = attach_labels(["x_0.jpg", "y_0.jpg", "z_0.jpg"], manifest, crops)
     assert joined["identity"].tolist()[:2] == ["Ann", "Bob"] and joined["matched"].tolist() == [True, True, False]
     pd.DataFrame({"identity": ["Ann"]}).to_csv(tmp_path / "no_key.csv", index=False)
@@ -113,28 +115,35 @@ def test_labels_join_by_source_photo_and_by_name(tmp_path):
         attach_labels(["x_0.jpg"], tmp_path / "no_key.csv", crops)
 
 
-def test_one_naming_rule_for_inputs_and_outputs_with_the_old_spellings_hidden():
+def test_one_naming_rule_for_inputs_and_outputs_and_the_old_spellings_retired():
     """The thing a command works on is its argument and what it writes is -o/--out; the spellings from before the
-    rule are hidden from --help and still parse, with a deprecation warning."""
+    rule are gone (README, "Changes"): each is an unknown option, as `--from train_cvae` is an unknown stage."""
     from click.testing import CliRunner
 
     from facepipe.cli import main
 
-    old_spellings = {("detect",): (), ("embed",): ("--output",), ("cluster",): (), ("run",): (),
-                     ("train-cvae",): ("--clusters", "--weights-dir"), ("generate",): ("--checkpoint",),
-                     ("probe", "train"): ("--embeddings",), ("probe", "predict"): ("--embeddings",),
-                     ("probe", "evaluate"): ("--embeddings", "--out-dir")}
+    old_spellings = {
+        ("detect",): (),
+        ("embed",): ("--output",),
+        ("cluster",): (),
+        ("run",): (),
+        ("train-cvae",): ("--clusters", "--weights-dir", "--latent", "--channels", "--lr"),
+        ("generate",): ("--checkpoint",),
+        ("probe", "train"): ("--embeddings",),
+        ("probe", "predict"): ("--embeddings",),
+        ("probe", "evaluate"): ("--embeddings", "--out-dir"),
+    }
     for command, spellings in old_spellings.items():
         text = CliRunner().invoke(main, [*command, "--help"]).output
         assert "-o, --out" in text, command
         for old in spellings:
             assert f"{old} " not in text, (command, old)
+            result = CliRunner().invoke(main, [*command, old, "x"])
+            assert result.exit_code == 2 and f"No such option '{old}'" in result.output, (command, old)
     result = CliRunner().invoke(main, ["run", "--from", "train_cvae", "--print-config"])
-    assert result.exit_code == 0 and "--from train_cvae is deprecated; use --from train-cvae" in result.output
-    result = CliRunner().invoke(main, ["run", "--from", "training", "--print-config"])
     assert result.exit_code == 2 and "train-cvae" in result.output
     result = CliRunner().invoke(main, ["probe", "predict", "--probe", "p.json"])
-    assert result.exit_code == 2 and "missing argument EMBEDDINGS" in result.output
+    assert result.exit_code == 2 and "Missing argument 'EMBEDDINGS'" in result.output
 
 
 def test_people_corrections_follow_earlier_merges():

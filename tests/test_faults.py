@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import copy_lfw_photos
 from PIL import Image
 
 from facepipe.cli import main
@@ -31,7 +32,7 @@ from facepipe.formats import (
     read_probe_json,
 )
 from facepipe.locks import FolderInUseError, folder_lock
-from helpers import copy_lfw_photos
+from facepipe.settings import ClusterSettings
 
 REPO = Path(__file__).resolve().parents[1]
 PEOPLE = ["Kofi_Annan", "Jackie_Chan", "Hans_Blix"]
@@ -39,11 +40,19 @@ PEOPLE = ["Kofi_Annan", "Jackie_Chan", "Hans_Blix"]
 AS_PLAIN_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
 
 
-def facepipe(*args: str, cwd: Path | None = None, as_plain_user: bool = False, **kwargs) -> subprocess.CompletedProcess:
+def facepipe(
+    *args: str, cwd: Path | None = None, as_plain_user: bool = False, **kwargs
+) -> subprocess.CompletedProcess:
     """Run the real command line in a child process (exit codes and stderr as a user sees them)."""
     prefix = AS_PLAIN_USER if as_plain_user else []
-    return subprocess.run([*prefix, sys.executable, "-m", "facepipe", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, **kwargs)
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "facepipe", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
+    )
 
 
 def assert_one_line_error(result, *fragments: str, code: int = 1) -> None:
@@ -75,8 +84,10 @@ def detected(tmp_path_factory, photos):
 
 def hold_lock_in_child(folder: Path) -> subprocess.Popen:
     """A child process that holds ``folder``'s lock until it is killed; returns once it holds it."""
-    code = ("import sys, time\nfrom facepipe.locks import folder_lock\n"
-            "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    code = (
+        "import sys, time\nfrom facepipe.locks import folder_lock\n"
+        "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n"
+    )
     child = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "held"
     return child
@@ -116,8 +127,22 @@ def test_a_folder_inside_a_busy_run_folder_is_busy_too(tmp_path, photos):
 
 def test_two_real_detect_runs_on_one_folder(tmp_path, data_dir):
     out = tmp_path / "crops"
-    first = subprocess.Popen([sys.executable, "-m", "facepipe", "detect", str(data_dir("lfw") / "images"), "-o",
-                              str(out), "-q", "--detector", "haar"], stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "facepipe",
+            "detect",
+            str(data_dir("lfw") / "images"),
+            "-o",
+            str(out),
+            "-q",
+            "--detector",
+            "haar",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not ((out / LOCK_FILE).is_file() and (out / LOCK_FILE).stat().st_size) and time.monotonic() < deadline:
@@ -129,6 +154,7 @@ def test_two_real_detect_runs_on_one_folder(tmp_path, data_dir):
         first.wait()
 
 
+@pytest.mark.fast
 def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
     child = hold_lock_in_child(tmp_path / "out")
     with pytest.raises(FolderInUseError):
@@ -149,7 +175,7 @@ def test_a_cluster_killed_before_its_sidecar_is_never_taken_as_done(tmp_path, de
 
     _, embeddings = detected
     out = tmp_path / "clusters"
-    cluster_module.cluster(embeddings, out, k=2, samples_dir=None, show_progress=False)
+    cluster_module.cluster(embeddings, out, ClusterSettings(k=2), samples_dir=None, show_progress=False)
     of_k2 = (out / CLUSTER_RESULTS_CSV).read_bytes()
     real_write = cluster_module.write_json_atomic
 
@@ -160,17 +186,21 @@ def test_a_cluster_killed_before_its_sidecar_is_never_taken_as_done(tmp_path, de
 
     monkeypatch.setattr(cluster_module, "write_json_atomic", killed_at_the_sidecar)
     with pytest.raises(KeyboardInterrupt):
-        cluster_module.cluster(embeddings, out, k=5, samples_dir=None, show_progress=False)
+        cluster_module.cluster(embeddings, out, ClusterSettings(k=5), samples_dir=None, show_progress=False)
     monkeypatch.setattr(cluster_module, "write_json_atomic", real_write)
     assert (out / CLUSTER_RESULTS_CSV).read_bytes() != of_k2  # the killed run's file
-    summary = cluster_module.cluster(embeddings, out, k=2, samples_dir=None, show_progress=False)
+    summary = cluster_module.cluster(embeddings, out, ClusterSettings(k=2), samples_dir=None, show_progress=False)
     assert not summary.skipped
     assert (out / CLUSTER_RESULTS_CSV).read_bytes() == of_k2
     assert len(read_csv(out / "centroids.csv")) == 2
     # an output changed after the run (by hand, another tool) no longer matches the sidecar's hash: redone
     (out / "centroids.csv").write_text("cluster,e0\n0,1\n")
-    assert not cluster_module.cluster(embeddings, out, k=2, samples_dir=None, show_progress=False).skipped
-    assert cluster_module.cluster(embeddings, out, k=2, samples_dir=None, show_progress=False).skipped
+    assert not cluster_module.cluster(
+        embeddings, out, ClusterSettings(k=2), samples_dir=None, show_progress=False
+    ).skipped
+    assert cluster_module.cluster(
+        embeddings, out, ClusterSettings(k=2), samples_dir=None, show_progress=False
+    ).skipped
 
 
 @pytest.mark.parametrize("damage", ["truncated", "older"])
@@ -195,8 +225,10 @@ def test_detect_reruns_on_a_damaged_or_older_sources_csv_without_duplicates(tmp_
 
 def plain_user_available() -> None:
     if shutil.which("setpriv") is None or os.geteuid() != 0:
-        pytest.skip("needs root and util-linux's setpriv to run a command without root's permission override "
-                    "(as a plain user every folder test below is a plain chmod)")
+        pytest.skip(
+            "needs root and util-linux's setpriv to run a command without root's permission override "
+            "(as a plain user every folder test below is a plain chmod)"
+        )
 
 
 def test_read_only_output_folders_give_one_line_in_every_stage(tmp_path, photos, detected):
@@ -205,10 +237,12 @@ def test_read_only_output_folders_give_one_line_in_every_stage(tmp_path, photos,
     locked = tmp_path / "read_only"
     locked.mkdir()
     locked.chmod(0o555)
-    cases = [("detect", str(photos), "-o", str(locked / "crops")),
-             ("embed", str(crops), "-o", str(locked / "features.csv"), "--model", "dlib-resnet128"),
-             ("cluster", str(embeddings), "-o", str(locked / "clusters"), "--k", "2"),
-             ("run", str(photos), "--out", str(locked / "run"))]
+    cases = [
+        ("detect", str(photos), "-o", str(locked / "crops")),
+        ("embed", str(crops), "-o", str(locked / "features.csv"), "--model", "dlib-resnet128"),
+        ("cluster", str(embeddings), "-o", str(locked / "clusters"), "--k", "2"),
+        ("run", str(photos), "--out", str(locked / "run")),
+    ]
     for args in cases:
         result = facepipe(*args, "-q", as_plain_user=True)
         assert_one_line_error(result, "permission denied", str(locked))
@@ -228,11 +262,24 @@ def test_a_full_disk_leaves_no_truncated_crop_and_one_line(tmp_path, photos):
     small.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(small)], capture_output=True)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a 160 KiB tmpfs here ({mounted.stderr.decode().strip()}): needs root in a "
-                    "namespace that allows mounts")
+        pytest.skip(
+            f"cannot mount a 160 KiB tmpfs here ({mounted.stderr.decode().strip()}): needs root in a "
+            "namespace that allows mounts"
+        )
     try:
-        result = facepipe("detect", str(photos), "-o", str(small / "crops"), "-q", "--min-neighbors", "5",
-                          "--workers", "1", "--crop-format", "png")
+        result = facepipe(
+            "detect",
+            str(photos),
+            "-o",
+            str(small / "crops"),
+            "-q",
+            "--min-neighbors",
+            "5",
+            "--workers",
+            "1",
+            "--crop-format",
+            "png",
+        )
         assert_one_line_error(result, "no space left on the device")
         crops = [p for p in (small / "crops").iterdir() if p.suffix == ".png"]
         assert crops, "the disk should hold some crops before it is full"
@@ -248,11 +295,18 @@ def test_a_full_disk_leaves_no_truncated_crop_and_one_line(tmp_path, photos):
 
 # --- 4. values checked up front ----------------------------------------------------------------------------------
 
-BAD_CONFIG_VALUES = [("train_cvae", "epochs", "2.5"), ("train_cvae", "epochs", '"two"'),
-                     ("train_cvae", "epochs", "1e20"), ("train_cvae", "learning_rate", "nan"),
-                     ("detect", "min_neighbors", '"five"'), ("detect", "scale_factor", "1.0"),
-                     ("train_cvae", "epochs", "true"), ("train_cvae", "latent_dim", "0"),
-                     ("cluster", "k_range", "[1, 5]"), ("generate", "temperature", "inf")]
+BAD_CONFIG_VALUES = [
+    ("train_cvae", "epochs", "2.5"),
+    ("train_cvae", "epochs", '"two"'),
+    ("train_cvae", "epochs", "1e20"),
+    ("train_cvae", "learning_rate", "nan"),
+    ("detect", "min_neighbors", '"five"'),
+    ("detect", "scale_factor", "1.0"),
+    ("train_cvae", "epochs", "true"),
+    ("train_cvae", "latent_dim", "0"),
+    ("cluster", "k_range", "[1, 5]"),
+    ("generate", "temperature", "inf"),
+]
 
 
 @pytest.mark.parametrize("section, key, value", BAD_CONFIG_VALUES)
@@ -265,29 +319,46 @@ def test_a_bad_config_value_is_refused_before_any_stage_runs(tmp_path, photos, s
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("option", [["--beta", "nan"], ["--learning-rate", "inf"], ["--epochs", "0"]])
 def test_non_finite_training_settings_are_bad_usage(tmp_path, option):
     result = CliRunner().invoke(main, ["train-cvae", str(tmp_path / "cluster_results.csv"), *option])
     assert result.exit_code == 2 and option[0] in result.output, result.output
 
 
-@pytest.mark.parametrize("args", [["--k", "0"], ["--k", "many"], ["--k-range", "1:5"], ["--k-range", "2-40"],
-                                  ["--threshold", "nan"]])
+@pytest.mark.parametrize(
+    "args", [["--k", "0"], ["--k", "many"], ["--k-range", "1:5"], ["--k-range", "2-40"], ["--threshold", "nan"]]
+)
 def test_bad_k_and_threshold_values_are_bad_usage(detected, args):
     _, embeddings = detected
     result = CliRunner().invoke(main, ["cluster", str(embeddings), *args])
     assert result.exit_code == 2, result.output
 
 
+@pytest.mark.fast
 def test_probe_files_with_non_finite_or_zero_values_are_refused(tmp_path):
-    good = {"format": "facepipe-linear-probe/1", "target": "bald", "intercept": 0.1, "threshold": 0.5, "C": 1.0,
-            "embedding_model": "dlib-resnet128", "embedding_dimension": 2, "coefficients": [0.5, -0.5],
-            "scaler_mean": [0.0, 0.0], "scaler_scale": [1.0, 1.0]}
+    good = {
+        "format": "facepipe-linear-probe/1",
+        "target": "bald",
+        "intercept": 0.1,
+        "threshold": 0.5,
+        "C": 1.0,
+        "embedding_model": "dlib-resnet128",
+        "embedding_dimension": 2,
+        "coefficients": [0.5, -0.5],
+        "scaler_mean": [0.0, 0.0],
+        "scaler_scale": [1.0, 1.0],
+    }
     path = tmp_path / "probe.json"
     path.write_text(json.dumps(good))
     assert read_probe_json(path)["target"] == "bald"
-    for change in ({"coefficients": [float("nan"), 0.0]}, {"scaler_scale": [1.0, 0.0]}, {"intercept": float("inf")},
-                   {"threshold": 3.0}, {"embedding_dimension": 10**9}):
+    for change in (
+        {"coefficients": [float("nan"), 0.0]},
+        {"scaler_scale": [1.0, 0.0]},
+        {"intercept": float("inf")},
+        {"threshold": 3.0},
+        {"embedding_dimension": 10**9},
+    ):
         path.write_text(json.dumps(dict(good, **change)))
         with pytest.raises(FacepipeError):
             read_probe_json(path)
@@ -341,8 +412,9 @@ def test_unreadable_folders_and_files_and_huge_photos_are_listed_with_their_reas
     Image.new("L", (13000, 13000)).save(inputs / "huge.png")  # about 190 KB on disk, 169 MP decoded
     out = tmp_path / "crops"
     out.mkdir()
-    result = facepipe("detect", str(inputs), "-o", str(out), "-q", "--min-neighbors", "5", "--workers", "1",
-                      as_plain_user=True)
+    result = facepipe(
+        "detect", str(inputs), "-o", str(out), "-q", "--min-neighbors", "5", "--workers", "1", as_plain_user=True
+    )
     assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr
     reasons = dict(read_csv(out / ERRORS_CSV)[["path", "reason"]].itertuples(index=False))
     assert "cannot list this folder: Permission denied" in reasons[str(inputs / "private")]
@@ -402,8 +474,23 @@ def test_formula_like_names_are_escaped_in_csvs_and_read_back_as_they_are(tmp_pa
 
 def test_detect_workers_stop_writing_once_their_parent_is_killed(tmp_path, data_dir):
     out = tmp_path / "crops"
-    child = subprocess.Popen([sys.executable, "-m", "facepipe", "detect", str(data_dir("lfw") / "images"), "-o",
-                              str(out), "-q", "--detector", "dlib-hog", "--workers", "2"], stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "facepipe",
+            "detect",
+            str(data_dir("lfw") / "images"),
+            "-o",
+            str(out),
+            "-q",
+            "--detector",
+            "dlib-hog",
+            "--workers",
+            "2",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while len(list(out.glob("*.jpg"))) < 20 and time.monotonic() < deadline:
         time.sleep(0.1)

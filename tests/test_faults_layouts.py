@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import copy_lfw_photos
 from PIL import Image
+from test_faults import facepipe
 
 from facepipe.cli import main
 from facepipe.formats import DETECTIONS_CSV, ERRORS_CSV, SOURCES_CSV, read_csv
-from test_faults import facepipe
-from helpers import copy_lfw_photos
+from facepipe.settings import ClusterSettings
 
 PEOPLE = ["Kofi_Annan", "Jackie_Chan"]
 NOT_UTF8 = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 file name, as Linux hands it to Python
@@ -73,8 +74,9 @@ def processes_in_group(group: int) -> int:
 def ctrl_c_once_processes_start(args: list[str], processes: int) -> subprocess.Popen:
     """Run facepipe ``args`` in a new process group, and Ctrl-C it (SIGINT to the whole group, as a terminal
     does) once the group has ``processes`` processes; returns the ended child, its stderr read."""
-    child = subprocess.Popen([sys.executable, "-m", "facepipe", *args], stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "facepipe", *args], stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 120
         while processes_in_group(child.pid) < processes and child.poll() is None and time.monotonic() < deadline:
@@ -98,7 +100,8 @@ def test_ctrl_c_while_the_workers_start_is_one_line_and_130(tmp_path, photos, pr
     assert child.returncode == 130, child.stderr_text
     assert "Traceback" not in child.stderr_text and "KeyboardInterrupt" not in child.stderr_text, child.stderr_text
     assert [line for line in child.stderr_text.splitlines() if line.strip()] == [
-        "interrupted: what was done is kept; rerun the same command to go on"]
+        "interrupted: what was done is kept; rerun the same command to go on"
+    ]
     if processes == 5:  # once: the same command rerun finishes what the interrupted one began
         again = CliRunner().invoke(main, args)
         assert again.exit_code == 0, again.output
@@ -162,8 +165,19 @@ def test_photos_too_small_or_narrow_to_search_are_listed_in_errors_csv(tmp_path,
 def test_dlib_cnn_on_a_strip_narrower_than_its_window_finds_nothing(tmp_path):
     # 640x24 passes the working scale (24 px), but --cnn-max-side 64 shows dlib's CNN 64x2 px: it used to crash
     noise_photo(tmp_path / "strip.png", 640, 24)
-    result = facepipe("detect", str(tmp_path / "strip.png"), "-o", str(tmp_path / "crops"), "-q", "--detector",
-                      "dlib-cnn", "--cnn-max-side", "64", "--workers", "1")
+    result = facepipe(
+        "detect",
+        str(tmp_path / "strip.png"),
+        "-o",
+        str(tmp_path / "crops"),
+        "-q",
+        "--detector",
+        "dlib-cnn",
+        "--cnn-max-side",
+        "64",
+        "--workers",
+        "1",
+    )
     assert result.returncode == 0 and "1 images, 0 faces, 0 errors" in result.stdout, (result.stdout, result.stderr)
 
 
@@ -224,9 +238,14 @@ def test_collect_images_lists_or_refuses_a_name_that_is_not_utf8(tmp_path):
 
 # --- 7. exit codes -----------------------------------------------------------------------------------------------
 
-BAD_CONFIGS = {"unknown section": "[nosuch]\nx = 1\n", "unknown key": "[detect]\nnosuch = 1\n",
-               "not a table": "detect = 5\n", "invalid TOML": "[detect\n", "float k range": "[cluster]\nk_range = [2.5, 10]\n",
-               "not UTF-8": b"[run]\nlabels = \"\xe9\"\n"}
+BAD_CONFIGS = {
+    "unknown section": "[nosuch]\nx = 1\n",
+    "unknown key": "[detect]\nnosuch = 1\n",
+    "not a table": "detect = 5\n",
+    "invalid TOML": "[detect\n",
+    "float k range": "[cluster]\nk_range = [2.5, 10]\n",
+    "not UTF-8": b'[run]\nlabels = "\xe9"\n',
+}
 
 
 @pytest.mark.fast
@@ -236,8 +255,9 @@ def test_every_run_config_error_exits_2_before_anything_runs(tmp_path, case):
     text = BAD_CONFIGS[case]
     config.write_bytes(text if isinstance(text, bytes) else text.encode())
     (tmp_path / "photos").mkdir()
-    result = CliRunner().invoke(main, ["run", str(tmp_path / "photos"), "--out", str(tmp_path / "run"), "--config",
-                                       str(config)])
+    result = CliRunner().invoke(
+        main, ["run", str(tmp_path / "photos"), "--out", str(tmp_path / "run"), "--config", str(config)]
+    )
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
@@ -251,18 +271,29 @@ def test_a_malformed_set_override_exits_2(tmp_path):
 
 # --- 4. faults: a full disk --------------------------------------------------------------------------------------
 
-SMALL_MODEL = {"image_size": 32, "latent_dim": 16, "base_channels": 16, "epochs": 3, "identity_weight": 0.0,
-               "align": "none", "face_mask": "none"}  # checkpoints of about 1.7 MB
+SMALL_MODEL = {
+    "image_size": 32,
+    "latent_dim": 16,
+    "base_channels": 16,
+    "epochs": 3,
+    "identity_weight": 0.0,
+    "align": "none",
+    "face_mask": "none",
+}  # checkpoints of about 1.7 MB
 
 
 @contextlib.contextmanager
 def small_disk(folder: Path, size: str):
     """A tmpfs of ``size`` mounted on ``folder`` (root only; skips where mounts are not allowed)."""
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): needs root in a namespace "
-                    "that allows mounts")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): needs root in a namespace "
+            "that allows mounts"
+        )
     try:
         yield folder
     finally:  # lazily where a file on it is still open (a failed test's): never leave the mount behind
@@ -284,7 +315,7 @@ def clustered(tmp_path_factory, photos):
     work = tmp_path_factory.mktemp("clustered")
     detect([photos], work / "crops", DetectorParams(min_neighbors=5), workers=1, show_progress=False)
     embed(work / "crops", work / "f.csv", model="dlib-resnet128", workers=1, show_progress=False)
-    cluster(work / "f.csv", work / "clusters", k=2, samples_dir=None, show_progress=False)
+    cluster(work / "f.csv", work / "clusters", ClusterSettings(k=2), samples_dir=None, show_progress=False)
     return work / "clusters" / "cluster_results.csv"
 
 
@@ -304,9 +335,16 @@ def test_a_full_disk_while_training_is_one_line_and_a_plain_rerun_goes_on(tmp_pa
 
 
 def test_a_full_disk_during_a_run_is_one_line_and_a_plain_rerun_goes_on(tmp_path, photos):
-    overrides = ["detect.min_neighbors=5", "detect.workers=1", 'embed.model="dlib-resnet128"', "embed.workers=1",
-                 "cluster.k=2", "generate.samples=0", "generate.evaluate=false",
-                 *(f"train_cvae.{key}={json.dumps(value)}" for key, value in SMALL_MODEL.items())]
+    overrides = [
+        "detect.min_neighbors=5",
+        "detect.workers=1",
+        'embed.model="dlib-resnet128"',
+        "embed.workers=1",
+        "cluster.k=2",
+        "generate.samples=0",
+        "generate.evaluate=false",
+        *(f"train_cvae.{key}={json.dumps(value)}" for key, value in SMALL_MODEL.items()),
+    ]
     with small_disk(tmp_path / "small", "3m") as disk:  # full while training
         args = ["run", str(photos), "--out", str(disk / "run"), "-q", *(f"--set={item}" for item in overrides)]
         result = CliRunner().invoke(main, args)

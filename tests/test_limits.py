@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from facepipe.cli import AutoOr, main, run_config_problems
-from facepipe.common import FacepipeError
-from facepipe.config import load_config
-from facepipe.common import usable_cpus
+from facepipe.cli import AutoOr, main
+from facepipe.common import FacepipeError, usable_cpus
+from facepipe.config import ConfigError, load_config
 from facepipe.limits import usable_workers
+from facepipe.settings import ClusterSettings, TrainSettings, config_problems
 
+PHOTO = np.zeros((64, 64, 3), dtype=np.uint8)
 PROBE_TRAIN = ["probe", "train", "e.csv", "--labels", "m.csv", "--target", "bald"]
 
 OUT_OF_RANGE = [  # the issue's reproductions, and one of each kind more
@@ -70,19 +71,31 @@ def test_every_numeric_option_has_a_range():
     """Every number has both bounds, but worker counts, which the CPUs cap instead."""
     found = list(numeric_options(main))
     assert len(found) > 40
-    unbounded = [f"{command} {param.opts[0]}" for command, param, kind in found
-                 if not isinstance(kind, (click.IntRange, click.FloatRange)) or kind.min is None
-                 or (kind.max is None and param.name != "workers")]
+    unbounded = [
+        f"{command} {param.opts[0]}"
+        for command, param, kind in found
+        if not isinstance(kind, (click.IntRange, click.FloatRange))
+        or kind.min is None
+        or (kind.max is None and param.name != "workers")
+    ]
     assert not unbounded, unbounded
 
 
 @pytest.mark.fast
 def test_run_config_values_get_the_options_limits():
-    values = {"detect.size": "1000000", "detect.min_neighbors": "1000000000000", "cluster.seed": "-1",
-              "cluster.n_init": "1000000000", "train_cvae.learning_rate": "1e10", "train_cvae.beta": "1e300",
-              "train_cvae.seed": str(2**64), "generate.samples": "10000000", "probe.seed": "-1",
-              "embed.batch_size": "0"}
-    problems = run_config_problems(load_config(None, [f"{key}={value}" for key, value in values.items()]))
+    values = {
+        "detect.size": "1000000",
+        "detect.min_neighbors": "1000000000000",
+        "cluster.seed": "-1",
+        "cluster.n_init": "1000000000",
+        "train_cvae.learning_rate": "1e10",
+        "train_cvae.beta": "1e300",
+        "train_cvae.seed": str(2**64),
+        "generate.samples": "10000000",
+        "probe.seed": "-1",
+        "embed.batch_size": "0",
+    }
+    problems = config_problems(load_config(None, [f"{key}={value}" for key, value in values.items()]))
     for key in values:
         section, option = key.split(".")
         assert any(problem.startswith(f"[{section}] {option} = ") for problem in problems), (key, problems)
@@ -96,8 +109,12 @@ def test_run_refuses_a_config_value_out_of_range_before_any_work(tmp_path):
     """The Python ``run`` checks the config's numbers as the command line does, before a stage starts."""
     from facepipe.run import run
 
-    for override, named in (("cluster.n_init=1000000000", "[cluster] n_init"), ("detect.workers=0", "[detect] workers"),
-                            ("train_cvae.beta=1e300", "[train_cvae] beta"), ("probe.seed=-1", "[probe] seed")):
+    for override, named in (
+        ("cluster.n_init=1000000000", "[cluster] n_init"),
+        ("detect.workers=0", "[detect] workers"),
+        ("train_cvae.beta=1e300", "[train_cvae] beta"),
+        ("probe.seed=-1", "[probe] seed"),
+    ):
         with pytest.raises(FacepipeError, match=re.escape(named)):
             run(["photos"], tmp_path / "run", load_config(None, [override]), show_progress=False)
     assert not (tmp_path / "run").exists()
@@ -105,10 +122,12 @@ def test_run_refuses_a_config_value_out_of_range_before_any_work(tmp_path):
 
 def stage_calls(tmp_path):
     """A call of each stage function with one value out of range, and the option its error must name."""
+    import facepipe
     from facepipe.cluster import cluster
     from facepipe.cvae import train_cvae
     from facepipe.detect import DetectorParams, detect
     from facepipe.embed import embed
+    from facepipe.export import export
     from facepipe.generate import generate
     from facepipe.probe import train
 
@@ -118,14 +137,27 @@ def stage_calls(tmp_path):
         (lambda: detect(["photos"], out, DetectorParams(min_neighbors=10**12)), "--min-neighbors"),
         (lambda: detect(["photos"], out, workers=0), "--workers"),
         (lambda: embed("crops", out / "e.csv", batch_size=0), "--batch-size"),
-        (lambda: cluster("e.csv", out, seed=-1), "--seed"),
-        (lambda: cluster("e.csv", out, n_init=10**9), "--n-init"),
+        (lambda: cluster("e.csv", out, ClusterSettings(seed=-1)), "--seed"),
+        (lambda: cluster("e.csv", out, ClusterSettings(n_init=10**9)), "--n-init"),
         (lambda: generate("weights", out_dir=out, samples=10**7), "--samples"),
-        (lambda: train_cvae("c.csv", weights_dir=out, learning_rate=1e10), "--learning-rate"),
-        (lambda: train_cvae("c.csv", weights_dir=out, beta=1e300), "--beta"),
-        (lambda: train_cvae("c.csv", weights_dir=out, seed=2**64), "--seed"),
+        (
+            lambda: train_cvae("c.csv", TrainSettings(learning_rate=1e10), weights_dir=out, show_progress=False),
+            "--learning-rate",
+        ),
+        (lambda: train_cvae("c.csv", TrainSettings(beta=1e300), weights_dir=out, show_progress=False), "--beta"),
+        (lambda: train_cvae("c.csv", TrainSettings(seed=2**64), weights_dir=out, show_progress=False), "--seed"),
         (lambda: train("e.csv", "m.csv", "bald", out / "p.json", seed=-1), "--seed"),
         (lambda: train("e.csv", "m.csv", "bald", out / "p.json", Cs=[float("inf")]), "--cs"),
+        (lambda: facepipe.find_faces(PHOTO, detector="haar", scale_factor=1.0), "--scale-factor"),
+        (lambda: facepipe.find_faces(PHOTO, min_neighbors=-3), "--min-neighbors"),
+        (lambda: facepipe.find_faces(PHOTO, detector="mtcnn"), "--detector"),
+        (lambda: detect(["photos"], out, DetectorParams(crop_format="gif")), "--crop-format"),
+        (lambda: cluster("e.csv", out, ClusterSettings(method="spectral")), "--method"),
+        (lambda: cluster("e.csv", out, ClusterSettings(k=0)), "--k"),
+        (lambda: cluster("e.csv", out, ClusterSettings(k_range="40:2")), "--k-range"),
+        (lambda: embed("crops", out / "e.csv", precision="fp8"), "--precision"),
+        (lambda: export("c.csv", out, mode="move"), "--mode"),
+        (lambda: facepipe.group_faces(np.eye(3, dtype=np.float32), threshold=9), "--threshold"),
     ]
 
 
@@ -149,8 +181,22 @@ def test_workers_are_capped_by_the_cpus_this_process_may_use():
 def test_detect_with_a_hundred_thousand_workers_starts_as_many_as_there_are_cpus(tmp_path, data_dir):
     photos = sorted((data_dir("dlib_johns") / "images").rglob("*.jpg"))[:2]
     assert len(photos) == 2
-    result = CliRunner().invoke(main, ["detect", *map(str, photos), "-o", str(tmp_path / "crops"), "--detector",
-                                       "haar", "--min-neighbors", "5", "--workers", "100000", "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "detect",
+            *map(str, photos),
+            "-o",
+            str(tmp_path / "crops"),
+            "--detector",
+            "haar",
+            "--min-neighbors",
+            "5",
+            "--workers",
+            "100000",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "detect: 2 images" in result.output
 
@@ -165,8 +211,9 @@ def test_unit_rows_survive_squares_that_overflow_or_underflow():
     for scale in (1e30, 1e-30):
         scaled = vectors * np.float32(scale)
         assert np.allclose(unit_rows(scaled), expected, atol=1e-6), scale
-        assert np.allclose(unit_rows(scaled, out=scaled), expected, atol=1e-6) and np.allclose(scaled, expected,
-                                                                                             atol=1e-6)
+        assert np.allclose(unit_rows(scaled, out=scaled), expected, atol=1e-6) and np.allclose(
+            scaled, expected, atol=1e-6
+        )
     zeros = np.zeros((2, 4), dtype=np.float32)
     assert not unit_rows(zeros).any()
 
@@ -194,26 +241,47 @@ def test_embeddings_scaled_by_1e30_group_as_the_unscaled_ones(tmp_path, johns_dl
     expected = pd.read_csv(tmp_path / "plain" / CLUSTER_RESULTS_CSV)["cluster"]
     for scale in (1e30, 1e-30):
         scaled = tmp_path / f"scaled_{scale:g}.npz"
-        write_embeddings(scaled, Embeddings(embeddings.names, embeddings.vectors * np.float32(scale),
-                                            embeddings.meta))
+        write_embeddings(
+            scaled, Embeddings(embeddings.names, embeddings.vectors * np.float32(scale), embeddings.meta)
+        )
         out = tmp_path / f"out_{scale:g}"
         summary = cluster(scaled, out, samples_dir=None, show_progress=False)
         assert summary.k == plain.k, scale
         assert pd.read_csv(out / CLUSTER_RESULTS_CSV)["cluster"].equals(expected), scale
     with pytest.raises(FacepipeError, match="too large to compare without normalisation"):
-        cluster(tmp_path / "scaled_1e+30.npz", tmp_path / "raw", normalize=False, threshold=0.5, samples_dir=None,
-                show_progress=False)
+        cluster(
+            tmp_path / "scaled_1e+30.npz",
+            tmp_path / "raw",
+            ClusterSettings(normalize=False, threshold=0.5),
+            samples_dir=None,
+            show_progress=False,
+        )
 
 
 @pytest.mark.fast
 def test_auto_in_any_case_is_the_word_auto_everywhere():
-    """``Auto`` / `` AUTO `` in a run config or an option is "auto", as one helper decides (common.is_auto)."""
-    from facepipe.cluster import same_person_distance
+    """``Auto`` / `` AUTO `` in a run config or an option is "auto", as one helper decides (common.is_auto), and
+    the checked config and the settings hold it as "auto"; a setting that takes no "auto" refuses it up front."""
+    from facepipe.config import checked_config
+    from facepipe.grouping import same_person_distance
     from facepipe.identity import identity_weight_for
-    from facepipe.limits import config_limit_problems
 
-    config = load_config(None, ["cluster.k=Auto", "train_cvae.identity_weight=AUTO"])
-    assert run_config_problems(config) == [] and config_limit_problems(config) == []
+    config = load_config(None, ["cluster.k=Auto", 'train_cvae.identity_weight="AUTO"', "embed.device=Auto"])
+    assert config_problems(config) == []
+    checked = checked_config(config)
+    assert (checked["cluster"]["k"], checked["train_cvae"]["identity_weight"], checked["embed"]["device"]) == (
+        "auto",
+        "auto",
+        "auto",
+    )
+    assert TrainSettings.from_config(config["train_cvae"]).identity_weight == "auto"
+    assert ClusterSettings(k=" AUTO ", threshold="Auto") == ClusterSettings()
     assert identity_weight_for(" AUTO ", None) == identity_weight_for("auto", None) == 0.0
-    assert same_person_distance("Auto", "dlib-resnet128", True) == same_person_distance("auto", "dlib-resnet128", True)
-    assert run_config_problems(load_config(None, ["cluster.k=automatic"]))
+    assert same_person_distance("Auto", "dlib-resnet128", True) == same_person_distance(
+        "auto", "dlib-resnet128", True
+    )
+    assert config_problems(load_config(None, ["cluster.k=automatic"]))
+    refused = config_problems(load_config(None, ["train_cvae.epochs=Auto", "detect.detector=Auto"]))
+    assert [problem.split(" = ")[0] for problem in refused] == ["[detect] detector", "[train_cvae] epochs"]
+    with pytest.raises(ConfigError, match=r"\[train_cvae\] epochs = 'Auto'"):
+        checked_config(load_config(None, ["train_cvae.epochs=Auto"]))

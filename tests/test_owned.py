@@ -24,10 +24,10 @@ from facepipe.formats import (
     DETECTION_COLUMNS,
     DETECTIONS_CSV,
     EXPORT_MANIFEST_CSV,
+    LOCK_FILE,
     SOURCE_COLUMNS,
     SOURCES_CSV,
     Embeddings,
-    LOCK_FILE,
     read_csv,
     sidecar_path,
     write_csv_atomic,
@@ -35,6 +35,7 @@ from facepipe.formats import (
     write_json_atomic,
 )
 from facepipe.images import save_image_atomic
+from facepipe.settings import ClusterSettings
 
 pytestmark = pytest.mark.fast
 
@@ -65,8 +66,10 @@ def clustering(root: Path, groups: dict[str, int], name: str = "clusters") -> Pa
         (crops / crop).write_bytes(f"the crop of {name}".encode())
         rows.append({"crop": crop, "source": str(photo)})
     write_csv_atomic(pd.DataFrame(rows), crops / DETECTIONS_CSV)
-    results = pd.DataFrame({"name": [r["crop"] for r in rows], "cluster": list(groups.values()),
-                            "distance": 0.1}, columns=CLUSTER_COLUMNS)
+    results = pd.DataFrame(
+        {"name": [r["crop"] for r in rows], "cluster": list(groups.values()), "distance": 0.1},
+        columns=CLUSTER_COLUMNS,
+    )
     write_csv_atomic(results, clusters / CLUSTER_RESULTS_CSV)
     write_json_atomic(sidecar_path(clusters / CLUSTER_RESULTS_CSV), {"crops_dir": str(crops)})
     return clusters
@@ -112,8 +115,12 @@ def test_a_manifest_line_never_names_what_export_removes(tmp_path):
     assert (target / "notes.txt").read_text() == "the user's notes"
     assert (target / "group_0" / "notes.txt").read_text() == "more notes"
     assert (tmp_path / "victim.txt").read_text() == "outside"
-    assert set(read_csv(target / EXPORT_MANIFEST_CSV)["file"]) == {"group_0/b.jpg", "group_0/c.jpg",
-                                                                    "group_1/a.jpg", "group_1/d.jpg"}
+    assert set(read_csv(target / EXPORT_MANIFEST_CSV)["file"]) == {
+        "group_0/b.jpg",
+        "group_0/c.jpg",
+        "group_1/a.jpg",
+        "group_1/d.jpg",
+    }
 
 
 def test_a_copy_the_user_edited_is_neither_overwritten_nor_removed(tmp_path):
@@ -202,14 +209,28 @@ def test_detect_removes_only_its_own_crops_of_photos_no_longer_among_the_inputs(
     own_crop = crop_name(gone[2], 0, "jpg")
     save_image_atomic(out / own_crop, np.zeros((8, 8, 3), dtype=np.uint8))
     digests = {crop: file_sha256(crop) if crop.is_file() else "0" * 64 for crop in (out / own_crop, *victims)}
-    detections = pd.DataFrame([dict(dict.fromkeys(DETECTION_COLUMNS, 1), crop=crop, source=str(source), face_index=0,
-                                    detector="haar", sha256=digests[path]) for crop, source, path in
-                               [("../victim.txt", gone[0], victims[0]), (str(victims[1]), gone[1], victims[1]),
-                                (own_crop, gone[2], out / own_crop)]])
+    detections = pd.DataFrame(
+        [
+            dict(
+                dict.fromkeys(DETECTION_COLUMNS, 1),
+                crop=crop,
+                source=str(source),
+                face_index=0,
+                detector="haar",
+                sha256=digests[path],
+            )
+            for crop, source, path in [
+                ("../victim.txt", gone[0], victims[0]),
+                (str(victims[1]), gone[1], victims[1]),
+                (own_crop, gone[2], out / own_crop),
+            ]
+        ]
+    )
     write_csv_atomic(detections, out / DETECTIONS_CSV)
     sources = read_csv(out / SOURCES_CSV)
-    sources = pd.concat([sources, pd.DataFrame({"source": [str(p) for p in gone], "status": "ok", "faces": 1,
-                                                "reason": ""})])[SOURCE_COLUMNS]
+    sources = pd.concat(
+        [sources, pd.DataFrame({"source": [str(p) for p in gone], "status": "ok", "faces": 1, "reason": ""})]
+    )[SOURCE_COLUMNS]
     write_csv_atomic(sources, out / SOURCES_CSV)
     (out / ".draft.tmp.txt").write_text("a draft")
     prefix, suffix = temporary_affixes(out / DETECTIONS_CSV)
@@ -242,15 +263,17 @@ def test_cluster_removes_only_the_sample_grids_it_recorded(tmp_path):
     samples.mkdir()
     (samples / "cluster_wedding.jpg").write_bytes(b"the user's wedding")
     (samples / "cluster_7.jpg").write_bytes(b"a grid of the user's own")
-    three = cluster(synthetic_embeddings(tmp_path, 3), out, k=3, samples_dir=samples, show_progress=False)
+    three = cluster(
+        synthetic_embeddings(tmp_path, 3), out, ClusterSettings(k=3), samples_dir=samples, show_progress=False
+    )
     assert three.k == 3 and (samples / "cluster_2.jpg").is_file()
     (samples / "cluster_1.jpg").write_bytes(b"edited by the user")
     two_groups = synthetic_embeddings(tmp_path, 2)
     with pytest.raises(FacepipeError, match="changed since facepipe wrote it"):
-        cluster(two_groups, out, k=2, samples_dir=samples, show_progress=False)
+        cluster(two_groups, out, ClusterSettings(k=2), samples_dir=samples, show_progress=False)
     assert (samples / "cluster_1.jpg").read_bytes() == b"edited by the user" and (samples / "cluster_2.jpg").is_file()
     (samples / "cluster_1.jpg").rename(tmp_path / "kept.jpg")
-    two = cluster(two_groups, out, k=2, samples_dir=samples, show_progress=False)
+    two = cluster(two_groups, out, ClusterSettings(k=2), samples_dir=samples, show_progress=False)
     assert two.k == 2 and not (samples / "cluster_2.jpg").exists()  # recorded by the run before: removed
     assert (samples / "cluster_wedding.jpg").read_bytes() == b"the user's wedding"
     assert (samples / "cluster_7.jpg").read_bytes() == b"a grid of the user's own"
@@ -268,4 +291,7 @@ def test_detect_refuses_a_folder_holding_the_users_own_detection_tables(tmp_path
         result = CliRunner().invoke(main, ["detect", str(tmp_path / "photo.jpg"), "-o", str(mine), "-q", *extra])
         assert result.exit_code == 1 and f"holds a {table} that facepipe did not write" in result.output
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
-    assert sorted(p.name for p in mine.iterdir() if p.name != LOCK_FILE) == [table] and (mine / table).read_text() == "my,own,table\n"
+    assert (
+        sorted(p.name for p in mine.iterdir() if p.name != LOCK_FILE) == [table]
+        and (mine / table).read_text() == "my,own,table\n"
+    )

@@ -28,6 +28,7 @@ from facepipe.formats import (
     UNKNOWN_FOLDER,
     read_csv,
 )
+from facepipe.settings import ClusterSettings
 
 PEOPLE = ["Kofi_Annan", "Jackie_Chan", "Hans_Blix", "Tony_Blair", "Colin_Powell", "Naomi_Watts"]
 
@@ -60,8 +61,12 @@ def collection(tmp_path_factory, data_dir):
         folder.mkdir(parents=True)
         shutil.copy(photo, folder / "the same name.jpg")
     no_face = data_dir("group_photos") / "images"
-    inputs = [data_dir("celeba_wild") / "images", data_dir("lfw_singletons") / "images", work / "odd names",
-              *(no_face / name for name in ("dlib_dogs.jpg", "insightface_mask_black.jpg"))]
+    inputs = [
+        data_dir("celeba_wild") / "images",
+        data_dir("lfw_singletons") / "images",
+        work / "odd names",
+        *(no_face / name for name in ("dlib_dogs.jpg", "insightface_mask_black.jpg")),
+    ]
     detect(inputs, work / "crops", DetectorParams(detector="dlib-hog"), workers=2, show_progress=False)
     embed(work / "crops", work / "image_features.csv", model="dlib-resnet128", workers=2, show_progress=False)
     cluster(work / "image_features.csv", work / "clusters", samples_dir=None, show_progress=False)
@@ -166,7 +171,9 @@ def clustered(work: Path, batches: list[str], people: Path | None = None) -> pd.
     params = DetectorParams(detector="haar", min_neighbors=5, largest_only=True)
     detect([work / b for b in batches], work / "crops", params, workers=1, show_progress=False)
     embed(work / "crops", work / "f.csv", model="dlib-resnet128", workers=1, show_progress=False)
-    summary = cluster(work / "f.csv", work / "clusters", people=people, samples_dir=None, show_progress=False)
+    summary = cluster(
+        work / "f.csv", work / "clusters", ClusterSettings(people=people), samples_dir=None, show_progress=False
+    )
     print(summary.line())
     faces = faces_table(work / "clusters", work / "crops")
     return faces.assign(person=faces["source"].map(lambda s: Path(s).parent.name))
@@ -187,10 +194,11 @@ def test_a_people_file_names_merges_splits_moves_and_survives_a_rerun(lfw_six, t
     people.write_text(
         f"merge = [[{group['Naomi_Watts']}, {', '.join(map(str, blair_groups))}]]\n"
         f"not_a_person = [{group['Hans_Blix']}]\n"
-        f"[names]\n{group['Kofi_Annan']} = \"Kofi Annan\"\n{group['Jackie_Chan']} = \"成龙 Jackie Chan\"\n"
-        f"{group['Tony_Blair']} = \"Tony and Naomi\"\n"
-        f"[move]\n\"{moved}\" = {group['Jackie_Chan']}\n"
-        f"[[split]]\nfaces = {kofi_faces[:2]!r}\nname = \"Kofi, the first two\"\n".replace("'", '"'))
+        f'[names]\n{group["Kofi_Annan"]} = "Kofi Annan"\n{group["Jackie_Chan"]} = "成龙 Jackie Chan"\n'
+        f'{group["Tony_Blair"]} = "Tony and Naomi"\n'
+        f'[move]\n"{moved}" = {group["Jackie_Chan"]}\n'
+        f'[[split]]\nfaces = {kofi_faces[:2]!r}\nname = "Kofi, the first two"\n'.replace("'", '"')
+    )
     corrected = clustered(lfw_six, ["first"], people)
     names = dict(zip(*[read_csv(lfw_six / "clusters" / GROUPS_CSV)[c] for c in ("cluster", "person")]))
     by_face = corrected.set_index("name")["cluster"]
@@ -209,8 +217,9 @@ def test_a_people_file_names_merges_splits_moves_and_survives_a_rerun(lfw_six, t
     from facepipe.config import load_config
     from facepipe.report import write_report
 
-    page = write_report(lfw_six / "clusters", {"stages": {}, "facepipe_version": "test", "seconds": 0.0},
-                        load_config()).read_text(encoding="utf-8")
+    page = write_report(
+        lfw_six / "clusters", {"stages": {}, "facepipe_version": "test", "seconds": 0.0}, load_config()
+    ).read_text(encoding="utf-8")
     for cluster_id, name in names.items():
         if isinstance(name, str) and name:
             assert f"<h3>Cluster {cluster_id}: {html.escape(name)}</h3>" in page
@@ -226,14 +235,24 @@ def test_a_people_file_names_merges_splits_moves_and_survives_a_rerun(lfw_six, t
 
 def test_people_file_errors_are_one_line(lfw_six, tmp_path):
     clustered(lfw_six, ["first"])
-    for text, message in (("[names]\nx = \"A\"\n", "not a group number"), ("merge = [[1]]\n", "two or more"),
-                          ("colour = 3\n", "unknown key"), ("[names\n", "not valid TOML"),
-                          ("names = 3\n", "must be a table"), ("merge = 5\n", "must be a list"),
-                          ("move = [1]\n", "must be a table")):
+    for text, message in (
+        ('[names]\nx = "A"\n', "not a group number"),
+        ("merge = [[1]]\n", "two or more"),
+        ("colour = 3\n", "unknown key"),
+        ("[names\n", "not valid TOML"),
+        ("names = 3\n", "must be a table"),
+        ("merge = 5\n", "must be a list"),
+        ("move = [1]\n", "must be a table"),
+    ):
         (tmp_path / "p.toml").write_text(text)
         with pytest.raises(FacepipeError, match=message):
-            cluster(lfw_six / "f.csv", lfw_six / "clusters", people=tmp_path / "p.toml", samples_dir=None,
-                    show_progress=False)
+            cluster(
+                lfw_six / "f.csv",
+                lfw_six / "clusters",
+                ClusterSettings(people=tmp_path / "p.toml"),
+                samples_dir=None,
+                show_progress=False,
+            )
 
 
 def test_assign_puts_the_other_half_of_lfw_in_its_people_and_strangers_in_unknown(data_dir, tmp_path):
@@ -257,12 +276,16 @@ def test_assign_puts_the_other_half_of_lfw_in_its_people_and_strangers_in_unknow
     embed(crops, features, model="dlib-resnet128", workers=2, show_progress=False)
     cluster(features, clusters, samples_dir=None, show_progress=False)
     first = faces_table(clusters, crops).assign(identity=lambda f: f["source"].map(identity))
-    group_of = {person: int(g["cluster"].mode().iloc[0]) for person, g in first[first["cluster"] >= 0].groupby("identity")}
+    group_of = {
+        person: int(g["cluster"].mode().iloc[0]) for person, g in first[first["cluster"] >= 0].groupby("identity")
+    }
     named = {}
     for person, group in group_of.items():
         named.setdefault(group, person)  # a group two people share keeps one name
     (tmp_path / "people.toml").write_text("[names]\n" + "".join(f'{g} = "{p}"\n' for g, p in named.items()))
-    cluster(features, clusters, people=tmp_path / "people.toml", samples_dir=None, show_progress=False)
+    cluster(
+        features, clusters, ClusterSettings(people=tmp_path / "people.toml"), samples_dir=None, show_progress=False
+    )
     before = read_csv(clusters / CLUSTER_RESULTS_CSV)
     names_before = read_csv(clusters / GROUPS_CSV)[["cluster", "person"]]
     centroids_before = (clusters / "centroids.csv").read_bytes()
@@ -280,8 +303,10 @@ def test_assign_puts_the_other_half_of_lfw_in_its_people_and_strangers_in_unknow
     strangers = new[new["source"].str.startswith(str(data_dir("lfw_singletons")))]
     right = (known["cluster"] == known["source"].map(identity).map(group_of)).mean()
     unknown = (strangers["cluster"] == UNKNOWN_CLUSTER).mean()
-    print(f"{len(group_of)} people with a group; {len(known)} new faces of theirs, {right:.3f} in their group; "
-          f"{len(strangers)} one-off people, {unknown:.3f} unknown")
+    print(
+        f"{len(group_of)} people with a group; {len(known)} new faces of theirs, {right:.3f} in their group; "
+        f"{len(strangers)} one-off people, {unknown:.3f} unknown"
+    )
     assert len(known) > 500 and len(strangers) > 100
     assert right >= 0.97 and unknown >= 0.95
     again = assign([tmp_path / "second.txt"], clusters, show_progress=False)  # nothing new: nothing changes

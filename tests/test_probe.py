@@ -31,7 +31,9 @@ SMALL_CS = (0.01, 0.1, 1.0)
 BALD_F1_FLOOR = 0.35
 
 
-def make_faces(n: int, positive_share: float, signal: float, *, dim: int = 12, people: int | None = None, seed: int = 0):
+def make_faces(
+    n: int, positive_share: float, signal: float, *, dim: int = 12, people: int | None = None, seed: int = 0
+):
     """Random embeddings of ``people`` identities; the target is a property of the person, seen on axis 0."""
     rng = np.random.default_rng(seed)
     people = people or n // 3
@@ -47,13 +49,16 @@ def write_set(folder, vectors, labels, groups, *, model="toy-model", target="bal
     """Embeddings named ``f<i>.jpg`` (crops_dir = folder/images) and a manifest with relpath images/f<i>.jpg."""
     names = [f"f{i}.jpg" for i in range(len(labels))]
     embeddings_path = folder / "image_features.csv"
-    write_embeddings(embeddings_path, Embeddings(names, vectors, {"model": model, "crops_dir": str(folder / "images")}))
+    write_embeddings(
+        embeddings_path, Embeddings(names, vectors, {"model": model, "crops_dir": str(folder / "images")})
+    )
     manifest = pd.DataFrame({"relpath": [f"images/{n}" for n in names], "identity": groups, target: labels})
     manifest_path = folder / "manifest.csv"
     manifest.to_csv(manifest_path, index=False)
     return embeddings_path, manifest_path
 
 
+@pytest.mark.fast
 def test_separable_case_is_learned_perfectly():
     vectors, labels, groups = make_faces(300, 0.3, signal=12.0)
     probe = train_probe(vectors, labels, groups, target="bald", embedding_model="toy", Cs=SMALL_CS, folds=5)
@@ -62,12 +67,20 @@ def test_separable_case_is_learned_perfectly():
     assert np.array_equal(probe.predict(fresh), fresh_labels)
 
 
+@pytest.mark.fast
 def test_imbalanced_case_beats_the_dummy_baselines():
     """3% positives: class weights + the F1 threshold find them; always-0 scores 97% accuracy and F1 0."""
     vectors, labels, groups = make_faces(1500, 0.03, signal=3.0, people=600)
     train_index, test_index = identity_disjoint_split(labels, groups, 0.3, seed=0)
-    probe = train_probe(vectors[train_index], labels[train_index], groups[train_index], target="bald",
-                        embedding_model="toy", Cs=SMALL_CS, folds=4)
+    probe = train_probe(
+        vectors[train_index],
+        labels[train_index],
+        groups[train_index],
+        target="bald",
+        embedding_model="toy",
+        Cs=SMALL_CS,
+        folds=4,
+    )
     test_labels = labels[test_index]
     probabilities = probe.predict_proba(vectors[test_index])
     metrics = binary_metrics(test_labels, probabilities, probe.predict(vectors[test_index]))
@@ -79,6 +92,7 @@ def test_imbalanced_case_beats_the_dummy_baselines():
     assert metrics["hter"] == pytest.approx(1 - metrics["balanced_accuracy"])
 
 
+@pytest.mark.fast
 def test_metrics_by_hand():
     labels = np.array([1, 1, 1, 0, 0, 0, 0, 0])
     predictions = np.array([1, 1, 0, 1, 0, 0, 0, 0])
@@ -93,6 +107,7 @@ def test_metrics_by_hand():
     assert single_class["roc_auc"] is None and single_class["f1"] is None and single_class["far"] == 0
 
 
+@pytest.mark.fast
 def test_grouped_folds_never_share_a_person():
     rng = np.random.default_rng(3)
     groups = np.repeat([f"p{i}" for i in range(150)], rng.integers(1, 8, 150))
@@ -117,6 +132,7 @@ def test_celeba_identity_split_never_leaks(data_dir):
         assert not set(groups[train_index][fold_train]) & set(groups[train_index][fold_validation])
 
 
+@pytest.mark.fast
 def test_json_round_trip_reproduces_predictions_exactly(tmp_path):
     vectors, labels, groups = make_faces(400, 0.2, signal=1.5)
     embeddings_path, manifest_path = write_set(tmp_path, vectors, labels, groups)
@@ -138,41 +154,76 @@ def test_json_round_trip_reproduces_predictions_exactly(tmp_path):
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(vectors)
-    reference = LogisticRegression(C=loaded.C, class_weight="balanced", max_iter=5000).fit(scaler.transform(vectors), labels)
-    np.testing.assert_allclose(in_memory, reference.predict_proba(scaler.transform(vectors))[:, 1], rtol=1e-5, atol=1e-7)
+    reference = LogisticRegression(C=loaded.C, class_weight="balanced", max_iter=5000).fit(
+        scaler.transform(vectors), labels
+    )
+    np.testing.assert_allclose(
+        in_memory, reference.predict_proba(scaler.transform(vectors))[:, 1], rtol=1e-5, atol=1e-7
+    )
     stored = json.loads((tmp_path / "probe.json").read_text())
     assert stored["embedding_model"] == "toy-model" and stored["embedding_dimension"] == vectors.shape[1]
     assert stored["training"]["positives"] == int(labels.sum())
 
 
+@pytest.mark.fast
 def test_other_model_or_dimension_is_refused(tmp_path):
     vectors, labels, groups = make_faces(300, 0.3, signal=2.0)
     embeddings_path, manifest_path = write_set(tmp_path, vectors, labels, groups)
     train(embeddings_path, manifest_path, "bald", tmp_path / "probe.json", Cs=SMALL_CS, show_progress=False)
     other_model = tmp_path / "other" / "image_features.csv"
-    write_embeddings(other_model, Embeddings([f"f{i}.jpg" for i in range(len(labels))], vectors, {"model": "other-net"}))
+    write_embeddings(
+        other_model, Embeddings([f"f{i}.jpg" for i in range(len(labels))], vectors, {"model": "other-net"})
+    )
     with pytest.raises(FacepipeError, match="other-net embeddings of dimension 12.*toy-model"):
         predict(tmp_path / "probe.json", other_model, tmp_path / "p.csv")
     other_dim = tmp_path / "wide" / "image_features.npz"
     write_embeddings(other_dim, Embeddings(["a", "b"], np.zeros((2, 20)), {"model": "toy-model"}))
     with pytest.raises(FacepipeError, match="dimension 20"):
         evaluate(tmp_path / "probe.json", other_dim, manifest_path, tmp_path / "eval")
-    result = CliRunner().invoke(main, ["probe", "predict", "--probe", str(tmp_path / "probe.json"),
-                                       "--embeddings", str(other_model), "--out", str(tmp_path / "p.csv")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "probe",
+            "predict",
+            "--probe",
+            str(tmp_path / "probe.json"),
+            str(other_model),
+            "--out",
+            str(tmp_path / "p.csv"),
+        ],
+    )
     assert result.exit_code == 1 and "other-net" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.fast
 def test_missing_labels_are_reported_not_dropped_silently(tmp_path):
     vectors, labels, groups = make_faces(300, 0.3, signal=2.0)
     embeddings_path, manifest_path = write_set(tmp_path, vectors, labels, groups)
     manifest = pd.read_csv(manifest_path)
     manifest.loc[[3, 4], "bald"] = np.nan  # unknown label
     manifest = manifest.drop(index=[7, 8, 9])  # no manifest row
-    manifest = pd.concat([manifest, pd.DataFrame({"relpath": ["images/never_embedded.jpg"], "identity": ["x"], "bald": [1]})])
+    manifest = pd.concat(
+        [manifest, pd.DataFrame({"relpath": ["images/never_embedded.jpg"], "identity": ["x"], "bald": [1]})]
+    )
     manifest.to_csv(manifest_path, index=False)
-    result = CliRunner().invoke(main, ["probe", "train", str(embeddings_path), "--labels", str(manifest_path),
-                                       "--target", "bald", "--out", str(tmp_path / "probe.json"), "--cs", "0.1", "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "probe",
+            "train",
+            str(embeddings_path),
+            "--labels",
+            str(manifest_path),
+            "--target",
+            "bald",
+            "--out",
+            str(tmp_path / "probe.json"),
+            "--cs",
+            "0.1",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "3 embedding(s) match no manifest row, left out; e.g. f7.jpg, f8.jpg, f9.jpg" in result.output
     assert "2 embedding(s) have no bald label" in result.output and "f3.jpg, f4.jpg" in result.output
@@ -186,9 +237,11 @@ def test_missing_labels_are_reported_not_dropped_silently(tmp_path):
     assert evaluation.report["metrics"]["count"] == 295
     assert evaluation.report["faces_seen_in_training"] == 295
     assert {"metrics.json", "pr_curve.png", "confusion_matrix.png", "predictions.csv"} <= {
-        p.name for p in (tmp_path / "eval").iterdir()}
+        p.name for p in (tmp_path / "eval").iterdir()
+    }
 
 
+@pytest.mark.fast
 def test_bad_labels_and_reruns(tmp_path):
     vectors, labels, groups = make_faces(300, 0.3, signal=2.0)
     embeddings_path, manifest_path = write_set(tmp_path, vectors, labels, groups)
@@ -203,14 +256,18 @@ def test_bad_labels_and_reruns(tmp_path):
         train(embeddings_path, manifest_path, "bald", tmp_path / "p.json", group_column="person", show_progress=False)
     three_bald_people = np.array(["a", "b", "c"] * 4 + [f"n{i}" for i in range(18)])  # 12 bald faces, 3 people
     with pytest.raises(FacepipeError, match="only 3 different people have label 1; at least 5 are needed"):
-        train_probe(vectors[:30], np.repeat([1, 0], [12, 18]), three_bald_people, target="bald", embedding_model="toy")
+        train_probe(
+            vectors[:30], np.repeat([1, 0], [12, 18]), three_bald_people, target="bald", embedding_model="toy"
+        )
 
     first = train(embeddings_path, manifest_path, "bald", tmp_path / "p.json", Cs=SMALL_CS, show_progress=False)
     again = train(embeddings_path, manifest_path, "bald", tmp_path / "p.json", Cs=SMALL_CS, show_progress=False)
     assert again.skipped and np.array_equal(again.probe.coefficients, first.probe.coefficients)
     with pytest.raises(FacepipeError, match="--force"):
         train(embeddings_path, manifest_path, "bald", tmp_path / "p.json", Cs=(1.0,), show_progress=False)
-    redone = train(embeddings_path, manifest_path, "bald", tmp_path / "p.json", Cs=(1.0,), force=True, show_progress=False)
+    redone = train(
+        embeddings_path, manifest_path, "bald", tmp_path / "p.json", Cs=(1.0,), force=True, show_progress=False
+    )
     assert redone.probe.C == 1.0 and not redone.skipped
 
 
@@ -219,17 +276,24 @@ def celeba_probes(celeba_attr_dlib_embeddings, data_dir, tmp_path_factory):
     """bald and male probes trained on 75% of celeba_attr's identities, evaluated on the other 25%."""
     out = tmp_path_factory.mktemp("celeba_probes")
     manifest = data_dir("celeba_attr") / "manifest.csv"
-    return {target: train(celeba_attr_dlib_embeddings, manifest, target, out / f"{target}.json", holdout=0.25,
-                          show_progress=False)
-            for target in ("bald", "male")}
+    return {
+        target: train(
+            celeba_attr_dlib_embeddings, manifest, target, out / f"{target}.json", holdout=0.25, show_progress=False
+        )
+        for target in ("bald", "male")
+    }
 
 
 def test_celeba_bald_and_male_on_held_out_identities(celeba_probes):
     bald, male = celeba_probes["bald"].holdout, celeba_probes["male"].holdout
     for target, run in celeba_probes.items():
         m = run.holdout["metrics"]
-        print(f"\nceleba_attr {target}, held-out identities: " + ", ".join(
-            f"{k} {m[k]:.3f}" for k in ("f1", "precision", "recall", "balanced_accuracy", "pr_auc", "roc_auc")))
+        print(
+            f"\nceleba_attr {target}, held-out identities: "
+            + ", ".join(
+                f"{k} {m[k]:.3f}" for k in ("f1", "precision", "recall", "balanced_accuracy", "pr_auc", "roc_auc")
+            )
+        )
         assert run.holdout["identities_shared_with_training"] == 0
         assert run.labelled.missing_report()["manifest_rows_without_embedding"]["count"] == 0
     assert bald["metrics"]["positives"] >= 30

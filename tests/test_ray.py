@@ -86,18 +86,23 @@ def test_ray_embed_writes_the_local_engines_embeddings(ray_cluster, local_crops,
     damaged = pd.read_csv(crops / DETECTIONS_CSV)["crop"].iloc[3]
     (crops / damaged).write_bytes(b"truncated")
     local = embed(crops, tmp_path / "local.csv", model="dlib-resnet128", show_progress=False)
-    on_ray = embed(crops, tmp_path / "ray.csv", model="dlib-resnet128", batch_size=7, engine="ray",
-                   show_progress=False)
+    on_ray = embed(
+        crops, tmp_path / "ray.csv", model="dlib-resnet128", batch_size=7, engine="ray", show_progress=False
+    )
     assert len(on_ray.nodes) == 2 and on_ray.errors == local.errors == 1
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
-    assert embed_errors_path(tmp_path / "ray.csv").read_text() == embed_errors_path(tmp_path / "local.csv").read_text()
+    assert (
+        embed_errors_path(tmp_path / "ray.csv").read_text() == embed_errors_path(tmp_path / "local.csv").read_text()
+    )
     assert damaged in embed_errors_path(tmp_path / "ray.csv").read_text()
 
 
 def start_detect(listing: Path, out: Path, address: str) -> subprocess.Popen:
-    code = ("import sys; from facepipe.detect import detect, DetectorParams; "
-            "detect([sys.argv[1]], sys.argv[2], DetectorParams(detector='haar', min_neighbors=5), engine='ray', "
-            "ray_address=sys.argv[3], show_progress=False, checkpoint_seconds=0.05)")
+    code = (
+        "import sys; from facepipe.detect import detect, DetectorParams; "
+        "detect([sys.argv[1]], sys.argv[2], DetectorParams(detector='haar', min_neighbors=5), engine='ray', "
+        "ray_address=sys.argv[3], show_progress=False, checkpoint_seconds=0.05)"
+    )
     return subprocess.Popen([sys.executable, "-c", code, str(listing), str(out), address])
 
 
@@ -128,8 +133,9 @@ def test_a_killed_ray_detect_resumes_to_the_local_result(ray_cluster, many_photo
     partial = len(pd.read_csv(tmp_path / SOURCES_CSV))
     assert 30 <= partial < 300, "the job was not interrupted part-way"
 
-    resumed = detect([listing], tmp_path, DetectorParams(detector="haar", min_neighbors=5), engine="ray",
-                     show_progress=False)
+    resumed = detect(
+        [listing], tmp_path, DetectorParams(detector="haar", min_neighbors=5), engine="ray", show_progress=False
+    )
     assert resumed.skipped == partial and resumed.processed_now == 300 - partial
     assert folder_digest(tmp_path) == folder_digest(whole)
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
@@ -158,14 +164,26 @@ def test_a_ray_worker_that_dies_is_replaced_and_its_photos_redone(ray_cluster, m
     assert folder_digest(tmp_path) == folder_digest(whole)
 
 
-def test_run_on_ray_writes_what_the_stages_write_and_a_switch_of_engine_redoes_nothing(ray_cluster, photos,
-                                                                                      local_crops, tmp_path):
+def test_run_on_ray_writes_what_the_stages_write_and_a_switch_of_engine_redoes_nothing(
+    ray_cluster, photos, local_crops, tmp_path
+):
     from facepipe.config import load_config
     from facepipe.run import run
 
-    config = load_config(None, ["detect.min_neighbors=5", "detect.cnn_max_side=64", "embed.model=\"dlib-resnet128\"",
-                                "cluster.k=3", "train_cvae.epochs=1", "train_cvae.image_size=16",
-                                "generate.samples=0", "generate.evaluate=false", "run.engine=\"ray\""])
+    config = load_config(
+        None,
+        [
+            "detect.min_neighbors=5",
+            "detect.cnn_max_side=64",
+            'embed.model="dlib-resnet128"',
+            "cluster.k=3",
+            "train_cvae.epochs=1",
+            "train_cvae.image_size=16",
+            "generate.samples=0",
+            "generate.evaluate=false",
+            'run.engine="ray"',
+        ],
+    )
     first = run(photos, tmp_path / "run", config, show_progress=False)
     assert {s.name: s.status for s in first.stages}["embed"] == "ran"
     assert "on 2 Ray nodes" in next(s for s in first.stages if s.name == "detect").summary
@@ -195,9 +213,9 @@ def test_a_ray_address_where_nothing_answers_is_refused_at_once(tmp_path, data_d
 
 @pytest.mark.fast
 def test_the_run_config_refuses_an_unknown_engine():
-    from facepipe.cli import run_config_problems
     from facepipe.config import default_config
+    from facepipe.settings import config_problems
 
     config = default_config()
     config["run"]["engine"] = "spark"
-    assert any("[run] engine" in problem for problem in run_config_problems(config))
+    assert any("[run] engine" in problem for problem in config_problems(config))

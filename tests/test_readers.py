@@ -55,15 +55,21 @@ def _results(folder, cluster_cell: str, centroids: int | None = None):
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("cell, message", [
-    ("2.5", "row 4, column cluster: 2.5 is not a whole number"),
-    ("two", "row 4, column cluster: 'two' is not a number"),
-    ("", "row 4, column cluster: the cell is empty"),
-    ("99999999999999999999999", "row 4, column cluster: 99999999999999999999999 is out of range (must be from -1 to"),
-    ("1e300", "row 4, column cluster: 1e+300 is out of range"),
-    ("-2", "row 4, column cluster: -2 is out of range (must be from -1 to 1000000)"),
-    ("inf", "row 4, column cluster: inf is not a finite number"),
-])
+@pytest.mark.parametrize(
+    "cell, message",
+    [
+        ("2.5", "row 4, column cluster: 2.5 is not a whole number"),
+        ("two", "row 4, column cluster: 'two' is not a number"),
+        ("", "row 4, column cluster: the cell is empty"),
+        (
+            "99999999999999999999999",
+            "row 4, column cluster: 99999999999999999999999 is out of range (must be from -1 to",
+        ),
+        ("1e300", "row 4, column cluster: 1e+300 is out of range"),
+        ("-2", "row 4, column cluster: -2 is out of range (must be from -1 to 1000000)"),
+        ("inf", "row 4, column cluster: inf is not a finite number"),
+    ],
+)
 def test_a_damaged_cluster_number_names_the_file_row_and_column(tmp_path, cell, message):
     path = _results(tmp_path, cell)
     with pytest.raises(FacepipeError) as error:
@@ -76,7 +82,9 @@ def test_cluster_results_are_read_with_their_types_and_checked_against_the_centr
     results = read_cluster_results(_results(tmp_path, "1.0", centroids=2))
     assert results["cluster"].tolist() == [0, 1, 1] and results["cluster"].dtype == np.int64
     assert results["name"].tolist() == ["a.jpg", "b.jpg", "c.jpg"]
-    with pytest.raises(FacepipeError, match=r"row 4, column cluster: group 5 is not among the 2 groups of .*centroids"):
+    with pytest.raises(
+        FacepipeError, match=r"row 4, column cluster: group 5 is not among the 2 groups of .*centroids"
+    ):
         read_cluster_results(_results(tmp_path, "5", centroids=2))
     (tmp_path / CLUSTER_RESULTS_CSV).write_text(RESULTS + "a.jpg,1,0.3\n")
     with pytest.raises(FacepipeError, match=r"row 5, column name: 'a.jpg' appears again \(first in row 2\)"):
@@ -87,8 +95,9 @@ def test_cluster_results_are_read_with_their_types_and_checked_against_the_centr
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("command", [["export", "-o", "{out}"], ["train-cvae", "-o", "{out}"],
-                                     ["assign", "{photo}", "--clusters"]])
+@pytest.mark.parametrize(
+    "command", [["export", "-o", "{out}"], ["train-cvae", "-o", "{out}"], ["assign", "{photo}", "--clusters"]]
+)
 @pytest.mark.parametrize("cell", ["2.5", "many"])
 def test_every_command_refuses_a_damaged_cluster_number_in_one_line(tmp_path, command, cell):
     """A float cluster number used to be taken as its whole part by export and train-cvae; text crashed."""
@@ -105,12 +114,17 @@ def test_every_command_refuses_a_damaged_cluster_number_in_one_line(tmp_path, co
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("sidecar, message", [("[1, 2]", "holds a JSON list, not an object"),
-                                              ('"vggface2"', "holds a JSON str, not an object"),
-                                              ('{"model": ["x"]}', "model must be text"),
-                                              ('{"dimension": "2"}', "dimension must be a whole number"),
-                                              ('{"count": 2.5}', "count must be a whole number"),
-                                              ("[" * 100_000, "not valid JSON")])
+@pytest.mark.parametrize(
+    "sidecar, message",
+    [
+        ("[1, 2]", "holds a JSON list, not an object"),
+        ('"vggface2"', "holds a JSON str, not an object"),
+        ('{"model": ["x"]}', "model must be text"),
+        ('{"dimension": "2"}', "dimension must be a whole number"),
+        ('{"count": 2.5}', "count must be a whole number"),
+        ("[" * 100_000, "not valid JSON"),
+    ],
+)
 def test_an_embeddings_sidecar_of_the_wrong_type_is_one_line(tmp_path, sidecar, message):
     path = tmp_path / "f.csv"
     write_embeddings(path, Embeddings(["a.jpg", "b.jpg"], np.eye(2, dtype=np.float32), {"model": "m"}))
@@ -120,11 +134,16 @@ def test_an_embeddings_sidecar_of_the_wrong_type_is_one_line(tmp_path, sidecar, 
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("names, message", [(np.asarray("a.jpg"), "a list of text, not a 0-d"),
-                                            (np.asarray([["a.jpg"], ["b.jpg"]]), "a list of text, not a 2-d"),
-                                            (np.asarray([1, 2]), "a list of text"),
-                                            (np.asarray(["a.jpg"]), "one vector of numbers per name"),
-                                            (np.asarray(["a.jpg", "a.jpg"]), r"more than once \(a.jpg\)")])
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (np.asarray("a.jpg"), "a list of text, not a 0-d"),
+        (np.asarray([["a.jpg"], ["b.jpg"]]), "a list of text, not a 2-d"),
+        (np.asarray([1, 2]), "a list of text"),
+        (np.asarray(["a.jpg"]), "one vector of numbers per name"),
+        (np.asarray(["a.jpg", "a.jpg"]), r"more than once \(a.jpg\)"),
+    ],
+)
 def test_an_npz_whose_names_are_not_a_list_of_names_is_one_line(tmp_path, names, message):
     path = tmp_path / "f.npz"
     np.savez(path, names=names, vectors=np.eye(2, dtype=np.float32))
@@ -157,7 +176,9 @@ def test_an_embed_progress_file_with_bad_arrays_or_meta_is_one_line(tmp_path):
     np.savez(path, names=np.asarray(["a.jpg", "b.jpg"]), vectors=np.full((2, 2), np.nan), meta=np.asarray("{}"))
     with pytest.raises(FacepipeError, match="non-finite values.*--force"):
         read_embeddings_checkpoint(path)
-    np.savez(path, names=np.asarray(["a.jpg", "b.jpg"]), vectors=np.ones((2, 5)), meta=np.asarray('{"dimension": 128}'))
+    np.savez(
+        path, names=np.asarray(["a.jpg", "b.jpg"]), vectors=np.ones((2, 5)), meta=np.asarray('{"dimension": 128}')
+    )
     with pytest.raises(FacepipeError, match="meta says dimension 128 but it holds 5-d vectors.*--force"):
         read_embeddings_checkpoint(path)
 
@@ -196,7 +217,7 @@ def test_a_people_file_split_with_an_unknown_key_is_refused(tmp_path):
 
 @pytest.mark.fast
 def test_a_people_file_nested_ten_thousand_deep_is_one_line(tmp_path):
-    for text in ("merge = " + "[" * 10_000 + "]" * 10_000 + "\n", "[names]\n1000000000000 = \"X\"\n"):
+    for text in ("merge = " + "[" * 10_000 + "]" * 10_000 + "\n", '[names]\n1000000000000 = "X"\n'):
         (tmp_path / "people.toml").write_text(text)
         with pytest.raises(FacepipeError, match="nested too deep|not a group number"):
             read_people(tmp_path / "people.toml")
@@ -236,8 +257,11 @@ def test_the_other_readers_refuse_wrong_types_in_one_line(tmp_path):
 def test_a_detect_json_of_the_wrong_types_is_one_line(tmp_path):
     from facepipe.detect import recorded_params
 
-    for params, message in (('[1]', "params must be an object"), ('{"size": "224"}', "size must be a whole number"),
-                            ('{"margin": 7}', "margin 7 is out of range")):
+    for params, message in (
+        ("[1]", "params must be an object"),
+        ('{"size": "224"}', "size must be a whole number"),
+        ('{"margin": 7}', "margin 7 is out of range"),
+    ):
         (tmp_path / "detect.json").write_text('{"params": %s}' % params)
         with pytest.raises(FacepipeError, match=message):
             recorded_params(tmp_path)
@@ -268,13 +292,22 @@ def clustering(tmp_path_factory, data_dir):
 
 
 def _snapshot(folder):
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != LOCK_FILE}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != LOCK_FILE
+    }
 
 
-@pytest.mark.parametrize("damage, message", [("float", "column cluster"), ("beyond", "column cluster"),
-                                             ("groups", "column cluster"),
-                                             ("centroids", "holds 127-d centroids but")])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("float", "column cluster"),
+        ("beyond", "column cluster"),
+        ("groups", "column cluster"),
+        ("centroids", "holds 127-d centroids but"),
+    ],
+)
 def test_an_assign_refused_on_a_bad_clustering_changes_nothing(clustering, tmp_path, damage, message):
     """assign used to detect and embed the new photos into the collection before it read the clustering."""
     work = tmp_path / "work"
@@ -291,8 +324,9 @@ def test_an_assign_refused_on_a_bad_clustering_changes_nothing(clustering, tmp_p
         lines[1] = f"{name},{'0.5' if damage == 'float' else '7'},{distance}"
         results.write_text("\n".join(lines) + "\n")
     before = _snapshot(work)
-    result = CliRunner().invoke(main, ["assign", str(work / "new"), "--clusters", str(work / "clusters"), "-q",
-                                       "--workers", "1"])
+    result = CliRunner().invoke(
+        main, ["assign", str(work / "new"), "--clusters", str(work / "clusters"), "-q", "--workers", "1"]
+    )
     assert result.exit_code == 1, result.output
     assert (message in result.output) and "Traceback" not in result.output, result.output
     assert _snapshot(work) == before  # no crop, row or vector of the new photos was added
@@ -329,8 +363,9 @@ def test_detect_redoes_a_crop_truncated_after_it_was_written(clustering, tmp_pat
 
 
 @pytest.mark.parametrize("column, cell", [("x", "nan"), ("face_index", "first")])
-def test_detect_redoes_a_photo_whose_detection_row_is_damaged_and_embed_refuses_it(clustering, tmp_path, column,
-                                                                                    cell):
+def test_detect_redoes_a_photo_whose_detection_row_is_damaged_and_embed_refuses_it(
+    clustering, tmp_path, column, cell
+):
     from facepipe.detect import DetectorParams, detect
     from facepipe.formats import DETECTION_COLUMNS
 
@@ -339,8 +374,10 @@ def test_detect_redoes_a_photo_whose_detection_row_is_damaged_and_embed_refuses_
     rows = [line.split(",") for line in (crops / DETECTIONS_CSV).read_text().splitlines()]
     rows[1][DETECTION_COLUMNS.index(column)] = cell
     (crops / DETECTIONS_CSV).write_text("".join(",".join(row) + "\n" for row in rows))
-    result = CliRunner().invoke(main, ["embed", str(crops), "-o", str(tmp_path / "f.csv"), "--model", "dlib-resnet128",
-                                       "--workers", "1", "-q"])
+    result = CliRunner().invoke(
+        main,
+        ["embed", str(crops), "-o", str(tmp_path / "f.csv"), "--model", "dlib-resnet128", "--workers", "1", "-q"],
+    )
     assert result.exit_code == 1 and f"row 2, column {column}" in result.output, result.output
     assert "detect rerun" in result.output and not (tmp_path / "f.csv").exists()
     summary = detect([clustering / "photos"], crops, DetectorParams(min_neighbors=5), workers=1, show_progress=False)
@@ -361,20 +398,33 @@ def test_detections_probe_and_checkpoint_files_of_the_wrong_types_are_one_line(t
     (tmp_path / DETECTIONS_CSV).write_text("crop,source\na.jpg,\n")
     with pytest.raises(FacepipeError, match=r"detections.csv row 2, column source: the cell is empty"):
         read_detections(tmp_path / DETECTIONS_CSV)
-    for text, message in (("crop,source\n/elsewhere/holiday.jpg,/p/1.jpg\n", "row 2, column crop: '/elsewhere/"),
-                          ("crop,source\nsub/../../x.jpg,/p/1.jpg\n", "row 2, column crop: 'sub/../../x.jpg' is not"),
-                          ("crop,source,face_index\na.jpg,/p/1.jpg,0\nb.jpg,/p/1.jpg,first\n",
-                           "row 3, column face_index: 'first' is not a number"),
-                          ("crop,source,x,w\na.jpg,/p/1.jpg,nan,3\n", "row 2, column x: 'nan' is not a number"),
-                          ("crop,source,w\na.jpg,/p/1.jpg,-3\n", "row 2, column w: -3 is out of range")):
+    for text, message in (
+        ("crop,source\n/elsewhere/holiday.jpg,/p/1.jpg\n", "row 2, column crop: '/elsewhere/"),
+        ("crop,source\nsub/../../x.jpg,/p/1.jpg\n", "row 2, column crop: 'sub/../../x.jpg' is not"),
+        (
+            "crop,source,face_index\na.jpg,/p/1.jpg,0\nb.jpg,/p/1.jpg,first\n",
+            "row 3, column face_index: 'first' is not a number",
+        ),
+        ("crop,source,x,w\na.jpg,/p/1.jpg,nan,3\n", "row 2, column x: 'nan' is not a number"),
+        ("crop,source,w\na.jpg,/p/1.jpg,-3\n", "row 2, column w: -3 is out of range"),
+    ):
         (tmp_path / DETECTIONS_CSV).write_text(text)
         with pytest.raises(FacepipeError, match=re.escape(message) + ".*a detect rerun into that folder redoes"):
             read_detections(tmp_path / DETECTIONS_CSV)
     (tmp_path / DETECTIONS_CSV).write_text("crop,source,face_index,x,score\nsub/a.jpg,/p/1.jpg,0,-4,\n")
     assert read_detections(tmp_path / DETECTIONS_CSV)["crop"].tolist() == ["sub/a.jpg"]
-    probe = {"format": "facepipe-linear-probe/1", "target": ["male"], "intercept": 0.0, "threshold": 0.5, "C": 1.0,
-             "embedding_model": "m", "embedding_dimension": 1, "coefficients": [1.0], "scaler_mean": [0.0],
-             "scaler_scale": [1.0]}
+    probe = {
+        "format": "facepipe-linear-probe/1",
+        "target": ["male"],
+        "intercept": 0.0,
+        "threshold": 0.5,
+        "C": 1.0,
+        "embedding_model": "m",
+        "embedding_dimension": 1,
+        "coefficients": [1.0],
+        "scaler_mean": [0.0],
+        "scaler_scale": [1.0],
+    }
     (tmp_path / "probe.json").write_text(json.dumps(probe))
     with pytest.raises(FacepipeError, match="probe.json: target must be text"):
         read_probe_json(tmp_path / "probe.json")

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from facepipe.cli import main
 from facepipe.cluster import cluster
 from facepipe.common import FacepipeError
-from facepipe.formats import CLUSTER_RESULTS_CSV, SUGGESTION_COLUMNS, UNKNOWN_CLUSTER
-from facepipe.people import PEOPLE_TOML, People, read_people, write_people
+from facepipe.formats import CLUSTER_RESULTS_CSV, PEOPLE_TOML, SUGGESTION_COLUMNS, UNKNOWN_CLUSTER
+from facepipe.people import People, read_people, write_people
 from facepipe.suggest import suggest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,9 +112,16 @@ def test_review_refuses_requests_without_the_token_from_another_host_or_naming_a
     assert http.get("/face/0").status_code == 403
     results = pd.read_csv(session.folder / CLUSTER_RESULTS_CSV)
     assert http.get(f"/face/{len(results)}", params=token).status_code == 404  # a crop not in the clustering
-    for path in ("/face/../../etc/passwd", "/face/%2e%2e%2fimage_features.csv", "/face//etc/passwd",
-                 "/face/-1", "/aggregate/0", "/../image_features.csv", f"/{session.folder}/image_features.csv",
-                 "/face/" + results["name"].iloc[0]):
+    for path in (
+        "/face/../../etc/passwd",
+        "/face/%2e%2e%2fimage_features.csv",
+        "/face//etc/passwd",
+        "/face/-1",
+        "/aggregate/0",
+        "/../image_features.csv",
+        f"/{session.folder}/image_features.csv",
+        "/face/" + results["name"].iloc[0],
+    ):
         answer = http.get(path, params=token)
         assert answer.status_code == 404 and b"e0" not in answer.content, path
     generated = session.folder / "inference_results"  # generate's CVAE faces, where it ran
@@ -129,8 +136,13 @@ def test_review_refuses_requests_without_the_token_from_another_host_or_naming_a
     assert http.get("/edit", params=token).status_code == 405  # state changes only by POST
     assert not (session.folder / PEOPLE_TOML).exists()
     header = {"X-Facepipe-Token": session.token}
-    for bad in ({"action": "name", "group": 999, "name": "x"}, {"action": "move", "faces": ["../x"], "group": 0},
-                {"action": "split", "faces": []}, {"action": "delete"}, [1, 2]):
+    for bad in (
+        {"action": "name", "group": 999, "name": "x"},
+        {"action": "move", "faces": ["../x"], "group": 0},
+        {"action": "split", "faces": []},
+        {"action": "delete"},
+        [1, 2],
+    ):
         answer = http.post("/edit", headers=header, json=bad)
         assert answer.status_code == 400 and answer.json()["error"], bad
     assert http.post("/edit", headers=header, json=edit).status_code == 200
@@ -145,12 +157,19 @@ def test_a_second_review_or_a_cluster_run_on_the_folder_is_stopped_by_the_lock(f
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
     command = [sys.executable, "-m", "facepipe"]
-    first = subprocess.Popen([*command, "review", str(folder), "--no-browser"], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=env)
+    first = subprocess.Popen(
+        [*command, "review", str(folder), "--no-browser"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         assert "review: http://127.0.0.1:" in first.stdout.readline()
-        for second in (["review", str(folder), "--no-browser"],
-                       ["cluster", str(folder / "image_features.csv"), "-o", str(folder), "--force"]):
+        for second in (
+            ["review", str(folder), "--no-browser"],
+            ["cluster", str(folder / "image_features.csv"), "-o", str(folder), "--force"],
+        ):
             done = subprocess.run([*command, *second], capture_output=True, text=True, env=env, timeout=120)
             assert done.returncode == 1 and "in use by another facepipe command" in done.stderr + done.stdout
             assert "Traceback" not in done.stderr
@@ -161,7 +180,8 @@ def test_a_second_review_or_a_cluster_run_on_the_folder_is_stopped_by_the_lock(f
 
 def _face_names(browser, group: int) -> list[str]:
     return browser.execute_script(
-        f"return Array.from(document.querySelectorAll('#group-{group} .face')).map(f => f.alt)")
+        f"return Array.from(document.querySelectorAll('#group-{group} .face')).map(f => f.alt)"
+    )
 
 
 def test_review_in_a_real_browser_names_merges_splits_and_answers_suggestions(folder, tmp_path):
@@ -190,14 +210,22 @@ def test_review_in_a_real_browser_names_merges_splits_and_answers_suggestions(fo
 
             def edits(count: int) -> None:
                 WebDriverWait(browser, 120).until(
-                    lambda b: b.execute_script("return document.body.dataset.edits") == str(count))
+                    lambda b: b.execute_script("return document.body.dataset.edits") == str(count)
+                )
 
-            groups = [int(g) for g in browser.execute_script(
-                "return Array.from(document.querySelectorAll('.group')).map(g => g.dataset.group)") if int(g) >= 0]
+            groups = [
+                int(g)
+                for g in browser.execute_script(
+                    "return Array.from(document.querySelectorAll('.group')).map(g => g.dataset.group)"
+                )
+                if int(g) >= 0
+            ]
             assert len(groups) >= 4, groups
             named, merged = groups[0], groups[1:3]
-            named_faces, merged_faces = _face_names(browser, named), _face_names(browser, merged[0]) + _face_names(
-                browser, merged[1])
+            named_faces, merged_faces = (
+                _face_names(browser, named),
+                _face_names(browser, merged[0]) + _face_names(browser, merged[1]),
+            )
             box = browser.find_element(By.CSS_SELECTOR, f"#group-{named} input[name=name]")
             box.clear()
             box.send_keys("Ada Lovelace", Keys.ENTER)
@@ -214,19 +242,28 @@ def test_review_in_a_real_browser_names_merges_splits_and_answers_suggestions(fo
                 face.click()
             browser.find_element(By.ID, "split").click()
             edits(3)
-            split_number = int(browser.execute_script(
-                f"return document.querySelector('img[alt=\"{split_faces[0]}\"]').closest('.group').dataset.group"))
+            split_number = int(
+                browser.execute_script(
+                    f"return document.querySelector('img[alt=\"{split_faces[0]}\"]').closest('.group').dataset.group"
+                )
+            )
             queue = browser.execute_script(
-                "return Array.from(document.querySelectorAll('#queue li')).map(i => JSON.parse(i.dataset.suggestion))")
+                "return Array.from(document.querySelectorAll('#queue li')).map(i => JSON.parse(i.dataset.suggestion))"
+            )
             edited = {named, kept, split_number}
             position = next(i for i, s in enumerate(queue) if not {s["group"], s["other"]} & edited)
             accepted = queue[position]
             together = ([accepted["face"]] if accepted["kind"] == "unknown" else []) + [
-                face for g in (accepted["group"], accepted["other"]) if accepted["kind"] != "outlier" and g is not None
-                for face in _face_names(browser, g)]
+                face
+                for g in (accepted["group"], accepted["other"])
+                if accepted["kind"] != "outlier" and g is not None
+                for face in _face_names(browser, g)
+            ]
             browser.find_element(By.TAG_NAME, "body").send_keys("j" * position + "a")  # j: the next suggestion
             edits(4)
-            rejected = browser.execute_script("return JSON.parse(document.querySelector('#queue li').dataset.suggestion)")
+            rejected = browser.execute_script(
+                "return JSON.parse(document.querySelector('#queue li').dataset.suggestion)"
+            )
             browser.find_element(By.CSS_SELECTOR, "#queue li .reject").click()
             edits(5)
             errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
@@ -263,8 +300,9 @@ def test_review_in_a_real_browser_names_merges_splits_and_answers_suggestions(fo
     assert (exported / "Ada Lovelace").is_dir() and any((exported / "Ada Lovelace").iterdir())
     page = write_report(folder, {"stages": {}, "facepipe_version": "test", "seconds": 0.0}, load_config())
     assert f"Cluster {named}: Ada Lovelace</h3>" in page.read_text(encoding="utf-8")
-    cluster(folder / "image_features.csv", folder, samples_dir=folder / "cluster_samples", force=True,
-            show_progress=False)  # a rerun: people.toml in the folder is followed without being named
+    cluster(
+        folder / "image_features.csv", folder, samples_dir=folder / "cluster_samples", force=True, show_progress=False
+    )  # a rerun: people.toml in the folder is followed without being named
     check_clustering()
     offered = suggest(folder)
     if rejected["kind"] == "merge":
@@ -298,7 +336,8 @@ def test_edits_of_a_number_merged_away_go_by_faces_and_a_run_folder_report_follo
     names = dict(pd.read_csv(folder / "groups.csv", keep_default_na=False)[["cluster", "person"]].values)
     assert {names[g] for g in after[other]} == {"Other"} and {names[g] for g in after[first + second]} == {""}
     assert after[other].nunique() == 1 and f"Cluster {after[other[0]]}: Other</h3>" in (
-        folder / "report.html").read_text(encoding="utf-8")
+        folder / "report.html"
+    ).read_text(encoding="utf-8")
     number = int(after[other[0]])
     assert http.post("/edit", headers=header, json={"action": "not_a_person", "group": number}).status_code == 200
     last = pd.read_csv(folder / CLUSTER_RESULTS_CSV).set_index("name")["cluster"]
@@ -310,13 +349,24 @@ def test_edits_of_a_number_merged_away_go_by_faces_and_a_run_folder_report_follo
 
 
 def test_people_file_rejected_entries_round_trip_and_bad_ones_are_one_line(tmp_path):
-    people = People(names={0: "Ann \"A\" Lee", 3: "成龙"}, merges=[[0, 7]], not_a_person=[9],
-                    moves={"a b.jpg": -1}, splits=[(["x.jpg", "y.jpg"], "Hans"), (["z.jpg"], "")],
-                    rejected_merges={(2, 5)}, rejected_faces={("t.jpg", 4)})
+    people = People(
+        names={0: 'Ann "A" Lee', 3: "成龙"},
+        merges=[[0, 7]],
+        not_a_person=[9],
+        moves={"a b.jpg": -1},
+        splits=[(["x.jpg", "y.jpg"], "Hans"), (["z.jpg"], "")],
+        rejected_merges={(2, 5)},
+        rejected_faces={("t.jpg", 4)},
+    )
     write_people(tmp_path / "p.toml", people)
     assert read_people(tmp_path / "p.toml") == people
-    for text in ("[[rejected]]\ngroups = [1]\n", "[[rejected]]\nface = \"x.jpg\"\n", "[[rejected]]\ngroups = [1, 2]\n"
-                 "face = \"x.jpg\"\n", "rejected = 3\n", "[[rejected]]\nface = 3\ngroup = 1\n"):
+    for text in (
+        "[[rejected]]\ngroups = [1]\n",
+        '[[rejected]]\nface = "x.jpg"\n',
+        '[[rejected]]\ngroups = [1, 2]\nface = "x.jpg"\n',
+        "rejected = 3\n",
+        "[[rejected]]\nface = 3\ngroup = 1\n",
+    ):
         (tmp_path / "bad.toml").write_text(text)
         with pytest.raises(FacepipeError) as error:
             read_people(tmp_path / "bad.toml")

@@ -51,10 +51,20 @@ def small_set(data_dir, tmp_path_factory):
 
 
 def small_config(labels: Path, **cluster):
-    config = load_config(None, [
-        "detect.largest_only=true", "embed.model=\"dlib-resnet128\"",
-        "cluster.k_range=[2, 16]", "train_cvae.epochs=3", "train_cvae.image_size=32", "generate.samples=2",
-        "probe.targets=[\"male\"]", "probe.folds=2", "probe.holdout=0.34"])
+    config = load_config(
+        None,
+        [
+            "detect.largest_only=true",
+            'embed.model="dlib-resnet128"',
+            "cluster.k_range=[2, 16]",
+            "train_cvae.epochs=3",
+            "train_cvae.image_size=32",
+            "generate.samples=2",
+            'probe.targets=["male"]',
+            "probe.folds=2",
+            "probe.holdout=0.34",
+        ],
+    )
     config["run"]["labels"] = str(labels)
     config["cluster"].update(cluster)
     return config
@@ -72,11 +82,23 @@ def test_run_writes_every_output(finished_run):
     out, summary, _, _ = finished_run
     statuses = {s.name: s.status for s in summary.stages}
     assert statuses == {name: "ran" for name in ("detect", "embed", "cluster", "train_cvae", "generate", "probe")}
-    for relative in ("temp/detections.csv", "image_features.csv", "image_features.csv.json", "cluster_results.csv",
-                     "k_selection.csv", "cluster_samples/overview.jpg",
-                     "weights/cvae_best.pt", "inference_results/clusters_sheet.png",
-                     "inference_results/fidelity.json", "probe/male.json", "report.html", "run.log",
-                     "summary.json", "config.toml", "state.json"):
+    for relative in (
+        "temp/detections.csv",
+        "image_features.csv",
+        "image_features.csv.json",
+        "cluster_results.csv",
+        "k_selection.csv",
+        "cluster_samples/overview.jpg",
+        "weights/cvae_best.pt",
+        "inference_results/clusters_sheet.png",
+        "inference_results/fidelity.json",
+        "probe/male.json",
+        "report.html",
+        "run.log",
+        "summary.json",
+        "config.toml",
+        "state.json",
+    ):
         assert (out / relative).is_file(), relative
     faces = pd.read_csv(out / "temp/detections.csv")
     features = pd.read_csv(out / "image_features.csv")
@@ -105,7 +127,7 @@ def test_report_is_self_contained_and_its_links_resolve(finished_run):
     # overview, then per group: grid, CVAE face, pixel mean and random draws (generate.samples=2)
     assert len(page.sources) >= 1 + 4 * groups[groups >= 0].nunique()
     text = (out / "report.html").read_text(encoding="utf-8")
-    fidelity = text[text.index('<h2 id="fidelity">'):text.index('<h2 id="probe">')]
+    fidelity = text[text.index('<h2 id="fidelity">') : text.index('<h2 id="probe">')]
     assert "random draws" in fidelity and "sharpness" in fidelity
     assert all(src.startswith("data:image/") for src in page.sources)
     assert page.hrefs
@@ -124,14 +146,20 @@ def test_changing_k_reruns_cluster_and_later_stages_only(finished_run, tmp_path)
     chosen_k = next(s for s in first.stages if s.name == "cluster").details["k"]
 
     again = run([listing], out, small_config(manifest), show_progress=False)
-    assert {s.name: s.status for s in again.stages} == {name: "skipped" for name in
-                                                        ("detect", "embed", "cluster", "train_cvae", "generate",
-                                                         "probe")}
+    assert {s.name: s.status for s in again.stages} == {
+        name: "skipped" for name in ("detect", "embed", "cluster", "train_cvae", "generate", "probe")
+    }
 
     changed = run([listing], out, small_config(manifest, k=chosen_k + 1), show_progress=False)
     statuses = {s.name: s.status for s in changed.stages}
-    assert statuses == {"detect": "skipped", "embed": "skipped", "cluster": "ran", "train_cvae": "ran",
-                        "generate": "ran", "probe": "skipped"}
+    assert statuses == {
+        "detect": "skipped",
+        "embed": "skipped",
+        "cluster": "ran",
+        "train_cvae": "ran",
+        "generate": "ran",
+        "probe": "skipped",
+    }
     details = next(s for s in changed.stages if s.name == "cluster").details
     assert details["k_rule"].startswith(f"k = {chosen_k + 1}: given")  # a k given means k-means
     groups = pd.read_csv(out / "cluster_results.csv")["cluster"]
@@ -162,8 +190,9 @@ def test_cli_run_prints_json_summary_and_config(finished_run, tmp_path):
     out, _, listing, manifest = finished_run
     config_file = tmp_path / "facepipe.toml"
     config_file.write_text(config_to_toml(small_config(manifest, k=5)))
-    result = CliRunner().invoke(main, ["run", str(listing), "--out", str(out), "--config", str(config_file),
-                                       "--json", "-q"])
+    result = CliRunner().invoke(
+        main, ["run", str(listing), "--out", str(out), "--config", str(config_file), "--json", "-q"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["stages"]["embed"]["status"] == "skipped"
@@ -172,6 +201,7 @@ def test_cli_run_prints_json_summary_and_config(finished_run, tmp_path):
     assert printed.exit_code == 0 and "[train_cvae]" in printed.output and "min_neighbors = 45" in printed.output
 
 
+@pytest.mark.fast
 def test_bad_config_is_refused_before_anything_runs(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[cluster]\nkk = 3\n")
@@ -182,8 +212,19 @@ def test_bad_config_is_refused_before_anything_runs(tmp_path):
     result = CliRunner().invoke(main, ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(bad)])
     assert result.exit_code == 2 and "unknown option" in result.output  # a bad config: README's 2
     assert not (tmp_path / "o").exists()
-    result = CliRunner().invoke(main, ["run", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "vggface2-resnet50",
-                                       "--set", "train_cvae.identity_weight=10"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            "vggface2-resnet50",
+            "--set",
+            "train_cvae.identity_weight=10",
+        ],
+    )
     assert result.exit_code == 1 and "identity term needs dlib-resnet128" in result.output
     assert not (tmp_path / "o").exists()
 
@@ -193,12 +234,13 @@ def test_report_shows_who_is_where(finished_run):
     photos without a face, and the CVAE's loss curve."""
     out, _, listing, _ = finished_run
     text = (out / "report.html").read_text(encoding="utf-8")
-    faces = pd.read_csv(out / "cluster_results.csv").merge(pd.read_csv(out / "temp/detections.csv"),
-                                                           left_on="name", right_on="crop")
+    faces = pd.read_csv(out / "cluster_results.csv").merge(
+        pd.read_csv(out / "temp/detections.csv"), left_on="name", right_on="crop"
+    )
     fidelity = json.loads((out / "inference_results/fidelity.json").read_text())
     for cluster, members in faces[faces["cluster"] >= 0].groupby("cluster"):
-        card = text[text.index(f'id="cluster-{cluster}"'):]
-        card = card[:card.index('<div class="cluster"', 1) if '<div class="cluster"' in card[1:] else len(card)]
+        card = text[text.index(f'id="cluster-{cluster}"') :]
+        card = card[: card.index('<div class="cluster"', 1) if '<div class="cluster"' in card[1:] else len(card)]
         assert f"{len(members)} face(s) in {members['source'].nunique()} photo(s)" in card
         assert Path(sorted(members["source"])[0]).name in card
         assert "farthest from the centroid" in card and "CVAE face" in card and "centroid (cosine" in card
@@ -222,9 +264,11 @@ def test_report_in_a_real_headless_browser(finished_run, tmp_path):
     try:
         browser.get((moved / "report.html").as_uri())
         images = browser.execute_script(
-            "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])")
+            "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])"
+        )
         links = browser.execute_script(
-            "return Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))")
+            "return Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))"
+        )
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         browser.save_screenshot(str(tmp_path / "report.png"))
     finally:

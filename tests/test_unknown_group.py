@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from test_cvae import TRAINING
 
 from facepipe.cluster_metrics import clustering_metrics
 from facepipe.common import FacepipeError
@@ -37,21 +38,31 @@ from facepipe.formats import (
 from facepipe.generate import generate, saved_or_recomputed_centroids
 from facepipe.identity import cluster_centroids
 from facepipe.report import write_report
-from test_cvae import TRAINING
+from facepipe.settings import TrainSettings
 
 PHOTOS = Path(__file__).resolve().parents[1] / "assets" / "samples" / "images"
 GROUPS = {"Kofi_Annan": 0, "Jackie_Chan": 1, "Hans_Blix": UNKNOWN_CLUSTER}
 PHOTOS_EACH = 3
 # 3 photos each of 3 people from assets/samples: two groups and one person in the unknown group
-PHOTO_CLUSTERS = {f"{person}/{person}_{i:04d}.jpg": cluster for person, cluster in GROUPS.items()
-                  for i in range(1, PHOTOS_EACH + 1)}
+PHOTO_CLUSTERS = {
+    f"{person}/{person}_{i:04d}.jpg": cluster for person, cluster in GROUPS.items() for i in range(1, PHOTOS_EACH + 1)
+}
 GROUPED = {name: cluster for name, cluster in PHOTO_CLUSTERS.items() if cluster != UNKNOWN_CLUSTER}
-SCORES = ("nmi", "ari", "bcubed_precision", "bcubed_recall", "bcubed_f", "pairwise_precision", "pairwise_recall",
-          "pairwise_f")
+SCORES = (
+    "nmi",
+    "ari",
+    "bcubed_precision",
+    "bcubed_recall",
+    "bcubed_f",
+    "pairwise_precision",
+    "pairwise_recall",
+    "pairwise_f",
+)
 
 # --------------------------------------------------------------------------- metrics
 
 
+@pytest.mark.fast
 def test_each_unknown_face_is_its_own_cluster():
     with_unknown = clustering_metrics(["a", "a", "b"], [-1, -1, 0])
     singletons = clustering_metrics(["a", "a", "b"], [5, 6, 0])
@@ -64,6 +75,7 @@ def test_each_unknown_face_is_its_own_cluster():
     assert clustering_metrics(["a", "a", "b"], [-1, -1, -1])["clusters"] == 0
 
 
+@pytest.mark.fast
 def test_unknown_faces_beside_groups_by_hand():
     truth = ["a", "a", "a", "b", "b"]
     predicted = [0, 0, -1, 1, -1]  # as {a a} {a} {b} {b}
@@ -97,7 +109,9 @@ def trained_with_unknown(tmp_path_factory):
     """A 2-epoch CVAE on cluster results with unknown rows, one of them naming a crop that does not exist."""
     folder = tmp_path_factory.mktemp("unknown")
     results = write_cluster_results(folder, {**PHOTO_CLUSTERS, "nobody/missing.jpg": UNKNOWN_CLUSTER})
-    return train_cvae(results, weights_dir=folder / "weights", **dict(TRAINING, epochs=2))
+    return train_cvae(
+        results, TrainSettings(**dict(TRAINING, epochs=2)), weights_dir=folder / "weights", show_progress=False
+    )
 
 
 def test_train_cvae_leaves_the_unknown_group_out(trained_with_unknown, tmp_path):
@@ -110,8 +124,10 @@ def test_train_cvae_leaves_the_unknown_group_out(trained_with_unknown, tmp_path)
 
     more_unknown = write_cluster_results(tmp_path / "more", {**PHOTO_CLUSTERS, "Venus_Williams/x.jpg": -1})
     resumed = tmp_path / "resumed"
-    train_cvae(more_unknown, weights_dir=resumed, **dict(TRAINING, epochs=1))
-    again = train_cvae(grouped_only, weights_dir=resumed, resume=True, **dict(TRAINING, epochs=2))
+    train_cvae(more_unknown, TrainSettings(**dict(TRAINING, epochs=1)), weights_dir=resumed, show_progress=False)
+    again = train_cvae(
+        grouped_only, TrainSettings(**dict(TRAINING, epochs=2)), weights_dir=resumed, resume=True, show_progress=False
+    )
     assert again.epochs_run == 1  # the same training data: unknown rows do not change the fingerprint
 
 
@@ -121,7 +137,8 @@ def test_generate_writes_no_face_for_the_unknown_group(trained_with_unknown, tmp
     generated = generate(weights, out_dir=out, samples=1, evaluate=False, device="cpu", show_progress=False)
     assert generated.clusters == [0, 1]
     assert {p.name for p in out.glob("cluster_*.png")} == {
-        name for cluster in (0, 1) for name in generated_face_names(cluster).values()}
+        name for cluster in (0, 1) for name in generated_face_names(cluster).values()
+    }
     with pytest.raises(FacepipeError, match="not in this model"):
         generate(weights, out_dir=out, clusters=[UNKNOWN_CLUSTER], evaluate=False, device="cpu", show_progress=False)
 
@@ -130,10 +147,15 @@ def test_no_group_left_is_a_clear_error(trained_with_unknown, tmp_path):
     all_unknown = write_cluster_results(tmp_path, dict.fromkeys(PHOTO_CLUSTERS, UNKNOWN_CLUSTER))
     message = rf"all {len(PHOTO_CLUSTERS)} crops are in the unknown group \(cluster -1\)"
     with pytest.raises(FacepipeError, match=message):
-        train_cvae(all_unknown, weights_dir=tmp_path / "weights", **TRAINING)
+        train_cvae(all_unknown, TrainSettings(**TRAINING), weights_dir=tmp_path / "weights", show_progress=False)
     with pytest.raises(FacepipeError, match=message):
-        generate(trained_with_unknown.weights_dir, out_dir=tmp_path / "faces", cluster_results=all_unknown,
-                 device="cpu", show_progress=False)
+        generate(
+            trained_with_unknown.weights_dir,
+            out_dir=tmp_path / "faces",
+            cluster_results=all_unknown,
+            device="cpu",
+            show_progress=False,
+        )
     assert not (tmp_path / "weights").exists()
     below = write_cluster_results(tmp_path / "below", {**PHOTO_CLUSTERS, "Venus_Williams/x.jpg": -2})
     with pytest.raises(FacepipeError, match=r"-2 is out of range \(must be from -1"):
@@ -143,6 +165,7 @@ def test_no_group_left_is_a_clear_error(trained_with_unknown, tmp_path):
 # --------------------------------------------------------------------------- centroids
 
 
+@pytest.mark.fast
 def test_centroids_ignore_the_unknown_group(tmp_path):
     vectors = np.random.default_rng(0).standard_normal((len(GROUPED), 8)).astype(np.float32)
     embeddings = Embeddings(list(GROUPED), vectors)  # the unknown crops need no embedding: they are not looked up
@@ -178,21 +201,23 @@ def report_clusters(out: Path) -> str:
     """The cluster section of the report written for the run folder ``out``."""
     summary = {"stages": {}, "facepipe_version": "test", "seconds": 0.0}
     page = write_report(out, summary, load_config()).read_text(encoding="utf-8")
-    return page[page.index('<h2 id="clusters">'):page.index('<h2 id="fidelity">')]
+    return page[page.index('<h2 id="clusters">') : page.index('<h2 id="fidelity">')]
 
 
+@pytest.mark.fast
 def test_report_shows_the_unknown_group_with_its_grid(tmp_path):
     write_run_folder(tmp_path, PHOTO_CLUSTERS, unknown_grid=True)
     section = report_clusters(tmp_path)
     assert 'id="cluster-0"' in section and 'id="cluster-1"' in section and "cluster--1" not in section
     assert section.count(f"<p>{PHOTOS_EACH} face(s) in ") == 2  # the real groups' sizes
     assert "sample grid: not produced" not in section
-    unknown = section[section.index('id="cluster-unknown"'):]  # the last card
+    unknown = section[section.index('id="cluster-unknown"') :]  # the last card
     assert f"{PHOTOS_EACH} face(s) that match no group" in unknown
     grid = base64.b64encode((tmp_path / RUN_SAMPLES_DIR / UNKNOWN_GRID_JPG).read_bytes()).decode("ascii")
     assert grid in unknown and "CVAE face" not in unknown
 
 
+@pytest.mark.fast
 def test_report_without_unknown_grid_or_unknown_faces(tmp_path):
     write_run_folder(tmp_path / "no_grid", PHOTO_CLUSTERS, unknown_grid=False)
     assert "(Unknown sample grid: not produced)" in report_clusters(tmp_path / "no_grid")

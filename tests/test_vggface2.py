@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import cosines
 from PIL import Image
 
 from facepipe.common import FacepipeError
 from facepipe.formats import embedding_columns
 from facepipe.models.vggface2 import VGGFace2ResNet50Embedder
-from facepipe.weights import VGGFACE2_RESNET50_FILE, ensure_vggface2_weights
-from helpers import cosines
+from facepipe.models.weights import VGGFACE2_RESNET50_FILE, ensure_vggface2_weights
 
 FIXTURE = "vggface_resnet50"
 WEIGHTS = "vggface_resnet50_notop_random.h5"
@@ -169,6 +169,7 @@ def test_wrong_sha256_is_refused_and_leaves_nothing(server, weights_dir):
     assert files_in(weights_dir) == []
 
 
+@pytest.mark.fast
 def test_offline_error_says_where_to_put_the_file(weights_dir):
     with socket.socket() as probe:  # a port that nothing listens on once the socket is closed
         probe.bind(("127.0.0.1", 0))
@@ -181,6 +182,7 @@ def test_offline_error_says_where_to_put_the_file(weights_dir):
     assert files_in(weights_dir) == []
 
 
+@pytest.mark.fast
 def test_missing_explicit_weights_is_an_error(weights_dir):
     with pytest.raises(FacepipeError, match="no such file"):
         ensure_vggface2_weights(weights=weights_dir / "absent.h5")
@@ -191,10 +193,16 @@ def test_missing_explicit_weights_is_an_error(weights_dir):
 def test_precision_auto_takes_bf16_only_where_the_hardware_has_it(fixture, fp32_embedder, fp32_embeddings):
     """--precision auto (issue 17): bf16 where the CPU computes it natively (AMX / AVX-512 BF16), then within the
     drift measured for bf16; fp32 elsewhere, and always for dlib-resnet128."""
-    from facepipe.embed import load_embedder, native_bf16
+    from facepipe.models.registry import load_embedder, native_bf16
 
-    auto = load_embedder("vggface2-resnet50", weights=fp32_embedder.weights_path, device="cpu", precision="auto",
-                         batch_size=16, show_progress=False)
+    auto = load_embedder(
+        "vggface2-resnet50",
+        weights=fp32_embedder.weights_path,
+        device="cpu",
+        precision="auto",
+        batch_size=16,
+        show_progress=False,
+    )
     assert auto.describe()["precision"] == ("bf16" if native_bf16("cpu") else "fp32")
     assert cosines(auto.embed(fixture[1]), fp32_embeddings).min() > 0.9999
     dlib = load_embedder("dlib-resnet128", device="cpu", precision="auto", show_progress=False)

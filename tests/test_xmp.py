@@ -29,8 +29,9 @@ def exiftool_json(*arguments) -> list[dict]:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    done = subprocess.run(["exiftool", "-struct", "-j", "-n", *map(str, arguments)], capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        ["exiftool", "-struct", "-j", "-n", *map(str, arguments)], capture_output=True, text=True, check=True
+    )
     return json.loads(done.stdout)
 
 
@@ -42,7 +43,9 @@ def named(tmp_path):
     from facepipe.embed import embed
 
     shutil.copytree(SAMPLES / "images", tmp_path / "photos")
-    detect([tmp_path / "photos"], tmp_path / "temp", DetectorParams(largest_only=True), workers=2, show_progress=False)
+    detect(
+        [tmp_path / "photos"], tmp_path / "temp", DetectorParams(largest_only=True), workers=2, show_progress=False
+    )
     embed(tmp_path / "temp", tmp_path / "image_features.csv", model="dlib-resnet128", workers=2, show_progress=False)
     cluster(tmp_path / "image_features.csv", tmp_path, samples_dir=None, show_progress=False)
     faces = faces_of(tmp_path)
@@ -69,9 +72,21 @@ def test_export_xmp_writes_a_region_per_named_face_that_exiftool_reads_back(name
     faces = faces_of(work)
     kept = faces[faces["cluster"] >= 0].iloc[0]["source"]
     mine = sidecar_of(kept)
-    subprocess.run(["exiftool", "-q", "-o", str(mine), "-XMP-dc:Subject=holiday", "-XMP-dc:Title=Beach",
-                    "-XMP-mwg-rs:RegionInfo={RegionList=[{Name=My dog,Type=Pet,Area={X=0.1,Y=0.1,W=0.1,H=0.1,"
-                    "Unit=normalized}}]}", str(kept)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "exiftool",
+            "-q",
+            "-o",
+            str(mine),
+            "-XMP-dc:Subject=holiday",
+            "-XMP-dc:Title=Beach",
+            "-XMP-mwg-rs:RegionInfo={RegionList=[{Name=My dog,Type=Pet,Area={X=0.1,Y=0.1,W=0.1,H=0.1,"
+            "Unit=normalized}}]}",
+            str(kept),
+        ],
+        check=True,
+        capture_output=True,
+    )
     summary = export(work, tmp_path / "export", xmp="photo.jpg.xmp", show_progress=False)
     assert summary.xmp is not None and summary.xmp.merged >= 1 and "xmp:" in summary.line()
     for row in faces.itertuples(index=False):
@@ -82,8 +97,12 @@ def test_export_xmp_writes_a_region_per_named_face_that_exiftool_reads_back(name
         assert len(regions) == 1, (row.source, regions)
         area = regions[0]["Area"]
         assert regions[0]["Name"] == names[row.cluster] and area["Unit"] == "normalized"
-        expected = ((row.x + row.w / 2) / row.source_width, (row.y + row.h / 2) / row.source_height,
-                    row.w / row.source_width, row.h / row.source_height)
+        expected = (
+            (row.x + row.w / 2) / row.source_width,
+            (row.y + row.h / 2) / row.source_height,
+            row.w / row.source_width,
+            row.h / row.source_height,
+        )
         assert [area[k] for k in "XYWH"] == pytest.approx(expected, abs=1e-5)
         dimensions = exiftool_json(sidecar_of(row.source))[0]["RegionInfo"]["AppliedToDimensions"]
         assert (dimensions["W"], dimensions["H"]) == (row.source_width, row.source_height)
@@ -102,8 +121,9 @@ def test_export_xmp_writes_a_region_per_named_face_that_exiftool_reads_back(name
     renamed = faces[faces["cluster"] == group].iloc[0]["source"]
     assert [r["Name"] for r in regions_of(sidecar_of(renamed)) if r.get("Type") == "Face"] == ["Someone Else"]
     assert "My dog" in [r["Name"] for r in regions_of(mine)] and exiftool_json(mine)[0]["Subject"] == ["holiday"]
-    result = CliRunner().invoke(main, ["export", str(work), "-o", str(tmp_path / "lightroom"), "--xmp-name",
-                                       "photo.xmp", "-q"])
+    result = CliRunner().invoke(
+        main, ["export", str(work), "-o", str(tmp_path / "lightroom"), "--xmp-name", "photo.xmp", "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert Path(renamed).with_suffix(".xmp").is_file()
 
@@ -122,12 +142,23 @@ def test_names_in_mwg_and_microsoft_regions_read_back_as_labels(named, tmp_path)
     # a Microsoft (MP) region written into a photo, as Windows Photo Gallery tags people
     unknown = faces[faces["cluster"] < 0]
     row = (unknown if len(unknown) else faces).iloc[0]
-    rectangle = (f"{row.x / row.source_width:.4f}, {row.y / row.source_height:.4f}, {row.w / row.source_width:.4f}, "
-                 f"{row.h / row.source_height:.4f}")
+    rectangle = (
+        f"{row.x / row.source_width:.4f}, {row.y / row.source_height:.4f}, {row.w / row.source_width:.4f}, "
+        f"{row.h / row.source_height:.4f}"
+    )
     sidecar_of(row.source).unlink(missing_ok=True)
-    subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-MP:RegionInfoMP={Regions=[{PersonDisplayName="
-                    f"Windows Name,Rectangle={rectangle.replace(',', '|,')}}}]}}", row.source], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            "exiftool",
+            "-q",
+            "-overwrite_original",
+            "-XMP-MP:RegionInfoMP={Regions=[{PersonDisplayName="
+            f"Windows Name,Rectangle={rectangle.replace(',', '|,')}}}]}}",
+            row.source,
+        ],
+        check=True,
+        capture_output=True,
+    )
     assert exiftool_json(row.source)[0]["RegionInfoMP"]["Regions"][0]["PersonDisplayName"] == "Windows Name"
     tags, _ = read_face_tags(work)
     assert tags.set_index("name")["identity"][row["name"]] == "Windows Name"

@@ -14,6 +14,19 @@ from facepipe.cvae.checkpoints import (
 from facepipe.cvae.model import CVAEConfig, build_model, cvae_loss, encoder_sizes
 from facepipe.cvae.training import CachedCrops, TrainSummary, split_train_validation, train_cvae
 
-__all__ = ["CVAEConfig", "CachedCrops", "TrainSummary", "build_model", "crop_aligner", "cvae_loss", "encoder_sizes",
-           "epoch_checkpoints", "find_checkpoint", "load_checkpoint", "load_cvae", "save_checkpoint",
-           "split_train_validation", "train_cvae"]
+__all__ = [
+    "CVAEConfig",
+    "CachedCrops",
+    "TrainSummary",
+    "build_model",
+    "crop_aligner",
+    "cvae_loss",
+    "encoder_sizes",
+    "epoch_checkpoints",
+    "find_checkpoint",
+    "load_checkpoint",
+    "load_cvae",
+    "save_checkpoint",
+    "split_train_validation",
+    "train_cvae",
+]

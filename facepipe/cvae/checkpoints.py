@@ -13,7 +13,13 @@ import numpy as np
 from facepipe.common import FacepipeError, write_bytes_atomic
 from facepipe.crops import CropAligner
 from facepipe.cvae.model import CVAEConfig, build_model
-from facepipe.formats import ALIGNMENT_CSV, CVAE_BEST_CHECKPOINT, CVAE_CHECKPOINT_FORMAT, checked_fields, read_alignment
+from facepipe.formats import (
+    ALIGNMENT_CSV,
+    CVAE_BEST_CHECKPOINT,
+    CVAE_CHECKPOINT_FORMAT,
+    checked_fields,
+    read_alignment,
+)
 
 CHECKPOINT_PATTERN = re.compile(r"^cvae_epoch_(\d+)\.pt$")
 
@@ -35,8 +41,12 @@ def rng_states() -> dict:
     version, python_state, gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": {"version": int(version), "state": list(python_state), "gauss": gauss},
     }
 
@@ -46,8 +56,15 @@ def restore_rng_states(states: dict) -> None:
 
     torch.set_rng_state(states["torch"])
     numpy_state = states["numpy"]
-    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     python_state = states["python"]
     random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss"]))
 
@@ -74,7 +91,9 @@ def load_checkpoint(path: str | Path) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError... for damaged files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise FacepipeError(f"{path} is not a readable CVAE checkpoint (truncated or corrupt?): {first_line}") from None
+        raise FacepipeError(
+            f"{path} is not a readable CVAE checkpoint (truncated or corrupt?): {first_line}"
+        ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CVAE_CHECKPOINT_FORMAT:
         raise FacepipeError(f"{path} is not a facepipe CVAE checkpoint")
     missing = [k for k in ("config", "model", "epoch") if k not in checkpoint]
@@ -91,7 +110,9 @@ def load_cvae(path: str | Path, device: str = "cpu"):
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
-        raise FacepipeError(f"{path}: weights do not fit the model its config describes: {str(error).splitlines()[0]}") from None
+        raise FacepipeError(
+            f"{path}: weights do not fit the model its config describes: {str(error).splitlines()[0]}"
+        ) from None
     return model.to(device).eval(), config, checkpoint
 
 

@@ -10,65 +10,73 @@ mean, so it starts from that face and learns how a crop, or a draw, differs from
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import asdict, dataclass, field
 
 from facepipe import __version__
 from facepipe.common import FacepipeError
-from facepipe.cvae_settings import (
-    ALIGNMENTS,
-    DECODER_BASES,
-    DEFAULT_ALIGN_PADDING,
-    DEFAULT_ALIGNMENT,
-    DEFAULT_DRAW_IDENTITY,
-    DEFAULT_FACE_MASK,
-    DEFAULT_IDENTITY_BLUR,
-    DEFAULT_IDENTITY_JITTER,
-    FACE_MASKS,
-    MAX_IDENTITY_BLUR,
-    MIN_IMAGE_SIZE,
-)
 from facepipe.formats import MAX_GROUP_NUMBER, UNKNOWN_CLUSTER
-from facepipe.limits import TRAIN_CVAE
+from facepipe.settings import ALIGNMENTS, DECODER_BASES, FACE_MASKS, MIN_IMAGE_SIZE, TrainSettings
 
 # The settings of a checkpoint's config that have a range (the seed, the workers and keep_last are the
 # training run's, checked by train_cvae itself).
-CHECKED_SETTINGS = ("image_size", "latent_dim", "base_channels", "max_channels", "batch_size", "epochs", "beta",
-                    "mean_anchor", "detail_weight", "identity_weight", "learning_rate", "draw_identity",
-                    "identity_jitter", "align_padding", "val_fraction")
+CHECKED_SETTINGS = (
+    "image_size",
+    "latent_dim",
+    "base_channels",
+    "max_channels",
+    "batch_size",
+    "epochs",
+    "beta",
+    "mean_anchor",
+    "detail_weight",
+    "identity_weight",
+    "learning_rate",
+    "draw_identity",
+    "identity_jitter",
+    "align_padding",
+    "val_fraction",
+)
 # What the settings added over time meant before they existed: unaligned, unmasked crops, a plain decoder, terms off.
-BEFORE_THEY_EXISTED = {"alignment": "none", "face_mask": "none", "decoder_base": "none", "mean_anchor": 0.0,
-                       "detail_weight": 0.0, "identity_weight": 0.0,
-                       "draw_identity": 0.0, "identity_jitter": 0.0, "identity_blur": 0.0}
+BEFORE_THEY_EXISTED = {
+    "alignment": "none",
+    "face_mask": "none",
+    "decoder_base": "none",
+    "mean_anchor": 0.0,
+    "detail_weight": 0.0,
+    "identity_weight": 0.0,
+    "draw_identity": 0.0,
+    "identity_jitter": 0.0,
+    "identity_blur": 0.0,
+}
 
 
 @dataclass
 class CVAEConfig:
     """Everything that defines a CVAE and its training run; stored as a plain dict in each checkpoint. The
-    defaults are train_cvae's (tests/test_design.py checks it); a key missing from an older checkpoint means
-    what that version did (BEFORE_THEY_EXISTED)."""
+    defaults are train-cvae's (``settings.TrainSettings``); a key missing from an older checkpoint means what
+    that version did (BEFORE_THEY_EXISTED)."""
 
-    image_size: int = 64
-    alignment: str = DEFAULT_ALIGNMENT  # how the crops were aligned: cvae_settings.ALIGNMENTS
-    align_padding: float = DEFAULT_ALIGN_PADDING
-    face_mask: str = DEFAULT_FACE_MASK  # cvae_settings.FACE_MASKS: "landmarks" lays the aligned crops over grey
-    latent_dim: int = 64
-    base_channels: int = 32
-    max_channels: int = 256
+    image_size: int = TrainSettings.image_size
+    alignment: str = TrainSettings.align  # how the crops were aligned: settings.ALIGNMENTS
+    align_padding: float = TrainSettings.align_padding
+    face_mask: str = TrainSettings.face_mask  # settings.FACE_MASKS: "landmarks" lays the aligned crops over grey
+    latent_dim: int = TrainSettings.latent_dim
+    base_channels: int = TrainSettings.base_channels
+    max_channels: int = TrainSettings.max_channels
     clusters: list[int] = field(default_factory=list)  # condition index i <-> cluster id clusters[i]
-    decoder_base: str = "mean"  # cvae_settings.DECODER_BASES: "mean" adds the decoder's output to the cluster's pixel mean
-    beta: float = 0.1
-    mean_anchor: float = 1.0
-    detail_weight: float = 0.0  # the reconstruction error of the images' Laplacians (fine detail), beside the pixels'
+    decoder_base: str = TrainSettings.decoder_base  # settings.DECODER_BASES: "mean" adds to the cluster's pixel mean
+    beta: float = TrainSettings.beta
+    mean_anchor: float = TrainSettings.mean_anchor
+    detail_weight: float = TrainSettings.detail_weight  # the error of the images' Laplacians, beside the pixels'
     identity_weight: float = 0.0  # the number train_cvae resolved its "auto" to
-    draw_identity: float = DEFAULT_DRAW_IDENTITY
-    identity_jitter: float = DEFAULT_IDENTITY_JITTER
-    identity_blur: float = DEFAULT_IDENTITY_BLUR  # cvae_settings: the identity term sees the faces low-passed
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    epochs: int = 40
-    val_fraction: float = 0.1
-    seed: int = 0
+    draw_identity: float = TrainSettings.draw_identity
+    identity_jitter: float = TrainSettings.identity_jitter
+    identity_blur: float = TrainSettings.identity_blur  # the identity term sees the faces low-passed
+    learning_rate: float = TrainSettings.learning_rate
+    batch_size: int = TrainSettings.batch_size
+    epochs: int = TrainSettings.epochs
+    val_fraction: float = TrainSettings.val_fraction
+    seed: int = TrainSettings.seed
     cluster_results: str = ""
     crops_dir: str = ""
     data_fingerprint: str = ""
@@ -95,27 +103,36 @@ class CVAEConfig:
         """Refuse sizes no model should be built with (a foreign or damaged checkpoint could ask for terabytes),
         non-finite, negative or out-of-range weights (which would train NaN) and unknown choices: the one check
         of the settings, for train-cvae's arguments and for every checkpoint loaded, against the limits of
-        ``limits.TRAIN_CVAE``."""
+        ``settings.TrainSettings``."""
+        limits = TrainSettings.spec()
         for name in CHECKED_SETTINGS:
             value = getattr(self, name)
-            if not TRAIN_CVAE[name].admits(value):
-                raise FacepipeError(f"CVAE setting {_option(name)} = {value!r} must be {TRAIN_CVAE[name].describe()}")
-        if not (isinstance(self.identity_blur, numbers.Real) and 0 <= self.identity_blur <= MAX_IDENTITY_BLUR):
-            raise FacepipeError(f"CVAE setting identity_blur = {self.identity_blur!r} must be a number from 0 to "
-                                f"{MAX_IDENTITY_BLUR:g}")
+            if not limits[name].limit.admits(value):
+                raise FacepipeError(
+                    f"CVAE setting {_option(name)} = {value!r} must be {limits[name].limit.describe()}"
+                )
+        blur = limits["identity_blur"].limit
+        if not blur.admits(self.identity_blur):
+            raise FacepipeError(f"CVAE setting identity_blur = {self.identity_blur!r} must be {blur.describe()}")
         encoder_sizes(self.image_size)  # and divisible by 4
         if not isinstance(self.clusters, list) or not all(
-                isinstance(c, int) and not isinstance(c, bool) and UNKNOWN_CLUSTER <= c <= MAX_GROUP_NUMBER
-                for c in self.clusters):
-            raise FacepipeError(f"CVAE setting clusters must be a list of cluster ids (whole numbers from "
-                                f"{UNKNOWN_CLUSTER} to {MAX_GROUP_NUMBER})")
+            isinstance(c, int) and not isinstance(c, bool) and UNKNOWN_CLUSTER <= c <= MAX_GROUP_NUMBER
+            for c in self.clusters
+        ):
+            raise FacepipeError(
+                f"CVAE setting clusters must be a list of cluster ids (whole numbers from "
+                f"{UNKNOWN_CLUSTER} to {MAX_GROUP_NUMBER})"
+            )
         for name, choices in (("alignment", ALIGNMENTS), ("face_mask", FACE_MASKS), ("decoder_base", DECODER_BASES)):
             if getattr(self, name) not in choices:
-                raise FacepipeError(f"CVAE setting {_option(name)} = {getattr(self, name)!r}: use "
-                                    f"{' or '.join(choices)}")
+                raise FacepipeError(
+                    f"CVAE setting {_option(name)} = {getattr(self, name)!r}: use {' or '.join(choices)}"
+                )
         if self.face_mask != "none" and self.alignment == "none":
-            raise FacepipeError(f"CVAE setting {_option('face_mask')} = {self.face_mask!r} needs aligned crops: "
-                                f"use {_option('alignment')} dlib5 or {_option('face_mask')} none")
+            raise FacepipeError(
+                f"CVAE setting {_option('face_mask')} = {self.face_mask!r} needs aligned crops: "
+                f"use {_option('alignment')} dlib5 or {_option('face_mask')} none"
+            )
 
 
 def _option(name: str) -> str:
@@ -253,8 +270,21 @@ def gaussian_blurred(images, sigma: float):
     return torch.nn.functional.conv2d(blurred, rows.transpose(2, 3), groups=channels)
 
 
-def cvae_loss(reconstruction, target, mu, logvar, centre_faces, cluster_means, identity, draw_identity, beta: float,
-              mean_anchor: float, identity_weight: float, draw_weight: float, detail_weight: float = 0.0):
+def cvae_loss(
+    reconstruction,
+    target,
+    mu,
+    logvar,
+    centre_faces,
+    cluster_means,
+    identity,
+    draw_identity,
+    beta: float,
+    mean_anchor: float,
+    identity_weight: float,
+    draw_weight: float,
+    detail_weight: float = 0.0,
+):
     """Per-image means of: total = recon + beta * KL + mean_anchor * anchor
     + identity_weight * (identity + draw_weight * draw_identity).
 

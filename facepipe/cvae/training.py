@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import numbers
+import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +37,6 @@ from facepipe.cvae.checkpoints import (
     save_checkpoint,
 )
 from facepipe.cvae.model import CVAEConfig, build_model, cvae_loss, gaussian_blurred
-from facepipe.cvae_settings import (
-    DEFAULT_ALIGN_PADDING,
-    DEFAULT_ALIGNMENT,
-    DEFAULT_DRAW_IDENTITY,
-    DEFAULT_FACE_MASK,
-    DEFAULT_IDENTITY_JITTER,
-)
 from facepipe.formats import (
     ALIGNMENT_CSV,
     CVAE_BEST_CHECKPOINT,
@@ -59,16 +52,36 @@ from facepipe.formats import (
     write_json_atomic,
 )
 from facepipe.identity import build_identity_term, clustered_embeddings_model, identity_weight_for
-from facepipe.limits import TRAIN_CVAE, check_limits, usable_workers
+from facepipe.limits import usable_workers
 from facepipe.locks import locks_output
 from facepipe.owned import holds_recorded, recorded_outputs, remove_recorded
+from facepipe.settings import TrainSettings
 
 LOSS_PARTS = ("loss", "recon", "kl", "anchor", "identity", "draw_identity")
 # Settings that must match for --resume to continue a run (epochs may grow; the rest may not change).
-RESUME_KEYS = ("image_size", "alignment", "align_padding", "face_mask", "decoder_base", "latent_dim",
-               "base_channels", "max_channels", "beta", "mean_anchor", "detail_weight", "identity_weight",
-               "draw_identity", "identity_jitter", "identity_blur", "learning_rate", "batch_size", "val_fraction", "seed", "clusters",
-               "data_fingerprint")
+RESUME_KEYS = (
+    "image_size",
+    "alignment",
+    "align_padding",
+    "face_mask",
+    "decoder_base",
+    "latent_dim",
+    "base_channels",
+    "max_channels",
+    "beta",
+    "mean_anchor",
+    "detail_weight",
+    "identity_weight",
+    "draw_identity",
+    "identity_jitter",
+    "identity_blur",
+    "learning_rate",
+    "batch_size",
+    "val_fraction",
+    "seed",
+    "clusters",
+    "data_fingerprint",
+)
 
 
 def split_train_validation(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +117,9 @@ def _epoch_generator(seed: int, epoch: int):
     """The generator that fixes an epoch's data order, flips and noise: a function of (seed, epoch) only."""
     import torch
 
-    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1)
+    return torch.Generator().manual_seed(
+        int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
+    )
 
 
 @dataclass
@@ -125,8 +140,18 @@ class TrainSummary:
     @classmethod
     def nothing_to_do(cls, state: "_Progress", weights_dir: Path, seconds: float, device: str) -> "TrainSummary":
         """The summary of a rerun whose folder already holds every epoch asked for."""
-        return cls(0, state.epoch, state.best_epoch, state.best_val, state.history[-1] if state.history else {},
-                   weights_dir, seconds, device, 0, 0)
+        return cls(
+            0,
+            state.epoch,
+            state.best_epoch,
+            state.best_val,
+            state.history[-1] if state.history else {},
+            weights_dir,
+            seconds,
+            device,
+            0,
+            0,
+        )
 
     def line(self) -> str:
         if self.epochs_run == 0:
@@ -150,8 +175,20 @@ def _check_resumable(checkpoint: dict, config: CVAEConfig, path: Path) -> None:
         )
 
 
-def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster_means, identity_term, config, device,
-               train: bool, workers: int):
+def _run_epoch(
+    model,
+    optimizer,
+    dataset,
+    order,
+    flips,
+    noise_generator,
+    cluster_means,
+    identity_term,
+    config,
+    device,
+    train: bool,
+    workers: int,
+):
     """One pass over ``order``; returns per-image means of loss, recon, KL, anchor, identity and draw identity.
 
     ``cluster_means`` (clusters, 3, S, S) are the targets of the z = 0 decodes; the anchor term is always
@@ -164,9 +201,10 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster
 
     keys = list(zip(order.tolist(), flips.tolist()))
     batches = [keys[i : i + config.batch_size] for i in range(0, len(keys), config.batch_size)]
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                        pin_memory=device.startswith("cuda"), persistent_workers=False)
     on_cuda = device.startswith("cuda")
+    loader = DataLoader(
+        dataset, batch_sampler=batches, num_workers=workers, pin_memory=on_cuda, persistent_workers=False
+    )
     totals = np.zeros(len(LOSS_PARTS))
     model.train(train)
     for images, labels in loader:
@@ -191,14 +229,26 @@ def _run_epoch(model, optimizer, dataset, order, flips, noise_generator, cluster
                         conditions = torch.cat([present, present])
                     # random views of the faces in training only
                     blur = config.identity_blur * config.image_size / 64
-                    scores = identity_term(gaussian_blurred(faces, blur), conditions,
-                                           noise_generator if train else None)
-                    identity, draw_identity = scores[: len(present)][image_to_present], scores[len(present):]
+                    scores = identity_term(
+                        gaussian_blurred(faces, blur), conditions, noise_generator if train else None
+                    )
+                    identity, draw_identity = scores[: len(present)][image_to_present], scores[len(present) :]
                     draw_identity = draw_identity if len(draw_identity) else None
         loss, recon, kl, anchor, identity, draw_identity = cvae_loss(
-            reconstruction, images, mu, logvar, present_faces[image_to_present], cluster_means[labels], identity,
-            draw_identity, config.beta, config.mean_anchor, config.identity_weight, config.draw_identity,
-            config.detail_weight)
+            reconstruction,
+            images,
+            mu,
+            logvar,
+            present_faces[image_to_present],
+            cluster_means[labels],
+            identity,
+            draw_identity,
+            config.beta,
+            config.mean_anchor,
+            config.identity_weight,
+            config.draw_identity,
+            config.detail_weight,
+        )
         if train:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -213,13 +263,19 @@ def _refuse_non_finite(row: dict, weights_dir: Path) -> None:
     broken = [key for key in ("train_loss", "val_loss") if not math.isfinite(row[key])]
     if broken:
         kept = f"; the checkpoints of epochs before it are kept in {weights_dir}" if row["epoch"] > 1 else ""
-        raise FacepipeError(f"training diverged in epoch {row['epoch']}: {broken[0].replace('_', ' ')} is "
-                            f"{row[broken[0]]} (too high a --learning-rate, --beta or other weight, or a damaged "
-                            f"checkpoint resumed){kept}")
+        raise FacepipeError(
+            f"training diverged in epoch {row['epoch']}: {broken[0].replace('_', ' ')} is "
+            f"{row[broken[0]]} (too high a --learning-rate, --beta or other weight, or a damaged "
+            f"checkpoint resumed){kept}"
+        )
+
+
 def _is_output_name(name: str) -> bool:
     """A name train-cvae writes into its weights folder."""
-    return name in (CVAE_BEST_CHECKPOINT, CVAE_LOG_CSV, ALIGNMENT_CSV, CVAE_RECORD_JSON) or \
-        CHECKPOINT_PATTERN.fullmatch(name) is not None
+    return (
+        name in (CVAE_BEST_CHECKPOINT, CVAE_LOG_CSV, ALIGNMENT_CSV, CVAE_RECORD_JSON)
+        or CHECKPOINT_PATTERN.fullmatch(name) is not None
+    )
 
 
 def _record(weights_dir: Path, written: list[Path] = (), removed: list[Path] = ()) -> dict[str, str]:
@@ -241,12 +297,19 @@ def _checkpoints_to_continue(weights_dir: Path, epochs: int, resume: bool, force
     existing = epoch_checkpoints(weights_dir)
     if force:
         recorded = recorded_outputs(weights_dir / CVAE_RECORD_JSON)
-        in_the_way = [path for path in [*existing.values(), *(weights_dir / name for name in
-                                                              (CVAE_BEST_CHECKPOINT, CVAE_LOG_CSV, ALIGNMENT_CSV))]
-                      if os.path.lexists(path) and not holds_recorded(path, recorded.get(path.name, ""))]
+        in_the_way = [
+            path
+            for path in [
+                *existing.values(),
+                *(weights_dir / name for name in (CVAE_BEST_CHECKPOINT, CVAE_LOG_CSV, ALIGNMENT_CSV)),
+            ]
+            if os.path.lexists(path) and not holds_recorded(path, recorded.get(path.name, ""))
+        ]
         if in_the_way:
-            raise FacepipeError(f"{in_the_way[0]} was not written by train-cvae (or was changed since), so --force "
-                                "does not remove it: move it away, or train into another folder")
+            raise FacepipeError(
+                f"{in_the_way[0]} was not written by train-cvae (or was changed since), so --force "
+                "does not remove it: move it away, or train into another folder"
+            )
         removed, _ = remove_recorded(weights_dir, recorded)
         _record(weights_dir, removed=removed)
         return {}
@@ -282,17 +345,24 @@ def _restore(model, optimizer, existing: dict[int, Path], config: CVAEConfig) ->
     last_path = existing[max(existing)]
     checkpoint = load_checkpoint(last_path)
     _check_resumable(checkpoint, config, last_path)
-    checked_fields(checkpoint, last_path, {"optimizer": dict, "rng": dict, "history": list, "best_val_loss": numbers.Real,
-                                           "best_epoch": int}, ["optimizer", "rng", "history", "best_val_loss", "best_epoch"])
+    checked_fields(
+        checkpoint,
+        last_path,
+        {"optimizer": dict, "rng": dict, "history": list, "best_val_loss": numbers.Real, "best_epoch": int},
+        ["optimizer", "rng", "history", "best_val_loss", "best_epoch"],
+    )
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         restore_rng_states(checkpoint["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
-        raise FacepipeError(f"{last_path} cannot be resumed from (damaged?): {str(error).splitlines()[0]}; "
-                            "rerun with --force to start again") from None
-    return _Progress(checkpoint["epoch"], list(checkpoint["history"]), float(checkpoint["best_val_loss"]),
-                     checkpoint["best_epoch"])
+        raise FacepipeError(
+            f"{last_path} cannot be resumed from (damaged?): {str(error).splitlines()[0]}; "
+            "rerun with --force to start again"
+        ) from None
+    return _Progress(
+        checkpoint["epoch"], list(checkpoint["history"]), float(checkpoint["best_val_loss"]), checkpoint["best_epoch"]
+    )
 
 
 @dataclass
@@ -326,15 +396,22 @@ def _training_data(inputs, config: CVAEConfig, weights_dir: Path, device: str, s
     cluster_means = torch.from_numpy(means / 255.0).float().permute(0, 3, 1, 2).contiguous().to(device)
     identity_term = None
     if config.identity_weight > 0:
-        identity_term = build_identity_term(inputs.cluster_results, inputs.crops_dir,
-                                            [inputs.names[row] for row in train_rows], labels.numpy()[train_rows],
-                                            (means + 0.5).astype(np.uint8), device,
-                                            None if aligner is None else config.align_padding, config.identity_jitter)
+        identity_term = build_identity_term(
+            inputs.cluster_results,
+            inputs.crops_dir,
+            [inputs.names[row] for row in train_rows],
+            labels.numpy()[train_rows],
+            (means + 0.5).astype(np.uint8),
+            device,
+            None if aligner is None else config.align_padding,
+            config.identity_jitter,
+        )
     return _TrainingData(CachedCrops(images, labels), train_rows, val_rows, cluster_means, identity_term)
 
 
-def _train_one_epoch(model, optimizer, data: _TrainingData, config: CVAEConfig, epoch: int, device: str,
-                     workers: int) -> dict:
+def _train_one_epoch(
+    model, optimizer, data: _TrainingData, config: CVAEConfig, epoch: int, device: str, workers: int
+) -> dict:
     """Train one epoch and measure the validation loss -> the epoch's row of ``cvae_log.csv``; with PyTorch's
     deterministic kernels, so that the weights depend on the inputs and settings alone."""
     import torch
@@ -344,25 +421,66 @@ def _train_one_epoch(model, optimizer, data: _TrainingData, config: CVAEConfig, 
     order = torch.from_numpy(data.train_rows)[torch.randperm(len(data.train_rows), generator=generator)]
     flips = torch.rand(len(order), generator=generator) < 0.5
     with reproducible_torch():
-        train_means = _run_epoch(model, optimizer, data.dataset, order, flips, generator, data.cluster_means,
-                                 data.identity_term, config, device, True, workers)
+        train_means = _run_epoch(
+            model,
+            optimizer,
+            data.dataset,
+            order,
+            flips,
+            generator,
+            data.cluster_means,
+            data.identity_term,
+            config,
+            device,
+            True,
+            workers,
+        )
         val_means = train_means
         if len(data.val_rows):
             no_flips = torch.zeros(len(data.val_rows), dtype=torch.bool)
-            val_means = _run_epoch(model, None, data.dataset, torch.from_numpy(data.val_rows), no_flips, None,
-                                   data.cluster_means, data.identity_term, config, device, False, workers)
-    return {"epoch": epoch, **{f"train_{k}": float(v) for k, v in zip(LOSS_PARTS, train_means)},
-            **{f"val_{k}": float(v) for k, v in zip(LOSS_PARTS, val_means)},
-            "seconds": time.perf_counter() - started}
+            val_means = _run_epoch(
+                model,
+                None,
+                data.dataset,
+                torch.from_numpy(data.val_rows),
+                no_flips,
+                None,
+                data.cluster_means,
+                data.identity_term,
+                config,
+                device,
+                False,
+                workers,
+            )
+    return {
+        "epoch": epoch,
+        **{f"train_{k}": float(v) for k, v in zip(LOSS_PARTS, train_means)},
+        **{f"val_{k}": float(v) for k, v in zip(LOSS_PARTS, val_means)},
+        "seconds": time.perf_counter() - started,
+    }
 
 
-def _save_epoch(weights_dir: Path, model, optimizer, config: CVAEConfig, state: _Progress, improved: bool,
-                data: _TrainingData, keep_last: int) -> None:
+def _save_epoch(
+    weights_dir: Path,
+    model,
+    optimizer,
+    config: CVAEConfig,
+    state: _Progress,
+    improved: bool,
+    data: _TrainingData,
+    keep_last: int,
+) -> None:
     """The epoch's checkpoint (and ``cvae_best.pt`` when it improved), the log, and the old checkpoints removed."""
     checkpoint = {
-        "format": CVAE_CHECKPOINT_FORMAT, "epoch": state.epoch, "config": config.to_dict(),
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(),
-        "history": state.history, "best_val_loss": state.best_val, "best_epoch": state.best_epoch,
+        "format": CVAE_CHECKPOINT_FORMAT,
+        "epoch": state.epoch,
+        "config": config.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_states(),
+        "history": state.history,
+        "best_val_loss": state.best_val,
+        "best_epoch": state.best_epoch,
         "split": {"train": len(data.train_rows), "val": len(data.val_rows)},
     }
     written = [weights_dir / cvae_checkpoint_name(state.epoch), weights_dir / CVAE_LOG_CSV]
@@ -370,42 +488,35 @@ def _save_epoch(weights_dir: Path, model, optimizer, config: CVAEConfig, state: 
     if improved:
         save_checkpoint(weights_dir / CVAE_BEST_CHECKPOINT, checkpoint)
         written.append(weights_dir / CVAE_BEST_CHECKPOINT)
-    write_csv_atomic(pd.DataFrame(state.history, columns=CVAE_LOG_COLUMNS), weights_dir / CVAE_LOG_CSV,
-                     float_format="%.6g")
+    write_csv_atomic(
+        pd.DataFrame(state.history, columns=CVAE_LOG_COLUMNS), weights_dir / CVAE_LOG_CSV, float_format="%.6g"
+    )
     outputs = _record(weights_dir, written)
-    old = {name: digest for name, digest in outputs.items() if CHECKPOINT_PATTERN.fullmatch(name)
-           and int(CHECKPOINT_PATTERN.fullmatch(name).group(1)) <= state.epoch - keep_last}
+    old = {
+        name: digest
+        for name, digest in outputs.items()
+        if CHECKPOINT_PATTERN.fullmatch(name)
+        and int(CHECKPOINT_PATTERN.fullmatch(name).group(1)) <= state.epoch - keep_last
+    }
     removed, _ = remove_recorded(weights_dir, old)  # only checkpoints this folder's runs recorded, unchanged
     if removed:
         _record(weights_dir, removed=removed)
 
 
+def _model_config(settings: TrainSettings) -> CVAEConfig:
+    """The checkpoint's record of ``settings``: every setting it shares with ``CVAEConfig`` (``align`` as its
+    ``alignment``; the identity weight and the data's fields are filled in once the data is read)."""
+    shared = {f.name for f in fields(CVAEConfig)} & set(TrainSettings.spec()) - {"identity_weight"}
+    return CVAEConfig(alignment=settings.align, **{name: getattr(settings, name) for name in sorted(shared)})
+
+
 @locks_output(lambda args: args["weights_dir"])
 def train_cvae(
     cluster_results: str | Path,
+    settings: TrainSettings | None = None,
     *,
     crops_dir: str | Path | None = None,
     weights_dir: str | Path = "weights",
-    image_size: int = 64,
-    align: str = DEFAULT_ALIGNMENT,
-    align_padding: float = DEFAULT_ALIGN_PADDING, face_mask: str = DEFAULT_FACE_MASK,
-    latent_dim: int = 64,
-    decoder_base: str = "mean",
-    base_channels: int = 32,
-    max_channels: int = 256,
-    epochs: int = 40,
-    batch_size: int = 32,
-    learning_rate: float = 1e-3,
-    beta: float = 0.1,
-    mean_anchor: float = 1.0, detail_weight: float = 0.0,
-    identity_weight: float | str = "auto",
-    draw_identity: float = DEFAULT_DRAW_IDENTITY,
-    identity_jitter: float = DEFAULT_IDENTITY_JITTER,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    keep_last: int = 2,
-    workers: int = 0,
-    device: str = "auto",
     resume: bool = False,
     force: bool = False,
     show_progress: bool = True,
@@ -413,25 +524,29 @@ def train_cvae(
     """Train the CVAE on the crops of ``cluster_results`` (not the unknown group); each epoch writes
     ``cvae_epoch_N.pt`` (the last ``keep_last`` kept), ``cvae_best.pt`` when the validation loss improves, and
     ``cvae_log.csv`` into ``weights_dir``; a killed (or full-disk) run, called again as it was, continues to the
-    same weights, and ``resume`` continues a finished run to more ``epochs``. ``align``, ``face_mask``: see
-    ``CVAEConfig``; ``identity_weight`` "auto": see ``identity.identity_weight_for``."""
+    same weights, and ``resume`` continues a finished run to more ``epochs``. ``settings``: train-cvae's
+    (``settings.TrainSettings``, its defaults when None); ``align``, ``face_mask``: see ``CVAEConfig``;
+    ``identity_weight`` "auto": see ``identity.identity_weight_for``."""
     import torch
 
     started = time.perf_counter()
-    check_limits(TRAIN_CVAE, seed=seed, keep_last=keep_last, workers=workers)
-    config = CVAEConfig(image_size=image_size, alignment=align, align_padding=float(align_padding), face_mask=face_mask,
-                        decoder_base=decoder_base, latent_dim=latent_dim, base_channels=base_channels,
-                        max_channels=max_channels, beta=float(beta), mean_anchor=float(mean_anchor),
-                        detail_weight=float(detail_weight), draw_identity=float(draw_identity),
-                        identity_jitter=float(identity_jitter), learning_rate=float(learning_rate),
-                        batch_size=batch_size, epochs=epochs, val_fraction=float(val_fraction), seed=seed)
+    settings = settings or TrainSettings()
+    config = _model_config(settings)
     config.check()  # every setting, before any input is read
-    device = resolve_device(device)
+    device = resolve_device(settings.device)
+    epochs, seed, keep_last, workers = settings.epochs, settings.seed, settings.keep_last, settings.workers
     inputs = read_training_inputs(cluster_results, crops_dir)
-    identity_weight = identity_weight_for(identity_weight, clustered_embeddings_model(inputs.cluster_results))
-    config = replace(config, clusters=sorted(int(c) for c in np.unique(inputs.clusters)),
-                     identity_weight=float(identity_weight), cluster_results=str(inputs.cluster_results),
-                     crops_dir=str(inputs.crops_dir), data_fingerprint=inputs.fingerprint())
+    identity_weight = identity_weight_for(
+        settings.identity_weight, clustered_embeddings_model(inputs.cluster_results)
+    )
+    config = replace(
+        config,
+        clusters=sorted(int(c) for c in np.unique(inputs.clusters)),
+        identity_weight=float(identity_weight),
+        cluster_results=str(inputs.cluster_results),
+        crops_dir=str(inputs.crops_dir),
+        data_fingerprint=inputs.fingerprint(),
+    )
     weights_dir = Path(weights_dir)
     existing = _checkpoints_to_continue(weights_dir, epochs, resume, force)
 
@@ -439,7 +554,7 @@ def train_cvae(
     model = build_model(config).to(device)
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     state = _restore(model, optimizer, existing, config)
     first_epoch = state.epoch + 1
     if state.epoch >= epochs:
@@ -459,5 +574,15 @@ def train_cvae(
         _save_epoch(weights_dir, model, optimizer, config, state, improved, data, keep_last)
         bar.set_postfix(train=f"{row['train_loss']:.1f}", val=f"{row['val_loss']:.1f}", kl=f"{row['train_kl']:.1f}")
 
-    return TrainSummary(epochs - first_epoch + 1, epochs, state.best_epoch, state.best_val, state.history[-1],
-                        weights_dir, time.perf_counter() - started, device, len(data.train_rows), len(data.val_rows))
+    return TrainSummary(
+        epochs - first_epoch + 1,
+        epochs,
+        state.best_epoch,
+        state.best_val,
+        state.history[-1],
+        weights_dir,
+        time.perf_counter() - started,
+        device,
+        len(data.train_rows),
+        len(data.val_rows),
+    )

@@ -19,6 +19,7 @@ DLIB_RESNET128 = "dlib-resnet128"
 MODEL_NAMES = (VGGFACE2_RESNET50, DLIB_RESNET128)
 DEFAULT_MODEL = VGGFACE2_RESNET50
 DIFFERENTIABLE_MODELS = (DLIB_RESNET128,)
+PRECISIONS = ("fp32", "bf16")  # what an embedder may run in (each model its own of them: models.registry)
 
 # dlib-resnet128's crops: its landmark-aligned chip, or the whole crop squared; the aligned chip's padding
 # around the landmarks (dlib's own 0.25: the face from brows to chin) and the most it may take.
@@ -60,6 +61,7 @@ class DifferentiableEmbedder(Embedder, Protocol):
 
     def embed_aligned(self, images: Any, grids: Any) -> Any:
         """RGB float images (n, 3, H, W) in [0, 1], each sampled by its grid -> (n, dim), with gradients."""
+
 
 # The distance below which two faces are taken to be one person, per model, between L2-normalised embeddings
 # (the space cluster works in). dlib-resnet128: measured on 1,389 LFW crops (79 people, all pairs): at 0.37

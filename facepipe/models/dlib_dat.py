@@ -10,7 +10,6 @@ import numpy as np
 
 from facepipe.common import FacepipeError
 
-
 AFFINE, BATCH_NORM = b"affine_", b"bn_con2"  # the tags of the layers that may follow a convolution
 
 

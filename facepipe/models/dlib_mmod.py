@@ -221,8 +221,10 @@ class MmodDetector:
         boxes = np.zeros((len(x), 4), dtype=np.int64)
         for index, (cx, cy) in enumerate(zip(x, y)):
             tile = min(tiles, key=lambda t: t.distance(cx, cy))  # the first of equally near ones, as dlib
-            corners = np.array([cx - half_w - tile.left, cy - half_h - tile.top,
-                                cx + half_w - tile.left, cy + half_h - tile.top], dtype=np.float64)
+            corners = np.array(
+                [cx - half_w - tile.left, cy - half_h - tile.top, cx + half_w - tile.left, cy + half_h - tile.top],
+                dtype=np.float64,
+            )
             for _ in range(tile.level):  # pyramid_down<6>'s point_up
                 corners = corners * (PYRAMID_DOWN / (PYRAMID_DOWN - 1.0)) + 0.3
             boxes[index] = _round_half_away(corners)
@@ -238,12 +240,16 @@ def suppressed_overlaps(boxes: np.ndarray, iou: float, covered: float) -> list[i
     for index, box in enumerate(boxes):
         if kept:
             others = boxes[kept]
-            inner = (np.clip(np.minimum(others[:, 2], box[2]) - np.maximum(others[:, 0], box[0]) + 1, 0, None)
-                     * np.clip(np.minimum(others[:, 3], box[3]) - np.maximum(others[:, 1], box[1]) + 1, 0, None))
-            outer = ((np.maximum(others[:, 2], box[2]) - np.minimum(others[:, 0], box[0]) + 1)
-                     * (np.maximum(others[:, 3], box[3]) - np.minimum(others[:, 1], box[1]) + 1))
-            if np.any((inner > 0) & ((inner / outer > iou) | (inner / area[kept] > covered)
-                                     | (inner / area[index] > covered))):
+            inner = np.clip(
+                np.minimum(others[:, 2], box[2]) - np.maximum(others[:, 0], box[0]) + 1, 0, None
+            ) * np.clip(np.minimum(others[:, 3], box[3]) - np.maximum(others[:, 1], box[1]) + 1, 0, None)
+            outer = (np.maximum(others[:, 2], box[2]) - np.minimum(others[:, 0], box[0]) + 1) * (
+                np.maximum(others[:, 3], box[3]) - np.minimum(others[:, 1], box[1]) + 1
+            )
+            if np.any(
+                (inner > 0)
+                & ((inner / outer > iou) | (inner / area[kept] > covered) | (inner / area[index] > covered))
+            ):
                 continue
         kept.append(index)
     return kept

@@ -52,11 +52,20 @@ class DlibResNet(nn.Module):
     """dlib's face recognition ResNet (dnn_face_recognition_ex.cpp) in PyTorch: 150x150 RGB chip -> 128-d."""
 
     # (filters, downsampling) of the 14 residual blocks, input to output
-    BLOCKS = ([(32, False)] * 3 + [(64, True)] + [(64, False)] * 3 + [(128, True)] + [(128, False)] * 2
-              + [(256, True)] + [(256, False)] * 2 + [(256, True)])
+    BLOCKS = (
+        [(32, False)] * 3
+        + [(64, True)]
+        + [(64, False)] * 3
+        + [(128, True)]
+        + [(128, False)] * 2
+        + [(256, True)]
+        + [(256, False)] * 2
+        + [(256, True)]
+    )
 
-    def __init__(self, convs: list[tuple[np.ndarray, np.ndarray, int, int]], projection: np.ndarray,
-                 means: list[float]):
+    def __init__(
+        self, convs: list[tuple[np.ndarray, np.ndarray, int, int]], projection: np.ndarray, means: list[float]
+    ):
         super().__init__()
         self.convs = nn.ModuleList()
         for weight, bias, stride, padding in convs:
@@ -112,8 +121,12 @@ def chip_to_image(landmarks, size: int, padding: float) -> np.ndarray:
     step_x, step_y = (rect.right() - rect.left()) / (size - 1), (rect.bottom() - rect.top()) / (size - 1)
     cos, sin = np.cos(details.angle), np.sin(details.angle)
     left, top = rect.left() - centre_x, rect.top() - centre_y
-    return np.array([[cos * step_x, -sin * step_y, centre_x + cos * left - sin * top],
-                     [sin * step_x, cos * step_y, centre_y + sin * left + cos * top]])
+    return np.array(
+        [
+            [cos * step_x, -sin * step_y, centre_x + cos * left - sin * top],
+            [sin * step_x, cos * step_y, centre_y + sin * left + cos * top],
+        ]
+    )
 
 
 class CropLandmarks:
@@ -154,12 +167,20 @@ class DlibResNet128Embedder:
     name = DLIB_RESNET128
     dim = 128
 
-    def __init__(self, face_margin: float | None = None, device: str = "auto", batch_size: int = 32,
-                 crop: str = "aligned", padding: float = DLIB_CHIP_PADDING):
+    def __init__(
+        self,
+        face_margin: float | None = None,
+        device: str = "auto",
+        batch_size: int = 32,
+        crop: str = "aligned",
+        padding: float = DLIB_CHIP_PADDING,
+    ):
         if crop not in DLIB_CROP_MODES:
             raise FacepipeError(f"unknown dlib crop {crop!r}: use {' or '.join(DLIB_CROP_MODES)}")
         if not 0 <= padding <= DLIB_MAX_CHIP_PADDING:
-            raise FacepipeError(f"dlib chip padding must lie between 0 and {DLIB_MAX_CHIP_PADDING:g}, got {padding:g}")
+            raise FacepipeError(
+                f"dlib chip padding must lie between 0 and {DLIB_MAX_CHIP_PADDING:g}, got {padding:g}"
+            )
         if crop == "whole" and padding != DLIB_CHIP_PADDING:
             raise FacepipeError("the chip padding applies to the aligned crop only, not to the whole crop")
         self.crop = crop
@@ -205,14 +226,17 @@ class DlibResNet128Embedder:
         else:
             affine = chip_to_image(self.landmarks(rgb), CHIP_SIZE, self.padding)
             column, row = np.meshgrid(np.arange(CHIP_SIZE), np.arange(CHIP_SIZE))
-            x, y = (affine @ np.stack([column, row, np.ones_like(row)]).reshape(3, -1)).reshape(2, CHIP_SIZE, CHIP_SIZE)
+            x, y = (affine @ np.stack([column, row, np.ones_like(row)]).reshape(3, -1)).reshape(
+                2, CHIP_SIZE, CHIP_SIZE
+            )
         return np.stack([2.0 * (x + 0.5) / width - 1.0, 2.0 * (y + 0.5) / height - 1.0], axis=-1).astype(np.float32)
 
     def embed_aligned(self, images: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
         """Differentiable embedding of RGB images (n, 3, H, W) in [0, 1], each aligned by its ``chip_grid``
         (bilinear) -> (n, 128); gradients flow to the images."""
-        chips = F.grid_sample(images.float() * 255.0, grids, mode="bilinear", padding_mode="border",
-                              align_corners=False)
+        chips = F.grid_sample(
+            images.float() * 255.0, grids, mode="bilinear", padding_mode="border", align_corners=False
+        )
         return self.network(chips.permute(0, 2, 3, 1))
 
     def embed_prepared(self, chips: Sequence[np.ndarray]) -> np.ndarray:
@@ -246,9 +270,7 @@ class DlibResNet128Embedder:
             "model": self.name,
             "dimension": self.dim,
             "architecture": "dlib dnn_face_recognition_ex ResNet, run in PyTorch with the weights of the .dat file",
-            "preprocessing": (
-                f"RGB uint8; face box: {face_box}; {chip}; (pixel - dlib's RGB means) / 256"
-            ),
+            "preprocessing": (f"RGB uint8; face box: {face_box}; {chip}; (pixel - dlib's RGB means) / 256"),
             "weights_file": RESNET_FILE,
             "weights_sha256": self._sha256[RESNET_FILE],
             "landmarks_sha256": self._sha256[LANDMARKS_FILE],

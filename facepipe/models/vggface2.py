@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facepipe.common import FacepipeError, file_sha256, resolve_device
-from facepipe.models import VGGFACE2_RESNET50
+from facepipe.models import PRECISIONS, VGGFACE2_RESNET50
 
 INPUT_SIZE = 224
 EMBEDDING_DIM = 2048
@@ -41,8 +41,6 @@ PREPROCESSING = (
     "RGB 0..255 float32 -> BGR, subtract (91.4953, 103.8827, 131.0912) from (B, G, R) "
     "(keras_vggface.utils.preprocess_input version=2)"
 )
-PRECISIONS = ("fp32", "bf16")
-
 # (stage, number of blocks, filters (reduce, 3x3, increase), stride of the first block)
 STAGES = (
     (2, 3, (64, 64, 256), 1),
@@ -64,8 +62,9 @@ class ConvBN(nn.Module):
     ``same=True`` reproduces TensorFlow's 'same' padding, ``same=False`` is Keras's 'valid'.
     """
 
-    def __init__(self, keras_name: str, in_channels: int, out_channels: int, kernel: int,
-                 stride: int = 1, same: bool = False):
+    def __init__(
+        self, keras_name: str, in_channels: int, out_channels: int, kernel: int, stride: int = 1, same: bool = False
+    ):
         super().__init__()
         self.keras_name = keras_name
         self.kernel = kernel
@@ -240,7 +239,7 @@ CPU_CHUNK = 8
 class VGGFace2ResNet50Embedder:
     """The ``Embedder`` for ``vggface2-resnet50``: uint8 RGB crops of any size -> float32 (n, 2048).
 
-    ``weights_path`` is the HDF5 file (find or fetch it with ``facepipe.weights.ensure_vggface2_weights``).
+    ``weights_path`` is the HDF5 file (find or fetch it with ``facepipe.models.weights.ensure_vggface2_weights``).
     ``precision="bf16"`` holds the (BN-folded) weights in bfloat16 and runs the convolutions in bfloat16
     (CPU or CUDA): the same casts autocast would make, without re-casting the weights on every call
     (measured faster on CPU); preprocessing, pooling and outputs stay float32. On CPU the network runs as
@@ -250,8 +249,9 @@ class VGGFace2ResNet50Embedder:
     name = VGGFACE2_RESNET50
     dim = EMBEDDING_DIM
 
-    def __init__(self, weights_path: str | os.PathLike, device: str = "auto", precision: str = "fp32",
-                 batch_size: int = 32):
+    def __init__(
+        self, weights_path: str | os.PathLike, device: str = "auto", precision: str = "fp32", batch_size: int = 32
+    ):
         if precision not in PRECISIONS:
             raise FacepipeError(f"unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
         if batch_size < 1:
@@ -290,7 +290,7 @@ class VGGFace2ResNet50Embedder:
         step = min(self.batch_size, CPU_CHUNK) if self.device == "cpu" else self.batch_size
         with torch.inference_mode():
             for start in range(0, len(resized), step):
-                batch = np.stack(resized[start:start + step])
+                batch = np.stack(resized[start : start + step])
                 x = preprocess_input(torch.from_numpy(batch).to(self.device))
                 x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
                 outputs.append(self.model(x).float().cpu().numpy())

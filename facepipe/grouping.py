@@ -1,7 +1,7 @@
-"""The same-person rule of the cluster stage: a graph that joins two faces when their embeddings lie closer
-than the rule's distance, Chinese whispers over it (needs no k), and the two rules every clustering obeys
-here: a face too weakly linked to its group (``unmatched_faces``) is unknown (-1), and one photo gives a group
-one face. The weights, the run kept and the link rule were chosen on held-out people
+"""The grouping rules of the cluster stage: the same-person distance (``same_person_distance``), a graph that
+joins two faces when their embeddings lie closer than it, Chinese whispers over it (needs no k), and the rules
+every clustering obeys here (``finish_groups``): a face too weakly linked to its group (``unmatched_faces``)
+is unknown (-1), one photo gives a group one face, small groups are unknown, groups are numbered by size. The weights, the run kept and the link rule were chosen on held-out people
 (``benchmarks/bench_cluster_rules.py``).
 """
 
@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from facepipe.common import is_auto
 from facepipe.formats import UNKNOWN_CLUSTER
+from facepipe.settings import ClusterSettings, check_settings
 
 GRAPH_NEIGHBOURS = 64  # nearest neighbours looked at per face; an edge needs the distance rule as well
 WHISPERS_ITERATIONS = 100
@@ -68,8 +70,9 @@ def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray, count: int = 1
     return np.sqrt(np.maximum(squared, 0.0)), rows.astype(np.int64)
 
 
-def neighbour_graph(vectors: np.ndarray, threshold: float, neighbours: int | None = None,
-                    full_weight_share: float = FULL_WEIGHT_SHARE) -> NeighbourGraph:
+def neighbour_graph(
+    vectors: np.ndarray, threshold: float, neighbours: int | None = None, full_weight_share: float = FULL_WEIGHT_SHARE
+) -> NeighbourGraph:
     """Join each face to those of its ``neighbours`` nearest (GRAPH_NEIGHBOURS by exact search with faiss; above
     EXACT_UP_TO faces LARGE_NEIGHBOURS by an inverted file, in batches) that lie within ``threshold``; edges
     shorter than ``full_weight_share`` of it weigh 1 (``edge_weights``)."""
@@ -79,20 +82,28 @@ def neighbour_graph(vectors: np.ndarray, threshold: float, neighbours: int | Non
     index = neighbour_index(vectors)
     parts = [(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))]  # no faces: no edges
     for start in range(0, n, SEARCH_BATCH):
-        squared, nearest = index.search(vectors[start:start + SEARCH_BATCH], min(n, neighbours + 1))
+        squared, nearest = index.search(vectors[start : start + SEARCH_BATCH], min(n, neighbours + 1))
         rows = np.repeat(np.arange(start, start + len(nearest)), nearest.shape[1])
         columns, distances = nearest.ravel(), np.sqrt(np.maximum(squared.ravel(), 0.0))
         keep = (columns >= 0) & (columns != rows) & (distances < threshold)
         parts.append((rows[keep], columns[keep], distances[keep].astype(np.float32)))
     rows, columns, distances = (np.concatenate([part[i] for part in parts]) for i in range(3))
     # make it symmetric (a is among b's nearest but not the other way round) and drop the doubles
-    rows, columns, distances = (np.concatenate([rows, columns]), np.concatenate([columns, rows]),
-                                np.concatenate([distances, distances]))
+    rows, columns, distances = (
+        np.concatenate([rows, columns]),
+        np.concatenate([columns, rows]),
+        np.concatenate([distances, distances]),
+    )
     pairs, first = np.unique(rows.astype(np.int64) * n + columns, return_index=True)
     rows, columns, distances = pairs // n, pairs % n, distances[first]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
-    return NeighbourGraph(indptr, columns.astype(np.int64), distances.astype(np.float32), float(threshold),
-                          float(threshold) * full_weight_share)
+    return NeighbourGraph(
+        indptr,
+        columns.astype(np.int64),
+        distances.astype(np.float32),
+        float(threshold),
+        float(threshold) * full_weight_share,
+    )
 
 
 def edge_weights(graph: NeighbourGraph) -> np.ndarray:
@@ -169,8 +180,9 @@ def chinese_whispers(graph: NeighbourGraph, seed: int = 0, iterations: int = WHI
     return labels
 
 
-def unmatched_faces(labels: np.ndarray, graph: NeighbourGraph, links: int = LINKS_NEEDED,
-                    close_share: float = CLOSE_SHARE) -> np.ndarray:
+def unmatched_faces(
+    labels: np.ndarray, graph: NeighbourGraph, links: int = LINKS_NEEDED, close_share: float = CLOSE_SHARE
+) -> np.ndarray:
     """Boolean mask of the faces too weakly linked to their own group: no neighbour of the group within the
     graph's distance rule, or fewer than ``links`` (all the others, in a smaller group) and none closer than
     ``close_share`` of the rule. Through a neighbour or two at the rule's edge, strangers join people's
@@ -196,3 +208,86 @@ def one_face_per_photo(labels: np.ndarray, photos: np.ndarray, distances: np.nda
     mask = np.zeros(len(labels), dtype=bool)
     mask[order[repeat]] = True
     return mask
+
+
+def same_person_distance(threshold: float | str | None, model: str | None, normalize: bool) -> float | None:
+    """The distance rule to use: ``threshold`` when it is a number, else (``"auto"``) the embedder's measured
+    rule (``SAME_PERSON_DISTANCE``, for L2-normalised embeddings), None where no rule is known."""
+    from facepipe.models import SAME_PERSON_DISTANCE
+
+    if threshold is None or is_auto(threshold):
+        return SAME_PERSON_DISTANCE.get(model) if normalize else None
+    check_settings(ClusterSettings, threshold=threshold)
+    return float(threshold)
+
+
+@dataclass
+class Grouping:
+    """Each face's group (0 = largest; -1 unknown), its distance to its group's centroid (to the nearest
+    centroid for unknown faces), the centroids, and what the rules took out of groups."""
+
+    labels: np.ndarray
+    distances: np.ndarray
+    centroids: np.ndarray
+    unmatched: int
+    same_photo: int
+    too_small: int
+
+
+def finish_groups(
+    vectors: np.ndarray, labels: np.ndarray, unmatched: np.ndarray, photos: np.ndarray, min_group_size: int
+) -> Grouping:
+    """Apply the rules to raw cluster labels: ``unmatched`` faces are unknown; a group keeps one face per photo
+    (the one nearest its centroid); groups of fewer than ``min_group_size`` faces are unknown; the groups
+    are then numbered by size, largest first."""
+    labels = numbered_by_size(np.where(unmatched, UNKNOWN_CLUSTER, labels))
+    _, distances = group_centroids(vectors, labels)
+    repeats = one_face_per_photo(labels, photos, distances)
+    labels[repeats] = UNKNOWN_CLUSTER
+    sizes = np.bincount(labels[labels != UNKNOWN_CLUSTER], minlength=max(1, int(labels.max(initial=0)) + 1))
+    small = (labels != UNKNOWN_CLUSTER) & (sizes[np.maximum(labels, 0)] < min_group_size)
+    labels = numbered_by_size(np.where(small, UNKNOWN_CLUSTER, labels))
+    centroids, distances = group_centroids(vectors, labels)
+    return Grouping(labels, distances, centroids, int(unmatched.sum()), int(repeats.sum()), int(small.sum()))
+
+
+def numbered_by_size(labels: np.ndarray, preferred: dict[int, int] | None = None) -> np.ndarray:
+    """Group ids renumbered 0, 1, ... by size, largest first (ties by old id); unknown (-1) stays. A group in
+    ``preferred`` (old id -> number, e.g. a people file's) gets that number where it is free and below the
+    number of groups; the others fill the remaining numbers by size."""
+    grouped = labels >= 0
+    ids, compact, sizes = np.unique(labels[grouped], return_inverse=True, return_counts=True)
+    by_size = np.lexsort((ids, -sizes))
+    rank = np.full(len(ids), -1, dtype=np.int64)
+    wanted = [((preferred or {}).get(int(old_id)), position) for position, old_id in enumerate(ids)]
+    for number, position in sorted((n, p) for n, p in wanted if n is not None and n < len(ids)):
+        if number not in rank:
+            rank[position] = number
+    free = iter(sorted(set(range(len(ids))) - set(rank.tolist())))
+    for position in by_size:
+        if rank[position] < 0:
+            rank[position] = next(free)
+    renumbered = np.full(len(labels), UNKNOWN_CLUSTER, dtype=np.int64)
+    renumbered[grouped] = rank[compact]
+    return renumbered
+
+
+def group_centroids(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of each group 0..max, and each face's distance to it (``distances_to_centroids``)."""
+    grouped = labels >= 0
+    count = int(labels.max()) + 1 if grouped.any() else 0
+    centroids = np.zeros((count, vectors.shape[1]), dtype=np.float64)
+    np.add.at(centroids, labels[grouped], vectors[grouped])
+    centroids = (centroids / np.maximum(np.bincount(labels[grouped], minlength=count), 1)[:, None]).astype(np.float32)
+    return centroids, distances_to_centroids(vectors, labels, centroids)
+
+
+def distances_to_centroids(vectors: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Each face's distance to its own group's centroid; for an unknown face (-1), to the nearest centroid
+    (NaN when there is none)."""
+    grouped = labels >= 0
+    distances = np.full(len(labels), np.nan)
+    distances[grouped] = np.linalg.norm(vectors[grouped] - centroids[labels[grouped]], axis=1)
+    if len(centroids) and not grouped.all():
+        distances[~grouped] = nearest_centroids(vectors[~grouped], centroids)[0][:, 0]
+    return distances

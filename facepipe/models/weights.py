@@ -19,9 +19,7 @@ from typing import Callable
 from facepipe.common import FacepipeError, atomic_path, progress
 
 VGGFACE2_RESNET50_FILE = "rcmalli_vggface_tf_notop_resnet50.h5"
-VGGFACE2_RESNET50_URL = (
-    "https://github.com/rcmalli/keras-vggface/releases/download/v2.0/" + VGGFACE2_RESNET50_FILE
-)
+VGGFACE2_RESNET50_URL = "https://github.com/rcmalli/keras-vggface/releases/download/v2.0/" + VGGFACE2_RESNET50_FILE
 DOWNLOAD_TIMEOUT_S = 60
 CHUNK_BYTES = 1 << 20
 
@@ -74,9 +72,15 @@ def _where_to_put(file_name: str) -> str:
     return f"put {file_name} in one of: {places} (or pass --weights PATH)"
 
 
-def download_weights(url: str, target: str | os.PathLike, *, check: Callable[[Path], object] | None = None,
-                     sha256: str | None = None, show_progress: bool = True,
-                     timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
+def download_weights(
+    url: str,
+    target: str | os.PathLike,
+    *,
+    check: Callable[[Path], object] | None = None,
+    sha256: str | None = None,
+    show_progress: bool = True,
+    timeout: float = DOWNLOAD_TIMEOUT_S,
+) -> Path:
     """Download ``url`` to ``target`` through a temporary file beside it, moved into place only once checked.
 
     The check is: as many bytes as the server announced, ``sha256`` when given, then ``check(tmp)``
@@ -112,9 +116,17 @@ def download_weights(url: str, target: str | os.PathLike, *, check: Callable[[Pa
     return target
 
 
-def ensure_weights(file_name: str, url: str, *, weights: str | os.PathLike | None = None, download: bool = True,
-                   check: Callable[[Path], object] | None = None, sha256: str | None = None,
-                   show_progress: bool = True, alternative: str = "") -> Path:
+def ensure_weights(
+    file_name: str,
+    url: str,
+    *,
+    weights: str | os.PathLike | None = None,
+    download: bool = True,
+    check: Callable[[Path], object] | None = None,
+    sha256: str | None = None,
+    show_progress: bool = True,
+    alternative: str = "",
+) -> Path:
     """Locate ``file_name`` (see the module docstring) or download it from ``url``; return its path.
 
     ``alternative`` is appended to the error when the file is missing and cannot be fetched
@@ -133,13 +145,23 @@ def ensure_weights(file_name: str, url: str, *, weights: str | os.PathLike | Non
         raise FacepipeError(f"{error}. To run without downloading, {hint}") from error
 
 
-def ensure_vggface2_weights(weights: str | os.PathLike | None = None, download: bool = True,
-                            url: str = VGGFACE2_RESNET50_URL, sha256: str | None = None,
-                            show_progress: bool = True) -> Path:
+def ensure_vggface2_weights(
+    weights: str | os.PathLike | None = None,
+    download: bool = True,
+    url: str = VGGFACE2_RESNET50_URL,
+    sha256: str | None = None,
+    show_progress: bool = True,
+) -> Path:
     """The keras-vggface ResNet-50 (notop) HDF5 file: found, or downloaded and checked to load."""
     from facepipe.models.vggface2 import read_keras_weights
 
-    return ensure_weights(VGGFACE2_RESNET50_FILE, url, weights=weights, download=download,
-                          check=read_keras_weights, sha256=sha256, show_progress=show_progress,
-                          alternative="or use --model dlib-resnet128, which needs no download")
-
+    return ensure_weights(
+        VGGFACE2_RESNET50_FILE,
+        url,
+        weights=weights,
+        download=download,
+        check=read_keras_weights,
+        sha256=sha256,
+        show_progress=show_progress,
+        alternative="or use --model dlib-resnet128, which needs no download",
+    )
