@@ -10,7 +10,7 @@
                                              [--judge-dir ../judge]
     python benchmarks/bench_cvae.py dense-alignment [--data lfw] [--people N] [--image-size 64]
 
-Both first prepare, once, in DIR (default /tmp/facepipe_bench_cvae/<data>[_N]): the crops of
+Both first prepare, once, in DIR (default benchmarks/out/cvae/<data>[_N], git-ignored): the crops of
 ../shared/data/<data> (or of N people not in assets/samples, ``--people``; detect, minNeighbors 5, largest face only), their dlib-resnet128 embeddings, and
 a cluster_results.csv whose clusters are the manifest identities (what a perfect cluster stage gives).
 ``timing`` trains each size for a few epochs (train-cvae's defaults otherwise) in a child process and reports
@@ -443,7 +443,7 @@ def main() -> None:
         help="folder with faceres.json and faceres.bin (see judge_faceres.py)",
     )
     args = parser.parse_args()
-    args.work = args.work or Path("/tmp/facepipe_bench_cvae") / (
+    args.work = args.work or REPO / "benchmarks" / "out" / "cvae" / (
         args.data + (f"_{args.people}" if args.people else "")
     )
     args.work.mkdir(parents=True, exist_ok=True)
