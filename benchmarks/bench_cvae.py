@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from facepipe.cvae_settings import DEFAULT_IDENTITY_BLUR
+from facepipe.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -96,7 +96,6 @@ def prepare(data: str, work: Path, people: int = 0) -> Path:
 def train_child(results: str, weights: str, image_size: int, epochs: int, identity_weight: float) -> None:
     """Runs in a child process so that its peak RSS is the training's own."""
     from facepipe.cvae import train_cvae
-    from facepipe.settings import TrainSettings
 
     summary = train_cvae(
         results,
@@ -153,7 +152,6 @@ def timing(args) -> None:
 def fidelity(args) -> None:
     from facepipe.cvae import train_cvae
     from facepipe.generate import generate
-    from facepipe.settings import TrainSettings
 
     results = prepare(args.data, args.work, args.people)
     weights = args.work / (
@@ -431,7 +429,7 @@ def main() -> None:
     parser.add_argument(
         "--identity-blur",
         type=float,
-        default=DEFAULT_IDENTITY_BLUR,
+        default=TrainSettings.identity_blur,
         help="sigma (pixels of a 64-px face) of the blur the identity term sees the faces through",
     )
     parser.add_argument("--decoder-base", default="mean", choices=["mean", "none"])
