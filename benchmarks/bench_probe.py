@@ -6,7 +6,7 @@ several points from one seed to the next: this script embeds the 2,012 celeba_at
 prints, per chip and target, each split's held-out F1 and balanced accuracy and their mean and spread.
 
 Usage: python benchmarks/bench_probe.py [--splits 10] [--chips 0.25 0.4 0.5 0.6 0.75 whole]
-       [--data ../shared/data/celeba_attr] [--work /tmp/facepipe_bench_probe]
+       [--data ../shared/data/celeba_attr] [--work benchmarks/out/probe]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=10)
     parser.add_argument("--chips", nargs="+", default=["0.25", "0.4", "0.5", "0.6", "0.75", "whole"])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "celeba_attr")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/facepipe_bench_probe"))
+    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "probe")
     args = parser.parse_args()
 
     print(f"celeba_attr, dlib-resnet128, probe train --holdout 0.25, seeds 0..{args.splits - 1}")
