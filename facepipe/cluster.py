@@ -360,6 +360,24 @@ def _options_record(
     }
 
 
+def recorded_settings(options: dict, people: str | None) -> ClusterSettings:
+    """The settings that redo a clustering from the options its sidecar records (``_options_record``), with the
+    people file ``people``."""
+    return ClusterSettings(
+        method=options["method"],
+        threshold=options.get("threshold") or "auto",
+        min_group_size=options["min_group_size"],
+        k=options.get("k") or "auto",
+        k_range=tuple(options.get("k_range") or ClusterSettings.k_range),
+        k_rule=options.get("k_rule") or ClusterSettings.k_rule,
+        normalize=options["normalize"],
+        seed=options["seed"],
+        n_init=options["n_init"],
+        samples_per_cluster=options["samples_per_cluster"],
+        people=people,
+    )
+
+
 def _chosen_method(settings: ClusterSettings, embeddings, embeddings_path) -> tuple[str, float | None, range | None]:
     """The method "auto" stands for, the same-person distance, and the k values to try (k-means only)."""
     method, normalize = settings.method, settings.normalize

@@ -40,8 +40,8 @@ from facepipe.formats import (
 )
 from facepipe.locks import folder_lock
 from facepipe.owned import inside_or_none
-from facepipe.people import People, read_people, write_people
-from facepipe.settings import ClusterSettings, ReviewSettings
+from facepipe.people import People, people_file_of, read_people, write_people
+from facepipe.settings import ReviewSettings
 from facepipe.suggest import Clustering, read_clustering, suggestions
 
 HOST = "127.0.0.1"
@@ -72,7 +72,7 @@ class ReviewSession:
 def people_file_for(clustering: Clustering) -> Path:
     """The people file a clustering follows: the one it recorded, else ``people.toml`` in its folder."""
     recorded = (clustering.meta.get("options") or {}).get("people")
-    return Path(recorded) if recorded else clustering.folder / PEOPLE_TOML
+    return people_file_of(clustering.folder, recorded) or clustering.folder / PEOPLE_TOML
 
 
 def _group(value, clustering: Clustering, unknown_allowed: bool = False) -> int:
@@ -221,30 +221,17 @@ def _answer(people: People, clustering: Clustering, offered: dict, accept: bool)
 def _recluster(session: ReviewSession) -> None:
     """Redo the clustering with the people file as it is now (the options it recorded), then the run's report
     where the folder is a run folder; the session then shows the new clustering."""
-    from facepipe.cluster import cluster
+    from facepipe.cluster import cluster, recorded_settings
 
     meta, folder = session.clustering.meta, session.folder
-    options = dict(meta["options"])
-    k_range = options.get("k_range") or ClusterSettings.k_range
+    options = meta["options"]
     labels = (meta.get("metrics") or {}).get("labels")
     embeddings = recorded_path(meta["embeddings"], session.clustering.results_path)
-    settings = ClusterSettings(
-        method=options["method"],
-        threshold=options.get("threshold") or "auto",
-        min_group_size=options["min_group_size"],
-        k=options.get("k") or "auto",
-        k_range=tuple(k_range),
-        k_rule=options.get("k_rule") or ClusterSettings.k_rule,
-        normalize=options["normalize"],
-        seed=options["seed"],
-        n_init=options["n_init"],
-        samples_per_cluster=options["samples_per_cluster"],
-        people=str(session.people_file) if session.people_file.is_file() else None,
-    )
+    people = str(session.people_file) if session.people_file.is_file() else None
     cluster(
         embeddings,
         folder,
-        settings,
+        recorded_settings(options, people),
         samples_dir=options.get("samples_dir"),
         crops_dir=options.get("crops_dir"),
         labels=labels,
