@@ -144,7 +144,7 @@ class CnnFinder:
             (_clipped_box(*box, width, height), score)
             for *box, score in self.detector.detect(rgb, self.upsample, self.threshold)
         ]
-        return [Face(box, CNN, score) for box, score in found if box is not None and score >= self.threshold]
+        return [Face(box, CNN, score) for box, score in found if box is not None]
 
 
 class ScaledFinder:
