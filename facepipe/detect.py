@@ -34,6 +34,7 @@ from facepipe.detectors import (
     HaarFinder,
     HogFinder,
     ScaledFinder,
+    detection_rules,
     find_faces,
     too_small_to_search,
 )
@@ -281,12 +282,21 @@ def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[
     params_file = out_dir / DETECT_PARAMS_JSON
     if force or not params_file.is_file():
         return [], []
-    previous = json_object(read_json(params_file), "params", params_file)
+    recorded = read_json(params_file)
+    previous = json_object(recorded, "params", params_file)
     if previous != asdict(params):
         changed = sorted(k for k in set(previous) | set(asdict(params)) if previous.get(k) != asdict(params).get(k))
         raise FacepipeError(
             f"{out_dir} holds detections made with other parameters ({', '.join(changed)} differ); "
             "rerun with --force to redo them, or choose another output folder"
+        )
+    rules = detection_rules(params.detector)
+    if not isinstance(recorded, dict) or recorded.get("rules") != rules:
+        older = recorded.get("facepipe_version") if isinstance(recorded, dict) else None
+        raise FacepipeError(
+            f"{out_dir} holds detections made under other detection rules (facepipe {older or 'unknown'}; "
+            f"this one is {__version__} and its {params.detector} finds faces differently): rerun with --force "
+            "to redo them, or choose another output folder"
         )
     try:
         sources = read_csv(out_dir / SOURCES_CSV, SOURCE_COLUMNS, "sources CSV")
@@ -362,7 +372,10 @@ def _write_outputs(out_dir: Path, params: DetectorParams, sources: list[dict], d
         ["source", "face_index"], kind="stable"
     )
     errors = source_frame[source_frame["status"] == "error"].rename(columns={"source": "path"})[ERROR_COLUMNS]
-    write_json_atomic(out_dir / DETECT_PARAMS_JSON, {"params": asdict(params), "facepipe_version": __version__})
+    write_json_atomic(
+        out_dir / DETECT_PARAMS_JSON,
+        {"params": asdict(params), "rules": detection_rules(params.detector), "facepipe_version": __version__},
+    )
     write_csv_atomic(detection_frame, out_dir / DETECTIONS_CSV)
     write_csv_atomic(errors, out_dir / ERRORS_CSV)
     # sources.csv last: a source counts as done only once its crops and rows are on disk.

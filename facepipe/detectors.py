@@ -36,6 +36,27 @@ COMBINED_HOG_MAX_SIDE = 512  # and its HOG (upsampled once) at most this large: 
 SAME_FACE_IOU = 0.3  # boxes of two detectors overlapping at least this much (intersection over union) are one face
 
 
+def detection_rules(detector: str) -> dict:
+    """What decides the faces of ``detector`` beyond its settings: the fixed rules above and the detector
+    implementations. detect.json records them beside the settings, so a folder detected under other rules (an
+    older facepipe's) is redone, not silently kept; bump ``implementation`` when a detector's code changes
+    what it finds."""
+    rules = {"implementation": 2, "min_search_side": MIN_SEARCH_SIDE, "edge": "black"}
+    if detector == CNN:
+        rules["cnn"] = "dlib mmod_human_face_detector, PyTorch port"
+    if detector == COMBINED:
+        rules.update(
+            cnn="dlib mmod_human_face_detector, PyTorch port",
+            cnn_where="no face found by HOG, or a photo's longer side at most cnn_small_side",
+            cnn_upsample=COMBINED_CNN_UPSAMPLE,
+            cnn_small_side=COMBINED_CNN_SMALL_SIDE,
+            haar_max_side=COMBINED_HAAR_MAX_SIDE,
+            hog_max_side=COMBINED_HOG_MAX_SIDE,
+            same_face_iou=SAME_FACE_IOU,
+        )
+    return rules
+
+
 @dataclass(frozen=True)
 class Face:
     """One face found in a photo: its box (x, y, w, h) in the photo's pixels, which detector found it, and

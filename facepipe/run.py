@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 from facepipe import __version__
 from facepipe.common import FacepipeError
 from facepipe.config import checked_config, load_config, save_config
+from facepipe.detectors import detection_rules
 from facepipe.engine import RAY, check_engine, ray_session
 from facepipe.formats import (
     CLUSTER_RESULTS_CSV,
@@ -347,7 +348,10 @@ def _run_stages(runner: "_Runner", folder: _RunFolder, images: list[Path]) -> No
     """Each stage in order, skipped when its fingerprint (its options and what it reads) is unchanged."""
     config = folder.config
     with folder.sessions:  # a Ray cluster the two started is stopped before the stages that do not use it
-        fingerprint = runner.stage("detect", _digest(config["detect"], _inputs_fingerprint(images)), folder.detect)
+        detected = _digest(
+            config["detect"], detection_rules(config["detect"]["detector"]), _inputs_fingerprint(images)
+        )
+        fingerprint = runner.stage("detect", detected, folder.detect)
         fingerprint = embedded = runner.stage("embed", _digest(config["embed"], fingerprint), folder.embed)
     fingerprint = runner.stage(
         "cluster",

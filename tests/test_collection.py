@@ -14,7 +14,7 @@ from facepipe.cli import main
 from facepipe.cluster import cluster
 from facepipe.common import FacepipeError
 from facepipe.detect import DetectorParams, detect
-from facepipe.detectors import CNN, COMBINED, HAAR, HOG, box_iou
+from facepipe.detectors import CNN, COMBINED, HAAR, HOG, box_iou, detection_rules
 from facepipe.formats import (
     CLUSTER_RESULTS_CSV,
     DETECT_PARAMS_JSON,
@@ -118,6 +118,22 @@ def test_a_detect_folder_of_an_older_version_is_refused_with_the_reason(data_dir
 
     summary = embed(tmp_path, tmp_path / "features.csv", model="dlib-resnet128", show_progress=False)
     assert summary.embedded == 1
+
+
+def test_a_detect_folder_made_under_other_detection_rules_is_redone_not_kept(data_dir, tmp_path):
+    """The same settings under an older facepipe's detectors (a detect.json without this one's rules, or with
+    other rules) are refused with the reason; --force redoes them and records the rules."""
+    photos = [data_dir("group_photos") / "images" / "face_recognition_obama.jpg"]
+    detect(photos, tmp_path, show_progress=False)
+    recorded = read_json(tmp_path / DETECT_PARAMS_JSON)
+    assert recorded["rules"] == detection_rules(recorded["params"]["detector"])
+    for older in ({k: v for k, v in recorded.items() if k != "rules"}, {**recorded, "rules": {"hog_max_side": 640}}):
+        write_json_atomic(tmp_path / DETECT_PARAMS_JSON, {**older, "facepipe_version": "0.9"})
+        with pytest.raises(FacepipeError, match="other detection rules.*facepipe 0.9.*--force"):
+            detect(photos, tmp_path, show_progress=False)
+    assert detect(photos, tmp_path, force=True, show_progress=False).processed_now == 1
+    assert read_json(tmp_path / DETECT_PARAMS_JSON)["rules"] == recorded["rules"]
+    assert detect(photos, tmp_path, show_progress=False).skipped == 1
 
 
 @pytest.mark.fast
