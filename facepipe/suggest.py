@@ -118,9 +118,9 @@ def _ranked(rows: list[dict], kind: str, farthest_first: bool = False) -> list[d
 
 def merge_suggestions(centroids: np.ndarray, people: People) -> list[dict]:
     """Group pairs among each group's MERGE_NEIGHBOURS nearest, by centroid distance; turned-down pairs left out."""
-    from facepipe.grouping import nearest_centroids
+    from facepipe.grouping import nearest_rows
 
-    distances, rows = nearest_centroids(centroids, centroids, MERGE_NEIGHBOURS + 1)
+    distances, rows = nearest_rows(centroids, centroids, MERGE_NEIGHBOURS + 1)
     pairs = {}
     for group, (gaps, others) in enumerate(zip(distances, rows)):
         for gap, other in zip(gaps, others):
@@ -132,11 +132,11 @@ def merge_suggestions(centroids: np.ndarray, people: People) -> list[dict]:
 
 def unknown_suggestions(clustering: Clustering, people: People) -> list[dict]:
     """For each unknown face the people file did not move there itself, its nearest group not turned down for it."""
-    from facepipe.grouping import nearest_centroids
+    from facepipe.grouping import nearest_rows
 
     unknown = clustering.results.index[(clustering.results["cluster"] == UNKNOWN_CLUSTER).to_numpy()]
     faces = clustering.results.loc[unknown, "name"].tolist()
-    distances, rows = nearest_centroids(clustering.vectors[unknown], clustering.centroids, UNKNOWN_NEIGHBOURS)
+    distances, rows = nearest_rows(clustering.vectors[unknown], clustering.centroids, UNKNOWN_NEIGHBOURS)
     found = []
     for face, gaps, groups in zip(faces, distances, rows):
         if face in people.moves:
