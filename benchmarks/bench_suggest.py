@@ -8,9 +8,10 @@ The collections (each photo's largest face stands for the person its manifest na
 the lfw set (1424 photos of 79 people, 10-30 each) and the same strangers. Each goes through detect (defaults),
 embed (dlib-resnet128) and cluster at each same-person distance given (0.37 is the default rule; the tighter ones
 split people into more groups and leave more faces unknown, so that there is something to suggest). A group's
-person is the most common labelled person among its faces. Scored, per clustering and per ranking (``rule``:
-suggest's, by the clustering's link rule; ``centroid``: the one suggest had before, L2 between centroids and from
-a face to the nearest centroid, kept here to compare):
+person is the most common labelled person among its faces. Scored, per clustering and per ranking (``suggest``:
+suggest's own, unknown faces by the clustering's link rule and merges by the RMS distance between the groups'
+faces; ``centroid``: the one suggest had before, L2 between centroids and from a face to the nearest centroid,
+kept here to compare):
 
 - merges: of the group pairs that are one labelled person (n pairs), the share among the top 2n merge
   suggestions (target >= 90%);
@@ -147,7 +148,7 @@ def main() -> None:
             out / "features.csv", folder, ClusterSettings(threshold=threshold), samples_dir=None, show_progress=False
         )
         for ranking, offered in (
-            ("rule", suggest(folder)),
+            ("suggest", suggest(folder)),
             ("centroid", centroid_suggestions(read_clustering(folder))),
         ):
             s = score(folder, people, threshold, sets[0], offered)
