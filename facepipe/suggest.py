@@ -130,7 +130,7 @@ def group_links(clustering: Clustering, rows: np.ndarray) -> pd.DataFrame:
     labels = clustering.results["cluster"].to_numpy()
     grouped = np.flatnonzero(labels >= 0)
     span = int(labels.max(initial=0)) + 1  # a (face, group) pair's key: face * span + group
-    gaps, found = nearest_rows(clustering.vectors[rows], clustering.vectors[grouped], GRAPH_NEIGHBOURS + 1)
+    gaps, found = nearest_rows(clustering.vectors[rows], clustering.vectors[grouped], GRAPH_NEIGHBOURS)
     face = np.repeat(np.asarray(rows, dtype=np.int64), gaps.shape[1])
     member = grouped[np.maximum(found.ravel(), 0)]
     keep = (found.ravel() >= 0) & (labels[member] != labels[face])
