@@ -948,7 +948,9 @@ SUGGESTIONS_CSV = "suggestions.csv"  # facepipe suggest: SUGGESTION_COLUMNS, one
 SUGGESTION_COLUMNS = ["kind", "rank", "group", "other", "face", "distance"]
 SUGGESTION_KINDS = ("merge", "unknown", "outlier")  # merge: group and other are one person? unknown: is face
 # (unknown now) group's person? outlier: is face, far from its group's centroid, someone else? (other, face: empty
-# where they do not apply; distance: between the centroids, or from the face to the group's centroid)
+# where they do not apply; rank: within the kind, from 1, by distance: nearest first, outliers farthest first;
+# distance: a merge's the root mean square distance between the two groups' faces, an unknown face's the
+# same-person distance at which cluster's link rule would take it into the group, an outlier's to its centroid)
 GROUPS_CSV = "groups.csv"  # GROUPS_COLUMNS: each group, its name (people file) and size
 GROUPS_COLUMNS = ["cluster", "person", "faces"]
 

@@ -59,13 +59,13 @@ def neighbour_index(vectors: np.ndarray, seed: int = 0):
     return index
 
 
-def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray, count: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """For each row of ``vectors``, its ``count`` nearest ``centroids`` (fewer where there are fewer; -1 where
-    the inverted file found none): their L2 distances and rows, nearest first."""
-    count = min(count, len(centroids))
+def nearest_rows(vectors: np.ndarray, targets: np.ndarray, count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``vectors``, its ``count`` nearest rows of ``targets`` (centroids, or faces; fewer where
+    there are fewer; -1 where the inverted file found none): their L2 distances and rows, nearest first."""
+    count = min(count, len(targets))
     if not count or not len(vectors):
         return np.empty((len(vectors), count)), np.empty((len(vectors), count), dtype=np.int64)
-    index = neighbour_index(np.ascontiguousarray(centroids, dtype=np.float32))  # exact, or an inverted file
+    index = neighbour_index(np.ascontiguousarray(targets, dtype=np.float32))  # exact, or an inverted file
     squared, rows = index.search(np.ascontiguousarray(vectors, dtype=np.float32), count)
     return np.sqrt(np.maximum(squared, 0.0)), rows.astype(np.int64)
 
@@ -180,21 +180,44 @@ def chinese_whispers(graph: NeighbourGraph, seed: int = 0, iterations: int = WHI
     return labels
 
 
+def links_needed(others, links: int = LINKS_NEEDED):
+    """The members within the rule a face needs in a group holding ``others`` faces besides it: ``links``, or
+    all the others in a smaller group."""
+    return np.minimum(links, others)
+
+
+def link_distance(nearest: np.ndarray, needed, close_share: float = CLOSE_SHARE) -> np.ndarray:
+    """The link rule as a distance: the least same-person distance at which a face passes it with a group,
+    given its distances to the group's members (rows, nearest first; inf past the members there are) and the
+    members ``needed`` (``links_needed``). That is its ``needed``-th nearest member, or its nearest over
+    ``close_share`` where that is less (one member within ``close_share`` of the rule is enough); inf where
+    the group has no member to link to. The face passes the rule at a distance where this lies under it."""
+    nearest = np.asarray(nearest, dtype=np.float64)
+    needed = np.broadcast_to(np.asarray(needed, dtype=np.int64), len(nearest))
+    known = (needed >= 1) & (needed <= nearest.shape[1])
+    kth = np.full(len(nearest), np.inf)
+    kth[known] = nearest[np.flatnonzero(known), needed[known] - 1]
+    return np.minimum(kth, np.where(needed >= 1, nearest[:, 0], np.inf) / close_share)
+
+
 def unmatched_faces(
     labels: np.ndarray, graph: NeighbourGraph, links: int = LINKS_NEEDED, close_share: float = CLOSE_SHARE
 ) -> np.ndarray:
-    """Boolean mask of the faces too weakly linked to their own group: no neighbour of the group within the
-    graph's distance rule, or fewer than ``links`` (all the others, in a smaller group) and none closer than
-    ``close_share`` of the rule. Through a neighbour or two at the rule's edge, strangers join people's
-    groups; a person's own faces mostly have more, or a close one."""
-    link_distance = graph.threshold * close_share
+    """Boolean mask of the faces too weakly linked to their own group (``link_distance`` not under the graph's
+    distance rule): no neighbour of the group within it, or fewer than ``links`` (all the others, in a smaller
+    group) and none closer than ``close_share`` of the rule. Through a neighbour or two at the rule's edge,
+    strangers join people's groups; a person's own faces mostly have more, or a close one."""
     rows = graph.sources()
     same_group = labels[rows] == labels[graph.indices]
-    count = np.bincount(rows[same_group], minlength=len(labels))
-    close = np.bincount(rows[same_group & (graph.distances < link_distance)], minlength=len(labels)) > 0
+    rows, distances = rows[same_group], graph.distances[same_group]
+    order = np.lexsort((distances, rows))
+    rows, distances = rows[order], distances[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)  # each edge's place among its face's, nearest first
+    nearest = np.full((len(labels), max(1, links)), np.inf)
+    kept = rank < nearest.shape[1]
+    nearest[rows[kept], rank[kept]] = distances[kept]
     _, group_of, sizes = np.unique(labels, return_inverse=True, return_counts=True)
-    needed = np.minimum(links, sizes[group_of] - 1)
-    return (count == 0) | ((count < needed) & ~close)
+    return ~(link_distance(nearest, links_needed(sizes[group_of] - 1, links), close_share) < graph.threshold)
 
 
 def one_face_per_photo(labels: np.ndarray, photos: np.ndarray, distances: np.ndarray) -> np.ndarray:
@@ -289,5 +312,5 @@ def distances_to_centroids(vectors: np.ndarray, labels: np.ndarray, centroids: n
     distances = np.full(len(labels), np.nan)
     distances[grouped] = np.linalg.norm(vectors[grouped] - centroids[labels[grouped]], axis=1)
     if len(centroids) and not grouped.all():
-        distances[~grouped] = nearest_centroids(vectors[~grouped], centroids)[0][:, 0]
+        distances[~grouped] = nearest_rows(vectors[~grouped], centroids)[0][:, 0]
     return distances

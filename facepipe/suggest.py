@@ -2,9 +2,13 @@
 split in two (merge), the nearest group of each unknown face (unknown), and faces far from their group's
 centroid (outlier); each with its distance and a rank within its kind, nearest (most likely) first.
 
-Distances are the clustering's own: L2 between group centroids, or from a face to a centroid, in the space
-cluster grouped in (unit embeddings unless it ran with ``--no-normalize``). Suggestions the people file turned
-down (``[[rejected]]``) or already acted on (a merge, a moved face) are not offered again.
+Distances are L2 in the space cluster grouped in (unit embeddings unless it ran with ``--no-normalize``). An
+unknown face's is the clustering's own link rule read as a distance (``grouping.link_distance``): the
+same-person distance at which it would join that group, so that a face the rule turned away from a group is
+offered it only beyond the rule. A merge's is the root mean square distance between the two groups' faces (a
+member linkage; the link rule cannot rank merges, as it is what kept the two apart). An outlier's is to its
+group's centroid. Suggestions the people file turned down (``[[rejected]]``) or already acted on (a merge, a
+moved face) are not offered again.
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ from facepipe.people import People, people_file_of, read_people
 from facepipe.settings import SuggestSettings
 
 MERGE_NEIGHBOURS = 5  # each group's nearest groups looked at for a merge
-UNKNOWN_NEIGHBOURS = 5  # an unknown face's nearest groups: the nearest not turned down is offered
 OUTLIER_SHARE = 0.75  # a face farther than this share of the same-person distance from its centroid is offered
 OUTLIER_PERCENTILE = 95  # without a same-person distance (k-means): the farthest 5% of the grouped faces
 
@@ -116,39 +119,89 @@ def _ranked(rows: list[dict], kind: str, farthest_first: bool = False) -> list[d
     return [dict(row, kind=kind, rank=rank) for rank, row in enumerate(rows, 1)]
 
 
-def merge_suggestions(centroids: np.ndarray, people: People) -> list[dict]:
-    """Group pairs among each group's MERGE_NEIGHBOURS nearest, by centroid distance; turned-down pairs left out."""
-    from facepipe.grouping import nearest_centroids
+def group_links(clustering: Clustering, rows: np.ndarray) -> pd.DataFrame:
+    """For the faces at ``rows`` of the clustering, each group (not the face's own) among their GRAPH_NEIGHBOURS
+    nearest grouped faces and the face's distance to it by the clustering's own link rule
+    (``grouping.link_distance``: the members the rule needs from a group of that size within it, or one within
+    CLOSE_SHARE of it): columns row, group, distance. The face would join the group at a same-person distance
+    above that, not at one below."""
+    from facepipe.grouping import GRAPH_NEIGHBOURS, LINKS_NEEDED, link_distance, links_needed, nearest_rows
 
-    distances, rows = nearest_centroids(centroids, centroids, MERGE_NEIGHBOURS + 1)
-    pairs = {}
-    for group, (gaps, others) in enumerate(zip(distances, rows)):
-        for gap, other in zip(gaps, others):
-            pair = (min(group, int(other)), max(group, int(other)))
-            if other >= 0 and other != group and pair not in people.rejected_merges:
-                pairs[pair] = float(gap)
-    return _ranked([{"group": a, "other": b, "face": None, "distance": d} for (a, b), d in pairs.items()], "merge")
+    labels = clustering.results["cluster"].to_numpy()
+    grouped = np.flatnonzero(labels >= 0)
+    span = int(labels.max(initial=0)) + 1  # a (face, group) pair's key: face * span + group
+    gaps, found = nearest_rows(clustering.vectors[rows], clustering.vectors[grouped], GRAPH_NEIGHBOURS)
+    face = np.repeat(np.asarray(rows, dtype=np.int64), gaps.shape[1])
+    member = grouped[np.maximum(found.ravel(), 0)]
+    keep = (found.ravel() >= 0) & (labels[member] != labels[face])
+    face, group, gaps = face[keep], labels[member[keep]], gaps.ravel()[keep]
+    order = np.lexsort((gaps, group, face))  # each pair's members, nearest first
+    keys, gaps = face[order] * span + group[order], gaps[order]
+    pairs, first, pair_of = np.unique(keys, return_index=True, return_inverse=True)
+    rank = np.arange(len(keys)) - first[pair_of]
+    nearest = np.full((len(pairs), LINKS_NEEDED), np.inf)
+    kept = rank < LINKS_NEEDED
+    nearest[pair_of[kept], rank[kept]] = gaps[kept]
+    sizes = np.bincount(labels[grouped], minlength=span)
+    distances = link_distance(nearest, links_needed(sizes[pairs % span]))
+    return pd.DataFrame({"row": pairs // span, "group": pairs % span, "distance": distances})
+
+
+def merge_distances(clustering: Clustering) -> pd.DataFrame:
+    """Each group and the groups nearest it (its GRAPH_NEIGHBOURS nearest centroids), with how far apart their
+    faces lie: the root mean square of the distances between a face of one and a face of the other, over every
+    such pair (``sqrt(centroid distance^2 + each group's mean squared distance to its centroid)``; a tight
+    fragment of a person sits nearer a group than a loose group at the same centroid distance): columns group,
+    other (group < other), distance."""
+    from facepipe.grouping import GRAPH_NEIGHBOURS, nearest_rows
+
+    labels = clustering.results["cluster"].to_numpy()
+    grouped = labels >= 0
+    count = len(clustering.centroids)
+    squared = ((clustering.vectors[grouped] - clustering.centroids[labels[grouped]]) ** 2).sum(axis=1)
+    spread = np.bincount(labels[grouped], squared, count) / np.maximum(np.bincount(labels[grouped], None, count), 1)
+    gaps, others = nearest_rows(clustering.centroids, clustering.centroids, GRAPH_NEIGHBOURS + 1)
+    group = np.repeat(np.arange(count), gaps.shape[1])
+    other, gaps = others.ravel(), gaps.ravel()
+    keep = (other >= 0) & (other != group)
+    group, other, gaps = group[keep], other[keep], gaps[keep]
+    pairs = pd.DataFrame(
+        {
+            "group": np.minimum(group, other),
+            "other": np.maximum(group, other),
+            "distance": np.sqrt(gaps**2 + spread[group] + spread[other]),
+        }
+    )
+    return pairs.drop_duplicates(["group", "other"]).reset_index(drop=True)
+
+
+def merge_suggestions(clustering: Clustering, people: People) -> list[dict]:
+    """Group pairs among each group's MERGE_NEIGHBOURS nearest by ``merge_distances``; turned-down pairs left out."""
+    pairs = merge_distances(clustering)
+    both_ways = pd.concat([pairs, pairs.rename(columns={"group": "other", "other": "group"})])
+    nearest = both_ways.sort_values(["distance", "other"]).groupby("group").head(MERGE_NEIGHBOURS)
+    chosen = {(min(a, b), max(a, b)) for a, b in zip(nearest["group"], nearest["other"])}
+    return _ranked(
+        [
+            {"group": int(a), "other": int(b), "face": None, "distance": float(d)}
+            for a, b, d in zip(pairs["group"], pairs["other"], pairs["distance"])
+            if (a, b) in chosen and (a, b) not in people.rejected_merges
+        ],
+        "merge",
+    )
 
 
 def unknown_suggestions(clustering: Clustering, people: People) -> list[dict]:
-    """For each unknown face the people file did not move there itself, its nearest group not turned down for it."""
-    from facepipe.grouping import nearest_centroids
-
-    unknown = clustering.results.index[(clustering.results["cluster"] == UNKNOWN_CLUSTER).to_numpy()]
-    faces = clustering.results.loc[unknown, "name"].tolist()
-    distances, rows = nearest_centroids(clustering.vectors[unknown], clustering.centroids, UNKNOWN_NEIGHBOURS)
-    found = []
-    for face, gaps, groups in zip(faces, distances, rows):
-        if face in people.moves:
-            continue
-        offered = [
-            (float(gap), int(group))
-            for gap, group in zip(gaps, groups)
-            if group >= 0 and (face, int(group)) not in people.rejected_faces
-        ]
-        if offered:
-            found.append({"group": offered[0][1], "other": None, "face": face, "distance": offered[0][0]})
-    return _ranked(found, "unknown")
+    """For each unknown face the people file did not move there itself, the group not turned down for it that
+    it lies nearest by the link rule (``group_links``)."""
+    names = clustering.results["name"].to_numpy()
+    unknown = np.flatnonzero(clustering.results["cluster"].to_numpy() == UNKNOWN_CLUSTER)
+    found = {}
+    for row, group, distance in group_links(clustering, unknown).sort_values(["distance", "group"]).itertuples(False):
+        face = names[row]
+        if face not in found and face not in people.moves and (face, int(group)) not in people.rejected_faces:
+            found[face] = {"group": int(group), "other": None, "face": face, "distance": float(distance)}
+    return _ranked(list(found.values()), "unknown")
 
 
 def outlier_suggestions(clustering: Clustering, people: People, limit: float | None = None) -> list[dict]:
@@ -177,7 +230,7 @@ def outlier_suggestions(clustering: Clustering, people: People, limit: float | N
 def suggestions(clustering: Clustering, people: People, outlier_distance: float | None = None) -> pd.DataFrame:
     """Every suggestion (SUGGESTION_COLUMNS): merges, then unknown faces, then outliers, each by rank."""
     rows = (
-        merge_suggestions(clustering.centroids, people)
+        merge_suggestions(clustering, people)
         + unknown_suggestions(clustering, people)
         + outlier_suggestions(clustering, people, outlier_distance)
     )
