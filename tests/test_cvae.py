@@ -210,6 +210,36 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, johns_cluste
     assert rerun.epochs_run == 0 and "nothing to do" in rerun.line()
 
 
+def test_a_run_with_the_adversarial_term_resumes_to_the_same_weights_and_discriminator(tmp_path, johns_clusters):
+    """--adversarial-weight: the patch discriminator and its optimizer are in every checkpoint, so a run killed
+    after epoch 1 and rerun ends with the same CVAE and discriminator, bit for bit; the term is logged apart
+    from the loss (which picks cvae_best.pt), and a checkpoint of that run without its discriminator cannot be
+    resumed from (one line)."""
+    settings = TrainSettings(**dict(TRAINING, adversarial_weight=10.0, keep_last=3))
+    full = train_cvae(johns_clusters, settings, weights_dir=tmp_path / "full", show_progress=False).weights_dir
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copy(full / cvae_checkpoint_name(1), killed / cvae_checkpoint_name(1))
+    assert train_cvae(johns_clusters, settings, weights_dir=killed, show_progress=False).epochs_run == 2
+    resumed, expected = (load_checkpoint(folder / cvae_checkpoint_name(3)) for folder in (killed, full))
+    for part in ("model", "discriminator"):
+        assert set(resumed[part]) == set(expected[part]) and resumed[part]
+        for key, tensor in expected[part].items():
+            assert torch.equal(resumed[part][key], tensor), (part, key)
+    log = pd.read_csv(full / CVAE_LOG_CSV)
+    assert log["train_adversarial"].notna().all() and log["val_adversarial"].notna().all()
+    config = expected["config"]
+    parts = log["train_recon"] + config["beta"] * log["train_kl"] + config["mean_anchor"] * log["train_anchor"]
+    assert (log["train_loss"] - parts).abs().max() < 1e-3 * log["train_loss"].max()  # without the term
+    stripped = tmp_path / "stripped"
+    stripped.mkdir()
+    checkpoint = load_checkpoint(full / cvae_checkpoint_name(1))
+    del checkpoint["discriminator"]
+    torch.save(checkpoint, stripped / cvae_checkpoint_name(1))
+    with pytest.raises(FacepipeError, match="lacks discriminator"):
+        train_cvae(johns_clusters, settings, weights_dir=stripped, show_progress=False)
+
+
 def test_force_removes_only_what_train_cvae_recorded_writing(tmp_path, trained):
     """Issue 28: --force deletes the checkpoints, log and landmarks train-cvae recorded (cvae_outputs.json),
     and refuses, changing nothing, while a checkpoint-named file it did not write is in the way."""
@@ -703,11 +733,13 @@ def test_checkpoints_of_older_versions_still_load_as_unaligned_plain_decoders(tr
             "draw_identity",
             "identity_jitter",
             "identity_blur",
+            "adversarial_weight",
         )
     }
     restored = CVAEConfig.from_dict(older)
     assert restored.alignment == "none" and restored.decoder_base == "none" and restored.draw_identity == 0.0
     assert restored.face_mask == "none" and restored.detail_weight == 0.0 and restored.identity_blur == 0.0
+    assert restored.adversarial_weight == 0.0  # no discriminator: none is needed to load or resume it
     # one written before --face-mask but with aligned crops is an aligned, unmasked model
     assert CVAEConfig.from_dict({k: v for k, v in config.items() if k != "face_mask"}).face_mask == "none"
 
