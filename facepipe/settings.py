@@ -473,10 +473,10 @@ class TrainSettings(Settings):
         command=False,
     )
     adversarial_weight: float = setting(
-        0.0,
+        10.0,
         "Weight of a patch discriminator's (PatchGAN, hinge loss) judgement of the decoded faces (reconstructions, "
         "each cluster's z = 0 face and random draws) against the real crops, trained beside the CVAE: against "
-        "the blur of a VAE (0: off).",
+        "the blur of a VAE (0: off; benchmarks/README.md, issue 29).",
         limit=Limit(0, 1e6, whole=False),
     )
     val_fraction: float = setting(
