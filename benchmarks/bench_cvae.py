@@ -6,7 +6,8 @@
                                              [--data lfw] [--people N] [--align dlib5|none]
                                              [--face-mask landmarks|none] [--decoder-base mean|none]
                                              [--draw-identity 1] [--jitter 1] [--identity-blur S]
-                                             [--temperature 1]
+                                             [--adversarial-weight W] [--temperature 1]
+                                             [--results CLUSTER_RESULTS]
                                              [--judge-dir ../judge]
     python benchmarks/bench_cvae.py dense-alignment [--data lfw] [--people N] [--image-size 64]
 
@@ -21,7 +22,9 @@ sharpness, the spread of the draws and a KID in dlib's embedding), the fidelity 
 the judge's files are in ``--judge-dir``, the fidelity by an independent judge (``judge_faceres.py``: a model
 facepipe never trains against) of the CVAE faces, the pixel means and the random draws, the spread of the
 draws in its descriptors and KID to the real crops in them. Both score against
-centroids of the crops framed as the run trained on them (landmark-aligned, or whole).
+centroids of the crops framed as the run trained on them (landmark-aligned, or whole). ``--results`` trains on
+a clustering made elsewhere instead (e.g. the sample run's: ``--results runs/samples/cluster_results.csv
+--epochs 60 --work benchmarks/out/cvae/samples``).
 """
 
 from __future__ import annotations
@@ -153,12 +156,13 @@ def fidelity(args) -> None:
     from facepipe.cvae import train_cvae
     from facepipe.generate import generate
 
-    results = prepare(args.data, args.work, args.people)
+    results = args.results or prepare(args.data, args.work, args.people)
     weights = args.work / (
         f"weights_fidelity_{args.image_size}_{args.align}{args.align_padding:g}_mask{args.face_mask}"
         f"_beta{args.beta:g}_detail{args.detail_weight:g}"
         f"_lr{args.lr:g}_anchor{args.mean_anchor:g}_identity{args.identity_weight:g}"
         f"_draws{args.draw_identity:g}_jitter{args.jitter:g}_blur{args.identity_blur:g}"
+        f"_adversarial{args.adversarial_weight:g}"
         f"_base{args.decoder_base}_e{args.epochs}"
     )
     started = time.perf_counter()
@@ -173,6 +177,7 @@ def fidelity(args) -> None:
             draw_identity=args.draw_identity,
             identity_jitter=args.jitter,
             identity_blur=args.identity_blur,
+            adversarial_weight=args.adversarial_weight,
             decoder_base=args.decoder_base,
             batch_size=args.batch_size,
             beta=args.beta,
@@ -208,6 +213,7 @@ def fidelity(args) -> None:
                 "identity_weight": args.identity_weight,
                 "draw_identity": args.draw_identity,
                 "identity_blur": args.identity_blur,
+                "adversarial_weight": args.adversarial_weight,
                 "temperature": args.temperature,
                 "jitter": args.jitter,
                 "decoder_base": args.decoder_base,
@@ -432,6 +438,13 @@ def main() -> None:
         default=TrainSettings.identity_blur,
         help="sigma (pixels of a 64-px face) of the blur the identity term sees the faces through",
     )
+    parser.add_argument(
+        "--adversarial-weight",
+        type=float,
+        default=TrainSettings.adversarial_weight,
+        help="weight of the patch discriminator's term (TrainSettings.adversarial_weight)",
+    )
+    parser.add_argument("--results", type=Path, help="a cluster_results.csv to train on instead of --data's")
     parser.add_argument("--decoder-base", default="mean", choices=["mean", "none"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

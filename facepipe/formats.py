@@ -773,7 +773,7 @@ CVAE_LOG_COLUMNS = [
     *(
         f"{split}_{part}"
         for split in ("train", "val")
-        for part in ("loss", "recon", "kl", "anchor", "identity", "draw_identity")
+        for part in ("loss", "recon", "kl", "anchor", "identity", "draw_identity", "adversarial")
     ),
     "seconds",
 ]

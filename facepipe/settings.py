@@ -472,6 +472,14 @@ class TrainSettings(Settings):
         config=False,
         command=False,
     )
+    adversarial_weight: float = setting(
+        0.0,
+        "Weight of a patch discriminator's (PatchGAN, hinge loss) judgement of the decoded faces (reconstructions, "
+        "each cluster's z = 0 face and random draws) against the real crops, trained beside the CVAE: against "
+        "the blur of a VAE (0: off; its gains on issue 29's measures were within the spread between seeds: "
+        "benchmarks/README.md).",
+        limit=Limit(0, 1e6, whole=False),
+    )
     val_fraction: float = setting(
         0.1,
         "Share of each cluster's crops held out for the validation loss.",

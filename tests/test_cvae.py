@@ -210,6 +210,36 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, johns_cluste
     assert rerun.epochs_run == 0 and "nothing to do" in rerun.line()
 
 
+def test_a_run_with_the_adversarial_term_resumes_to_the_same_weights_and_discriminator(tmp_path, johns_clusters):
+    """--adversarial-weight: the patch discriminator and its optimizer are in every checkpoint, so a run killed
+    after epoch 1 and rerun ends with the same CVAE and discriminator, bit for bit; the term is logged apart
+    from the loss (which picks cvae_best.pt), and a checkpoint of that run without its discriminator cannot be
+    resumed from (one line)."""
+    settings = TrainSettings(**dict(TRAINING, adversarial_weight=10.0, keep_last=3))
+    full = train_cvae(johns_clusters, settings, weights_dir=tmp_path / "full", show_progress=False).weights_dir
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copy(full / cvae_checkpoint_name(1), killed / cvae_checkpoint_name(1))
+    assert train_cvae(johns_clusters, settings, weights_dir=killed, show_progress=False).epochs_run == 2
+    resumed, expected = (load_checkpoint(folder / cvae_checkpoint_name(3)) for folder in (killed, full))
+    for part in ("model", "discriminator"):
+        assert set(resumed[part]) == set(expected[part]) and resumed[part]
+        for key, tensor in expected[part].items():
+            assert torch.equal(resumed[part][key], tensor), (part, key)
+    log = pd.read_csv(full / CVAE_LOG_CSV)
+    assert log["train_adversarial"].notna().all() and log["val_adversarial"].notna().all()
+    config = expected["config"]
+    parts = log["train_recon"] + config["beta"] * log["train_kl"] + config["mean_anchor"] * log["train_anchor"]
+    assert (log["train_loss"] - parts).abs().max() < 1e-3 * log["train_loss"].max()  # without the term
+    stripped = tmp_path / "stripped"
+    stripped.mkdir()
+    checkpoint = load_checkpoint(full / cvae_checkpoint_name(1))
+    del checkpoint["discriminator"]
+    torch.save(checkpoint, stripped / cvae_checkpoint_name(1))
+    with pytest.raises(FacepipeError, match="lacks discriminator"):
+        train_cvae(johns_clusters, settings, weights_dir=stripped, show_progress=False)
+
+
 def test_force_removes_only_what_train_cvae_recorded_writing(tmp_path, trained):
     """Issue 28: --force deletes the checkpoints, log and landmarks train-cvae recorded (cvae_outputs.json),
     and refuses, changing nothing, while a checkpoint-named file it did not write is in the way."""
@@ -703,11 +733,13 @@ def test_checkpoints_of_older_versions_still_load_as_unaligned_plain_decoders(tr
             "draw_identity",
             "identity_jitter",
             "identity_blur",
+            "adversarial_weight",
         )
     }
     restored = CVAEConfig.from_dict(older)
     assert restored.alignment == "none" and restored.decoder_base == "none" and restored.draw_identity == 0.0
     assert restored.face_mask == "none" and restored.detail_weight == 0.0 and restored.identity_blur == 0.0
+    assert restored.adversarial_weight == 0.0  # no discriminator: none is needed to load or resume it
     # one written before --face-mask but with aligned crops is an aligned, unmasked model
     assert CVAEConfig.from_dict({k: v for k, v in config.items() if k != "face_mask"}).face_mask == "none"
 
@@ -926,3 +958,56 @@ def test_face_measures_tell_blur_brightness_and_distribution_apart():
     shifted = kernel_distance(same[0] + 1.0, same[1])
     print(f"KID, same distribution {kernel_distance(*same):.4f}, shifted {shifted:.4f}")
     assert abs(kernel_distance(*same)) < 0.1 * shifted
+
+
+def test_the_patch_discriminator_learns_that_real_crops_are_sharp_and_pushes_a_blurred_face_to_detail(
+    johns_clusters,
+):
+    """The adversarial term on real crops (dlib_johns, aligned and masked at 64 px as train-cvae makes them):
+    trained with its hinge loss on some crops against the same crops blurred (what a VAE's mean-seeking decoder
+    draws), the patch discriminator scores other, unseen crops above their blurred copies, and the generator's
+    part of the term, descended in small steps on a blurred face, gives it back detail (its Laplacian sharpness
+    grows): the sharpness comes from the objective, not from a filter."""
+    import numpy as np
+
+    from facepipe.crops import load_crops, masked_faces
+    from facepipe.cvae import crop_aligner
+    from facepipe.cvae.model import build_discriminator, gaussian_blurred, hinge_losses
+    from facepipe.face_measures import laplacian_sharpness
+
+    inputs = read_training_inputs(johns_clusters)
+    config = CVAEConfig(clusters=sorted(int(c) for c in set(inputs.clusters)))
+    crops = load_crops(inputs.names, inputs.crops_dir, 64, False, crop_aligner(config, inputs.crops_dir, None))
+    crops = masked_faces(crops, np.asarray(inputs.clusters), sorted(set(inputs.clusters)), config.align_padding)
+    images = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
+    seen, unseen = images[::2], images[1::2]
+    torch.manual_seed(0)
+    discriminator = build_discriminator(config)
+    optimizer = torch.optim.Adam(discriminator.parameters(), 1e-3, betas=(0.5, 0.9))
+    for _ in range(150):
+        own, _ = hinge_losses(discriminator, seen, gaussian_blurred(seen, 1.0))
+        optimizer.zero_grad()
+        own.backward()
+        optimizer.step()
+    discriminator.eval()
+    blurred = gaussian_blurred(unseen, 1.0)
+    with torch.no_grad():
+        real, fake = discriminator(unseen).mean(dim=(1, 2, 3)), discriminator(blurred).mean(dim=(1, 2, 3))
+    print(f"mean score of unseen crops {real.mean():.2f}, of their blurred copies {fake.mean():.2f}")
+    assert (real > fake).float().mean() > 0.9
+    faces = blurred.clone().requires_grad_(True)
+    for _ in range(20):
+        _, generator = hinge_losses(discriminator, unseen, faces)
+        (gradient,) = torch.autograd.grad(generator, faces)
+        with torch.no_grad():
+            faces -= 0.02 * gradient / gradient.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
+            faces.clamp_(0, 1)
+
+    def sharpness(batch):
+        return laplacian_sharpness((batch.detach().permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8))
+
+    before, after = sharpness(blurred), sharpness(faces)
+    print(
+        f"sharpness of the blurred faces {before.mean():.1f} -> {after.mean():.1f} (crops {sharpness(unseen).mean():.1f})"
+    )
+    assert (after > before).all()

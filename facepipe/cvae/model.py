@@ -30,6 +30,7 @@ CHECKED_SETTINGS = (
     "mean_anchor",
     "detail_weight",
     "identity_weight",
+    "adversarial_weight",
     "learning_rate",
     "draw_identity",
     "identity_jitter",
@@ -47,6 +48,7 @@ BEFORE_THEY_EXISTED = {
     "draw_identity": 0.0,
     "identity_jitter": 0.0,
     "identity_blur": 0.0,
+    "adversarial_weight": 0.0,
 }
 
 
@@ -72,6 +74,7 @@ class CVAEConfig:
     draw_identity: float = TrainSettings.draw_identity
     identity_jitter: float = TrainSettings.identity_jitter
     identity_blur: float = TrainSettings.identity_blur  # the identity term sees the faces low-passed
+    adversarial_weight: float = TrainSettings.adversarial_weight  # a patch discriminator's, on the decoded faces
     learning_rate: float = TrainSettings.learning_rate
     batch_size: int = TrainSettings.batch_size
     epochs: int = TrainSettings.epochs
@@ -236,6 +239,57 @@ def build_model(config: CVAEConfig):
     if _MODEL_CLASS is None:
         _MODEL_CLASS = _build_model_class()
     return _MODEL_CLASS(config)
+
+
+def _build_discriminator_class():
+    from torch import nn
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    class PatchDiscriminator(nn.Module):
+        """PatchGAN: a real-or-generated score for each overlapping patch (26 px across) of images in [0, 1]
+        (N, 3, S, S) -> (N, 1, S/4, S/4); spectrally normalised, so its judgement changes smoothly."""
+
+        def __init__(self, channels: int):
+            super().__init__()
+            widths = (3, channels, 2 * channels, 4 * channels)
+            layers = []
+            for i, (current, out) in enumerate(zip(widths, widths[1:])):
+                stride = 2 if i < 2 else 1
+                layers += [spectral_norm(nn.Conv2d(current, out, 4 - i // 2, stride, 1)), nn.LeakyReLU(0.2)]
+            self.layers = nn.Sequential(*layers, spectral_norm(nn.Conv2d(widths[-1], 1, 3, 1, 1)))
+
+        def forward(self, images):
+            return self.layers(images * 2.0 - 1.0)
+
+    return PatchDiscriminator
+
+
+_DISCRIMINATOR_CLASS = None
+
+
+def build_discriminator(config: CVAEConfig):
+    """A freshly initialised ``PatchDiscriminator`` for the adversarial term of ``config`` (its first convolution
+    as wide as the encoder's)."""
+    global _DISCRIMINATOR_CLASS
+    if _DISCRIMINATOR_CLASS is None:
+        _DISCRIMINATOR_CLASS = _build_discriminator_class()
+    return _DISCRIMINATOR_CLASS(config.base_channels)
+
+
+def hinge_losses(discriminator, real, generated):
+    """The hinge losses of a patch discriminator: its own (real patches scored above 1, generated ones below -1;
+    the generated images detached) and the generator's (minus the score of its patches), each a mean over
+    patches and images."""
+    import torch
+
+    own = (
+        torch.relu(1.0 - discriminator(real.float())).mean()
+        + torch.relu(1.0 + discriminator(generated.detach().float())).mean()
+    )
+    discriminator.requires_grad_(False)  # the generator's loss trains the decoder only
+    generator = -discriminator(generated.float()).mean()
+    discriminator.requires_grad_(True)
+    return own, generator
 
 
 def squared_error(images, targets):

@@ -36,7 +36,14 @@ from facepipe.cvae.checkpoints import (
     rng_states,
     save_checkpoint,
 )
-from facepipe.cvae.model import CVAEConfig, build_model, cvae_loss, gaussian_blurred
+from facepipe.cvae.model import (
+    CVAEConfig,
+    build_discriminator,
+    build_model,
+    cvae_loss,
+    gaussian_blurred,
+    hinge_losses,
+)
 from facepipe.formats import (
     ALIGNMENT_CSV,
     CVAE_BEST_CHECKPOINT,
@@ -57,7 +64,7 @@ from facepipe.locks import locks_output
 from facepipe.owned import holds_recorded, recorded_outputs, remove_recorded
 from facepipe.settings import TrainSettings
 
-LOSS_PARTS = ("loss", "recon", "kl", "anchor", "identity", "draw_identity")
+LOSS_PARTS = ("loss", "recon", "kl", "anchor", "identity", "draw_identity", "adversarial")
 # Settings that must match for --resume to continue a run (epochs may grow; the rest may not change).
 RESUME_KEYS = (
     "image_size",
@@ -75,6 +82,7 @@ RESUME_KEYS = (
     "draw_identity",
     "identity_jitter",
     "identity_blur",
+    "adversarial_weight",
     "learning_rate",
     "batch_size",
     "val_fraction",
@@ -111,6 +119,37 @@ class CachedCrops:
         row, flip = key
         image = self.images[row]  # (H, W, 3)
         return (image.flip(1) if flip else image), self.labels[row]
+
+
+@dataclass
+class _Adversary:
+    """The adversarial term's patch discriminator (``model.build_discriminator``) and its Adam optimizer."""
+
+    discriminator: object
+    optimizer: object
+
+    @classmethod
+    def of(cls, config: CVAEConfig, device: str) -> "_Adversary | None":
+        """A fresh one for ``config``, None when its adversarial weight is 0 (no discriminator is built)."""
+        import torch
+
+        if config.adversarial_weight <= 0:
+            return None
+        discriminator = build_discriminator(config).to(device)
+        return cls(
+            discriminator, torch.optim.Adam(discriminator.parameters(), config.learning_rate, betas=(0.5, 0.9))
+        )
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of it."""
+        return {
+            "discriminator": self.discriminator.state_dict(),
+            "discriminator_optimizer": self.optimizer.state_dict(),
+        }
+
+    def load(self, checkpoint: dict) -> None:
+        self.discriminator.load_state_dict(checkpoint["discriminator"])
+        self.optimizer.load_state_dict(checkpoint["discriminator_optimizer"])
 
 
 def _epoch_generator(seed: int, epoch: int):
@@ -184,56 +223,51 @@ def _run_epoch(
     noise_generator,
     cluster_means,
     identity_term,
+    adversary,
     config,
     device,
     train: bool,
     workers: int,
 ):
-    """One pass over ``order``; returns per-image means of loss, recon, KL, anchor, identity and draw identity.
+    """One pass over ``order``; returns per-image means of loss, recon, KL, anchor, identity, draw identity and
+    the adversarial term (the loss is without it: cvae_best.pt is not picked by a moving discriminator).
 
     ``cluster_means`` (clusters, 3, S, S) are the targets of the z = 0 decodes; the anchor term is always
     measured but only trained on when ``config.mean_anchor`` > 0. ``identity_term`` (an ``IdentityTerm``, or
     None when ``config.identity_weight`` is 0 and the identity is not measured) scores the same z = 0 faces
     and, in training with ``config.draw_identity`` > 0, one face per cluster of the batch decoded from a random z.
-    """
+    ``adversary`` (an ``_Adversary``, or None) judges the reconstructions, the z = 0 faces and, in training,
+    those random draws against the batch's crops, and is trained on them after each step of the CVAE."""
     import torch
-    from torch.utils.data import DataLoader
 
-    keys = list(zip(order.tolist(), flips.tolist()))
-    batches = [keys[i : i + config.batch_size] for i in range(0, len(keys), config.batch_size)]
     on_cuda = device.startswith("cuda")
-    loader = DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers, pin_memory=on_cuda, persistent_workers=False
-    )
     totals = np.zeros(len(LOSS_PARTS))
     model.train(train)
-    for images, labels in loader:
-        images = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-        if on_cuda:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
+    if adversary is not None:
+        adversary.discriminator.train(train)
+    for images, labels in _batches(dataset, order, flips, config.batch_size, device, workers):
         noise = torch.randn(len(labels), config.latent_dim, generator=noise_generator).to(device) if train else None
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
             with torch.set_grad_enabled(train):
                 reconstruction, mu, logvar = model(images, labels, noise)
-            with torch.set_grad_enabled(train and (config.mean_anchor > 0 or identity_term is not None)):
+            with torch.set_grad_enabled(
+                train and (config.mean_anchor > 0 or identity_term is not None or adversary is not None)
+            ):
                 # each cluster's z = 0 face once, then one per image (its gradient sums over the images)
                 present, image_to_present = torch.unique(labels, return_inverse=True)
                 present_faces = model.decode(mu.new_zeros(len(present), mu.shape[1]), present)
-                identity = draw_identity = None
-                if identity_term is not None:
-                    faces, conditions = present_faces, present
-                    if train and config.draw_identity > 0:  # and one random draw per cluster, in one pass
-                        z = torch.randn(len(present), config.latent_dim, generator=noise_generator).to(device)
-                        faces = torch.cat([faces, model.decode(z.to(mu.dtype), present)])
-                        conditions = torch.cat([present, present])
-                    # random views of the faces in training only
-                    blur = config.identity_blur * config.image_size / 64
-                    scores = identity_term(
-                        gaussian_blurred(faces, blur), conditions, noise_generator if train else None
-                    )
-                    identity, draw_identity = scores[: len(present)][image_to_present], scores[len(present) :]
-                    draw_identity = draw_identity if len(draw_identity) else None
+                draws = None
+                if train and (adversary is not None or (identity_term is not None and config.draw_identity > 0)):
+                    z = torch.randn(len(present), config.latent_dim, generator=noise_generator).to(device)
+                    draws = model.decode(z.to(mu.dtype), present)  # one random draw per cluster
+                identity, draw_identity = _identity_scores(
+                    identity_term, present_faces, draws, present, config, noise_generator if train else None
+                )
+                identity = None if identity is None else identity[image_to_present]
+                adversarial = judged = None
+                if adversary is not None:
+                    generated = [reconstruction, present_faces] + ([] if draws is None else [draws])
+                    judged, adversarial = hinge_losses(adversary.discriminator, images, torch.cat(generated))
         loss, recon, kl, anchor, identity, draw_identity = cvae_loss(
             reconstruction,
             images,
@@ -249,12 +283,61 @@ def _run_epoch(
             config.draw_identity,
             config.detail_weight,
         )
+        parts = [loss, recon, kl, anchor, identity, draw_identity]
+        if adversarial is not None:
+            loss = loss + config.adversarial_weight * adversarial
         if train:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        totals += np.array([part.item() for part in (loss, recon, kl, anchor, identity, draw_identity)]) * len(labels)
+            _step(optimizer, loss)
+            if adversary is not None:  # then the discriminator, on the same crops and faces
+                _step(adversary.optimizer, judged)
+        parts.append(recon.new_full((), math.nan) if adversarial is None else adversarial)
+        totals += np.array([part.item() for part in parts]) * len(labels)
     return totals / max(1, len(order))
+
+
+def _batches(dataset, order, flips, batch_size: int, device: str, workers: int):
+    """The crops of ``order`` (flipped where ``flips``) in batches on ``device``: (images (N, 3, S, S) in [0, 1],
+    condition indices)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    keys = list(zip(order.tolist(), flips.tolist()))
+    on_cuda = device.startswith("cuda")
+    loader = DataLoader(
+        dataset,
+        batch_sampler=[keys[i : i + batch_size] for i in range(0, len(keys), batch_size)],
+        num_workers=workers,
+        pin_memory=on_cuda,
+        persistent_workers=False,
+    )
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        if on_cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        yield images, labels.to(device, non_blocking=True)
+
+
+def _identity_scores(identity_term, faces, draws, conditions, config: CVAEConfig, generator):
+    """The identity term (None, None without one) of each cluster's z = 0 face (``faces``, of the clusters with
+    condition indices ``conditions``) and, with ``config.draw_identity`` > 0, of the random ``draws`` (None in
+    validation), in one pass; the faces are seen through random views when a ``generator`` is given (training)."""
+    import torch
+
+    if identity_term is None:
+        return None, None
+    count = len(conditions)
+    if draws is not None and config.draw_identity > 0:
+        faces, conditions = torch.cat([faces, draws]), torch.cat([conditions, conditions])
+    blur = config.identity_blur * config.image_size / 64
+    scores = identity_term(gaussian_blurred(faces, blur), conditions, generator)
+    return scores[:count], (scores[count:] if len(scores) > count else None)
+
+
+def _step(optimizer, loss) -> None:
+    """One optimizer step on ``loss``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def _refuse_non_finite(row: dict, weights_dir: Path) -> None:
@@ -338,22 +421,23 @@ class _Progress:
     best_epoch: int = 0
 
 
-def _restore(model, optimizer, existing: dict[int, Path], config: CVAEConfig) -> _Progress:
-    """Load the last checkpoint of ``existing`` into the model, the optimizer and the RNGs (if there is one)."""
+def _restore(model, optimizer, adversary, existing: dict[int, Path], config: CVAEConfig) -> _Progress:
+    """Load the last checkpoint of ``existing`` into the model, the optimizer, the adversary (if not None) and the
+    RNGs (if there is one)."""
     if not existing:
         return _Progress()
     last_path = existing[max(existing)]
     checkpoint = load_checkpoint(last_path)
     _check_resumable(checkpoint, config, last_path)
-    checked_fields(
-        checkpoint,
-        last_path,
-        {"optimizer": dict, "rng": dict, "history": list, "best_val_loss": numbers.Real, "best_epoch": int},
-        ["optimizer", "rng", "history", "best_val_loss", "best_epoch"],
-    )
+    kinds = {"optimizer": dict, "rng": dict, "history": list, "best_val_loss": numbers.Real, "best_epoch": int}
+    if adversary is not None:
+        kinds.update(discriminator=dict, discriminator_optimizer=dict)
+    checked_fields(checkpoint, last_path, kinds, list(kinds))
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if adversary is not None:
+            adversary.load(checkpoint)
         restore_rng_states(checkpoint["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
         raise FacepipeError(
@@ -410,7 +494,7 @@ def _training_data(inputs, config: CVAEConfig, weights_dir: Path, device: str, s
 
 
 def _train_one_epoch(
-    model, optimizer, data: _TrainingData, config: CVAEConfig, epoch: int, device: str, workers: int
+    model, optimizer, adversary, data: _TrainingData, config: CVAEConfig, epoch: int, device: str, workers: int
 ) -> dict:
     """Train one epoch and measure the validation loss -> the epoch's row of ``cvae_log.csv``; with PyTorch's
     deterministic kernels, so that the weights depend on the inputs and settings alone."""
@@ -430,6 +514,7 @@ def _train_one_epoch(
             generator,
             data.cluster_means,
             data.identity_term,
+            adversary,
             config,
             device,
             True,
@@ -447,6 +532,7 @@ def _train_one_epoch(
                 None,
                 data.cluster_means,
                 data.identity_term,
+                adversary,
                 config,
                 device,
                 False,
@@ -464,6 +550,7 @@ def _save_epoch(
     weights_dir: Path,
     model,
     optimizer,
+    adversary,
     config: CVAEConfig,
     state: _Progress,
     improved: bool,
@@ -482,6 +569,7 @@ def _save_epoch(
         "best_val_loss": state.best_val,
         "best_epoch": state.best_epoch,
         "split": {"train": len(data.train_rows), "val": len(data.val_rows)},
+        **({} if adversary is None else adversary.state()),
     }
     written = [weights_dir / cvae_checkpoint_name(state.epoch), weights_dir / CVAE_LOG_CSV]
     save_checkpoint(written[0], checkpoint)
@@ -555,7 +643,8 @@ def train_cvae(
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    state = _restore(model, optimizer, existing, config)
+    adversary = _Adversary.of(config, device)
+    state = _restore(model, optimizer, adversary, existing, config)
     first_epoch = state.epoch + 1
     if state.epoch >= epochs:
         return TrainSummary.nothing_to_do(state, weights_dir, time.perf_counter() - started, device)
@@ -564,14 +653,14 @@ def train_cvae(
 
     bar = progress(range(first_epoch, epochs + 1), desc="train-cvae", unit="epoch", enabled=show_progress)
     for epoch in bar:
-        row = _train_one_epoch(model, optimizer, data, config, epoch, device, usable_workers(workers))
+        row = _train_one_epoch(model, optimizer, adversary, data, config, epoch, device, usable_workers(workers))
         _refuse_non_finite(row, weights_dir)
         state.epoch = epoch
         state.history.append(row)
         improved = row["val_loss"] < state.best_val
         if improved:
             state.best_val, state.best_epoch = row["val_loss"], epoch
-        _save_epoch(weights_dir, model, optimizer, config, state, improved, data, keep_last)
+        _save_epoch(weights_dir, model, optimizer, adversary, config, state, improved, data, keep_last)
         bar.set_postfix(train=f"{row['train_loss']:.1f}", val=f"{row['val_loss']:.1f}", kl=f"{row['train_kl']:.1f}")
 
     return TrainSummary(
