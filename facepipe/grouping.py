@@ -200,6 +200,19 @@ def link_distance(nearest: np.ndarray, needed, close_share: float = CLOSE_SHARE)
     return np.minimum(kth, np.where(needed >= 1, nearest[:, 0], np.inf) / close_share)
 
 
+def nearest_by_key(keys: np.ndarray, distances: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct key (a face, or a face and a group) with its ``count`` smallest ``distances``, nearest
+    first (inf past those it has): the keys, sorted, and a (keys, count) array, as ``link_distance`` reads."""
+    order = np.lexsort((distances, keys))
+    keys, distances = keys[order], distances[order]
+    unique, first, which = np.unique(keys, return_index=True, return_inverse=True)
+    rank = np.arange(len(keys)) - first[which]  # each distance's place among its key's, nearest first
+    nearest = np.full((len(unique), count), np.inf)
+    kept = rank < count
+    nearest[which[kept], rank[kept]] = distances[kept]
+    return unique, nearest
+
+
 def unmatched_faces(
     labels: np.ndarray, graph: NeighbourGraph, links: int = LINKS_NEEDED, close_share: float = CLOSE_SHARE
 ) -> np.ndarray:
@@ -209,13 +222,9 @@ def unmatched_faces(
     strangers join people's groups; a person's own faces mostly have more, or a close one."""
     rows = graph.sources()
     same_group = labels[rows] == labels[graph.indices]
-    rows, distances = rows[same_group], graph.distances[same_group]
-    order = np.lexsort((distances, rows))
-    rows, distances = rows[order], distances[order]
-    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)  # each edge's place among its face's, nearest first
-    nearest = np.full((len(labels), max(1, links)), np.inf)
-    kept = rank < nearest.shape[1]
-    nearest[rows[kept], rank[kept]] = distances[kept]
+    linked, nearest_linked = nearest_by_key(rows[same_group], graph.distances[same_group], max(1, links))
+    nearest = np.full((len(labels), nearest_linked.shape[1]), np.inf)
+    nearest[linked] = nearest_linked
     _, group_of, sizes = np.unique(labels, return_inverse=True, return_counts=True)
     return ~(link_distance(nearest, links_needed(sizes[group_of] - 1, links), close_share) < graph.threshold)
 

@@ -125,7 +125,14 @@ def group_links(clustering: Clustering, rows: np.ndarray) -> pd.DataFrame:
     (``grouping.link_distance``: the members the rule needs from a group of that size within it, or one within
     CLOSE_SHARE of it): columns row, group, distance. The face would join the group at a same-person distance
     above that, not at one below."""
-    from facepipe.grouping import GRAPH_NEIGHBOURS, LINKS_NEEDED, link_distance, links_needed, nearest_rows
+    from facepipe.grouping import (
+        GRAPH_NEIGHBOURS,
+        LINKS_NEEDED,
+        link_distance,
+        links_needed,
+        nearest_by_key,
+        nearest_rows,
+    )
 
     labels = clustering.results["cluster"].to_numpy()
     grouped = np.flatnonzero(labels >= 0)
@@ -135,13 +142,7 @@ def group_links(clustering: Clustering, rows: np.ndarray) -> pd.DataFrame:
     member = grouped[np.maximum(found.ravel(), 0)]
     keep = (found.ravel() >= 0) & (labels[member] != labels[face])
     face, group, gaps = face[keep], labels[member[keep]], gaps.ravel()[keep]
-    order = np.lexsort((gaps, group, face))  # each pair's members, nearest first
-    keys, gaps = face[order] * span + group[order], gaps[order]
-    pairs, first, pair_of = np.unique(keys, return_index=True, return_inverse=True)
-    rank = np.arange(len(keys)) - first[pair_of]
-    nearest = np.full((len(pairs), LINKS_NEEDED), np.inf)
-    kept = rank < LINKS_NEEDED
-    nearest[pair_of[kept], rank[kept]] = gaps[kept]
+    pairs, nearest = nearest_by_key(face * span + group, gaps, LINKS_NEEDED)  # each pair's members, nearest first
     sizes = np.bincount(labels[grouped], minlength=span)
     distances = link_distance(nearest, links_needed(sizes[pairs % span]))
     return pd.DataFrame({"row": pairs // span, "group": pairs % span, "distance": distances})
