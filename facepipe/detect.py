@@ -290,11 +290,10 @@ def _load_previous(out_dir: Path, params: DetectorParams, force: bool) -> tuple[
             f"{out_dir} holds detections made with other parameters ({', '.join(changed)} differ); "
             "rerun with --force to redo them, or choose another output folder"
         )
-    rules = detection_rules(params.detector)
-    if not isinstance(recorded, dict) or recorded.get("rules") != rules:
-        older = recorded.get("facepipe_version") if isinstance(recorded, dict) else None
+    if recorded.get("rules") != detection_rules(params.detector):  # read_json gives an object or raises
         raise FacepipeError(
-            f"{out_dir} holds detections made under other detection rules (facepipe {older or 'unknown'}; "
+            f"{out_dir} holds detections made under other detection rules "
+            f"(facepipe {recorded.get('facepipe_version') or 'unknown'}; "
             f"this one is {__version__} and its {params.detector} finds faces differently): rerun with --force "
             "to redo them, or choose another output folder"
         )

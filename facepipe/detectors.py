@@ -42,11 +42,10 @@ def detection_rules(detector: str) -> dict:
     older facepipe's) is redone, not silently kept; bump ``implementation`` when a detector's code changes
     what it finds."""
     rules = {"implementation": 2, "min_search_side": MIN_SEARCH_SIDE, "edge": "black"}
-    if detector == CNN:
+    if detector in (CNN, COMBINED):
         rules["cnn"] = "dlib mmod_human_face_detector, PyTorch port"
     if detector == COMBINED:
         rules.update(
-            cnn="dlib mmod_human_face_detector, PyTorch port",
             cnn_where="no face found by HOG, or a photo's longer side at most cnn_small_side",
             cnn_upsample=COMBINED_CNN_UPSAMPLE,
             cnn_small_side=COMBINED_CNN_SMALL_SIDE,
