@@ -312,6 +312,7 @@ def embed(
     force: bool = False,
     dlib_crop: str = EmbedSettings.dlib_crop,
     dlib_padding: float = EmbedSettings.dlib_padding,
+    dlib_mirror: bool = EmbedSettings.dlib_mirror,
     show_progress: bool = True,
     checkpoint_seconds: float = 30.0,
 ) -> EmbedSummary:
@@ -332,6 +333,7 @@ def embed(
         precision=precision,
         dlib_crop=dlib_crop,
         dlib_padding=dlib_padding,
+        dlib_mirror=dlib_mirror,
     )
     checked = EmbedSettings(workers=workers, **settings)
     check_engine(engine, ray_address)

@@ -511,6 +511,7 @@ EMBEDDINGS_SIDECAR_FIELDS = {
     "precision": str,
     "crop": str,
     "chip_padding": float,
+    "mirror": bool,
     "face_margin": float,
 }
 

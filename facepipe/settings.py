@@ -338,6 +338,11 @@ class EmbedSettings(Settings):
         "dlib-resnet128 aligned chip: head kept around the face (0.25 dlib's own; 0.5 keeps the scalp: bald probe).",
         limit=Limit(0, DLIB_MAX_CHIP_PADDING, whole=False),
     )
+    dlib_mirror: bool = setting(
+        True,
+        "dlib-resnet128: average each chip's vector with its mirror image's (fewer of a person's faces left "
+        "unknown; --no-dlib-mirror: dlib's own single view).",
+    )
 
 
 @dataclass(frozen=True)

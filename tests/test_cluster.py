@@ -477,10 +477,11 @@ def test_a_person_whose_photos_all_lie_within_the_rule_stays_one_group_over_seed
 
 def test_strangers_linked_by_one_edge_of_rule_neighbour_go_to_unknown(data_dir, tmp_path):
     """Two LFW people (10 photos each) and a one-off person (lfw_singletons) beside each whose face lies within
-    the same-person distance of one of that person's faces, at the rule's edge: the strangers are unknown, the
-    people keep their groups. (One such link was enough before: both strangers were in the people's groups.)"""
+    the same-person distance of one of that person's faces (George Blaney) or of a few (John Marburger), all at
+    the rule's edge: the strangers are unknown, the people keep their groups. (One such link was enough before:
+    both strangers were in the people's groups.)"""
     import facepipe
-    from facepipe.grouping import CLOSE_SHARE
+    from facepipe.grouping import CLOSE_SHARE, LINKS_NEEDED
     from facepipe.models import SAME_PERSON_DISTANCE, unit_rows
 
     lfw, singletons = data_dir("lfw"), data_dir("lfw_singletons")
@@ -496,10 +497,10 @@ def test_strangers_linked_by_one_edge_of_rule_neighbour_go_to_unknown(data_dir, 
     vectors = faces_of([path for _, path in photos] + strangers, tmp_path)
     unit = unit_rows(vectors)
     rule = SAME_PERSON_DISTANCE["dlib-resnet128"]
-    for stranger, person in ((-2, 0), (-1, 1)):
+    for stranger, person, links in ((-2, 0, [1]), (-1, 1, range(1, LINKS_NEEDED))):
         gaps = np.linalg.norm(unit[: len(identity)][identity == person] - unit[stranger], axis=1)
         print(people[person], np.sort(gaps)[:3].round(3))
-        assert (gaps < rule).sum() == 1 and CLOSE_SHARE * rule <= gaps.min()  # one neighbour, at the edge
+        assert (gaps < rule).sum() in links and CLOSE_SHARE * rule <= gaps.min()  # neighbours at the edge only
     labels = facepipe.group_faces(vectors)
     print(labels.tolist())
     assert labels[-2:].tolist() == [-1, -1]

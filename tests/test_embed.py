@@ -163,6 +163,38 @@ def test_larger_chip_padding_is_another_view_and_is_recorded(data_dir, tmp_path)
         embed(images, tmp_path / "v.npz", model="vggface2-resnet50", dlib_padding=0.5, show_progress=False)
 
 
+def test_mirror_gives_a_face_and_its_mirror_image_one_vector_and_is_recorded(data_dir, tmp_path):
+    """dlib-resnet128 averages each chip's vector with its mirror image's by default: a photo and its mirror
+    image then get nearly one vector, much nearer than dlib's single views make them; --no-dlib-mirror gives
+    the single view. The sidecar records it, new faces are embedded the same way (sidecars from before it:
+    single views), and an output made the other way is refused."""
+    import cv2
+
+    from facepipe.models.registry import embedder_settings
+
+    images = sorted((data_dir("dlib_johns") / "images").rglob("*.jpg"))[:6]
+    mirrored = []
+    for image in images:
+        mirrored.append(tmp_path / f"mirrored_{image.name}")
+        cv2.imwrite(str(mirrored[-1]), cv2.flip(cv2.imread(str(image)), 1))
+    both, single = tmp_path / "both.npz", tmp_path / "single.npz"
+    embed([*images, *mirrored], both, model="dlib-resnet128", show_progress=False)
+    embed([*images, *mirrored], single, model="dlib-resnet128", dlib_mirror=False, show_progress=False)
+    b, s = read_embeddings(both), read_embeddings(single)
+    count = len(images)
+    gap_both = 1 - cosines(b.vectors[:count], b.vectors[count:])
+    gap_single = 1 - cosines(s.vectors[:count], s.vectors[count:])
+    assert (gap_both < 0.5 * gap_single).all(), (gap_both, gap_single)
+    assert (cosines(b.vectors, s.vectors) > 0.9).all() and (cosines(b.vectors, s.vectors) < 0.9999).all()
+    assert b.meta["mirror"] is True and s.meta["mirror"] is False and "mirror image" in b.meta["preprocessing"]
+    assert embedder_settings(b.meta)["dlib_mirror"] is True and embedder_settings(s.meta)["dlib_mirror"] is False
+    assert embedder_settings({k: v for k, v in b.meta.items() if k != "mirror"})["dlib_mirror"] is False
+    with pytest.raises(FacepipeError, match="settings"):
+        embed([*images, *mirrored], single, model="dlib-resnet128", show_progress=False)
+    with pytest.raises(FacepipeError, match="dlib-resnet128 only"):
+        embed(images, tmp_path / "v.npz", model="vggface2-resnet50", dlib_mirror=False, show_progress=False)
+
+
 def test_pytorch_port_matches_dlib(lfw_crops):
     """The network runs in PyTorch with the .dat weights; dlib's own implementation must agree."""
     import dlib

@@ -174,6 +174,7 @@ class DlibResNet128Embedder:
         batch_size: int = 32,
         crop: str = "aligned",
         padding: float = DLIB_CHIP_PADDING,
+        mirror: bool = False,
     ):
         if crop not in DLIB_CROP_MODES:
             raise FacepipeError(f"unknown dlib crop {crop!r}: use {' or '.join(DLIB_CROP_MODES)}")
@@ -185,6 +186,7 @@ class DlibResNet128Embedder:
             raise FacepipeError("the chip padding applies to the aligned crop only, not to the whole crop")
         self.crop = crop
         self.padding = float(padding)
+        self.mirror = bool(mirror)
         if face_margin is not None and not 0 <= face_margin <= 2:
             raise FacepipeError("face margin must lie between 0 and 2")
         if batch_size < 1:
@@ -240,7 +242,15 @@ class DlibResNet128Embedder:
         return self.network(chips.permute(0, 2, 3, 1))
 
     def embed_prepared(self, chips: Sequence[np.ndarray]) -> np.ndarray:
-        """Aligned 150x150 uint8 RGB chips -> float32 (n, 128)."""
+        """Aligned 150x150 uint8 RGB chips -> float32 (n, 128); with ``mirror``, the mean of each chip's
+        vector and its mirror image's (a test-time flip: a face's two views, as on a person's other photos)."""
+        vectors = self._network_vectors(chips)
+        if self.mirror:
+            vectors = (vectors + self._network_vectors([chip[:, ::-1] for chip in chips])) / 2
+        return vectors
+
+    def _network_vectors(self, chips: Sequence[np.ndarray]) -> np.ndarray:
+        """The network's vector of each chip, ``batch_size`` at a time."""
         outputs = [np.zeros((0, self.dim), dtype=np.float32)]
         with torch.inference_mode():
             for start in range(0, len(chips), self.batch_size):
@@ -270,13 +280,17 @@ class DlibResNet128Embedder:
             "model": self.name,
             "dimension": self.dim,
             "architecture": "dlib dnn_face_recognition_ex ResNet, run in PyTorch with the weights of the .dat file",
-            "preprocessing": (f"RGB uint8; face box: {face_box}; {chip}; (pixel - dlib's RGB means) / 256"),
+            "preprocessing": (
+                f"RGB uint8; face box: {face_box}; {chip}; (pixel - dlib's RGB means) / 256"
+                + ("; the mean of the chip's vector and its mirror image's" if self.mirror else "")
+            ),
             "weights_file": RESNET_FILE,
             "weights_sha256": self._sha256[RESNET_FILE],
             "landmarks_sha256": self._sha256[LANDMARKS_FILE],
             "face_margin": self.face_margin,
             "crop": self.crop,
             "chip_padding": self.padding if self.crop == "aligned" else None,
+            "mirror": self.mirror,
             "precision": "fp32",
         }
 

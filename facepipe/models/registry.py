@@ -87,6 +87,7 @@ def load_embedder(
     face_margin: float | None = None,
     dlib_crop: str = EmbedSettings.dlib_crop,
     dlib_padding: float = EmbedSettings.dlib_padding,
+    dlib_mirror: bool = EmbedSettings.dlib_mirror,
     show_progress: bool = True,
 ) -> Embedder:
     """Build the named model (``EMBEDDERS``). ``face_margin`` tells dlib where the face is in a detect crop (see
@@ -102,24 +103,36 @@ def load_embedder(
         raise FacepipeError(f"{model} runs in {' or '.join(entry.precisions)} only; drop --precision {precision}")
     if entry.dlib_options:
         return entry.embedder_class()(
-            face_margin=face_margin, device=device, batch_size=batch_size, crop=dlib_crop, padding=dlib_padding
+            face_margin=face_margin,
+            device=device,
+            batch_size=batch_size,
+            crop=dlib_crop,
+            padding=dlib_padding,
+            mirror=dlib_mirror,
         )
-    if dlib_crop != EmbedSettings.dlib_crop or dlib_padding != EmbedSettings.dlib_padding:
-        raise FacepipeError("--dlib-crop and --dlib-padding apply to dlib-resnet128 only")
+    if (dlib_crop, dlib_padding, dlib_mirror) != (
+        EmbedSettings.dlib_crop,
+        EmbedSettings.dlib_padding,
+        EmbedSettings.dlib_mirror,
+    ):
+        raise FacepipeError("--dlib-crop, --dlib-padding and --no-dlib-mirror apply to dlib-resnet128 only")
     kind = entry.embedder_class()
     return kind(entry.weights(weights, show_progress), device=device, precision=precision, batch_size=batch_size)
 
 
 def embedder_settings(meta: dict) -> dict:
-    """The embed settings an embeddings sidecar records (model, precision, dlib crop and padding), so that new
-    faces are embedded the way the crops were."""
+    """The embed settings an embeddings sidecar records (model, precision, dlib crop, padding and mirror), so
+    that new faces are embedded the way the crops were."""
     padding = meta.get("chip_padding")
-    return {
+    settings = {
         "model": meta.get("model"),
         "precision": meta.get("precision") or "fp32",
         "dlib_crop": meta.get("crop") or EmbedSettings.dlib_crop,
         "dlib_padding": EmbedSettings.dlib_padding if padding is None else float(padding),
     }
+    if meta.get("model") == DLIB_RESNET128:
+        settings["dlib_mirror"] = bool(meta.get("mirror"))  # dlib sidecars from before the mirror: single views
+    return settings
 
 
 def embedder_like(
