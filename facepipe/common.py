@@ -214,12 +214,12 @@ def is_auto(value) -> bool:
 
 def resolve_device(device: str = "auto") -> str:
     """Map ``auto|cpu|cuda`` (or ``cuda:N``) to a torch device string, with a clear error if CUDA is absent."""
+    if device == "cpu":  # without importing torch: embed's aligning workers never load it
+        return "cpu"
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise FacepipeError(

@@ -2,7 +2,7 @@
 
 Each crop goes through dlib's own recipe: 5-point landmarks inside a face box, a 150x150 chip aligned on
 them (``dlib.get_face_chip``, padding 0.25, as in dlib's examples), then the ResNet, which runs in
-PyTorch with the weights read from dlib's .dat file (``read_dlib_resnet``). Where the face lies
+PyTorch with the weights read from dlib's .dat file (``dlib_network.read_dlib_resnet``). Where the face lies
 in the crop is told by ``face_margin``: crops from ``facepipe detect`` are squares of side
 ``box * (1 + 2 * margin)`` centred on the Haar box, so the face box is their central square of side
 ``size / (1 + 2 * margin)``. For crops of unknown origin (``face_margin=None``, e.g. a folder of ready
@@ -13,17 +13,17 @@ upsampled once), and the central box for detect's default margin 0.2 is used whe
 from __future__ import annotations
 
 import functools
-from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from facepipe.common import FacepipeError, file_sha256, resolve_device
 from facepipe.models import DLIB_CHIP_PADDING, DLIB_CROP_MODES, DLIB_MAX_CHIP_PADDING, DLIB_RESNET128, model_file
-from facepipe.models.dlib_dat import DatReader
+
+if TYPE_CHECKING:  # torch is imported where the network runs: embed's aligning workers never load it
+    import torch
+
+    from facepipe.models.dlib_network import DlibResNet
 
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
@@ -36,77 +36,6 @@ def central_face_box(height: int, width: int, margin: float) -> tuple[int, int, 
     side_h, side_w = height / (1.0 + 2.0 * margin), width / (1.0 + 2.0 * margin)
     left, top = (width - side_w) / 2.0, (height - side_h) / 2.0
     return int(round(left)), int(round(top)), int(round(left + side_w)) - 1, int(round(top + side_h)) - 1
-
-
-def _add_zero_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """dlib's add_prev: tensors of different shapes are added where they overlap (top-left), zeros elsewhere."""
-    channels, rows, cols = (max(x, y) for x, y in zip(a.shape[1:], b.shape[1:]))
-
-    def grow(t: torch.Tensor) -> torch.Tensor:
-        return F.pad(t, (0, cols - t.shape[3], 0, rows - t.shape[2], 0, channels - t.shape[1]))
-
-    return grow(a) + grow(b)
-
-
-class DlibResNet(nn.Module):
-    """dlib's face recognition ResNet (dnn_face_recognition_ex.cpp) in PyTorch: 150x150 RGB chip -> 128-d."""
-
-    # (filters, downsampling) of the 14 residual blocks, input to output
-    BLOCKS = (
-        [(32, False)] * 3
-        + [(64, True)]
-        + [(64, False)] * 3
-        + [(128, True)]
-        + [(128, False)] * 2
-        + [(256, True)]
-        + [(256, False)] * 2
-        + [(256, True)]
-    )
-
-    def __init__(
-        self, convs: list[tuple[np.ndarray, np.ndarray, int, int]], projection: np.ndarray, means: list[float]
-    ):
-        super().__init__()
-        self.convs = nn.ModuleList()
-        for weight, bias, stride, padding in convs:
-            conv = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2:], stride=stride, padding=padding)
-            conv.weight.data = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
-            conv.bias.data = torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32))
-            self.convs.append(conv)
-        self.register_buffer("projection", torch.from_numpy(np.ascontiguousarray(projection, dtype=np.float32)))
-        self.register_buffer("means", torch.tensor(means, dtype=torch.float32).view(1, 3, 1, 1))
-
-    def forward(self, chips: torch.Tensor) -> torch.Tensor:
-        """uint8 RGB chips (n, 150, 150, 3) -> (n, 128)."""
-        x = (chips.permute(0, 3, 1, 2).float() - self.means) / 256.0  # dlib's input_rgb_image
-        x = F.max_pool2d(F.relu(self.convs[0](x)), 3, 2)
-        for index, (_, down) in enumerate(self.BLOCKS):
-            first, second = self.convs[1 + 2 * index], self.convs[2 + 2 * index]
-            residual = second(F.relu(first(x)))
-            x = F.relu(_add_zero_padded(residual, F.avg_pool2d(x, 2, 2) if down else x))
-        return x.mean(dim=(2, 3)) @ self.projection
-
-
-def read_dlib_resnet(path: Path) -> DlibResNet:
-    """Build dlib's face recognition ResNet in PyTorch from its .dat file (dlib's binary serialization).
-
-    The file lists the layers from the input outwards: 29 convolutions each followed by an affine
-    (a frozen batch norm, folded here into the convolution), then the 256x128 fc_no_bias matrix.
-    """
-    try:
-        return _read_dlib_resnet(DatReader(path.read_bytes(), path, "dlib's ResNet"))
-    except (IndexError, ValueError) as error:
-        raise FacepipeError(f"{path} is damaged or not dlib's face recognition ResNet ({error})") from None
-
-
-def _read_dlib_resnet(reader: DatReader) -> DlibResNet:
-    reader.seek_after(b"input_rgb_image_sized")
-    means = [reader.float() for _ in range(3)]
-    convs = [reader.conv() for _ in range(1 + 2 * len(DlibResNet.BLOCKS))]
-    reader.seek_after(b"fc_2")
-    outputs, inputs = reader.int(), reader.int()
-    projection = reader.tensor().reshape(inputs, outputs)
-    return DlibResNet(convs, projection, means)
 
 
 def chip_to_image(landmarks, size: int, padding: float) -> np.ndarray:
@@ -202,6 +131,10 @@ class DlibResNet128Embedder:
     @functools.cached_property
     def network(self) -> DlibResNet:
         """The network, built on first use: a Ray engine's facepipe process only describes the model."""
+        import torch
+
+        from facepipe.models.dlib_network import read_dlib_resnet
+
         with torch.inference_mode(False):  # first used under inference mode, but the identity term trains through it
             return read_dlib_resnet(self._resnet_path).eval().to(self.device)
 
@@ -236,6 +169,8 @@ class DlibResNet128Embedder:
     def embed_aligned(self, images: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
         """Differentiable embedding of RGB images (n, 3, H, W) in [0, 1], each aligned by its ``chip_grid``
         (bilinear) -> (n, 128); gradients flow to the images."""
+        import torch.nn.functional as F
+
         chips = F.grid_sample(
             images.float() * 255.0, grids, mode="bilinear", padding_mode="border", align_corners=False
         )
@@ -251,6 +186,8 @@ class DlibResNet128Embedder:
 
     def _network_vectors(self, chips: Sequence[np.ndarray]) -> np.ndarray:
         """The network's vector of each chip, ``batch_size`` at a time."""
+        import torch
+
         outputs = [np.zeros((0, self.dim), dtype=np.float32)]
         with torch.inference_mode():
             for start in range(0, len(chips), self.batch_size):
