@@ -87,7 +87,7 @@ def test_a_person_split_in_two_is_offered_as_a_merge_and_their_unknown_faces_the
     """At a tighter rule a person is split and more faces are unknown: every pair of groups of one person is
     among the top 2n merges (n such pairs), each merge at the RMS distance between the two groups' faces, and
     most labelled faces left unknown are offered their own person's group first."""
-    clustering, offered, person = clustered(collection, 0.33)
+    clustering, offered, person = clustered(collection, 0.30)
     labels = clustering.results["cluster"].to_numpy()
     person_of = pd.Series(person[labels >= 0]).groupby(labels[labels >= 0]).agg(lambda p: p.mode().iloc[0])
     split = {(a, b) for a in person_of.index for b in person_of.index if a < b and person_of[a] == person_of[b]}
