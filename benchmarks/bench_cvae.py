@@ -6,7 +6,8 @@
                                              [--data lfw] [--people N] [--align dlib5|none]
                                              [--face-mask landmarks|none] [--decoder-base mean|none]
                                              [--draw-identity 1] [--jitter 1] [--identity-blur S]
-                                             [--adversarial-weight W] [--temperature 1]
+                                             [--adversarial-weight W] [--free-bits B]
+                                             [--identity-views V] [--anchor-blur S] [--temperature 1]
                                              [--results CLUSTER_RESULTS]
                                              [--judge-dir ../judge]
     python benchmarks/bench_cvae.py dense-alignment [--data lfw] [--people N] [--image-size 64]
@@ -162,8 +163,9 @@ def fidelity(args) -> None:
         f"_beta{args.beta:g}_detail{args.detail_weight:g}"
         f"_lr{args.lr:g}_anchor{args.mean_anchor:g}_identity{args.identity_weight:g}"
         f"_draws{args.draw_identity:g}_jitter{args.jitter:g}_blur{args.identity_blur:g}"
-        f"_adversarial{args.adversarial_weight:g}"
-        f"_base{args.decoder_base}_e{args.epochs}"
+        f"_adversarial{args.adversarial_weight:g}_freebits{args.free_bits:g}_views{args.identity_views:g}"
+        f"_anchorblur{args.anchor_blur:g}"
+        f"_base{args.decoder_base}_e{args.epochs}{f'_seed{args.seed}' if args.seed else ''}"
     )
     started = time.perf_counter()
     summary = train_cvae(
@@ -178,6 +180,9 @@ def fidelity(args) -> None:
             identity_jitter=args.jitter,
             identity_blur=args.identity_blur,
             adversarial_weight=args.adversarial_weight,
+            free_bits=args.free_bits,
+            anchor_blur=args.anchor_blur,
+            identity_views=args.identity_views,
             decoder_base=args.decoder_base,
             batch_size=args.batch_size,
             beta=args.beta,
@@ -191,7 +196,7 @@ def fidelity(args) -> None:
         resume=True,
     )
     print(summary.line(), f"(wall {time.perf_counter() - started:.0f}s)")
-    faces_dir = args.work / f"inference_{weights.name}"
+    faces_dir = args.work / f"inference_{weights.name}{'' if args.temperature == 1 else f'_t{args.temperature:g}'}"
     report = generate(weights, out_dir=faces_dir, samples=4, temperature=args.temperature, evaluate=True)
     print(report.line())
     metrics = report.fidelity
@@ -214,6 +219,9 @@ def fidelity(args) -> None:
                 "draw_identity": args.draw_identity,
                 "identity_blur": args.identity_blur,
                 "adversarial_weight": args.adversarial_weight,
+                "free_bits": args.free_bits,
+                "anchor_blur": args.anchor_blur,
+                "identity_views": args.identity_views,
                 "temperature": args.temperature,
                 "jitter": args.jitter,
                 "decoder_base": args.decoder_base,
@@ -443,6 +451,24 @@ def main() -> None:
         type=float,
         default=TrainSettings.adversarial_weight,
         help="weight of the patch discriminator's term (TrainSettings.adversarial_weight)",
+    )
+    parser.add_argument(
+        "--free-bits",
+        type=float,
+        default=TrainSettings.free_bits,
+        help="KL floor in nats per latent dimension (TrainSettings.free_bits)",
+    )
+    parser.add_argument(
+        "--anchor-blur",
+        type=float,
+        default=TrainSettings.anchor_blur,
+        help="sigma (pixels of a 64-px face) the mean anchor compares the face and the mean at (TrainSettings.anchor_blur)",
+    )
+    parser.add_argument(
+        "--identity-views",
+        type=float,
+        default=TrainSettings.identity_views,
+        help="strength of the blurred and noisy views the identity term sees (TrainSettings.identity_views)",
     )
     parser.add_argument("--results", type=Path, help="a cluster_results.csv to train on instead of --data's")
     parser.add_argument("--decoder-base", default="mean", choices=["mean", "none"])

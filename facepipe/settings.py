@@ -432,11 +432,24 @@ class TrainSettings(Settings):
         "Weight of the KL term against the reconstruction error summed over pixels.",
         limit=Limit(0, 10_000, whole=False),
     )
+    free_bits: float = setting(
+        0.0,
+        "KL floor in nats per latent dimension (free bits): the KL term of a dimension below it is not "
+        "penalised, so the code is not pushed to carry less than this (0: off).",
+        limit=Limit(0, 100.0, whole=False),
+    )
     mean_anchor: float = setting(
         1.0,
         "Weight of the error between each cluster's z = 0 face and its crops' pixel "
         "mean (0: a plain CVAE, whose z = 0 face need not look like the cluster).",
         limit=Limit(0, 1e6, whole=False),
+    )
+    anchor_blur: float = setting(
+        0.0,
+        "The mean anchor compares the z = 0 face and the pixel mean blurred by a Gaussian of this many pixels of a "
+        "64-pixel face (scaled with the image size): it holds the face's coarse shape and colour to the mean and "
+        "leaves the detail the mean lacks free (0: every pixel).",
+        limit=Limit(0, 8.0, whole=False),
     )
     detail_weight: float = setting(
         0.0,
@@ -461,6 +474,13 @@ class TrainSettings(Settings):
         "Strength of the random turns, scalings and shifts the identity term sees "
         "each face through (0: one fixed view).",
         limit=Limit(0, 3.0, whole=False),
+    )
+    identity_views: float = setting(
+        0.0,
+        "Strength of the random degradations the identity term sees each face through in training: blurred by "
+        "up to this many pixels of a 64-pixel face and with pixel noise of this times 0.02 (0: none), so that "
+        "the face keeps its identity in a blurred or noisy photo rather than in a texture only dlib sees.",
+        limit=Limit(0, 4.0, whole=False),
     )
     identity_blur: float = setting(
         0.0,

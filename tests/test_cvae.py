@@ -734,12 +734,16 @@ def test_checkpoints_of_older_versions_still_load_as_unaligned_plain_decoders(tr
             "identity_jitter",
             "identity_blur",
             "adversarial_weight",
+            "free_bits",
+            "identity_views",
+            "anchor_blur",
         )
     }
     restored = CVAEConfig.from_dict(older)
     assert restored.alignment == "none" and restored.decoder_base == "none" and restored.draw_identity == 0.0
     assert restored.face_mask == "none" and restored.detail_weight == 0.0 and restored.identity_blur == 0.0
     assert restored.adversarial_weight == 0.0  # no discriminator: none is needed to load or resume it
+    assert restored.free_bits == restored.identity_views == restored.anchor_blur == 0.0
     # one written before --face-mask but with aligned crops is an aligned, unmasked model
     assert CVAEConfig.from_dict({k: v for k, v in config.items() if k != "face_mask"}).face_mask == "none"
 
@@ -1011,3 +1015,88 @@ def test_the_patch_discriminator_learns_that_real_crops_are_sharp_and_pushes_a_b
         f"sharpness of the blurred faces {before.mean():.1f} -> {after.mean():.1f} (crops {sharpness(unseen).mean():.1f})"
     )
     assert (after > before).all()
+
+
+def _johns_faces_as_trained(johns_clusters):
+    """The johns crops aligned and masked at 64 px as train-cvae makes them: (images (N, 3, 64, 64) in [0, 1],
+    condition indices, the config, the inputs)."""
+    import numpy as np
+
+    from facepipe.crops import load_crops, masked_faces
+    from facepipe.cvae import crop_aligner
+
+    inputs = read_training_inputs(johns_clusters)
+    clusters = sorted(int(c) for c in set(inputs.clusters))
+    config = CVAEConfig(clusters=clusters)
+    crops = load_crops(inputs.names, inputs.crops_dir, 64, False, crop_aligner(config, inputs.crops_dir, None))
+    conditions = np.array([clusters.index(int(c)) for c in inputs.clusters])
+    crops = masked_faces(crops, conditions, range(len(clusters)), config.align_padding)
+    return torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0, torch.from_numpy(conditions), config, inputs
+
+
+def test_the_identity_terms_degraded_views_are_worse_photos_of_the_same_person(johns_clusters, johns_embeddings):
+    """--identity-views on real crops (dlib_johns, aligned and masked at 64 px): the views the identity term sees in
+    training are blurred (less Laplacian sharpness) and noisy, differ from draw to draw, repeat for the same
+    generator seed, are the faces themselves at strength 0, and dlib still finds every view of a crop nearest
+    its own person's centroid, so the term pulls towards an identity that survives a worse photo."""
+    import numpy as np
+
+    from facepipe.cvae.model import degraded_views
+    from facepipe.face_measures import laplacian_sharpness
+    from facepipe.identity import build_identity_term
+
+    images, conditions, config, inputs = _johns_faces_as_trained(johns_clusters)
+    means = np.stack([images[conditions == c].mean(dim=0).permute(1, 2, 0).numpy() for c in range(5)])
+    term = build_identity_term(
+        johns_clusters,
+        inputs.crops_dir,
+        inputs.names,
+        conditions.numpy(),
+        (means * 255).astype(np.uint8),
+        "cpu",
+        config.align_padding,
+    )
+
+    def views(seed):
+        return degraded_views(images, torch.Generator().manual_seed(seed), 1.0, 1.0)
+
+    def sharpness(batch):
+        return laplacian_sharpness((batch.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8))
+
+    assert torch.equal(degraded_views(images, torch.Generator().manual_seed(0), 0.0, 0.0), images)
+    first, again, other = views(0), views(0), views(1)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    print(
+        f"sharpness of the crops {sharpness(images).mean():.0f}, of their degraded views {sharpness(first).mean():.0f}"
+    )
+    assert sharpness(first).mean() < sharpness(images).mean()
+    with torch.no_grad():
+        distances = torch.stack(
+            [term(first, torch.full_like(conditions, cluster)) for cluster in range(len(config.clusters))], dim=1
+        )
+    assert torch.equal(distances.argmin(dim=1), conditions)
+
+
+def test_the_blurred_mean_anchor_leaves_a_crops_detail_free_and_holds_its_coarse_face(johns_clusters):
+    """--anchor-blur on real crops (dlib_johns, aligned and masked at 64 px): compared blurred by 2 px, a face that
+    is its person's pixel mean plus one crop's fine detail (the crop less its blur: what a mean lacks) costs a
+    small part of what it costs unblurred, while that mean made 5% brighter costs as much blurred as unblurred.
+    So the blurred anchor holds the face's coarse shape and colour to the mean, not its detail."""
+    from facepipe.cvae.model import cvae_loss, gaussian_blurred
+
+    images, conditions, _, _ = _johns_faces_as_trained(johns_clusters)
+    means = torch.stack([images[conditions == c].mean(dim=0) for c in range(5)])[conditions]
+    detailed = means + images - gaussian_blurred(images, 2.0)
+    brighter = means + 0.05
+
+    def anchor(faces, sigma):
+        zeros = torch.zeros(len(faces), 4)
+        parts = cvae_loss(faces, faces, zeros, zeros, faces, means, None, None, 0.1, 1.0, 0.0, 0.0, anchor_blur=sigma)
+        return float(parts[3])
+
+    print(
+        f"anchor, blurred by 2 px / unblurred: detail {anchor(detailed, 2.0):.2f} / {anchor(detailed, 0.0):.2f}, "
+        f"5% brighter {anchor(brighter, 2.0):.2f} / {anchor(brighter, 0.0):.2f}"
+    )
+    assert anchor(detailed, 2.0) < 0.2 * anchor(detailed, 0.0)
+    assert anchor(brighter, 2.0) > 0.95 * anchor(brighter, 0.0)

@@ -41,6 +41,7 @@ from facepipe.cvae.model import (
     build_discriminator,
     build_model,
     cvae_loss,
+    degraded_views,
     gaussian_blurred,
     hinge_losses,
 )
@@ -76,12 +77,15 @@ RESUME_KEYS = (
     "base_channels",
     "max_channels",
     "beta",
+    "free_bits",
     "mean_anchor",
+    "anchor_blur",
     "detail_weight",
     "identity_weight",
     "draw_identity",
     "identity_jitter",
     "identity_blur",
+    "identity_views",
     "adversarial_weight",
     "learning_rate",
     "batch_size",
@@ -282,6 +286,8 @@ def _run_epoch(
             config.identity_weight,
             config.draw_identity,
             config.detail_weight,
+            config.free_bits,
+            config.anchor_blur * config.image_size / 64,
         )
         parts = [loss, recon, kl, anchor, identity, draw_identity]
         if adversarial is not None:
@@ -320,7 +326,8 @@ def _batches(dataset, order, flips, batch_size: int, device: str, workers: int):
 def _identity_scores(identity_term, faces, draws, conditions, config: CVAEConfig, generator):
     """The identity term (None, None without one) of each cluster's z = 0 face (``faces``, of the clusters with
     condition indices ``conditions``) and, with ``config.draw_identity`` > 0, of the random ``draws`` (None in
-    validation), in one pass; the faces are seen through random views when a ``generator`` is given (training)."""
+    validation), in one pass; the faces are seen through random views, and degraded ones with
+    ``config.identity_views`` > 0 (``degraded_views``), when a ``generator`` is given (training)."""
     import torch
 
     if identity_term is None:
@@ -328,8 +335,11 @@ def _identity_scores(identity_term, faces, draws, conditions, config: CVAEConfig
     count = len(conditions)
     if draws is not None and config.draw_identity > 0:
         faces, conditions = torch.cat([faces, draws]), torch.cat([conditions, conditions])
-    blur = config.identity_blur * config.image_size / 64
-    scores = identity_term(gaussian_blurred(faces, blur), conditions, generator)
+    scale = config.image_size / 64
+    faces = gaussian_blurred(faces, config.identity_blur * scale)
+    if generator is not None:
+        faces = degraded_views(faces, generator, config.identity_views, config.identity_views * scale)
+    scores = identity_term(faces, conditions, generator)
     return scores[:count], (scores[count:] if len(scores) > count else None)
 
 
