@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from facepipe.settings import TrainSettings
+from facepipe.settings import DECODER_BASES, TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -165,7 +165,7 @@ def fidelity(args) -> None:
         f"_draws{args.draw_identity:g}_jitter{args.jitter:g}_blur{args.identity_blur:g}"
         f"_adversarial{args.adversarial_weight:g}_freebits{args.free_bits:g}_views{args.identity_views:g}"
         f"_anchorblur{args.anchor_blur:g}"
-        f"_base{args.decoder_base}_e{args.epochs}{f'_seed{args.seed}' if args.seed else ''}"
+        f"_base{args.decoder_base}{'' if args.base_channels == 32 else f'_c{args.base_channels}'}_e{args.epochs}{f'_seed{args.seed}' if args.seed else ''}"
     )
     started = time.perf_counter()
     summary = train_cvae(
@@ -184,6 +184,7 @@ def fidelity(args) -> None:
             anchor_blur=args.anchor_blur,
             identity_views=args.identity_views,
             decoder_base=args.decoder_base,
+            base_channels=args.base_channels,
             batch_size=args.batch_size,
             beta=args.beta,
             mean_anchor=args.mean_anchor,
@@ -471,8 +472,9 @@ def main() -> None:
         help="strength of the blurred and noisy views the identity term sees (TrainSettings.identity_views)",
     )
     parser.add_argument("--results", type=Path, help="a cluster_results.csv to train on instead of --data's")
-    parser.add_argument("--decoder-base", default="mean", choices=["mean", "none"])
+    parser.add_argument("--decoder-base", default=TrainSettings.decoder_base, choices=DECODER_BASES)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-channels", type=int, default=TrainSettings.base_channels)
     parser.add_argument(
         "--judge-dir",
         type=Path,

@@ -41,7 +41,8 @@ FACE_MASKS = (
     "landmarks",
     "none",
 )  # landmarks: the crops over neutral grey through a mask of the face (crops.face_mask)
-DECODER_BASES = ("mean", "none")  # mean: the decoder adds its output to the logits of the cluster's pixel mean
+# mean: the decoder adds its output to the logits of the cluster's pixel mean; median: of its per-pixel median
+DECODER_BASES = ("mean", "median", "none")
 EXPORT_MODES = ("hardlink", "symlink", "copy")  # how a photo enters its group's folder
 XMP_NAMINGS = ("photo.jpg.xmp", "photo.xmp")  # export --xmp: the sidecar beside each photo, first the default
 MIN_IMAGE_SIZE = 16
@@ -415,7 +416,9 @@ class TrainSettings(Settings):
     latent_dim: int = setting(64, "Size of z.", limit=Limit(1, 1024))
     decoder_base: str = setting(
         "mean",
-        "mean: the decoder adds to each cluster's pixel mean (starts from it); none: a plain decoder.",
+        "mean: the decoder adds to each cluster's pixel mean (starts from it); median: to the per-pixel median of "
+        "its crops, which the mean anchor then pulls the z = 0 face to (less blurred by odd photos); none: a plain "
+        "decoder.",
         choices=DECODER_BASES,
     )
     base_channels: int = setting(

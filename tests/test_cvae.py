@@ -240,6 +240,38 @@ def test_a_run_with_the_adversarial_term_resumes_to_the_same_weights_and_discrim
         train_cvae(johns_clusters, settings, weights_dir=stripped, show_progress=False)
 
 
+def test_a_run_made_before_the_newer_terms_resumes_with_them_off_to_the_same_weights(
+    tmp_path, johns_clusters, trained
+):
+    """An epoch checkpoint whose config predates --free-bits, --anchor-blur and --identity-views (no such keys)
+    continues, with them off, to the uninterrupted run's weights bit for bit; asked to resume with one on, it
+    is refused and the setting named."""
+    from facepipe.cvae import save_checkpoint
+
+    full, _ = trained
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    older = load_checkpoint(full / cvae_checkpoint_name(1))
+    for key in ("free_bits", "anchor_blur", "identity_views"):
+        del older["config"][key]
+    save_checkpoint(weights / cvae_checkpoint_name(1), older)
+    with pytest.raises(FacepipeError, match="anchor_blur"):
+        train_cvae(
+            johns_clusters,
+            TrainSettings(**dict(TRAINING, anchor_blur=1.0)),
+            weights_dir=weights,
+            show_progress=False,
+        )
+    summary = train_cvae(johns_clusters, TrainSettings(**TRAINING), weights_dir=weights, show_progress=False)
+    assert summary.epochs_run == 2
+    resumed, expected = (
+        load_checkpoint(weights / cvae_checkpoint_name(3)),
+        load_checkpoint(full / cvae_checkpoint_name(3)),
+    )
+    for key, tensor in expected["model"].items():
+        assert torch.equal(resumed["model"][key], tensor), key
+
+
 def test_force_removes_only_what_train_cvae_recorded_writing(tmp_path, trained):
     """Issue 28: --force deletes the checkpoints, log and landmarks train-cvae recorded (cvae_outputs.json),
     and refuses, changing nothing, while a checkpoint-named file it did not write is in the way."""
@@ -1100,3 +1132,62 @@ def test_the_blurred_mean_anchor_leaves_a_crops_detail_free_and_holds_its_coarse
     )
     assert anchor(detailed, 2.0) < 0.2 * anchor(detailed, 0.0)
     assert anchor(brighter, 2.0) > 0.95 * anchor(brighter, 0.0)
+
+
+def test_free_bits_leave_the_kl_of_a_dimension_below_the_floor_untrained(johns_clusters):
+    """--free-bits on real crops (dlib_johns at 64 px through a fresh CVAE): the KL the loss reports is the true
+    one whatever the floor; with the floor above every dimension's KL the encoder's gradient is that of the
+    reconstruction alone (beta 0), and with no floor the KL pulls on it."""
+    from facepipe.cvae.model import cvae_loss
+
+    images, conditions, config, _ = _johns_faces_as_trained(johns_clusters)
+    images, conditions = images[:16], conditions[:16]
+    torch.manual_seed(0)
+    model = build_model(config)
+    noise = torch.randn(len(images), config.latent_dim, generator=torch.Generator().manual_seed(1))
+
+    def gradient_and_kl(beta, free_bits):
+        model.zero_grad()
+        reconstruction, mu, logvar = model(images, conditions, noise)
+        centre = model.decode(torch.zeros_like(mu), conditions)
+        parts = cvae_loss(
+            reconstruction, images, mu, logvar, centre, images, None, None, beta, 0.0, 0.0, 0.0, free_bits=free_bits
+        )
+        parts[0].backward()
+        return model.to_mu.weight.grad.clone(), float(parts[2].detach())
+
+    plain, kl = gradient_and_kl(0.0, 0.0)
+    floored, floored_kl = gradient_and_kl(1.0, 1e3)
+    pulled, pulled_kl = gradient_and_kl(1.0, 0.0)
+    assert kl == floored_kl == pulled_kl > 0
+    assert torch.allclose(floored, plain, atol=1e-6)
+    assert not torch.allclose(pulled, plain, atol=1e-3)
+
+
+def test_the_median_base_is_sharper_than_the_mean_and_is_where_the_decoder_starts(johns_clusters):
+    """--decoder-base median on real crops (dlib_johns, aligned and masked at 64 px): each person's per-pixel median
+    keeps more of the crops' detail (Laplacian sharpness) than their mean, and a CVAE built on it decodes, before
+    any training, that median for every code."""
+    import numpy as np
+
+    from facepipe.crops import cluster_pixel_means
+    from facepipe.face_measures import laplacian_sharpness
+
+    images, conditions, config, _ = _johns_faces_as_trained(johns_clusters)
+    crops = (images.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    people = range(len(config.clusters))
+    means, medians = (
+        cluster_pixel_means(crops, conditions.numpy(), people, median=median) for median in (False, True)
+    )
+    sharpness = {
+        name: laplacian_sharpness((values + 0.5).astype(np.uint8))
+        for name, values in (("mean", means), ("median", medians))
+    }
+    print(f"sharpness of the pixel means {sharpness['mean'].round()}, of the medians {sharpness['median'].round()}")
+    assert (sharpness["median"] > sharpness["mean"]).all()
+    model = build_model(CVAEConfig(image_size=64, clusters=config.clusters, decoder_base="median")).eval()
+    model.set_base(torch.from_numpy(medians / 255.0).float().permute(0, 3, 1, 2))
+    labels = torch.tensor(list(people))
+    with torch.no_grad():
+        decoded = model.decode(torch.randn(len(labels), model.config.latent_dim), labels)
+    assert np.abs(decoded.permute(0, 2, 3, 1).numpy() * 255 - medians).max() < 1.0

@@ -204,7 +204,7 @@ def _build_model_class():
             self.to_rgb = nn.Conv2d(widths[-1], 3, 3, 1, 1)
             # the logits of each cluster's pixel mean (set by train_cvae, kept in the checkpoint), or zeros
             self.register_buffer("base_logits", torch.zeros(n, 3, config.image_size, config.image_size))
-            if config.decoder_base == "mean":  # the decoder starts out as the pixel mean
+            if config.decoder_base != "none":  # the decoder starts out as the pixel mean (or median)
                 nn.init.zeros_(self.to_rgb.weight)
                 nn.init.zeros_(self.to_rgb.bias)
 
@@ -226,8 +226,9 @@ def _build_model_class():
             return torch.sigmoid(self.to_rgb(hidden) + self.base_logits[labels].to(hidden.dtype))
 
         def set_base(self, cluster_means: torch.Tensor) -> None:
-            """Start each cluster's decodes from its pixel mean (clusters, 3, S, S) in [0, 1]."""
-            if self.config.decoder_base == "mean":
+            """Start each cluster's decodes from its pixel mean (or median: ``cluster_means``, (clusters, 3, S, S) in
+            [0, 1])."""
+            if self.config.decoder_base != "none":
                 self.base_logits.copy_(torch.logit(cluster_means.clamp(0.5 / 255, 254.5 / 255)))
 
         def forward(self, images, labels, noise=None):

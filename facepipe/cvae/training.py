@@ -37,6 +37,7 @@ from facepipe.cvae.checkpoints import (
     save_checkpoint,
 )
 from facepipe.cvae.model import (
+    BEFORE_THEY_EXISTED,
     CVAEConfig,
     build_discriminator,
     build_model,
@@ -208,7 +209,9 @@ class TrainSummary:
 
 
 def _check_resumable(checkpoint: dict, config: CVAEConfig, path: Path) -> None:
-    previous = checkpoint["config"]
+    """Refuse to continue a run whose settings differ; a setting its older version did not record is what it did
+    then (``BEFORE_THEY_EXISTED``), so a run made before a term existed continues with the term off."""
+    previous = {**BEFORE_THEY_EXISTED, **checkpoint["config"]}
     current = config.to_dict()
     changed = [k for k in RESUME_KEYS if previous.get(k) != current.get(k)]
     if changed:
@@ -485,8 +488,14 @@ def _training_data(inputs, config: CVAEConfig, weights_dir: Path, device: str, s
     if aligner is not None:
         write_alignment(weights_dir / ALIGNMENT_CSV, {name: aligner.landmarks[name] for name in inputs.names})
         _record(weights_dir, [weights_dir / ALIGNMENT_CSV])
-    # The targets of the z = 0 faces: each cluster's training crops, unflipped, as (clusters, 3, S, S) in [0, 1].
-    means = cluster_pixel_means(images.numpy()[train_rows], labels.numpy()[train_rows], range(config.num_classes))
+    # The targets of the z = 0 faces: each cluster's training crops, unflipped, as (clusters, 3, S, S) in [0, 1]:
+    # their pixel mean, or with decoder_base "median" their per-pixel median (the decoder's base either way).
+    means = cluster_pixel_means(
+        images.numpy()[train_rows],
+        labels.numpy()[train_rows],
+        range(config.num_classes),
+        median=config.decoder_base == "median",
+    )
     cluster_means = torch.from_numpy(means / 255.0).float().permute(0, 3, 1, 2).contiguous().to(device)
     identity_term = None
     if config.identity_weight > 0:
