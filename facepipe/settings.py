@@ -415,10 +415,10 @@ class TrainSettings(Settings):
     )
     latent_dim: int = setting(64, "Size of z.", limit=Limit(1, 1024))
     decoder_base: str = setting(
-        "mean",
-        "mean: the decoder adds to each cluster's pixel mean (starts from it); median: to the per-pixel median of "
-        "its crops, which the mean anchor then pulls the z = 0 face to (less blurred by odd photos); none: a plain "
-        "decoder.",
+        "median",
+        "median: the decoder adds to the per-pixel median of each cluster's aligned crops (starts from it), and the "
+        "mean anchor pulls the z = 0 face to it: it keeps about 0.45 of the crops' sharpness where their mean keeps "
+        "0.19 (benchmarks/README.md, issue 29); mean: to their pixel mean; none: a plain decoder.",
         choices=DECODER_BASES,
     )
     base_channels: int = setting(
@@ -479,10 +479,10 @@ class TrainSettings(Settings):
         limit=Limit(0, 3.0, whole=False),
     )
     identity_views: float = setting(
-        0.0,
-        "Strength of the random degradations the identity term sees each face through in training: blurred by "
-        "up to this many pixels of a 64-pixel face and with pixel noise of this times 0.02 (0: none), so that "
-        "the face keeps its identity in a blurred or noisy photo rather than in a texture only dlib sees.",
+        1.0,
+        "Strength of the random degradations the identity term sees each face through in training: blended "
+        "towards its blur by this many pixels of a 64-pixel face and given pixel noise of up to this times 0.02 "
+        "(0: none), so that the face keeps its identity in a worse photo, not in a texture only dlib sees.",
         limit=Limit(0, 4.0, whole=False),
     )
     identity_blur: float = setting(

@@ -751,7 +751,7 @@ def test_checkpoints_of_older_versions_still_load_as_unaligned_plain_decoders(tr
     """A config written before --align and --decoder-base describes the model it was: unaligned crops, a plain decoder."""
     weights, _ = trained
     config = load_checkpoint(weights / CVAE_BEST_CHECKPOINT)["config"]
-    assert config["alignment"] == "dlib5" and config["decoder_base"] == "mean"
+    assert config["alignment"] == "dlib5" and config["decoder_base"] == "median"
     older = {
         key: value
         for key, value in config.items()

@@ -3,8 +3,9 @@
 The label enters both the encoder (one-hot, concatenated to the flattened convolutional features) and
 the decoder (one-hot, concatenated to z, and a scale and shift per block). Layer sizes follow from the
 image size: the encoder halves the image until it is at most 7 pixels (or odd), the decoder doubles it
-back exactly. With ``decoder_base`` "mean" the decoder adds its output to the logits of the cluster's pixel
-mean, so it starts from that face and learns how a crop, or a draw, differs from it.
+back exactly. With ``decoder_base`` "mean" (or "median") the decoder adds its output to the logits of the
+cluster's pixel mean (or per-pixel median), so it starts from that face and learns how a crop, or a draw,
+differs from it.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class CVAEConfig:
     base_channels: int = TrainSettings.base_channels
     max_channels: int = TrainSettings.max_channels
     clusters: list[int] = field(default_factory=list)  # condition index i <-> cluster id clusters[i]
-    decoder_base: str = TrainSettings.decoder_base  # settings.DECODER_BASES: "mean" adds to the cluster's pixel mean
+    decoder_base: str = TrainSettings.decoder_base  # settings.DECODER_BASES: "median" adds to the cluster's median
     beta: float = TrainSettings.beta
     free_bits: float = TrainSettings.free_bits  # the KL of each latent dimension is penalised above this only
     mean_anchor: float = TrainSettings.mean_anchor

@@ -293,8 +293,7 @@ def _run_epoch(
             config.anchor_blur * config.image_size / 64,
         )
         parts = [loss, recon, kl, anchor, identity, draw_identity]
-        if adversarial is not None:
-            loss = loss + config.adversarial_weight * adversarial
+        loss = loss if adversarial is None else loss + config.adversarial_weight * adversarial
         if train:
             _step(optimizer, loss)
             if adversary is not None:  # then the discriminator, on the same crops and faces
