@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from facepipe.settings import DECODER_BASES, TrainSettings
+from facepipe.settings import DECODER_BASES, GenerateSettings, TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -197,7 +197,7 @@ def fidelity(args) -> None:
         resume=True,
     )
     print(summary.line(), f"(wall {time.perf_counter() - started:.0f}s)")
-    faces_dir = args.work / f"inference_{weights.name}{'' if args.temperature == 1 else f'_t{args.temperature:g}'}"
+    faces_dir = args.work / f"inference_{weights.name}_t{args.temperature:g}"
     report = generate(weights, out_dir=faces_dir, samples=4, temperature=args.temperature, evaluate=True)
     print(report.line())
     metrics = report.fidelity
@@ -430,16 +430,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--beta", type=float, default=TrainSettings.beta)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--mean-anchor", type=float, default=1.0)
+    parser.add_argument("--mean-anchor", type=float, default=TrainSettings.mean_anchor)
     parser.add_argument("--detail-weight", type=float, default=0.0)
     parser.add_argument("--identity-weight", type=float, default=1000.0)
     parser.add_argument("--align", default="dlib5", choices=["dlib5", "none"])
     parser.add_argument("--align-padding", type=float, default=0.5)
     parser.add_argument("--face-mask", default="landmarks", choices=["landmarks", "none"])
     parser.add_argument("--draw-identity", type=float, default=1.0)
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=GenerateSettings.temperature)
     parser.add_argument("--jitter", type=float, default=1.0)
     parser.add_argument(
         "--identity-blur",

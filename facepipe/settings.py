@@ -442,9 +442,9 @@ class TrainSettings(Settings):
         limit=Limit(0, 100.0, whole=False),
     )
     mean_anchor: float = setting(
-        1.0,
+        3.0,
         "Weight of the error between each cluster's z = 0 face and its crops' pixel "
-        "mean (0: a plain CVAE, whose z = 0 face need not look like the cluster).",
+        "mean, or median with --decoder-base median (0: a plain CVAE, whose z = 0 face need not look like the cluster).",
         limit=Limit(0, 1e6, whole=False),
     )
     anchor_blur: float = setting(
@@ -526,8 +526,9 @@ class GenerateSettings(Settings):
     section: ClassVar[str] = "generate"
     samples: int = setting(4, "Random draws per cluster.", limit=Limit(0, 1_024))
     temperature: float = setting(
-        1.0,
-        "Spread of the random draws: z ~ N(0, temperature^2); lower stays nearer the cluster's face.",
+        1.3,
+        "Spread of the random draws: z ~ N(0, temperature^2); lower stays nearer the cluster's face (1.3: the "
+        "default CVAE's draws at 1 vary less than issue 29 asks; benchmarks/README.md).",
         limit=Limit(0, 10.0, whole=False),
     )
     seed: int = setting(0, "Seed of the random draws.", limit=SEED)
