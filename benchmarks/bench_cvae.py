@@ -6,7 +6,8 @@
                                              [--data lfw] [--people N] [--align dlib5|none]
                                              [--face-mask landmarks|none] [--decoder-base mean|none]
                                              [--draw-identity 1] [--jitter 1] [--identity-blur S]
-                                             [--adversarial-weight W] [--temperature 1]
+                                             [--adversarial-weight W] [--free-bits B]
+                                             [--identity-views V] [--anchor-blur S] [--temperature 1]
                                              [--results CLUSTER_RESULTS]
                                              [--judge-dir ../judge]
     python benchmarks/bench_cvae.py dense-alignment [--data lfw] [--people N] [--image-size 64]
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from facepipe.settings import TrainSettings
+from facepipe.settings import DECODER_BASES, GenerateSettings, TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -162,8 +163,9 @@ def fidelity(args) -> None:
         f"_beta{args.beta:g}_detail{args.detail_weight:g}"
         f"_lr{args.lr:g}_anchor{args.mean_anchor:g}_identity{args.identity_weight:g}"
         f"_draws{args.draw_identity:g}_jitter{args.jitter:g}_blur{args.identity_blur:g}"
-        f"_adversarial{args.adversarial_weight:g}"
-        f"_base{args.decoder_base}_e{args.epochs}"
+        f"_adversarial{args.adversarial_weight:g}_freebits{args.free_bits:g}_views{args.identity_views:g}"
+        f"_anchorblur{args.anchor_blur:g}"
+        f"_base{args.decoder_base}{'' if args.base_channels == 32 else f'_c{args.base_channels}'}_e{args.epochs}{f'_seed{args.seed}' if args.seed else ''}"
     )
     started = time.perf_counter()
     summary = train_cvae(
@@ -178,7 +180,11 @@ def fidelity(args) -> None:
             identity_jitter=args.jitter,
             identity_blur=args.identity_blur,
             adversarial_weight=args.adversarial_weight,
+            free_bits=args.free_bits,
+            anchor_blur=args.anchor_blur,
+            identity_views=args.identity_views,
             decoder_base=args.decoder_base,
+            base_channels=args.base_channels,
             batch_size=args.batch_size,
             beta=args.beta,
             mean_anchor=args.mean_anchor,
@@ -191,7 +197,7 @@ def fidelity(args) -> None:
         resume=True,
     )
     print(summary.line(), f"(wall {time.perf_counter() - started:.0f}s)")
-    faces_dir = args.work / f"inference_{weights.name}"
+    faces_dir = args.work / f"inference_{weights.name}_t{args.temperature:g}"
     report = generate(weights, out_dir=faces_dir, samples=4, temperature=args.temperature, evaluate=True)
     print(report.line())
     metrics = report.fidelity
@@ -214,6 +220,9 @@ def fidelity(args) -> None:
                 "draw_identity": args.draw_identity,
                 "identity_blur": args.identity_blur,
                 "adversarial_weight": args.adversarial_weight,
+                "free_bits": args.free_bits,
+                "anchor_blur": args.anchor_blur,
+                "identity_views": args.identity_views,
                 "temperature": args.temperature,
                 "jitter": args.jitter,
                 "decoder_base": args.decoder_base,
@@ -421,16 +430,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--beta", type=float, default=TrainSettings.beta)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--mean-anchor", type=float, default=1.0)
+    parser.add_argument("--mean-anchor", type=float, default=TrainSettings.mean_anchor)
     parser.add_argument("--detail-weight", type=float, default=0.0)
     parser.add_argument("--identity-weight", type=float, default=1000.0)
     parser.add_argument("--align", default="dlib5", choices=["dlib5", "none"])
     parser.add_argument("--align-padding", type=float, default=0.5)
     parser.add_argument("--face-mask", default="landmarks", choices=["landmarks", "none"])
     parser.add_argument("--draw-identity", type=float, default=1.0)
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=GenerateSettings.temperature)
     parser.add_argument("--jitter", type=float, default=1.0)
     parser.add_argument(
         "--identity-blur",
@@ -444,9 +453,28 @@ def main() -> None:
         default=TrainSettings.adversarial_weight,
         help="weight of the patch discriminator's term (TrainSettings.adversarial_weight)",
     )
+    parser.add_argument(
+        "--free-bits",
+        type=float,
+        default=TrainSettings.free_bits,
+        help="KL floor in nats per latent dimension (TrainSettings.free_bits)",
+    )
+    parser.add_argument(
+        "--anchor-blur",
+        type=float,
+        default=TrainSettings.anchor_blur,
+        help="sigma (pixels of a 64-px face) the mean anchor compares the face and the mean at (TrainSettings.anchor_blur)",
+    )
+    parser.add_argument(
+        "--identity-views",
+        type=float,
+        default=TrainSettings.identity_views,
+        help="strength of the blurred and noisy views the identity term sees (TrainSettings.identity_views)",
+    )
     parser.add_argument("--results", type=Path, help="a cluster_results.csv to train on instead of --data's")
-    parser.add_argument("--decoder-base", default="mean", choices=["mean", "none"])
+    parser.add_argument("--decoder-base", default=TrainSettings.decoder_base, choices=DECODER_BASES)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-channels", type=int, default=TrainSettings.base_channels)
     parser.add_argument(
         "--judge-dir",
         type=Path,

@@ -179,9 +179,11 @@ def masked_faces(
     return out
 
 
-def cluster_pixel_means(images: np.ndarray, labels: np.ndarray, wanted: Sequence) -> np.ndarray:
-    """Pixel-wise mean of the crops (n, S, S, 3) of each label in ``wanted`` -> float64 (len(wanted), S, S, 3)."""
-    return np.stack([images[labels == label].astype(np.float64).mean(axis=0) for label in wanted])
+def cluster_pixel_means(images: np.ndarray, labels: np.ndarray, wanted: Sequence, median: bool = False) -> np.ndarray:
+    """Pixel-wise mean (or ``median``) of the crops (n, S, S, 3) of each label in ``wanted`` -> float64
+    (len(wanted), S, S, 3)."""
+    statistic = np.median if median else np.mean
+    return np.stack([statistic(images[labels == label].astype(np.float64), axis=0) for label in wanted])
 
 
 def grouped_crops(names: Sequence[str], cluster_of: Sequence[int]) -> tuple[list[str], np.ndarray]:

@@ -41,7 +41,8 @@ FACE_MASKS = (
     "landmarks",
     "none",
 )  # landmarks: the crops over neutral grey through a mask of the face (crops.face_mask)
-DECODER_BASES = ("mean", "none")  # mean: the decoder adds its output to the logits of the cluster's pixel mean
+# mean: the decoder adds its output to the logits of the cluster's pixel mean; median: of its per-pixel median
+DECODER_BASES = ("mean", "median", "none")
 EXPORT_MODES = ("hardlink", "symlink", "copy")  # how a photo enters its group's folder
 XMP_NAMINGS = ("photo.jpg.xmp", "photo.xmp")  # export --xmp: the sidecar beside each photo, first the default
 MIN_IMAGE_SIZE = 16
@@ -419,8 +420,10 @@ class TrainSettings(Settings):
     )
     latent_dim: int = setting(64, "Size of z.", limit=Limit(1, 1024))
     decoder_base: str = setting(
-        "mean",
-        "mean: the decoder adds to each cluster's pixel mean (starts from it); none: a plain decoder.",
+        "median",
+        "median: the decoder adds to the per-pixel median of each cluster's aligned crops (starts from it), and the "
+        "mean anchor pulls the z = 0 face to it: it keeps about 0.45 of the crops' sharpness where their mean keeps "
+        "0.19 (benchmarks/README.md, issue 29); mean: to their pixel mean; none: a plain decoder.",
         choices=DECODER_BASES,
     )
     base_channels: int = setting(
@@ -437,11 +440,24 @@ class TrainSettings(Settings):
         "Weight of the KL term against the reconstruction error summed over pixels.",
         limit=Limit(0, 10_000, whole=False),
     )
+    free_bits: float = setting(
+        0.0,
+        "KL floor in nats per latent dimension (free bits): the KL term of a dimension below it is not "
+        "penalised, so the code is not pushed to carry less than this (0: off).",
+        limit=Limit(0, 100.0, whole=False),
+    )
     mean_anchor: float = setting(
-        1.0,
+        3.0,
         "Weight of the error between each cluster's z = 0 face and its crops' pixel "
-        "mean (0: a plain CVAE, whose z = 0 face need not look like the cluster).",
+        "mean, or median with --decoder-base median (0: a plain CVAE, whose z = 0 face need not look like the cluster).",
         limit=Limit(0, 1e6, whole=False),
+    )
+    anchor_blur: float = setting(
+        0.0,
+        "The mean anchor compares the z = 0 face and the pixel mean blurred by a Gaussian of this many pixels of a "
+        "64-pixel face (scaled with the image size): it holds the face's coarse shape and colour to the mean and "
+        "leaves the detail the mean lacks free (0: every pixel).",
+        limit=Limit(0, 8.0, whole=False),
     )
     detail_weight: float = setting(
         0.0,
@@ -466,6 +482,13 @@ class TrainSettings(Settings):
         "Strength of the random turns, scalings and shifts the identity term sees "
         "each face through (0: one fixed view).",
         limit=Limit(0, 3.0, whole=False),
+    )
+    identity_views: float = setting(
+        1.0,
+        "Strength of the random degradations the identity term sees each face through in training: blended "
+        "towards its blur by this many pixels of a 64-pixel face and given pixel noise of up to this times 0.02 "
+        "(0: none), so that the face keeps its identity in a worse photo, not in a texture only dlib sees.",
+        limit=Limit(0, 4.0, whole=False),
     )
     identity_blur: float = setting(
         0.0,
@@ -508,8 +531,9 @@ class GenerateSettings(Settings):
     section: ClassVar[str] = "generate"
     samples: int = setting(4, "Random draws per cluster.", limit=Limit(0, 1_024))
     temperature: float = setting(
-        1.0,
-        "Spread of the random draws: z ~ N(0, temperature^2); lower stays nearer the cluster's face.",
+        1.3,
+        "Spread of the random draws: z ~ N(0, temperature^2); lower stays nearer the cluster's face (1.3: the "
+        "default CVAE's draws at 1 vary less than issue 29 asks; benchmarks/README.md).",
         limit=Limit(0, 10.0, whole=False),
     )
     seed: int = setting(0, "Seed of the random draws.", limit=SEED)

@@ -113,12 +113,21 @@ def test_validation_split_is_stratified_and_seeded():
     assert (again == val).all()
 
 
-def test_training_loss_falls_and_is_logged(trained, johns_clusters):
+def test_training_loss_falls_and_is_logged(tmp_path, trained, johns_clusters):
+    """The log's parts add up to its loss; the loss falls in training (shown with a plain decoder: one based on
+    the crops' per-pixel median, the default, starts near its crops and may not fall in 3 short epochs)."""
     weights, summary = trained
     log = pd.read_csv(weights / CVAE_LOG_CSV)
     assert list(log.columns) == CVAE_LOG_COLUMNS
     assert log["epoch"].tolist() == [1, 2, 3]
-    assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]
+    plain = train_cvae(
+        johns_clusters,
+        TrainSettings(**dict(TRAINING, decoder_base="none")),
+        weights_dir=tmp_path / "plain",
+        show_progress=False,
+    )
+    plain_log = pd.read_csv(plain.weights_dir / CVAE_LOG_CSV)
+    assert plain_log["train_loss"].iloc[-1] < plain_log["train_loss"].iloc[0]
     config = load_checkpoint(weights / cvae_checkpoint_name(3))["config"]
     parts = log["train_recon"] + config["beta"] * log["train_kl"] + config["mean_anchor"] * log["train_anchor"]
     assert (log["train_loss"] - parts).abs().max() < 1e-3 * log["train_loss"].max()
@@ -238,6 +247,35 @@ def test_a_run_with_the_adversarial_term_resumes_to_the_same_weights_and_discrim
     torch.save(checkpoint, stripped / cvae_checkpoint_name(1))
     with pytest.raises(FacepipeError, match="lacks discriminator"):
         train_cvae(johns_clusters, settings, weights_dir=stripped, show_progress=False)
+
+
+def test_a_run_made_before_the_newer_terms_resumes_with_them_off_to_the_same_weights(tmp_path, johns_clusters):
+    """An epoch checkpoint whose config predates --free-bits, --anchor-blur and --identity-views (no such keys)
+    continues, with them off, to the uninterrupted run's weights bit for bit; asked to resume with one on, it
+    is refused and the setting named."""
+    from facepipe.cvae import save_checkpoint
+
+    off = dict(TRAINING, identity_views=0.0)
+    full = tmp_path / "full"
+    train_cvae(johns_clusters, TrainSettings(**off, keep_last=3), weights_dir=full, show_progress=False)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    older = load_checkpoint(full / cvae_checkpoint_name(1))
+    for key in ("free_bits", "anchor_blur", "identity_views"):
+        del older["config"][key]
+    save_checkpoint(weights / cvae_checkpoint_name(1), older)
+    with pytest.raises(FacepipeError, match="anchor_blur"):
+        train_cvae(
+            johns_clusters, TrainSettings(**dict(off, anchor_blur=1.0)), weights_dir=weights, show_progress=False
+        )
+    summary = train_cvae(johns_clusters, TrainSettings(**off), weights_dir=weights, show_progress=False)
+    assert summary.epochs_run == 2
+    resumed, expected = (
+        load_checkpoint(weights / cvae_checkpoint_name(3)),
+        load_checkpoint(full / cvae_checkpoint_name(3)),
+    )
+    for key, tensor in expected["model"].items():
+        assert torch.equal(resumed["model"][key], tensor), key
 
 
 def test_force_removes_only_what_train_cvae_recorded_writing(tmp_path, trained):
@@ -719,7 +757,7 @@ def test_checkpoints_of_older_versions_still_load_as_unaligned_plain_decoders(tr
     """A config written before --align and --decoder-base describes the model it was: unaligned crops, a plain decoder."""
     weights, _ = trained
     config = load_checkpoint(weights / CVAE_BEST_CHECKPOINT)["config"]
-    assert config["alignment"] == "dlib5" and config["decoder_base"] == "mean"
+    assert config["alignment"] == "dlib5" and config["decoder_base"] == "median"
     older = {
         key: value
         for key, value in config.items()
@@ -734,12 +772,16 @@ def test_checkpoints_of_older_versions_still_load_as_unaligned_plain_decoders(tr
             "identity_jitter",
             "identity_blur",
             "adversarial_weight",
+            "free_bits",
+            "identity_views",
+            "anchor_blur",
         )
     }
     restored = CVAEConfig.from_dict(older)
     assert restored.alignment == "none" and restored.decoder_base == "none" and restored.draw_identity == 0.0
     assert restored.face_mask == "none" and restored.detail_weight == 0.0 and restored.identity_blur == 0.0
     assert restored.adversarial_weight == 0.0  # no discriminator: none is needed to load or resume it
+    assert restored.free_bits == restored.identity_views == restored.anchor_blur == 0.0
     # one written before --face-mask but with aligned crops is an aligned, unmasked model
     assert CVAEConfig.from_dict({k: v for k, v in config.items() if k != "face_mask"}).face_mask == "none"
 
@@ -1011,3 +1053,147 @@ def test_the_patch_discriminator_learns_that_real_crops_are_sharp_and_pushes_a_b
         f"sharpness of the blurred faces {before.mean():.1f} -> {after.mean():.1f} (crops {sharpness(unseen).mean():.1f})"
     )
     assert (after > before).all()
+
+
+def _johns_faces_as_trained(johns_clusters):
+    """The johns crops aligned and masked at 64 px as train-cvae makes them: (images (N, 3, 64, 64) in [0, 1],
+    condition indices, the config, the inputs)."""
+    import numpy as np
+
+    from facepipe.crops import load_crops, masked_faces
+    from facepipe.cvae import crop_aligner
+
+    inputs = read_training_inputs(johns_clusters)
+    clusters = sorted(int(c) for c in set(inputs.clusters))
+    config = CVAEConfig(clusters=clusters)
+    crops = load_crops(inputs.names, inputs.crops_dir, 64, False, crop_aligner(config, inputs.crops_dir, None))
+    conditions = np.array([clusters.index(int(c)) for c in inputs.clusters])
+    crops = masked_faces(crops, conditions, range(len(clusters)), config.align_padding)
+    return torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0, torch.from_numpy(conditions), config, inputs
+
+
+def test_the_identity_terms_degraded_views_are_worse_photos_of_the_same_person(johns_clusters, johns_embeddings):
+    """--identity-views on real crops (dlib_johns, aligned and masked at 64 px): the views the identity term sees in
+    training are blurred (less Laplacian sharpness) and noisy, differ from draw to draw, repeat for the same
+    generator seed, are the faces themselves at strength 0, and dlib still finds every view of a crop nearest
+    its own person's centroid, so the term pulls towards an identity that survives a worse photo."""
+    import numpy as np
+
+    from facepipe.cvae.model import degraded_views
+    from facepipe.face_measures import laplacian_sharpness
+    from facepipe.identity import build_identity_term
+
+    images, conditions, config, inputs = _johns_faces_as_trained(johns_clusters)
+    means = np.stack([images[conditions == c].mean(dim=0).permute(1, 2, 0).numpy() for c in range(5)])
+    term = build_identity_term(
+        johns_clusters,
+        inputs.crops_dir,
+        inputs.names,
+        conditions.numpy(),
+        (means * 255).astype(np.uint8),
+        "cpu",
+        config.align_padding,
+    )
+
+    def views(seed):
+        return degraded_views(images, torch.Generator().manual_seed(seed), 1.0, 1.0)
+
+    def sharpness(batch):
+        return laplacian_sharpness((batch.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8))
+
+    assert torch.equal(degraded_views(images, torch.Generator().manual_seed(0), 0.0, 0.0), images)
+    first, again, other = views(0), views(0), views(1)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    print(
+        f"sharpness of the crops {sharpness(images).mean():.0f}, of their degraded views {sharpness(first).mean():.0f}"
+    )
+    assert sharpness(first).mean() < sharpness(images).mean()
+    with torch.no_grad():
+        distances = torch.stack(
+            [term(first, torch.full_like(conditions, cluster)) for cluster in range(len(config.clusters))], dim=1
+        )
+    assert torch.equal(distances.argmin(dim=1), conditions)
+
+
+def test_the_blurred_mean_anchor_leaves_a_crops_detail_free_and_holds_its_coarse_face(johns_clusters):
+    """--anchor-blur on real crops (dlib_johns, aligned and masked at 64 px): compared blurred by 2 px, a face that
+    is its person's pixel mean plus one crop's fine detail (the crop less its blur: what a mean lacks) costs a
+    small part of what it costs unblurred, while that mean made 5% brighter costs as much blurred as unblurred.
+    So the blurred anchor holds the face's coarse shape and colour to the mean, not its detail."""
+    from facepipe.cvae.model import cvae_loss, gaussian_blurred
+
+    images, conditions, _, _ = _johns_faces_as_trained(johns_clusters)
+    means = torch.stack([images[conditions == c].mean(dim=0) for c in range(5)])[conditions]
+    detailed = means + images - gaussian_blurred(images, 2.0)
+    brighter = means + 0.05
+
+    def anchor(faces, sigma):
+        zeros = torch.zeros(len(faces), 4)
+        parts = cvae_loss(faces, faces, zeros, zeros, faces, means, None, None, 0.1, 1.0, 0.0, 0.0, anchor_blur=sigma)
+        return float(parts[3])
+
+    print(
+        f"anchor, blurred by 2 px / unblurred: detail {anchor(detailed, 2.0):.2f} / {anchor(detailed, 0.0):.2f}, "
+        f"5% brighter {anchor(brighter, 2.0):.2f} / {anchor(brighter, 0.0):.2f}"
+    )
+    assert anchor(detailed, 2.0) < 0.2 * anchor(detailed, 0.0)
+    assert anchor(brighter, 2.0) > 0.95 * anchor(brighter, 0.0)
+
+
+def test_free_bits_leave_the_kl_of_a_dimension_below_the_floor_untrained(johns_clusters):
+    """--free-bits on real crops (dlib_johns at 64 px through a fresh CVAE): the KL the loss reports is the true
+    one whatever the floor; with the floor above every dimension's KL the encoder's gradient is that of the
+    reconstruction alone (beta 0), and with no floor the KL pulls on it."""
+    from facepipe.cvae.model import cvae_loss
+
+    images, conditions, config, _ = _johns_faces_as_trained(johns_clusters)
+    images, conditions = images[:16], conditions[:16]
+    torch.manual_seed(0)
+    model = build_model(config)
+    noise = torch.randn(len(images), config.latent_dim, generator=torch.Generator().manual_seed(1))
+
+    def gradient_and_kl(beta, free_bits):
+        model.zero_grad()
+        reconstruction, mu, logvar = model(images, conditions, noise)
+        centre = model.decode(torch.zeros_like(mu), conditions)
+        parts = cvae_loss(
+            reconstruction, images, mu, logvar, centre, images, None, None, beta, 0.0, 0.0, 0.0, free_bits=free_bits
+        )
+        parts[0].backward()
+        return model.to_mu.weight.grad.clone(), float(parts[2].detach())
+
+    plain, kl = gradient_and_kl(0.0, 0.0)
+    floored, floored_kl = gradient_and_kl(1.0, 1e3)
+    pulled, pulled_kl = gradient_and_kl(1.0, 0.0)
+    assert kl == floored_kl == pulled_kl > 0
+    assert torch.allclose(floored, plain, atol=1e-6)
+    assert not torch.allclose(pulled, plain, atol=1e-3)
+
+
+def test_the_median_base_is_sharper_than_the_mean_and_is_where_the_decoder_starts(johns_clusters):
+    """--decoder-base median on real crops (dlib_johns, aligned and masked at 64 px): each person's per-pixel median
+    keeps more of the crops' detail (Laplacian sharpness) than their mean, and a CVAE built on it decodes, before
+    any training, that median for every code."""
+    import numpy as np
+
+    from facepipe.crops import cluster_pixel_means
+    from facepipe.face_measures import laplacian_sharpness
+
+    images, conditions, config, _ = _johns_faces_as_trained(johns_clusters)
+    crops = (images.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    people = range(len(config.clusters))
+    means, medians = (
+        cluster_pixel_means(crops, conditions.numpy(), people, median=median) for median in (False, True)
+    )
+    sharpness = {
+        name: laplacian_sharpness((values + 0.5).astype(np.uint8))
+        for name, values in (("mean", means), ("median", medians))
+    }
+    print(f"sharpness of the pixel means {sharpness['mean'].round()}, of the medians {sharpness['median'].round()}")
+    assert (sharpness["median"] > sharpness["mean"]).all()
+    model = build_model(CVAEConfig(image_size=64, clusters=config.clusters, decoder_base="median")).eval()
+    model.set_base(torch.from_numpy(medians / 255.0).float().permute(0, 3, 1, 2))
+    labels = torch.tensor(list(people))
+    with torch.no_grad():
+        decoded = model.decode(torch.randn(len(labels), model.config.latent_dim), labels)
+    assert np.abs(decoded.permute(0, 2, 3, 1).numpy() * 255 - medians).max() < 1.0

@@ -3,8 +3,9 @@
 The label enters both the encoder (one-hot, concatenated to the flattened convolutional features) and
 the decoder (one-hot, concatenated to z, and a scale and shift per block). Layer sizes follow from the
 image size: the encoder halves the image until it is at most 7 pixels (or odd), the decoder doubles it
-back exactly. With ``decoder_base`` "mean" the decoder adds its output to the logits of the cluster's pixel
-mean, so it starts from that face and learns how a crop, or a draw, differs from it.
+back exactly. With ``decoder_base`` "mean" (or "median") the decoder adds its output to the logits of the
+cluster's pixel mean (or per-pixel median), so it starts from that face and learns how a crop, or a draw,
+differs from it.
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ CHECKED_SETTINGS = (
     "batch_size",
     "epochs",
     "beta",
+    "free_bits",
     "mean_anchor",
+    "anchor_blur",
     "detail_weight",
     "identity_weight",
     "adversarial_weight",
     "learning_rate",
     "draw_identity",
     "identity_jitter",
+    "identity_views",
     "align_padding",
     "val_fraction",
 )
@@ -49,6 +53,9 @@ BEFORE_THEY_EXISTED = {
     "identity_jitter": 0.0,
     "identity_blur": 0.0,
     "adversarial_weight": 0.0,
+    "free_bits": 0.0,
+    "anchor_blur": 0.0,
+    "identity_views": 0.0,
 }
 
 
@@ -66,13 +73,16 @@ class CVAEConfig:
     base_channels: int = TrainSettings.base_channels
     max_channels: int = TrainSettings.max_channels
     clusters: list[int] = field(default_factory=list)  # condition index i <-> cluster id clusters[i]
-    decoder_base: str = TrainSettings.decoder_base  # settings.DECODER_BASES: "mean" adds to the cluster's pixel mean
+    decoder_base: str = TrainSettings.decoder_base  # settings.DECODER_BASES: "median" adds to the cluster's median
     beta: float = TrainSettings.beta
+    free_bits: float = TrainSettings.free_bits  # the KL of each latent dimension is penalised above this only
     mean_anchor: float = TrainSettings.mean_anchor
+    anchor_blur: float = TrainSettings.anchor_blur  # the anchor compares the face and the mean low-passed
     detail_weight: float = TrainSettings.detail_weight  # the error of the images' Laplacians, beside the pixels'
     identity_weight: float = 0.0  # the number train_cvae resolved its "auto" to
     draw_identity: float = TrainSettings.draw_identity
     identity_jitter: float = TrainSettings.identity_jitter
+    identity_views: float = TrainSettings.identity_views  # random blur and noise the identity term sees in training
     identity_blur: float = TrainSettings.identity_blur  # the identity term sees the faces low-passed
     adversarial_weight: float = TrainSettings.adversarial_weight  # a patch discriminator's, on the decoded faces
     learning_rate: float = TrainSettings.learning_rate
@@ -195,7 +205,7 @@ def _build_model_class():
             self.to_rgb = nn.Conv2d(widths[-1], 3, 3, 1, 1)
             # the logits of each cluster's pixel mean (set by train_cvae, kept in the checkpoint), or zeros
             self.register_buffer("base_logits", torch.zeros(n, 3, config.image_size, config.image_size))
-            if config.decoder_base == "mean":  # the decoder starts out as the pixel mean
+            if config.decoder_base != "none":  # the decoder starts out as the pixel mean (or median)
                 nn.init.zeros_(self.to_rgb.weight)
                 nn.init.zeros_(self.to_rgb.bias)
 
@@ -217,8 +227,9 @@ def _build_model_class():
             return torch.sigmoid(self.to_rgb(hidden) + self.base_logits[labels].to(hidden.dtype))
 
         def set_base(self, cluster_means: torch.Tensor) -> None:
-            """Start each cluster's decodes from its pixel mean (clusters, 3, S, S) in [0, 1]."""
-            if self.config.decoder_base == "mean":
+            """Start each cluster's decodes from its pixel mean (or median: ``cluster_means``, (clusters, 3, S, S) in
+            [0, 1])."""
+            if self.config.decoder_base != "none":
                 self.base_logits.copy_(torch.logit(cluster_means.clamp(0.5 / 255, 254.5 / 255)))
 
         def forward(self, images, labels, noise=None):
@@ -324,6 +335,24 @@ def gaussian_blurred(images, sigma: float):
     return torch.nn.functional.conv2d(blurred, rows.transpose(2, 3), groups=channels)
 
 
+# The pixel noise of the identity term's degraded views at strength 1 (``degraded_views``), images in [0, 1].
+VIEW_NOISE = 0.02
+
+
+def degraded_views(images, generator, strength: float, sigma: float):
+    """Each image of (N, C, S, S) seen as a worse photo of it, at random (``generator``): blended towards its
+    Gaussian blur of ``sigma`` pixels by a uniform share, plus Gaussian pixel noise of a uniform share of
+    ``strength`` x VIEW_NOISE; the images themselves for strength 0."""
+    import torch
+
+    if strength <= 0:
+        return images
+    shares = torch.rand(len(images), 2, generator=generator).to(images.device, images.dtype)[:, :, None, None, None]
+    noise = torch.randn(images.shape, generator=generator).to(images.device, images.dtype)
+    blended = images + shares[:, 0] * (gaussian_blurred(images, sigma) - images)
+    return blended + shares[:, 1] * (strength * VIEW_NOISE) * noise
+
+
 def cvae_loss(
     reconstruction,
     target,
@@ -338,22 +367,29 @@ def cvae_loss(
     identity_weight: float,
     draw_weight: float,
     detail_weight: float = 0.0,
+    free_bits: float = 0.0,
+    anchor_blur: float = 0.0,
 ):
     """Per-image means of: total = recon + beta * KL + mean_anchor * anchor
     + identity_weight * (identity + draw_weight * draw_identity).
 
     recon is the squared error summed over pixels, plus ``detail_weight`` times that of the images' Laplacians
     (``laplacians``: a blurred reconstruction misses them), KL is summed over z, anchor is the squared error between
-    each image's cluster decoded at z = 0 (``centre_faces``) and that cluster's pixel mean (``cluster_means``),
+    each image's cluster decoded at z = 0 (``centre_faces``) and that cluster's pixel mean (``cluster_means``), both
+    blurred by a Gaussian of ``anchor_blur`` pixels (``gaussian_blurred``; 0: as they are),
     ``identity`` (per image, or None when not measured) is 1 - cosine between the embedding of that face
     and the cluster's centroid, and ``draw_identity`` (or None) the same for faces decoded from z ~ N(0, I).
+    With ``free_bits`` > 0 the trained KL is each dimension's (averaged over the batch) raised to at least that many
+    nats (free bits: no pull towards the prior below it); the KL returned is the true one.
     """
     recon = squared_error(reconstruction, target)
     if detail_weight > 0:
         recon = recon + detail_weight * squared_error(laplacians(reconstruction.float()), laplacians(target.float()))
-    kl = (-0.5 * (1.0 + logvar.float() - mu.float().pow(2) - logvar.float().exp()).sum(dim=1)).mean()
-    anchor = squared_error(centre_faces, cluster_means)
-    total = recon + beta * kl + mean_anchor * anchor
+    kl_each = -0.5 * (1.0 + logvar.float() - mu.float().pow(2) - logvar.float().exp())
+    kl = kl_each.sum(dim=1).mean()
+    trained_kl = kl if free_bits <= 0 else kl_each.mean(dim=0).clamp(min=free_bits).sum()
+    anchor = squared_error(gaussian_blurred(centre_faces, anchor_blur), gaussian_blurred(cluster_means, anchor_blur))
+    total = recon + beta * trained_kl + mean_anchor * anchor
     not_measured = recon.new_full((), math.nan)
     if identity is None:
         return total, recon, kl, anchor, not_measured, not_measured

@@ -37,10 +37,12 @@ from facepipe.cvae.checkpoints import (
     save_checkpoint,
 )
 from facepipe.cvae.model import (
+    BEFORE_THEY_EXISTED,
     CVAEConfig,
     build_discriminator,
     build_model,
     cvae_loss,
+    degraded_views,
     gaussian_blurred,
     hinge_losses,
 )
@@ -76,12 +78,15 @@ RESUME_KEYS = (
     "base_channels",
     "max_channels",
     "beta",
+    "free_bits",
     "mean_anchor",
+    "anchor_blur",
     "detail_weight",
     "identity_weight",
     "draw_identity",
     "identity_jitter",
     "identity_blur",
+    "identity_views",
     "adversarial_weight",
     "learning_rate",
     "batch_size",
@@ -204,7 +209,9 @@ class TrainSummary:
 
 
 def _check_resumable(checkpoint: dict, config: CVAEConfig, path: Path) -> None:
-    previous = checkpoint["config"]
+    """Refuse to continue a run whose settings differ; a setting its older version did not record is what it did
+    then (``BEFORE_THEY_EXISTED``), so a run made before a term existed continues with the term off."""
+    previous = {**BEFORE_THEY_EXISTED, **checkpoint["config"]}
     current = config.to_dict()
     changed = [k for k in RESUME_KEYS if previous.get(k) != current.get(k)]
     if changed:
@@ -282,10 +289,11 @@ def _run_epoch(
             config.identity_weight,
             config.draw_identity,
             config.detail_weight,
+            config.free_bits,
+            config.anchor_blur * config.image_size / 64,
         )
         parts = [loss, recon, kl, anchor, identity, draw_identity]
-        if adversarial is not None:
-            loss = loss + config.adversarial_weight * adversarial
+        loss = loss if adversarial is None else loss + config.adversarial_weight * adversarial
         if train:
             _step(optimizer, loss)
             if adversary is not None:  # then the discriminator, on the same crops and faces
@@ -320,7 +328,8 @@ def _batches(dataset, order, flips, batch_size: int, device: str, workers: int):
 def _identity_scores(identity_term, faces, draws, conditions, config: CVAEConfig, generator):
     """The identity term (None, None without one) of each cluster's z = 0 face (``faces``, of the clusters with
     condition indices ``conditions``) and, with ``config.draw_identity`` > 0, of the random ``draws`` (None in
-    validation), in one pass; the faces are seen through random views when a ``generator`` is given (training)."""
+    validation), in one pass; the faces are seen through random views, and degraded ones with
+    ``config.identity_views`` > 0 (``degraded_views``), when a ``generator`` is given (training)."""
     import torch
 
     if identity_term is None:
@@ -328,8 +337,11 @@ def _identity_scores(identity_term, faces, draws, conditions, config: CVAEConfig
     count = len(conditions)
     if draws is not None and config.draw_identity > 0:
         faces, conditions = torch.cat([faces, draws]), torch.cat([conditions, conditions])
-    blur = config.identity_blur * config.image_size / 64
-    scores = identity_term(gaussian_blurred(faces, blur), conditions, generator)
+    scale = config.image_size / 64
+    faces = gaussian_blurred(faces, config.identity_blur * scale)
+    if generator is not None:
+        faces = degraded_views(faces, generator, config.identity_views, config.identity_views * scale)
+    scores = identity_term(faces, conditions, generator)
     return scores[:count], (scores[count:] if len(scores) > count else None)
 
 
@@ -475,8 +487,14 @@ def _training_data(inputs, config: CVAEConfig, weights_dir: Path, device: str, s
     if aligner is not None:
         write_alignment(weights_dir / ALIGNMENT_CSV, {name: aligner.landmarks[name] for name in inputs.names})
         _record(weights_dir, [weights_dir / ALIGNMENT_CSV])
-    # The targets of the z = 0 faces: each cluster's training crops, unflipped, as (clusters, 3, S, S) in [0, 1].
-    means = cluster_pixel_means(images.numpy()[train_rows], labels.numpy()[train_rows], range(config.num_classes))
+    # The targets of the z = 0 faces: each cluster's training crops, unflipped, as (clusters, 3, S, S) in [0, 1]:
+    # their pixel mean, or with decoder_base "median" their per-pixel median (the decoder's base either way).
+    means = cluster_pixel_means(
+        images.numpy()[train_rows],
+        labels.numpy()[train_rows],
+        range(config.num_classes),
+        median=config.decoder_base == "median",
+    )
     cluster_means = torch.from_numpy(means / 255.0).float().permute(0, 3, 1, 2).contiguous().to(device)
     identity_term = None
     if config.identity_weight > 0:
