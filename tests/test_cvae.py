@@ -20,6 +20,7 @@ from facepipe.cvae import (
     split_train_validation,
     train_cvae,
 )
+from facepipe.cvae.model import norm_groups
 from facepipe.formats import (
     CVAE_BEST_CHECKPOINT,
     CVAE_LOG_COLUMNS,
@@ -87,6 +88,20 @@ def test_layer_sizes_follow_the_image_size():
     assert encoder_sizes(224)[-1] == 7 and encoder_sizes(64)[-1] == 4 and encoder_sizes(96)[-1] == 6
     with pytest.raises(FacepipeError, match="divisible by 4"):
         encoder_sizes(90)
+
+
+def test_any_channel_count_the_settings_admit_builds_a_model():
+    """--base-channels 40 (a last block of 20 channels) and a widest block of 100 once failed in GroupNorm;
+    every width that built before keeps its groups, so older checkpoints decode as they did."""
+    for base, widest in ((40, 256), (36, 100), (6, 256), (1, 256)):
+        config = CVAEConfig(image_size=32, latent_dim=4, base_channels=base, max_channels=widest, clusters=[0, 1])
+        model = build_model(config).eval()
+        with torch.no_grad():
+            reconstruction, _, _ = model(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))
+        assert reconstruction.shape == (2, 3, 32, 32)
+        assert all(norm.num_channels % norm.num_groups == 0 for norm in model.norms)
+    assert [norm_groups(c) for c in (1, 6, 8, 16, 32, 256)] == [1, 6, 8, 8, 8, 8]  # min(8, c), as before
+    assert [norm_groups(c) for c in (20, 50, 100, 12)] == [4, 2, 4, 4]
 
 
 def test_the_condition_changes_the_decoded_face():

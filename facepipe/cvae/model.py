@@ -167,6 +167,12 @@ def encoder_sizes(image_size: int) -> list[int]:
     return sizes
 
 
+def norm_groups(channels: int) -> int:
+    """The groups of the decoder's normalisation of a block this wide: each channel alone up to 8 channels,
+    else 8 groups, or the most (2 or 4) that divide the channels evenly (e.g. 20 channels: 4 groups)."""
+    return channels if channels <= 8 else math.gcd(8, channels)
+
+
 def _build_model_class():
     import torch
     from torch import nn
@@ -198,7 +204,7 @@ def _build_model_class():
             self.upsample = nn.ModuleList(
                 nn.ConvTranspose2d(current, out, 4, 2, 1, bias=False) for current, out in zip(channels[::-1], widths)
             )
-            self.norms = nn.ModuleList(nn.GroupNorm(min(8, out), out, affine=False) for out in widths)
+            self.norms = nn.ModuleList(nn.GroupNorm(norm_groups(out), out, affine=False) for out in widths)
             self.styles = nn.ModuleList(nn.Embedding(n, 2 * out) for out in widths)
             for style in self.styles:
                 nn.init.zeros_(style.weight)
