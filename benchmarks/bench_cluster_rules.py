@@ -1,6 +1,7 @@
 """The cluster stage's rules chosen on held-out people: folds over the people of ../shared/data.
 
     python benchmarks/bench_cluster_rules.py [--shared ../shared] [--out benchmarks/out/people] [--folds 5]
+    python benchmarks/bench_cluster_rules.py --links-only [--links 2 3 4]
 
 The photos of celeba_wild, lfw, dlib_johns and deepface_ids (103 people), lfw_singletons (150 one-off
 people) and group_photos go once through ``detect`` (stage defaults) and ``embed --model dlib-resnet128``
@@ -18,6 +19,10 @@ person's group. Each fold's setting is chosen on the other folds (highest mean F
 settings that keep at most 2% of their one-off people in people's groups; then the fewest strangers), then
 scored on the held-out fold: the table gives the
 choice and the held-out figures per fold, and their spread.
+
+``--links-only`` skips the grid and scores the stage's rule with each number of members needed (``--links``):
+on all the faces pooled in one collection, and on LFW's 79 people as docs/commands.md detects them (haar at
+minNeighbors 5, largest face; cached in ``--out``/lfw) over seeds 0-9.
 """
 
 from __future__ import annotations
@@ -145,6 +150,61 @@ def held_out(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def lfw_faces(shared: Path, out: Path) -> pd.DataFrame:
+    """LFW's photos through detect (haar at minNeighbors 5, largest face, as docs/commands.md) and embed
+    (dlib-resnet128) once: one row per face: source, identity, vector."""
+    from facepipe.detect import DetectorParams, detect
+    from facepipe.embed import embed
+    from facepipe.formats import read_embeddings
+
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = pd.read_csv(shared / "data" / "lfw" / "manifest.csv")
+    identities = {
+        str((shared / "data" / "lfw" / r).resolve()): i for r, i in zip(manifest["relpath"], manifest["identity"])
+    }
+    (out / "photos.txt").write_text("\n".join(identities) + "\n", encoding="utf-8")
+    params = DetectorParams(detector="haar", min_neighbors=5, largest_only=True)
+    detect([out / "photos.txt"], out / "crops", params, workers=2, show_progress=False)
+    embed(out / "crops", out / "features.csv", model="dlib-resnet128", workers=2, show_progress=False)
+    embeddings = read_embeddings(out / "features.csv")
+    faces = pd.read_csv(out / "crops" / "detections.csv").set_index("crop").loc[embeddings.names].reset_index()
+    vectors = embeddings.vectors / np.linalg.norm(embeddings.vectors, axis=1, keepdims=True)
+    return faces.assign(identity=faces["source"].map(identities), vector=list(vectors.astype(np.float32)))
+
+
+def links_table(pooled: pd.DataFrame, lfw: pd.DataFrame, links: list[int]) -> pd.DataFrame:
+    """The stage's rule (0.37, full weight below 0.7 of it, one member within 0.9 of it) with each number of
+    members needed: the pooled faces' BCubed F and strangers, LFW's BCubed F at seed 0, its median and minimum
+    over seeds 0-9, and LFW's faces left unknown at seed 0."""
+    from facepipe.cluster_metrics import bcubed
+    from facepipe.grouping import best_whispers, finish_groups, neighbour_graph, unmatched_faces
+
+    vectors = np.stack(lfw["vector"].to_numpy())
+    photos = np.unique(lfw["source"].to_numpy(), return_inverse=True)[1]
+    graph = neighbour_graph(vectors, 0.37)
+    rows = []
+    for needed in links:
+        pooled_scores = score(pooled, group(pooled, 0.37, 0.7, needed, 0.9))
+        lfw_f, unknown = [], 0
+        for seed in range(10):
+            raw = best_whispers(graph, seed)
+            labels = finish_groups(vectors, raw, unmatched_faces(raw, graph, needed), photos, 2).labels
+            lfw_f.append(bcubed(lfw["identity"].to_numpy(), labels)["f"])
+            unknown = unknown if seed else int((labels < 0).sum())
+        rows.append(
+            {
+                "members needed": needed,
+                "pooled F": pooled_scores["f"],
+                "pooled strangers": pooled_scores["strangers"],
+                "LFW F, seed 0": f"{lfw_f[0]:.4f}",
+                "LFW F, seeds 0-9 median": f"{np.median(lfw_f):.4f}",
+                "min": f"{min(lfw_f):.4f}",
+                "LFW unknown": unknown,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def markdown(table: pd.DataFrame) -> str:
     """A table as markdown, numbers to 3 decimals."""
     cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in table.itertuples(index=False)]
@@ -157,8 +217,13 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "people")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--links-only", action="store_true", help="only the members-needed table (see above)")
+    parser.add_argument("--links", type=int, nargs="+", default=[2, 3, 4])
     args = parser.parse_args()
     faces = prepare(args.shared, args.out)
+    if args.links_only:
+        print(markdown(links_table(faces, lfw_faces(args.shared, args.out / "lfw"), args.links)))
+        return
     fold = deal_folds(faces, args.folds)
     table = grid_scores(faces, fold)
     table.to_csv(args.out / "grid.csv", index=False)
