@@ -48,35 +48,43 @@ GRID = {
 MAX_STRANGERS = 0.02
 
 
-def prepare(shared: Path, out: Path) -> pd.DataFrame:
-    """Detect and embed every photo of the sets once; one row per face: name, source, set, identity (the
-    manifest's on a photo's largest face, else None), vector."""
-    from facepipe.detect import DetectorParams, detect
+def detected_faces(photos: list[str], out: Path, params) -> tuple[pd.DataFrame, np.ndarray]:
+    """``photos`` through detect (``params``) and embed (dlib-resnet128) once, cached in ``out``: their detections
+    (one row per face) and unit embeddings, in the same order."""
+    from facepipe.detect import detect
     from facepipe.embed import embed
     from facepipe.formats import read_embeddings
 
     out.mkdir(parents=True, exist_ok=True)
+    listing = out / "photos.txt"
+    listing.write_text("\n".join(photos) + "\n", encoding="utf-8")
+    detect([listing], out / "crops", params, workers=2, show_progress=False)
+    embed(out / "crops", out / "features.csv", model="dlib-resnet128", workers=2, show_progress=False)
+    embeddings = read_embeddings(out / "features.csv")
+    faces = pd.read_csv(out / "crops" / "detections.csv").set_index("crop").loc[embeddings.names].reset_index()
+    vectors = embeddings.vectors / np.linalg.norm(embeddings.vectors, axis=1, keepdims=True)
+    return faces, vectors.astype(np.float32)
+
+
+def prepare(shared: Path, out: Path) -> pd.DataFrame:
+    """Detect and embed every photo of the sets once; one row per face: name, source, set, identity (the
+    manifest's on a photo's largest face, else None), vector."""
+    from facepipe.detect import DetectorParams
+
     identities = {}
     for name in (*PEOPLE_SETS, ONE_OFF_SET, OTHER_SET):
         manifest = pd.read_csv(shared / "data" / name / "manifest.csv")
         for relpath, identity in zip(manifest["relpath"], manifest["identity"]):
             path = str((shared / "data" / name / relpath).resolve())
             identities[path] = (name, f"{name}:{identity}" if pd.notna(identity) and name != OTHER_SET else None)
-    listing = out / "photos.txt"
-    listing.write_text("\n".join(identities) + "\n", encoding="utf-8")
-    detect([listing], out / "crops", DetectorParams(), workers=2, show_progress=False)
-    embed(out / "crops", out / "features.csv", model="dlib-resnet128", workers=2, show_progress=False)
-    detections = pd.read_csv(out / "crops" / "detections.csv")
-    embeddings = read_embeddings(out / "features.csv")
-    faces = detections.set_index("crop").loc[embeddings.names].reset_index()
+    faces, vectors = detected_faces(list(identities), out, DetectorParams())
     faces["set"] = faces["source"].map(lambda s: identities[s][0])
     largest = (
         faces.assign(area=faces["w"] * faces["h"]).sort_values("area", ascending=False).drop_duplicates("source")
     )
     faces["identity"] = None
     faces.loc[largest.index, "identity"] = largest["source"].map(lambda s: identities[s][1])
-    vectors = embeddings.vectors / np.linalg.norm(embeddings.vectors, axis=1, keepdims=True)
-    return faces.assign(vector=list(vectors.astype(np.float32)))[["crop", "source", "set", "identity", "vector"]]
+    return faces.assign(vector=list(vectors))[["crop", "source", "set", "identity", "vector"]]
 
 
 def deal_folds(faces: pd.DataFrame, folds: int, seed: int = 0) -> np.ndarray:
@@ -108,7 +116,7 @@ def score(faces: pd.DataFrame, labels: np.ndarray) -> dict:
 
 
 def group(
-    faces: pd.DataFrame, distance: float, full_weight_share: float, links: int, close_share: float
+    faces: pd.DataFrame, distance: float, full_weight_share: float, links: int, close_share: float, seed: int = 0
 ) -> np.ndarray:
     """The cluster stage's grouping of these faces (its defaults but for the settings given)."""
     from facepipe.grouping import best_whispers, finish_groups, neighbour_graph, unmatched_faces
@@ -116,7 +124,7 @@ def group(
     vectors = np.stack(faces["vector"].to_numpy())
     photos = np.unique(faces["source"].to_numpy(), return_inverse=True)[1]
     graph = neighbour_graph(vectors, distance, full_weight_share=full_weight_share)
-    raw = best_whispers(graph)
+    raw = best_whispers(graph, seed)
     return finish_groups(vectors, raw, unmatched_faces(raw, graph, links, close_share), photos, 2).labels
 
 
@@ -151,46 +159,34 @@ def held_out(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def lfw_faces(shared: Path, out: Path) -> pd.DataFrame:
-    """LFW's photos through detect (haar at minNeighbors 5, largest face, as docs/commands.md) and embed
-    (dlib-resnet128) once: one row per face: source, identity, vector."""
-    from facepipe.detect import DetectorParams, detect
-    from facepipe.embed import embed
-    from facepipe.formats import read_embeddings
+    """LFW's photos through detect (haar at minNeighbors 5, largest face, as docs/commands.md) and embed once:
+    one row per face: source, identity, vector."""
+    from facepipe.detect import DetectorParams
 
-    out.mkdir(parents=True, exist_ok=True)
     manifest = pd.read_csv(shared / "data" / "lfw" / "manifest.csv")
     identities = {
         str((shared / "data" / "lfw" / r).resolve()): i for r, i in zip(manifest["relpath"], manifest["identity"])
     }
-    (out / "photos.txt").write_text("\n".join(identities) + "\n", encoding="utf-8")
-    params = DetectorParams(detector="haar", min_neighbors=5, largest_only=True)
-    detect([out / "photos.txt"], out / "crops", params, workers=2, show_progress=False)
-    embed(out / "crops", out / "features.csv", model="dlib-resnet128", workers=2, show_progress=False)
-    embeddings = read_embeddings(out / "features.csv")
-    faces = pd.read_csv(out / "crops" / "detections.csv").set_index("crop").loc[embeddings.names].reset_index()
-    vectors = embeddings.vectors / np.linalg.norm(embeddings.vectors, axis=1, keepdims=True)
-    return faces.assign(identity=faces["source"].map(identities), vector=list(vectors.astype(np.float32)))
+    faces, vectors = detected_faces(
+        list(identities), out, DetectorParams(detector="haar", min_neighbors=5, largest_only=True)
+    )
+    return faces.assign(identity=faces["source"].map(identities), vector=list(vectors))
 
 
 def links_table(pooled: pd.DataFrame, lfw: pd.DataFrame, links: list[int]) -> pd.DataFrame:
-    """The stage's rule (0.37, full weight below 0.7 of it, one member within 0.9 of it) with each number of
-    members needed: the pooled faces' BCubed F and strangers, LFW's BCubed F at seed 0, its median and minimum
-    over seeds 0-9, and LFW's faces left unknown at seed 0."""
+    """The stage's rule (its same-person distance, full-weight and close shares) with each number of members
+    needed: the pooled faces' BCubed F and strangers, LFW's BCubed F at seed 0, its median and minimum over seeds
+    0-9, and LFW's faces left unknown at seed 0."""
     from facepipe.cluster_metrics import bcubed
-    from facepipe.grouping import best_whispers, finish_groups, neighbour_graph, unmatched_faces
+    from facepipe.grouping import CLOSE_SHARE, FULL_WEIGHT_SHARE
+    from facepipe.models import DLIB_RESNET128, SAME_PERSON_DISTANCE
 
-    vectors = np.stack(lfw["vector"].to_numpy())
-    photos = np.unique(lfw["source"].to_numpy(), return_inverse=True)[1]
-    graph = neighbour_graph(vectors, 0.37)
+    rule = (SAME_PERSON_DISTANCE[DLIB_RESNET128], FULL_WEIGHT_SHARE)
     rows = []
     for needed in links:
-        pooled_scores = score(pooled, group(pooled, 0.37, 0.7, needed, 0.9))
-        lfw_f, unknown = [], 0
-        for seed in range(10):
-            raw = best_whispers(graph, seed)
-            labels = finish_groups(vectors, raw, unmatched_faces(raw, graph, needed), photos, 2).labels
-            lfw_f.append(bcubed(lfw["identity"].to_numpy(), labels)["f"])
-            unknown = unknown if seed else int((labels < 0).sum())
+        pooled_scores = score(pooled, group(pooled, *rule, needed, CLOSE_SHARE))
+        lfw_labels = [group(lfw, *rule, needed, CLOSE_SHARE, seed) for seed in range(10)]
+        lfw_f = [bcubed(lfw["identity"].to_numpy(), labels)["f"] for labels in lfw_labels]
         rows.append(
             {
                 "members needed": needed,
@@ -199,7 +195,7 @@ def links_table(pooled: pd.DataFrame, lfw: pd.DataFrame, links: list[int]) -> pd
                 "LFW F, seed 0": f"{lfw_f[0]:.4f}",
                 "LFW F, seeds 0-9 median": f"{np.median(lfw_f):.4f}",
                 "min": f"{min(lfw_f):.4f}",
-                "LFW unknown": unknown,
+                "LFW unknown": int((lfw_labels[0] < 0).sum()),
             }
         )
     return pd.DataFrame(rows)
