@@ -92,6 +92,27 @@ def cluster_centroids(embeddings, names: Sequence[str], cluster_of: np.ndarray) 
     return ids, unit_rows(centroids)
 
 
+def central_members(embeddings, names: Sequence[str], cluster_of: np.ndarray, count: int) -> np.ndarray:
+    """Rows of ``names`` (indices, sorted) that stand for their cluster: in each cluster the at most ``count``
+    members whose embeddings lie nearest its centroid (``cluster_centroids``), and an odd number of them
+    where it has more than one (a per-pixel median of an even number of crops is the mean of the middle two,
+    which blurs). ``count`` 0: every member. ``cluster_of`` holds no UNKNOWN_CLUSTER."""
+    cluster_of = np.asarray(cluster_of)
+    if count <= 0:
+        return np.arange(len(names))
+    ids, centroids = cluster_centroids(embeddings, names, cluster_of)
+    row_of = {name: row for row, name in enumerate(embeddings.names)}
+    vectors = unit_rows(embeddings.vectors[[row_of[n] for n in names]].astype(np.float64))
+    chosen = []
+    for cluster, centroid in zip(ids, centroids):
+        members = np.flatnonzero(cluster_of == cluster)
+        kept = min(count, len(members))
+        kept -= 1 - kept % 2
+        nearest = members[np.argsort(-(vectors[members] @ centroid), kind="stable")]
+        chosen.extend(nearest[:kept])
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
 def aligned_chip_grid(align_padding: float, chip_padding: float, chip_size: int) -> np.ndarray:
     """Where dlib's chip (``chip_padding``) lies in a face aligned by ``crops.align_face`` with ``align_padding``,
     as a ``F.grid_sample`` grid (chip_size, chip_size, 2): both put the landmark template at the same place

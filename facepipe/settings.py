@@ -426,6 +426,13 @@ class TrainSettings(Settings):
         "0.19 (benchmarks/README.md, issue 29); mean: to their pixel mean; none: a plain decoder.",
         choices=DECODER_BASES,
     )
+    base_crops: int = setting(
+        7,
+        "The decoder's base and the mean anchor's target (--decoder-base) are made of at most this many of each "
+        "cluster's training crops, those whose embeddings lie nearest the cluster's centroid, an odd number where "
+        "there are two or more (the median of an even number averages two crops: a blur); 0: all of them.",
+        limit=Limit(0, 1 << 20),
+    )
     base_channels: int = setting(
         32, "Channels of the first convolution (doubled per layer, at most 256).", limit=Limit(1, MAX_BASE_CHANNELS)
     )

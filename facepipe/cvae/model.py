@@ -25,6 +25,7 @@ CHECKED_SETTINGS = (
     "latent_dim",
     "base_channels",
     "max_channels",
+    "base_crops",
     "batch_size",
     "epochs",
     "beta",
@@ -46,6 +47,7 @@ BEFORE_THEY_EXISTED = {
     "alignment": "none",
     "face_mask": "none",
     "decoder_base": "none",
+    "base_crops": 0,
     "mean_anchor": 0.0,
     "detail_weight": 0.0,
     "identity_weight": 0.0,
@@ -74,6 +76,7 @@ class CVAEConfig:
     max_channels: int = TrainSettings.max_channels
     clusters: list[int] = field(default_factory=list)  # condition index i <-> cluster id clusters[i]
     decoder_base: str = TrainSettings.decoder_base  # settings.DECODER_BASES: "median" adds to the cluster's median
+    base_crops: int = TrainSettings.base_crops  # of the crops nearest the cluster's centroid (0: all)
     beta: float = TrainSettings.beta
     free_bits: float = TrainSettings.free_bits  # the KL of each latent dimension is penalised above this only
     mean_anchor: float = TrainSettings.mean_anchor

@@ -56,11 +56,18 @@ from facepipe.formats import (
     checked_fields,
     cvae_checkpoint_name,
     output_hashes,
+    read_embeddings,
     write_alignment,
     write_csv_atomic,
     write_json_atomic,
 )
-from facepipe.identity import build_identity_term, clustered_embeddings_model, identity_weight_for
+from facepipe.identity import (
+    build_identity_term,
+    central_members,
+    clustered_embeddings_model,
+    clustered_embeddings_path,
+    identity_weight_for,
+)
 from facepipe.limits import usable_workers
 from facepipe.locks import locks_output
 from facepipe.owned import holds_recorded, recorded_outputs, remove_recorded
@@ -487,11 +494,22 @@ def _training_data(inputs, config: CVAEConfig, weights_dir: Path, device: str, s
     if aligner is not None:
         write_alignment(weights_dir / ALIGNMENT_CSV, {name: aligner.landmarks[name] for name in inputs.names})
         _record(weights_dir, [weights_dir / ALIGNMENT_CSV])
-    # The targets of the z = 0 faces: each cluster's training crops, unflipped, as (clusters, 3, S, S) in [0, 1]:
-    # their pixel mean, or with decoder_base "median" their per-pixel median (the decoder's base either way).
+    # The targets of the z = 0 faces: each cluster's training crops (its base_crops nearest the centroid), unflipped,
+    # as (clusters, 3, S, S) in [0, 1]: their pixel mean, or with decoder_base "median" their per-pixel median (the
+    # decoder's base either way).
+    base_rows = train_rows
+    if config.base_crops > 0:
+        base_rows = train_rows[
+            central_members(
+                read_embeddings(clustered_embeddings_path(inputs.cluster_results)),
+                [inputs.names[row] for row in train_rows],
+                labels.numpy()[train_rows],
+                config.base_crops,
+            )
+        ]
     means = cluster_pixel_means(
-        images.numpy()[train_rows],
-        labels.numpy()[train_rows],
+        images.numpy()[base_rows],
+        labels.numpy()[base_rows],
         range(config.num_classes),
         median=config.decoder_base == "median",
     )
@@ -632,7 +650,8 @@ def train_cvae(
     ``cvae_log.csv`` into ``weights_dir``; a killed (or full-disk) run, called again as it was, continues to the
     same weights, and ``resume`` continues a finished run to more ``epochs``. ``settings``: train-cvae's
     (``settings.TrainSettings``, its defaults when None); ``align``, ``face_mask``: see ``CVAEConfig``;
-    ``identity_weight`` "auto": see ``identity.identity_weight_for``."""
+    ``identity_weight`` "auto": see ``identity.identity_weight_for``; ``base_crops`` is 0 (every crop) for
+    clusters whose sidecars name no embeddings (no centroid to pick the crops nearest it)."""
     import torch
 
     started = time.perf_counter()
@@ -642,13 +661,13 @@ def train_cvae(
     device = resolve_device(settings.device)
     epochs, seed, keep_last, workers = settings.epochs, settings.seed, settings.keep_last, settings.workers
     inputs = read_training_inputs(cluster_results, crops_dir)
-    identity_weight = identity_weight_for(
-        settings.identity_weight, clustered_embeddings_model(inputs.cluster_results)
-    )
+    embeddings_model = clustered_embeddings_model(inputs.cluster_results)
+    identity_weight = identity_weight_for(settings.identity_weight, embeddings_model)
     config = replace(
         config,
         clusters=sorted(int(c) for c in np.unique(inputs.clusters)),
         identity_weight=float(identity_weight),
+        base_crops=settings.base_crops if embeddings_model is not None else 0,  # no centroids: every crop
         cluster_results=str(inputs.cluster_results),
         crops_dir=str(inputs.crops_dir),
         data_fingerprint=inputs.fingerprint(),
