@@ -165,7 +165,7 @@ def fidelity(args) -> None:
         f"_draws{args.draw_identity:g}_jitter{args.jitter:g}_blur{args.identity_blur:g}"
         f"_adversarial{args.adversarial_weight:g}_freebits{args.free_bits:g}_views{args.identity_views:g}"
         f"_anchorblur{args.anchor_blur:g}"
-        f"_base{args.decoder_base}{'' if args.base_channels == 32 else f'_c{args.base_channels}'}_e{args.epochs}{f'_seed{args.seed}' if args.seed else ''}"
+        f"_base{args.decoder_base}{args.base_crops}{'' if args.base_channels == 32 else f'_c{args.base_channels}'}_e{args.epochs}{f'_seed{args.seed}' if args.seed else ''}"
     )
     started = time.perf_counter()
     summary = train_cvae(
@@ -184,6 +184,7 @@ def fidelity(args) -> None:
             anchor_blur=args.anchor_blur,
             identity_views=args.identity_views,
             decoder_base=args.decoder_base,
+            base_crops=args.base_crops,
             base_channels=args.base_channels,
             batch_size=args.batch_size,
             beta=args.beta,
@@ -226,6 +227,7 @@ def fidelity(args) -> None:
                 "temperature": args.temperature,
                 "jitter": args.jitter,
                 "decoder_base": args.decoder_base,
+                "base_crops": args.base_crops,
                 "median_epoch_seconds": epoch_seconds[len(epoch_seconds) // 2],
                 "dlib": {kind: metrics[kind] for kind in ("cvae", "pixel_mean", "random_draws")},
                 "sharpness": {k: v for k, v in metrics["sharpness"].items() if k != "measure"},
@@ -474,6 +476,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="a cluster_results.csv to train on instead of --data's")
     parser.add_argument("--decoder-base", default=TrainSettings.decoder_base, choices=DECODER_BASES)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-crops", type=int, default=TrainSettings.base_crops)
     parser.add_argument("--base-channels", type=int, default=TrainSettings.base_channels)
     parser.add_argument(
         "--judge-dir",
