@@ -14,7 +14,6 @@ from facepipe.formats import (
     CLUSTER_SIDECAR_FIELDS,
     EMBEDDINGS_SIDECAR_FIELDS,
     path_in_sidecar,
-    read_embeddings,
     read_sidecar,
 )
 from facepipe.images import load_image_rgb
@@ -74,19 +73,24 @@ def identity_weight_for(weight: float | str, model: str | None) -> float:
     return value
 
 
-def cluster_centroids(embeddings, names: Sequence[str], cluster_of: np.ndarray) -> tuple[list[int], np.ndarray]:
-    """Unit-length centroid of each cluster: the mean of its members' L2-normalised embeddings, normalised.
-
-    Crops in the unknown group (UNKNOWN_CLUSTER) are left out: it has no centroid.
-    """
-    names, cluster_of = grouped_crops(names, cluster_of)
+def _unit_vectors(embeddings, names: Sequence[str]) -> np.ndarray:
+    """The L2-normalised embeddings of the crops ``names``, in their order (float64)."""
     row_of = {name: row for row, name in enumerate(embeddings.names)}
     missing = [n for n in names if n not in row_of]
     if missing:
         raise FacepipeError(
             f"{len(missing)} clustered crops have no embedding (e.g. {missing[0]}): wrong embeddings file?"
         )
-    vectors = unit_rows(embeddings.vectors[[row_of[n] for n in names]].astype(np.float64))
+    return unit_rows(embeddings.vectors[[row_of[n] for n in names]].astype(np.float64))
+
+
+def cluster_centroids(embeddings, names: Sequence[str], cluster_of: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Unit-length centroid of each cluster: the mean of its members' L2-normalised embeddings, normalised.
+
+    Crops in the unknown group (UNKNOWN_CLUSTER) are left out: it has no centroid.
+    """
+    names, cluster_of = grouped_crops(names, cluster_of)
+    vectors = _unit_vectors(embeddings, names)
     ids = sorted(int(c) for c in np.unique(cluster_of))
     centroids = np.stack([vectors[cluster_of == c].mean(axis=0) for c in ids])
     return ids, unit_rows(centroids)
@@ -101,8 +105,7 @@ def central_members(embeddings, names: Sequence[str], cluster_of: np.ndarray, co
     if count <= 0:
         return np.arange(len(names))
     ids, centroids = cluster_centroids(embeddings, names, cluster_of)
-    row_of = {name: row for row, name in enumerate(embeddings.names)}
-    vectors = unit_rows(embeddings.vectors[[row_of[n] for n in names]].astype(np.float64))
+    vectors = _unit_vectors(embeddings, names)
     chosen = []
     for cluster, centroid in zip(ids, centroids):
         members = np.flatnonzero(cluster_of == cluster)
@@ -170,7 +173,8 @@ def jittered(grids, generator, strength: float = 1.0):
 
 
 def build_identity_term(
-    cluster_results: Path,
+    embeddings,
+    embeddings_path: Path,
     crops_dir: Path,
     names: Sequence[str],
     conditions: np.ndarray,
@@ -180,16 +184,14 @@ def build_identity_term(
     jitter: float = 0.0,
 ) -> IdentityTerm:
     """The identity term for the training crops ``names`` (condition index ``conditions``), whose per-condition
-    pixel means are ``means`` (uint8, (clusters, S, S, 3)), with the embeddings the clusters came from
-    (of one of DIFFERENTIABLE_MODELS: see ``identity_weight_for``); ``align_padding`` is that of landmark-aligned
+    pixel means are ``means`` (uint8, (clusters, S, S, 3)), with ``embeddings``, the clusters' (read from
+    ``embeddings_path``; of one of DIFFERENTIABLE_MODELS: see ``identity_weight_for``); ``align_padding`` is that of landmark-aligned
     crops, None for unaligned ones; ``jitter`` the strength of the random views in training."""
     import torch
 
     from facepipe.models.dlib_resnet import CHIP_SIZE
     from facepipe.models.registry import embedder_like
 
-    embeddings_path = clustered_embeddings_path(cluster_results)
-    embeddings = read_embeddings(embeddings_path)
     ids, centroids = cluster_centroids(embeddings, names, conditions)
     if ids != list(range(len(means))):
         raise FacepipeError("every cluster needs at least one training crop for the identity term")

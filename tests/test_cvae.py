@@ -1140,12 +1140,14 @@ def test_the_identity_terms_degraded_views_are_worse_photos_of_the_same_person(j
 
     from facepipe.cvae.model import degraded_views
     from facepipe.face_measures import laplacian_sharpness
+    from facepipe.formats import read_embeddings
     from facepipe.identity import build_identity_term
 
     images, conditions, config, inputs = _johns_faces_as_trained(johns_clusters)
     means = np.stack([images[conditions == c].mean(dim=0).permute(1, 2, 0).numpy() for c in range(5)])
     term = build_identity_term(
-        johns_clusters,
+        read_embeddings(johns_embeddings),
+        johns_embeddings,
         inputs.crops_dir,
         inputs.names,
         conditions.numpy(),

@@ -497,16 +497,14 @@ def _training_data(inputs, config: CVAEConfig, weights_dir: Path, device: str, s
     # The targets of the z = 0 faces: each cluster's training crops (its base_crops nearest the centroid), unflipped,
     # as (clusters, 3, S, S) in [0, 1]: their pixel mean, or with decoder_base "median" their per-pixel median (the
     # decoder's base either way).
+    train_names, train_labels = [inputs.names[row] for row in train_rows], labels.numpy()[train_rows]
+    embeddings_path = embeddings = None
+    if config.base_crops > 0 or config.identity_weight > 0:
+        embeddings_path = clustered_embeddings_path(inputs.cluster_results)
+        embeddings = read_embeddings(embeddings_path)
     base_rows = train_rows
     if config.base_crops > 0:
-        base_rows = train_rows[
-            central_members(
-                read_embeddings(clustered_embeddings_path(inputs.cluster_results)),
-                [inputs.names[row] for row in train_rows],
-                labels.numpy()[train_rows],
-                config.base_crops,
-            )
-        ]
+        base_rows = train_rows[central_members(embeddings, train_names, train_labels, config.base_crops)]
     means = cluster_pixel_means(
         images.numpy()[base_rows],
         labels.numpy()[base_rows],
@@ -517,10 +515,11 @@ def _training_data(inputs, config: CVAEConfig, weights_dir: Path, device: str, s
     identity_term = None
     if config.identity_weight > 0:
         identity_term = build_identity_term(
-            inputs.cluster_results,
+            embeddings,
+            embeddings_path,
             inputs.crops_dir,
-            [inputs.names[row] for row in train_rows],
-            labels.numpy()[train_rows],
+            train_names,
+            train_labels,
             (means + 0.5).astype(np.uint8),
             device,
             None if aligner is None else config.align_padding,
