@@ -3,15 +3,15 @@
     python benchmarks/bench_suggest.py [--shared ../shared] [--collection celeba|lfw] [--out FOLDER]
         [--thresholds 0.37 0.33 0.30]
 
-The collections (each photo's largest face stands for the person its manifest names): ``celeba`` is celeba_wild
-(300 photos of 10 people, often with several faces) and lfw_singletons (150 strangers, one photo each); ``lfw`` is
-the lfw set (1424 photos of 79 people, 10-30 each) and the same strangers. Each goes through detect (defaults),
-embed (dlib-resnet128) and cluster at each same-person distance given (0.37 is the default rule; the tighter ones
-split people into more groups and leave more faces unknown, so that there is something to suggest). A group's
-person is the most common labelled person among its faces. Scored, per clustering and per ranking (``suggest``:
-suggest's own, unknown faces by the clustering's link rule and merges by the RMS distance between the groups'
-faces; ``centroid``: the one suggest had before, L2 between centroids and from a face to the nearest centroid,
-kept here to compare):
+The collections (the face a photo's manifest names: in LFW's photos the one nearest the centre, else the
+largest): ``celeba`` is celeba_wild (300 photos of 10 people, often with several faces) and lfw_singletons (150
+strangers, one photo each); ``lfw`` is the lfw set (1424 photos of 79 people, 10-30 each) and the same
+strangers. Each goes through detect (defaults), embed (dlib-resnet128) and cluster at each same-person distance
+given (0.37 is the default rule; the tighter ones split people into more groups and leave more faces unknown, so
+that there is something to suggest). A group's person is the labelled person of more than half its faces (else
+it is nobody's). Scored, per clustering and per ranking (``suggest``: suggest's own, unknown faces by the
+clustering's link rule and merges by the RMS distance between the groups' faces; ``centroid``: the one suggest
+had before, L2 between centroids and from a face to the nearest centroid, kept here to compare):
 
 - merges: of the group pairs that are one labelled person (n pairs), the share among the top 2n merge
   suggestions (target >= 90%);
@@ -31,6 +31,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 COLLECTIONS = {"celeba": ("celeba_wild", "lfw_singletons"), "lfw": ("lfw", "lfw_singletons")}  # labelled, strangers
+CENTRED_SETS = ("lfw", "lfw_singletons")  # LFW's photos are cut about their person's face (../shared/data/README.md)
 
 
 def photos_of(shared: Path, sets: tuple[str, ...]) -> pd.Series:
@@ -44,11 +45,18 @@ def photos_of(shared: Path, sets: tuple[str, ...]) -> pd.Series:
 
 
 def main_faces(out: Path, photos: pd.Series) -> pd.Series:
-    """Crop name -> "set:identity" for each photo's largest face."""
+    """Crop name -> "set:identity" for the face each photo's manifest names: in LFW's photos the face nearest the
+    centre (the largest is a bystander's in 5 of LFW's 1,424), else the largest."""
     detections = pd.read_csv(out / "crops" / "detections.csv")
-    detections["area"] = detections["w"] * detections["h"]
-    largest = detections.sort_values("area", ascending=False).drop_duplicates("source")
-    return pd.Series(largest["source"].map(photos).to_numpy(), index=largest["crop"].to_numpy()).dropna()
+    detections["person"] = detections["source"].map(photos)
+    centred = detections["person"].str.split(":").str[0].isin(CENTRED_SETS)
+    off_centre = np.hypot(
+        detections["x"] + detections["w"] / 2 - detections["source_width"] / 2,
+        detections["y"] + detections["h"] / 2 - detections["source_height"] / 2,
+    )
+    detections["rank"] = np.where(centred, off_centre, -detections["w"] * detections["h"])
+    main = detections.sort_values("rank", kind="stable").drop_duplicates("source")
+    return pd.Series(main["person"].to_numpy(), index=main["crop"].to_numpy()).dropna()
 
 
 def centroid_suggestions(clustering) -> pd.DataFrame:
@@ -74,31 +82,41 @@ def centroid_suggestions(clustering) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["kind", "distance"], kind="stable")
 
 
+def owner(people: pd.Series) -> str | None:
+    """The person of a group (``people``: its faces' persons, NaN where no manifest names the face): the
+    labelled person of more than half its faces, else None (a group of bystanders with one labelled face is
+    nobody's)."""
+    counts = people.value_counts()
+    return counts.index[0] if len(counts) and 2 * counts.iloc[0] > len(people) else None
+
+
 def score(folder: Path, people: pd.Series, rule: float, labelled: str, offered: pd.DataFrame) -> dict:
     """The three figures of the module docstring for the clustering in ``folder`` and the suggestions
     ``offered`` (by kind, best first); ``labelled``: the set whose people are known."""
     results = pd.read_csv(folder / "cluster_results.csv")
     results["person"] = results["name"].map(people)
-    grouped = results[(results["cluster"] >= 0) & results["person"].notna()]
-    person_of = grouped.groupby("cluster")["person"].agg(lambda p: p.mode().iloc[0]).to_dict()
+    owners = results[results["cluster"] >= 0].groupby("cluster")["person"].agg(owner)
+    person_of = owners.dropna().to_dict()
     split = {
         (a, b)
         for a in person_of
         for b in person_of
-        if a < b and person_of[a] == person_of[b] and person_of[a].startswith(labelled)
+        if a < b and person_of[a] == person_of[b] and person_of[a].startswith(f"{labelled}:")
     }
     merges = offered[offered["kind"] == "merge"].head(2 * len(split))
     found = {(int(a), int(b)) for a, b in zip(merges["group"], merges["other"])} & split
     first = offered[offered["kind"] == "unknown"].drop_duplicates("face").set_index("face")
     unknown = results[(results["cluster"] == -1) & results["person"].notna()]
-    known = unknown[unknown["person"].str.startswith(labelled) & unknown["person"].isin(set(person_of.values()))]
+    known = unknown[
+        unknown["person"].str.startswith(f"{labelled}:") & unknown["person"].isin(set(person_of.values()))
+    ]
     right = [
         person_of.get(first["group"].get(face)) == person for face, person in zip(known["name"], known["person"])
     ]
     strangers = unknown[unknown["person"].str.startswith("lfw_singletons")]
     gaps = first["distance"].reindex(strangers["name"]).dropna()
     return {
-        "groups": len(person_of),
+        "groups": len(owners),
         "unknown": int((results["cluster"] == -1).sum()),
         "pairs": len(split),
         "pairs_found": len(found),
