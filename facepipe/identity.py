@@ -90,10 +90,13 @@ def cluster_centroids(embeddings, names: Sequence[str], cluster_of: np.ndarray) 
     Crops in the unknown group (UNKNOWN_CLUSTER) are left out: it has no centroid.
     """
     names, cluster_of = grouped_crops(names, cluster_of)
-    vectors = _unit_vectors(embeddings, names)
+    return _centroids_of(_unit_vectors(embeddings, names), cluster_of)
+
+
+def _centroids_of(vectors: np.ndarray, cluster_of: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """The cluster ids in ``cluster_of`` (sorted) and the unit-length mean of each one's unit ``vectors``."""
     ids = sorted(int(c) for c in np.unique(cluster_of))
-    centroids = np.stack([vectors[cluster_of == c].mean(axis=0) for c in ids])
-    return ids, unit_rows(centroids)
+    return ids, unit_rows(np.stack([vectors[cluster_of == c].mean(axis=0) for c in ids]))
 
 
 def central_members(embeddings, names: Sequence[str], cluster_of: np.ndarray, count: int) -> np.ndarray:
@@ -104,8 +107,8 @@ def central_members(embeddings, names: Sequence[str], cluster_of: np.ndarray, co
     cluster_of = np.asarray(cluster_of)
     if count <= 0:
         return np.arange(len(names))
-    ids, centroids = cluster_centroids(embeddings, names, cluster_of)
     vectors = _unit_vectors(embeddings, names)
+    ids, centroids = _centroids_of(vectors, cluster_of)
     chosen = []
     for cluster, centroid in zip(ids, centroids):
         members = np.flatnonzero(cluster_of == cluster)
@@ -185,8 +188,9 @@ def build_identity_term(
 ) -> IdentityTerm:
     """The identity term for the training crops ``names`` (condition index ``conditions``), whose per-condition
     pixel means are ``means`` (uint8, (clusters, S, S, 3)), with ``embeddings``, the clusters' (read from
-    ``embeddings_path``; of one of DIFFERENTIABLE_MODELS: see ``identity_weight_for``); ``align_padding`` is that of landmark-aligned
-    crops, None for unaligned ones; ``jitter`` the strength of the random views in training."""
+    ``embeddings_path``; of one of DIFFERENTIABLE_MODELS: see ``identity_weight_for``); ``align_padding`` is
+    that of landmark-aligned crops, None for unaligned ones; ``jitter`` the strength of the random views in
+    training."""
     import torch
 
     from facepipe.models.dlib_resnet import CHIP_SIZE
