@@ -952,7 +952,7 @@ def test_the_face_is_sharper_than_the_pixel_mean_and_the_draws_differ_as_the_per
 
     run = train_cvae(
         johns_clusters,
-        TrainSettings(image_size=64, epochs=30, batch_size=8),
+        TrainSettings(image_size=64, epochs=15, batch_size=8),
         weights_dir=tmp_path / "weights",
         show_progress=False,
     )
@@ -1044,7 +1044,7 @@ def test_the_patch_discriminator_learns_that_real_crops_are_sharp_and_pushes_a_b
     torch.manual_seed(0)
     discriminator = build_discriminator(config)
     optimizer = torch.optim.Adam(discriminator.parameters(), 1e-3, betas=(0.5, 0.9))
-    for _ in range(150):
+    for _ in range(60):
         own, _ = hinge_losses(discriminator, seen, gaussian_blurred(seen, 1.0))
         optimizer.zero_grad()
         own.backward()

@@ -280,7 +280,7 @@ def folder_digest(folder: Path) -> dict[str, str]:
 def test_killed_run_resumes_to_the_same_result(data_dir, tmp_path):
     images = data_dir("lfw") / "images"
     listing = tmp_path / "list.txt"
-    listing.write_text("\n".join(str(p) for p in sorted(images.glob("[A-C]*"))) + "\n")
+    listing.write_text("\n".join(str(p) for p in sorted(images.glob("A*"))) + "\n")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     detect([listing], whole, DetectorParams(min_neighbors=5), show_progress=False)
 
