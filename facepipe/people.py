@@ -30,6 +30,7 @@ the people file where none is given (``review`` writes it).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from facepipe.formats import (
 from facepipe.models import unit_rows
 
 PEOPLE_KEYS = ("merge", "not_a_person", "names", "move", "split", "rejected")  # in the order they are written
+PEOPLE_FILE = Path("people file")  # the origin named in an error of a section parsed on its own
 ANCHOR_DISTANCE = 0.6  # where the embedder has no same-person rule: L2 distance of unit centroids (cosine 0.82)
 
 
@@ -101,6 +103,11 @@ def read_people(path: str | Path) -> People:
         raise FacepipeError(f"{path} is not valid TOML: {error}") from None
     except RecursionError:
         raise FacepipeError(f"{path} is not valid TOML: nested too deep") from None
+    return _people_of(data, path)
+
+
+def _people_of(data: dict, path: Path) -> People:
+    """The People that a people file's parsed TOML ``data`` holds, checked."""
     unknown = sorted(set(data) - set(PEOPLE_KEYS))
     if unknown:
         raise FacepipeError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(PEOPLE_KEYS))}")
@@ -147,11 +154,9 @@ def _read_rejected(entry, people: People, path: Path) -> None:
         raise FacepipeError(f"{path}: each [[rejected]] holds groups = [two group numbers], or face and group")
 
 
-def people_text(people: People) -> str:
-    """The people file (TOML) that ``read_people`` reads back as ``people``."""
-    import tomli_w
-
-    data = {
+def _sections(people: People) -> dict[str, list | dict]:
+    """``people`` as the people file's sections (plain TOML values), in the order a new file lists them."""
+    return {
         "merge": people.merges,
         "not_a_person": people.not_a_person,
         "names": {str(g): name for g, name in sorted(people.names.items())},
@@ -160,12 +165,76 @@ def people_text(people: People) -> str:
         "rejected": [{"groups": list(pair)} for pair in sorted(people.rejected_merges)]
         + [{"face": face, "group": g} for face, g in sorted(people.rejected_faces)],
     }
-    return tomli_w.dumps({key: data[key] for key in PEOPLE_KEYS if data[key]})
+
+
+def people_text(people: People, earlier: str | None = None) -> str:
+    """The people file (TOML) that ``read_people`` reads back as ``people``. Given ``earlier`` (the file's text
+    now), that text edited in place: only the entries that change are written, so the user's comments, order
+    and layout stay everywhere else."""
+    import tomlkit
+
+    document = tomlkit.parse(earlier) if earlier else tomlkit.document()
+    for key, wanted in _sections(people).items():
+        if key not in document:
+            if wanted:
+                document[key] = wanted
+            continue
+        section = document[key]
+        (_edit_table if isinstance(wanted, dict) else _edit_list)(section, wanted, key)
+        if _people_of({key: section.unwrap()}, PEOPLE_FILE) != _people_of({key: wanted}, PEOPLE_FILE):
+            document[key] = wanted  # the entries' order changed: the section is written anew
+    return tomlkit.dumps(document)
+
+
+def _meaning(key: str, single) -> str:
+    """What ``single`` (a section ``key`` of one entry) means to ``read_people``, as text to compare and count
+    (with one entry, the repr does not depend on order)."""
+    return repr(_people_of({key: single}, PEOPLE_FILE))
+
+
+def _edit_table(section, wanted: dict, key: str) -> None:
+    """Make the table ``section`` (names, move) hold ``wanted``, touching only the entries that differ."""
+    written = {str(_group_number(k, key)) if key == "names" else k: k for k in section}
+    for entry, name in written.items():
+        if entry not in wanted:
+            del section[name]
+        elif _meaning(key, {name: section[name].unwrap()}) != _meaning(key, {entry: wanted[entry]}):
+            section[name] = wanted[entry]
+    for entry in [entry for entry in wanted if entry not in written]:
+        section[entry] = wanted[entry]
+
+
+def _edit_list(section, wanted: list, key: str) -> None:
+    """Make the list ``section`` (merge, not_a_person, split, rejected) hold ``wanted``: delete the entries it no
+    longer holds and append the new ones; the caller rewrites the section if the order then differs."""
+    meanings = [_meaning(key, [item]) for item in wanted]
+    needed = Counter(meanings)
+    unwanted = []
+    for index, entry in enumerate(section):
+        meaning = _meaning(key, [entry.unwrap()])
+        if needed[meaning]:
+            needed[meaning] -= 1
+        else:
+            unwanted.append(index)
+    for index in reversed(unwanted):
+        del section[index]
+    for item, meaning in zip(wanted, meanings):
+        if needed[meaning]:
+            needed[meaning] -= 1
+            section.append(item)
 
 
 def write_people(path: str | os.PathLike, people: People) -> None:
-    """Write the people file atomically."""
-    write_text_atomic(path, people_text(people))
+    """Write the people file atomically; one that is there already is edited in place (``people_text``), so the
+    user's comments and layout survive review's edits."""
+    import tomlkit
+
+    path = Path(path)
+    try:
+        text = people_text(people, path.read_text(encoding="utf-8") if path.is_file() else None)
+    except (tomlkit.exceptions.ParseError, UnicodeDecodeError) as error:
+        raise FacepipeError(f"{path} is not valid TOML, so it was left as it is: {error}") from None
+    write_text_atomic(path, text)
 
 
 def people_file_of(folder: str | os.PathLike, given: str | os.PathLike | None) -> Path | None:

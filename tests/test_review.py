@@ -348,6 +348,70 @@ def test_edits_of_a_number_merged_away_go_by_faces_and_a_run_folder_report_follo
     assert (pd.read_csv(folder / CLUSTER_RESULTS_CSV).set_index("name")["cluster"] == before).all()
 
 
+USERS_PEOPLE_FILE = """# Our family archive: who is who (written by hand, kept by facepipe)
+[names]   # checked against the 1998 album
+0 = "Kofi Annan"   # the one in the blue suit
+
+[[rejected]]
+groups = [2, 3]    # brothers, not one person
+"""
+
+
+def test_review_edits_the_users_own_people_file_in_place_and_undo_gives_it_back_byte_for_byte(client):
+    """A people file the user wrote by hand keeps its comments and layout through review's edits (only the
+    entries that change are written), and undo puts back the very bytes the user wrote."""
+    http, session = client
+    header = {"X-Facepipe-Token": session.token}
+    session.people_file.write_text(USERS_PEOPLE_FILE, encoding="utf-8")
+    assert http.post("/edit", headers=header, json={"action": "name", "group": 1, "name": "Other"}).status_code == 200
+    edited = session.people_file.read_text(encoding="utf-8")
+    assert set(USERS_PEOPLE_FILE.splitlines()) <= set(edited.splitlines()), edited
+    assert read_people(session.people_file) == People(names={0: "Kofi Annan", 1: "Other"}, rejected_merges={(2, 3)})
+    assert http.post("/edit", headers=header, json={"action": "name", "group": 0, "name": ""}).status_code == 200
+    edited = session.people_file.read_text(encoding="utf-8")
+    assert "blue suit" not in edited and "# checked against the 1998 album" in edited and "brothers" in edited
+    for count in range(2):
+        assert http.post("/undo", headers=header).status_code == 200
+    assert session.people_file.read_text(encoding="utf-8") == USERS_PEOPLE_FILE
+
+
+@pytest.mark.fast
+def test_any_edit_of_a_commented_people_file_reads_back_as_the_edit_and_keeps_the_untouched_comments(tmp_path):
+    """Seeded random edits of every kind on the documented example (docs/commands.md, with its comments): each
+    written file reads back as exactly the edit, and the comments on the sections' first lines stay."""
+    import random
+
+    from facepipe.people import people_text
+
+    doc = (REPO / "docs" / "commands.md").read_text(encoding="utf-8")
+    start = doc.index("```toml\nmerge = ") + len("```toml\n")
+    text = doc[start : doc.index("```", start)]
+    path = tmp_path / PEOPLE_TOML
+    path.write_text(text, encoding="utf-8")
+    people = read_people(path)
+    edits = [
+        lambda p, r: p.names.update({r.randrange(20): r.choice(["Ann", "Bo Li", "成龙"])}),
+        lambda p, r: p.names.pop(r.choice(sorted(p.names)), None) if p.names else None,
+        lambda p, r: p.merges.append([r.randrange(20), 20 + r.randrange(20)]),
+        lambda p, r: p.merges[0].append(40 + r.randrange(20)) if p.merges else None,
+        lambda p, r: p.merges.pop(0) if p.merges else None,
+        lambda p, r: p.not_a_person.append(r.randrange(60)),
+        lambda p, r: p.moves.update({f"face_{r.randrange(9)}.jpg": r.randrange(-1, 9)}),
+        lambda p, r: p.moves.pop(r.choice(sorted(p.moves)), None) if p.moves else None,
+        lambda p, r: p.splits.append(([f"s{r.randrange(9)}.jpg"], r.choice(["", "Hans"]))),
+        lambda p, r: p.rejected_merges.add((r.randrange(5), 5 + r.randrange(5))),
+        lambda p, r: p.rejected_faces.discard(min(p.rejected_faces)) if p.rejected_faces else None,
+    ]
+    generator = random.Random(0)
+    for step in range(300):
+        generator.choice(edits)(people, generator)
+        write_people(path, people)
+        assert read_people(path) == people, (step, path.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    assert "# group number = name" in text and "# suggestions turned down" in text
+    assert people_text(People(names={0: "A"})) == '[names]\n0 = "A"\n'
+
+
 def test_people_file_rejected_entries_round_trip_and_bad_ones_are_one_line(tmp_path):
     people = People(
         names={0: 'Ann "A" Lee', 3: "成龙"},
