@@ -9,6 +9,7 @@ import os
 import random
 import re
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -30,7 +31,8 @@ class FacepipeError(Exception):
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, expected_size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; once the body has written it, it is flushed to disk (fsync),
-    checked to be non-empty (and ``expected_size`` bytes long, when given), and renamed onto ``path``.
+    checked to be non-empty (and ``expected_size`` bytes long, when given), and renamed onto ``path``. A file
+    that is there keeps its permissions (a people file of the user's kept private stays private).
 
     If the body raises (disk full, say) or the process is killed, ``path`` keeps its old content and the
     temporary file is removed (or, after a kill, left with a ``.NAME.facepipe-XXXXXXXX.tmp`` name that no stage
@@ -43,13 +45,22 @@ def atomic_path(path: str | os.PathLike, expected_size: int | None = None) -> It
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+        os.chmod(tmp_path, _permissions_of(path))
         yield tmp_path
         _flush_to_disk(tmp_path, expected_size)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _permissions_of(path: Path) -> int:
+    """The permissions the file written at ``path`` gets: those of the file there now, else the usual ones
+    (mkstemp makes 0600)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode) if path.is_file() else 0o666 & ~_UMASK
+    except OSError:
+        return 0o666 & ~_UMASK
 
 
 def _flush_to_disk(path: Path, expected_size: int | None = None) -> None:

@@ -226,10 +226,10 @@ def _edit_list(section, wanted: list, key: str) -> None:
 
 def write_people(path: str | os.PathLike, people: People) -> None:
     """Write the people file atomically; one that is there already is edited in place (``people_text``), so the
-    user's comments and layout survive review's edits."""
+    user's comments and layout survive review's edits (and a symlink to it stays one: its target is edited)."""
     import tomlkit
 
-    path = Path(path)
+    path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
     try:
         text = people_text(people, path.read_text(encoding="utf-8") if path.is_file() else None)
     except (tomlkit.exceptions.ParseError, UnicodeDecodeError) as error:

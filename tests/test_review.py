@@ -412,6 +412,29 @@ def test_any_edit_of_a_commented_people_file_reads_back_as_the_edit_and_keeps_th
     assert people_text(People(names={0: "A"})) == '[names]\n0 = "A"\n'
 
 
+@pytest.mark.fast
+def test_an_edit_keeps_the_people_files_permissions_and_edits_a_symlinks_target(tmp_path):
+    """A people file the user keeps private (0600), reached through a symlink (a synced folder, say): an edit
+    writes the target, keeps the link a link and the file private."""
+    import stat
+
+    target = tmp_path / "synced" / "people.toml"
+    target.parent.mkdir()
+    target.write_text(USERS_PEOPLE_FILE, encoding="utf-8")
+    target.chmod(0o600)
+    link = tmp_path / "run" / PEOPLE_TOML
+    link.parent.mkdir()
+    link.symlink_to(target)
+    people = read_people(link)
+    people.names[4] = "Ann"
+    write_people(link, people)
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert read_people(target) == people and "# the one in the blue suit" in target.read_text(encoding="utf-8")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600 and sorted(p.name for p in target.parent.iterdir()) == [
+        "people.toml"
+    ]
+
+
 def test_people_file_rejected_entries_round_trip_and_bad_ones_are_one_line(tmp_path):
     people = People(
         names={0: 'Ann "A" Lee', 3: "成龙"},
