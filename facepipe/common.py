@@ -58,9 +58,10 @@ def _permissions_of(path: Path) -> int:
     """The permissions the file written at ``path`` gets: those of the file there now, else the usual ones
     (mkstemp makes 0600)."""
     try:
-        return stat.S_IMODE(os.stat(path).st_mode) if path.is_file() else 0o666 & ~_UMASK
+        found = os.stat(path)
     except OSError:
         return 0o666 & ~_UMASK
+    return stat.S_IMODE(found.st_mode) if stat.S_ISREG(found.st_mode) else 0o666 & ~_UMASK
 
 
 def _flush_to_disk(path: Path, expected_size: int | None = None) -> None:

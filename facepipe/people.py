@@ -226,15 +226,21 @@ def _edit_list(section, wanted: list, key: str) -> None:
 
 def write_people(path: str | os.PathLike, people: People) -> None:
     """Write the people file atomically; one that is there already is edited in place (``people_text``), so the
-    user's comments and layout survive review's edits (and a symlink to it stays one: its target is edited)."""
+    user's comments and layout survive review's edits."""
     import tomlkit
 
-    path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
+    path = Path(path)
     try:
         text = people_text(people, path.read_text(encoding="utf-8") if path.is_file() else None)
     except (tomlkit.exceptions.ParseError, UnicodeDecodeError) as error:
         raise FacepipeError(f"{path} is not valid TOML, so it was left as it is: {error}") from None
-    write_text_atomic(path, text)
+    write_people_text(path, text)
+
+
+def write_people_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` as the people file at ``path``, atomically; a symlink to it stays one (its target is
+    written), as the user's file behind it is the people file."""
+    write_text_atomic(os.path.realpath(path) if Path(path).is_symlink() else path, text)
 
 
 def people_file_of(folder: str | os.PathLike, given: str | os.PathLike | None) -> Path | None:

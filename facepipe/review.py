@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from facepipe.common import FacepipeError, write_text_atomic
+from facepipe.common import FacepipeError
 from facepipe.formats import (
     PEOPLE_TOML,
     RUN_CONFIG_TOML,
@@ -40,7 +40,7 @@ from facepipe.formats import (
 )
 from facepipe.locks import folder_lock
 from facepipe.owned import inside_or_none
-from facepipe.people import People, people_file_of, read_people, write_people
+from facepipe.people import People, people_file_of, read_people, write_people, write_people_text
 from facepipe.settings import ReviewSettings
 from facepipe.suggest import Clustering, read_clustering, suggestions
 
@@ -263,7 +263,7 @@ def undo(session: ReviewSession) -> None:
         if before is None:
             session.people_file.unlink(missing_ok=True)
         else:
-            write_text_atomic(session.people_file, before)
+            write_people_text(session.people_file, before)
         _recluster(session)
 
 

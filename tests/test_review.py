@@ -415,8 +415,10 @@ def test_any_edit_of_a_commented_people_file_reads_back_as_the_edit_and_keeps_th
 @pytest.mark.fast
 def test_an_edit_keeps_the_people_files_permissions_and_edits_a_symlinks_target(tmp_path):
     """A people file the user keeps private (0600), reached through a symlink (a synced folder, say): an edit
-    writes the target, keeps the link a link and the file private."""
+    writes the target, keeps the link a link and the file private; so does putting the earlier text back (undo)."""
     import stat
+
+    from facepipe.people import write_people_text
 
     target = tmp_path / "synced" / "people.toml"
     target.parent.mkdir()
@@ -433,6 +435,9 @@ def test_an_edit_keeps_the_people_files_permissions_and_edits_a_symlinks_target(
     assert stat.S_IMODE(target.stat().st_mode) == 0o600 and sorted(p.name for p in target.parent.iterdir()) == [
         "people.toml"
     ]
+    write_people_text(link, USERS_PEOPLE_FILE)
+    assert link.is_symlink() and target.read_text(encoding="utf-8") == USERS_PEOPLE_FILE
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
 def test_people_file_rejected_entries_round_trip_and_bad_ones_are_one_line(tmp_path):
